@@ -1,0 +1,36 @@
+# Two commands set everything up: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv with uv from the lock file; nothing needs to be installed by hand but Python 3.11.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+.PHONY: demo test lint docs-config clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Re-synced whenever the lock file changes; uv itself is a dev dependency, so sync keeps it.
+$(VENV)/.synced: $(BIN)/uv pyproject.toml uv.lock
+	$(BIN)/uv sync --frozen --quiet
+	touch $@
+
+demo: $(VENV)/.synced
+	$(BIN)/rtml demo
+
+test: $(VENV)/.synced
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.synced
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs-config: $(VENV)/.synced
+	$(BIN)/rtml config-docs > docs/configuration.md
+
+clean:
+	-$(BIN)/rtml down
+	rm -rf $(VENV) .rtml

@@ -1,0 +1,169 @@
+"""Ingestion throughput: validation + COPY through ``load_transactions`` vs plain COPY of the same rows.
+
+    .venv/bin/python benchmarks/ingest.py --rows 1000000
+
+Uses RTML_DATABASE_URL if set, else starts the local stack (``LocalStack(get_settings()).up()``).
+The rows are generated once (simulator, ~0.2 % deliberately dirty rows), kept in memory, and their ids
+get a ``bench-`` prefix so they never collide with partitions the platform itself loaded. Timed:
+(a) ``load_transactions`` in streaming chunks of ``ingest_chunk_rows`` into ``raw.transactions``;
+(b) the limit: the same CSV serialization (pyarrow) COPYed without validation into an identical table
+(same indexes); (c) for reference, (b) into a table without any index. The benchmark's rows are deleted
+afterwards. The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from rtml.config import Settings, get_settings
+from rtml.ingest.loader import load_transactions
+from rtml.ingest.tables import ensure_tables
+from rtml.ingest.validation import validate_transactions
+from rtml.sources.schema import TRANSACTIONS
+from rtml.sources.simulator import Simulator
+
+SOURCE = "benchmark"
+PLAIN = "raw.bench_plain_copy"
+PLAIN_NO_INDEX = "raw.bench_plain_copy_no_index"
+
+
+def database_url(settings: Settings) -> str:
+    if url := os.environ.get("RTML_DATABASE_URL"):
+        return url
+    from rtml.services.stack import LocalStack
+
+    return LocalStack(settings).up().database_url
+
+
+def generate(settings: Settings, rows: int) -> pa.Table:
+    """At least ``rows`` simulator rows (whole days), cut to exactly ``rows``."""
+    simulator = Simulator(settings)
+    parts: list[pa.Table] = []
+    day, have = settings.sim_start, 0
+    while have < rows:
+        part = simulator.transactions(day, day + timedelta(days=1))
+        parts.append(part)
+        have += part.num_rows
+        day += timedelta(days=1)
+    table = pa.concat_tables(parts).slice(0, rows).combine_chunks()
+    ids = pc.binary_join_element_wise(pa.scalar("bench-"), table["transaction_id"], "")
+    return table.set_column(0, pa.field("transaction_id", pa.string(), nullable=False), ids)
+
+
+def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int) -> float:
+    """Seconds to COPY ``table`` (pyarrow CSV, one COPY, no validation) into ``target``."""
+    options = pacsv.WriteOptions(include_header=False, batch_size=8192)
+    columns = ", ".join([*TRANSACTIONS.names, "source"])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {target}")
+        started = time.perf_counter()
+        with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = off")
+            with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+                for start in range(0, table.num_rows, chunk_rows):
+                    chunk = table.slice(start, chunk_rows)
+                    chunk = chunk.append_column("source", pa.repeat(pa.scalar(SOURCE), chunk.num_rows))
+                    sink = pa.BufferOutputStream()
+                    pacsv.write_csv(chunk, sink, options)
+                    copy.write(memoryview(sink.getvalue()))
+        seconds = time.perf_counter() - started
+        conn.execute(f"TRUNCATE {target}")
+    return seconds
+
+
+def best(repeat: int, run: Callable[[], float]) -> float:
+    return min(run() for _ in range(repeat))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=None, help="default: settings.ingest_chunk_rows")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is kept")
+    args = parser.parse_args()
+
+    settings = get_settings()
+    if args.chunk_rows:
+        settings = settings.model_copy(update={"ingest_chunk_rows": args.chunk_rows})
+    url = database_url(settings)
+    print(f"database: {url}")
+    started = time.perf_counter()
+    table = generate(settings, args.rows)
+    print(f"generated {table.num_rows:,} rows in {time.perf_counter() - started:.1f} s (not timed)")
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_tables(conn)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {PLAIN} (LIKE raw.transactions INCLUDING ALL)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {PLAIN_NO_INDEX} (LIKE raw.transactions INCLUDING DEFAULTS)"
+        )
+        conn.execute("DELETE FROM raw.transactions WHERE source = %s", (SOURCE,))
+        conn.execute("DELETE FROM raw.transactions_quarantine WHERE source = %s", (SOURCE,))
+        conn.execute("VACUUM raw.transactions")
+
+    results = []
+
+    def ingest() -> float:
+        result = load_transactions(url, [table], SOURCE, settings)
+        results.append(result)
+        # Leave the table as it was, so that a repeat measures the same work (untimed).
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM raw.transactions WHERE source = %s", (SOURCE,))
+            conn.execute("DELETE FROM raw.transactions_quarantine WHERE source = %s", (SOURCE,))
+            conn.execute("VACUUM raw.transactions")
+        return result.seconds
+
+    chunk_rows = settings.ingest_chunk_rows
+    # The simulator's dirty rows include duplicate ids, which a plain COPY cannot take: the baseline
+    # copies the rows that validation accepts (about 99.8 %), validated here untimed.
+    clean = validate_transactions(table, settings).good
+    plain_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows))
+    ingest_seconds = best(args.repeat, ingest)
+    no_index_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN_NO_INDEX, chunk_rows))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {PLAIN}, {PLAIN_NO_INDEX}")
+
+    result = results[-1]
+    rows = table.num_rows
+    ingest_rate, plain_rate = rows / ingest_seconds, clean.num_rows / plain_seconds
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(f"load_transactions: {ingest_rate:,.0f} rows/s ({ingest_seconds:.2f} s) — {result}")
+    print(f"plain COPY (same CSV, same indexes): {plain_rate:,.0f} rows/s ({plain_seconds:.2f} s)")
+    print(
+        f"plain COPY, no indexes: {clean.num_rows / no_index_seconds:,.0f} rows/s ({no_index_seconds:.2f} s)"
+    )
+    print(f"ratio ingest / plain: {ingest_rate / plain_rate:.2f}; peak RSS {peak_rss_mib:,.0f} MiB")
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "chunk_rows": chunk_rows,
+                "ingest_rows_per_s": round(ingest_rate),
+                "plain_copy_rows_per_s": round(plain_rate),
+                "plain_copy_no_index_rows_per_s": round(clean.num_rows / no_index_seconds),
+                "ratio": round(ingest_rate / plain_rate, 3),
+                "rows_loaded": result.rows_loaded,
+                "rows_quarantined": result.rows_quarantined,
+                "peak_rss_mib": round(peak_rss_mib, 1),
+                "ingest_seconds": round(ingest_seconds, 3),
+                "plain_copy_seconds": round(plain_seconds, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

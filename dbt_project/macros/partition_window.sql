@@ -1,0 +1,49 @@
+{#-
+  The event-time window an incremental run (re)computes, as two SQL timestamptz expressions [lo, hi).
+
+  * full build / --full-refresh:           (-infinity, infinity)
+  * incremental with vars min_ts / max_ts: [min_ts, max_ts)   -- Dagster passes the partition window
+  * incremental without vars:              from the earliest event loaded since the last run onward
+    (late rows change the features of every later row of the same customer, so recompute those);
+    models without `loaded_at` pass `watermark_sql` (for example `max(feature_ts)`) instead.
+  Rows outside the window are never touched; window features still read `feature_lookback` of history.
+-#}
+{% macro window_lo(source_relation, watermark_sql=none) -%}
+    {%- if not is_incremental() -%}
+        '-infinity'::timestamptz
+    {%- elif var('min_ts', none) is not none -%}
+        '{{ var("min_ts") }}'::timestamptz
+    {%- elif watermark_sql is not none -%}
+        (select coalesce({{ watermark_sql }}, '-infinity'::timestamptz) from {{ this }})
+    {%- else -%}
+        (select coalesce(min(s.event_ts), 'infinity'::timestamptz) from {{ source_relation }} as s
+          where s.loaded_at > (select coalesce(max(t.loaded_at), '-infinity'::timestamptz) from {{ this }} as t))
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro window_hi() -%}
+    {%- if is_incremental() and var('max_ts', none) is not none -%}
+        '{{ var("max_ts") }}'::timestamptz
+    {%- else -%}
+        'infinity'::timestamptz
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Pre-hook of incremental models: drop the rows of the window first, so rows that disappeared from
+    the source (a re-loaded partition) disappear here too. delete+insert on the unique key does the rest. -#}
+{% macro delete_window(ts_column, source_relation) -%}
+    {%- if is_incremental() -%}
+        delete from {{ this }} where {{ ts_column }} >= {{ window_lo(source_relation) }} and {{ ts_column }} < {{ window_hi() }}
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Training cut-off: labels known after it are not used. Default: every label known so far. -#}
+{% macro training_cutoff() -%}
+    {%- if var('training_cutoff', none) is not none -%}
+        '{{ var("training_cutoff") }}'::timestamptz
+    {%- else -%}
+        (select coalesce(max(label_ts), 'infinity'::timestamptz) from {{ ref('stg_labels') }})
+    {%- endif -%}
+{%- endmacro %}

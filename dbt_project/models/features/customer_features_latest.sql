@@ -1,0 +1,66 @@
+{{ config(materialized='table', indexes=[{'columns': ['customer_id'], 'unique': True}]) }}
+
+{#-
+  The online store's customer state: per customer, exactly what `customer_features` would hold for a
+  NEW transaction of that customer arriving at `as_of_ts` = newest event in the data + 1 microsecond.
+  So the state INCLUDES the customer's latest transaction (windows are [as_of_ts - w, as_of_ts)).
+  Request-dependent features cannot be precomputed; the scorer derives them from stored state:
+    seconds_since_prev_txn = request_ts - last_txn_ts
+    amount_zscore_30d      = (amount - amount_mean_30d) / amount_std_30d   (null when std is 0/null)
+    is_new_merchant        = merchant_id not in known_merchant_ids
+  Windowed counts are as of `as_of_ts`; they are refreshed with every feature run (staleness = time
+  since `as_of_ts`, which the online store exposes).
+-#}
+{%- set stg = ref('stg_transactions') %}
+
+with as_of as (
+    select coalesce(max(event_ts), now()) + interval '1 microsecond' as as_of_ts from {{ stg }}
+),
+
+recent as (
+    select
+        t.customer_id,
+        count(*) filter (where t.event_ts >= a.as_of_ts - interval '1 hour') as txn_count_1h,
+        coalesce(sum(t.amount) filter (where t.event_ts >= a.as_of_ts - interval '1 hour'), 0) as amount_sum_1h,
+        count(*) filter (where t.event_ts >= a.as_of_ts - interval '24 hours') as txn_count_24h,
+        coalesce(sum(t.amount) filter (where t.event_ts >= a.as_of_ts - interval '24 hours'), 0) as amount_sum_24h,
+        count(*) filter (where t.event_ts >= a.as_of_ts - interval '7 days') as txn_count_7d,
+        coalesce(sum(t.amount) filter (where t.event_ts >= a.as_of_ts - interval '7 days'), 0) as amount_sum_7d,
+        avg(case when extract(hour from t.event_ts at time zone 'UTC') < 6 then 1 else 0 end)
+            filter (where t.event_ts >= a.as_of_ts - interval '7 days') as night_share_7d,
+        count(*) as txn_count_30d,
+        avg(t.amount) as amount_mean_30d,
+        stddev_samp(t.amount) as amount_std_30d,
+        count(distinct t.merchant_id) filter (where t.event_ts >= a.as_of_ts - interval '24 hours')
+            as distinct_merchants_24h
+    from {{ stg }} as t
+    cross join as_of as a
+    where t.event_ts >= a.as_of_ts - interval '30 days'
+    group by t.customer_id
+),
+
+everything as (
+    select customer_id, max(event_ts) as last_txn_ts, array_agg(distinct merchant_id order by merchant_id) as known_merchant_ids
+    from {{ stg }}
+    group by customer_id
+)
+
+select
+    e.customer_id,
+    a.as_of_ts,
+    e.last_txn_ts,
+    coalesce(r.txn_count_1h, 0)::integer as txn_count_1h,
+    coalesce(r.amount_sum_1h, 0)::numeric(14, 2) as amount_sum_1h,
+    coalesce(r.txn_count_24h, 0)::integer as txn_count_24h,
+    coalesce(r.amount_sum_24h, 0)::numeric(14, 2) as amount_sum_24h,
+    coalesce(r.txn_count_7d, 0)::integer as txn_count_7d,
+    coalesce(r.amount_sum_7d, 0)::numeric(14, 2) as amount_sum_7d,
+    coalesce(r.txn_count_30d, 0)::integer as txn_count_30d,
+    r.amount_mean_30d::double precision as amount_mean_30d,
+    r.amount_std_30d::double precision as amount_std_30d,
+    coalesce(r.distinct_merchants_24h, 0)::integer as distinct_merchants_24h,
+    r.night_share_7d::double precision as night_share_7d,
+    e.known_merchant_ids
+from everything as e
+cross join as_of as a
+left join recent as r on r.customer_id = e.customer_id

@@ -1,0 +1,23 @@
+{{ config(
+    materialized='table',
+    indexes=[{'columns': ['transaction_id', 'label_ts']}],
+) }}
+
+{#- Label events, typed and deduplicated. A transaction can have several label events over time (for
+    example `confirmed` then `chargeback`); consumers pick the newest one known at their cut-off. -#}
+with ranked as (
+    select
+        transaction_id::text as transaction_id,
+        is_fraud::boolean as is_fraud,
+        label_ts::timestamptz as label_ts,
+        lower(label_source)::text as label_source,
+        loaded_at::timestamptz as loaded_at,
+        row_number() over (
+            partition by transaction_id, label_ts, lower(label_source) order by loaded_at desc
+        ) as rn
+    from {{ source('raw', 'labels') }}
+)
+
+select transaction_id, is_fraud, label_ts, label_source, loaded_at
+from ranked
+where rn = 1

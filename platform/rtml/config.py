@@ -1,0 +1,123 @@
+"""The one settings object of rtml. Every value can be set through an ``RTML_`` environment variable.
+
+``docs/configuration.md`` is generated from this class (``rtml config-docs``); do not document settings twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTML_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".rtml"),
+        description="Folder for everything the platform writes: embedded servers, Dagster home, "
+        "landing files, artifacts, reports.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL of the platform database (for example "
+        "`postgresql://postgres@127.0.0.1:5432/rtml`). Databases `dagster` and `mlflow` are created "
+        "next to it on the same server. Unset: `rtml up` starts an embedded PostgreSQL under the data "
+        "directory.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL of the online feature store (for example `redis://127.0.0.1:6379/0`). "
+        "Unset: `rtml up` starts an embedded Redis-compatible server (Valkey) under the data directory.",
+    )
+
+    dagster_database: str = Field("dagster", description="Database for Dagster's run and event storage.")
+    mlflow_database: str = Field(
+        "mlflow",
+        description="Database for MLflow's backend store (not Dagster's: both have a `runs` table).",
+    )
+
+    # --- transaction simulator ---------------------------------------------------------------------
+    sim_seed: int = Field(
+        7, description="Seed of the simulator: the same seed and window give the same rows."
+    )
+    sim_start: datetime = Field(
+        datetime(2026, 11, 1, tzinfo=UTC),
+        description="First hour of simulated history (UTC); the first partition of `transactions_raw`.",
+    )
+    sim_customers: int = Field(20_000, description="Number of simulated card holders.")
+    sim_merchants: int = Field(2_000, description="Number of simulated merchants.")
+    sim_transactions_per_day: int = Field(
+        100_000, description="Mean number of transactions per simulated day (before cycles and noise)."
+    )
+    sim_dirty_share: float = Field(
+        0.002,
+        description="Share of simulated rows made deliberately invalid (bad amount, currency, ids, "
+        "timestamps, duplicates) so that validation and quarantine are always exercised.",
+    )
+    sim_drift_scenario: str | None = Field(
+        None,
+        description="Named drift scenario switched on at `sim_drift_start`: `amount_inflation`, "
+        "`new_fraud_pattern` or `merchant_mix_shift`. Unset: no drift.",
+    )
+    sim_drift_start: datetime | None = Field(
+        None, description="When the drift scenario starts (UTC). Unset with a scenario: from `sim_start`."
+    )
+    demo_days: int = Field(7, description="Days of simulated history that `make demo` materializes.")
+
+    # --- ingestion ----------------------------------------------------------------------------------
+    max_amount: float = Field(
+        50_000.0, description="Largest valid transaction amount; larger is quarantined."
+    )
+    currencies: list[str] = Field(
+        ["EUR", "USD", "GBP", "CHF", "PLN", "SEK"], description="Allowed ISO 4217 currency codes."
+    )
+    max_future_skew_seconds: int = Field(
+        300, description="How far a transaction timestamp may lie in the future of load time."
+    )
+    ingest_chunk_rows: int = Field(
+        200_000, description="Rows validated and copied per chunk: bounds ingestion memory."
+    )
+    quarantine_share_max: float = Field(
+        0.01, description="Asset check threshold: largest acceptable share of quarantined rows."
+    )
+    partition_rows_min: int = Field(
+        1, description="Asset check threshold: fewest rows a loaded hourly partition may hold."
+    )
+    partition_rows_max: int = Field(
+        1_000_000, description="Asset check threshold: most rows a loaded hourly partition may hold."
+    )
+
+    # --- local services -----------------------------------------------------------------------------
+    dagster_port: int = Field(
+        3000, description="Port of the Dagster UI started by `make demo` / `rtml demo`."
+    )
+
+    # --- derived -------------------------------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        """Absolute data directory (Dagster and the embedded servers need absolute paths)."""
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """The URL of another database on the same server (``rtml`` → ``dagster``, ``mlflow``)."""
+    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

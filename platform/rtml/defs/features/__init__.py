@@ -1,0 +1,1 @@
+"""Dagster glue of the dbt feature store (``rtml.features`` is the core library)."""

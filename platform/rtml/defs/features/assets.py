@@ -1,0 +1,114 @@
+"""dbt models as Dagster assets, dbt tests as asset checks.
+
+* Asset keys are the model names (``stg_transactions``, ``customer_features``, ...); groups are the
+  model folders (``staging``, ``features``, ``training``). The dbt sources ``raw.transactions`` and
+  ``raw.labels`` map to the ingestion assets ``transactions_raw`` and ``labels_raw`` (``meta.dagster``
+  in ``models/staging/_sources.yml``), so the models sit downstream of them in the graph.
+* Partitions: the incremental models (``stg_transactions``, ``customer_features``,
+  ``merchant_features``) share the HOURLY partitions of ``transactions_raw``; a run's partition time
+  window (one hour, or a whole range in a single-run backfill) becomes the dbt vars ``min_ts``/``max_ts``.
+  The other models (``stg_labels``, ``*_latest``, ``training_set``) are unpartitioned full rebuilds.
+* dbt connects with the env from ``rtml.features.dbt.dbt_env(postgres.database_url())``.
+"""
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+from dagster import AssetExecutionContext
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
+
+from rtml.defs.ingestion.partitions import transactions_partitions
+from rtml.defs.resources import PostgresResource
+from rtml.features.dbt import QUIET_ENV, dbt_env, dbt_executable, dbt_vars, ensure_manifest, project_dir
+
+for _key, _value in QUIET_ENV.items():  # dbt parse at load time must not phone home either
+    os.environ.setdefault(_key, _value)
+
+dbt_project = DbtProject(project_dir=project_dir(), profiles_dir=project_dir())
+dbt_project.prepare_if_dev()  # `dagster dev`: re-parse on load
+MANIFEST = ensure_manifest() if not dbt_project.manifest_path.exists() else dbt_project.manifest_path
+
+PARTITIONED = "config.materialized:incremental"
+GROUPS = {"staging": "staging", "features": "features", "training": "training"}
+
+
+class FeatureTranslator(DagsterDbtTranslator):
+    """Model name as asset key, model folder as group; sources honour their ``meta.dagster.asset_key``."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "model":
+            return dg.AssetKey(dbt_resource_props["name"])
+        return super().get_asset_key(dbt_resource_props)
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        fqn = dbt_resource_props.get("fqn", [])
+        if dbt_resource_props["resource_type"] == "model" and len(fqn) > 2:
+            return GROUPS.get(fqn[1], fqn[1])
+        return super().get_group_name(dbt_resource_props)
+
+
+translator = FeatureTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+def _dbt_build(
+    context: AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource, dbt_vars_: list[str]
+) -> Iterator[Any]:
+    # the dbt subprocess inherits os.environ: the connection comes from the platform's database URL
+    os.environ.update(dbt_env(postgres.database_url()))
+    invocation = dbt.cli(["build", *dbt_vars_], context=context)
+    yield from invocation.stream().fetch_column_metadata()
+
+
+@dbt_assets(
+    manifest=MANIFEST,
+    project=dbt_project,
+    select=PARTITIONED,
+    dagster_dbt_translator=translator,
+    partitions_def=transactions_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    name="dbt_incremental_features",
+)
+def dbt_incremental_features(
+    context: AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
+) -> Iterator[Any]:
+    """Incremental models over the run's hourly window: vars min_ts/max_ts = partition time window."""
+    window = context.partition_time_window
+    yield from _dbt_build(
+        context,
+        dbt,
+        postgres,
+        dbt_vars({"min_ts": window.start.isoformat(), "max_ts": window.end.isoformat()}),
+    )
+
+
+@dbt_assets(
+    manifest=MANIFEST,
+    project=dbt_project,
+    exclude=PARTITIONED,
+    dagster_dbt_translator=translator,
+    name="dbt_feature_tables",
+)
+def dbt_feature_tables(
+    context: AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
+) -> Iterator[Any]:
+    """Full rebuilds: stg_labels, the online *_latest tables and training_set (cut-off: all labels
+    known so far; the training job passes its own cut-off through dbt directly)."""
+    yield from _dbt_build(context, dbt, postgres, [])
+
+
+defs = dg.Definitions(
+    assets=[dbt_incremental_features, dbt_feature_tables],
+    resources={
+        "dbt": DbtCliResource(
+            project_dir=dbt_project, profiles_dir=str(project_dir()), dbt_executable=dbt_executable()
+        )
+    },
+)

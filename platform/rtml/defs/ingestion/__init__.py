@@ -1,0 +1,1 @@
+"""Ingestion domain: raw transactions and labels into PostgreSQL."""

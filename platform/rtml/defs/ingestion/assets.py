@@ -1,0 +1,156 @@
+"""Raw streams as partitioned assets: simulator transactions (hourly), labels (daily), landing files."""
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+
+from rtml.config import get_settings
+from rtml.defs.ingestion.checks import quarantine_share_check, raw_check_specs, row_count_checks
+from rtml.defs.ingestion.partitions import (
+    labels_partitions,
+    landing_file_partitions,
+    transactions_partitions,
+)
+from rtml.defs.resources import PostgresResource
+from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, load_transactions
+from rtml.sources.landing import ingest_landing_file
+from rtml.sources.simulator import Simulator
+
+# Transient database errors (dropped connection, serialization failure) are retried with backoff;
+# anything else fails at once (dg.Failure(allow_retries=False)) with the loader's message.
+DATABASE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _load_metadata(result: LoadResult, partitions: int) -> dict[str, Any]:
+    return {
+        "rows_read": result.rows_read,
+        "rows_loaded": result.rows_loaded,
+        "rows_quarantined": result.rows_quarantined,
+        "quarantine_by_rule": dg.MetadataValue.json(dict(result.quarantine_by_rule)),
+        # The platform's promise: nothing is silently lost.
+        "rows_read_equals_loaded_plus_quarantined": result.rows_read
+        == result.rows_loaded + result.rows_quarantined,
+        "partitions": partitions,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def _load_each(keys: list[str], load_one: Callable[[str], LoadResult]) -> Iterator[tuple[str, LoadResult]]:
+    """Load partition by partition: each replaces exactly its own rows in its own transaction."""
+    for key in keys:
+        try:
+            yield key, load_one(key)
+        except TransientDatabaseError:
+            raise  # retried by DATABASE_RETRY
+        except Exception as error:
+            raise dg.Failure(f"Loading partition {key} failed: {error}", allow_retries=False) from error
+
+
+def _total(results: list[LoadResult]) -> LoadResult:
+    by_rule: Counter[str] = Counter()
+    for result in results:
+        by_rule.update(result.quarantine_by_rule)
+    return LoadResult(
+        rows_read=sum(r.rows_read for r in results),
+        rows_loaded=sum(r.rows_loaded for r in results),
+        rows_quarantined=sum(r.rows_quarantined for r in results),
+        quarantine_by_rule=dict(by_rule),
+        seconds=sum(r.seconds for r in results),
+    )
+
+
+@dg.asset(
+    key="transactions_raw",
+    group_name="ingestion",
+    partitions_def=transactions_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    retry_policy=DATABASE_RETRY,
+    check_specs=raw_check_specs("transactions_raw", row_count=True),
+    kinds={"postgres", "python"},
+    description="Card transactions from the seeded simulator, validated; good rows in "
+    "`raw.transactions`, bad rows in `raw.transactions_quarantine` with the rule they failed.",
+)
+def transactions_raw(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    settings = get_settings()
+    simulator = Simulator(settings)
+    url = postgres.database_url()
+
+    def load_hour(key: str) -> LoadResult:
+        window = transactions_partitions.time_window_for_partition_key(key)
+        rows: pa.Table = simulator.transactions(window.start, window.end)
+        return load_transactions(url, [rows], source=key, settings=settings)
+
+    per_partition = dict(_load_each(context.partition_keys, load_hour))
+    total = _total(list(per_partition.values()))
+    context.log.info(f"{len(per_partition)} partition(s): {total}")
+    yield dg.MaterializeResult(metadata=_load_metadata(total, len(per_partition)))
+    yield quarantine_share_check("transactions_raw", total, settings)
+    yield row_count_checks(
+        "transactions_raw", {key: r.rows_loaded for key, r in per_partition.items()}, settings
+    )
+
+
+@dg.asset(
+    key="labels_raw",
+    group_name="ingestion",
+    partitions_def=labels_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    retry_policy=DATABASE_RETRY,
+    check_specs=raw_check_specs("labels_raw", row_count=False),
+    kinds={"postgres", "python"},
+    description="Fraud labels by the day they became known (chargebacks arrive days after the "
+    "transaction), validated into `raw.labels`.",
+)
+def labels_raw(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    settings = get_settings()
+    simulator = Simulator(settings)
+    url = postgres.database_url()
+
+    def load_day(key: str) -> LoadResult:
+        window = labels_partitions.time_window_for_partition_key(key)
+        labels = simulator.labels(window.start, window.end)
+        return load_labels(url, [labels], source=f"labels/{key}", settings=settings)
+
+    total = _total([result for _, result in _load_each(context.partition_keys, load_day)])
+    yield dg.MaterializeResult(metadata=_load_metadata(total, len(context.partition_keys)))
+    yield quarantine_share_check("labels_raw", total, settings)
+
+
+@dg.asset(
+    key="transactions_landing",
+    group_name="ingestion",
+    partitions_def=landing_file_partitions,
+    retry_policy=DATABASE_RETRY,
+    kinds={"postgres", "parquet", "csv"},
+    description="CSV or Parquet files dropped in `<data dir>/landing/`: one partition per file. Each "
+    "file ends in `processed/` or `rejected/` with a JSON receipt; nothing is deleted.",
+)
+def transactions_landing(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    settings = get_settings()
+    receipt = ingest_landing_file(
+        settings.landing_dir / context.partition_key, postgres.database_url(), settings
+    )
+    if receipt.status != "processed":
+        raise dg.Failure(
+            f"Landing file {context.partition_key} was rejected: {'; '.join(receipt.errors)}",
+            metadata={"receipt": dg.MetadataValue.path(str(receipt.path))},
+            allow_retries=False,
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "rows_read": receipt.rows_read,
+            "rows_loaded": receipt.rows_loaded,
+            "rows_quarantined": receipt.rows_quarantined,
+            "quarantine_by_rule": dg.MetadataValue.json(dict(receipt.quarantine_by_rule)),
+            "receipt": dg.MetadataValue.path(str(receipt.path)),
+        }
+    )

@@ -1,0 +1,13 @@
+"""Partitions of the raw streams: hourly transactions, daily labels, one partition per landing file."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rtml.config import get_settings
+
+_start = get_settings().sim_start
+
+transactions_partitions = dg.HourlyPartitionsDefinition(start_date=_start.strftime("%Y-%m-%d-%H:%M"))
+labels_partitions = dg.DailyPartitionsDefinition(start_date=_start.strftime("%Y-%m-%d"))
+landing_file_partitions = dg.DynamicPartitionsDefinition(name="landing_files")

@@ -1,0 +1,109 @@
+"""Running the dbt project (``dbt_project/``) against the platform database.
+
+dbt reads its connection from environment variables (``dbt_project/profiles.yml``); :func:`dbt_env`
+derives them from the platform's psycopg URL, including the embedded PostgreSQL's Unix-socket form
+``postgresql://postgres:@/rtml?host=/path/to/socket``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
+"""The dbt project (``dbt_project/`` at the repository root)."""
+
+
+def project_dir() -> Path:
+    """The dbt project folder; ``RTML_DBT_PROJECT_DIR`` overrides it (an installed wheel has no repo)."""
+    return Path(os.environ.get("RTML_DBT_PROJECT_DIR") or PROJECT_DIR)
+
+
+def target_dir() -> Path:
+    return project_dir() / "target"
+
+
+def manifest_path() -> Path:
+    return target_dir() / "manifest.json"
+
+
+# dbt must never try to reach PyPI or the telemetry endpoint from here (STACK.md: known traps).
+QUIET_ENV = {
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    "DBT_VERSION_CHECK": "false",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def dbt_env(database_url: str, *, threads: int | None = None) -> dict[str, str]:
+    """Environment variables for ``profiles.yml`` from a psycopg/libpq URL.
+
+    ``postgresql://user:pw@host:5432/db`` and the socket form ``postgresql://user:@/db?host=/socket/dir``
+    are both understood; a ``host`` query parameter wins over the URL's host (libpq's rule).
+    """
+    parts = urlsplit(database_url)
+    if parts.scheme.split("+")[0] not in {"postgresql", "postgres"}:
+        raise ValueError(f"not a PostgreSQL URL: {parts.scheme}://...")
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or ""])[0] or "127.0.0.1"
+    port = query.get("port", [str(parts.port or 5432)])[0]
+    env = {
+        "DBT_HOST": unquote(host),
+        "DBT_PORT": str(port),
+        "DBT_USER": unquote(parts.username or query.get("user", ["postgres"])[0]),
+        "DBT_PASSWORD": unquote(parts.password or query.get("password", [""])[0]),
+        "DBT_DBNAME": unquote(parts.path.lstrip("/") or query.get("dbname", ["postgres"])[0]),
+        "DBT_PROFILES_DIR": str(project_dir()),
+        "DBT_PROJECT_DIR": str(project_dir()),
+        **QUIET_ENV,
+    }
+    if threads is not None:
+        env["DBT_THREADS"] = str(threads)
+    return env
+
+
+def dbt_executable() -> str:
+    """The ``dbt`` next to the running interpreter (the venv's), else whatever is on PATH."""
+    candidate = Path(sys.executable).with_name("dbt")
+    return str(candidate) if candidate.exists() else "dbt"
+
+
+def dbt_vars(values: Mapping[str, Any]) -> list[str]:
+    """``--vars`` arguments (JSON is valid YAML); empty when there is nothing to pass."""
+    clean = {key: value for key, value in values.items() if value is not None}
+    return ["--vars", json.dumps(clean, default=str)] if clean else []
+
+
+def run_dbt(
+    args: Sequence[str],
+    database_url: str,
+    *,
+    check: bool = True,
+    capture: bool = True,
+    extra_env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one dbt command in the project with the connection from ``database_url``."""
+    env = {**os.environ, **dbt_env(database_url), **(extra_env or {})}
+    command = [dbt_executable(), "--no-version-check", *args]
+    proc = subprocess.run(command, cwd=project_dir(), env=env, text=True, capture_output=capture, check=False)
+    if check and proc.returncode != 0:
+        output = (proc.stdout or "") + (proc.stderr or "")
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-6000:]}")
+    return proc
+
+
+def ensure_manifest(database_url: str | None = None, *, force: bool = False) -> Path:
+    """``target/manifest.json``, running ``dbt parse`` first when it is missing (or ``force``).
+
+    Parsing needs no database connection; a placeholder URL is used when none is given.
+    """
+    path = manifest_path()
+    if force or not path.exists():
+        run_dbt(["parse"], database_url or "postgresql://postgres@127.0.0.1:5432/rtml")
+    return path

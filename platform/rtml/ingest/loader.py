@@ -1,0 +1,400 @@
+"""Idempotent loading of one source (a partition key or a landing file name) into the raw tables.
+
+One transaction per source: delete the source's previous rows (raw and quarantine), then stream the
+batches chunk by chunk (``ingest_chunk_rows``): validate, COPY the good rows, COPY the quarantined rows.
+Reruns therefore never duplicate, and readers see either the old or the new version of a source.
+
+Speed: validation and CSV serialization of chunk N+1 run in a background thread while the server parses
+chunk N (pyarrow and libpq release the GIL), so the client mostly hides behind the server's COPY.
+
+A transaction_id already loaded from a *different* source would break the primary key. The common case
+takes the fast path (COPY straight into the table inside a savepoint); only on a unique violation does
+the chunk roll back to the savepoint, look up which ids exist already, move those rows to quarantine
+(``transaction_id_duplicate``, naming the other source) and COPY the rest.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from rtml.config import Settings, get_settings
+from rtml.ingest.errors import IngestError, TransientDatabaseError
+from rtml.ingest.tables import (
+    LABELS_QUARANTINE_TABLE,
+    LABELS_TABLE,
+    TRANSACTIONS_QUARANTINE_TABLE,
+    TRANSACTIONS_TABLE,
+    ensure_tables,
+)
+from rtml.ingest.validation import (
+    LABELS_QUARANTINE,
+    TRANSACTIONS_QUARANTINE,
+    Validated,
+    quarantine_rows,
+    validate_labels,
+    validate_transactions,
+)
+from rtml.sources.schema import LABELS, TRANSACTIONS
+
+__all__ = ["IngestError", "LoadResult", "TransientDatabaseError", "load_labels", "load_transactions"]
+
+_CSV_OPTIONS = pacsv.WriteOptions(include_header=False, batch_size=8192)
+_MAX_CONFLICT_ROUNDS = 5  # each round removes the conflicts seen; more means concurrent writers of the ids
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    rows_read: int
+    rows_loaded: int
+    rows_quarantined: int
+    quarantine_by_rule: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        rate = self.rows_read / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.rows_read} rows read, {self.rows_loaded} loaded, {self.rows_quarantined} quarantined "
+            f"{dict(self.quarantine_by_rule)} in {self.seconds:.2f} s ({rate:,.0f} rows/s)"
+        )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What differs between the two streams."""
+
+    what: str
+    table: str
+    quarantine_table: str
+    record: pa.Schema
+    quarantine: pa.Schema
+    validate: Callable[..., Validated]
+    # Which existing rows conflict with an incoming id: transactions' key is the id alone, labels' key
+    # is (id, source) so only the same source (an earlier chunk of this load) can conflict.
+    conflict_scope: sql.Composable
+
+
+TRANSACTIONS_TARGET = _Target(
+    "transactions",
+    TRANSACTIONS_TABLE,
+    TRANSACTIONS_QUARANTINE_TABLE,
+    TRANSACTIONS,
+    TRANSACTIONS_QUARANTINE,
+    validate_transactions,
+    sql.SQL("true"),
+)
+LABELS_TARGET = _Target(
+    "labels",
+    LABELS_TABLE,
+    LABELS_QUARANTINE_TABLE,
+    LABELS,
+    LABELS_QUARANTINE,
+    validate_labels,
+    sql.SQL("existing.source = {}").format(sql.Placeholder("source")),
+)
+
+
+def load_transactions(
+    conn_or_url: psycopg.Connection | str,
+    batches: Iterable[pa.Table],
+    source: str,
+    settings: Settings | None = None,
+    *,
+    reader_rejects: list[pa.Table] | None = None,
+) -> LoadResult:
+    """Replace source ``source`` in ``raw.transactions`` (and its quarantine) with ``batches``.
+
+    ``reader_rejects``: quarantine rows (TRANSACTIONS_QUARANTINE schema) that the reader produced while
+    the batches were consumed (e.g. truncated CSV lines); read after the last batch and loaded with the
+    rest. With a connection, an already open transaction of the caller is not committed here.
+    """
+    return _load(TRANSACTIONS_TARGET, conn_or_url, batches, source, settings, reader_rejects)
+
+
+def load_labels(
+    conn_or_url: psycopg.Connection | str,
+    batches: Iterable[pa.Table],
+    source: str,
+    settings: Settings | None = None,
+    *,
+    reader_rejects: list[pa.Table] | None = None,
+) -> LoadResult:
+    """Replace source ``source`` in ``raw.labels`` (and its quarantine) with ``batches``."""
+    return _load(LABELS_TARGET, conn_or_url, batches, source, settings, reader_rejects)
+
+
+# --- the load ------------------------------------------------------------------------------------------
+@dataclass
+class _Chunk:
+    batch: pa.Table  # as read: original values for quarantine
+    validated: Validated
+    good_csv: pa.Buffer  # good rows + source, CSV without header, ready for COPY
+    row_offset: int
+
+
+def _load(
+    target: _Target,
+    conn_or_url: psycopg.Connection | str,
+    batches: Iterable[pa.Table],
+    source: str,
+    settings: Settings | None,
+    reader_rejects: list[pa.Table] | None,
+) -> LoadResult:
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    rows_read = rows_loaded = 0
+    by_rule: Counter[str] = Counter()
+    try:
+        with _connection(conn_or_url) as conn:
+            ensure_tables(conn)
+            with conn.transaction():
+                _replace_source(conn, target, source)
+                chunks = _prepare(target, batches, source, settings)
+                for chunk in _in_background(chunks):
+                    loaded, conflicts = _copy_good(conn, target, chunk, source)
+                    quarantined = pa.concat_tables(
+                        [t for t in (chunk.validated.quarantined, *conflicts) if t.num_rows]
+                        or [chunk.validated.quarantined]
+                    )
+                    _copy_quarantine(conn, target, quarantined, source)
+                    rows_read += chunk.batch.num_rows
+                    rows_loaded += loaded
+                    by_rule.update(_count_rules(quarantined))
+                if reader_rejects:
+                    rejects = pa.concat_tables(reader_rejects)
+                    _copy_quarantine(conn, target, rejects, source)
+                    rows_read += rejects.num_rows
+                    by_rule.update(_count_rules(rejects))
+    except psycopg.OperationalError as error:
+        raise TransientDatabaseError(
+            f"Loading {target.what} source {source!r} into {target.table} hit a transient database error "
+            f"(rolled back, safe to retry): {error}"
+        ) from error
+    except psycopg.Error as error:
+        raise IngestError(
+            f"Loading {target.what} source {source!r} into {target.table} failed (rolled back): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    return LoadResult(
+        rows_read=rows_read,
+        rows_loaded=rows_loaded,
+        rows_quarantined=sum(by_rule.values()),
+        quarantine_by_rule=dict(sorted(by_rule.items())),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@contextmanager
+def _connection(conn_or_url: psycopg.Connection | str) -> Iterator[psycopg.Connection]:
+    if isinstance(conn_or_url, psycopg.Connection):
+        yield conn_or_url
+        return
+    # autocommit: conn.transaction() then means BEGIN ... COMMIT rather than an implicit transaction.
+    with psycopg.connect(conn_or_url, autocommit=True) as conn:
+        yield conn
+
+
+def _replace_source(conn: psycopg.Connection, target: _Target, source: str) -> None:
+    # Durability of the commit is still guaranteed by the WAL; only the wait for the flush is skipped
+    # (a crash may lose this last commit, never corrupt), and the load is simply rerun.
+    conn.execute("SET LOCAL synchronous_commit = off")
+    # Two loads of the same source would otherwise interleave their deletes and inserts.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{target.table}:{source}",))
+    for table in (target.table, target.quarantine_table):
+        conn.execute(sql.SQL("DELETE FROM {} WHERE source = %s").format(_ident(table)), (source,))
+
+
+def _prepare(
+    target: _Target, batches: Iterable[pa.Table], source: str, settings: Settings
+) -> Iterator[_Chunk]:
+    """Validate and serialize chunk by chunk (runs in the background thread)."""
+    now = datetime.now(UTC)
+    offset = 0
+    step = max(1, settings.ingest_chunk_rows)
+    for batch in batches:
+        for start in range(0, max(batch.num_rows, 1), step):
+            part = batch.slice(start, step)
+            validated = target.validate(part, settings, now=now, row_offset=offset)
+            yield _Chunk(part, validated, _csv_with_source(validated.good, source), offset)
+            offset += part.num_rows
+
+
+def _csv_with_source(table: pa.Table, source: str) -> pa.Buffer:
+    # pyarrow 25's CSV writer emits NUL bytes for a table whose first chunk is empty (as after
+    # concat_tables([empty, rows])): write contiguous columns (a no-op for single-chunk tables).
+    table = table.combine_chunks()
+    with_source = table.append_column("source", pa.repeat(pa.scalar(source), table.num_rows))
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(with_source, sink, _CSV_OPTIONS)
+    return sink.getvalue()
+
+
+def _copy_good(
+    conn: psycopg.Connection, target: _Target, chunk: _Chunk, source: str
+) -> tuple[int, list[pa.Table]]:
+    """COPY the chunk's good rows; returns (rows loaded, quarantine tables of cross-source conflicts)."""
+    good = chunk.validated.good
+    keep = np.arange(good.num_rows)  # positions in `good` still to load
+    payload = chunk.good_csv
+    conflicts: list[pa.Table] = []
+    for _ in range(_MAX_CONFLICT_ROUNDS):
+        try:
+            with conn.transaction():  # savepoint: a unique violation costs only this chunk's COPY
+                _copy(conn, target.table, [*target.record.names, "source"], payload)
+            return len(keep), conflicts
+        except psycopg.errors.UniqueViolation:
+            pass
+        # Slow path: which of these ids exist already, and under which source?
+        ids = pc.take(good["transaction_id"], pa.array(keep))
+        existing_ids, existing_sources = _existing(conn, target, ids, source)
+        hit = pc.fill_null(pc.is_in(ids, existing_ids), False).to_numpy(zero_copy_only=False)
+        if not hit.any():
+            raise IngestError(
+                f"COPY into {target.table} raised a unique violation, but none of the ids exists: "
+                "a concurrent writer?"
+            )
+        hit_positions = keep[hit]
+        hit_ids = pc.take(good["transaction_id"], pa.array(hit_positions))
+        other_source = pc.take(existing_sources, pc.index_in(hit_ids, existing_ids))
+        errors = pc.binary_join_element_wise(
+            pa.scalar("transaction_id '"),
+            hit_ids,
+            pa.scalar("' is already loaded from source '"),
+            other_source,
+            pa.scalar("'"),
+            "",
+        )
+        batch_rows = chunk.validated.good_rows[hit_positions]
+        conflicts.append(
+            quarantine_rows(
+                chunk.batch, target.record, batch_rows, chunk.row_offset, "transaction_id_duplicate", errors
+            )
+        )
+        keep = keep[~hit]
+        payload = _csv_with_source(good.take(pa.array(keep)), source)
+    raise IngestError(
+        f"Loading {target.what} source {source!r}: ids kept conflicting after {_MAX_CONFLICT_ROUNDS} "
+        f"rounds; is another process loading the same ids into {target.table}? Rerun the load."
+    )
+
+
+def _existing(
+    conn: psycopg.Connection, target: _Target, ids: pa.Array, source: str
+) -> tuple[pa.Array, pa.Array]:
+    """(ids, sources) of rows in the target table that share an id with ``ids``."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rtml_incoming_ids (transaction_id text) ON COMMIT DROP")
+    conn.execute("TRUNCATE rtml_incoming_ids")
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(pa.table({"transaction_id": ids}), sink, _CSV_OPTIONS)
+    _copy(conn, "rtml_incoming_ids", ["transaction_id"], sink.getvalue())
+    query = sql.SQL(
+        "SELECT existing.transaction_id, existing.source FROM {} AS existing "
+        "JOIN rtml_incoming_ids USING (transaction_id) WHERE {}"
+    ).format(_ident(target.table), target.conflict_scope)
+    rows = conn.execute(query, {"source": source}).fetchall()
+    return pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows], pa.string())
+
+
+def _copy_quarantine(conn: psycopg.Connection, target: _Target, quarantined: pa.Table, source: str) -> None:
+    if quarantined.num_rows == 0:
+        return
+    _copy(
+        conn,
+        target.quarantine_table,
+        [*quarantined.column_names, "source"],
+        _csv_with_source(quarantined, source),
+    )
+
+
+def _copy(conn: psycopg.Connection, table: str, columns: list[str], payload: pa.Buffer) -> None:
+    if payload.size == 0:
+        return
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        _ident(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.write(memoryview(payload))
+
+
+def _ident(name: str) -> sql.Identifier:
+    return sql.Identifier(*name.split("."))
+
+
+def _count_rules(quarantined: pa.Table) -> Counter[str]:
+    if quarantined.num_rows == 0:
+        return Counter()
+    counts = pc.value_counts(quarantined["rule"].combine_chunks())
+    return Counter({str(item["values"]): int(item["counts"]) for item in counts.to_pylist()})
+
+
+# --- background preparation ----------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Done:
+    pass
+
+
+class _Background(Generic[T]):
+    """Runs an iterator in a thread, one item ahead of the consumer (bounded memory)."""
+
+    def __init__(self, items: Iterator[T], depth: int = 1):
+        self._items = items
+        self._queue: queue.Queue[T | _Failed | _Done] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rtml-ingest-prepare", daemon=True)
+
+    def _put(self, item: T | _Failed | _Done) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_Done())
+        except BaseException as error:
+            self._put(_Failed(error))
+
+    def __iter__(self) -> Iterator[T]:
+        self._thread.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def _in_background(items: Iterator[T]) -> Iterator[T]:
+    return iter(_Background(items))

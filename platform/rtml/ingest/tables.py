@@ -1,0 +1,94 @@
+"""DDL of the raw layer: what the loader writes and dbt's staging models read.
+
+Types, and why:
+- ``amount double precision``: the record schema is float64, so the value round-trips exactly, and
+  PostgreSQL parses float8 noticeably faster than ``numeric`` during COPY (see docs/benchmarks.md).
+  Money arithmetic that needs exact cents belongs to a ``numeric`` cast in dbt, not to raw storage.
+- ``currency text``: ``char(3)`` would pad and compare with blank-trimming semantics; validation already
+  restricts the value to the allowed ISO codes.
+- ``source``: the partition key or landing file name that loaded the row; loading a source replaces
+  exactly its rows (delete by source + COPY), hence the index.
+- ``raw.labels`` keys on (transaction_id, source): a label is unique within one delivery, but a later
+  delivery may correct it; dbt takes the newest label known at the cut-off (by ``label_ts``).
+- Quarantine tables keep the original values as text (nothing coerced), the rule that failed, a human
+  message, and ``source_row`` (0-based row position within the source; for a CSV file with a header
+  that is line number - 2). ``raw_record`` holds the original line of rows that could not even be split
+  into fields (``row_truncated``, ``row_too_many_fields``).
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from rtml.sources.schema import LABELS, TRANSACTIONS
+
+TRANSACTIONS_TABLE = "raw.transactions"
+TRANSACTIONS_QUARANTINE_TABLE = "raw.transactions_quarantine"
+LABELS_TABLE = "raw.labels"
+LABELS_QUARANTINE_TABLE = "raw.labels_quarantine"
+
+# Columns of the quarantine tables after the record's own columns (all text).
+QUARANTINE_EXTRA_COLUMNS = ("source_row", "rule", "error", "raw_record", "source")
+
+_QUARANTINE_TAIL = """
+    source_row bigint,
+    rule text not null,
+    error text not null,
+    raw_record text,
+    source text not null,
+    quarantined_at timestamptz not null default now()
+"""
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS raw;
+
+CREATE TABLE IF NOT EXISTS {TRANSACTIONS_TABLE} (
+    transaction_id text primary key,
+    event_ts timestamptz not null,
+    customer_id text not null,
+    merchant_id text not null,
+    merchant_category text not null,
+    amount double precision not null,
+    currency text not null,
+    channel text not null,
+    country text not null,
+    source text not null,
+    loaded_at timestamptz not null default now()
+);
+CREATE INDEX IF NOT EXISTS transactions_event_ts_idx ON {TRANSACTIONS_TABLE} (event_ts);
+CREATE INDEX IF NOT EXISTS transactions_source_idx ON {TRANSACTIONS_TABLE} (source);
+
+CREATE TABLE IF NOT EXISTS {TRANSACTIONS_QUARANTINE_TABLE} (
+    {", ".join(f"{name} text" for name in TRANSACTIONS.names)},
+    {_QUARANTINE_TAIL}
+);
+CREATE INDEX IF NOT EXISTS transactions_quarantine_source_idx ON {TRANSACTIONS_QUARANTINE_TABLE} (source);
+
+CREATE TABLE IF NOT EXISTS {LABELS_TABLE} (
+    transaction_id text not null,
+    is_fraud boolean not null,
+    label_ts timestamptz not null,
+    label_source text not null,
+    source text not null,
+    loaded_at timestamptz not null default now(),
+    primary key (transaction_id, source)
+);
+CREATE INDEX IF NOT EXISTS labels_label_ts_idx ON {LABELS_TABLE} (label_ts);
+CREATE INDEX IF NOT EXISTS labels_source_idx ON {LABELS_TABLE} (source);
+
+CREATE TABLE IF NOT EXISTS {LABELS_QUARANTINE_TABLE} (
+    {", ".join(f"{name} text" for name in LABELS.names)},
+    {_QUARANTINE_TAIL}
+);
+CREATE INDEX IF NOT EXISTS labels_quarantine_source_idx ON {LABELS_QUARANTINE_TABLE} (source);
+"""
+
+# Serializes concurrent DDL runs (CREATE ... IF NOT EXISTS is not race-free on its own).
+_DDL_LOCK_KEY = 0x72746D6C  # "rtml"
+
+
+def ensure_tables(conn: psycopg.Connection) -> None:
+    """Create the raw schema, tables and indexes if missing. Idempotent; commits its own transaction."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK_KEY,))
+        conn.execute(DDL)  # several statements: allowed without parameters

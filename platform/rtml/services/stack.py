@@ -1,0 +1,199 @@
+"""The local stack behind `rtml up / down / status`: PostgreSQL, Redis and DAGSTER_HOME.
+
+With ``RTML_DATABASE_URL`` / ``RTML_REDIS_URL`` set, those servers are used and nothing is started for
+them. Unset, embedded servers from pip wheels run under the data directory; they outlive `rtml up` and
+are recorded (pid, URL, data folder) in ``<data dir>/stack.json``, so `rtml down` in another process
+stops exactly them, by pid.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from rtml.config import Settings, database_url_for
+from rtml.services import postgres, redis
+from rtml.services.dagster_home import write_dagster_yaml
+from rtml.services.processes import pid_alive, stop_pid
+from rtml.services.state import EmbeddedServer, StackState, locked
+
+
+class StackError(RuntimeError):
+    """A component of the stack failed; the message says what, where (log) and how to fix it."""
+
+
+class StackNotRunningError(StackError):
+    pass
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    database_url: str  # platform database, psycopg / libpq URL
+    redis_url: str  # redis-py URL
+    dagster_home: Path  # folder holding dagster.yaml
+    embedded: bool  # True when (at least one) embedded server of ours serves the stack
+    dagster_database: str = "dagster"
+    mlflow_database: str = "mlflow"
+
+    def url_for(self, database: str) -> str:
+        """Another database on the platform's server."""
+        return database_url_for(self.database_url, database)
+
+    @property
+    def dagster_database_url(self) -> str:
+        return self.url_for(self.dagster_database)
+
+    @property
+    def mlflow_database_url(self) -> str:
+        return self.url_for(self.mlflow_database)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str  # "postgres" or "redis"
+    url: str | None  # None: neither configured nor running
+    pid: int | None  # set when the server is our embedded one
+    answers: bool
+
+
+class LocalStack:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = settings.home
+        self.state_file = self.home / "stack.json"
+        self.lock_file = self.home / "stack.lock"
+        self.pgdata = self.home / "postgres"
+        self.valkey_dir = self.home / "valkey"
+
+    # --- public API ---------------------------------------------------------------------------------
+    def up(self) -> StackInfo:
+        """Start what is missing, create databases and schemas, write dagster.yaml. Idempotent."""
+        with locked(self.lock_file):
+            state = StackState.load(self.state_file)
+            # A configured URL wins; a record of an embedded server started earlier is kept, so that
+            # down() still stops it.
+            try:
+                if self.settings.database_url:
+                    database_url = postgres.libpq_url(self.settings.database_url)
+                else:
+                    state.postgres = self._running_or_started_postgres(state.postgres)
+                    database_url = state.postgres.url
+                if self.settings.redis_url:
+                    redis_url = self.settings.redis_url
+                else:
+                    state.redis = self._running_or_started_redis(state.redis)
+                    redis_url = state.redis.url
+            finally:
+                state.save(self.state_file)  # also on failure: what did start must be stoppable
+            info = self._info(database_url, redis_url, embedded=self._embedded)
+            try:
+                postgres.ensure_databases(
+                    database_url,
+                    [self._database_name(database_url), info.dagster_database, info.mlflow_database],
+                )
+                postgres.ensure_schemas(database_url)
+            except postgres.PostgresError as exc:
+                raise StackError(str(exc)) from exc
+            write_dagster_yaml(info.dagster_home, info.dagster_database_url)
+            return info
+
+    def down(self) -> None:
+        """Stop the embedded servers that up() started, by pid. Idempotent; leaves external servers alone."""
+        with locked(self.lock_file):
+            state = StackState.load(self.state_file)
+            redis_pid = state.redis.pid if state.redis else redis.embedded_pid_from_file(self.valkey_dir)
+            if pid_alive(redis_pid, marker=self.valkey_dir):
+                assert redis_pid is not None
+                stop_pid(redis_pid, signal.SIGTERM)
+            postgres.stop_embedded(self.pgdata, state.postgres.pid if state.postgres else None)
+            self.state_file.unlink(missing_ok=True)
+
+    def status(self) -> list[ComponentStatus]:
+        state = StackState.load(self.state_file)
+        return [
+            self._status("postgres", self.settings.database_url, state.postgres, postgres.answers),
+            self._status("redis", self.settings.redis_url, state.redis, redis.answers),
+        ]
+
+    def info(self) -> StackInfo:
+        """The running stack, without starting anything: configured URLs, else the embedded servers."""
+        state = StackState.load(self.state_file)
+        database_url = self._resolved(
+            "PostgreSQL", "RTML_DATABASE_URL", self.settings.database_url, state.postgres
+        )
+        redis_url = self._resolved("Redis", "RTML_REDIS_URL", self.settings.redis_url, state.redis)
+        return self._info(postgres.libpq_url(database_url), redis_url, embedded=self._embedded)
+
+    # --- helpers ------------------------------------------------------------------------------------
+    @property
+    def _embedded(self) -> bool:
+        return not (self.settings.database_url and self.settings.redis_url)
+
+    def _info(self, database_url: str, redis_url: str, embedded: bool) -> StackInfo:
+        return StackInfo(
+            database_url=database_url,
+            redis_url=redis_url,
+            dagster_home=self.settings.dagster_home,
+            embedded=embedded,
+            dagster_database=self.settings.dagster_database,
+            mlflow_database=self.settings.mlflow_database,
+        )
+
+    @staticmethod
+    def _database_name(url: str) -> str:
+        name = make_url(url).database
+        if not name:
+            raise StackError(f"the database URL names no database: {url}")
+        return name
+
+    def _running_or_started_postgres(self, known: EmbeddedServer | None) -> EmbeddedServer:
+        if known and pid_alive(known.pid, marker=self.pgdata) and postgres.answers(known.url):
+            return known  # fast path: nothing to start
+        try:
+            return postgres.start_embedded(self.pgdata)
+        except postgres.PostgresError as exc:
+            raise StackError(str(exc)) from exc
+
+    def _running_or_started_redis(self, known: EmbeddedServer | None) -> EmbeddedServer:
+        if known and pid_alive(known.pid, marker=self.valkey_dir) and redis.answers(known.url):
+            return known
+        orphan = redis.embedded_pid_from_file(self.valkey_dir)
+        if pid_alive(orphan, marker=self.valkey_dir):
+            assert orphan is not None
+            stop_pid(orphan)  # ours but unrecorded or not answering: restart cleanly
+        preferred_port = int(known.url.rsplit(":", 1)[1].split("/")[0]) if known else None
+        try:
+            return redis.start_embedded(self.valkey_dir, preferred_port)
+        except redis.RedisError as exc:
+            raise StackError(str(exc)) from exc
+
+    def _status(
+        self, name: str, configured: str | None, embedded: EmbeddedServer | None, check: Callable[[str], bool]
+    ) -> ComponentStatus:
+        if configured:
+            return ComponentStatus(name, configured, None, check(configured))
+        if embedded is None:
+            return ComponentStatus(name, None, None, False)
+        running = pid_alive(embedded.pid, marker=embedded.data_dir)
+        return ComponentStatus(name, embedded.url, embedded.pid, running and check(embedded.url))
+
+    def _resolved(
+        self, what: str, env_var: str, configured: str | None, embedded: EmbeddedServer | None
+    ) -> str:
+        if configured:
+            return configured
+        if embedded is None:
+            raise StackNotRunningError(
+                f"no {what}: {env_var} is not set and no embedded server runs under {self.home}. "
+                "Run `rtml up` first."
+            )
+        if not pid_alive(embedded.pid, marker=embedded.data_dir):
+            raise StackNotRunningError(
+                f"the embedded {what} (pid {embedded.pid}, {embedded.data_dir}) is not running any more "
+                f"(log: {embedded.log}). Run `rtml up` first."
+            )
+        return embedded.url

@@ -1,0 +1,57 @@
+"""The state file of the embedded servers, so that `rtml down` / `status` in another process find them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class EmbeddedServer:
+    """One server that `rtml up` started: enough to reach it, recognise it and stop it."""
+
+    pid: int
+    url: str
+    data_dir: str  # also the marker in its command line that guards against pid reuse
+    log: str
+
+
+@dataclass
+class StackState:
+    postgres: EmbeddedServer | None = None
+    redis: EmbeddedServer | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> StackState:
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls(
+            postgres=EmbeddedServer(**raw["postgres"]) if raw.get("postgres") else None,
+            redis=EmbeddedServer(**raw["redis"]) if raw.get("redis") else None,
+        )
+
+    def save(self, path: Path) -> None:
+        if self.postgres is None and self.redis is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock: two `rtml up` at once must not start two servers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""Sources of raw records: the seeded transaction simulator and the record schemas."""

@@ -1,0 +1,72 @@
+"""The feature registry read from the dbt manifest, and the dbt connection environment (no database)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtml.features.dbt import dbt_env, ensure_manifest
+from rtml.features.registry import DTYPES, load_registry
+
+
+@pytest.fixture(scope="module")
+def registry():  # type: ignore[no-untyped-def]
+    ensure_manifest()  # `dbt parse` when target/manifest.json is missing
+    return load_registry()
+
+
+def test_feature_views_and_their_features(registry) -> None:  # type: ignore[no-untyped-def]
+    customer = registry.by_entity("customer")
+    assert (customer.name, customer.entity_key, customer.relation) == (
+        "customer_features",
+        "customer_id",
+        "features.customer_features",
+    )
+    assert customer.online_relation == "features.customer_features_latest"
+    assert {
+        "txn_count_1h",
+        "amount_sum_24h",
+        "amount_zscore_30d",
+        "distinct_merchants_24h",
+        "seconds_since_prev_txn",
+        "night_share_7d",
+        "is_new_merchant",
+    } <= set(customer.feature_names)
+    merchant = registry.view("merchant_features")
+    assert merchant.entity_key == "merchant_id"
+    assert merchant.feature("merchant_fraud_rate_30d").window == "30d"
+    assert len(registry.manifest_hash) == 64
+
+
+def test_every_feature_is_fully_defined(registry) -> None:  # type: ignore[no-untyped-def]
+    for feature in registry.features:
+        assert feature.description and feature.owner and feature.version >= 1, feature
+        assert feature.dtype in DTYPES and feature.window, feature
+        assert feature.online in {"stored", "request"}
+
+
+def test_request_time_features_are_derived_by_the_scorer(registry) -> None:  # type: ignore[no-untyped-def]
+    customer = registry.view("customer_features")
+    derived = {f.name for f in customer.features if f.online == "request"}
+    assert derived == {"amount_zscore_30d", "seconds_since_prev_txn", "is_new_merchant"}
+    assert all(f.name not in derived for f in customer.stored_features)
+
+
+def test_dbt_env_from_tcp_and_socket_urls() -> None:
+    env = dbt_env("postgresql://alice:s%40cret@db.example:6543/rtml")
+    assert (env["DBT_HOST"], env["DBT_PORT"], env["DBT_USER"], env["DBT_PASSWORD"], env["DBT_DBNAME"]) == (
+        "db.example",
+        "6543",
+        "alice",
+        "s@cret",
+        "rtml",
+    )
+    socket = dbt_env("postgresql://postgres:@/rtml?host=/tmp/pg%20sock")
+    assert (socket["DBT_HOST"], socket["DBT_PORT"], socket["DBT_USER"], socket["DBT_PASSWORD"]) == (
+        "/tmp/pg sock",
+        "5432",
+        "postgres",
+        "",
+    )
+    assert socket["DBT_SEND_ANONYMOUS_USAGE_STATS"] == "false"
+    with pytest.raises(ValueError):
+        dbt_env("mysql://x@y/z")

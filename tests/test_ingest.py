@@ -1,0 +1,309 @@
+"""Validation, quarantine and the idempotent loader against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from rtml.config import Settings
+from rtml.ingest.errors import SchemaMismatchError, TransientDatabaseError
+from rtml.ingest.loader import load_labels, load_transactions
+from rtml.ingest.tables import ensure_tables
+from rtml.sources.schema import LABELS, TRANSACTIONS
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+SETTINGS = Settings()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        ensure_tables(connection)
+        yield connection
+
+
+@pytest.fixture
+def source() -> str:
+    return f"test/{uuid.uuid4().hex[:12]}"
+
+
+def transactions(n: int, prefix: str) -> pa.Table:
+    """n valid typed transactions with ids ``<prefix>-<i>``."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": f"{prefix}-{i}",
+                "event_ts": T0 + timedelta(seconds=i),
+                "customer_id": f"c{i % 7}",
+                "merchant_id": f"m{i % 5}",
+                "merchant_category": "grocery",
+                "amount": 10.0 + i,
+                "currency": "EUR",
+                "channel": "pos",
+                "country": "DE",
+            }
+            for i in range(n)
+        ],
+        schema=TRANSACTIONS,
+    )
+
+
+def rows(conn: psycopg.Connection, table: str, source: str) -> list[tuple[object, ...]]:
+    """Full content of a source's rows, without the load-time column."""
+    skip = {"loaded_at", "quarantined_at"}
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema || '.' || table_name = %s "
+            "ORDER BY ordinal_position",
+            (table,),
+        )
+        if row[0] not in skip
+    ]
+    query = f"SELECT {', '.join(names)} FROM {table} WHERE source = %s ORDER BY 1, {len(names)}"
+    return conn.execute(query, (source,)).fetchall()
+
+
+def count(conn: psycopg.Connection, table: str, source: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table} WHERE source = %s", (source,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# One crafted string row per rule (as a landing CSV delivers them), plus the rule it must fail.
+GOOD = {
+    "transaction_id": "ok",
+    "event_ts": "2026-11-01T10:00:00Z",
+    "customer_id": "c1",
+    "merchant_id": "m1",
+    "merchant_category": "grocery",
+    "amount": "12.50",
+    "currency": "EUR",
+    "channel": "online",
+    "country": "FR",
+}
+BAD_ROWS = {
+    "transaction_id_missing": {"transaction_id": "  "},
+    "customer_id_missing": {"customer_id": ""},
+    "merchant_id_missing": {"merchant_id": ""},
+    "merchant_category_missing": {"merchant_category": ""},
+    "event_ts_unparseable": {"event_ts": "yesterday"},
+    "event_ts_in_future": {"event_ts": "2999-01-01T00:00:00Z"},
+    "amount_unparseable": {"amount": "12,50"},
+    "amount_not_positive": {"amount": "-3"},
+    "amount_above_max": {"amount": "1e9"},
+    "currency_not_allowed": {"currency": "XYZ"},
+    "channel_not_allowed": {"channel": "fax"},
+    "country_invalid": {"country": "France"},
+    "transaction_id_duplicate": {},  # a later copy of the good row (its id is set in the test)
+}
+
+
+def test_each_bad_row_is_quarantined_with_its_rule_and_original_values(
+    conn: psycopg.Connection, source: str
+) -> None:
+    good = {**GOOD, "transaction_id": f"{source}/ok"}  # ids unique per test: tests stay independent
+    changes = {**BAD_ROWS, "transaction_id_duplicate": {"transaction_id": good["transaction_id"]}}
+    originals = [{**good, "transaction_id": f"{source}/{rule}", **change} for rule, change in changes.items()]
+    crafted = [good, *originals]
+    # A row failing several rules is quarantined once, under the first rule in the documented order.
+    crafted.append({**good, "transaction_id": f"{source}/two-rules", "amount": "abc", "currency": "XYZ"})
+    table = pa.Table.from_pylist(crafted)
+    assert all(pa.types.is_string(t) for t in table.schema.types)
+    result = load_transactions(conn, [table], source, SETTINGS)
+
+    assert result.rows_read == len(crafted)
+    assert result.rows_loaded == 1
+    expected_rules = {**{rule: 1 for rule in BAD_ROWS}, "amount_unparseable": 2}
+    assert result.quarantine_by_rule == expected_rules
+    quarantined = conn.execute(
+        "SELECT rule, transaction_id, amount, event_ts, currency, country, source_row, error "
+        "FROM raw.transactions_quarantine WHERE source = %s ORDER BY source_row",
+        (source,),
+    ).fetchall()
+    by_row = {row[6]: row for row in quarantined}
+    for position, (rule, original) in enumerate(zip(changes, originals, strict=True), start=1):
+        row = by_row[position]
+        assert row[0] == rule
+        # kept as text, exactly
+        assert row[1:6] == tuple(
+            original[c] for c in ("transaction_id", "amount", "event_ts", "currency", "country")
+        )
+        assert row[7]  # a human message
+    assert by_row[len(crafted) - 1][0] == "amount_unparseable"
+    assert "'12,50'" in by_row[list(BAD_ROWS).index("amount_unparseable") + 1][7]
+
+    [(transaction_id, event_ts, amount)] = conn.execute(
+        "SELECT transaction_id, event_ts, amount FROM raw.transactions WHERE source = %s", (source,)
+    ).fetchall()
+    assert (transaction_id, event_ts, amount) == (
+        good["transaction_id"],
+        datetime(2026, 11, 1, 10, tzinfo=UTC),
+        12.5,
+    )
+
+
+def test_typed_batches_are_validated_too(conn: psycopg.Connection, source: str) -> None:
+    table = transactions(4, source)
+    amount = table["amount"].to_pylist()
+    amount[1], amount[2] = math.nan, 0.0
+    table = table.set_column(5, TRANSACTIONS.field("amount"), pa.array(amount, pa.float64()))
+    result = load_transactions(conn, [table], source, SETTINGS)
+    assert result.quarantine_by_rule == {"amount_unparseable": 1, "amount_not_positive": 1}
+    assert count(conn, "raw.transactions", source) == 2
+
+
+def test_counts_add_up_and_match_the_database(conn: psycopg.Connection, source: str) -> None:
+    good = transactions(50, source)
+    bad = pa.Table.from_pylist(
+        [{**GOOD, "transaction_id": f"{source}-x{i}", "currency": "XXX"} for i in range(7)]
+    )
+    # Several batches and a chunk size that splits them: streaming must not lose or double rows.
+    settings = Settings(ingest_chunk_rows=16)
+    result = load_transactions(conn, [good.slice(0, 30), bad, good.slice(30)], source, settings)
+    assert result.rows_read == 57 == result.rows_loaded + result.rows_quarantined
+    assert result.rows_loaded == count(conn, "raw.transactions", source) == 50
+    assert result.rows_quarantined == count(conn, "raw.transactions_quarantine", source) == 7
+    # source_row is the position within the whole source, across chunks and batches.
+    positions = [
+        r[0]
+        for r in conn.execute(
+            "SELECT source_row FROM raw.transactions_quarantine WHERE source = %s ORDER BY 1", (source,)
+        )
+    ]
+    assert positions == list(range(30, 37))
+
+
+def test_reload_replaces_exactly_its_source(conn: psycopg.Connection, source: str) -> None:
+    other = source + "-other"
+    load_transactions(conn, [transactions(5, other)], other, SETTINGS)
+    other_before = rows(conn, "raw.transactions", other)
+
+    batch = transactions(20, source)
+    bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
+    load_transactions(conn, [batch, bad], source, SETTINGS)
+    first = rows(conn, "raw.transactions", source), rows(conn, "raw.transactions_quarantine", source)
+    load_transactions(conn, [batch, bad], source, SETTINGS)
+    second = rows(conn, "raw.transactions", source), rows(conn, "raw.transactions_quarantine", source)
+    assert first == second
+    assert len(first[0]) == 20 and len(first[1]) == 1
+
+    # Fewer rows the second time: the extra ones disappear, quarantine included.
+    result = load_transactions(conn, [batch.slice(0, 12)], source, SETTINGS)
+    assert result.rows_loaded == 12
+    kept = {f"{source}-{i}" for i in range(12)}
+    assert rows(conn, "raw.transactions", source) == [row for row in first[0] if row[0] in kept]
+    assert count(conn, "raw.transactions_quarantine", source) == 0
+    assert rows(conn, "raw.transactions", other) == other_before
+
+
+def test_cross_source_duplicate_goes_to_quarantine_and_nothing_else_is_lost(
+    conn: psycopg.Connection, source: str
+) -> None:
+    first, second = source + "-a", source + "-b"
+    everything = transactions(15, source)
+    load_transactions(conn, [everything.slice(0, 10)], first, SETTINGS)
+    before = rows(conn, "raw.transactions", first)
+
+    result = load_transactions(conn, [everything.slice(7)], second, SETTINGS)  # ids 7, 8, 9 exist
+    assert (result.rows_read, result.rows_loaded, result.rows_quarantined) == (8, 5, 3)
+    assert result.quarantine_by_rule == {"transaction_id_duplicate": 3}
+    quarantined = conn.execute(
+        "SELECT transaction_id, amount, source_row, error FROM raw.transactions_quarantine "
+        "WHERE source = %s ORDER BY source_row",
+        (second,),
+    ).fetchall()
+    assert [(q[0], q[2]) for q in quarantined] == [(f"{source}-{i}", i - 7) for i in (7, 8, 9)]
+    assert float(quarantined[0][1]) == 17.0  # original value kept (float64 as text)
+    assert all(f"'{first}'" in q[3] for q in quarantined)
+    assert sorted(str(r[0]) for r in rows(conn, "raw.transactions", second)) == sorted(
+        f"{source}-{i}" for i in range(10, 15)
+    )
+    assert rows(conn, "raw.transactions", first) == before
+
+
+def test_duplicate_across_chunks_of_one_source_keeps_the_first(conn: psycopg.Connection, source: str) -> None:
+    table = transactions(6, source)
+    repeated = pa.concat_tables([table, table.slice(2, 1)])  # the 7th row repeats the 3rd, in another chunk
+    result = load_transactions(conn, [repeated], source, Settings(ingest_chunk_rows=4))
+    assert (result.rows_loaded, result.quarantine_by_rule) == (6, {"transaction_id_duplicate": 1})
+    [(row,)] = conn.execute(
+        "SELECT source_row FROM raw.transactions_quarantine WHERE source = %s", (source,)
+    ).fetchall()
+    assert row == 6
+
+
+def test_wrong_columns_refuse_the_batch_and_keep_the_previous_load(
+    conn: psycopg.Connection, source: str
+) -> None:
+    load_transactions(conn, [transactions(3, source)], source, SETTINGS)
+    broken = transactions(3, source).drop_columns(["country"]).append_column("colour", pa.array(["r"] * 3))
+    with pytest.raises(SchemaMismatchError) as error:
+        load_transactions(conn, [broken], source, SETTINGS)
+    message = str(error.value)
+    assert "missing column(s) ['country']" in message and "unknown column(s) ['colour']" in message
+    assert "Expected exactly the columns" in message
+    assert count(conn, "raw.transactions", source) == 3  # rolled back: the old version stays
+
+
+def test_labels_are_validated_and_may_be_corrected_by_a_later_source(
+    conn: psycopg.Connection, source: str
+) -> None:
+    labels = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": "a",
+                "is_fraud": "true",
+                "label_ts": "2026-11-03T00:00:00Z",
+                "label_source": "chargeback",
+            },
+            {
+                "transaction_id": "b",
+                "is_fraud": "maybe",
+                "label_ts": "2026-11-03T00:00:00Z",
+                "label_source": "x",
+            },
+            {"transaction_id": "c", "is_fraud": "0", "label_ts": "soon", "label_source": "x"},
+            {"transaction_id": "", "is_fraud": "1", "label_ts": "2026-11-03T00:00:00Z", "label_source": "x"},
+            {"transaction_id": "d", "is_fraud": "f", "label_ts": "2026-11-03T00:00:00Z", "label_source": ""},
+            {
+                "transaction_id": "a",
+                "is_fraud": "false",
+                "label_ts": "2026-11-03T00:00:00Z",
+                "label_source": "x",
+            },
+        ]
+    )
+    result = load_labels(conn, [labels], source, SETTINGS)
+    assert result.rows_loaded == 1
+    assert result.quarantine_by_rule == {
+        "is_fraud_unparseable": 1,
+        "label_ts_unparseable": 1,
+        "transaction_id_missing": 1,
+        "label_source_missing": 1,
+        "transaction_id_duplicate": 1,
+    }
+    correction = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": "a",
+                "is_fraud": False,
+                "label_ts": T0 + timedelta(days=4),
+                "label_source": "confirmed",
+            }
+        ],
+        schema=LABELS,
+    )
+    assert load_labels(conn, [correction], source + "-later", SETTINGS).rows_loaded == 1
+    assert count(conn, "raw.labels", source) == 1
+
+
+def test_unreachable_database_is_a_transient_error(source: str) -> None:
+    with pytest.raises(TransientDatabaseError, match="safe to retry"):
+        load_transactions("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2", [], source, SETTINGS)

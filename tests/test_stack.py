@@ -1,0 +1,213 @@
+"""The local stack (`rtml up / down / status`) against real servers: embedded and external.
+
+The proof that `rtml up/down` leave no process behind: after `down()` (run in another process) no pid
+of ours runs and no process references the data folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from rtml.config import Settings
+from rtml.services import LocalStack, StackInfo, StackNotRunningError
+from rtml.services.processes import pid_alive
+
+pytestmark = pytest.mark.integration
+
+SCHEMAS = {"raw", "staging", "features", "monitoring"}
+
+
+def embedded_settings(data_dir: Path) -> Settings:
+    # Explicit None: pydantic-settings would otherwise take RTML_DATABASE_URL / RTML_REDIS_URL from the env.
+    return Settings(data_dir=data_dir, database_url=None, redis_url=None)
+
+
+def run_in_subprocess(data_dir: Path, call: str) -> subprocess.CompletedProcess[str]:
+    """Run ``LocalStack(...).<call>`` in a fresh interpreter, as the `rtml` CLI would."""
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from rtml.config import Settings
+        from rtml.services import LocalStack
+        stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None))
+        print(repr(stack.{call}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def processes_referencing(folder: Path) -> list[str]:
+    """Live processes whose command line or working directory lies in ``folder``."""
+    found = []
+    for process in psutil.process_iter(["pid", "status", "cmdline", "cwd"]):
+        if process.info["status"] == psutil.STATUS_ZOMBIE or process.pid == psutil.Process().pid:
+            continue
+        text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
+        if str(folder) in text:
+            found.append(f"{process.pid}: {text}")
+    return found
+
+
+def embedded_pids(data_dir: Path) -> list[int]:
+    state = json.loads((data_dir / "stack.json").read_text())
+    return [state["postgres"]["pid"], state["redis"]["pid"]]
+
+
+def databases_and_schemas(info: StackInfo) -> tuple[set[str], set[str]]:
+    with psycopg.connect(info.database_url) as conn:
+        databases = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        schemas = {row[0] for row in conn.execute("SELECT schema_name FROM information_schema.schemata")}
+    return databases, schemas
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, StackInfo]]:
+    local = LocalStack(embedded_settings(tmp_path_factory.mktemp("stack")))
+    info = local.up()
+    try:
+        yield local, info
+    finally:
+        local.down()
+
+
+def test_up_starts_postgres_and_redis_with_databases_schemas_and_dagster_home(
+    embedded: tuple[LocalStack, StackInfo],
+) -> None:
+    _, info = embedded
+    assert info.embedded
+    databases, schemas = databases_and_schemas(info)
+    assert {"rtml", "dagster", "mlflow"} <= databases
+    assert schemas >= SCHEMAS
+    assert redis.Redis.from_url(info.redis_url).ping()
+    for url in (info.dagster_database_url, info.mlflow_database_url):
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_dagster_home_opens_postgres_storage(embedded: tuple[LocalStack, StackInfo]) -> None:
+    from dagster import DagsterInstance
+    from dagster_postgres import PostgresRunStorage
+
+    _, info = embedded
+    assert (info.dagster_home / "dagster.yaml").exists()
+    with DagsterInstance.from_config(str(info.dagster_home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert instance.get_runs() == []
+
+
+def test_up_twice_is_idempotent(embedded: tuple[LocalStack, StackInfo]) -> None:
+    local, info = embedded
+    pids = [status.pid for status in local.status()]
+    assert local.up() == info
+    assert [status.pid for status in local.status()] == pids
+    assert local.info() == info
+
+
+def test_status_reports_running_servers(embedded: tuple[LocalStack, StackInfo]) -> None:
+    local, info = embedded
+    statuses = {status.name: status for status in local.status()}
+    assert statuses["postgres"].answers and statuses["redis"].answers
+    assert statuses["postgres"].url == info.database_url
+    assert statuses["redis"].url == info.redis_url
+    assert all(pid_alive(status.pid) for status in statuses.values())
+
+
+def test_up_restarts_a_server_whose_process_died(embedded: tuple[LocalStack, StackInfo]) -> None:
+    local, _ = embedded
+    redis_status = next(status for status in local.status() if status.name == "redis")
+    assert redis_status.pid is not None
+    psutil.Process(redis_status.pid).send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid_alive(redis_status.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(StackNotRunningError, match="rtml up"):
+        local.info()
+    info = local.up()
+    assert redis.Redis.from_url(info.redis_url).ping()
+    assert info.redis_url == redis_status.url  # the port is kept when it is free
+    assert next(status for status in local.status() if status.name == "redis").pid != redis_status.pid
+
+
+def test_servers_outlive_up_and_down_in_another_process_leaves_nothing(tmp_path: Path) -> None:
+    run_in_subprocess(tmp_path, "up()")  # that process has exited now
+    local = LocalStack(embedded_settings(tmp_path))
+    pids = embedded_pids(tmp_path)
+    assert all(pid_alive(pid) for pid in pids)
+    assert all(status.answers for status in local.status())
+    assert local.up().embedded  # same servers, found through the state file
+
+    run_in_subprocess(tmp_path, "down()")
+    assert not any(pid_alive(pid) for pid in pids)
+    # Independently of pid_alive: a pid may linger only as a zombie (this sandbox's pid 1 reaps none).
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert processes_referencing(tmp_path) == []
+    assert not any(status.answers for status in local.status())
+    with pytest.raises(StackNotRunningError, match="rtml up"):
+        local.info()
+    run_in_subprocess(tmp_path, "down()")  # idempotent
+
+
+def test_info_without_a_running_stack_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(StackNotRunningError, match=r"Run `rtml up` first"):
+        LocalStack(embedded_settings(tmp_path)).info()
+
+
+def _machine_postgres_answers() -> bool:
+    try:
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.mark.skipif(
+    not _machine_postgres_answers(), reason="no PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth)"
+)
+def test_configured_urls_start_nothing_and_create_databases(tmp_path: Path) -> None:
+    suffix = secrets.token_hex(4)
+    names = [
+        f"rtml_stacktest_{suffix}",
+        f"rtml_stacktest_{suffix}_dagster",
+        f"rtml_stacktest_{suffix}_mlflow",
+    ]
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"postgresql://postgres@127.0.0.1:5432/{names[0]}",
+        redis_url="redis://127.0.0.1:6379/0",
+        dagster_database=names[1],
+        mlflow_database=names[2],
+    )
+    local = LocalStack(settings)
+    try:
+        info = local.up()
+        assert not info.embedded
+        assert not (tmp_path / "stack.json").exists()
+        assert processes_referencing(tmp_path) == []
+        databases, schemas = databases_and_schemas(info)
+        assert set(names) <= databases
+        assert schemas >= SCHEMAS
+        assert f"/{names[1]}" in (info.dagster_home / "dagster.yaml").read_text()
+        assert [status.pid for status in local.status()] == [None, None]
+        assert all(status.answers for status in local.status())
+        local.down()  # must not touch the machine's servers
+        assert all(status.answers for status in local.status())
+    finally:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
