@@ -3,8 +3,8 @@
 1. full build (``dbt run --full-refresh``) of staging, feature and training models over N synthetic
    transactions (default 1,000,000 over 10 days, 20k customers, 2k merchants);
 2. an hourly incremental run: one new hour of transactions is loaded, then the incremental models run
-   with that hour as vars ``min_ts``/``max_ts`` (what the Dagster partitioned asset does), timed as a
-   whole CLI invocation including dbt start-up;
+   with that hour as the window (``RTML_DBT_MIN_TS``/``RTML_DBT_MAX_TS``, what the Dagster partitioned
+   asset passes), timed as a whole CLI invocation including dbt start-up;
 3. the refresh of the online ``*_latest`` tables.
 
 Usage: ``.venv/bin/python benchmarks/features.py [--rows 1000000]`` with ``RTML_DATABASE_URL`` pointing
@@ -22,17 +22,20 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from rtml.features.dbt import dbt_vars, run_dbt
+from rtml.features.dbt import run_dbt, target_dir, window_env
 from rtml.features.sample_data import create_database, load_sample, make_labels, make_transactions
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def timed(label: str, args: list[str], url: str) -> float:
+def timed(label: str, args: list[str], url: str, env: dict[str, str] | None = None) -> float:
     began = time.perf_counter()
-    run_dbt(args, url)
+    run_dbt(args, url, extra_env=env)
     seconds = time.perf_counter() - began
     print(f"{label:<44} {seconds:8.2f} s")
+    results = json.loads((target_dir() / "run_results.json").read_text())["results"]
+    for r in sorted(results, key=lambda r: -r["execution_time"]):
+        print(f"    {r['unique_id'].split('.')[-1]:<40} {r['execution_time']:8.2f} s")
     return seconds
 
 
@@ -62,11 +65,11 @@ def main() -> None:
         per_hour, start=hour_start, days=1 / 24, customers=20_000, merchants=2_000, seed=8, id_prefix="n"
     )
     load_sample(url, new, replace=False)
-    window = {"min_ts": hour_start.isoformat(), "max_ts": (hour_start + timedelta(hours=1)).isoformat()}
     incremental = timed(
         "incremental hour (incremental models)",
-        ["run", "--select", "config.materialized:incremental", *dbt_vars(window)],
+        ["run", "--select", "config.materialized:incremental"],
         url,
+        window_env(hour_start, hour_start + timedelta(hours=1)),
     )
     latest = timed(
         "online tables (*_latest) refresh",

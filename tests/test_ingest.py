@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from rtml.config import Settings
 from rtml.ingest.errors import SchemaMismatchError, TransientDatabaseError
-from rtml.ingest.loader import load_labels, load_transactions
+from rtml.ingest.loader import delete_source, load_labels, load_transactions
 from rtml.ingest.tables import ensure_tables
 from rtml.sources.schema import LABELS, TRANSACTIONS
 
@@ -307,3 +308,104 @@ def test_labels_are_validated_and_may_be_corrected_by_a_later_source(
 def test_unreachable_database_is_a_transient_error(source: str) -> None:
     with pytest.raises(TransientDatabaseError, match="safe to retry"):
         load_transactions("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2", [], source, SETTINGS)
+
+
+def load_log(conn: psycopg.Connection, kind: str, source: str) -> tuple[object, ...] | None:
+    return conn.execute(
+        "SELECT min_ts, max_ts, rows_read, rows_loaded, rows_quarantined FROM raw.loads "
+        "WHERE kind = %s AND source = %s",
+        (kind, source),
+    ).fetchone()
+
+
+def test_load_log_records_each_source(conn: psycopg.Connection, source: str) -> None:
+    bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
+    load_transactions(conn, [transactions(10, source), bad], source, SETTINGS)
+    assert load_log(conn, "transactions", source) == (T0, T0 + timedelta(seconds=9), 11, 10, 1)
+    empty = source + "-empty"
+    load_transactions(conn, [bad], empty, SETTINGS)  # nothing loaded: no range, nothing to delete later
+    assert load_log(conn, "transactions", empty) == (None, None, 1, 0, 1)
+    load_transactions(conn, [bad], empty, SETTINGS)
+    assert count(conn, "raw.transactions_quarantine", empty) == 1
+
+    labels = pa.Table.from_pylist(
+        [
+            {"transaction_id": f"{source}-{i}", "is_fraud": i == 1, "label_ts": T0 + timedelta(days=i)}
+            | {"label_source": "chargeback"}
+            for i in range(3)
+        ],
+        schema=LABELS,
+    )
+    load_labels(conn, [labels], source, SETTINGS)
+    assert load_log(conn, "labels", source) == (T0, T0 + timedelta(days=2), 3, 3, 0)
+    assert load_log(conn, "transactions", source) is not None  # kinds are logged separately
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [timedelta(days=-3), timedelta(seconds=10), timedelta(days=10)],
+    ids=["earlier", "overlapping", "later"],
+)
+def test_reload_with_a_different_time_range_replaces_exactly_its_rows(
+    conn: psycopg.Connection, source: str, shift: timedelta
+) -> None:
+    # A neighbour source with rows in both time ranges must keep all of them.
+    neighbour = source + "-neighbour"
+    both = transactions(40, neighbour)
+    both = both.set_column(
+        1,
+        TRANSACTIONS.field("event_ts"),
+        pa.array(
+            [T0 + (shift if i % 2 else timedelta()) + timedelta(seconds=i) for i in range(40)],
+            pa.timestamp("us", "UTC"),
+        ),
+    )
+    load_transactions(conn, [both], neighbour, SETTINGS)
+    neighbour_before = rows(conn, "raw.transactions", neighbour)
+
+    load_transactions(conn, [transactions(20, source)], source, SETTINGS)
+    moved = transactions(15, source + "-v2")
+    moved = moved.set_column(
+        1, TRANSACTIONS.field("event_ts"), pc.add(moved["event_ts"], pa.scalar(shift, pa.duration("us")))
+    )
+    result = load_transactions(conn, [moved], source, SETTINGS)
+    assert result.rows_loaded == 15
+    assert sorted(str(r[0]) for r in rows(conn, "raw.transactions", source)) == sorted(
+        f"{source}-v2-{i}" for i in range(15)
+    )
+    assert load_log(conn, "transactions", source) == (
+        T0 + shift,
+        T0 + shift + timedelta(seconds=14),
+        15,
+        15,
+        0,
+    )
+    assert rows(conn, "raw.transactions", neighbour) == neighbour_before
+
+    # And the labels the same way (keyed on label_ts).
+    def labels(prefix: str, start: datetime, n: int) -> pa.Table:
+        return pa.Table.from_pylist(
+            [
+                {"transaction_id": f"{prefix}-{i}", "is_fraud": False, "label_ts": start + timedelta(hours=i)}
+                | {"label_source": "chargeback"}
+                for i in range(n)
+            ],
+            schema=LABELS,
+        )
+
+    load_labels(conn, [labels(neighbour, T0, 5), labels(neighbour + "x", T0 + shift, 5)], neighbour, SETTINGS)
+    load_labels(conn, [labels(source, T0, 6)], source, SETTINGS)
+    load_labels(conn, [labels(source + "-v2", T0 + shift, 4)], source, SETTINGS)
+    assert sorted(str(r[0]) for r in rows(conn, "raw.labels", source)) == sorted(
+        f"{source}-v2-{i}" for i in range(4)
+    )
+    assert count(conn, "raw.labels", neighbour) == 10
+
+
+def test_delete_source_removes_rows_quarantine_and_log(conn: psycopg.Connection, source: str) -> None:
+    bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
+    load_transactions(conn, [transactions(5, source), bad], source, SETTINGS)
+    delete_source(conn, "transactions", source)
+    assert count(conn, "raw.transactions", source) == 0
+    assert count(conn, "raw.transactions_quarantine", source) == 0
+    assert load_log(conn, "transactions", source) is None

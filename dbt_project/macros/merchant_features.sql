@@ -4,24 +4,19 @@
   a chargeback known tomorrow is not used today). Shared by merchant_features and merchant_features_latest
   so that offline and online definitions cannot drift apart.
 -#}
-{% macro merchant_features_sql(spine_sql, stg_transactions, stg_labels) %}
+{% macro merchant_features_sql(spine_sql, stg_transactions, stg_labels, merchant_daily) %}
 with spine as (
     select merchant_id, feature_date, (feature_date::timestamp at time zone 'UTC') as feature_ts
     from ({{ spine_sql }}) as s
 ),
 
 daily as (
-    -- one row per merchant and day of activity; the rolling windows aggregate these
-    select
-        t.merchant_id,
-        (t.event_ts at time zone 'UTC')::date as txn_date,
-        count(*) as txn_count,
-        sum(t.amount) as amount_sum
-    from {{ stg_transactions }} as t
-    where t.merchant_id in (select merchant_id from spine)
-      and t.event_ts >= (select min(feature_ts) from spine) - interval '30 days'
-      and t.event_ts < (select max(feature_ts) from spine)
-    group by 1, 2
+    -- one row per merchant and day of activity (model merchant_daily); the rolling windows sum these
+    select d.merchant_id, d.txn_date, d.txn_count, d.amount_sum
+    from {{ merchant_daily }} as d
+    where d.merchant_id in (select merchant_id from spine)
+      and d.txn_date >= (select min(feature_date) from spine) - 30
+      and d.txn_date < (select max(feature_date) from spine)
 ),
 
 label_events as (

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from rtml.config import Settings, get_settings
+from rtml.features.docs import generate_docs, serve_docs
 from rtml.services import dagster_processes
 from rtml.services.stack import LocalStack, StackInfo
 
@@ -49,27 +50,33 @@ def status() -> None:
         typer.echo(f"{component.name:<12} {state:<5} {component.url}")
 
 
-def _materialize(select: str, first: str, last: str, env: dict[str, str]) -> None:
+def _materialize(select: str, env: dict[str, str], partition_range: tuple[str, str] | None = None) -> None:
+    """One Dagster run through the CLI, recorded in the instance like a run launched from the UI."""
     command = [
         str(Path(sys.executable).with_name("dagster")),
-        "asset", "materialize", "-m", dagster_processes.CODE_LOCATION,
-        "--select", select, "--partition-range", f"{first}...{last}",
+        "asset", "materialize", "-m", dagster_processes.CODE_LOCATION, "--select", select,
     ]  # fmt: skip
-    typer.echo(f"materializing {select} {first}...{last}")
+    if partition_range:
+        command += ["--partition-range", "...".join(partition_range)]
+    typer.echo(f"materializing {select} {'...'.join(partition_range or ())}")
     if subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
         typer.echo(f"materializing {select} failed; see the run in the Dagster UI", err=True)
         raise typer.Exit(1)
 
 
 def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
-    """Materialize `demo_days` of transactions and the labels that arrived for them (up to now)."""
+    """Materialize `demo_days` of transactions, the labels that have arrived for them (up to now), the
+    incremental features over the same hours, and the tables built on both. stg_labels comes before the
+    incremental models because merchant_features reads it (label lag)."""
     start = settings.sim_start
     end = start + timedelta(days=settings.demo_days)
-    _materialize(
-        "transactions_raw", f"{start:%Y-%m-%d-%H:%M}", f"{end - timedelta(hours=1):%Y-%m-%d-%H:%M}", env
-    )
+    hours = (f"{start:%Y-%m-%d-%H:%M}", f"{end - timedelta(hours=1):%Y-%m-%d-%H:%M}")
     last_label_day = min(end + LABEL_HORIZON, datetime.now(UTC)) - timedelta(days=1)
-    _materialize("labels_raw", f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}", env)
+    _materialize("transactions_raw", env, hours)
+    _materialize("labels_raw", env, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
+    _materialize("stg_labels", env)
+    _materialize("stg_transactions,customer_features,merchant_features", env, hours)
+    _materialize("customer_features_latest,merchant_features_latest,training_set", env)
 
 
 @app.command()
@@ -81,9 +88,12 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
     info = stack.up()
     env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
     processes: list[subprocess.Popen[bytes]] = []
+    docs = None
     try:
         if load:
             load_demo_window(settings, env)
+        generate_docs(info.database_url)
+        docs = serve_docs(settings.docs_port, background=True)
         log_dir = settings.home / "logs"
         webserver = dagster_processes.start_webserver(env, settings.dagster_port, log_dir)
         processes += [webserver, dagster_processes.start_daemon(env, log_dir)]
@@ -98,9 +108,22 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
     except KeyboardInterrupt:
         typer.echo("\nstopping")
     finally:
+        if docs is not None:
+            docs.shutdown()
         dagster_processes.stop(processes)
         if not already_up:
             stack.down()
+
+
+@app.command()
+def docs(port: int | None = typer.Option(None, help="Port (default: RTML_DOCS_PORT).")) -> None:
+    """Generate and serve the feature catalogue (the dbt docs site) until Ctrl-C."""
+    settings = get_settings()
+    info = LocalStack(settings).info()
+    generate_docs(info.database_url)
+    port = port or settings.docs_port
+    typer.echo(f"feature catalogue  http://127.0.0.1:{port}")
+    serve_docs(port)
 
 
 @app.command()

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     dagster_port: int = Field(
         3000, description="Port of the Dagster UI started by `make demo` / `rtml demo`."
     )
+    docs_port: int = Field(
+        8080, description="Port of the feature catalogue (dbt docs site) of `rtml docs` / `make demo`."
+    )
 
     # --- derived -------------------------------------------------------------------------------------
     @property

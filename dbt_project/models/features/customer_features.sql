@@ -20,18 +20,45 @@
 {%- set lo = window_lo(stg) %}
 {%- set hi = window_hi() %}
 
-with history as (
-    -- the run's window plus the look-back the window features need
+with
+{%- if is_incremental() %}
+windowed as (
+    -- incremental run: only the window's rows, each aggregating its customer's previous 30 days through
+    -- the (customer_id, event_ts) index; same windows [event_ts - w, event_ts) as the frames below,
+    -- much cheaper than window functions over the whole history of every customer of the window
+    select w.transaction_id, w.event_ts, w.customer_id, w.merchant_id, w.amount, w.loaded_at, a.*
+    from {{ stg }} as w
+    cross join lateral (
+        select
+            count(*) filter (where p.event_ts >= w.event_ts - interval '1 hour') as txn_count_1h,
+            coalesce(sum(p.amount) filter (where p.event_ts >= w.event_ts - interval '1 hour'), 0) as amount_sum_1h,
+            count(*) filter (where p.event_ts >= w.event_ts - interval '24 hours') as txn_count_24h,
+            coalesce(sum(p.amount) filter (where p.event_ts >= w.event_ts - interval '24 hours'), 0)
+                as amount_sum_24h,
+            count(*) filter (where p.event_ts >= w.event_ts - interval '7 days') as txn_count_7d,
+            coalesce(sum(p.amount) filter (where p.event_ts >= w.event_ts - interval '7 days'), 0) as amount_sum_7d,
+            avg(case when extract(hour from p.event_ts at time zone 'UTC') < 6 then 1 else 0 end)
+                filter (where p.event_ts >= w.event_ts - interval '7 days') as night_share_7d,
+            count(*) as txn_count_30d,
+            avg(p.amount) as amount_mean_30d,
+            stddev_samp(p.amount) as amount_std_30d
+        from {{ stg }} as p
+        where p.customer_id = w.customer_id
+          and p.event_ts >= w.event_ts - interval '30 days'
+          and p.event_ts < w.event_ts
+    ) as a
+    where w.event_ts >= {{ lo }}
+      and w.event_ts < {{ hi }}
+)
+{%- else %}
+history as (
+    -- full build: every row, window functions over one sort by (customer_id, event_ts)
     select
         transaction_id, event_ts, customer_id, merchant_id, amount, loaded_at,
         case when extract(hour from event_ts at time zone 'UTC') < 6 then 1 else 0 end as is_night
     from {{ stg }}
     where event_ts >= {{ lo }} - interval '{{ var("feature_lookback") }}'
       and event_ts < {{ hi }}
-      {%- if is_incremental() %}
-      -- only the customers with a transaction in the window need their history
-      and customer_id in (select customer_id from {{ stg }} where event_ts >= {{ lo }} and event_ts < {{ hi }})
-      {%- endif %}
 ),
 
 windowed as (
@@ -58,6 +85,7 @@ windowed as (
         w_30d as (partition by customer_id order by event_ts
                   range between interval '30 days' preceding and interval '1 microsecond' preceding)
 )
+{%- endif %}
 
 select
     w.transaction_id,

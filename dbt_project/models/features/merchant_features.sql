@@ -16,4 +16,4 @@
       and event_ts < {{ window_hi() }}
 {%- endset %}
 
-{{ merchant_features_sql(spine, stg, ref('stg_labels')) }}
+{{ merchant_features_sql(spine, stg, ref('stg_labels'), ref('merchant_daily')) }}

@@ -9,4 +9,4 @@
     from {{ stg }} as t
 {%- endset %}
 
-{{ merchant_features_sql(spine, stg, ref('stg_labels')) }}
+{{ merchant_features_sql(spine, stg, ref('stg_labels'), ref('merchant_daily')) }}

@@ -1,5 +1,8 @@
+{#- post_hook analyze: fresh statistics for the models reading this one (stale ones after a big load
+    turn the customer history lookups into full scans). -#}
 {{ config(
     materialized='table',
+    post_hook='analyze {{ this }}',
     indexes=[{'columns': ['transaction_id', 'label_ts']}],
 ) }}
 

@@ -1,9 +1,12 @@
+{#- post_hook analyze: fresh statistics for the models reading this one (stale ones after a big load
+    turn the customer history lookups into full scans). -#}
 {{ config(
     materialized='incremental',
     incremental_strategy='delete+insert',
     unique_key='transaction_id',
     on_schema_change='fail',
     pre_hook="{{ delete_window('event_ts', source('raw', 'transactions')) }}",
+    post_hook='analyze {{ this }}',
     indexes=[
         {'columns': ['transaction_id'], 'unique': True},
         {'columns': ['customer_id', 'event_ts', 'merchant_id']},

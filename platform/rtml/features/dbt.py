@@ -26,7 +26,9 @@ def project_dir() -> Path:
 
 
 def target_dir() -> Path:
-    return project_dir() / "target"
+    """The project's ``target/``; ``DBT_TARGET_PATH`` (dbt's own variable) moves it. Tests that build
+    other databases use their own, so the platform's manifest always names the platform database."""
+    return Path(os.environ.get("DBT_TARGET_PATH") or project_dir() / "target")
 
 
 def manifest_path() -> Path:
@@ -78,6 +80,23 @@ def dbt_vars(values: Mapping[str, Any]) -> list[str]:
     """``--vars`` arguments (JSON is valid YAML); empty when there is nothing to pass."""
     clean = {key: value for key, value in values.items() if value is not None}
     return ["--vars", json.dumps(clean, default=str)] if clean else []
+
+
+WINDOW_ENV = {"min_ts": "RTML_DBT_MIN_TS", "max_ts": "RTML_DBT_MAX_TS"}
+"""Environment variables the incremental models read their event-time window from (macro
+``window_bound``) when the vars ``min_ts``/``max_ts`` are unset."""
+
+
+def window_env(min_ts: Any, max_ts: Any) -> dict[str, str]:
+    """The run window as environment variables instead of ``--vars``.
+
+    A changed ``--vars`` value invalidates dbt's partial parsing (a full re-parse, ~8 s); these
+    variables are read only at execution time, so an hourly run keeps the saved parse.
+    """
+    values = {"min_ts": min_ts, "max_ts": max_ts}
+    return {
+        WINDOW_ENV[key]: (v.isoformat() if hasattr(v, "isoformat") else str(v)) for key, v in values.items()
+    }
 
 
 def run_dbt(

@@ -1,8 +1,12 @@
 """Idempotent loading of one source (a partition key or a landing file name) into the raw tables.
 
 One transaction per source: delete the source's previous rows (raw and quarantine), then stream the
-batches chunk by chunk (``ingest_chunk_rows``): validate, COPY the good rows, COPY the quarantined rows.
-Reruns therefore never duplicate, and readers see either the old or the new version of a source.
+batches chunk by chunk (``ingest_chunk_rows``): validate, COPY the good rows, COPY the quarantined rows,
+and finally record the load in ``raw.loads`` (counts and the time range of the rows loaded). Reruns
+therefore never duplicate, and readers see either the old or the new version of a source.
+
+The previous rows are found through ``raw.loads``: ``source = %s AND <time> BETWEEN min_ts AND max_ts``
+uses the BRIN time index, so the big tables need no index on ``source`` (see ``rtml.ingest.tables``).
 
 Speed: validation and CSV serialization of chunk N+1 run in a background thread while the server parses
 chunk N (pyarrow and libpq release the GIL), so the client mostly hides behind the server's COPY.
@@ -37,6 +41,7 @@ from rtml.ingest.errors import IngestError, TransientDatabaseError
 from rtml.ingest.tables import (
     LABELS_QUARANTINE_TABLE,
     LABELS_TABLE,
+    LOADS_TABLE,
     TRANSACTIONS_QUARANTINE_TABLE,
     TRANSACTIONS_TABLE,
     ensure_tables,
@@ -51,7 +56,14 @@ from rtml.ingest.validation import (
 )
 from rtml.sources.schema import LABELS, TRANSACTIONS
 
-__all__ = ["IngestError", "LoadResult", "TransientDatabaseError", "load_labels", "load_transactions"]
+__all__ = [
+    "IngestError",
+    "LoadResult",
+    "TransientDatabaseError",
+    "delete_source",
+    "load_labels",
+    "load_transactions",
+]
 
 _CSV_OPTIONS = pacsv.WriteOptions(include_header=False, batch_size=8192)
 _MAX_CONFLICT_ROUNDS = 5  # each round removes the conflicts seen; more means concurrent writers of the ids
@@ -77,7 +89,7 @@ class LoadResult:
 class _Target:
     """What differs between the two streams."""
 
-    what: str
+    what: str  # also the ``kind`` in raw.loads
     table: str
     quarantine_table: str
     record: pa.Schema
@@ -86,6 +98,7 @@ class _Target:
     # Which existing rows conflict with an incoming id: transactions' key is the id alone, labels' key
     # is (id, source) so only the same source (an earlier chunk of this load) can conflict.
     conflict_scope: sql.Composable
+    time_column: str  # BRIN-indexed; its range per source is logged in raw.loads
 
 
 TRANSACTIONS_TARGET = _Target(
@@ -96,6 +109,7 @@ TRANSACTIONS_TARGET = _Target(
     TRANSACTIONS_QUARANTINE,
     validate_transactions,
     sql.SQL("true"),
+    "event_ts",
 )
 LABELS_TARGET = _Target(
     "labels",
@@ -105,7 +119,9 @@ LABELS_TARGET = _Target(
     LABELS_QUARANTINE,
     validate_labels,
     sql.SQL("existing.source = {}").format(sql.Placeholder("source")),
+    "label_ts",
 )
+_TARGETS = {target.what: target for target in (TRANSACTIONS_TARGET, LABELS_TARGET)}
 
 
 def load_transactions(
@@ -144,6 +160,8 @@ class _Chunk:
     validated: Validated
     good_csv: pa.Buffer  # good rows + source, CSV without header, ready for COPY
     row_offset: int
+    min_ts: datetime | None  # time range of the good rows (null if none)
+    max_ts: datetime | None
 
 
 def _load(
@@ -158,6 +176,8 @@ def _load(
     started = time.perf_counter()
     rows_read = rows_loaded = 0
     by_rule: Counter[str] = Counter()
+    min_ts: datetime | None = None
+    max_ts: datetime | None = None
     try:
         with _connection(conn_or_url) as conn:
             ensure_tables(conn)
@@ -174,11 +194,15 @@ def _load(
                     rows_read += chunk.batch.num_rows
                     rows_loaded += loaded
                     by_rule.update(_count_rules(quarantined))
+                    if chunk.min_ts is not None and chunk.max_ts is not None:
+                        min_ts = chunk.min_ts if min_ts is None else min(min_ts, chunk.min_ts)
+                        max_ts = chunk.max_ts if max_ts is None else max(max_ts, chunk.max_ts)
                 if reader_rejects:
                     rejects = pa.concat_tables(reader_rejects)
                     _copy_quarantine(conn, target, rejects, source)
                     rows_read += rejects.num_rows
                     by_rule.update(_count_rules(rejects))
+                _log_load(conn, target, source, (min_ts, max_ts), rows_read, rows_loaded, by_rule.total())
     except psycopg.OperationalError as error:
         raise TransientDatabaseError(
             f"Loading {target.what} source {source!r} into {target.table} hit a transient database error "
@@ -208,14 +232,63 @@ def _connection(conn_or_url: psycopg.Connection | str) -> Iterator[psycopg.Conne
         yield conn
 
 
+def delete_source(conn: psycopg.Connection, kind: str, source: str) -> None:
+    """Remove everything source ``source`` of ``kind`` ('transactions' | 'labels') loaded, and its log row.
+
+    Runs in the caller's transaction if one is open (else its own)."""
+    target = _TARGETS[kind]
+    with conn.transaction():
+        _replace_source(conn, target, source)
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE kind = %s AND source = %s").format(_ident(LOADS_TABLE)),
+            (target.what, source),
+        )
+
+
 def _replace_source(conn: psycopg.Connection, target: _Target, source: str) -> None:
     # Durability of the commit is still guaranteed by the WAL; only the wait for the flush is skipped
     # (a crash may lose this last commit, never corrupt), and the load is simply rerun.
     conn.execute("SET LOCAL synchronous_commit = off")
     # Two loads of the same source would otherwise interleave their deletes and inserts.
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{target.table}:{source}",))
-    for table in (target.table, target.quarantine_table):
-        conn.execute(sql.SQL("DELETE FROM {} WHERE source = %s").format(_ident(table)), (source,))
+    # The previous load's time range bounds its rows: the delete is a BRIN bitmap scan of that range,
+    # not a scan of the whole table (there is no index on source). Never loaded / no rows: nothing.
+    previous = conn.execute(
+        sql.SQL("SELECT min_ts, max_ts FROM {} WHERE kind = %s AND source = %s").format(_ident(LOADS_TABLE)),
+        (target.what, source),
+    ).fetchone()
+    if previous is not None and previous[0] is not None:
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE source = %s AND {} BETWEEN %s AND %s").format(
+                _ident(target.table), sql.Identifier(target.time_column)
+            ),
+            (source, previous[0], previous[1]),
+        )
+    conn.execute(  # quarantine tables are small and keep their source index
+        sql.SQL("DELETE FROM {} WHERE source = %s").format(_ident(target.quarantine_table)), (source,)
+    )
+
+
+def _log_load(
+    conn: psycopg.Connection,
+    target: _Target,
+    source: str,
+    time_range: tuple[datetime | None, datetime | None],
+    rows_read: int,
+    rows_loaded: int,
+    rows_quarantined: int,
+) -> None:
+    """Upsert the load's row in raw.loads (same transaction as the load, so the range is exact)."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} AS l (kind, source, min_ts, max_ts, rows_read, rows_loaded, rows_quarantined) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (kind, source) DO UPDATE SET "
+            "min_ts = excluded.min_ts, max_ts = excluded.max_ts, rows_read = excluded.rows_read, "
+            "rows_loaded = excluded.rows_loaded, rows_quarantined = excluded.rows_quarantined, "
+            "loaded_at = now()"
+        ).format(_ident(LOADS_TABLE)),
+        (target.what, source, *time_range, rows_read, rows_loaded, rows_quarantined),
+    )
 
 
 def _prepare(
@@ -229,7 +302,15 @@ def _prepare(
         for start in range(0, max(batch.num_rows, 1), step):
             part = batch.slice(start, step)
             validated = target.validate(part, settings, now=now, row_offset=offset)
-            yield _Chunk(part, validated, _csv_with_source(validated.good, source), offset)
+            bounds = pc.min_max(validated.good[target.time_column]).as_py()
+            yield _Chunk(
+                part,
+                validated,
+                _csv_with_source(validated.good, source),
+                offset,
+                bounds["min"],
+                bounds["max"],
+            )
             offset += part.num_rows
 
 
@@ -296,7 +377,9 @@ def _existing(
     conn: psycopg.Connection, target: _Target, ids: pa.Array, source: str
 ) -> tuple[pa.Array, pa.Array]:
     """(ids, sources) of rows in the target table that share an id with ``ids``."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rtml_incoming_ids (transaction_id text) ON COMMIT DROP")
+    conn.execute(  # same collation as the key, so the join can use the primary key index
+        'CREATE TEMP TABLE IF NOT EXISTS rtml_incoming_ids (transaction_id text COLLATE "C") ON COMMIT DROP'
+    )
     conn.execute("TRUNCATE rtml_incoming_ids")
     sink = pa.BufferOutputStream()
     pacsv.write_csv(pa.table({"transaction_id": ids}), sink, _CSV_OPTIONS)

@@ -6,7 +6,9 @@
   in ``models/staging/_sources.yml``), so the models sit downstream of them in the graph.
 * Partitions: the incremental models (``stg_transactions``, ``customer_features``,
   ``merchant_features``) share the HOURLY partitions of ``transactions_raw``; a run's partition time
-  window (one hour, or a whole range in a single-run backfill) becomes the dbt vars ``min_ts``/``max_ts``.
+  window (one hour, or a whole range in a single-run backfill) reaches dbt as the environment variables
+  ``RTML_DBT_MIN_TS``/``RTML_DBT_MAX_TS`` (not ``--vars``: a new vars value forces dbt to re-parse the
+  whole project, the environment keeps partial parsing valid).
   The other models (``stg_labels``, ``*_latest``, ``training_set``) are unpartitioned full rebuilds.
 * dbt connects with the env from ``rtml.features.dbt.dbt_env(postgres.database_url())``.
 """
@@ -27,7 +29,15 @@ from dagster_dbt import (
 
 from rtml.defs.ingestion.partitions import transactions_partitions
 from rtml.defs.resources import PostgresResource
-from rtml.features.dbt import QUIET_ENV, dbt_env, dbt_executable, dbt_vars, ensure_manifest, project_dir
+from rtml.features.dbt import (
+    QUIET_ENV,
+    WINDOW_ENV,
+    dbt_env,
+    dbt_executable,
+    ensure_manifest,
+    project_dir,
+    window_env,
+)
 
 for _key, _value in QUIET_ENV.items():  # dbt parse at load time must not phone home either
     os.environ.setdefault(_key, _value)
@@ -59,11 +69,24 @@ translator = FeatureTranslator(settings=DagsterDbtTranslatorSettings(enable_asse
 
 
 def _dbt_build(
-    context: AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource, dbt_vars_: list[str]
+    context: AssetExecutionContext,
+    dbt: DbtCliResource,
+    postgres: PostgresResource,
+    window: Mapping[str, str] | None = None,
 ) -> Iterator[Any]:
-    # the dbt subprocess inherits os.environ: the connection comes from the platform's database URL
+    # The dbt subprocess inherits os.environ (DbtCliResource has no env argument): the connection
+    # comes from the platform's database URL; the window is set only while the subprocess starts.
     os.environ.update(dbt_env(postgres.database_url()))
-    invocation = dbt.cli(["build", *dbt_vars_], context=context)
+    for name in WINDOW_ENV.values():
+        os.environ.pop(name, None)
+    os.environ.update(window or {})
+    try:
+        # Unit tests check the SQL, not the data: pytest runs them (`dbt build` in test_dbt_features);
+        # here they would need every mocked input table to exist (stg_labels before the first labels run).
+        invocation = dbt.cli(["build", "--exclude-resource-type", "unit_test"], context=context)
+    finally:
+        for name in WINDOW_ENV.values():
+            os.environ.pop(name, None)
     yield from invocation.stream().fetch_column_metadata()
 
 
@@ -79,14 +102,9 @@ def _dbt_build(
 def dbt_incremental_features(
     context: AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
 ) -> Iterator[Any]:
-    """Incremental models over the run's hourly window: vars min_ts/max_ts = partition time window."""
+    """Incremental models over the run's hourly window (RTML_DBT_MIN_TS/MAX_TS = partition time window)."""
     window = context.partition_time_window
-    yield from _dbt_build(
-        context,
-        dbt,
-        postgres,
-        dbt_vars({"min_ts": window.start.isoformat(), "max_ts": window.end.isoformat()}),
-    )
+    yield from _dbt_build(context, dbt, postgres, window_env(window.start, window.end))
 
 
 @dbt_assets(
@@ -101,7 +119,7 @@ def dbt_feature_tables(
 ) -> Iterator[Any]:
     """Full rebuilds: stg_labels, the online *_latest tables and training_set (cut-off: all labels
     known so far; the training job passes its own cut-off through dbt directly)."""
-    yield from _dbt_build(context, dbt, postgres, [])
+    yield from _dbt_build(context, dbt, postgres)
 
 
 defs = dg.Definitions(
