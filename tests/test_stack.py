@@ -90,7 +90,7 @@ def test_up_starts_postgres_and_redis_with_databases_schemas_and_dagster_home(
     _, info = embedded
     assert info.embedded
     databases, schemas = databases_and_schemas(info)
-    assert {"rtml", "dagster", "mlflow"} <= databases
+    assert {"rtml", info.dagster_database, info.mlflow_database} <= databases
     assert schemas >= SCHEMAS
     assert redis.Redis.from_url(info.redis_url).ping()
     for url in (info.dagster_database_url, info.mlflow_database_url):

@@ -7,6 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,6 +15,9 @@ from rtml.config import Settings, get_settings
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.services import dagster_processes
 from rtml.services.stack import LocalStack, StackInfo
+
+if TYPE_CHECKING:
+    from dagster import AssetsDefinition
 
 app = typer.Typer(
     help="rtml: a real-time ML platform on Dagster, dbt, Redis, MLflow and BentoML.", no_args_is_help=True
@@ -66,8 +70,13 @@ def _materialize(select: str, env: dict[str, str], partition_range: tuple[str, s
 
 def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
     """Materialize `demo_days` of transactions, the labels that have arrived for them (up to now), the
-    incremental features over the same hours, and the tables built on both. stg_labels comes before the
-    incremental models because merchant_features reads it (label lag)."""
+    incremental dbt models over the same hours, and the tables built on both. stg_labels comes before
+    the incremental models because merchant_features reads it (label lag)."""
+    from rtml.defs.features.assets import dbt_feature_tables, dbt_incremental_features
+
+    def keys(assets: AssetsDefinition) -> list[str]:
+        return sorted(key.to_user_string() for key in assets.keys)
+
     start = settings.sim_start
     end = start + timedelta(days=settings.demo_days)
     hours = (f"{start:%Y-%m-%d-%H:%M}", f"{end - timedelta(hours=1):%Y-%m-%d-%H:%M}")
@@ -75,8 +84,8 @@ def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
     _materialize("transactions_raw", env, hours)
     _materialize("labels_raw", env, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
     _materialize("stg_labels", env)
-    _materialize("stg_transactions,customer_features,merchant_features", env, hours)
-    _materialize("customer_features_latest,merchant_features_latest,training_set", env)
+    _materialize(",".join(keys(dbt_incremental_features)), env, hours)
+    _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env)
 
 
 @app.command()
@@ -100,7 +109,9 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
         url = f"http://127.0.0.1:{settings.dagster_port}"
         dagster_processes.wait_for_http(f"{url}/server_info", webserver)
         typer.echo(
-            f"\nDagster UI  {url}\nlogs        {log_dir}\nCtrl-C stops everything `rtml demo` started."
+            f"\nDagster UI         {url}"
+            f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
+            f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
         )
         while all(process.poll() is None for process in processes):
             time.sleep(1)
