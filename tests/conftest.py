@@ -45,6 +45,17 @@ def redis_url(stack: StackInfo) -> str:
     return stack.redis_url
 
 
+@pytest.fixture(scope="module")
+def separate_dbt_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A module that builds dbt into its own database keeps dbt's ``target/`` (whose manifest names that
+    database) out of the project's, which the code location reads."""
+    target = tmp_path_factory.mktemp("dbt-target")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DBT_TARGET_PATH", str(target))
+    yield target
+    patch.undo()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests that use the stack talk to PostgreSQL/Redis: CI runs them a second time against the

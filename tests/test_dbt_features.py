@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,17 +46,8 @@ def with_ties(transactions: pd.DataFrame, n: int, seed: int = 3) -> pd.DataFrame
     return pd.concat([transactions, twins], ignore_index=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_target_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """dbt writes this module's manifest (naming ``rtml_dbt_test``) outside the project's ``target/``."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("DBT_TARGET_PATH", str(tmp_path_factory.mktemp("dbt-target")))
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
-def built(database_url: str) -> Iterator[str]:
+def built(database_url: str, separate_dbt_target: Path) -> Iterator[str]:
     """A database with a few simulated days, built with ``dbt build`` (models, dbt tests, unit tests)."""
     url = create_database(database_url, "rtml_dbt_test")
     transactions, labels = simulated_frames(START, DAYS)

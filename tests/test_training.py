@@ -6,8 +6,8 @@ plots, and a version of ``fraud-detector`` is registered from the run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,15 +28,6 @@ DAYS = 21
 LABEL_DAYS = 10  # labels arriving up to 10 days after the last transaction are known
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_target_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """dbt writes this module's manifest (naming ``rtml_training_test``) outside the project's ``target/``."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("DBT_TARGET_PATH", str(tmp_path_factory.mktemp("dbt-target")))
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
@@ -48,7 +39,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def training_db(database_url: str, settings: Settings) -> str:
+def training_db(database_url: str, settings: Settings, separate_dbt_target: Path) -> str:
     import psycopg
 
     url = create_database(database_url, "rtml_training_test")
