@@ -269,6 +269,16 @@ def test_training_set_uses_labels_known_at_the_cutoff(built: str) -> None:
     assert set(registry.view("customer_features").feature_names) <= set(training.columns)
 
 
+def test_source_freshness_reads_the_load_time_of_raw_rows(built: str, separate_dbt_target: Path) -> None:
+    proc = run_dbt(["source", "freshness"], built, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = json.loads((separate_dbt_target / "sources.json").read_text())["results"]
+    assert {r["unique_id"].split(".")[-1]: r["status"] for r in results} == {
+        "transactions": "pass",  # loaded_at = when the sample was just loaded
+        "labels": "pass",
+    }
+
+
 @pytest.mark.browser
 def test_docs_site_shows_the_feature_catalogue(built: str) -> None:
     from rtml.features.docs import generate_docs, serve_docs
