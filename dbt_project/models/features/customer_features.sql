@@ -29,19 +29,7 @@ windowed as (
     select w.transaction_id, w.event_ts, w.customer_id, w.merchant_id, w.amount, w.loaded_at, a.*
     from {{ stg }} as w
     cross join lateral (
-        select
-            count(*) filter (where p.event_ts >= w.event_ts - interval '1 hour') as txn_count_1h,
-            coalesce(sum(p.amount) filter (where p.event_ts >= w.event_ts - interval '1 hour'), 0) as amount_sum_1h,
-            count(*) filter (where p.event_ts >= w.event_ts - interval '24 hours') as txn_count_24h,
-            coalesce(sum(p.amount) filter (where p.event_ts >= w.event_ts - interval '24 hours'), 0)
-                as amount_sum_24h,
-            count(*) filter (where p.event_ts >= w.event_ts - interval '7 days') as txn_count_7d,
-            coalesce(sum(p.amount) filter (where p.event_ts >= w.event_ts - interval '7 days'), 0) as amount_sum_7d,
-            avg(case when extract(hour from p.event_ts at time zone 'UTC') < 6 then 1 else 0 end)
-                filter (where p.event_ts >= w.event_ts - interval '7 days') as night_share_7d,
-            count(*) as txn_count_30d,
-            avg(p.amount) as amount_mean_30d,
-            stddev_samp(p.amount) as amount_std_30d
+        select {{ customer_aggregates('p', 'w.event_ts') }}
         from {{ stg }} as p
         where p.customer_id = w.customer_id
           and p.event_ts >= w.event_ts - interval '30 days'

@@ -20,17 +20,7 @@ with as_of as (
 recent as (
     select
         t.customer_id,
-        count(*) filter (where t.event_ts >= a.as_of_ts - interval '1 hour') as txn_count_1h,
-        coalesce(sum(t.amount) filter (where t.event_ts >= a.as_of_ts - interval '1 hour'), 0) as amount_sum_1h,
-        count(*) filter (where t.event_ts >= a.as_of_ts - interval '24 hours') as txn_count_24h,
-        coalesce(sum(t.amount) filter (where t.event_ts >= a.as_of_ts - interval '24 hours'), 0) as amount_sum_24h,
-        count(*) filter (where t.event_ts >= a.as_of_ts - interval '7 days') as txn_count_7d,
-        coalesce(sum(t.amount) filter (where t.event_ts >= a.as_of_ts - interval '7 days'), 0) as amount_sum_7d,
-        avg(case when extract(hour from t.event_ts at time zone 'UTC') < 6 then 1 else 0 end)
-            filter (where t.event_ts >= a.as_of_ts - interval '7 days') as night_share_7d,
-        count(*) as txn_count_30d,
-        avg(t.amount) as amount_mean_30d,
-        stddev_samp(t.amount) as amount_std_30d,
+        {{ customer_aggregates('t', 'a.as_of_ts') }},
         count(distinct t.merchant_id) filter (where t.event_ts >= a.as_of_ts - interval '24 hours')
             as distinct_merchants_24h
     from {{ stg }} as t

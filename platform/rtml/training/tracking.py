@@ -105,10 +105,8 @@ def train_and_register(
             ("validation", data.validation.y, val_scores),
             ("test", data.test.y, test_scores),
         ):
-            mlflow.log_figure(evaluate.roc_figure(y, scores, f"ROC ({split})"), f"plots/roc_{split}.png")
-            mlflow.log_figure(
-                evaluate.pr_figure(y, scores, f"Precision-recall ({split})"), f"plots/pr_{split}.png"
-            )
+            mlflow.log_figure(evaluate.roc_figure(y, scores, split), f"plots/roc_{split}.png")
+            mlflow.log_figure(evaluate.pr_figure(y, scores, split), f"plots/pr_{split}.png")
 
         example = _input_example(data.validation.X)
         info = mlflow.sklearn.log_model(
