@@ -93,12 +93,45 @@ class Settings(BaseSettings):
         1_000_000, description="Asset check threshold: most rows a loaded hourly partition may hold."
     )
 
+    # --- training and the model registry ----------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="URL of the MLflow tracking server and model registry (for example "
+        "`http://127.0.0.1:5000`). Unset: `rtml up` starts one on `mlflow_port`, its backend store in "
+        "the `mlflow_database` and its artifacts under the data directory.",
+    )
+    gate_metric: str = Field(
+        "pr_auc",
+        description="Evaluation gate: the metric on which a new model version must beat production "
+        "(on the new version's test window) to get the `staging` alias.",
+    )
+    gate_min_improvement: float = Field(
+        0.002, description="Evaluation gate: how much better than production `gate_metric` must be."
+    )
+    gate_guarded_metrics: list[str] = Field(
+        ["roc_auc", "recall_at_1pct_fpr"],
+        description="Evaluation gate: metrics that may not regress against production by more than "
+        "`gate_tolerance`.",
+    )
+    gate_tolerance: float = Field(
+        0.01, description="Evaluation gate: largest acceptable drop of a guarded metric."
+    )
+    gate_min_roc_auc: float = Field(
+        0.8,
+        description="Evaluation gate: the ROC AUC a version needs on its test window when there is no "
+        "production version to compare with.",
+    )
+
     # --- local services -----------------------------------------------------------------------------
     dagster_port: int = Field(
         3000, description="Port of the Dagster UI started by `make demo` / `rtml demo`."
     )
     docs_port: int = Field(
         8080, description="Port of the feature catalogue (dbt docs site) of `rtml docs` / `make demo`."
+    )
+    mlflow_port: int = Field(
+        5000, description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` "
+        "is unset)."
     )
 
     # --- derived -------------------------------------------------------------------------------------
@@ -114,6 +147,10 @@ class Settings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.home / "mlflow-artifacts"
 
 
 def database_url_for(server_url: str, database: str) -> str:
