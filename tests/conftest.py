@@ -3,17 +3,21 @@
 With ``RTML_DATABASE_URL`` and ``RTML_REDIS_URL`` set, tests use those servers (CI's second pass runs
 the integration tests against the machine's PostgreSQL and Redis). Without them, the session starts
 the embedded default — the same ``LocalStack`` that ``rtml up`` uses — in a temporary data directory.
+Either way the session runs its own MLflow server (backend store on that PostgreSQL) on a free port,
+unless ``RTML_MLFLOW_TRACKING_URI`` names one.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from rtml.config import Settings, get_settings
+from rtml.services.processes import free_port
 from rtml.services.stack import LocalStack, StackInfo
 
 
@@ -22,11 +26,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     data_dir = Path(os.environ.get("RTML_DATA_DIR") or tmp_path_factory.mktemp("rtml-data"))
     os.environ["RTML_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
-    local = LocalStack(Settings(data_dir=data_dir))
+    # A port of its own: a developer's `make demo` may hold the default MLflow port.
+    local = LocalStack(Settings(data_dir=data_dir, mlflow_port=free_port()))
     info = local.up()
-    # Subprocesses (dbt, dagster, bentoml) find the same servers through the environment.
+    # Subprocesses (dbt, dagster, bentoml, mlflow clients) find the same servers through the environment.
     os.environ["RTML_DATABASE_URL"] = info.database_url
     os.environ["RTML_REDIS_URL"] = info.redis_url
+    os.environ["RTML_MLFLOW_TRACKING_URI"] = info.mlflow_tracking_uri
+    os.environ["MLFLOW_TRACKING_URI"] = info.mlflow_tracking_uri
     get_settings.cache_clear()
     try:
         yield info
@@ -43,6 +50,58 @@ def database_url(stack: StackInfo) -> str:
 @pytest.fixture(scope="session")
 def redis_url(stack: StackInfo) -> str:
     return stack.redis_url
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_uri(stack: StackInfo) -> str:
+    """http URL of the session's MLflow tracking server and model registry (shared by all tests)."""
+    return stack.mlflow_tracking_uri
+
+
+TRAINING_START = datetime(2026, 9, 1, tzinfo=UTC)
+TRAINING_DAYS = 21
+LABEL_DAYS = 10  # labels arriving up to 10 days after the last transaction are known
+
+
+@pytest.fixture(scope="session")
+def training_settings(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Settings:
+    """A smaller simulated world for the training tests (its own data directory for snapshots)."""
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("rtml-training"),
+        sim_start=TRAINING_START,
+        sim_customers=2_000,
+        sim_transactions_per_day=8_000,
+        mlflow_tracking_uri=stack.mlflow_tracking_uri,
+    )
+
+
+@pytest.fixture(scope="session")
+def training_db(
+    database_url: str, training_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Database ``rtml_training_test``: three weeks of simulated transactions and their labels through
+    the ingest loader, then ``dbt run`` of everything ``training_set`` needs."""
+    import psycopg
+
+    from rtml.features.dbt import run_dbt
+    from rtml.features.sample_data import create_database, ensure_raw_tables
+    from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.sources.simulator import Simulator
+
+    url = create_database(database_url, "rtml_training_test")
+    with psycopg.connect(url) as conn:
+        ensure_raw_tables(conn)
+    simulator = Simulator(training_settings)
+    end = TRAINING_START + timedelta(days=TRAINING_DAYS)
+    chunks = simulator.iter_transactions(TRAINING_START, end, hours_per_chunk=24)
+    load_transactions(url, chunks, "sim", training_settings)
+    labels = simulator.labels(TRAINING_START, end + timedelta(days=LABEL_DAYS))
+    load_labels(url, [labels], "sim-labels", training_settings)
+    with pytest.MonkeyPatch.context() as patch:  # keep this database's manifest out of the project's target/
+        patch.setenv("DBT_TARGET_PATH", str(tmp_path_factory.mktemp("dbt-target-training")))
+        proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return url
 
 
 @pytest.fixture(scope="module")

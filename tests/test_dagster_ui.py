@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from rtml.services import dagster_processes
+from rtml.services.processes import free_port
 from rtml.services.stack import StackInfo
 from tests.browser import chromium_page, chromium_path, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def dagster_ui(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     chromium_path()  # skip early, before starting the webserver, if there is no browser
-    port = _free_port()
+    port = free_port()
     env = dagster_processes.dagster_env(stack.dagster_home, stack.database_url, stack.redis_url)
     webserver = dagster_processes.start_webserver(env, port, tmp_path_factory.mktemp("logs"))
     try:

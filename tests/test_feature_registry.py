@@ -70,3 +70,24 @@ def test_dbt_env_from_tcp_and_socket_urls() -> None:
     assert socket["DBT_SEND_ANONYMOUS_USAGE_STATS"] == "false"
     with pytest.raises(ValueError):
         dbt_env("mysql://x@y/z")
+
+
+def test_definitions_hash_follows_definitions_not_invocations() -> None:
+    import copy
+    import json
+
+    from rtml.features.registry import definitions_hash
+
+    manifest = json.loads(ensure_manifest().read_text())
+    base = definitions_hash(manifest)
+    rerun = copy.deepcopy(manifest)  # another dbt invocation, another target schema: same definitions
+    rerun["metadata"]["invocation_id"] = "another"
+    rerun["metadata"]["generated_at"] = "2030-01-01T00:00:00Z"
+    for node in rerun["nodes"].values():
+        node["schema"] = "elsewhere"
+    assert definitions_hash(rerun) == base
+
+    edited = copy.deepcopy(manifest)
+    node = edited["nodes"]["model.rtml.customer_features"]
+    node["columns"]["txn_count_1h"]["description"] = "changed"
+    assert definitions_hash(edited) != base

@@ -1,4 +1,5 @@
-"""The local stack (`rtml up / down / status`) against real servers: embedded and external.
+"""The local stack (`rtml up / down / status`) against real servers: embedded and external, and the
+MLflow tracking server it runs on top of PostgreSQL.
 
 The proof that `rtml up/down` leave no process behind: after `down()` (run in another process) no pid
 of ours runs and no process references the data folder.
@@ -10,10 +11,12 @@ import contextlib
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,26 +26,34 @@ import pytest
 import redis
 
 from rtml.config import Settings
-from rtml.services import LocalStack, StackInfo, StackNotRunningError
-from rtml.services.processes import pid_alive
+from rtml.services import LocalStack, StackError, StackInfo, StackNotRunningError, mlflow_server
+from rtml.services.processes import free_port, pid_alive
 
 pytestmark = pytest.mark.integration
 
 SCHEMAS = {"raw", "staging", "features", "monitoring"}
 
 
-def embedded_settings(data_dir: Path) -> Settings:
-    # Explicit None: pydantic-settings would otherwise take RTML_DATABASE_URL / RTML_REDIS_URL from the env.
-    return Settings(data_dir=data_dir, database_url=None, redis_url=None)
+def embedded_settings(data_dir: Path, mlflow_port: int) -> Settings:
+    # Explicit None: pydantic-settings would otherwise take RTML_DATABASE_URL / RTML_REDIS_URL /
+    # RTML_MLFLOW_TRACKING_URI from the env (the session's stack sets them).
+    return Settings(
+        data_dir=data_dir,
+        database_url=None,
+        redis_url=None,
+        mlflow_tracking_uri=None,
+        mlflow_port=mlflow_port,
+    )
 
 
-def run_in_subprocess(data_dir: Path, call: str) -> subprocess.CompletedProcess[str]:
+def run_in_subprocess(data_dir: Path, mlflow_port: int, call: str) -> subprocess.CompletedProcess[str]:
     """Run ``LocalStack(...).<call>`` in a fresh interpreter, as the `rtml` CLI would."""
     code = textwrap.dedent(f"""
         from pathlib import Path
         from rtml.config import Settings
         from rtml.services import LocalStack
-        stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None))
+        stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None,
+                                    mlflow_tracking_uri=None, mlflow_port={mlflow_port}))
         print(repr(stack.{call}))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -64,7 +75,7 @@ def processes_referencing(folder: Path) -> list[str]:
 
 def embedded_pids(data_dir: Path) -> list[int]:
     state = json.loads((data_dir / "stack.json").read_text())
-    return [state["postgres"]["pid"], state["redis"]["pid"]]
+    return [state["postgres"]["pid"], state["redis"]["pid"], state["mlflow"]["pid"]]
 
 
 def databases_and_schemas(info: StackInfo) -> tuple[set[str], set[str]]:
@@ -76,7 +87,7 @@ def databases_and_schemas(info: StackInfo) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, StackInfo]]:
-    local = LocalStack(embedded_settings(tmp_path_factory.mktemp("stack")))
+    local = LocalStack(embedded_settings(tmp_path_factory.mktemp("stack"), free_port()))
     info = local.up()
     try:
         yield local, info
@@ -84,11 +95,13 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSt
         local.down()
 
 
-def test_up_starts_postgres_and_redis_with_databases_schemas_and_dagster_home(
+def test_up_starts_postgres_redis_and_mlflow_with_databases_schemas_and_dagster_home(
     embedded: tuple[LocalStack, StackInfo],
 ) -> None:
-    _, info = embedded
+    local, info = embedded
     assert info.embedded
+    assert info.mlflow_tracking_uri == f"http://127.0.0.1:{local.settings.mlflow_port}"
+    assert mlflow_server.answers(info.mlflow_tracking_uri)
     databases, schemas = databases_and_schemas(info)
     assert {"rtml", info.dagster_database, info.mlflow_database} <= databases
     assert schemas >= SCHEMAS
@@ -120,10 +133,45 @@ def test_up_twice_is_idempotent(embedded: tuple[LocalStack, StackInfo]) -> None:
 def test_status_reports_running_servers(embedded: tuple[LocalStack, StackInfo]) -> None:
     local, info = embedded
     statuses = {status.name: status for status in local.status()}
-    assert statuses["postgres"].answers and statuses["redis"].answers
+    assert set(statuses) == {"postgres", "redis", "mlflow"}
+    assert all(status.answers for status in statuses.values())
     assert statuses["postgres"].url == info.database_url
     assert statuses["redis"].url == info.redis_url
+    assert statuses["mlflow"].url == info.mlflow_tracking_uri
     assert all(pid_alive(status.pid) for status in statuses.values())
+
+
+def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_the_data_dir(
+    embedded: tuple[LocalStack, StackInfo],
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    local, info = embedded
+    client = MlflowClient(info.mlflow_tracking_uri)
+    experiment_id = client.create_experiment(f"stack-test-{secrets.token_hex(4)}")
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "answer", "42")
+    client.log_text(run.info.run_id, "hello", "note.txt")  # uploaded through the server's artifact proxy
+    client.set_terminated(run.info.run_id)
+    with psycopg.connect(info.mlflow_database_url) as conn:
+        row = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", [run.info.run_id]).fetchone()
+    assert row == ("FINISHED",)
+    assert [path.read_text() for path in local.settings.mlflow_artifacts_dir.rglob("note.txt")] == ["hello"]
+
+
+def test_mlflow_server_accepts_localhost_and_127_0_0_1_host_headers(
+    embedded: tuple[LocalStack, StackInfo],
+) -> None:
+    # MLflow's security middleware rejects Host headers it does not allow (DNS rebinding protection).
+    _, info = embedded
+    port = mlflow_server.port_of(info.mlflow_tracking_uri)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        request = urllib.request.Request(
+            f"{info.mlflow_tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1",
+            headers={"Host": host},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, host
 
 
 def test_up_restarts_a_server_whose_process_died(embedded: tuple[LocalStack, StackInfo]) -> None:
@@ -142,15 +190,44 @@ def test_up_restarts_a_server_whose_process_died(embedded: tuple[LocalStack, Sta
     assert next(status for status in local.status() if status.name == "redis").pid != redis_status.pid
 
 
+def test_up_replaces_an_mlflow_server_whose_launcher_was_killed(
+    embedded: tuple[LocalStack, StackInfo],
+) -> None:
+    """SIGKILL on `mlflow server` orphans its uvicorn worker, which keeps the port: up() stops it too."""
+    local, info = embedded
+    launcher = next(status for status in local.status() if status.name == "mlflow").pid
+    assert launcher is not None
+    worker = psutil.Process(launcher).children()[0].pid
+    psutil.Process(launcher).send_signal(signal.SIGKILL)
+    assert pid_alive(worker)
+    assert local.up() == info  # same port, hence same URL
+    assert not pid_alive(launcher) and not pid_alive(worker)
+    assert next(status for status in local.status() if status.name == "mlflow").answers
+
+
+def test_mlflow_port_taken_by_another_program_says_what_to_set(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        local = LocalStack(embedded_settings(tmp_path, other.getsockname()[1]))
+        try:
+            with pytest.raises(StackError, match="RTML_MLFLOW_PORT"):
+                local.up()
+        finally:
+            local.down()
+    assert processes_referencing(tmp_path) == []
+
+
 def test_servers_outlive_up_and_down_in_another_process_leaves_nothing(tmp_path: Path) -> None:
-    run_in_subprocess(tmp_path, "up()")  # that process has exited now
-    local = LocalStack(embedded_settings(tmp_path))
+    port = free_port()
+    run_in_subprocess(tmp_path, port, "up()")  # that process has exited now
+    local = LocalStack(embedded_settings(tmp_path, port))
     pids = embedded_pids(tmp_path)
     assert all(pid_alive(pid) for pid in pids)
     assert all(status.answers for status in local.status())
     assert local.up().embedded  # same servers, found through the state file
 
-    run_in_subprocess(tmp_path, "down()")
+    run_in_subprocess(tmp_path, port, "down()")
     assert not any(pid_alive(pid) for pid in pids)
     # Independently of pid_alive: a pid may linger only as a zombie (this sandbox's pid 1 reaps none).
     for pid in pids:
@@ -160,12 +237,12 @@ def test_servers_outlive_up_and_down_in_another_process_leaves_nothing(tmp_path:
     assert not any(status.answers for status in local.status())
     with pytest.raises(StackNotRunningError, match="rtml up"):
         local.info()
-    run_in_subprocess(tmp_path, "down()")  # idempotent
+    run_in_subprocess(tmp_path, port, "down()")  # idempotent
 
 
 def test_info_without_a_running_stack_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(StackNotRunningError, match=r"Run `rtml up` first"):
-        LocalStack(embedded_settings(tmp_path)).info()
+        LocalStack(embedded_settings(tmp_path, free_port())).info()
 
 
 def _machine_postgres_answers() -> bool:
@@ -179,7 +256,10 @@ def _machine_postgres_answers() -> bool:
 @pytest.mark.skipif(
     not _machine_postgres_answers(), reason="no PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth)"
 )
-def test_configured_urls_start_nothing_and_create_databases(tmp_path: Path) -> None:
+def test_configured_urls_start_nothing_and_create_databases(
+    tmp_path: Path, embedded: tuple[LocalStack, StackInfo]
+) -> None:
+    mlflow_url = embedded[1].mlflow_tracking_uri  # a running MLflow server that is not this stack's
     suffix = secrets.token_hex(4)
     names = [
         f"rtml_stacktest_{suffix}",
@@ -190,6 +270,7 @@ def test_configured_urls_start_nothing_and_create_databases(tmp_path: Path) -> N
         data_dir=tmp_path,
         database_url=f"postgresql://postgres@127.0.0.1:5432/{names[0]}",
         redis_url="redis://127.0.0.1:6379/0",
+        mlflow_tracking_uri=mlflow_url,
         dagster_database=names[1],
         mlflow_database=names[2],
     )
@@ -197,13 +278,14 @@ def test_configured_urls_start_nothing_and_create_databases(tmp_path: Path) -> N
     try:
         info = local.up()
         assert not info.embedded
+        assert info.mlflow_tracking_uri == mlflow_url
         assert not (tmp_path / "stack.json").exists()
         assert processes_referencing(tmp_path) == []
         databases, schemas = databases_and_schemas(info)
         assert set(names) <= databases
         assert schemas >= SCHEMAS
         assert f"/{names[1]}" in (info.dagster_home / "dagster.yaml").read_text()
-        assert [status.pid for status in local.status()] == [None, None]
+        assert [status.pid for status in local.status()] == [None, None, None]
         assert all(status.answers for status in local.status())
         local.down()  # must not touch the machine's servers
         assert all(status.answers for status in local.status())

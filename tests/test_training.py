@@ -1,63 +1,56 @@
-"""Training end to end on real PostgreSQL and a real MLflow (the session server's ``mlflow`` database):
-three weeks of simulated transactions through the ingest loader, ``dbt run`` of the feature and training
-models in a database of their own (``rtml_training_test``), then ``train_and_register``: the model
-separates fraud on the newest (test) weeks, the run carries params, metrics, threshold tags and curve
-plots, and a version of ``fraud-detector`` is registered from the run."""
+"""Training end to end on real PostgreSQL and the session's MLflow server: a snapshot of three weeks of
+simulated, dbt-built ``training_set`` (see the ``training_db`` fixture), fit, evaluation, logging with
+lineage, registration; then the registry workflow: evaluation gate, promotion, rollback."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+import hashlib
+import json
+import subprocess
+import uuid
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from rtml.config import Settings
-from rtml.features.dbt import run_dbt
-from rtml.features.sample_data import create_database, ensure_raw_tables
-from rtml.ingest.loader import load_labels, load_transactions
-from rtml.services.stack import StackInfo
-from rtml.sources.simulator import Simulator
-from rtml.training import evaluate
-from rtml.training.dataset import FeatureSpec, split_by_time
-from rtml.training.tracking import MODEL_NAME, TrainingResult, train_and_register
+from rtml.training import evaluate, registry
+from rtml.training.dataset import FeatureSpec, feature_spec, split_by_time
+from rtml.training.lineage import TAGS
+from rtml.training.tracking import TrainingResult, train_and_register
 
-START = datetime(2026, 9, 1, tzinfo=UTC)
-DAYS = 21
-LABEL_DAYS = 10  # labels arriving up to 10 days after the last transaction are known
+# The weakened model: no customer history or merchant features, and a few shallow trees.
+WEAK = {"params": {"max_iter": 5, "max_depth": 2}}
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        data_dir=tmp_path_factory.mktemp("rtml-training"),
-        sim_start=START,
-        sim_customers=2_000,
-        sim_transactions_per_day=8_000,
-    )
+def model_name() -> str:
+    """A registered model of this module's own: other tests register `fraud-detector` versions too."""
+    return f"fraud-detector-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def training_db(database_url: str, settings: Settings, separate_dbt_target: Path) -> str:
-    import psycopg
-
-    url = create_database(database_url, "rtml_training_test")
-    with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
-    simulator = Simulator(settings)
-    end = START + timedelta(days=DAYS)
-    load_transactions(url, simulator.iter_transactions(START, end, hours_per_chunk=24), "sim", settings)
-    load_labels(url, [simulator.labels(START, end + timedelta(days=LABEL_DAYS))], "sim-labels", settings)
-    proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    return url
+def client(mlflow_tracking_uri: str) -> MlflowClient:
+    return registry.client_for(mlflow_tracking_uri)
 
 
 @pytest.fixture(scope="module")
-def trained(training_db: str, stack: StackInfo, settings: Settings) -> TrainingResult:
+def trained(
+    training_db: str, mlflow_tracking_uri: str, training_settings: Settings, model_name: str
+) -> TrainingResult:
+    return train_and_register(training_db, mlflow_tracking_uri, training_settings, model_name=model_name)
+
+
+def weak_exclusions() -> tuple[str, ...]:
+    spec = feature_spec()
+    return tuple(name for name in spec.numeric if name != "amount")
+
+
+def train_weak(training_db: str, tracking_uri: str, settings: Settings, model_name: str) -> TrainingResult:
     return train_and_register(
-        training_db, stack.mlflow_database_url, settings.home / "mlflow-artifacts", settings
+        training_db, tracking_uri, settings, exclude_features=weak_exclusions(), model_name=model_name, **WEAK
     )
 
 
@@ -72,10 +65,7 @@ def test_model_separates_fraud_on_the_test_window(trained: TrainingResult) -> No
     assert m["test_decline_recall"] > 0
 
 
-def test_run_and_registered_version(trained: TrainingResult, stack: StackInfo) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(stack.mlflow_database_url, stack.mlflow_database_url)
+def test_run_and_registered_version(trained: TrainingResult, client: MlflowClient, model_name: str) -> None:
     run = client.get_run(trained.run_id)
     assert run.data.params["class_weight"] == "balanced"
     assert {"learning_rate", "max_iter", "validation_start", "test_start"} <= set(run.data.params)
@@ -84,19 +74,107 @@ def test_run_and_registered_version(trained: TrainingResult, stack: StackInfo) -
     assert float(run.data.tags["threshold_decline"]) == trained.thresholds.decline
     assert float(run.data.tags["threshold_review"]) == trained.thresholds.review
     plots = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
-    assert {"plots/roc_test.png", "plots/pr_test.png"} <= plots
-    assert run.info.artifact_uri.startswith("file:")  # a local folder (the data directory's by default)
+    assert {"plots/roc_test.png", "plots/pr_test.png", "plots/permutation_importance.png"} <= plots
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [trained.lineage.snapshot_md5]
 
-    version = client.get_model_version(MODEL_NAME, trained.model_version)
+    version = client.get_model_version(model_name, trained.model_version)
     assert version.run_id == trained.run_id
     assert version.tags["threshold_decline"] == run.data.tags["threshold_decline"]
-    assert not version.aliases  # promotion is explicit
+    assert not version.aliases  # the gate and people move aliases, training does not
 
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{trained.model_version}")
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{trained.model_version}")
     schema = model.metadata.get_input_schema()
     assert schema is not None and "amount" in schema.input_names()
+
+
+def test_every_lineage_tag_is_recorded(
+    trained: TrainingResult, client: MlflowClient, model_name: str, training_settings: Settings
+) -> None:
+    tags = client.get_model_version(model_name, trained.model_version).tags
+    assert set(TAGS) <= set(tags), set(TAGS) - set(tags)
+    # the snapshot trained on is kept under its DVC (md5) hash
+    snapshot = training_settings.snapshots_dir / f"{tags['dvc_snapshot_md5']}.parquet"
+    assert hashlib.md5(snapshot.read_bytes()).hexdigest() == tags["dvc_snapshot_md5"]
+    assert int(tags["snapshot_rows"]) == len(pd.read_parquet(snapshot))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert tags["git_commit"] == head
+    assert tags["run_id"] == trained.run_id
+    assert tags["feature_definitions"] == "customer_features@1,merchant_features@1"
+    assert len(tags["dbt_manifest_sha256"]) == 64
+    assert pd.Timestamp(tags["data_window_start"]) <= pd.Timestamp(tags["data_window_end"])
+
+
+def test_gate_promotion_and_rollback(
+    trained: TrainingResult,
+    training_db: str,
+    mlflow_tracking_uri: str,
+    training_settings: Settings,
+    client: MlflowClient,
+    model_name: str,
+) -> None:
+    strong = trained.model_version
+    settings = training_settings.model_copy(update={"gate_min_roc_auc": 0.5})
+    weak = train_weak(training_db, mlflow_tracking_uri, settings, model_name)
+    assert weak.metrics["test_pr_auc"] < trained.metrics["test_pr_auc"]
+
+    def aliases() -> dict[str, str]:
+        return {
+            alias: info.version for info in registry.versions(client, model_name) for alias in info.aliases
+        }
+
+    # no production yet: the weak model clears the (lowered) floor and is staged, then approved
+    first = registry.gate(client, weak.model_version, weak.holdout, settings, model_name)
+    assert first.staged and first.production_version is None, first
+    registry.promote(client, weak.model_version, "alice", "first model", model_name)
+    assert aliases() == {"production": weak.model_version}
+
+    # the strong model beats production on its own test window: staged, not yet in production
+    better = registry.gate(client, strong, trained.holdout, settings, model_name)
+    assert better.staged and better.production_version == weak.model_version, better
+    assert better.challenger["pr_auc"] > better.production["pr_auc"]
+    assert aliases() == {"production": weak.model_version, "staging": strong}
+
+    promoted = registry.promote(client, strong, "bob", "beats v-weak on PR AUC", model_name)
+    assert promoted.tags["approved_by"] == "bob"
+    assert promoted.tags["approval_reason"] == "beats v-weak on PR AUC"
+    assert promoted.tags["previous_production_version"] == weak.model_version
+    assert aliases() == {"production": strong}  # staging is emptied by the promotion
+
+    # a deliberately weakened challenger is rejected with the reason; nothing moves
+    weaker = train_weak(training_db, mlflow_tracking_uri, settings, model_name)
+    rejected = registry.gate(client, weaker.model_version, weaker.holdout, settings, model_name)
+    assert not rejected.staged
+    tags = client.get_model_version(model_name, weaker.model_version).tags
+    assert tags["rejected"] == rejected.reason and "pr_auc" in rejected.reason
+    assert aliases() == {"production": strong}
+    with pytest.raises(registry.RegistryError, match="rejected by the evaluation gate"):
+        registry.promote(client, weaker.model_version, "carol", "try anyway", model_name)
+
+    # rollback → the previous production version, recorded on both; then promote again
+    restored = registry.rollback(client, "carol", "alert: decline rate doubled", model_name)
+    assert restored.version == weak.model_version
+    assert aliases() == {"production": weak.model_version}
+    rolled = client.get_model_version(model_name, strong).tags
+    assert (rolled["rolled_back_by"], rolled["rollback_reason"]) == ("carol", "alert: decline rate doubled")
+    assert rolled["rolled_back_to"] == weak.model_version
+    again = registry.promote(client, strong, "bob", "root cause fixed upstream", model_name)
+    assert again.tags["previous_production_version"] == weak.model_version
+    assert aliases() == {"production": strong}
+
+    listed = {info.version: info for info in registry.versions(client, model_name)}
+    assert listed[strong].status == "production" and listed[weaker.model_version].status == "rejected"
+    assert listed[strong].metrics["test_roc_auc"] == pytest.approx(trained.metrics["test_roc_auc"])
+    last = json.loads(client.get_registered_model(model_name).tags["last_action"])
+    assert last["action"] == "promote" and last["by"] == "bob"
+
+
+def test_promotion_needs_an_approver_and_reason(
+    client: MlflowClient, trained: TrainingResult, model_name: str
+) -> None:
+    with pytest.raises(registry.RegistryError, match="approver and a reason"):
+        registry.promote(client, trained.model_version, "", "no one", model_name)
+    with pytest.raises(registry.RegistryError, match="no version '999'"):
+        registry.promote(client, "999", "alice", "typo", model_name)
 
 
 def test_split_never_mixes_time() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,10 +16,11 @@ import typer
 from rtml.config import Settings, get_settings
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.services import dagster_processes
-from rtml.services.stack import LocalStack, StackInfo
+from rtml.services.stack import LocalStack, StackError, StackInfo
 
 if TYPE_CHECKING:
     from dagster import AssetsDefinition
+    from mlflow.tracking import MlflowClient
 
 app = typer.Typer(
     help="rtml: a real-time ML platform on Dagster, dbt, Redis, MLflow and BentoML.", no_args_is_help=True
@@ -30,13 +33,20 @@ LABEL_HORIZON = timedelta(days=30)
 def _print_stack(info: StackInfo) -> None:
     typer.echo(f"PostgreSQL  {info.database_url}")
     typer.echo(f"Redis       {info.redis_url}")
+    typer.echo(f"MLflow      {info.mlflow_tracking_uri}")
     typer.echo(f"Dagster     DAGSTER_HOME={info.dagster_home}")
 
 
 @app.command()
 def up() -> None:
-    """Start the stack: embedded PostgreSQL and Redis unless RTML_DATABASE_URL / RTML_REDIS_URL are set."""
-    _print_stack(LocalStack(get_settings()).up())
+    """Start the stack: embedded PostgreSQL and Redis unless RTML_DATABASE_URL / RTML_REDIS_URL are set,
+    and an MLflow server unless RTML_MLFLOW_TRACKING_URI is set."""
+    try:
+        info = LocalStack(get_settings()).up()
+    except StackError as exc:
+        typer.echo(f"rtml up failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _print_stack(info)
 
 
 @app.command()
@@ -51,11 +61,14 @@ def status() -> None:
     """Each component of the local stack, its URL and whether it answers."""
     for component in LocalStack(get_settings()).status():
         state = "up" if component.answers else "DOWN"
-        typer.echo(f"{component.name:<12} {state:<5} {component.url}")
+        typer.echo(f"{component.name:<12} {state:<5} {component.url or '(not running)'}")
 
 
-def _materialize(select: str, env: dict[str, str], partition_range: tuple[str, str] | None = None) -> None:
-    """One Dagster run through the CLI, recorded in the instance like a run launched from the UI."""
+def _materialize(
+    select: str, env: dict[str, str], log: Path, partition_range: tuple[str, str] | None = None
+) -> None:
+    """One Dagster run through the CLI, recorded in the instance like a run launched from the UI; its
+    event log goes to ``log`` (and the run's page in the UI)."""
     command = [
         str(Path(sys.executable).with_name("dagster")),
         "asset", "materialize", "-m", dagster_processes.CODE_LOCATION, "--select", select,
@@ -63,9 +76,13 @@ def _materialize(select: str, env: dict[str, str], partition_range: tuple[str, s
     if partition_range:
         command += ["--partition-range", "...".join(partition_range)]
     typer.echo(f"materializing {select} {'...'.join(partition_range or ())}")
-    if subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-        typer.echo(f"materializing {select} failed; see the run in the Dagster UI", err=True)
-        raise typer.Exit(1)
+    began = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        if subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            typer.echo(f"materializing {select} failed; see {log} or the run in the Dagster UI", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"  done in {time.perf_counter() - began:.0f} s")
 
 
 def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
@@ -81,16 +98,34 @@ def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
     end = start + timedelta(days=settings.demo_days)
     hours = (f"{start:%Y-%m-%d-%H:%M}", f"{end - timedelta(hours=1):%Y-%m-%d-%H:%M}")
     last_label_day = min(end + LABEL_HORIZON, datetime.now(UTC)) - timedelta(days=1)
-    _materialize("transactions_raw", env, hours)
-    _materialize("labels_raw", env, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
-    _materialize("stg_labels", env)
-    _materialize(",".join(keys(dbt_incremental_features)), env, hours)
-    _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env)
+    log = settings.home / "logs" / "demo-runs.log"
+    typer.echo(f"(the runs' event logs: {log})")
+    _materialize("transactions_raw", env, log, hours)
+    _materialize("labels_raw", env, log, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
+    _materialize("stg_labels", env, log)
+    _materialize(",".join(keys(dbt_incremental_features)), env, log, hours)
+    _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env, log)
+    _materialize("fraud_model", env, log)
+
+
+def bootstrap_production() -> None:
+    """The demo's first model: with no production version yet, the staged one is promoted, recorded
+    with approver ``rtml demo`` (later versions wait for a person: `rtml promote`)."""
+    from rtml.training.registry import PRODUCTION, STAGING, promote, version_with_alias
+
+    client, name = _registry_client(), get_settings().model_name
+    staged = version_with_alias(client, STAGING, name)
+    if version_with_alias(client, PRODUCTION, name) is None and staged is not None:
+        promote(client, staged.version, "rtml demo", "demo bootstrap: the first staged version", name)
+        typer.echo(f"{name} v{staged.version} promoted to production (demo bootstrap)")
 
 
 @app.command()
 def demo(load: bool = typer.Option(True, help="Materialize the demo window before serving the UIs.")) -> None:
     """Start the stack, load the demo window, and keep the UIs running until Ctrl-C."""
+    # Ctrl-C and SIGTERM both stop what the demo started (a shell may start it with SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = get_settings()
     stack = LocalStack(settings)
     already_up = all(component.answers for component in stack.status())
@@ -101,6 +136,7 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
     try:
         if load:
             load_demo_window(settings, env)
+            bootstrap_production()
         generate_docs(info.database_url)
         docs = serve_docs(settings.docs_port, background=True)
         log_dir = settings.home / "logs"
@@ -110,6 +146,7 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
         dagster_processes.wait_for_http(f"{url}/server_info", webserver)
         typer.echo(
             f"\nDagster UI         {url}"
+            f"\nMLflow UI          {info.mlflow_tracking_uri}"
             f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
             f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
         )
@@ -161,6 +198,88 @@ def simulate(
     else:
         raise typer.BadParameter("use parquet or csv", param_hint="--format")
     typer.echo(f"wrote {table.num_rows} rows to {path}")
+
+
+# --- the model registry ---------------------------------------------------------------------------
+def _registry_client() -> MlflowClient:
+    from rtml.training.registry import client_for
+
+    return client_for(LocalStack(get_settings()).info().mlflow_tracking_uri)
+
+
+def _registry_action(action: Callable[[], object]) -> None:
+    from rtml.training.registry import RegistryError
+
+    try:
+        action()
+    except RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def models() -> None:
+    """Versions of fraud-detector: aliases, status, test metrics, lineage."""
+    from rtml.training.registry import versions
+
+    name = get_settings().model_name
+    found = versions(_registry_client(), name)
+    if not found:
+        typer.echo(f"{name} has no versions yet: materialize fraud_model (training_job)")
+        return
+    row = "{:>7}  {:<11} {:<20} {:>7} {:>7}  {:<16}  {:<7}  {}"
+    typer.echo(row.format("version", "status", "aliases", "ROC AUC", "PR AUC", "created", "git", "snapshot"))
+    for info in found:
+        typer.echo(
+            row.format(
+                info.version,
+                info.status,
+                ",".join(info.aliases) or "-",
+                f"{info.metrics.get('test_roc_auc', float('nan')):.4f}",
+                f"{info.metrics.get('test_pr_auc', float('nan')):.4f}",
+                f"{info.created:%Y-%m-%d %H:%M}",
+                info.tags.get("git_commit", "?")[:7],
+                info.tags.get("dvc_snapshot_md5", "?")[:12],
+            )
+        )
+        if info.status == "rejected":
+            typer.echo(f"{'':>9}rejected: {info.tags['rejected']}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="The version to put in production (see `rtml models`)."),
+    approver: str = typer.Option(..., help="Who approves the promotion."),
+    reason: str = typer.Option(..., help="Why (recorded on the version)."),
+    allow_rejected: bool = typer.Option(False, help="Override the evaluation gate's rejection."),
+) -> None:
+    """Manual approval: move the `production` alias to VERSION, recording approver and reason."""
+    from rtml.training.registry import promote as promote_version
+
+    def run() -> None:
+        promoted = promote_version(
+            _registry_client(), version, approver, reason, allow_rejected=allow_rejected
+        )
+        previous = promoted.tags.get("previous_production_version", "none")
+        typer.echo(f"fraud-detector v{promoted.version} is in production (was: {previous})")
+
+    _registry_action(run)
+
+
+@app.command()
+def rollback(
+    approver: str = typer.Option(..., help="Who decides the rollback."),
+    reason: str = typer.Option(..., help="Why (recorded on both versions)."),
+) -> None:
+    """Move `production` back to the version that held it before the current one."""
+    from rtml.training.registry import rollback as rollback_version
+
+    def run() -> None:
+        name = get_settings().model_name
+        restored = rollback_version(_registry_client(), approver, reason, name)
+        typer.echo(f"{name} v{restored.version} is in production again")
+
+    _registry_action(run)
 
 
 @app.command("config-docs")

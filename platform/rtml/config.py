@@ -100,6 +100,7 @@ class Settings(BaseSettings):
         "`http://127.0.0.1:5000`). Unset: `rtml up` starts one on `mlflow_port`, its backend store in "
         "the `mlflow_database` and its artifacts under the data directory.",
     )
+    model_name: str = Field("fraud-detector", description="Registered model name in the MLflow registry.")
     gate_metric: str = Field(
         "pr_auc",
         description="Evaluation gate: the metric on which a new model version must beat production "
@@ -130,8 +131,8 @@ class Settings(BaseSettings):
         8080, description="Port of the feature catalogue (dbt docs site) of `rtml docs` / `make demo`."
     )
     mlflow_port: int = Field(
-        5000, description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` "
-        "is unset)."
+        5000,
+        description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` is unset).",
     )
 
     # --- derived -------------------------------------------------------------------------------------
@@ -151,6 +152,11 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.home / "mlflow-artifacts"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Training-set snapshots the training asset trained on, named by their DVC (md5) hash."""
+        return self.home / "snapshots"
 
 
 def database_url_for(server_url: str, database: str) -> str:

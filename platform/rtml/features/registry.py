@@ -71,7 +71,8 @@ class FeatureView:
 class FeatureRegistry:
     views: dict[str, FeatureView]
     manifest_hash: str
-    """sha256 of manifest.json: MLflow versions carry it for lineage."""
+    """sha256 of the manifest's model definitions (see ``definitions_hash``): MLflow versions carry it
+    for lineage."""
 
     def view(self, name: str) -> FeatureView:
         return self.views[name]
@@ -153,8 +154,27 @@ def registry_from_manifest(manifest: dict[str, Any], manifest_hash: str = "") ->
 def load_registry(path: Path | None = None) -> FeatureRegistry:
     """The registry from ``target/manifest.json`` (``dbt parse`` runs first when it is missing)."""
     path = path or ensure_manifest()
-    raw = path.read_bytes()
-    return registry_from_manifest(json.loads(raw), hashlib.sha256(raw).hexdigest())
+    manifest = json.loads(path.read_bytes())
+    return registry_from_manifest(manifest, definitions_hash(manifest))
+
+
+def definitions_hash(manifest: dict[str, Any]) -> str:
+    """sha256 over every model's SQL checksum and documented columns. Unlike the bytes of
+    manifest.json (which carry the invocation id, times and target schemas) it changes only when a
+    model's definition does."""
+    models = {
+        unique_id: {
+            "checksum": node.get("checksum", {}).get("checksum"),
+            "columns": {
+                name: [column.get("description"), _column_meta(column), column.get("data_type")]
+                for name, column in sorted(node.get("columns", {}).items())
+            },
+            "meta": _model_meta(node),
+        }
+        for unique_id, node in manifest.get("nodes", {}).items()
+        if node.get("resource_type") == "model"
+    }
+    return hashlib.sha256(json.dumps(models, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)

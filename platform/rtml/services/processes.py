@@ -42,6 +42,31 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None
     raise RuntimeError(f"process {pid} did not stop, even after SIGKILL")
 
 
+def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Stop ``pid`` like :func:`stop_pid`, then any of its descendants still running (a launcher such as
+    ``mlflow server`` forwards the signal to its worker, but a worker must not outlive a killed launcher)."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    stop_pid(pid, sig, timeout)
+    for child in descendants:
+        if pid_alive(child.pid) and child.is_running():  # is_running: the pid was not reused meanwhile
+            stop_pid(child.pid, sig, timeout)
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR, as servers set it: a port whose last
+    connections linger in TIME_WAIT counts as free, one with a listener does not."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     """``preferred`` if it can be bound (a restarted server keeps its URL), else any free port."""
     for port in (preferred or 0, 0):

@@ -1,9 +1,10 @@
-"""The local stack behind `rtml up / down / status`: PostgreSQL, Redis and DAGSTER_HOME.
+"""The local stack behind `rtml up / down / status`: PostgreSQL, Redis, the MLflow server, DAGSTER_HOME.
 
-With ``RTML_DATABASE_URL`` / ``RTML_REDIS_URL`` set, those servers are used and nothing is started for
-them. Unset, embedded servers from pip wheels run under the data directory; they outlive `rtml up` and
-are recorded (pid, URL, data folder) in ``<data dir>/stack.json``, so `rtml down` in another process
-stops exactly them, by pid.
+With ``RTML_DATABASE_URL`` / ``RTML_REDIS_URL`` / ``RTML_MLFLOW_TRACKING_URI`` set, those servers are used
+and nothing is started for them. Unset, embedded servers from pip wheels (and ``mlflow server``, its
+backend store in the stack's PostgreSQL) run under the data directory; they outlive `rtml up` and are
+recorded (pid, URL, data folder) in ``<data dir>/stack.json``, so `rtml down` in another process stops
+exactly them, by pid.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from rtml.config import Settings, database_url_for
-from rtml.services import postgres, redis
+from rtml.services import mlflow_server, postgres, redis
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.processes import pid_alive, stop_pid
 from rtml.services.state import EmbeddedServer, StackState, locked
@@ -36,6 +37,7 @@ class StackInfo:
     redis_url: str  # redis-py URL
     dagster_home: Path  # folder holding dagster.yaml
     embedded: bool  # True when (at least one) embedded server of ours serves the stack
+    mlflow_tracking_uri: str  # http URL of the MLflow tracking server and model registry
     dagster_database: str = "dagster"
     mlflow_database: str = "mlflow"
 
@@ -54,7 +56,7 @@ class StackInfo:
 
 @dataclass(frozen=True)
 class ComponentStatus:
-    name: str  # "postgres" or "redis"
+    name: str  # "postgres", "redis" or "mlflow"
     url: str | None  # None: neither configured nor running
     pid: int | None  # set when the server is our embedded one
     answers: bool
@@ -68,6 +70,7 @@ class LocalStack:
         self.lock_file = self.home / "stack.lock"
         self.pgdata = self.home / "postgres"
         self.valkey_dir = self.home / "valkey"
+        self.mlflow_log = self.home / "logs" / "mlflow.log"
 
     # --- public API ---------------------------------------------------------------------------------
     def up(self) -> StackInfo:
@@ -89,7 +92,7 @@ class LocalStack:
                     redis_url = state.redis.url
             finally:
                 state.save(self.state_file)  # also on failure: what did start must be stoppable
-            info = self._info(database_url, redis_url, embedded=self._embedded)
+            info = self._info(database_url, redis_url, state.mlflow)
             try:
                 postgres.ensure_databases(
                     database_url,
@@ -98,6 +101,16 @@ class LocalStack:
                 postgres.ensure_schemas(database_url)
             except postgres.PostgresError as exc:
                 raise StackError(str(exc)) from exc
+            if not self.settings.mlflow_tracking_uri:  # after the databases: its backend store must exist
+                try:
+                    if not self._mlflow_serves(state.mlflow):
+                        # Ours but on another port (RTML_MLFLOW_PORT changed), dead, or unrecorded: restart.
+                        self._stop_mlflow()
+                        state.mlflow = None
+                        state.mlflow = self._started_mlflow(info.mlflow_database_url)
+                finally:
+                    state.save(self.state_file)
+                info = self._info(database_url, redis_url, state.mlflow)
             write_dagster_yaml(info.dagster_home, info.dagster_database_url)
             return info
 
@@ -105,6 +118,8 @@ class LocalStack:
         """Stop the embedded servers that up() started, by pid. Idempotent; leaves external servers alone."""
         with locked(self.lock_file):
             state = StackState.load(self.state_file)
+            # MLflow first: it holds connections to PostgreSQL.
+            self._stop_mlflow()
             redis_pid = state.redis.pid if state.redis else redis.embedded_pid_from_file(self.valkey_dir)
             if pid_alive(redis_pid, marker=self.valkey_dir):
                 assert redis_pid is not None
@@ -117,6 +132,7 @@ class LocalStack:
         return [
             self._status("postgres", self.settings.database_url, state.postgres, postgres.answers),
             self._status("redis", self.settings.redis_url, state.redis, redis.answers),
+            self._status("mlflow", self.settings.mlflow_tracking_uri, state.mlflow, mlflow_server.answers),
         ]
 
     def info(self) -> StackInfo:
@@ -126,19 +142,33 @@ class LocalStack:
             "PostgreSQL", "RTML_DATABASE_URL", self.settings.database_url, state.postgres
         )
         redis_url = self._resolved("Redis", "RTML_REDIS_URL", self.settings.redis_url, state.redis)
-        return self._info(postgres.libpq_url(database_url), redis_url, embedded=self._embedded)
+        return self._info(postgres.libpq_url(database_url), redis_url, state.mlflow)
 
     # --- helpers ------------------------------------------------------------------------------------
     @property
     def _embedded(self) -> bool:
         return not (self.settings.database_url and self.settings.redis_url)
 
-    def _info(self, database_url: str, redis_url: str, embedded: bool) -> StackInfo:
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.settings.mlflow_artifacts_dir
+
+    def _mlflow_tracking_uri(self, recorded: EmbeddedServer | None) -> str:
+        """The configured server, else ours. Not checked for liveness: Dagster resources call info() for
+        the database alone, and an MLflow client names the URL it cannot reach."""
+        if self.settings.mlflow_tracking_uri:
+            return self.settings.mlflow_tracking_uri
+        if recorded is not None:
+            return recorded.url
+        return mlflow_server.server_url(self.settings.mlflow_port)  # where `rtml up` starts it
+
+    def _info(self, database_url: str, redis_url: str, mlflow: EmbeddedServer | None) -> StackInfo:
         return StackInfo(
             database_url=database_url,
             redis_url=redis_url,
             dagster_home=self.settings.dagster_home,
-            embedded=embedded,
+            embedded=self._embedded,
+            mlflow_tracking_uri=self._mlflow_tracking_uri(mlflow),
             dagster_database=self.settings.dagster_database,
             mlflow_database=self.settings.mlflow_database,
         )
@@ -170,6 +200,28 @@ class LocalStack:
             return redis.start_embedded(self.valkey_dir, preferred_port)
         except redis.RedisError as exc:
             raise StackError(str(exc)) from exc
+
+    def _mlflow_serves(self, known: EmbeddedServer | None) -> bool:
+        return bool(
+            known
+            and mlflow_server.port_of(known.url) == self.settings.mlflow_port
+            and pid_alive(known.pid, marker=known.data_dir)
+            and mlflow_server.answers(known.url)
+        )
+
+    def _started_mlflow(self, backend_store_uri: str) -> EmbeddedServer:
+        try:
+            return mlflow_server.start(
+                backend_store_uri, self.settings.mlflow_port, self.artifacts_dir, self.mlflow_log, self.home
+            )
+        except mlflow_server.MlflowServerError as exc:
+            raise StackError(str(exc)) from exc
+
+    def _stop_mlflow(self) -> None:
+        """Our MLflow server, found by its command line and folder: the recorded one, and any other
+        serving this data directory (state file lost, a worker orphaned by a killed launcher)."""
+        for pid in mlflow_server.running(self.artifacts_dir, self.home):
+            mlflow_server.stop(pid)
 
     def _status(
         self, name: str, configured: str | None, embedded: EmbeddedServer | None, check: Callable[[str], bool]

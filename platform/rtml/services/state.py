@@ -17,7 +17,8 @@ class EmbeddedServer:
 
     pid: int
     url: str
-    data_dir: str  # also the marker in its command line that guards against pid reuse
+    data_dir: str  # also the marker in its command line that guards against pid reuse (for MLflow: the
+    # artifacts URI, the part of its command line that names the data directory)
     log: str
 
 
@@ -25,6 +26,7 @@ class EmbeddedServer:
 class StackState:
     postgres: EmbeddedServer | None = None
     redis: EmbeddedServer | None = None
+    mlflow: EmbeddedServer | None = None
 
     @classmethod
     def load(cls, path: Path) -> StackState:
@@ -34,10 +36,11 @@ class StackState:
         return cls(
             postgres=EmbeddedServer(**raw["postgres"]) if raw.get("postgres") else None,
             redis=EmbeddedServer(**raw["redis"]) if raw.get("redis") else None,
+            mlflow=EmbeddedServer(**raw["mlflow"]) if raw.get("mlflow") else None,
         )
 
     def save(self, path: Path) -> None:
-        if self.postgres is None and self.redis is None:
+        if self.postgres is None and self.redis is None and self.mlflow is None:
             path.unlink(missing_ok=True)
             return
         tmp = path.with_suffix(".tmp")

@@ -7,12 +7,16 @@ a missing merchant row or an undefined statistic); categorical request fields st
 
 from __future__ import annotations
 
+import io
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from rtml.features.registry import FeatureRegistry, load_registry
@@ -71,33 +75,169 @@ def load_training_set(
     end: datetime | None = None,
     spec: FeatureSpec | None = None,
 ) -> tuple[pd.DataFrame, FeatureSpec]:
-    """Labelled rows of ``features.training_set`` with ``start <= event_ts < end``, oldest first."""
+    """Labelled rows of ``features.training_set`` with ``start <= event_ts < end``, oldest first, with
+    the model dtypes of :func:`prepare` (columns: event_ts, the spec's features, is_fraud)."""
     spec = spec or feature_spec()
-    columns = [TIME, *spec.columns, TARGET]
-    where = [sql.SQL("is_labelled")]
-    params: list[object] = []
-    if start is not None:
-        where.append(sql.SQL("event_ts >= %s"))
-        params.append(start)
-    if end is not None:
-        where.append(sql.SQL("event_ts < %s"))
-        params.append(end)
-    query = sql.SQL("select {} from features.training_set where {} order by event_ts, transaction_id").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(" and ").join(where)
+    return to_frame(fetch_training_table(database_url, start, end, spec), spec), spec
+
+
+# --- the fast path: COPY ... (FORMAT csv) → pyarrow --------------------------------------------------
+TABLE = "features.training_set"
+ID = "transaction_id"
+CHUNK_ROWS = 1 << 16
+"""Rows per Arrow chunk of a fetched table (the last may be shorter): CSV received from COPY is parsed in
+blocks of this many rows (about 13 MB here) while the next block arrives, each into one chunk, so the
+table's layout depends only on the rows, never on how the network delivered them (snapshot bytes follow
+the chunk layout)."""
+
+
+def arrow_schema(spec: FeatureSpec) -> pa.Schema:
+    """The training rows' Arrow schema, fixed by the spec: transaction_id, event_ts (UTC), categorical
+    features as strings, numeric (and boolean) features as float64, is_fraud."""
+    return pa.schema(
+        [
+            pa.field(ID, pa.string()),
+            pa.field(TIME, pa.timestamp("us", tz="UTC")),
+            *(pa.field(name, pa.string()) for name in spec.categorical),
+            *(pa.field(name, pa.float64()) for name in spec.numeric),
+            pa.field(TARGET, pa.bool_()),
+        ]
     )
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(query, params)
-        frame = pd.DataFrame(cur.fetchall(), columns=columns)
-    return prepare(frame, spec), spec
+
+
+def fetch_training_table(
+    database_url: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    spec: FeatureSpec | None = None,
+) -> pa.Table:
+    """Labelled rows of ``features.training_set`` with ``start <= event_ts < end`` as an Arrow table with
+    :func:`arrow_schema`, ordered by (event_ts, transaction_id).
+
+    One ``COPY (select ...) TO STDOUT (FORMAT csv)``: PostgreSQL formats the rows, pyarrow's CSV parser
+    converts them to the spec's types (about 2.2 s per million rows with 27 columns on the 2-core
+    machine; fetching Python tuples and converting them took 10 s). PostgreSQL sends one CopyData
+    message per row, so the stream is cut into blocks of :data:`CHUNK_ROWS` rows at message boundaries and
+    each block is parsed into one chunk on a worker thread while the next one arrives. Naive
+    ``start``/``end`` are taken as UTC.
+    """
+    spec = spec or feature_spec()
+    schema = arrow_schema(spec)
+    with psycopg.connect(database_url) as conn:
+        # Text output the parser relies on, whatever the server's defaults: ISO timestamps, and floats
+        # in their shortest exact form (any extra_float_digits > 0 on PostgreSQL 12+; 0 would round).
+        conn.execute("set datestyle = 'ISO, YMD'")
+        conn.execute("set extra_float_digits = 3")
+        query = _copy_query(conn, spec, start, end)
+        with ThreadPoolExecutor(max_workers=1) as parser, conn.cursor() as cur, cur.copy(query) as copy:
+            parts: list[Future[pa.Table]] = []
+            block, rows = io.BytesIO(), 0
+            for data in copy:
+                block.write(data)
+                rows += 1
+                if rows == CHUNK_ROWS:
+                    parts.append(parser.submit(_parse_csv, block.getvalue(), schema))
+                    block, rows = io.BytesIO(), 0
+            if rows:
+                parts.append(parser.submit(_parse_csv, block.getvalue(), schema))
+            tables = [part.result() for part in parts]
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables).cast(schema)
+
+
+def _copy_query(
+    conn: psycopg.Connection, spec: FeatureSpec, start: datetime | None, end: datetime | None
+) -> sql.Composed:
+    types = _column_types(conn)
+    wanted = [ID, TIME, *spec.columns, TARGET]
+    missing = [name for name in wanted if name not in types]
+    if missing:
+        raise ValueError(f"{TABLE} has no column(s) {', '.join(missing)} (is the dbt model up to date?)")
+
+    def column(name: str) -> sql.Composable:
+        ident = sql.Identifier("t", name)
+        if name == TIME and types[name] == "timestamp with time zone":
+            # naive UTC text, which pyarrow parses without offset rules; tagged UTC afterwards
+            return sql.SQL("({} at time zone 'UTC')").format(ident)
+        if name in spec.numeric and types[name] == "boolean":
+            return sql.SQL("{}::int").format(ident)  # 1/0, parsed as float64 like every numeric
+        return ident
+
+    where: list[sql.Composable] = [sql.SQL("t.is_labelled")]
+    if start is not None:
+        where.append(sql.SQL("t.event_ts >= {}").format(sql.Literal(as_utc(start))))
+    if end is not None:
+        where.append(sql.SQL("t.event_ts < {}").format(sql.Literal(as_utc(end))))
+    return sql.SQL(
+        "copy (select {columns} from {table} as t where {where}"
+        ' order by t.event_ts, t.transaction_id collate "C") to stdout (format csv)'
+    ).format(
+        columns=sql.SQL(", ").join(column(name) for name in wanted),
+        table=sql.SQL(TABLE),
+        where=sql.SQL(" and ").join(where),
+    )
+
+
+def _column_types(conn: psycopg.Connection) -> dict[str, str]:
+    rows = conn.execute(
+        "select attname, format_type(atttypid, atttypmod) from pg_attribute"
+        " where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped",
+        (TABLE,),
+    ).fetchall()
+    if not rows:
+        raise ValueError(f"{TABLE} does not exist in this database (run dbt: +training_set)")
+    return {name: type_ for name, type_ in rows}
+
+
+def _parse_csv(data: bytes, schema: pa.Schema) -> pa.Table:
+    types = {field.name: field.type for field in schema}
+    types[TIME] = pa.timestamp("us")  # naive UTC in the CSV
+    return pa_csv.read_csv(
+        pa.py_buffer(data),
+        # the whole block as one CSV block: one chunk
+        read_options=pa_csv.ReadOptions(
+            column_names=schema.names, use_threads=False, block_size=len(data) + 1
+        ),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=types,
+            true_values=["t"],
+            false_values=["f"],
+            null_values=[""],  # COPY writes NULL unquoted and an empty string as ""
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def as_utc(ts: datetime) -> datetime:
+    """A naive datetime is taken as UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def to_frame(table: pa.Table, spec: FeatureSpec) -> pd.DataFrame:
+    """An Arrow table of training rows as the pandas frame :func:`prepare` gives (event_ts, the spec's
+    columns, is_fraud): numeric float64 with NaN, categorical Python strings (None when missing),
+    event_ts ``datetime64[ns, UTC]``, is_fraud bool."""
+    names = [TIME, *spec.columns, TARGET]
+    missing = [name for name in names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"training rows lack column(s) {', '.join(missing)}")
+    target = arrow_schema(spec)
+    table = table.select(names).cast(pa.schema([target.field(name) for name in names]))
+    return table.to_pandas(coerce_temporal_nanoseconds=True)
 
 
 def prepare(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Model dtypes: numeric/bool → float64 (None → NaN), categorical → str."""
+    """Model dtypes: numeric/bool → float64 (None → NaN), categorical → str (None stays None: missing,
+    which the model's encoder maps to NaN, not the category "None")."""
     out = frame.copy()
     for name in spec.numeric:
         out[name] = pd.to_numeric(out[name].astype(object).where(out[name].notna(), np.nan)).astype("float64")
     for name in spec.categorical:
-        out[name] = out[name].astype(str)
+        values = out[name]
+        out[name] = values.astype(str).astype(object).where(values.notna(), None)
     if TARGET in out:
         out[TARGET] = out[TARGET].astype(bool)
     if TIME in out:
@@ -112,25 +252,31 @@ def split_by_time(
     older than any row of an earlier one (rows sharing a timestamp stay together)."""
     if frame.empty:
         raise ValueError("the training set is empty")
-    frame = frame.sort_values(TIME, kind="stable", ignore_index=True)
-    ts = frame[TIME]
-    cut_validation = ts.iloc[int(len(frame) * fractions[0])]
-    cut_test = ts.iloc[int(len(frame) * (fractions[0] + fractions[1]))]
+    if not frame[TIME].is_monotonic_increasing:  # snapshots arrive sorted: no copy then
+        frame = frame.sort_values(TIME, kind="stable", ignore_index=True)
+    ts = frame[TIME].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()  # datetime64, sortable
+    cut_validation = ts[int(len(frame) * fractions[0])]
+    cut_test = ts[int(len(frame) * (fractions[0] + fractions[1]))]
+    # first row at or after each cut: contiguous row ranges, sliced rather than masked
+    bounds = [0, *np.searchsorted(ts, [cut_validation, cut_test], side="left"), len(frame)]
+    X, y, event_ts = frame[spec.columns], frame[TARGET].to_numpy(dtype=int), frame[TIME]
 
-    def part(mask: pd.Series) -> Split:
-        rows = frame[mask]
+    def part(first: int, last: int) -> Split:
         return Split(
-            X=rows[spec.columns].reset_index(drop=True),
-            y=rows[TARGET].to_numpy(dtype=int),
-            event_ts=rows[TIME].reset_index(drop=True),
+            X=X.iloc[first:last].reset_index(drop=True),
+            y=y[first:last],
+            event_ts=event_ts.iloc[first:last].reset_index(drop=True),
         )
 
     data = TrainingData(
-        train=part(ts < cut_validation),
-        validation=part((ts >= cut_validation) & (ts < cut_test)),
-        test=part(ts >= cut_test),
+        train=part(bounds[0], bounds[1]),
+        validation=part(bounds[1], bounds[2]),
+        test=part(bounds[2], bounds[3]),
         spec=spec,
-        boundaries=(cut_validation.to_pydatetime(), cut_test.to_pydatetime()),
+        boundaries=(
+            pd.Timestamp(cut_validation, tz="UTC").to_pydatetime(),
+            pd.Timestamp(cut_test, tz="UTC").to_pydatetime(),
+        ),
     )
     for name in ("train", "validation", "test"):
         y = getattr(data, name).y

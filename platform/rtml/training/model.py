@@ -18,8 +18,8 @@ from sklearn.preprocessing import OrdinalEncoder
 from rtml.training.dataset import FeatureSpec
 
 DEFAULT_PARAMS: dict[str, Any] = {
-    "learning_rate": 0.05,
-    "max_iter": 300,
+    "learning_rate": 0.1,
+    "max_iter": 100,
     "max_leaf_nodes": 31,
     "min_samples_leaf": 40,
     "l2_regularization": 1.0,
@@ -27,6 +27,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "early_stopping": False,
     "random_state": 0,
 }
+
+TRUSTED_TYPES = [
+    "functools.partial",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.utils.validation.check_array",
+]
+"""The model is saved with skops (MLflow 3 does so too): the (own, reviewed) types it may load."""
 
 
 def build_pipeline(spec: FeatureSpec, **params: Any) -> Pipeline:

@@ -1,37 +1,37 @@
-"""MLflow logging and registration: train on a window of ``features.training_set``, evaluate, log
-params, metrics (validation and test), thresholds (tags), ROC/PR curve PNGs and the model (signature and
-input example), and register it as a new version of ``fraud-detector``.
+"""Train and register: snapshot a window of ``features.training_set`` (Parquet, named by its DVC hash),
+fit and evaluate on it, and log to MLflow — params, validation and test metrics, thresholds and lineage
+as tags, ROC / precision-recall / permutation-importance PNGs, the snapshot as the run's dataset input,
+and the model with signature and input example — registered as a new version of ``fraud-detector``.
 
-The registry uses aliases (``staging``, ``production``) only, never the deprecated stages; a new version
-gets no alias here (promotion is a separate, explicit step).
+A new version gets no alias here: ``registry.gate`` decides on ``staging``, a person on ``production``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import sklearn
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from rtml.config import Settings
 from rtml.features.registry import load_registry
 from rtml.training import evaluate
-from rtml.training.dataset import feature_spec, load_training_set, split_by_time
-from rtml.training.model import build_pipeline, model_params
+from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec
+from rtml.training.lineage import Lineage, feature_definitions, git_state
+from rtml.training.model import TRUSTED_TYPES, model_params
+from rtml.training.registry import MODEL_NAME, client_for
+from rtml.training.snapshot import Snapshot, export_snapshot, read_snapshot
+from rtml.training.train import FittedModel, fit
 
-MODEL_NAME = "fraud-detector"
 EXPERIMENT = "fraud-detection"
-TRUSTED_TYPES = [
-    "functools.partial",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.utils.validation.check_array",
-]
 
 
 @dataclass(frozen=True)
@@ -41,74 +41,117 @@ class TrainingResult:
     metrics: dict[str, float]
     """``validation_*`` and ``test_*`` metrics, as logged."""
     thresholds: evaluate.Thresholds
-
-
-def configure(tracking_uri: str, artifact_root: Path, experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the tracking/registry database; the experiment's id (created when missing)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is not None:
-        return str(existing.experiment_id)
-    artifact_root.mkdir(parents=True, exist_ok=True)
-    return str(mlflow.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri()))
+    lineage: Lineage
+    holdout: Split
+    """The test window: the evaluation gate compares this version with production on it."""
+    seconds: dict[str, float]
+    """Wall time of each step: ``snapshot`` (export), ``fit`` (read, split, fit, score validation and
+    test), ``log`` (plots, permutation importance, logging and registration)."""
 
 
 def train_and_register(
     database_url: str,
-    mlflow_tracking_uri: str,
-    artifact_root: Path | None,
+    tracking_uri: str,
     settings: Settings,
     *,
     start: datetime | None = None,
     end: datetime | None = None,
+    params: dict[str, Any] | None = None,
+    exclude_features: tuple[str, ...] = (),
     model_name: str = MODEL_NAME,
 ) -> TrainingResult:
     registry = load_registry()
     spec = feature_spec(registry)
-    frame, _ = load_training_set(database_url, start, end, spec)
-    data = split_by_time(frame, spec)
-
-    pipeline = build_pipeline(spec)
-    pipeline.fit(data.train.X, data.train.y)
-    val_scores = pipeline.predict_proba(data.validation.X)[:, 1]
-    test_scores = pipeline.predict_proba(data.test.X)[:, 1]
-    thresholds = evaluate.choose_thresholds(data.validation.y, val_scores)
-    results = {
-        **_prefixed("validation", evaluate.metrics(data.validation.y, val_scores, thresholds)),
-        **_prefixed("test", evaluate.metrics(data.test.y, test_scores, thresholds)),
-        "train_rows": float(len(data.train)),
-        "train_fraud_rate": float(np.mean(data.train.y)),
+    began = time.perf_counter()
+    snapshot = take_snapshot(database_url, settings, start, end)
+    snapshotted = time.perf_counter()
+    fitted = fit(read_snapshot(snapshot.path, spec), spec, exclude_features, **(params or {}))
+    fitted_at = time.perf_counter()
+    commit, dirty = git_state()
+    lineage = Lineage(
+        snapshot_md5=snapshot.md5,
+        snapshot_rows=snapshot.rows,
+        window_start=snapshot.start,
+        window_end=snapshot.end,
+        dbt_manifest_sha256=registry.manifest_hash,
+        feature_definitions=feature_definitions(registry, FEATURE_VIEWS),
+        git_commit=commit,
+        git_dirty=dirty,
+    )
+    result = log_and_register(fitted, lineage, snapshot, tracking_uri, model_name)
+    seconds = {
+        "snapshot": snapshotted - began,
+        "fit": fitted_at - snapshotted,
+        "log": time.perf_counter() - fitted_at,
     }
+    return replace(result, seconds=seconds)
 
-    experiment_id = configure(mlflow_tracking_uri, artifact_root or settings.home / "mlflow-artifacts")
+
+def take_snapshot(
+    database_url: str, settings: Settings, start: datetime | None, end: datetime | None
+) -> Snapshot:
+    """Export the window to ``<data dir>/snapshots/<md5>.parquet`` (content-addressed: the same data
+    gives the same file, which ``dvc add`` / the DVC pipeline would hash identically)."""
+    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    partial = settings.snapshots_dir / f".export-{uuid.uuid4().hex}.parquet"
+    snapshot = export_snapshot(database_url, partial, start, end)
+    final = settings.snapshots_dir / f"{snapshot.md5}.parquet"
+    partial.replace(final)
+    return replace(snapshot, path=final)
+
+
+def configure(tracking_uri: str, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the tracking server; the experiment's id (created when missing)."""
+    client_for(tracking_uri)
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is not None:
+        return str(existing.experiment_id)
+    return str(mlflow.create_experiment(experiment))
+
+
+def log_and_register(
+    fitted: FittedModel, lineage: Lineage, snapshot: Snapshot, tracking_uri: str, model_name: str = MODEL_NAME
+) -> TrainingResult:
+    data, pipeline = fitted.data, fitted.pipeline
+    experiment_id = configure(tracking_uri)
+    client = client_for(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(
             {
                 **model_params(pipeline),
                 "model": "HistGradientBoostingClassifier",
-                "features_numeric": ",".join(spec.numeric),
-                "features_categorical": ",".join(spec.categorical),
-                "window_start": _iso(start or data.train.event_ts.min()),
-                "window_end": _iso(end or data.test.event_ts.max()),
-                "validation_start": _iso(data.boundaries[0]),
-                "test_start": _iso(data.boundaries[1]),
+                "features_numeric": ",".join(fitted.features.numeric),
+                "features_categorical": ",".join(fitted.features.categorical),
+                "validation_start": data.boundaries[0].isoformat(),
+                "test_start": data.boundaries[1].isoformat(),
                 "review_fpr": evaluate.REVIEW_FPR,
                 "decline_fpr": evaluate.DECLINE_FPR,
-                "sim_seed": settings.sim_seed,
             }
         )
-        mlflow.log_metrics(results)
-        tags = {**thresholds.as_tags(), "dbt_manifest_sha256": registry.manifest_hash}
+        mlflow.log_metrics(fitted.metrics)
+        tags = {**fitted.thresholds.as_tags(), **lineage.as_tags(run.info.run_id)}
         mlflow.set_tags(tags)
+        mlflow.log_input(
+            from_pandas(
+                data.train.X[fitted.features.columns].head(0),
+                source=str(snapshot.path),
+                name="training_set",
+                digest=snapshot.md5,
+            ),
+            context="training",
+        )
         for split, y, scores in (
-            ("validation", data.validation.y, val_scores),
-            ("test", data.test.y, test_scores),
+            ("validation", data.validation.y, fitted.validation_scores),
+            ("test", data.test.y, fitted.test_scores),
         ):
             mlflow.log_figure(evaluate.roc_figure(y, scores, split), f"plots/roc_{split}.png")
             mlflow.log_figure(evaluate.pr_figure(y, scores, split), f"plots/pr_{split}.png")
+        mlflow.log_figure(
+            evaluate.importance_figure(pipeline, data.test.X[fitted.features.columns], data.test.y),
+            "plots/permutation_importance.png",
+        )
 
-        example = _input_example(data.validation.X)
+        example = _input_example(data.validation.X[fitted.features.columns])
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -120,22 +163,13 @@ def train_and_register(
                 f"numpy=={np.__version__}",
             ],
             registered_model_name=model_name,
-            # MLflow 3 saves sklearn models with skops: name the (own, reviewed) types it may load
             skops_trusted_types=TRUSTED_TYPES,
         )
         version = str(info.registered_model_version)
-        client = MlflowClient(mlflow_tracking_uri, mlflow_tracking_uri)
-        for key, value in {**tags, "test_roc_auc": f"{results['test_roc_auc']:.4f}"}.items():
+        summary = {f"test_{key}": f"{fitted.metrics[f'test_{key}']:.4f}" for key in ("roc_auc", "pr_auc")}
+        for key, value in {**tags, **summary}.items():
             client.set_model_version_tag(model_name, version, key, value)
-    return TrainingResult(run.info.run_id, version, results, thresholds)
-
-
-def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}_{key}": value for key, value in values.items()}
-
-
-def _iso(value: datetime | pd.Timestamp) -> str:
-    return pd.Timestamp(value).isoformat()
+    return TrainingResult(run.info.run_id, version, fitted.metrics, fitted.thresholds, lineage, data.test, {})
 
 
 def _input_example(X: pd.DataFrame, rows: int = 5) -> pd.DataFrame:

@@ -1,0 +1,111 @@
+"""Benchmark data for the training stage: a database whose ``features.training_set`` holds at least N
+labelled rows, built like the training tests build theirs (simulator → ingest loader → ``dbt run
+--full-refresh --select +training_set``) and kept between runs.
+
+``ensure_training_rows`` is idempotent: when the database already has enough labelled rows it returns at
+once (about 20 ms); otherwise it rebuilds the database from scratch (about 1 minute for 1M rows on the
+2-core machine). dbt writes to its own target folder (``DBT_TARGET_PATH``, default
+``/tmp/dbt-target-bench``) so the project's ``dbt_project/target`` keeps naming the platform database.
+
+Run alone: ``.venv/bin/python benchmarks/_training_data.py [--rows 1000000]`` (server from
+``RTML_DATABASE_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from datetime import timedelta
+
+import psycopg
+
+from rtml.config import Settings, database_url_for
+from rtml.features.dbt import run_dbt
+from rtml.features.sample_data import create_database, ensure_raw_tables
+from rtml.ingest.loader import load_labels, load_transactions
+from rtml.sources.simulator import Simulator
+
+DATABASE = "rtml_bench_training"
+LABEL_DAYS = 30
+"""Labels are loaded up to this many days past the last transaction: the simulator's longest label
+delay, so every clean transaction is labelled."""
+DBT_TARGET = "/tmp/dbt-target-bench"
+
+
+def labelled_rows(url: str) -> int:
+    """Labelled rows in ``features.training_set`` (0 when the database or the table is missing)."""
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            row = conn.execute("select count(*) from features.training_set where is_labelled").fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def ensure_training_rows(
+    server_url: str, database: str = DATABASE, rows: int = 1_000_000, settings: Settings | None = None
+) -> str:
+    """URL of ``database`` on ``server_url`` with at least ``rows`` labelled training rows.
+
+    Builds it (dropping an existing one) only when it has fewer. The simulated window starts at
+    ``settings.sim_start`` and spans enough whole days of ``settings.sim_transactions_per_day`` (clean
+    rows only: dirty rows are quarantined and never labelled); a day is added if the simulator's daily
+    noise left the count short.
+    """
+    settings = settings or Settings()
+    url = database_url_for(server_url, database)
+    have = labelled_rows(url)
+    if have >= rows:
+        return url
+
+    began = time.perf_counter()
+    url = create_database(server_url, database)
+    with psycopg.connect(url) as conn:
+        ensure_raw_tables(conn)
+    simulator = Simulator(settings)
+    start = settings.sim_start
+    clean_per_day = settings.sim_transactions_per_day * (1 - settings.sim_dirty_share)
+    days = max(1, math.ceil(rows / clean_per_day))
+    end = start + timedelta(days=days)
+    load_transactions(url, simulator.iter_transactions(start, end, hours_per_chunk=24), "sim", settings)
+    while _clean_transactions(url) < rows:  # the daily volume is noisy: one more day until enough
+        more = end + timedelta(days=1)
+        load_transactions(
+            url, simulator.iter_transactions(end, more, hours_per_chunk=24), f"sim-{days}", settings
+        )
+        end, days = more, days + 1
+    load_labels(url, [simulator.labels(start, end + timedelta(days=LABEL_DAYS))], "sim-labels", settings)
+    loaded = time.perf_counter() - began
+    env = {"DBT_TARGET_PATH": os.environ.get("DBT_TARGET_PATH") or DBT_TARGET}
+    run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, extra_env=env)
+    have = labelled_rows(url)
+    print(
+        f"built {database}: {days} days, {have:,} labelled training rows "
+        f"(load {loaded:.0f} s, total {time.perf_counter() - began:.0f} s)"
+    )
+    if have < rows:
+        raise RuntimeError(f"{database} has {have:,} labelled training rows, fewer than {rows:,}")
+    return url
+
+
+def _clean_transactions(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("select count(*) from raw.transactions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--database", default=DATABASE)
+    args = parser.parse_args()
+    server = os.environ.get("RTML_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    began = time.perf_counter()
+    url = ensure_training_rows(server, args.database, args.rows)
+    print(f"{url}  ({labelled_rows(url):,} labelled rows, {time.perf_counter() - began:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

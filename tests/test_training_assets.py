@@ -1,0 +1,95 @@
+"""The training domain through Dagster on a real instance, PostgreSQL and MLflow server: the
+``fraud_model`` asset trains, registers and gates a version (lineage and gate decision as metadata,
+the gate as an asset check); the ``promote_model`` job moves ``production`` with an approver and a
+reason, and a bad request fails the run with the reason instead of moving anything."""
+
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+import pytest
+
+from rtml.defs.resources import PostgresResource
+from rtml.defs.training.assets import fraud_model, production_model
+from rtml.defs.training.jobs import promote_model_job, training_job
+from rtml.defs.training.resources import MlflowResource
+from rtml.services.stack import StackInfo
+from rtml.training import registry
+
+
+@pytest.fixture(scope="module")
+def mlflow_resource(mlflow_tracking_uri: str) -> MlflowResource:
+    return MlflowResource(
+        tracking_uri=mlflow_tracking_uri, model_name=f"fraud-detector-dg-{uuid.uuid4().hex[:8]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def resources(training_db: str, mlflow_resource: MlflowResource) -> dict[str, object]:
+    return {"postgres": PostgresResource(url=training_db), "mlflow": mlflow_resource}
+
+
+@pytest.fixture(scope="module")
+def instance(stack: StackInfo) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(stack.dagster_home))
+
+
+def _job(name: str, resources: dict[str, object]) -> dg.JobDefinition:
+    """The domain's job, its resources pointed at the test database and a registered model of its own."""
+    domain = dg.Definitions(
+        assets=[fraud_model, production_model], jobs=[training_job, promote_model_job], resources=resources
+    )
+    return domain.resolve_job_def(name)
+
+
+def test_training_job_registers_and_gates_a_version(
+    instance: dg.DagsterInstance, resources: dict[str, object], mlflow_resource: MlflowResource
+) -> None:
+    result = _job("training_job", resources).execute_in_process(instance=instance)
+    assert result.success
+    materialization = result.asset_materializations_for_node("fraud_model")[0]
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert metadata["gate"] == "staged"  # the first version clears the floor (no production yet)
+    assert metadata["test_roc_auc"] > 0.85
+    assert len(str(metadata["dvc_snapshot_md5"])) == 32 and metadata["snapshot_rows"] > 0
+    assert str(metadata["mlflow_url"]).endswith(f"/versions/{metadata['model_version']}")
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "evaluation_gate" and check.passed
+
+    client = mlflow_resource.client()
+    staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)
+    assert staged is not None and staged.version == metadata["model_version"]
+
+
+def test_promote_job_moves_production_and_refuses_bad_requests(
+    instance: dg.DagsterInstance, resources: dict[str, object], mlflow_resource: MlflowResource
+) -> None:
+    client = mlflow_resource.client()
+    staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)
+    assert staged is not None, "run after the training job test"
+    job = _job("promote_model", resources)
+
+    def config(**values: str) -> dict[str, object]:
+        return {"ops": {"production_model": {"config": values}}}
+
+    promoted = job.execute_in_process(
+        instance=instance, run_config=config(version=staged.version, approver="dana", reason="reviewed")
+    )
+    assert promoted.success
+    metadata = promoted.asset_materializations_for_node("production_model")[0].metadata
+    assert metadata["approver"].value == "dana" and metadata["model_version"].value == staged.version
+    production = registry.version_with_alias(client, registry.PRODUCTION, mlflow_resource.model_name)
+    assert production is not None and production.version == staged.version
+
+    # rolling back the first production version is refused with the reason; nothing moves
+    refused = job.execute_in_process(
+        instance=instance,
+        run_config=config(action="ROLLBACK", approver="dana", reason="test"),
+        raise_on_error=False,
+    )
+    assert not refused.success
+    failure = refused.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "nothing to roll back to" in failure.message
+    production = registry.version_with_alias(client, registry.PRODUCTION, mlflow_resource.model_name)
+    assert production is not None and production.version == staged.version
