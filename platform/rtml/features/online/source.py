@@ -1,0 +1,37 @@
+"""Reading the ``*_latest`` tables from PostgreSQL, already rendered as the text Redis stores.
+
+PostgreSQL does the rendering (``OnlineField.sql_text``) and streams it with ``COPY ... TO STDOUT``;
+pyarrow parses the CSV into string columns. No Python runs per row.
+"""
+
+from __future__ import annotations
+
+import io
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pv
+
+from rtml.features.online.schema import OnlineView
+
+
+def fetch_latest(database_url: str, view: OnlineView) -> pa.Table:
+    """The view's online table: the entity key and every stored field, as strings (NULL → null)."""
+    buffer = io.BytesIO()
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        with cur.copy(f"copy ({view.select_sql()}) to stdout (format csv)") as copy:  # type: ignore[arg-type]
+            for chunk in copy:
+                buffer.write(chunk)
+    columns = [view.entity_key, *view.field_names]
+    if buffer.tell() == 0:
+        return pa.table({name: pa.array([], pa.string()) for name in columns})
+    buffer.seek(0)
+    return pv.read_csv(
+        buffer,
+        read_options=pv.ReadOptions(column_names=columns, block_size=16 << 20),
+        convert_options=pv.ConvertOptions(
+            column_types={name: pa.string() for name in columns},
+            strings_can_be_null=True,  # COPY writes NULL unquoted-empty and '' as "" (kept)
+            quoted_strings_can_be_null=False,
+        ),
+    )
