@@ -10,7 +10,7 @@ unless ``RTML_MLFLOW_TRACKING_URI`` names one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,6 +58,29 @@ def mlflow_tracking_uri(stack: StackInfo) -> str:
     return stack.mlflow_tracking_uri
 
 
+@pytest.fixture(scope="session")
+def scratch_database(database_url: str) -> Iterator[Callable[[str], str]]:
+    """``make(name)`` → URL of a fresh database of a test's own on the session's server. Named after the
+    session's database (CI's second pass shares a server: ``rtml_ci_<pid>_<name>``) and dropped when the
+    session ends."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from rtml.features.sample_data import create_database
+
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        full = f"{make_url(database_url).database}_{name}"
+        made.append(full)
+        return create_database(database_url, full)
+
+    yield make
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 TRAINING_START = datetime(2026, 9, 1, tzinfo=UTC)
 TRAINING_DAYS = 21
 LABEL_DAYS = 10  # labels arriving up to 10 days after the last transaction are known
@@ -77,18 +100,20 @@ def training_settings(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo
 
 @pytest.fixture(scope="session")
 def training_db(
-    database_url: str, training_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    scratch_database: Callable[[str], str],
+    training_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> str:
-    """Database ``rtml_training_test``: three weeks of simulated transactions and their labels through
-    the ingest loader, then ``dbt run`` of everything ``training_set`` needs."""
+    """A database (``<session db>_training``) with three weeks of simulated transactions and their
+    labels through the ingest loader, then ``dbt run`` of everything ``training_set`` needs."""
     import psycopg
 
     from rtml.features.dbt import run_dbt
-    from rtml.features.sample_data import create_database, ensure_raw_tables
+    from rtml.features.sample_data import ensure_raw_tables
     from rtml.ingest.loader import load_labels, load_transactions
     from rtml.sources.simulator import Simulator
 
-    url = create_database(database_url, "rtml_training_test")
+    url = scratch_database("training")
     with psycopg.connect(url) as conn:
         ensure_raw_tables(conn)
     simulator = Simulator(training_settings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +23,7 @@ import pytest
 
 from rtml.features.dbt import dbt_vars, run_dbt
 from rtml.features.registry import load_registry
-from rtml.features.sample_data import create_database, load_sample, simulated_frames
+from rtml.features.sample_data import load_sample, simulated_frames
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 4
@@ -47,9 +47,9 @@ def with_ties(transactions: pd.DataFrame, n: int, seed: int = 3) -> pd.DataFrame
 
 
 @pytest.fixture(scope="module")
-def built(database_url: str, separate_dbt_target: Path) -> Iterator[str]:
+def built(scratch_database: Callable[[str], str], separate_dbt_target: Path) -> Iterator[str]:
     """A database with a few simulated days, built with ``dbt build`` (models, dbt tests, unit tests)."""
-    url = create_database(database_url, "rtml_dbt_test")
+    url = scratch_database("dbt")
     transactions, labels = simulated_frames(START, DAYS)
     load_sample(url, with_ties(transactions, 150), labels)
     proc = run_dbt(["build", "--full-refresh"], url, check=False)

@@ -6,6 +6,7 @@ back is exactly what the row-by-row path (``prepare``) gives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from rtml.config import Settings
 from rtml.features.dbt import dbt_vars, run_dbt
-from rtml.features.sample_data import create_database, ensure_raw_tables
+from rtml.features.sample_data import ensure_raw_tables
 from rtml.ingest.loader import load_labels, load_transactions
 from rtml.sources.simulator import Simulator
 from rtml.training.dataset import TARGET, TIME, FeatureSpec, feature_spec, load_training_set, prepare
@@ -40,7 +41,9 @@ WINDOW = (START + timedelta(days=1), START + timedelta(days=2, hours=12))
 
 @pytest.fixture(scope="module")
 def snapshot_db(
-    database_url: str, separate_dbt_target: Path, tmp_path_factory: pytest.TempPathFactory
+    scratch_database: Callable[[str], str],
+    separate_dbt_target: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> str:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("rtml-snapshot"),
@@ -49,7 +52,7 @@ def snapshot_db(
         sim_merchants=200,
         sim_transactions_per_day=3_000,
     )
-    url = create_database(database_url, "rtml_snapshot_test")
+    url = scratch_database("snapshot")
     with psycopg.connect(url) as conn:
         ensure_raw_tables(conn)
     simulator = Simulator(settings)
@@ -177,11 +180,11 @@ insert into features.training_set values
 """
 
 
-def test_edge_values_survive_like_row_by_row(database_url: str, tmp_path: Path) -> None:
+def test_edge_values_survive_like_row_by_row(scratch_database: Callable[[str], str], tmp_path: Path) -> None:
     """Awkward values through COPY CSV → pyarrow, compared with the row-by-row path: NULL vs empty string,
     quotes, commas and newlines in strings, NaN/±Infinity, a boolean feature (with NULL), integers and
     numeric, a non-UTC offset, ties on event_ts broken by transaction_id."""
-    url = create_database(database_url, "rtml_snapshot_edge")
+    url = scratch_database("snapshot_edge")
     with psycopg.connect(url) as conn:
         conn.execute(
             "create schema features; create table features.training_set (transaction_id text, event_ts"
