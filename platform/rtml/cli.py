@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import typer
 
 from rtml.config import Settings, get_settings
 from rtml.features.docs import generate_docs, serve_docs
-from rtml.services import dagster_processes
+from rtml.services import dagster_processes, scoring_service
 from rtml.services.stack import LocalStack, StackError, StackInfo
 
 if TYPE_CHECKING:
@@ -65,7 +66,11 @@ def status() -> None:
 
 
 def _materialize(
-    select: str, env: dict[str, str], log: Path, partition_range: tuple[str, str] | None = None
+    select: str,
+    env: dict[str, str],
+    log: Path,
+    partition_range: tuple[str, str] | None = None,
+    config: dict[str, object] | None = None,
 ) -> None:
     """One Dagster run through the CLI, recorded in the instance like a run launched from the UI; its
     event log goes to ``log`` (and the run's page in the UI)."""
@@ -75,6 +80,8 @@ def _materialize(
     ]  # fmt: skip
     if partition_range:
         command += ["--partition-range", "...".join(partition_range)]
+    if config:
+        command += ["--config-json", json.dumps(config)]
     typer.echo(f"materializing {select} {'...'.join(partition_range or ())}")
     began = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -105,18 +112,22 @@ def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
     _materialize("stg_labels", env, log)
     _materialize(",".join(keys(dbt_incremental_features)), env, log, hours)
     _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env, log)
+    _materialize("online_features", env, log)
     _materialize("fraud_model", env, log)
+    bootstrap_production(env, log)
+    _materialize("fraud_scorer_bento", env, log)
 
 
-def bootstrap_production() -> None:
-    """The demo's first model: with no production version yet, the staged one is promoted, recorded
-    with approver ``rtml demo`` (later versions wait for a person: `rtml promote`)."""
-    from rtml.training.registry import PRODUCTION, STAGING, promote, version_with_alias
+def bootstrap_production(env: dict[str, str], log: Path) -> None:
+    """The demo's first model: with no production version yet, the staged one is promoted through the
+    `promote_model` job, recorded with approver ``rtml demo`` (later versions wait for a person)."""
+    from rtml.training.registry import PRODUCTION, STAGING, version_with_alias
 
     client, name = _registry_client(), get_settings().model_name
     staged = version_with_alias(client, STAGING, name)
     if version_with_alias(client, PRODUCTION, name) is None and staged is not None:
-        promote(client, staged.version, "rtml demo", "demo bootstrap: the first staged version", name)
+        approval = {"version": staged.version, "approver": "rtml demo", "reason": "demo bootstrap"}
+        _materialize("production_model", env, log, config={"ops": {"production_model": {"config": approval}}})
         typer.echo(f"{name} v{staged.version} promoted to production (demo bootstrap)")
 
 
@@ -136,23 +147,32 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
     try:
         if load:
             load_demo_window(settings, env)
-            bootstrap_production()
         generate_docs(info.database_url)
         docs = serve_docs(settings.docs_port, background=True)
         log_dir = settings.home / "logs"
         webserver = dagster_processes.start_webserver(env, settings.dagster_port, log_dir)
         processes += [webserver, dagster_processes.start_daemon(env, log_dir)]
+        scorer_env = scoring_service.serving_env(
+            settings, info.database_url, info.redis_url, info.mlflow_tracking_uri
+        )
+        api = f"http://127.0.0.1:{settings.serving_port}"
+        processes.append(
+            scoring_service.start(
+                scorer_env, f"{scoring_service.BENTO_NAME}:latest", settings.serving_port, log_dir
+            )
+        )
         url = f"http://127.0.0.1:{settings.dagster_port}"
         dagster_processes.wait_for_http(f"{url}/server_info", webserver)
         typer.echo(
             f"\nDagster UI         {url}"
+            f"\nscoring API        {api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics)"
             f"\nMLflow UI          {info.mlflow_tracking_uri}"
             f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
             f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
         )
         while all(process.poll() is None for process in processes):
             time.sleep(1)
-        typer.echo("a Dagster process exited; see its log", err=True)
+        typer.echo(f"a process exited (Dagster or the scoring service); see the logs in {log_dir}", err=True)
     except KeyboardInterrupt:
         typer.echo("\nstopping")
     finally:

@@ -123,6 +123,66 @@ class Settings(BaseSettings):
         "production version to compare with.",
     )
 
+    # --- online feature store -----------------------------------------------------------------------
+    online_key_prefix: str = Field(
+        "rtml",
+        description="Prefix of every Redis key of the online store (`{prefix}:{view}:current` points at "
+        "the current namespace `{prefix}:{view}:v{version}:{fingerprint}:{build}`).",
+    )
+    online_ttl_seconds: int = Field(
+        7 * 86_400,
+        description="How long a push of the online store stays readable: the views' pointers expire "
+        "unless the next push (full or incremental) refreshes them; then every entity reads as unknown "
+        "(defaults, `missing`). 0: never expire.",
+    )
+    online_push_batch_entities: int = Field(
+        10_000, description="Entities per protocol batch of the bulk writer (bounds its memory)."
+    )
+    online_parity_sample: int = Field(
+        200, description="Asset check: entities per view compared between PostgreSQL and Redis."
+    )
+    redis_socket_timeout_ms: float = Field(
+        100.0,
+        description="Socket timeout of the online reader (connect and each command), in milliseconds; "
+        "a timeout raises `redis.exceptions.TimeoutError`.",
+    )
+
+    # --- scoring service ---------------------------------------------------------------------------
+    serving_port: int = Field(3001, description="Port of the BentoML scoring service (`FraudScorer`).")
+    serving_workers: int = Field(
+        1, description="Worker processes of the scoring service (each about one core; each loads the model)."
+    )
+    serving_fail_open: bool = Field(
+        True,
+        description="Redis unavailable: true scores with default features (`degraded: true` in the "
+        "response, `rtml_scoring_degraded_total` incremented); false answers 503 with a message.",
+    )
+    serving_max_batch: int = Field(
+        256, description="Most transactions one `POST /score_batch` request may hold (more: 422)."
+    )
+    serving_model_poll_seconds: float = Field(
+        30.0,
+        description="How often the scoring service asks the MLflow registry which version holds the "
+        "`production` alias; a new one is loaded and swapped in without dropping requests. 0: never.",
+    )
+    serving_model_alias: str = Field(
+        "production", description="Registry alias of the model version the scoring service serves."
+    )
+    predictions_queue_max: int = Field(
+        100_000,
+        description="Scored requests waiting for the prediction-log writer; when full, a request waits "
+        "up to `predictions_put_timeout_ms` and the row is then counted as dropped.",
+    )
+    predictions_put_timeout_ms: float = Field(
+        50.0, description="How long a request may wait for room in a full prediction-log queue."
+    )
+    predictions_flush_rows: int = Field(
+        500, description="The prediction-log writer flushes to `monitoring.predictions` at this many rows..."
+    )
+    predictions_flush_ms: float = Field(
+        200.0, description="... or when the oldest unwritten row is this old (milliseconds)."
+    )
+
     # --- local services -----------------------------------------------------------------------------
     dagster_port: int = Field(
         3000, description="Port of the Dagster UI started by `make demo` / `rtml demo`."
@@ -152,6 +212,11 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.home / "mlflow-artifacts"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML's model and bento store (``BENTOML_HOME``)."""
+        return self.home / "bentoml"
 
     @property
     def snapshots_dir(self) -> Path:

@@ -54,6 +54,9 @@ def start_embedded(
         f'pidfile "{pid_file}"\n'
         f'logfile "{log}"\n'
         'proc-title-template "{title} {listen-addr} {config-file}"\n'
+        # The online store is rebuilt from PostgreSQL (a full push): no snapshots stalling bulk writes.
+        'save ""\n'
+        "appendonly no\n"
     )
     pid_file.unlink(missing_ok=True)
     with open(log, "ab") as log_handle:

@@ -12,9 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtml.features.online.schema import OnlineView
+
 READ_SCRIPT = """
 -- KEYS: the views' pointer keys.
 -- ARGV: per view: field count, field names...; then (view index, entity id) per entity to read.
+-- Returns {namespace per view..., records}: one string for all entities (records separated by \\x1d,
+-- '+' and the values joined by \\x1e for a found entity, '-' for an unknown one). One bulk string
+-- instead of a nested array: redis-py's pure-Python parser would spend most of a read on the array.
 local namespaces, fields, i = {}, {}, 1
 for v = 1, #KEYS do
   namespaces[v] = redis.call('GET', KEYS[v])
@@ -22,19 +27,25 @@ for v = 1, #KEYS do
   fields[v] = {unpack(ARGV, i + 1, i + n)}
   i = i + n + 1
 end
-local out = {}
+local out, records = {}, {}
 for v = 1, #KEYS do out[v] = namespaces[v] or '' end
 while i <= #ARGV do
   local v = tonumber(ARGV[i])
-  if namespaces[v] then
-    out[#out + 1] = redis.call('HMGET', namespaces[v] .. ':e:' .. ARGV[i + 1], unpack(fields[v]))
+  local ns = namespaces[v]
+  local values = ns and redis.call('HMGET', ns .. ':e:' .. ARGV[i + 1], unpack(fields[v]))
+  if values and values[1] then
+    for k = 1, #values do values[k] = values[k] or '' end
+    records[#records + 1] = '+' .. table.concat(values, '\\30')
   else
-    out[#out + 1] = {}
+    records[#records + 1] = '-'
   end
   i = i + 2
 end
+out[#out + 1] = table.concat(records, '\\29')
 return out
 """
+RECORD_SEPARATOR = b"\x1d"
+VALUE_SEPARATOR = b"\x1e"
 
 
 @dataclass
@@ -59,3 +70,11 @@ def same_value(left: Any, right: Any) -> bool:
     if isinstance(left, float) and isinstance(right, float) and math.isnan(left) and math.isnan(right):
         return True
     return bool(left == right)
+
+
+def decode_entity(view: OnlineView, record: bytes) -> dict[str, Any] | None:
+    """Typed values of one record of the read script; ``None`` for an unknown entity."""
+    if not record.startswith(b"+"):
+        return None
+    values = record[1:].split(VALUE_SEPARATOR)
+    return {f.name: f.decode(value) for f, value in zip(view.fields, values, strict=True)}

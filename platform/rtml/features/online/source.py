@@ -18,10 +18,10 @@ from rtml.features.online.schema import OnlineView
 def fetch_latest(database_url: str, view: OnlineView) -> pa.Table:
     """The view's online table: the entity key and every stored field, as strings (NULL → null)."""
     buffer = io.BytesIO()
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        with cur.copy(f"copy ({view.select_sql()}) to stdout (format csv)") as copy:  # type: ignore[arg-type]
-            for chunk in copy:
-                buffer.write(chunk)
+    sql = f"copy ({view.select_sql()}) to stdout (format csv)"
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur, cur.copy(sql) as copy:
+        for chunk in copy:
+            buffer.write(chunk)
     columns = [view.entity_key, *view.field_names]
     if buffer.tell() == 0:
         return pa.table({name: pa.array([], pa.string()) for name in columns})

@@ -1,0 +1,151 @@
+"""``OnlineStore``: the online feature store's one entry point (reader and bulk writer).
+
+    store = OnlineStore(redis_url)                    # registry from the dbt manifest
+    feats = store.read("c000123", "m00042")           # one round trip
+    store.push_from_postgres(database_url)            # *_latest tables → Redis
+
+Redis connection and timeout errors propagate (``redis.exceptions.ConnectionError`` /
+``TimeoutError``): the scoring service decides between failing open and closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import redis
+
+from rtml.config import get_settings
+from rtml.features.online.keys import Keys
+from rtml.features.online.reader import READ_SCRIPT, RECORD_SEPARATOR, OnlineFeatures, decode_entity
+from rtml.features.online.schema import OnlineView, online_views
+from rtml.features.online.source import fetch_latest
+from rtml.features.online.writer import OnlineWriter, PushResult
+from rtml.features.registry import FeatureRegistry, get_registry
+
+CUSTOMER_VIEW = "customer_features"
+MERCHANT_VIEW = "merchant_features"
+BULK_SOCKET_TIMEOUT_S = 120.0
+
+
+class OnlineStore:
+    def __init__(
+        self,
+        redis_url: str,
+        registry: FeatureRegistry | None = None,
+        ttl_seconds: int | None = None,
+        *,
+        key_prefix: str | None = None,
+        socket_timeout_ms: float | None = None,
+        batch_entities: int | None = None,
+    ) -> None:
+        """``ttl_seconds``: how long a push stays readable without the next one (the views' pointers
+        expire; unset: ``online_ttl_seconds``; 0: never).
+        ``socket_timeout_ms``: per-command socket timeout of the reader (unset:
+        ``redis_socket_timeout_ms``)."""
+        settings = get_settings()
+        self.registry = registry or get_registry()
+        self.views: dict[str, OnlineView] = online_views(self.registry)
+        self.customer_view = self.views[CUSTOMER_VIEW]
+        self.merchant_view = self.views[MERCHANT_VIEW]
+        self.keys = Keys(key_prefix or settings.online_key_prefix)
+        ttl = settings.online_ttl_seconds if ttl_seconds is None else ttl_seconds
+        self.ttl_seconds: int | None = ttl or None
+        timeout = (
+            socket_timeout_ms if socket_timeout_ms is not None else settings.redis_socket_timeout_ms
+        ) / 1000
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        # bulk writes wait long for a busy server, but not forever for a dead one
+        self._bulk_client = redis.Redis.from_url(redis_url, socket_timeout=BULK_SOCKET_TIMEOUT_S)
+        self._batch_entities = batch_entities or settings.online_push_batch_entities
+        self._script = self.client.register_script(READ_SCRIPT)
+        pair_views = (self.customer_view, self.merchant_view)
+        self._pointer_keys = [self.keys.pointer(view.name) for view in pair_views]
+        self._field_args: list[Any] = []
+        for view in pair_views:
+            self._field_args += [len(view.fields), *view.field_ids]
+
+    # --- reading --------------------------------------------------------------------------------
+    def read(self, customer_id: str, merchant_id: str) -> OnlineFeatures:
+        """The customer's and the merchant's features, in one round trip."""
+        return self.read_many([(customer_id, merchant_id)])[0]
+
+    def read_many(self, pairs: Sequence[tuple[str, str]]) -> list[OnlineFeatures]:
+        """Features of many (customer, merchant) pairs, in one round trip."""
+        args = list(self._field_args)
+        for customer_id, merchant_id in pairs:
+            args += [1, customer_id, 2, merchant_id]
+        reply = self._script(keys=self._pointer_keys, args=args)
+        versions = {
+            self.customer_view.name: reply[0].decode(),
+            self.merchant_view.name: reply[1].decode(),
+        }
+        records = reply[2].split(RECORD_SEPARATOR)
+        results = []
+        for index in range(len(pairs)):
+            customer = decode_entity(self.customer_view, records[2 * index])
+            merchant = decode_entity(self.merchant_view, records[2 * index + 1])
+            missing = [
+                name for name, found in (("customer", customer), ("merchant", merchant)) if found is None
+            ]
+            results.append(
+                OnlineFeatures(
+                    customer=customer if customer is not None else self.customer_view.defaults(),
+                    merchant=merchant if merchant is not None else self.merchant_view.defaults(),
+                    missing=missing,
+                    versions=dict(versions),
+                )
+            )
+        return results
+
+    def current_namespaces(self) -> dict[str, str | None]:
+        values = self.client.mget([self.keys.pointer(name) for name in self.views])
+        return {
+            name: value.decode() if isinstance(value, bytes) else value
+            for name, value in zip(self.views, values, strict=True)
+        }
+
+    def meta(self, view: str) -> dict[str, str]:
+        """What the current namespace of ``view`` holds (entities, as_of_us, written_at, ...)."""
+        namespace = self.current_namespaces().get(view)
+        if not namespace:
+            return {}
+        raw = self.client.hgetall(Keys.meta(namespace))
+        return {key.decode(): value.decode() for key, value in raw.items()}  # type: ignore[union-attr]
+
+    # --- writing --------------------------------------------------------------------------------
+    def writer(self) -> OnlineWriter:
+        return OnlineWriter(
+            self._bulk_client, self.keys, ttl_seconds=self.ttl_seconds, batch_entities=self._batch_entities
+        )
+
+    def push_tables(self, tables: Mapping[str, pa.Table], *, full: bool = False) -> PushResult:
+        """Push string tables (columns: the entity key and ``OnlineView.field_names``) by view name."""
+        return self.writer().push(
+            {name: (self.views[name], table) for name, table in tables.items()},
+            full=full,
+            manifest_hash=self.registry.manifest_hash,
+        )
+
+    def push_from_postgres(self, database_url: str, *, full: bool = False) -> PushResult:
+        """Read every view's ``*_latest`` table and push it (full: a new namespace, switched in)."""
+        tables = {name: fetch_latest(database_url, view) for name, view in self.views.items()}
+        return self.push_tables(tables, full=full)
+
+    def purge(self) -> int:
+        """Delete every key under this store's prefix (tests, benchmarks). Returns keys deleted."""
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self._bulk_client.scan_iter(match=f"{self.keys.prefix}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                deleted += int(self._bulk_client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(self._bulk_client.unlink(*batch))
+        return deleted
+
+    def close(self) -> None:
+        self.client.close()
+        self._bulk_client.close()

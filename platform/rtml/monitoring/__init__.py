@@ -1,0 +1,1 @@
+"""Monitoring: the prediction log (``monitoring.predictions``) and, later, drift and live performance."""

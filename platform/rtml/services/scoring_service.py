@@ -1,0 +1,72 @@
+"""The scoring service's processes: packaging the production model into a bento (``serving/package.py``
+then ``bentoml build``) and ``bentoml serve``. Both run the BentoML CLI as a program, so nothing in the
+platform's core imports BentoML."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rtml.config import Settings
+from rtml.services.dagster_processes import wait_for_http
+
+SERVING_DIR = Path(__file__).resolve().parents[3] / "serving"
+BENTO_NAME = "fraud_scorer"
+
+
+class BentoBuildError(RuntimeError):
+    pass
+
+
+def serving_env(settings: Settings, database_url: str, redis_url: str, tracking_uri: str) -> dict[str, str]:
+    """The scorer's environment: the stack's servers and a BentoML store under the data directory."""
+    return {
+        **os.environ,
+        "RTML_DATABASE_URL": database_url,
+        "RTML_REDIS_URL": redis_url,
+        "RTML_MLFLOW_TRACKING_URI": tracking_uri,
+        "RTML_MODEL_NAME": settings.model_name,
+        "BENTOML_HOME": str(settings.bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+
+
+def build_bento(env: dict[str, str]) -> tuple[str, str]:
+    """Import the production version into the BentoML store and build the bento around it:
+    (bento tag, BentoML model tag)."""
+    model_tag = _run([sys.executable, str(SERVING_DIR / "package.py")], env).strip().splitlines()[-1]
+    built = _run(
+        [_bin("bentoml"), "build", "-f", str(SERVING_DIR / "bentofile.yaml"), "-o", "tag", str(SERVING_DIR)],
+        {**env, "RTML_SERVING_BENTO_MODEL": model_tag},
+    )
+    bento_tag = built.strip().splitlines()[-1].removeprefix("__tag__:")
+    return bento_tag, model_tag
+
+
+def start(env: dict[str, str], bento: str, port: int, log_dir: Path) -> subprocess.Popen[bytes]:
+    """``bentoml serve`` of ``bento`` (a tag, e.g. ``fraud_scorer:latest``); returns once /readyz answers."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "scoring-service.log", "ab") as log:
+        process = subprocess.Popen(
+            [_bin("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_http(f"http://127.0.0.1:{port}/readyz", process, timeout=180)
+    return process
+
+
+def _run(command: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=SERVING_DIR)
+    if proc.returncode != 0:
+        raise BentoBuildError(
+            f"{' '.join(command[:3])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc.stdout
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))

