@@ -5,7 +5,7 @@ changed), ``full_refresh`` switches to a new namespace; the parity check passes 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from tests.test_online_store import build_latest_db
 
 
 @pytest.fixture(scope="module")
-def latest_db(database_url: str, separate_dbt_target: Path) -> Iterator[str]:
-    url = build_latest_db(database_url, "rtml_online_assets_test")
+def latest_db(scratch_database: Callable[[str], str], separate_dbt_target: Path) -> Iterator[str]:
+    url = build_latest_db(scratch_database("online_assets"))
     get_registry.cache_clear()  # the asset reads the registry of this module's dbt target
     yield url
     get_registry.cache_clear()

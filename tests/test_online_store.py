@@ -14,7 +14,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,14 +31,14 @@ from rtml.features.online.keys import Keys
 from rtml.features.online.parity import check_parity
 from rtml.features.online.source import fetch_latest
 from rtml.features.registry import FeatureRegistry, load_registry
-from rtml.features.sample_data import create_database, load_sample, make_labels, make_transactions
+from rtml.features.sample_data import load_sample, make_labels, make_transactions
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def build_latest_db(database_url: str, name: str) -> str:
-    """Four days of synthetic transactions; dbt builds the online tables and ``customer_features``."""
-    url = create_database(database_url, name)
+def build_latest_db(url: str) -> str:
+    """Four days of synthetic transactions in the (fresh) database ``url``; dbt builds the online tables
+    and ``customer_features``."""
     transactions = make_transactions(30_000, start=START, days=4, customers=1_500, merchants=250)
     load_sample(url, transactions, make_labels(transactions))
     select = ["+customer_features_latest", "+merchant_features_latest", "customer_features"]
@@ -48,8 +48,8 @@ def build_latest_db(database_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def latest_db(database_url: str, separate_dbt_target: Path) -> str:
-    return build_latest_db(database_url, "rtml_online_test")
+def latest_db(scratch_database: Callable[[str], str], separate_dbt_target: Path) -> str:
+    return build_latest_db(scratch_database("online"))
 
 
 @pytest.fixture(scope="module")
