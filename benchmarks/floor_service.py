@@ -1,9 +1,9 @@
 """A do-nothing BentoML service: the framework's floor for ``benchmarks/serving.py`` and ``soak.py``.
 
 Same request shape as ``serving/service.py``'s ``POST /score`` (``{"transaction": {...}}`` validated by
-the same pydantic model), same worker count (``RTML_SERVING_WORKERS``), same traffic timeout; the
-answer is a constant ``Score``. What the real service costs on top of this is its own work (Redis
-lookup, request features, model, prediction log, metrics).
+the same pydantic model, ``serving/schemas.py``), same worker count (``RTML_SERVING_WORKERS``), same
+traffic timeout; the answer is a constant ``Score``. What the real service costs on top of this is
+its own work (Redis lookup, request features, model, prediction log, metrics).
 
     bentoml serve benchmarks.floor_service:FloorScorer --port 3101      (from the repository root)
 
@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import bentoml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # serving/ on the path, as for the real service (`bentoml serve service:FraudScorer` from serving/)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))
 from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
+from schemas import Score, Transaction
 
 # which part of the memory fix to apply: both (default, like the real service), config, patch, none
 MEMORY_FIX = os.environ.get("RTML_BENTOML_MEMORY_FIX", "both")
@@ -35,41 +34,7 @@ if MEMORY_FIX in ("both", "patch"):
     apply_bentoml_memory_fix()
 FIX_CONFIG = SERVICE_CONFIG if MEMORY_FIX in ("both", "config") else {}
 
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
-TEXT_PATTERN = r"^[A-Za-z0-9 _.,&'()/\-]{1,64}$"
 WORKERS = int(os.environ.get("RTML_SERVING_WORKERS", "1"))
-
-
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Transaction(BaseModel):
-    """Copy of ``serving/service.py``'s ``Transaction`` (not imported: that module declares the real
-    service and touches the model store and settings on import)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    transaction_id: Annotated[str, Field(pattern=ID_PATTERN)]
-    customer_id: Annotated[str, Field(pattern=ID_PATTERN)]
-    merchant_id: Annotated[str, Field(pattern=ID_PATTERN)]
-    amount: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-    timestamp: Annotated[datetime, AfterValidator(_aware)]
-    channel: Literal["pos", "online", "atm"]
-    merchant_category: Annotated[str | None, Field(pattern=TEXT_PATTERN)] = None
-    country: Annotated[str | None, Field(pattern=r"^[A-Za-z]{2}$")] = None
-
-
-class Score(BaseModel):
-    transaction_id: str
-    fraud_probability: float
-    decision: Literal["approve", "review", "decline"]
-    model_version: str
-    features_missing: list[str]
-    degraded: bool
-    request_id: str
-
 
 if os.environ.get("RTML_BENCH_TRACEMALLOC") == "1":
     import tracemalloc

@@ -27,30 +27,21 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.responses import JSONResponse
 
 from rtml.config import get_settings
 from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
+from schemas import BatchScore, Score, Transaction
 
 log = logging.getLogger("rtml.serving")
 
 SETTINGS = get_settings()
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-TEXT_PATTERN = r"^[A-Za-z0-9 _.,&'()/-]{1,64}$"
 MODEL_HEADER = "X-Model-Version"
-
-
-def _aware(value: datetime) -> datetime:
-    """A naive timestamp is taken as UTC (like the ingest loader)."""
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+05:00: a 400, not a 500
-        raise ValueError(f"timestamp out of range in UTC: {exc}") from exc
 
 
 class Unavailable(Exception):
@@ -60,58 +51,6 @@ class Unavailable(Exception):
         ctx.response.status_code = 503  # BentoML applies the context's status over the response's
         ctx.response.headers["Retry-After"] = "1"
         return JSONResponse({"error": str(self)}, status_code=503)
-
-
-class Transaction(BaseModel):
-    """One card transaction to score."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    transaction_id: Annotated[str, Field(pattern=ID_PATTERN, description="Unique id of the transaction.")]
-    customer_id: Annotated[str, Field(pattern=ID_PATTERN, description="Card holder id (online features).")]
-    merchant_id: Annotated[str, Field(pattern=ID_PATTERN, description="Merchant id (online features).")]
-    amount: Annotated[
-        # ge, not gt: the OpenAPI 3.0 document BentoML emits needs `minimum` (pydantic renders gt as a
-        # numeric `exclusiveMinimum`, which OpenAPI 3.0 / JSON Schema draft 4 reject: Schemathesis fails)
-        float,
-        Field(ge=0.01, le=1e9, allow_inf_nan=False, description="Amount in `currency`, at least 0.01."),
-    ]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")]
-    timestamp: Annotated[
-        datetime,
-        AfterValidator(_aware),
-        Field(description="When the transaction happened (ISO 8601; without a zone: UTC)."),
-    ]
-    channel: Literal["pos", "online", "atm"]
-    merchant_category: Annotated[
-        str | None,
-        Field(
-            pattern=TEXT_PATTERN,
-            description="Optional: the merchant's category (missing → the model's missing value).",
-        ),
-    ] = None
-    country: Annotated[
-        str | None,
-        Field(
-            pattern=r"^[A-Za-z]{2}$",
-            description="Optional: ISO 3166 country (missing → the model's missing value).",
-        ),
-    ] = None
-
-
-class Score(BaseModel):
-    transaction_id: str
-    fraud_probability: float
-    decision: Literal["approve", "review", "decline"]
-    model_version: str
-    features_missing: list[str]
-    degraded: bool
-    request_id: str
-
-
-class BatchScore(BaseModel):
-    scores: list[Score]
-    model_version: str
 
 
 MaxBatch = Annotated[list[Transaction], Field(min_length=1, max_length=SETTINGS.serving_max_batch)]
