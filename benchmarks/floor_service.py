@@ -59,8 +59,9 @@ class FloorScorer:
 
         gc.callbacks.append(on_gc)
 
+    # async like FraudScorer's /score: runs on the event loop, no hop to BentoML's thread pool
     @bentoml.api(route="/score")
-    def score(self, transaction: Transaction) -> Score:
+    async def score(self, transaction: Transaction) -> Score:
         return Score(
             transaction_id=transaction.transaction_id,
             fraud_probability=0.01,

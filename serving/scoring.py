@@ -5,13 +5,15 @@
 * ``load_from_registry`` / ``load_from_bento``: the production version from MLflow, or the copy packaged
   in the bento (``bentoml.mlflow.import_model`` of the same MLflow model, see ``package.py``);
 * ``lookup``: the online-feature read with the fail-open / fail-closed policy;
-* ``score_rows``: request-time features (``rtml.features.request_features``) + the model.
+* ``score_rows``: request-time features (``rtml.features.request_features``) + the model, compiled
+  for latency (``rtml.training.compiled``: the same probabilities as the sklearn Pipeline, checked at
+  load; the Pipeline itself when it cannot be compiled exactly).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from rtml.features.request_features import model_row
+from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
 from rtml.training.train import score
 
 log = logging.getLogger("rtml.serving")
@@ -40,6 +43,7 @@ class ServedModel:
     source: str
     """``registry`` (loaded from MLflow) or ``bento:<tag>`` (the copy packaged in the bento)."""
     tags: dict[str, str] = field(default_factory=dict)
+    compiled: CompiledModel | None = None
 
     def decide(self, probability: float) -> str:
         if probability >= self.threshold_decline:
@@ -78,7 +82,15 @@ def load_version(tracking_uri: str, name: str, version: str, tags: dict[str, str
     client_for(tracking_uri)
     pipeline = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     review, decline = thresholds_from_tags(tags)
-    return ServedModel(name, version, pipeline, review, decline, "registry", tags)
+    return ServedModel(name, version, pipeline, review, decline, "registry", tags, compiled_or_none(pipeline))
+
+
+def compiled_or_none(pipeline: Any) -> CompiledModel | None:
+    try:
+        return compile_pipeline(pipeline)
+    except NotCompilable as exc:
+        log.warning("model not compiled, scoring with the sklearn Pipeline (slower): %s", exc)
+        return None
 
 
 def production_version(tracking_uri: str, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
@@ -106,6 +118,7 @@ def load_from_bento(stored: Any) -> ServedModel:
         threshold_decline=decline,
         source=f"bento:{stored.tag}",
         tags=tags,
+        compiled=compiled_or_none(pipeline),
     )
 
 
@@ -146,7 +159,7 @@ def lookup(
 
 def score_rows(
     model: ServedModel,
-    transactions: Sequence[dict[str, Any]],
+    transactions: Sequence[Mapping[str, Any]],
     lookups: Sequence[Lookup],
     numeric: Sequence[str],
     categorical: Sequence[str],
@@ -155,6 +168,8 @@ def score_rows(
         model_row(txn, found.customer, found.merchant, numeric, categorical)
         for txn, found in zip(transactions, lookups, strict=True)
     ]
+    if model.compiled is not None:
+        return model.compiled.predict(rows)
     frame = pd.DataFrame(rows, columns=[*categorical, *numeric])
     for name in categorical:
         frame[name] = frame[name].astype(object)

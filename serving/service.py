@@ -19,6 +19,7 @@ BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker after importing this mod
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from batching import MicroBatcher
 from rtml.config import get_settings
 from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
 from schemas import BatchScore, Score, Transaction
@@ -142,7 +144,7 @@ def _bento_model_tag() -> str:
         return explicit
     manifest = Path.cwd().parent / "bento.yaml"  # a bento's service runs in <bento>/src
     if manifest.exists():
-        import yaml  # type: ignore[import-untyped]
+        import yaml  # type: ignore[import-untyped,unused-ignore]
 
         recorded = yaml.safe_load(manifest.read_text()) or {}
         entries = list(recorded.get("models") or [])  # BentoML 1.4 records them per service
@@ -205,6 +207,9 @@ class FraudScorer:
             )
         else:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
+        self.batcher: MicroBatcher[Transaction, Score] = MicroBatcher(
+            self._score, self.settings.serving_max_batch
+        )
         self._load_initial()
         self._poller: threading.Thread | None = None
         if self.settings.mlflow_tracking_uri and self.settings.serving_model_poll_seconds > 0:
@@ -290,41 +295,44 @@ class FraudScorer:
         self.store.close()
 
     # --- scoring --------------------------------------------------------------------------------
-    def _score(self, transactions: list[Transaction], ctx: bentoml.Context) -> list[Score]:
+    def _score(self, transactions: list[Transaction]) -> list[Score]:
+        """Score a micro-batch (``batching.MicroBatcher``): one Redis round trip, one model call."""
         from rtml.monitoring.predictions import PredictionRow
         from scoring import FeatureStoreUnavailable, lookup, score_rows
 
         started = time.perf_counter()
-        model = self.model  # one model for the whole request, whatever the poller does meanwhile
+        model = self.model  # one model for the whole batch, whatever the poller does meanwhile
         if model is None:
-            self.metrics.unavailable.labels("no_model").inc()
+            self.metrics.unavailable.labels("no_model").inc(len(transactions))
             raise Unavailable("no model loaded yet (no version holds the production alias?)")
         pairs = [(t.customer_id, t.merchant_id) for t in transactions]
         try:
             found = lookup(self.store, pairs, fail_open=self.settings.serving_fail_open)
         except FeatureStoreUnavailable as exc:
-            self.metrics.unavailable.labels("redis").inc()
+            self.metrics.unavailable.labels("redis").inc(len(transactions))
             raise Unavailable(str(exc)) from exc
         looked_up = time.perf_counter()
-        records = [t.model_dump() for t in transactions]
+        # a pydantic model's __dict__ is its field values: the mapping model_row reads, without a copy
+        records = [t.__dict__ for t in transactions]
         probabilities = score_rows(model, records, found, self.numeric, self.categorical)
         done = time.perf_counter()
         self.metrics.stage_seconds.labels("feature_lookup").observe(looked_up - started)
         self.metrics.stage_seconds.labels("inference").observe(done - looked_up)
 
         scored_at = datetime.now(UTC)
-        latency_ms = (done - started) * 1000 / len(transactions)
+        latency_ms = (done - started) * 1000
         out = []
+        decisions: collections.Counter[str] = collections.Counter()
+        missing: collections.Counter[str] = collections.Counter()
+        degraded = 0
         for txn, features, probability in zip(transactions, found, probabilities, strict=True):
             p = float(probability) if math.isfinite(probability) else 1.0
             decision = model.decide(p)
             request_id = uuid.uuid4().hex
             self.metrics.score.observe(p)
-            self.metrics.decisions.labels(decision, model.version).inc()
-            for entity in features.missing:
-                self.metrics.features_missing.labels(entity).inc()
-            if features.degraded:
-                self.metrics.degraded.inc()
+            decisions[decision] += 1
+            missing.update(features.missing)
+            degraded += features.degraded
             out.append(
                 Score(
                     transaction_id=txn.transaction_id,
@@ -336,49 +344,56 @@ class FraudScorer:
                     request_id=request_id,
                 )
             )
-            if self.writer is not None:
-                queued = self.writer.put(
-                    PredictionRow(
-                        request_id=request_id,
-                        transaction_id=txn.transaction_id,
-                        customer_id=txn.customer_id,
-                        merchant_id=txn.merchant_id,
-                        amount=txn.amount,
-                        currency=txn.currency,
-                        channel=txn.channel,
-                        merchant_category=txn.merchant_category,
-                        country=txn.country,
-                        event_ts=txn.timestamp,
-                        model_version=model.version,
-                        probability=p,
-                        decision=decision,
-                        features_missing=features.missing,
-                        degraded=features.degraded,
-                        scored_at=scored_at,
-                        latency_ms=latency_ms,
-                    )
+            if self.writer is not None and not self.writer.put(
+                PredictionRow(
+                    request_id=request_id,
+                    transaction_id=txn.transaction_id,
+                    customer_id=txn.customer_id,
+                    merchant_id=txn.merchant_id,
+                    amount=txn.amount,
+                    currency=txn.currency,
+                    channel=txn.channel,
+                    merchant_category=txn.merchant_category,
+                    country=txn.country,
+                    event_ts=txn.timestamp,
+                    model_version=model.version,
+                    probability=p,
+                    decision=decision,
+                    features_missing=features.missing,
+                    degraded=features.degraded,
+                    scored_at=scored_at,
+                    latency_ms=latency_ms,
                 )
-                if not queued:
-                    self.metrics.predictions_dropped.inc()
-        ctx.response.headers[MODEL_HEADER] = model.version
+            ):
+                self.metrics.predictions_dropped.inc()
+        # counters once per batch: a multiprocess-mode increment writes to a shared file
+        for decision, n in decisions.items():
+            self.metrics.decisions.labels(decision, model.version).inc(n)
+        for entity, n in missing.items():
+            self.metrics.features_missing.labels(entity).inc(n)
+        if degraded:
+            self.metrics.degraded.inc(degraded)
         return out
 
     @bentoml.api(route="/score")
-    def score(self, transaction: Transaction, ctx: bentoml.Context) -> Score:
+    async def score(self, transaction: Transaction, ctx: bentoml.Context) -> Score:
         """Score one transaction. 503 when no model is loaded, or Redis is down and the service fails
         closed; 400 naming the field for invalid input."""
         try:
-            return self._score([transaction], ctx)[0]
+            (scored,) = await self.batcher.submit([transaction])
         except Unavailable as exc:
             return exc.response(ctx)  # type: ignore[return-value]
+        ctx.response.headers[MODEL_HEADER] = scored.model_version
+        return scored
 
     @bentoml.api(route="/score_batch")
-    def score_batch(self, transactions: MaxBatch, ctx: bentoml.Context) -> BatchScore:
+    async def score_batch(self, transactions: MaxBatch, ctx: bentoml.Context) -> BatchScore:
         """Score up to ``RTML_SERVING_MAX_BATCH`` transactions (one Redis round trip, one model call)."""
         try:
-            scores = self._score(transactions, ctx)
+            scores = await self.batcher.submit(transactions)
         except Unavailable as exc:
             return exc.response(ctx)  # type: ignore[return-value]
+        ctx.response.headers[MODEL_HEADER] = scores[0].model_version
         return BatchScore(scores=scores, model_version=scores[0].model_version)
 
     # --- metadata (GET /metadata) ------------------------------------------------------------

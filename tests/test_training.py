@@ -87,6 +87,24 @@ def test_run_and_registered_version(trained: TrainingResult, client: MlflowClien
     assert schema is not None and "amount" in schema.input_names()
 
 
+def test_compiled_model_scores_like_the_registered_pipeline(trained: TrainingResult, model_name: str) -> None:
+    """The scoring service's fast path (``rtml.training.compiled``) on the real test window."""
+    import mlflow.sklearn
+
+    from rtml.training.compiled import compile_pipeline
+
+    pipeline = mlflow.sklearn.load_model(f"models:/{model_name}/{trained.model_version}")
+    compiled = compile_pipeline(pipeline)
+    X = trained.holdout.X
+    expected = pipeline.predict_proba(X[list(pipeline.feature_names_in_)])[:, 1]
+    got = compiled.predict(X.to_dict("records"))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    # as the service sends them when a request has no merchant_category / country
+    missing = X.assign(merchant_category=None, country=None)
+    expected = pipeline.predict_proba(missing[list(pipeline.feature_names_in_)])[:, 1]
+    np.testing.assert_allclose(compiled.predict(missing.to_dict("records")), expected, rtol=0, atol=1e-9)
+
+
 def test_every_lineage_tag_is_recorded(
     trained: TrainingResult, client: MlflowClient, model_name: str, training_settings: Settings
 ) -> None:

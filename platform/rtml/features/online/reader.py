@@ -14,36 +14,47 @@ from typing import Any
 
 from rtml.features.online.schema import OnlineView
 
-READ_SCRIPT = """
--- KEYS: the views' pointer keys.
--- ARGV: per view: field count, field names...; then (view index, entity id) per entity to read.
--- Returns {namespace per view..., records}: one string for all entities (records separated by \\x1d,
--- '+' and the values joined by \\x1e for a found entity, '-' for an unknown one). One bulk string
--- instead of a nested array: redis-py's pure-Python parser would spend most of a read on the array.
-local namespaces, fields, i = {}, {}, 1
-for v = 1, #KEYS do
+READ_SCRIPT_TEMPLATE = """
+-- KEYS: the customer view's and the merchant view's pointer keys.
+-- ARGV: customer id, merchant id, customer id, merchant id, ... (one pair per scored transaction).
+-- The hash fields to read are part of the script (read_script()), so a call sends only the ids.
+-- Returns {customer namespace, merchant namespace, records}: one string for all entities (records
+-- separated by \\x1d, '+' and the values joined by \\x1e for a found entity, '-' for an unknown
+-- one). One bulk string instead of a nested array: redis-py's pure-Python parser would spend most
+-- of a read on the array.
+local fields = {FIELDS}
+local namespaces, out, records = {}, {}, {}
+for v = 1, 2 do
   namespaces[v] = redis.call('GET', KEYS[v])
-  local n = tonumber(ARGV[i])
-  fields[v] = {unpack(ARGV, i + 1, i + n)}
-  i = i + n + 1
+  out[v] = namespaces[v] or ''
 end
-local out, records = {}, {}
-for v = 1, #KEYS do out[v] = namespaces[v] or '' end
-while i <= #ARGV do
-  local v = tonumber(ARGV[i])
+for i = 1, #ARGV do
+  local v = 2 - (i % 2)
   local ns = namespaces[v]
-  local values = ns and redis.call('HMGET', ns .. ':e:' .. ARGV[i + 1], unpack(fields[v]))
+  local values = ns and redis.call('HMGET', ns .. ':e:' .. ARGV[i], unpack(fields[v]))
   if values and values[1] then
     for k = 1, #values do values[k] = values[k] or '' end
     records[#records + 1] = '+' .. table.concat(values, '\\30')
   else
     records[#records + 1] = '-'
   end
-  i = i + 2
 end
-out[#out + 1] = table.concat(records, '\\29')
+out[3] = table.concat(records, '\\29')
 return out
 """
+
+
+def read_script(customer: OnlineView, merchant: OnlineView) -> str:
+    """The read script for these two views (their positional field ids written into it)."""
+
+    def lua_list(ids: list[str]) -> str:
+        return "{" + ", ".join(f"'{field_id}'" for field_id in ids) + "}"
+
+    return READ_SCRIPT_TEMPLATE.replace(
+        "{FIELDS}", "{" + lua_list(customer.field_ids) + ", " + lua_list(merchant.field_ids) + "}"
+    )
+
+
 RECORD_SEPARATOR = b"\x1d"
 VALUE_SEPARATOR = b"\x1e"
 

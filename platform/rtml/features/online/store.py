@@ -11,14 +11,13 @@ Redis connection and timeout errors propagate (``redis.exceptions.ConnectionErro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pyarrow as pa
 import redis
 
 from rtml.config import get_settings
 from rtml.features.online.keys import Keys
-from rtml.features.online.reader import READ_SCRIPT, RECORD_SEPARATOR, OnlineFeatures, decode_entity
+from rtml.features.online.reader import RECORD_SEPARATOR, OnlineFeatures, decode_entity, read_script
 from rtml.features.online.schema import OnlineView, online_views
 from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import OnlineWriter, PushResult
@@ -59,12 +58,10 @@ class OnlineStore:
         # bulk writes wait long for a busy server, but not forever for a dead one
         self._bulk_client = redis.Redis.from_url(redis_url, socket_timeout=BULK_SOCKET_TIMEOUT_S)
         self._batch_entities = batch_entities or settings.online_push_batch_entities
-        self._script = self.client.register_script(READ_SCRIPT)
-        pair_views = (self.customer_view, self.merchant_view)
-        self._pointer_keys = [self.keys.pointer(view.name) for view in pair_views]
-        self._field_args: list[Any] = []
-        for view in pair_views:
-            self._field_args += [len(view.fields), *view.field_ids]
+        self._script = self.client.register_script(read_script(self.customer_view, self.merchant_view))
+        self._pointer_keys = [
+            self.keys.pointer(view.name) for view in (self.customer_view, self.merchant_view)
+        ]
 
     # --- reading --------------------------------------------------------------------------------
     def read(self, customer_id: str, merchant_id: str) -> OnlineFeatures:
@@ -73,9 +70,7 @@ class OnlineStore:
 
     def read_many(self, pairs: Sequence[tuple[str, str]]) -> list[OnlineFeatures]:
         """Features of many (customer, merchant) pairs, in one round trip."""
-        args = list(self._field_args)
-        for customer_id, merchant_id in pairs:
-            args += [1, customer_id, 2, merchant_id]
+        args = [entity_id for pair in pairs for entity_id in pair]
         reply = self._script(keys=self._pointer_keys, args=args)
         versions = {
             self.customer_view.name: reply[0].decode(),

@@ -1,0 +1,77 @@
+"""The compiled fraud model (``rtml.training.compiled``) scores exactly like the sklearn Pipeline, and
+refuses what it cannot reproduce exactly. (The same check on the real training data and the registered
+model: ``test_training.py::test_compiled_model_scores_like_the_registered_pipeline``.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline, verify
+from rtml.training.dataset import FeatureSpec
+from rtml.training.model import build_pipeline
+
+SPEC = FeatureSpec(numeric=["amount", "txn_count_1h", "zscore"], categorical=["channel", "country"])
+
+
+def synthetic(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "channel": rng.choice(np.array(["pos", "online", "atm", None], dtype=object), n),
+            "country": rng.choice(np.array(["DE", "FR", "NL", "US", None], dtype=object), n),
+            "amount": rng.lognormal(3, 1, n),
+            "txn_count_1h": rng.poisson(1.5, n).astype(float),
+            "zscore": np.where(rng.random(n) < 0.2, np.nan, rng.normal(0, 1, n)),
+        }
+    )
+    risk = (frame["channel"] == "online") * 1.5 + (frame["txn_count_1h"] > 3) * 2 + frame["zscore"].fillna(0)
+    y = (risk + rng.normal(0, 1, n) > 3).to_numpy().astype(int)
+    return frame, y
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    frame, y = synthetic(20_000, seed=1)
+    return build_pipeline(SPEC, max_iter=30).fit(frame, y)
+
+
+def test_compiled_probabilities_equal_the_pipeline(pipeline: Pipeline) -> None:
+    compiled = compile_pipeline(pipeline)
+    frame, _ = synthetic(3_000, seed=2)
+    frame.loc[::7, "country"] = "XX"  # unknown to the encoder
+    frame.loc[::11, "amount"] = np.nan
+    expected = pipeline.predict_proba(frame)[:, 1]
+    assert frame["channel"].isna().any()  # missing categories are None, as the service passes them
+    got = compiled.predict(frame.to_dict("records"))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    assert len(set(np.round(got, 6))) > 50  # a real spread of scores, not a constant
+
+
+def test_a_wrong_encoding_is_caught_by_verification(pipeline: Pipeline) -> None:
+    compiled = compile_pipeline(pipeline)
+    # map every known channel to the first channel's code: verification must notice
+    first = min(compiled.codes[0].values())
+    broken = CompiledModel(
+        categorical=compiled.categorical,
+        numeric=compiled.numeric,
+        codes=[{key: first for key in compiled.codes[0]}, *compiled.codes[1:]],
+        booster=compiled.booster,
+    )
+    frame, _ = synthetic(2_000, seed=3)
+    with pytest.raises(NotCompilable, match="differs from the pipeline"):
+        verify(broken, pipeline, frame)
+
+
+def test_other_pipelines_are_not_compiled() -> None:
+    frame, y = synthetic(500, seed=4)
+    other = Pipeline([("classifier", LogisticRegression())]).fit(frame[["amount"]], y)
+    with pytest.raises(NotCompilable, match="expected Pipeline"):
+        compile_pipeline(other)
+
+
+def test_empty_input_scores_nothing(pipeline: Pipeline) -> None:
+    assert compile_pipeline(pipeline).predict([]).shape == (0,)
