@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import psycopg
 import pytest
@@ -72,3 +74,34 @@ def test_labels_day_loads(instance: dg.DagsterInstance, database_url: str) -> No
         database_url, "select count(*) from raw.labels where source = 'labels/2026-11-05'"
     )
     assert rows_loaded > 0
+
+
+def test_load_figures_are_pushed_to_a_pushgateway(
+    instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``RTML_PUSHGATEWAY_URL`` set, a load pushes its figures (the metadata's) to a real gateway."""
+    from rtml.config import get_settings
+    from tests.monitoring_stack import pushgateway, scrape
+
+    with pushgateway(tmp_path) as gateway:
+        monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
+        get_settings.cache_clear()
+        try:
+            result = _run_range(instance, "ingestion_job", "2026-11-01-05:00", "2026-11-01-05:00")
+        finally:
+            monkeypatch.delenv("RTML_PUSHGATEWAY_URL")
+            get_settings.cache_clear()
+        assert result.success
+        (materialization,) = result.asset_materializations_for_node("transactions_raw")
+        metadata = {key: value.value for key, value in materialization.metadata.items()}
+        pushed = scrape(gateway.url)
+    group = 'asset="transactions_raw",instance="",job="rtml"'
+
+    def rows(kind: str) -> float:
+        return pushed[f'rtml_pipeline_rows{{{group},kind="{kind}",partition="2026-11-01-05:00"}}']
+
+    assert rows("loaded") == metadata["rows_loaded"] > 0
+    assert rows("quarantined") == metadata["rows_quarantined"]
+    share = metadata["rows_quarantined"] / metadata["rows_read"]
+    assert pushed[f"rtml_pipeline_quarantine_share{{{group}}}"] == pytest.approx(share)
+    assert pushed[f"rtml_pipeline_last_success_timestamp_seconds{{{group}}}"] > 0

@@ -40,6 +40,7 @@ from rtml.config import Settings
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.registry import FeatureRegistry, load_registry
+from rtml.monitoring import metrics
 from rtml.monitoring.predictions import PredictionRow, PredictionWriter
 from rtml.services import redis as redis_service
 from rtml.services.processes import free_port, pid_alive, stop_pid, stop_tree
@@ -656,6 +657,130 @@ def test_schemathesis_no_server_errors(servers: dict[str, Server], tmp_path: Pat
     assert "generated" in proc.stdout and "Server error" not in proc.stdout
 
 
+def push_pipeline_figures(gateway: str, model: Registered) -> None:
+    """What the pipeline's assets push (``rtml.monitoring.metrics``), with the labels they use: the loaders'
+    rows, the online push's freshness, the registered version's real evaluation figures (from its MLflow
+    run), a drift report, live performance and job outcomes. The assets' own pushes are tested where the
+    assets are (``test_ingestion_assets``, ``test_drift``, ``test_live_performance``)."""
+    now = time.time()
+    run = model_registry.client_for(model.tracking_uri).get_run(model.run_id)
+    version = {"model_name": MODEL, "model_version": model.first}
+    groups: dict[str, list[metrics.Sample]] = {
+        "transactions_raw": metrics.run_samples(
+            "transactions_raw", 1.4, loaded=7_950, quarantined=50, partition="2026-09-21-00:00"
+        ),
+        "online_features": metrics.run_samples("online_features", 2.1)
+        + [
+            metrics.Sample(
+                "rtml_feature_newest_event_timestamp_seconds", now - 600, {"view": view, "store": store}
+            )
+            for view in ("customer_features", "merchant_features")
+            for store in ("online", "offline")
+        ],
+        "fraud_model": [
+            metrics.Sample("rtml_training_metric", value, {**version, "metric": key})
+            for key, value in run.data.metrics.items()
+            if key.startswith("test_")
+        ],
+        "drift_report": [
+            metrics.Sample("rtml_drift_share", 0.1, {"report": "features"}),
+            metrics.Sample("rtml_drift_detected", 0, {"report": "features"}),
+            metrics.Sample("rtml_drift_feature_score", 0.42, {"report": "features", "feature": "amount"}),
+        ],
+        "live_model_performance": [
+            metrics.Sample(
+                "rtml_live_model_metric",
+                0.93,
+                {"model_version": model.first, "metric": "roc_auc", "window": "1d"},
+            ),
+            metrics.Sample(
+                "rtml_live_labelled_predictions", 800, {"model_version": model.first, "window": "1d"}
+            ),
+        ],
+        "run_success_training_job": [
+            metrics.Sample(
+                "rtml_pipeline_run_success_timestamp_seconds", now - 60, {"dagster_job": "training_job"}
+            )
+        ],
+        "run_failure_training_job": [
+            metrics.Sample(
+                "rtml_pipeline_run_failure_timestamp_seconds", now - 3600, {"dagster_job": "training_job"}
+            )
+        ],
+    }
+    for group, samples in groups.items():
+        assert metrics.publish(group, samples, gateway), group
+
+
+def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
+    servers: dict[str, Server],
+    valkey: Valkey,
+    online: OnlineStore,
+    latest_db: str,
+    model: Registered,
+    tmp_path: Path,
+) -> None:
+    """``monitoring/`` against the real thing: Prometheus scrapes both scorers, a Pushgateway fed by the
+    platform's publisher and the node/Redis/PostgreSQL exporters, and evaluates the repository's rules;
+    stopping Redis makes ``ScoringDegraded`` fire, and Alertmanager (the repository's route) delivers it to
+    the webhook; afterwards every Grafana panel's query returns data."""
+    from tests.monitoring_stack import monitoring_stack, panel_queries
+
+    pairs = sample_pairs(latest_db, 2)
+    known = transaction(pairs[0]["customer"], pairs[0]["merchant"], pairs[0]["as_of"] + timedelta(minutes=1))
+    unknown = transaction("c-unknown", "m-unknown", pairs[0]["as_of"] + timedelta(minutes=1))
+    fail_open, fail_closed = servers["open"], servers["closed"]
+    with monitoring_stack(
+        scorer_urls=[fail_open.url, fail_closed.url],
+        redis_url=valkey.url,
+        database_url=latest_db,
+        work=tmp_path,
+    ) as stack:
+        push_pipeline_figures(stack.pushgateway.url, model)
+        for _ in range(20):
+            for server in (fail_open, fail_closed):
+                assert server.post("/score", {"transaction": known}).status_code == 200
+            assert fail_open.post("/score", {"transaction": unknown}).status_code == 200
+            time.sleep(0.1)
+        assert "ScoringDegraded" not in stack.firing()
+
+        valkey.stop()
+        try:
+            deadline = time.monotonic() + 60
+            while (
+                "ScoringDegraded" not in stack.firing()
+                or "ScoringDegraded" not in stack.webhook.alert_names()
+            ):
+                assert time.monotonic() < deadline, (
+                    stack.firing(),
+                    stack.webhook.received,
+                    stack.prometheus.tail(),
+                )
+                assert fail_open.post("/score", {"transaction": known}).json()["degraded"] is True
+                assert fail_closed.post("/score", {"transaction": known}).status_code == 503
+                time.sleep(0.5)
+        finally:
+            valkey.start()
+        online.push_from_postgres(latest_db, full=True)
+        alert = next(
+            a
+            for body in stack.webhook.received
+            for a in body["alerts"]
+            if a["labels"]["alertname"] == "ScoringDegraded"
+        )
+        assert alert["labels"]["severity"] and alert["annotations"]["summary"], alert
+
+        queries = panel_queries()
+        assert len(queries) > 40
+        deadline = time.monotonic() + 60
+        while True:
+            empty = [(uid, title, expr) for uid, title, expr in queries if not stack.query(expr)]
+            if not empty or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert empty == [], f"{len(empty)} of {len(queries)} panel queries return no data: {empty}"
+
+
 def test_prediction_writer_flushes_everything_on_close(database_url: str) -> None:
     writer = PredictionWriter(database_url, flush_rows=10_000, flush_ms=60_000)  # no flush before close
     ids = [f"writer-test-{uuid.uuid4().hex}" for _ in range(1234)]
@@ -689,6 +814,41 @@ def test_prediction_writer_flushes_everything_on_close(database_url: str) -> Non
         ).fetchone()
     assert row is not None and row[0] == len(ids)
     assert writer.written == len(ids) and writer.dropped == 0
+
+
+def test_a_retried_batch_is_written_once(database_url: str) -> None:
+    """The connection may break while committing: the writer retries a batch that had landed."""
+    from rtml.monitoring.predictions import ensure_table, write_rows
+
+    ensure_table(database_url)
+    now = datetime.now(UTC)
+    rows = [
+        PredictionRow(
+            f"retry-{uuid.uuid4().hex}",
+            "t",
+            "c",
+            "m",
+            1.0,
+            "EUR",
+            "pos",
+            None,
+            None,
+            now,
+            "1",
+            0.2,
+            "approve",
+            scored_at=now,
+        )
+        for _ in range(50)
+    ]
+    ids = [row.request_id for row in rows]
+    with psycopg.connect(database_url) as conn:
+        write_rows(conn, rows[:20])
+        write_rows(conn, rows)  # the first 20 again, with 30 new ones
+        count = conn.execute(
+            "select count(*) from monitoring.predictions where request_id = any(%s)", (ids,)
+        ).fetchone()
+    assert count == (50,)
 
 
 def test_predictions_land_in_postgres_after_clean_stop(servers: dict[str, Server], latest_db: str) -> None:

@@ -183,6 +183,32 @@ class Settings(BaseSettings):
         200.0, description="... or when the oldest unwritten row is this old (milliseconds)."
     )
 
+    # --- monitoring ---------------------------------------------------------------------------------
+    pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway (for example `http://127.0.0.1:9091`) that the pipeline assets "
+        "push their figures to (`rtml.monitoring.metrics`). Unset: figures are asset metadata only.",
+    )
+    drift_threshold: float = Field(
+        0.3,
+        description="Drift check: the largest acceptable share of drifted columns (Evidently "
+        "`DataDriftPreset`) between the training reference window and the current window.",
+    )
+    drift_current_hours: int = Field(
+        24, description="Drift report: the current window is the newest this many hours of features."
+    )
+    drift_max_rows: int = Field(
+        100_000, description="Drift report: rows sampled (seeded) from each of the two windows at most."
+    )
+    live_metrics_days: int = Field(
+        7, description="Live model performance: days of labelled predictions evaluated (one figure per day)."
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="Webhook that notifications are POSTed to (JSON): Alertmanager's receiver and the "
+        "automation's run-failure and promotion notices. Unset: notices are only logged and stored.",
+    )
+
     # --- local services -----------------------------------------------------------------------------
     dagster_port: int = Field(
         3000, description="Port of the Dagster UI started by `make demo` / `rtml demo`."

@@ -1,5 +1,6 @@
 """Raw streams as partitioned assets: simulator transactions (hourly), labels (daily), landing files."""
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from rtml.defs.ingestion.partitions import (
 )
 from rtml.defs.resources import PostgresResource
 from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, load_transactions
+from rtml.monitoring import metrics
 from rtml.sources.landing import ingest_landing_file
 from rtml.sources.simulator import Simulator
 
@@ -36,6 +38,22 @@ def _load_metadata(result: LoadResult, partitions: int) -> dict[str, Any]:
         "partitions": partitions,
         "seconds": round(result.seconds, 3),
     }
+
+
+def _publish(asset: str, total: LoadResult, partition_keys: list[str]) -> None:
+    """The load's figures to the Pushgateway (when configured): the rows of the run's partition, or
+    of its range (``first...last``) in a single-run backfill."""
+    partition = (
+        partition_keys[0] if len(partition_keys) == 1 else f"{partition_keys[0]}...{partition_keys[-1]}"
+    )
+    samples = metrics.run_samples(
+        asset,
+        total.seconds,
+        loaded=total.rows_loaded,
+        quarantined=total.rows_quarantined,
+        partition=partition,
+    )
+    metrics.publish(asset, samples, get_settings().pushgateway_url)
 
 
 def _load_each(keys: list[str], load_one: Callable[[str], LoadResult]) -> Iterator[tuple[str, LoadResult]]:
@@ -88,6 +106,7 @@ def transactions_raw(
     per_partition = dict(_load_each(context.partition_keys, load_hour))
     total = _total(list(per_partition.values()))
     context.log.info(f"{len(per_partition)} partition(s): {total}")
+    _publish("transactions_raw", total, context.partition_keys)
     yield dg.MaterializeResult(metadata=_load_metadata(total, len(per_partition)))
     yield quarantine_share_check("transactions_raw", total, settings)
     yield row_count_checks(
@@ -119,6 +138,7 @@ def labels_raw(
         return load_labels(url, [labels], source=f"labels/{key}", settings=settings)
 
     total = _total([result for _, result in _load_each(context.partition_keys, load_day)])
+    _publish("labels_raw", total, context.partition_keys)
     yield dg.MaterializeResult(metadata=_load_metadata(total, len(context.partition_keys)))
     yield quarantine_share_check("labels_raw", total, settings)
 
@@ -136,6 +156,7 @@ def transactions_landing(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     settings = get_settings()
+    started = time.perf_counter()
     receipt = ingest_landing_file(
         settings.landing_dir / context.partition_key, postgres.database_url(), settings
     )
@@ -145,6 +166,14 @@ def transactions_landing(
             metadata={"receipt": dg.MetadataValue.path(str(receipt.path))},
             allow_retries=False,
         )
+    samples = metrics.run_samples(
+        "transactions_landing",
+        time.perf_counter() - started,
+        loaded=receipt.rows_loaded,
+        quarantined=receipt.rows_quarantined,
+        partition=context.partition_key,
+    )
+    metrics.publish("transactions_landing", samples, settings.pushgateway_url)
     return dg.MaterializeResult(
         metadata={
             "rows_read": receipt.rows_read,

@@ -7,8 +7,11 @@ push, on a new feature version, or when asked (config ``full_refresh``).
 
 import dagster as dg
 
+from rtml.config import get_settings
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
+from rtml.features.freshness import offline_newest, online_newest
+from rtml.monitoring import metrics
 
 
 class OnlinePushConfig(dg.Config):
@@ -31,8 +34,19 @@ def online_features(
     store = redis.online_store()
     try:
         result = store.push_from_postgres(postgres.database_url(), full=config.full_refresh)
+        newest = {"online": online_newest(store), "offline": offline_newest(postgres.database_url())}
     finally:
         store.close()
+    samples = metrics.run_samples("online_features", result.seconds)
+    for where, views in newest.items():
+        samples += [
+            metrics.Sample(
+                "rtml_feature_newest_event_timestamp_seconds", ts.timestamp(), {"view": v, "store": where}
+            )
+            for v, ts in views.items()
+            if ts is not None
+        ]
+    metrics.publish("online_features", samples, get_settings().pushgateway_url)
     for name, push in result.views.items():
         context.log.info(
             f"{name}: {push.mode} push to {push.namespace}: {push.written} written, "
@@ -54,4 +68,6 @@ def online_features(
             f"{name}/unchanged": push.unchanged,
             f"{name}/removed": push.removed,
         }
+    for where, views in newest.items():
+        metadata |= {f"{v}/newest_event_{where}": ts.isoformat() for v, ts in views.items() if ts is not None}
     return dg.MaterializeResult(metadata=metadata)

@@ -10,6 +10,7 @@ from pydantic import Field
 from rtml.config import get_settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
+from rtml.monitoring import metrics
 from rtml.training import registry
 from rtml.training.tracking import train_and_register
 
@@ -61,6 +62,14 @@ def fraud_model(
     )
     context.log.info(f"{mlflow.model_name} v{result.model_version}: {decision.reason}")
     lineage = result.lineage
+    version = {"model_name": mlflow.model_name, "model_version": str(result.model_version)}
+    samples = metrics.run_samples("fraud_model", sum(result.seconds.values()))
+    samples += [
+        metrics.Sample("rtml_training_metric", value, {**version, "metric": key})
+        for key, value in result.metrics.items()
+        if key.startswith(("test_", "validation_"))
+    ]
+    metrics.publish("fraud_model", samples, settings.pushgateway_url)
     return dg.MaterializeResult(
         metadata={
             "model_version": result.model_version,

@@ -1,0 +1,36 @@
+"""Run outcomes as metrics: every finished run of a job pushes when it failed or succeeded
+(``rtml_pipeline_run_failure_timestamp_seconds`` / ``..._success_...``, label ``dagster_job``), so Prometheus
+alerts when the latest run of an ingestion or training job failed (``monitoring/prometheus/rules``).
+Both sensors run in the Dagster daemon (``dagster dev`` / ``rtml demo``)."""
+
+import dagster as dg
+
+from rtml.config import get_settings
+from rtml.monitoring import metrics
+
+
+def _push_outcome(context: dg.RunStatusSensorContext, metric: str) -> None:
+    run = context.dagster_run
+    stats = context.instance.get_run_stats(run.run_id)
+    when = stats.end_time or stats.launch_time or 0.0
+    # label `dagster_job`: the Pushgateway overwrites a pushed `job` label with the group's (`rtml`)
+    sample = metrics.Sample(metric, when, {"dagster_job": run.job_name})
+    # one Pushgateway group per job and outcome: a success does not erase the last failure
+    outcome = "failure" if "failure" in metric else "success"
+    metrics.publish(f"run_{outcome}_{run.job_name}", [sample], get_settings().pushgateway_url)
+
+
+@dg.run_failure_sensor(name="run_failure_metrics", default_status=dg.DefaultSensorStatus.RUNNING)
+def run_failure_metrics(context: dg.RunFailureSensorContext) -> None:
+    """Pushes the failure time of every failed run."""
+    _push_outcome(context, "rtml_pipeline_run_failure_timestamp_seconds")
+
+
+@dg.run_status_sensor(
+    name="run_success_metrics",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def run_success_metrics(context: dg.RunStatusSensorContext) -> None:
+    """Pushes the success time of every successful run."""
+    _push_outcome(context, "rtml_pipeline_run_success_timestamp_seconds")
