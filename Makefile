@@ -27,6 +27,8 @@ lint: $(VENV)/.synced
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/actionlint
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yaml
 
 docs-config: $(VENV)/.synced
 	$(BIN)/rtml config-docs > docs/configuration.md

@@ -1,0 +1,587 @@
+"""CI/CD and the compose stack, checked without Docker or GitHub: the workflows pass actionlint, the compose
+file validates against the Compose Specification (check-jsonschema's vendored schema), everything the
+workflows and the compose services run or mount exists in the project, and the deploy script's rollback
+restores the previous release (run against stand-ins for ssh and docker).
+
+actionlint and check-jsonschema are dev dependencies; a missing one skips its test (and so fails CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / ".github" / "workflows"
+WORKFLOW_NAMES = ("test", "build", "deploy", "train")
+COMPOSE = ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+DEPLOY_SCRIPT = ROOT / "docker" / "deploy.sh"
+VENV_BIN = Path(sys.executable).parent
+
+# What the stack publishes on the host: the UIs and the scoring API, nothing else.
+PUBLISHED = {
+    ("dagster-webserver", 3000): "3000",
+    ("scorer", 3001): "3001",
+    ("mlflow", 5000): "5000",
+    ("grafana", 3000): "3002",
+    ("prometheus", 9090): "9090",
+}
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+def tool(name: str) -> str:
+    """The project environment's ``name`` (the pinned dev dependency), else the one on PATH; skip if none."""
+    candidate = VENV_BIN / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(
+            f"{name} not found in {VENV_BIN} or on PATH: it is a dev dependency of the project (uv sync), "
+            "or install it into any environment on PATH"
+        )
+    return found
+
+
+def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, **kwargs
+    )
+
+
+def output(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"{' '.join(map(str, proc.args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def workflow(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((WORKFLOWS / f"{name}.yaml").read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+def run_scripts(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(job id, script) of every `run:` step."""
+    for job_id, job in data["jobs"].items():
+        for step in job.get("steps", []):
+            if "run" in step:
+                yield job_id, step["run"]
+
+
+def all_run_text(data: dict[str, Any]) -> str:
+    return "\n".join(script for _, script in run_scripts(data))
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution: ``$$``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2), match.group(3)
+        value = env.get(name)
+        if operator in (":-", "-") and (value is None or (operator == ":-" and value == "")):
+            return argument
+        if operator in (":?", "?") and (value is None or (operator == ":?" and value == "")):
+            raise KeyError(f"{name}: {argument}")
+        return value or ""
+
+    return VARIABLE.sub(replace, text)
+
+
+def compose_variables() -> list[tuple[str, str | None]]:
+    """(name, operator) of every substitution in the compose file (comments left out)."""
+    text = "\n".join(
+        line.split(" #")[0] for line in COMPOSE.read_text().splitlines() if not line.startswith("#")
+    )
+    return [(m.group(1) or m.group(4), m.group(2)) for m in VARIABLE.finditer(text) if m.group(0) != "$$"]
+
+
+def compose() -> dict[str, Any]:
+    """The compose file as `docker compose config` would see it with .env made from .env.example."""
+    data: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), env_example()))
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return dict(compose()["services"])
+
+
+def makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    variables = dict(re.findall(r"^(\w+)\s*[:?]?=\s*(.*)$", text, re.MULTILINE))
+
+    def expand(value: str) -> str:
+        return re.sub(r"\$\((\w+)\)", lambda m: expand(variables.get(m.group(1), "")), value)
+
+    targets = set()
+    for match in re.finditer(r"^([^\s#:=][^:=]*?)\s*:(?!=)", text, re.MULTILINE):
+        targets.update(expand(match.group(1)).split())
+    return targets - {".PHONY"}
+
+
+def cli_commands() -> set[str]:
+    import typer
+
+    from rtml.cli import app
+
+    commands = getattr(typer.main.get_command(app), "commands", None)  # a group: one command per name
+    assert commands, "rtml.cli.app has no commands"
+    return set(commands)
+
+
+def dockerfile_targets() -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE | re.IGNORECASE))
+
+
+def commands_in(script: str) -> dict[str, set[str]]:
+    """What a shell script runs, by kind: make targets, rtml commands, .venv/bin tools, scripts."""
+    found: dict[str, set[str]] = {"make": set(), "rtml": set(), "venv": set(), "script": set()}
+    for line in script.splitlines():
+        line = line.split(" #")[0]
+        for match in re.finditer(r"(?:^|[\s;&|(])make((?:\s+[^\s;&|)]+)+)", line):
+            words = [w for w in match.group(1).split() if not w.startswith("-") and "=" not in w]
+            found["make"].update(words)
+        found["rtml"].update(re.findall(r"(?:^|[\s;&|(])(?:\S*/)?rtml\s+([a-z][\w-]*)", line))
+        found["venv"].update(re.findall(r"\.venv/bin/([\w.-]+)", line))
+        found["script"].update(
+            re.findall(
+                r"(?:^|[\s;&|(])(?:python3?\s+|bash\s+|sh\s+)?((?:\./)?[\w-]+(?:/[\w.-]+)+\.(?:sh|py))\b",
+                line,
+            )
+        )
+    return found
+
+
+# --- workflows -----------------------------------------------------------------------------------------
+def test_the_four_workflows_exist() -> None:
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.y*ml")) == sorted(WORKFLOW_NAMES)
+
+
+def test_actionlint_passes_on_every_workflow() -> None:
+    proc = run([tool("actionlint"), "-no-color"])
+    assert proc.returncode == 0, output(proc)
+
+
+def test_actions_are_pinned_by_major_version() -> None:
+    loose = []
+    for name in WORKFLOW_NAMES:
+        for job_id, job in workflow(name)["jobs"].items():
+            for step in job.get("steps", []):
+                uses = step.get("uses")
+                if uses and not re.fullmatch(r"[\w.-]+/[\w./-]+@v\d+", uses):
+                    loose.append(f"{name}.yaml {job_id}: {uses}")
+    assert not loose, loose
+
+
+def test_every_command_the_workflows_run_exists() -> None:
+    """make targets against the Makefile, rtml commands against the typer app, .venv/bin tools against
+    the project environment, scripts against the repository."""
+    targets, commands = makefile_targets(), cli_commands()
+    used: dict[str, set[str]] = {"make": set(), "rtml": set(), "venv": set(), "script": set()}
+    missing = []
+    for name in WORKFLOW_NAMES:
+        for job_id, script in run_scripts(workflow(name)):
+            found = commands_in(script)
+            where = f"{name}.yaml job {job_id}"
+            missing += [f"{where}: make {t}" for t in found["make"] if t not in targets]
+            missing += [f"{where}: rtml {c}" for c in found["rtml"] if c not in commands]
+            missing += [f"{where}: .venv/bin/{t}" for t in found["venv"] if not (VENV_BIN / t).exists()]
+            missing += [f"{where}: {s}" for s in found["script"] if not (ROOT / s).is_file()]
+            for kind, values in found.items():
+                used[kind] |= values
+    assert not missing, f"the workflows run what the project does not have: {missing}"
+    # the parser did find what the workflows are known to run
+    assert {"test", "lint", ".venv/.synced"} <= used["make"], used
+    assert {"demo", "rollback", "status", "models"} <= used["rtml"], used
+    assert "rtml" in used["venv"] and "docker/deploy.sh" in used["script"], used
+
+
+def test_workflow_command_parser() -> None:
+    found = commands_in(
+        "make test PYTEST_ARGS=-x && make -j2 lint\n.venv/bin/rtml demo >log &\n"
+        "docker/deploy.sh run rtml rollback --approver a  # make nothing\npython serving/package.py"
+    )
+    assert found == {
+        "make": {"test", "lint"},
+        "rtml": {"demo", "rollback"},
+        "venv": {"rtml"},
+        "script": {"docker/deploy.sh", "serving/package.py"},
+    }
+
+
+def test_test_workflow_lints_and_runs_the_suite_like_make_test() -> None:
+    data = workflow("test")
+    assert {"pull_request", "push"} <= set(data["on"])
+    jobs = data["jobs"]
+    assert "make lint" in all_run_text({"jobs": {"lint": jobs["lint"]}})
+    suite = jobs["test"]
+    assert suite["services"]["postgres"]["image"] == "postgres:15"
+    assert suite["services"]["redis"]["image"] == "redis:7"
+    assert suite["env"]["RTML_DATABASE_URL"].startswith("postgresql://")
+    assert suite["env"]["RTML_REDIS_URL"].startswith("redis://")
+    scripts = [script for _, script in run_scripts({"jobs": {"test": suite}})]
+    assert "make test" in scripts  # the same command as on a developer's machine
+    # the Debian packages .ci/run installs for the suite are installed here too
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    packages = re.search(r"debian_packages=\(([^)]*)\)", ci_run)
+    assert packages, ".ci/run lists no debian_packages"
+    install = next(s for s in scripts if "apt-get install" in s)
+    assert set(packages.group(1).split()) <= set(install.replace("\\", " ").split())
+    # dbt build on the demo window: the demo's load materializes the dbt assets (`dbt build`)
+    assert "rtml demo" in all_run_text({"jobs": {"demo": jobs["demo"]}})
+
+
+def test_build_pushes_both_images_tagged_with_the_commit_on_main() -> None:
+    data = workflow("build")
+    assert data["on"]["push"]["branches"] == ["main"]
+    assert data["permissions"]["packages"] == "write"
+    job = data["jobs"]["image"]
+    targets = {entry["target"] for entry in job["strategy"]["matrix"]["include"]}
+    assert targets == {"platform", "scorer"} <= dockerfile_targets()
+    builds = [s for s in job["steps"] if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    pushed = [s for s in builds if s["with"].get("push") is True]
+    assert len(pushed) == 1 and "main" in pushed[0]["if"], "push only on main"
+    assert all(s["with"]["file"] == "docker/Dockerfile" for s in builds)
+    assert "${{ github.sha }}" in pushed[0]["with"]["tags"]
+    assert "ghcr.io/" in all_run_text(data)
+
+
+def test_deploy_goes_to_staging_then_to_production_through_an_environment() -> None:
+    data = workflow("deploy")
+    trigger = data["on"]["workflow_run"]
+    assert trigger["workflows"] == [workflow("build")["name"]] and trigger["types"] == ["completed"]
+    assert trigger["branches"] == ["main"]
+    jobs = data["jobs"]
+    assert jobs["staging"]["environment"]["name"] == "staging"
+    assert "success" in jobs["staging"]["if"]
+    production = jobs["production"]
+    assert production["environment"]["name"] == "production"  # required reviewers are configured there
+    assert production["needs"] == "staging"
+    for job in ("staging", "production"):
+        assert 'docker/deploy.sh up "$TAG"' in all_run_text({"jobs": {job: jobs[job]}})
+
+
+def test_deploy_has_a_rollback_path() -> None:
+    data = workflow("deploy")
+    inputs = data["on"]["workflow_dispatch"]["inputs"]
+    assert "rollback" in inputs["action"]["options"]
+    rollback = data["jobs"]["rollback"]
+    assert "workflow_dispatch" in rollback["if"] and "rollback" in rollback["if"]
+    text = all_run_text({"jobs": {"rollback": rollback}})
+    assert "docker/deploy.sh previous" in text  # the image before the current one ...
+    assert 'docker/deploy.sh rollback "$TAG"' in text  # ... redeployed
+    assert "rtml rollback --approver" in text  # and the model's production alias moved back
+
+
+def test_train_workflow_reproduces_the_dvc_pipeline_and_reports_metrics() -> None:
+    data = workflow("train")
+    paths = data["on"]["pull_request"]["paths"]
+    assert {"dvc.lock", "dbt_project/models/**", "platform/rtml/training/**"} <= set(paths)
+    dvc_pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for stage in dvc_pipeline["stages"].values():  # every code dependency of a stage triggers the workflow
+        for dep in stage.get("deps", []):
+            if not dep.startswith("data/"):
+                assert any(dep == p or (p.endswith("/**") and dep.startswith(p[:-2])) for p in paths), dep
+    text = all_run_text(data)
+    assert "dvc repro" in text and 'dvc metrics diff "$BASE"' in text
+    assert data["permissions"]["pull-requests"] == "write"
+    steps = data["jobs"]["repro"]["steps"]
+    assert any(str(s.get("uses", "")).startswith("actions/github-script@") for s in steps)
+
+
+def test_make_lint_runs_actionlint_and_the_compose_validation() -> None:
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", text, re.MULTILINE)
+    assert recipe, "no lint target"
+    lines = recipe.group(1)
+    for command in ("ruff check", "ruff format --check", "mypy", "actionlint", "vendor.compose-spec"):
+        assert command in lines, f"make lint does not run {command}"
+
+
+# --- compose -------------------------------------------------------------------------------------------
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    proc = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)])
+    assert proc.returncode == 0, output(proc)
+
+
+def test_compose_runs_the_whole_stack() -> None:
+    assert set(services()) >= {
+        "postgres", "redis", "init", "dagster-code", "dagster-webserver", "dagster-daemon", "mlflow",
+        "scorer", "prometheus", "alertmanager", "pushgateway", "grafana", "node-exporter",
+        "redis-exporter", "postgres-exporter",
+    }  # fmt: skip
+
+
+def test_compose_references_exist_in_the_repository() -> None:
+    """Build contexts, Dockerfiles and their targets, mounted files, env files, and what the commands run."""
+    problems = []
+    targets, commands, stack = dockerfile_targets(), cli_commands(), compose()
+    for name, service in stack["services"].items():
+        build = service.get("build")
+        if build:
+            context = ROOT / build["context"]
+            if not (context / build["dockerfile"]).is_file():
+                problems.append(f"{name}: Dockerfile {build['dockerfile']}")
+            if build.get("target") not in targets:
+                problems.append(f"{name}: build target {build.get('target')}")
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith("."):
+                if not (ROOT / source).exists():
+                    problems.append(f"{name}: mounted {source}")
+            elif not source.startswith("/") and source not in stack.get("volumes", {}):
+                problems.append(f"{name}: volume {source} not declared")
+        for env_file in service.get("env_file", []):
+            path = env_file if isinstance(env_file, str) else env_file["path"]
+            required = isinstance(env_file, str) or env_file.get("required", True)
+            if required and not (ROOT / path).is_file():
+                problems.append(f"{name}: env_file {path}")
+        command = service.get("command") or []
+        if command and (service.get("build") or {}).get("target") == "platform":  # the image's own tools
+            if not (VENV_BIN / command[0]).exists():
+                problems.append(f"{name}: {command[0]} is not a tool of the project environment")
+            if command[0] == "rtml" and command[1] not in commands:
+                problems.append(f"{name}: rtml {command[1]}")
+            if command[0] == "python" and not (ROOT / command[1].removeprefix("/app/")).is_file():
+                problems.append(f"{name}: {command[1]}")
+    # what the Dockerfile copies from the build context
+    for sources in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", DOCKERFILE.read_text(), re.MULTILINE):
+        problems += [f"Dockerfile: COPY {s}" for s in sources.split() if not (ROOT / s).exists()]
+    assert not problems, problems
+
+
+def test_compose_publishes_only_the_uis_and_the_api_on_localhost_by_default() -> None:
+    published = {}
+    for name, service in services().items():
+        for port in service.get("ports", []):
+            assert isinstance(port, dict), f"{name}: use the long port syntax"
+            published[(name, port["target"])] = str(port["published"])
+            assert port["host_ip"] == "127.0.0.1", f"{name}: published beyond localhost by default"
+        assert "expose" not in service or not service["expose"]
+    assert published == PUBLISHED
+
+
+def test_compose_services_talk_on_an_internal_network() -> None:
+    data = compose()
+    assert data["networks"]["backend"]["internal"] is True
+    for name, service in data["services"].items():
+        networks = set(service.get("networks", []))
+        assert "backend" in networks, f"{name} is not on the internal network"
+        assert ("frontend" in networks) == bool(service.get("ports")), f"{name}: frontend only to publish"
+
+
+def test_compose_mounts_the_monitoring_files() -> None:
+    stack = services()
+
+    def mounts(name: str) -> dict[str, str]:
+        return {v.split(":")[1]: v.split(":")[0] for v in stack[name]["volumes"] if v.startswith("./")}
+
+    assert mounts("prometheus") == {
+        "/etc/prometheus/prometheus.yml": "./monitoring/prometheus/prometheus.yml",
+        "/etc/prometheus/rules": "./monitoring/prometheus/rules",
+    }
+    assert "--config.file=/etc/prometheus/prometheus.yml" in stack["prometheus"]["command"]
+    assert mounts("alertmanager") == {
+        "/etc/alertmanager/alertmanager.yml": "./monitoring/alertmanager/alertmanager.yml"
+    }
+    assert mounts("grafana") == {
+        "/etc/grafana/provisioning": "./monitoring/grafana/provisioning",
+        "/var/lib/grafana/dashboards": "./monitoring/grafana/dashboards",
+    }
+    # the hosts the monitoring configuration names are services of the stack, on the right ports
+    prometheus = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    hosts = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    hosts += prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    alertmanager = yaml.safe_load((ROOT / "monitoring/alertmanager/alertmanager.yml").read_text())
+    webhook = alertmanager["receivers"][0]["webhook_configs"][0]["url"]
+    datasource = yaml.safe_load(
+        (ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    hosts += [
+        re.sub(r"^https?://([^/]+).*$", r"\1", url) for url in (webhook, datasource["datasources"][0]["url"])
+    ]
+    for host in hosts:
+        name, port = host.split(":")
+        if name != "localhost":
+            assert name in stack, f"monitoring names {host}, which is no compose service"
+            assert port in json.dumps(stack[name]), f"{name} does not serve port {port}"
+
+
+def test_compose_secrets_come_from_the_env_file() -> None:
+    example = env_example()
+    for name, operator in compose_variables():
+        if operator not in (":-", "-"):  # no default: .env must define it
+            assert name in example, f"${{{name}}} is not in .env.example"
+    text = COMPOSE.read_text()
+    for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert f"${{{name}:?" in text, f"{name} must be required (${{{name}:?...}})"
+        assert "LOCAL DEFAULT" in ENV_EXAMPLE.read_text().split(f"\n{name}=")[0].splitlines()[-1]
+    assert not [key for key in example if key.startswith("RTML_")], "rtml reads .env too: no RTML_ names"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :].count("!.env") == 0, "the image build context must not hold .env"
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+        interpolate(text, {})
+
+
+def test_compose_healthchecks_and_ordered_start() -> None:
+    stack = services()
+    for name, service in stack.items():
+        one_shot = service.get("restart") == "no"
+        assert one_shot or service.get("healthcheck"), f"{name} has no healthcheck"
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            wanted = (
+                "service_completed_successfully"
+                if stack[dependency].get("restart") == "no"
+                else "service_healthy"
+            )
+            assert condition == {"condition": wanted}, f"{name} → {dependency}: {condition}"
+    assert stack["dagster-webserver"]["depends_on"]["dagster-code"]["condition"] == "service_healthy"
+
+
+def test_dagster_containers_use_postgres_storage_and_the_code_server() -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, _ = dagster_instance_config(str(ROOT / "docker"))  # validates docker/dagster.yaml
+    assert "postgres_db" in config["storage"]["postgres"]
+    stack = services()
+    assert stack["dagster-code"]["environment"]["DAGSTER_PG_DB"] == "dagster"  # not MLflow's database
+    workspace = yaml.safe_load((ROOT / "docker" / "workspace.yaml").read_text())
+    server = workspace["load_from"][0]["grpc_server"]
+    assert server["host"] == "dagster-code"
+    assert str(server["port"]) in stack["dagster-code"]["command"]
+
+
+# --- docker/ scripts -----------------------------------------------------------------------------------
+@pytest.fixture
+def fake_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, Path]]:
+    """Stand-ins: `ssh` runs the remote command line here; `docker` records its arguments."""
+    bin_dir, host = tmp_path / "bin", tmp_path / "host"
+    bin_dir.mkdir()
+    host.mkdir()
+    (host / ".env").write_text("POSTGRES_PASSWORD=x\n")
+    (bin_dir / "ssh").write_text('#!/usr/bin/env bash\nexec bash -c "${@: -1}"\n')
+    (bin_dir / "docker").write_text(
+        '#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >>"$DOCKER_LOG"; echo >>"$DOCKER_LOG"\n'
+    )
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    log = tmp_path / "docker.log"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DEPLOY_HOST": "deploy.example",
+        "DEPLOY_PATH": str(host),
+        "IMAGE_PREFIX": "ghcr.io/owner",
+        "DOCKER_LOG": str(log),
+    }
+    yield env, host, log
+
+
+def deploy(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run(["bash", str(DEPLOY_SCRIPT), *args], env=env)
+
+
+def test_deploy_script_rolls_back_to_the_previous_release(
+    fake_host: tuple[dict[str, str], Path, Path],
+) -> None:
+    env, host, log = fake_host
+    assert deploy(env, "previous").returncode != 0  # nothing deployed yet
+    for tag in ("aaa", "bbb", "ccc"):
+        proc = deploy(env, "up", tag)
+        assert proc.returncode == 0, output(proc)
+    assert (host / "docker-compose.yaml").read_text() == COMPOSE.read_text()
+    assert (host / "monitoring/alertmanager/alertmanager.yml").is_file()
+    assert (host / ".env").read_text() == "POSTGRES_PASSWORD=x\n"  # the host's secrets are left alone
+    assert deploy(env, "previous").stdout.strip() == "bbb"
+    proc = deploy(env, "rollback")
+    assert proc.returncode == 0, output(proc)
+    assert (host / "releases").read_text().split() == ["aaa", "bbb"]
+    assert "IMAGE_TAG=bbb\nPLATFORM_IMAGE=ghcr.io/owner/rtml-platform\n" in (host / "release.env").read_text()
+    assert deploy(env, "rollback").returncode == 0  # a second rollback goes further back
+    assert (host / "releases").read_text().split() == ["aaa"]
+    assert deploy(env, "rollback").returncode != 0  # nothing before the first release
+    proc = deploy(
+        env, "run", "rtml", "rollback", "--approver", "github:someone", "--reason", "bad p99, it's v3"
+    )
+    assert proc.returncode == 0, output(proc)
+    calls = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+    assert calls[-1][-7:] == [
+        "dagster-code",
+        "rtml",
+        "rollback",
+        "--approver",
+        "github:someone",
+        "--reason",
+        "bad p99, it's v3",
+    ]
+    assert ["compose", "--env-file", ".env", "--env-file", "release.env", "pull", "--quiet"] in calls
+    assert any("--wait" in call and "--no-build" in call for call in calls)
+
+
+def test_deploy_script_refuses_a_host_without_env_file(fake_host: tuple[dict[str, str], Path, Path]) -> None:
+    env, host, _ = fake_host
+    (host / ".env").unlink()
+    proc = deploy(env, "up", "aaa")
+    assert proc.returncode != 0 and ".env is missing" in proc.stderr
+    assert not (host / "releases").exists()
+
+
+def test_webhook_receiver_prints_each_notice() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    receiver = subprocess.Popen(
+        [sys.executable, str(ROOT / "docker" / "webhook_log.py")],
+        env={**os.environ, "WEBHOOK_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        body = json.dumps({"status": "firing", "alerts": [{"labels": {"alertname": "ScoringDegraded"}}]})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/alerts", body.encode(), {"Content-Type": "application/json"}
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        receiver.terminate()
+        printed, _ = receiver.communicate(timeout=10)
+    (line,) = printed.splitlines()
+    assert json.loads(line)["path"] == "/alerts"
+    assert json.loads(line)["body"]["alerts"][0]["labels"]["alertname"] == "ScoringDegraded"
