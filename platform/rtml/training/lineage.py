@@ -7,6 +7,7 @@ to a ``dvc.lock`` entry, a dbt docs site and a commit.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,12 +66,14 @@ def feature_definitions(registry: FeatureRegistry, views: tuple[str, ...]) -> st
 
 
 def git_state(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
-    """(commit, has uncommitted changes to tracked files); ``unknown`` outside a git checkout."""
+    """(commit, has uncommitted changes to tracked files). Outside a git checkout (a container image):
+    the commit the image was built from, ``RTML_GIT_COMMIT`` (set by ``docker/Dockerfile``), else
+    ``unknown``."""
     try:
         commit = _git(root, "rev-parse", "HEAD")
         dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
+        return os.environ.get("RTML_GIT_COMMIT") or "unknown", False
     return commit, dirty
 
 
