@@ -1,0 +1,574 @@
+"""Drift reports: Evidently 0.7 ``Report([DataDriftPreset(...)])`` between a reference window and the
+current window, of the model's features and of its scores.
+
+* **Reference window**: by default the training data window of the version holding ``production``
+  (its lineage tags ``data_window_start`` / ``data_window_end``), or an explicit window.
+* **Current window**: by default the newest ``drift_current_hours`` hours of data, ending at the newest
+  feature row (not the wall clock, so replayed or simulated history behaves like live data).
+* **Rows**: point-in-time features of *every* transaction of a window, labelled or not, with the same
+  columns as :func:`rtml.training.dataset.feature_spec`. They are read straight from the incremental
+  feature models (``stg_transactions`` ⋈ ``customer_features`` ⋈ ``merchant_features``, the joins of
+  ``training_set``), not from ``training_set``: that table holds only labelled rows up to the newest
+  label unless rebuilt with ``training_include_unlabelled``, and the current window is almost entirely
+  unlabelled (labels arrive days later), so it would be empty or biased towards fast chargebacks.
+  Both windows go through the same query, so a difference between them is drift, not a different
+  population. At most ``drift_max_rows`` rows per window, a seeded sample (hash of the id).
+* **Second report** (``kind="predictions"``): served scores (``monitoring.predictions.probability`` of
+  the production version in the current window) against the same version's scores on the reference
+  rows; skipped when there is no production model or no served prediction in the window.
+
+Each report is saved as HTML under ``<data dir>/reports/drift/``, recorded as a row of
+``monitoring.drift_reports`` and described by :func:`samples` (``rtml_drift_*`` gauges).
+Evidently is imported on first use: importing it takes about 7 s and the Dagster code location imports
+this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from rtml.config import Settings
+from rtml.features.registry import FeatureRegistry, load_registry
+from rtml.monitoring.metrics import Sample
+from rtml.training.dataset import (
+    FEATURE_VIEWS,
+    REQUEST_CATEGORICAL,
+    REQUEST_NUMERIC,
+    FeatureSpec,
+    as_utc,
+    feature_spec,
+)
+
+TABLE = "monitoring.drift_reports"
+FEATURES, PREDICTIONS = "features", "predictions"
+SCORE = "probability"
+SEED = 0
+TRANSACTIONS = "staging.stg_transactions"
+PREDICTIONS_TABLE = "monitoring.predictions"
+
+DDL = """
+create schema if not exists monitoring;
+create table if not exists monitoring.drift_reports (
+    report_id        text primary key,
+    created_at       timestamptz not null,
+    kind             text not null check (kind in ('features', 'predictions')),
+    model_version    text,
+    reference_start  timestamptz not null,
+    reference_end    timestamptz not null,
+    current_start    timestamptz not null,
+    current_end      timestamptz not null,
+    reference_rows   integer not null,
+    current_rows     integer not null,
+    drifted_share    double precision not null,
+    threshold        double precision not null,
+    detected         boolean not null,
+    drifted_columns  text[] not null,
+    columns          jsonb not null,
+    html_path        text not null,
+    seconds          double precision not null
+);
+create index if not exists drift_reports_kind_created_idx on monitoring.drift_reports (kind, created_at desc);
+"""
+
+
+class DriftError(ValueError):
+    """A drift report that cannot be made; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """``start <= event_ts < end`` (UTC; naive datetimes are taken as UTC)."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", as_utc(self.start))
+        object.__setattr__(self, "end", as_utc(self.end))
+        if self.start >= self.end:
+            raise DriftError(f"empty window: start {self.start.isoformat()} is not before end {self.end}")
+
+    def __str__(self) -> str:
+        return f"{self.start.isoformat()} / {self.end.isoformat()}"
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    """Evidently's test, chosen per column type and size (e.g. ``Wasserstein distance (normed)``)."""
+    threshold: float
+    score: float
+    """p-value (drift when below the threshold) or distance (drift when at or above it)."""
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    report_id: str
+    kind: str
+    created_at: datetime
+    reference: Window
+    current: Window
+    reference_rows: int
+    current_rows: int
+    columns: dict[str, ColumnDrift]
+    skipped: list[str]
+    """Columns without a single value in one of the windows: not compared (Evidently refuses them)."""
+    drifted_share: float
+    threshold: float
+    detected: bool
+    html_path: Path
+    seconds: float
+    model_version: str | None = None
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [name for name, column in self.columns.items() if column.drifted]
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    features: DriftReport
+    predictions: DriftReport | None
+    model_version: str | None
+    """The production version whose training window (and scores) were the reference, if any."""
+    seconds: float
+
+    @property
+    def reports(self) -> list[DriftReport]:
+        return [self.features] if self.predictions is None else [self.features, self.predictions]
+
+    @property
+    def detected(self) -> bool:
+        return any(report.detected for report in self.reports)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What Evidently found, before the report is saved and recorded."""
+
+    columns: dict[str, ColumnDrift]
+    skipped: list[str]
+    drifted_share: float
+    snapshot: Any = field(repr=False)
+    """The Evidently snapshot (``save_html``, ``dict``)."""
+
+
+# --- windows -------------------------------------------------------------------------------------------
+def window_from_tags(tags: dict[str, str]) -> Window:
+    """The training data window recorded on a model version (``rtml.training.lineage``)."""
+    try:
+        return Window(
+            datetime.fromisoformat(tags["data_window_start"]), datetime.fromisoformat(tags["data_window_end"])
+        )
+    except KeyError as missing:
+        raise DriftError(
+            f"the model version has no lineage tag {missing}: give the reference window explicitly"
+        ) from None
+
+
+def production_version(tracking_uri: str, model_name: str) -> tuple[str, dict[str, str]] | None:
+    """(version, tags) of the version holding ``production``; None without one."""
+    from rtml.training import registry
+
+    version = registry.version_with_alias(registry.client_for(tracking_uri), registry.PRODUCTION, model_name)
+    return None if version is None else (str(version.version), dict(version.tags))
+
+
+def current_window(database_url: str, hours: int) -> Window:
+    """The newest ``hours`` hours of feature rows (ending just after the newest one)."""
+    if hours <= 0:
+        raise DriftError(f"drift_current_hours must be positive, not {hours}")
+    with psycopg.connect(database_url) as conn:
+        relation = load_registry().view("customer_features").relation
+        newest = conn.execute(f"select max(event_ts) from {relation}").fetchone()
+    if newest is None or newest[0] is None:
+        raise DriftError("there are no feature rows yet (run dbt: customer_features)")
+    end = newest[0] + timedelta(microseconds=1)
+    return Window(end - timedelta(hours=hours), end)
+
+
+# --- rows ----------------------------------------------------------------------------------------------
+ALIASES = {"customer_features": "cf", "merchant_features": "mf"}
+"""The feature views the query joins, as ``training_set`` does (the transaction itself is ``t``)."""
+
+
+def feature_query(
+    window: Window, max_rows: int, seed: int = SEED, registry: FeatureRegistry | None = None
+) -> tuple[sql.Composed, FeatureSpec]:
+    """The COPY of a window's feature rows (at most ``max_rows``, seeded sample), with the columns of
+    ``feature_spec()`` in its order, and that spec."""
+    registry = registry or load_registry()
+    if max_rows <= 0:
+        raise DriftError(f"drift_max_rows must be positive, not {max_rows}")
+    spec = feature_spec(registry)
+    origin = {name: ("t", "float64") for name in REQUEST_NUMERIC}
+    origin |= {name: ("t", "string") for name in REQUEST_CATEGORICAL}
+    for view in FEATURE_VIEWS:
+        if view not in ALIASES:
+            raise DriftError(f"the drift query does not join the feature view {view!r} yet")
+        origin |= {f.name: (ALIASES[view], f.dtype) for f in registry.view(view).features}
+    selected: list[sql.Composable] = []
+    for name in spec.columns:
+        alias, dtype = origin[name]
+        ident, label = sql.Identifier(alias, name), sql.Identifier(name)
+        if name in spec.categorical:
+            selected.append(sql.SQL("{} as {}").format(ident, label))
+        else:  # numbers and booleans as float64, the model's dtype (NaN when missing)
+            cast = "{}::int::double precision as {}" if dtype == "bool" else "{}::double precision as {}"
+            selected.append(sql.SQL(cast).format(ident, label))
+    query = sql.SQL(
+        """copy (
+        with picked as (
+            select transaction_id from {cf}
+            where event_ts >= {start} and event_ts < {end}
+            -- a seeded sample that does not depend on the physical row order
+            order by hashtextextended(transaction_id, {seed}) limit {limit}
+        )
+        select {columns}
+        from picked as p
+        join {cf} as cf on cf.transaction_id = p.transaction_id
+        join {transactions} as t on t.transaction_id = p.transaction_id
+        left join {mf} as mf
+            on mf.merchant_id = t.merchant_id and mf.feature_date = (t.event_ts at time zone 'UTC')::date
+    ) to stdout (format csv, header true)"""
+    ).format(
+        cf=sql.SQL(registry.view("customer_features").relation),
+        mf=sql.SQL(registry.view("merchant_features").relation),
+        transactions=sql.SQL(TRANSACTIONS),
+        start=sql.Literal(window.start),
+        end=sql.Literal(window.end),
+        seed=sql.Literal(seed),
+        limit=sql.Literal(max_rows),
+        columns=sql.SQL(", ").join(selected),
+    )
+    return query, spec
+
+
+def load_features(
+    database_url: str,
+    window: Window,
+    max_rows: int,
+    seed: int = SEED,
+    registry: FeatureRegistry | None = None,
+) -> tuple[pd.DataFrame, FeatureSpec]:
+    """A window's feature rows (model dtypes: float64 with NaN, strings with None) and their spec."""
+    query, spec = feature_query(window, max_rows, seed, registry)
+    types = {name: pa.float64() for name in spec.numeric} | {name: pa.string() for name in spec.categorical}
+    return _copy_frame(database_url, query, types), spec
+
+
+def load_served_scores(
+    database_url: str, window: Window, model_version: str, max_rows: int, seed: int = SEED
+) -> pd.DataFrame:
+    """``probability`` of the version's predictions with event_ts in the window (seeded sample); empty
+    when the prediction log does not exist yet."""
+    with psycopg.connect(database_url) as conn:
+        exists = conn.execute("select to_regclass(%s)", (PREDICTIONS_TABLE,)).fetchone()
+    if exists is None or exists[0] is None:
+        return pd.DataFrame({SCORE: pd.Series(dtype="float64")})
+    query = sql.SQL(
+        "copy (select probability from {table}"
+        " where event_ts >= {start} and event_ts < {end} and model_version = {version}"
+        " order by hashtextextended(request_id, {seed}) limit {limit}) to stdout (format csv, header true)"
+    ).format(
+        table=sql.SQL(PREDICTIONS_TABLE),
+        start=sql.Literal(window.start),
+        end=sql.Literal(window.end),
+        version=sql.Literal(model_version),
+        seed=sql.Literal(seed),
+        limit=sql.Literal(max_rows),
+    )
+    return _copy_frame(database_url, query, {SCORE: pa.float64()})
+
+
+def _copy_frame(database_url: str, query: sql.Composed, types: dict[str, pa.DataType]) -> pd.DataFrame:
+    """COPY ... (FORMAT csv) parsed by pyarrow: several times faster than fetching Python tuples."""
+    buffer = io.BytesIO()
+    with psycopg.connect(database_url) as conn:
+        conn.execute("set extra_float_digits = 3")  # shortest exact text of every float
+        with conn.cursor() as cur, cur.copy(query) as copy:
+            for data in copy:
+                buffer.write(data)
+    table = pa_csv.read_csv(
+        pa.py_buffer(buffer.getvalue()),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=types,
+            null_values=[""],  # COPY writes NULL unquoted and an empty string as ""
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return table.to_pandas()
+
+
+# --- comparison ----------------------------------------------------------------------------------------
+def compare(
+    reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec, threshold: float
+) -> Comparison:
+    """Evidently's DataDriftPreset over the spec's columns; per column Evidently's own verdict (the
+    preset's per-column tests), the share over the columns compared."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    if reference.empty or current.empty:
+        raise DriftError(f"nothing to compare: {len(reference)} reference rows, {len(current)} current rows")
+    skipped = [name for name in spec.columns if reference[name].isna().all() or current[name].isna().all()]
+    numeric = [name for name in spec.numeric if name not in skipped]
+    categorical = [name for name in spec.categorical if name not in skipped]
+    if not numeric and not categorical:
+        raise DriftError(f"every column is empty in one of the windows: {', '.join(skipped)}")
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    names = [*categorical, *numeric]
+    report = Report([DataDriftPreset(columns=names, drift_share=threshold)], include_tests=True)
+    snapshot = report.run(
+        Dataset.from_pandas(current[names], data_definition=definition),
+        Dataset.from_pandas(reference[names], data_definition=definition),
+    )
+    columns = _columns(snapshot.dict(), names)
+    share = sum(column.drifted for column in columns.values()) / len(columns)
+    return Comparison(columns=columns, skipped=skipped, drifted_share=share, snapshot=snapshot)
+
+
+def _columns(result: dict[str, Any], names: Sequence[str]) -> dict[str, ColumnDrift]:
+    """Per column: the ValueDrift metric (score, method, threshold) and its test (FAIL = drifted)."""
+    metrics = {
+        metric["id"]: metric
+        for metric in result["metrics"]
+        if metric["config"].get("type", "").endswith(":ValueDrift")
+    }
+    failed = {
+        test["metric_config"]["metric_id"]: str(test["status"]).endswith("FAIL")
+        for test in result["tests"]
+        if test["metric_config"]["metric_id"] in metrics
+    }
+    found: dict[str, ColumnDrift] = {}
+    for metric_id, metric in metrics.items():
+        config = metric["config"]
+        found[config["column"]] = ColumnDrift(
+            column=config["column"],
+            method=str(config["method"]),
+            threshold=float(config["threshold"]),
+            score=float(metric["value"]),
+            drifted=failed[metric_id],
+        )
+    missing = set(names) - set(found)
+    if missing:
+        raise DriftError(f"Evidently reported no drift for column(s) {sorted(missing)}")
+    return {name: found[name] for name in names}
+
+
+# --- the whole run -------------------------------------------------------------------------------------
+def run_drift(
+    database_url: str,
+    settings: Settings,
+    *,
+    tracking_uri: str | None = None,
+    model_name: str | None = None,
+    reference: Window | None = None,
+    current: Window | None = None,
+    seed: int = SEED,
+) -> DriftResult:
+    """Both reports, saved and recorded. Without ``reference`` the production version's training window
+    is the reference (``tracking_uri`` needed); the predictions report needs a production version."""
+    began = time.perf_counter()
+    model_name = model_name or settings.model_name
+    production = production_version(tracking_uri, model_name) if tracking_uri else None
+    if reference is None:
+        if tracking_uri is None:
+            raise DriftError(
+                "no reference window: give one, or the MLflow tracking URI of a production model"
+            )
+        if production is None:
+            raise DriftError(
+                f"{model_name} has no production version: promote one, or give the reference window"
+            )
+        reference = window_from_tags(production[1])
+    current = current or current_window(database_url, settings.drift_current_hours)
+    registry = load_registry()
+    # both windows at once, on two connections: the server's work and pyarrow's parsing release the GIL
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fetches = [
+            pool.submit(load_features, database_url, window, settings.drift_max_rows, seed, registry)
+            for window in (reference, current)
+        ]
+        (reference_rows, spec), (current_rows, _) = (fetch.result() for fetch in fetches)
+    for name, window, rows in (("reference", reference, reference_rows), ("current", current, current_rows)):
+        if rows.empty:
+            raise DriftError(f"the {name} window {window} has no feature rows")
+    ensure_table(database_url)
+    version = production[0] if production else None
+    context = _Context(database_url, settings, reference, current, version, datetime.now(UTC))
+    features = context.report(FEATURES, reference_rows, current_rows, spec)
+    predictions = None
+    if version is not None and tracking_uri is not None:
+        served = load_served_scores(database_url, current, version, settings.drift_max_rows, seed)
+        if not served.empty:
+            expected = _model_scores(tracking_uri, model_name, version, reference_rows)
+            predictions = context.report(
+                PREDICTIONS,
+                pd.DataFrame({SCORE: expected}),
+                served,
+                FeatureSpec(numeric=[SCORE], categorical=[]),
+            )
+    return DriftResult(features, predictions, version, time.perf_counter() - began)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the reports of one run share."""
+
+    database_url: str
+    settings: Settings
+    reference: Window
+    current: Window
+    model_version: str | None
+    created_at: datetime
+
+    def report(
+        self, kind: str, reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec
+    ) -> DriftReport:
+        """Compare, save the HTML, record the row."""
+        began = time.perf_counter()
+        threshold = self.settings.drift_threshold
+        comparison = compare(reference, current, spec, threshold)
+        folder = self.settings.home / "reports" / "drift"
+        folder.mkdir(parents=True, exist_ok=True)
+        html = folder / f"{self.created_at.strftime('%Y%m%dT%H%M%S.%fZ')}-{kind}.html"
+        comparison.snapshot.save_html(str(html))
+        report = DriftReport(
+            report_id=uuid.uuid4().hex,
+            kind=kind,
+            created_at=self.created_at,
+            reference=self.reference,
+            current=self.current,
+            reference_rows=len(reference),
+            current_rows=len(current),
+            columns=comparison.columns,
+            skipped=comparison.skipped,
+            drifted_share=comparison.drifted_share,
+            threshold=threshold,
+            detected=comparison.drifted_share > threshold,
+            html_path=html,
+            seconds=time.perf_counter() - began,
+            model_version=self.model_version,
+        )
+        store(self.database_url, report)
+        return report
+
+
+def _model_scores(tracking_uri: str, model_name: str, version: str, rows: pd.DataFrame) -> np.ndarray:
+    """The version's scores on the reference rows: what it would have served on its training window."""
+    import mlflow.sklearn
+
+    from rtml.training.registry import client_for
+    from rtml.training.train import score
+
+    client_for(tracking_uri)  # models:/ URIs resolve against the global tracking URI
+    return score(mlflow.sklearn.load_model(f"models:/{model_name}/{version}"), rows)
+
+
+# --- the record ----------------------------------------------------------------------------------------
+def ensure_table(database_url: str) -> None:
+    """Create ``monitoring.drift_reports`` (idempotent; concurrent creators are serialised)."""
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.drift_reports'))")
+        conn.execute(DDL)
+
+
+def store(database_url: str, report: DriftReport) -> None:
+    columns = {
+        name: {"method": c.method, "threshold": c.threshold, "score": c.score, "drifted": c.drifted}
+        for name, c in report.columns.items()
+    }
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            f"insert into {TABLE} (report_id, created_at, kind, model_version, reference_start,"
+            " reference_end, current_start, current_end, reference_rows, current_rows, drifted_share,"
+            " threshold, detected, drifted_columns, columns, html_path, seconds)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+            (
+                report.report_id,
+                report.created_at,
+                report.kind,
+                report.model_version,
+                report.reference.start,
+                report.reference.end,
+                report.current.start,
+                report.current.end,
+                report.reference_rows,
+                report.current_rows,
+                report.drifted_share,
+                report.threshold,
+                report.detected,
+                report.drifted_columns,
+                json.dumps({"columns": columns, "skipped": report.skipped}),
+                str(report.html_path),
+                report.seconds,
+            ),
+        )
+
+
+def load_reports(database_url: str, report_ids: Iterable[str]) -> list[DriftReport]:
+    """Recorded reports by id, in the order asked; unknown ids are an error."""
+    ids = list(report_ids)
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        rows = conn.execute(f"select * from {TABLE} where report_id = any(%s)", (ids,)).fetchall()
+    found = {row["report_id"]: row for row in rows}
+    unknown = [report_id for report_id in ids if report_id not in found]
+    if unknown:
+        raise DriftError(f"no drift report(s) {unknown} in {TABLE}")
+    return [_from_row(found[report_id]) for report_id in ids]
+
+
+def _from_row(row: dict[str, Any]) -> DriftReport:
+    payload = row["columns"]
+    return DriftReport(
+        report_id=row["report_id"],
+        kind=row["kind"],
+        created_at=row["created_at"],
+        reference=Window(row["reference_start"], row["reference_end"]),
+        current=Window(row["current_start"], row["current_end"]),
+        reference_rows=row["reference_rows"],
+        current_rows=row["current_rows"],
+        columns={name: ColumnDrift(column=name, **values) for name, values in payload["columns"].items()},
+        skipped=list(payload["skipped"]),
+        drifted_share=row["drifted_share"],
+        threshold=row["threshold"],
+        detected=row["detected"],
+        html_path=Path(row["html_path"]),
+        seconds=row["seconds"],
+        model_version=row["model_version"],
+    )
+
+
+def samples(result: DriftResult) -> list[Sample]:
+    """The ``rtml_drift_*`` gauges of both reports (labels ``report`` = kind, and ``feature``)."""
+    out: list[Sample] = []
+    for report in result.reports:
+        labels = {"report": report.kind}
+        out.append(Sample("rtml_drift_share", report.drifted_share, labels))
+        out.append(Sample("rtml_drift_detected", float(report.detected), labels))
+        out += [
+            Sample("rtml_drift_feature_score", column.score, {**labels, "feature": name})
+            for name, column in report.columns.items()
+        ]
+    return out

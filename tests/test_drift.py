@@ -1,0 +1,382 @@
+"""Drift reports on real data: 40 simulated days through ingest and dbt, with the simulator's
+``amount_inflation`` scenario switched on for the last three days, a production model trained on a
+week before that (its lineage window is the default reference), and served predictions for the newest
+day. The newest 24 hours drift on the amount features; a day before the scenario does not.
+
+The amount scenario moves at most the 8 amount-related columns of 24 (a third), and within three days
+of its start about 6: the module lowers ``drift_threshold`` to 0.15 so that this is "detected"; the
+control day stays at or below 2 drifted columns.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import mlflow.sklearn
+import pandas as pd
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtml.config import Settings, get_settings
+from rtml.defs.monitoring.assets import drift_report
+from rtml.defs.monitoring.checks import drift_within_threshold
+from rtml.defs.resources import PostgresResource
+from rtml.defs.training.resources import MlflowResource
+from rtml.features.registry import load_registry
+from rtml.monitoring import drift, metrics
+from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
+from rtml.services.stack import StackInfo
+from rtml.training import registry
+from rtml.training.dataset import feature_spec
+from rtml.training.tracking import train_and_register
+from rtml.training.train import score
+
+START = datetime(2026, 8, 29, tzinfo=UTC)  # the newest day (39) is a Wednesday: no weekend in the counts
+DAYS = 40
+DRIFT_DAY = 37
+REFERENCE = (29, 36)  # the production model's training window: a full week
+CONTROL = (36, 37)  # the day before the scenario starts
+THRESHOLD = 0.15
+AMOUNT_FEATURES = {
+    "amount",
+    "amount_sum_1h",
+    "amount_sum_24h",
+    "amount_sum_7d",
+    "amount_mean_30d",
+    "amount_std_30d",
+    "amount_zscore_30d",
+    "merchant_amount_avg_7d",
+}
+
+
+def day(n: float) -> datetime:
+    return START + timedelta(days=n)
+
+
+@pytest.fixture(scope="module")
+def drift_settings(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Settings:
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("rtml-drift"),
+        sim_start=START,
+        sim_customers=2_000,
+        sim_merchants=200,
+        sim_transactions_per_day=2_000,
+        sim_drift_scenario="amount_inflation",
+        sim_drift_start=day(DRIFT_DAY),
+        drift_threshold=THRESHOLD,
+        mlflow_tracking_uri=stack.mlflow_tracking_uri,
+    )
+
+
+@pytest.fixture(scope="module")
+def drift_db(
+    scratch_database: Callable[[str], str], drift_settings: Settings, separate_dbt_target: Path
+) -> str:
+    """Simulator → ingest loader → dbt (+training_set): 80k transactions and the labels known by the end.
+    30 days come before the reference window so that the 30-day features have warmed up."""
+    from rtml.features.dbt import run_dbt
+    from rtml.features.sample_data import ensure_raw_tables
+    from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.sources.simulator import Simulator
+
+    url = scratch_database("drift")
+    with psycopg.connect(url) as conn:
+        ensure_raw_tables(conn)
+    simulator = Simulator(drift_settings)
+    chunks = simulator.iter_transactions(START, day(DAYS), hours_per_chunk=24 * 5)
+    load_transactions(url, chunks, "sim", drift_settings)
+    load_labels(url, [simulator.labels(START, day(DAYS))], "sim-labels", drift_settings)
+    proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return url
+
+
+@pytest.fixture(scope="module")
+def model_name() -> str:
+    return f"fraud-detector-drift-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def production(drift_db: str, drift_settings: Settings, mlflow_tracking_uri: str, model_name: str) -> str:
+    """A version trained on the reference week, in production, which served the newest day."""
+    trained = train_and_register(
+        drift_db,
+        mlflow_tracking_uri,
+        drift_settings,
+        start=day(REFERENCE[0]),
+        end=day(REFERENCE[1]),
+        params={"max_iter": 30},
+        model_name=model_name,
+    )
+    client = registry.client_for(mlflow_tracking_uri)
+    registry.promote(client, trained.model_version, "test", "drift reference", model_name)
+    serve(drift_db, mlflow_tracking_uri, model_name, trained.model_version, day(DAYS - 1), day(DAYS))
+    return trained.model_version
+
+
+def serve(url: str, tracking_uri: str, model_name: str, version: str, start: datetime, end: datetime) -> int:
+    """What the scoring service would have logged: every transaction of the window scored by the version
+    on its point-in-time features (the joins of ``training_set``), written to ``monitoring.predictions``."""
+    features = load_registry()
+    columns = [
+        *(f"cf.{name}" for name in features.view("customer_features").feature_names),
+        *(f"mf.{name}" for name in features.view("merchant_features").feature_names),
+    ]
+    with psycopg.connect(url) as conn:
+        cursor = conn.execute(
+            "select t.transaction_id, t.customer_id, t.merchant_id, t.event_ts, t.amount::float8 as amount,"
+            f" t.currency, t.merchant_category, t.channel, t.country, {', '.join(columns)}"
+            " from staging.stg_transactions t join features.customer_features cf using (transaction_id)"
+            " left join features.merchant_features mf on mf.merchant_id = t.merchant_id"
+            "  and mf.feature_date = (t.event_ts at time zone 'UTC')::date"
+            " where t.event_ts >= %s and t.event_ts < %s",
+            (start, end),
+        )
+        frame = pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description or []])
+    spec = feature_spec()
+    X = frame[spec.columns].copy()
+    for name in spec.numeric:  # the model's dtypes: float64 with NaN
+        X[name] = pd.to_numeric(X[name].astype(object), errors="coerce").astype("float64")
+    client = registry.client_for(tracking_uri)
+    tags = client.get_model_version(model_name, version).tags
+    review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
+    scores = score(mlflow.sklearn.load_model(f"models:/{model_name}/{version}"), X)
+    rows = [
+        PredictionRow(
+            request_id=uuid.uuid4().hex,
+            transaction_id=row.transaction_id,
+            customer_id=row.customer_id,
+            merchant_id=row.merchant_id,
+            amount=float(row.amount),
+            currency=row.currency,
+            channel=row.channel,
+            merchant_category=row.merchant_category,
+            country=row.country,
+            event_ts=row.event_ts,
+            model_version=version,
+            probability=float(p),
+            decision="decline" if p >= decline else "review" if p >= review else "approve",
+            scored_at=row.event_ts + timedelta(milliseconds=20),
+            latency_ms=2.0,
+        )
+        for row, p in zip(frame.itertuples(), scores, strict=True)
+    ]
+    ensure_table(url)
+    with psycopg.connect(url) as conn:
+        write_rows(conn, rows)
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def drifted(
+    drift_db: str, drift_settings: Settings, production: str, mlflow_tracking_uri: str, model_name: str
+) -> drift.DriftResult:
+    """The default report: reference = production's training window, current = the newest 24 hours."""
+    return drift.run_drift(drift_db, drift_settings, tracking_uri=mlflow_tracking_uri, model_name=model_name)
+
+
+def test_amount_inflation_is_detected_and_named(
+    drifted: drift.DriftResult, production: str, drift_db: str, drift_settings: Settings
+) -> None:
+    features = drifted.features
+    assert drifted.model_version == production
+    assert features.reference == drift.Window(day(REFERENCE[0]), day(REFERENCE[1]))  # the lineage tags
+    assert features.current.end - features.current.start == timedelta(hours=24)
+    assert day(DAYS - 1) - timedelta(minutes=10) < features.current.start < day(DAYS - 1)
+
+    names = set(features.drifted_columns)
+    assert features.detected and features.drifted_share > THRESHOLD, features.columns
+    assert {"amount", "amount_sum_24h", "amount_zscore_30d"} <= names, names
+    assert len(names & AMOUNT_FEATURES) >= 4 and len(names - AMOUNT_FEATURES) <= 1, names
+    assert not names & {"merchant_category", "channel", "country", "currency"}
+    assert set(features.columns) | set(features.skipped) == set(feature_spec().columns)
+    assert features.drifted_share == pytest.approx(len(names) / len(features.columns))
+    assert 13_000 < features.reference_rows <= drift_settings.drift_max_rows
+    assert 1_500 < features.current_rows < 2_500
+    assert features.columns["amount"].method.startswith("Wasserstein")
+
+    html = features.html_path
+    assert html.parent == drift_settings.home / "reports" / "drift" and html.stat().st_size > 100_000
+    [stored] = drift.load_reports(drift_db, [features.report_id])
+    assert stored == features
+
+    served = drifted.predictions
+    assert served is not None and list(served.columns) == [drift.SCORE]
+    with psycopg.connect(drift_db) as conn:
+        logged = conn.execute(
+            "select count(*) from monitoring.predictions where event_ts >= %s and event_ts < %s",
+            (features.current.start, features.current.end),
+        ).fetchone()
+    assert logged is not None and served.current_rows == logged[0] > 1_500
+    assert served.reference_rows == features.reference_rows  # the model's scores on the reference rows
+    assert served.model_version == production and served.html_path.exists()
+
+
+def test_windows_are_sampled_with_a_seed(drift_db: str) -> None:
+    window = drift.Window(day(REFERENCE[0]), day(REFERENCE[1]))
+    first, spec = drift.load_features(drift_db, window, max_rows=500, seed=1)
+    again, _ = drift.load_features(drift_db, window, max_rows=500, seed=1)
+    other, _ = drift.load_features(drift_db, window, max_rows=500, seed=2)
+    assert len(first) == 500 and list(first.columns) == spec.columns == feature_spec().columns
+    pd.testing.assert_frame_equal(first, again)
+    assert not first.equals(other)
+    assert first[spec.numeric].dtypes.eq("float64").all()
+
+
+def test_bad_requests_are_refused_with_the_reason(
+    drift_db: str, drift_settings: Settings, mlflow_tracking_uri: str
+) -> None:
+    with pytest.raises(drift.DriftError, match="empty window"):
+        drift.Window(day(2), day(1))
+    with pytest.raises(drift.DriftError, match="no reference window"):
+        drift.run_drift(drift_db, drift_settings)
+    with pytest.raises(drift.DriftError, match="has no production version"):
+        drift.run_drift(
+            drift_db, drift_settings, tracking_uri=mlflow_tracking_uri, model_name="no-such-model"
+        )
+    with pytest.raises(drift.DriftError, match="has no feature rows"):
+        drift.run_drift(
+            drift_db,
+            drift_settings,
+            reference=drift.Window(day(REFERENCE[0]), day(REFERENCE[1])),
+            current=drift.Window(day(DAYS + 5), day(DAYS + 6)),
+        )
+    with pytest.raises(drift.DriftError, match="must be positive"):
+        drift.load_features(drift_db, drift.Window(day(1), day(2)), max_rows=0)
+    with pytest.raises(drift.DriftError, match="no lineage tag"):
+        drift.window_from_tags({"data_window_start": "2026-09-01T00:00:00+00:00"})
+
+
+# --- through Dagster ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def instance(stack: StackInfo) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(stack.dagster_home))
+
+
+@pytest.fixture(scope="module")
+def threshold_env() -> Iterator[None]:
+    """The assets read ``get_settings()``: the module's threshold goes through the environment."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RTML_DRIFT_THRESHOLD", str(THRESHOLD))
+    patch.delenv("RTML_PUSHGATEWAY_URL", raising=False)  # never into a developer's gateway
+    get_settings.cache_clear()
+    yield
+    patch.undo()
+    get_settings.cache_clear()
+
+
+def materialize(
+    instance: dg.DagsterInstance, drift_db: str, mlflow_tracking_uri: str, model_name: str, **config: str
+) -> dg.ExecuteInProcessResult:
+    """``drift_report`` and its check, on the module's database and registered model."""
+    return dg.materialize(
+        [drift_report, drift_within_threshold],
+        instance=instance,
+        resources={
+            "postgres": PostgresResource(url=drift_db),
+            "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, model_name=model_name),
+        },
+        run_config={"ops": {"drift_report": {"config": config}}} if config else None,
+        raise_on_error=False,
+    )
+
+
+def test_drift_check_fails_on_drift_and_passes_on_a_control_window(
+    instance: dg.DagsterInstance,
+    drift_db: str,
+    mlflow_tracking_uri: str,
+    model_name: str,
+    production: str,
+    threshold_env: None,
+) -> None:
+    result = materialize(instance, drift_db, mlflow_tracking_uri, model_name)
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("drift_report")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert metadata["detected"] is True and metadata["model_version"] == production
+    assert metadata["drifted_share"] > THRESHOLD and metadata["threshold"] == THRESHOLD
+    assert {"amount", "amount_sum_24h"} <= set(metadata["drifted_columns"])
+    scores = {record.data["feature"]: record.data for record in metadata["feature_scores"].records}
+    assert len(scores) == 24 and scores["amount"]["drifted"] is True
+    assert metadata["reference_window"] == str(drift.Window(day(REFERENCE[0]), day(REFERENCE[1])))
+    html = Path(metadata["html"])
+    assert html.exists() and html.parent == get_settings().home / "reports" / "drift"
+    assert "Wasserstein" in html.read_text(errors="replace")
+    assert metadata["predictions/served_rows"] > 1_500 and metadata["pushed"] is False
+    assert Path(metadata["predictions/html"]).exists()
+
+    ids = metadata["report_ids"]
+    with psycopg.connect(drift_db) as conn:
+        row = conn.execute(
+            "select kind, detected, drifted_columns, html_path,"
+            " columns -> 'columns' -> 'amount' ->> 'drifted'"
+            " from monitoring.drift_reports where report_id = %s",
+            (ids["features"],),
+        ).fetchone()
+    assert row == ("features", True, metadata["drifted_columns"], str(html), "true")
+
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "drift_within_threshold" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description is not None and "amount_sum_24h" in check.description
+    assert "amount" in check.metadata["drifted_columns"].value
+
+    control = materialize(
+        instance,
+        drift_db,
+        mlflow_tracking_uri,
+        model_name,
+        current_start=day(CONTROL[0]).isoformat(),
+        current_end=day(CONTROL[1]).isoformat(),
+    )
+    assert control.success
+    [materialization] = control.asset_materializations_for_node("drift_report")
+    assert materialization.metadata["detected"].value is False
+    assert "not compared" in materialization.metadata["predictions"].value  # nothing served that day
+    [check] = control.get_asset_check_evaluations()
+    assert check.passed, check.description
+
+
+def test_a_half_given_window_fails_the_run_with_the_reason(
+    instance: dg.DagsterInstance, drift_db: str, mlflow_tracking_uri: str, model_name: str
+) -> None:
+    result = materialize(instance, drift_db, mlflow_tracking_uri, model_name, current_start="2026-10-01")
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "needs both current_start and current_end" in failure.message
+
+
+# --- the Pushgateway -----------------------------------------------------------------------------------
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[str]:
+    """A real Pushgateway (Debian's ``prometheus-pushgateway``) on a free port."""
+    if shutil.which("prometheus-pushgateway") is None:
+        pytest.skip("needs the Pushgateway binary: apt-get install -y prometheus-pushgateway")
+    from tests.monitoring_stack import pushgateway
+
+    with pushgateway(tmp_path) as process:
+        yield process.url
+
+
+def test_drift_figures_reach_a_real_pushgateway(gateway: str, drifted: drift.DriftResult) -> None:
+    assert metrics.publish("drift_report", drift.samples(drifted), gateway)
+    import httpx
+
+    families = {
+        family.name: family for family in text_string_to_metric_families(httpx.get(f"{gateway}/metrics").text)
+    }
+    shares = {s.labels["report"]: s.value for s in families["rtml_drift_share"].samples}
+    assert shares["features"] == pytest.approx(drifted.features.drifted_share)
+    detected = {s.labels["report"]: s.value for s in families["rtml_drift_detected"].samples}
+    assert detected["features"] == 1.0
+    amount = [s for s in families["rtml_drift_feature_score"].samples if s.labels.get("feature") == "amount"]
+    assert [s.labels["asset"] for s in amount] == ["drift_report"] * len(amount)
+    assert {s.labels["report"]: s.value for s in amount}["features"] == pytest.approx(
+        drifted.features.columns["amount"].score
+    )
