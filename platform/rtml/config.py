@@ -190,9 +190,11 @@ class Settings(BaseSettings):
         "push their figures to (`rtml.monitoring.metrics`). Unset: figures are asset metadata only.",
     )
     drift_threshold: float = Field(
-        0.3,
+        0.2,
         description="Drift check: the largest acceptable share of drifted columns (Evidently "
-        "`DataDriftPreset`) between the training reference window and the current window.",
+        "`DataDriftPreset`) between the training reference window and the current window. One upstream "
+        "change moves several columns (a shift in amounts drifts about 6 of the 24: 0.25), while a "
+        "no-drift window stays below 0.15 here.",
     )
     drift_current_hours: int = Field(
         24, description="Drift report: the current window is the newest this many hours of features."
@@ -207,6 +209,47 @@ class Settings(BaseSettings):
         None,
         description="Webhook that notifications are POSTed to (JSON): Alertmanager's receiver and the "
         "automation's run-failure and promotion notices. Unset: notices are only logged and stored.",
+    )
+
+    # --- automation (schedules, sensors, freshness checks, notifications) --------------------------
+    model_max_age_days: float = Field(
+        7.0,
+        description="Freshness check on `fraud_model`: a newer version must have been trained within this "
+        "many days; when it fails, the staleness sensor requests the retraining job.",
+    )
+    transactions_max_lag_hours: float = Field(
+        2.0,
+        description="Freshness check on `transactions_raw`: some partition must have been loaded within this "
+        "many hours; when it fails, a notification is sent.",
+    )
+    online_features_max_age_hours: float = Field(
+        2.0,
+        description="Freshness check on `online_features`: the online store must have been pushed within "
+        "this many hours; when it fails, a notification is sent.",
+    )
+    retraining_cron: str = Field(
+        "0 2 * * *",
+        description="Cron expression (UTC) of the daily retraining schedule (after `labels_job_schedule` "
+        "has loaded the day's labels at 00:15).",
+    )
+    drift_report_cron: str = Field(
+        "0 12 * * *",
+        description="Cron expression (UTC) of the drift schedule: `drift_report` and its check "
+        "`drift_within_threshold`, whose failure requests the retraining job.",
+    )
+    notify_timeout_s: float = Field(5.0, description="Timeout of one webhook POST of a notification.")
+    notify_attempts: int = Field(
+        4,
+        description="POSTs per notification at most: connection errors, timeouts, HTTP 429 and 5xx are "
+        "retried; other HTTP errors are final.",
+    )
+    notify_backoff_s: float = Field(
+        1.0, description="Wait before the first retry of a notification's POST; doubles with each retry."
+    )
+    notify_exit_wait_s: float = Field(
+        15.0,
+        description="At process exit, how long deliveries still in progress may take before the process "
+        "ends (the row then says they were cut short).",
     )
 
     # --- local services -----------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""Jobs the automation launches (the raw-stream jobs, ``training_job`` and ``promote_model`` live in their
+domains)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rtml.defs.features.assets import dbt_incremental_features
+from rtml.defs.ingestion.partitions import transactions_partitions
+
+# One run per hour does the whole chain, so an hour's features and the online store never lag its raw
+# data by more than the run: the hour's transactions, the incremental dbt models over the same hour,
+# the `*_latest` tables (full rebuilds) and the push of those to Redis. Their asset checks (dbt tests,
+# online/offline parity, data freshness) run in the same run.
+hourly_refresh_job = dg.define_asset_job(
+    "hourly_refresh_job",
+    selection=dg.AssetSelection.assets(
+        "transactions_raw", "customer_features_latest", "merchant_features_latest", "online_features"
+    )
+    | dg.AssetSelection.assets(dbt_incremental_features),
+    partitions_def=transactions_partitions,
+    description="An hour of transactions → its incremental features → the latest-feature tables → the "
+    "online store (Redis). Scheduled hourly; backfill ranges with `rtml backfill START END --job "
+    "hourly_refresh_job`.",
+)
+
+# Retraining starts from the newest labels: stg_labels and training_set are rebuilt first, then
+# fraud_model snapshots the training set, trains, registers, and gates the version (→ `staging`).
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=dg.AssetSelection.assets("stg_labels", "training_set", "fraud_model"),
+    description="Rebuild the training set with the labels known now, then train, register and gate a new "
+    "version (evaluation gate → `staging`). Launched daily, and by the drift and model-staleness sensors.",
+)
+
+# The drift check runs with its report; its failure is what the drift sensor reacts to.
+drift_job = dg.define_asset_job(
+    "drift_job",
+    selection=dg.AssetSelection.assets("drift_report"),
+    description="Drift report (production's training window vs the newest hours) and its check "
+    "`drift_within_threshold`; a failure requests the retraining job.",
+)
+
+bento_job = dg.define_asset_job(
+    "bento_job",
+    selection=dg.AssetSelection.assets("fraud_scorer_bento"),
+    description="Build the scoring service's bento around the version holding `production` (launched "
+    "after every promotion or rollback).",
+)

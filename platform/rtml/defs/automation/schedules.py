@@ -1,0 +1,42 @@
+"""Schedules: the hourly refresh, the daily retraining and the daily drift report. All start RUNNING, so
+the daemon of ``rtml demo`` ticks them."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rtml.config import get_settings
+from rtml.defs.automation.jobs import drift_job, hourly_refresh_job, retraining_job
+from rtml.defs.automation.sensors import TRIGGER_TAG
+
+# At :05 the hour that just closed: its transactions, features and the online store. (The ingestion
+# domain's `ingestion_job_schedule` loads raw transactions only and starts STOPPED; leave it off while
+# this one runs, or the same hour is loaded twice — harmlessly, loads replace their partition.)
+hourly_refresh_schedule = dg.build_schedule_from_partitioned_job(
+    hourly_refresh_job,
+    name="hourly_refresh_schedule",
+    minute_of_hour=5,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+# Daily, after the day's labels (labels_job at 00:15): the newest labels make the newest training set.
+daily_retraining_schedule = dg.ScheduleDefinition(
+    name="daily_retraining_schedule",
+    job=retraining_job,
+    cron_schedule=get_settings().retraining_cron,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    tags={TRIGGER_TAG: "daily_retraining_schedule"},
+    description="Retrain daily on the newest labels (cron: RTML_RETRAINING_CRON).",
+)
+
+# Half a day away from the nightly retraining: a drift found here retrains at once (drift sensor) instead
+# of waiting for the night.
+daily_drift_schedule = dg.ScheduleDefinition(
+    name="daily_drift_schedule",
+    job=drift_job,
+    cron_schedule=get_settings().drift_report_cron,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="The drift report and its check, daily (cron: RTML_DRIFT_REPORT_CRON).",
+)

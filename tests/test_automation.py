@@ -1,0 +1,573 @@
+"""The automation (``rtml.defs.automation``) on real Dagster instances with PostgreSQL storage (each of its
+own, so no other module's runs or check evaluations are seen), real PostgreSQL, Redis and MLflow, and a
+local HTTP receiver standing for the webhook.
+
+* Sensor tests: a stale model requests exactly one retraining (and a repeated evaluation none); stale
+  data notifies once per failure; a file dropped in the landing folder requests its ingestion run; a
+  failed run notifies.
+* End to end: a simulated world with a (weak) production model; the hourly refresh job ingests three days
+  of the simulator's ``amount_inflation`` scenario; ``drift_report`` on a day before the drift passes its
+  check (no run request), on the newest day it fails; the drift sensor requests one retraining, the run
+  stages a new version, and the notification with the comparison reaches the receiver and the table.
+  The promotion then requests the bento build and notifies.
+
+The world mirrors ``test_drift`` (same populations, scenario and windows, shifted so that the drifted
+days are partitions of ``transactions_raw``): its history is loaded directly, the drifted days through
+Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pyarrow.csv as pa_csv
+import pytest
+
+from rtml.config import get_settings
+from rtml.definitions import defs
+from rtml.defs.automation.checks import (
+    DATA_FRESHNESS,
+    MODEL_FRESHNESS,
+    freshness_checks,
+    freshness_checks_sensor,
+)
+from rtml.defs.automation.sensors import (
+    data_freshness_sensor,
+    drift_retraining_sensor,
+    model_staleness_sensor,
+    promotion_sensor,
+    retraining_notifier,
+    run_failure_notifier,
+)
+from rtml.defs.ingestion.sensors import landing_files_sensor
+from rtml.defs.monitoring.assets import drift_report
+from rtml.defs.monitoring.checks import drift_within_threshold
+from rtml.defs.online.resources import RedisResource
+from rtml.defs.resources import PostgresResource
+from rtml.defs.training.resources import MlflowResource
+from rtml.features.sample_data import ensure_raw_tables
+from rtml.services.dagster_home import write_dagster_yaml
+from rtml.services.stack import StackInfo
+from rtml.sources.simulator import Simulator
+from rtml.training import registry
+from tests.monitoring_stack import Webhook, webhook_receiver
+
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+# --- shared fixtures and helpers ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def new_instance(
+    scratch_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], dg.DagsterInstance]]:
+    """``make(name)``: a Dagster instance with run, event and schedule storage in a fresh PostgreSQL
+    database (the dagster.yaml that ``rtml up`` writes)."""
+    made: list[dg.DagsterInstance] = []
+
+    def make(name: str) -> dg.DagsterInstance:
+        home = tmp_path_factory.mktemp(f"dagster-{name}")
+        write_dagster_yaml(home, scratch_database(f"dagster_{name}"))
+        made.append(dg.DagsterInstance.from_config(str(home)))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.dispose()
+
+
+@pytest.fixture(scope="module")
+def sensor_instance(new_instance: Callable[[str], dg.DagsterInstance]) -> dg.DagsterInstance:
+    return new_instance("sensors")
+
+
+@pytest.fixture(scope="module")
+def webhook(stack: StackInfo) -> Iterator[Webhook]:
+    """The receiver, as ``RTML_ALERT_WEBHOOK_URL`` of every notification the module's sensors send."""
+    with webhook_receiver() as hook, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RTML_ALERT_WEBHOOK_URL", hook.url)
+        patch.delenv("RTML_PUSHGATEWAY_URL", raising=False)  # never into a developer's gateway
+        get_settings.cache_clear()
+        yield hook
+    get_settings.cache_clear()
+
+
+def wait_for_rows(database_url: str, kind: str, after_id: int, count: int) -> list[dict[str, Any]]:
+    """The ``kind`` notifications newer than ``after_id``, once ``count`` of them are delivered."""
+    deadline = time.monotonic() + 20
+    while True:
+        with psycopg.connect(database_url) as conn:
+            cursor = conn.execute(
+                "select id, title, text, fields, delivered, attempts, error from monitoring.notifications"
+                " where kind = %s and id > %s order by id",
+                (kind, after_id),
+            )
+            rows = [dict(zip([c.name for c in cursor.description or []], r, strict=True)) for r in cursor]
+        if sum(row["delivered"] for row in rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def newest_notification(database_url: str) -> int:
+    from rtml.monitoring.notify import ensure_table
+
+    ensure_table(database_url)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select coalesce(max(id), 0) from monitoring.notifications").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def bodies_mentioning(hook: Webhook, text: str) -> list[dict[str, Any]]:
+    return [body for body in list(hook.received) if text in json.dumps(body)]
+
+
+def evaluate_checks(
+    instance: dg.DagsterInstance, keys: tuple[dg.AssetCheckKey, ...]
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """Run freshness checks the way the freshness sensor's runs do: the checks alone."""
+    job = dg.define_asset_job("evaluate_freshness", selection=dg.AssetSelection.checks(*keys))
+    result = (
+        dg.Definitions(asset_checks=freshness_checks, jobs=[job])
+        .resolve_job_def(job.name)
+        .execute_in_process(instance=instance)
+    )
+    assert result.success
+    return {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
+
+
+def updated(instance: dg.DagsterInstance, asset: str, age: timedelta) -> None:
+    """Record that ``asset`` was last updated ``age`` ago (a materialization reported to the instance)."""
+    when = time.time() - age.total_seconds()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset, metadata={"dagster/last_updated_timestamp": dg.MetadataValue.timestamp(when)}
+        )
+    )
+
+
+def skip_message(result: dg.SensorResult) -> str:
+    assert not result.run_requests, result.run_requests
+    return result.skip_reason.skip_message if result.skip_reason else ""
+
+
+def with_resources(overrides: dict[str, Any]) -> dg.Definitions:
+    """The code location with some resources replaced (the test's database, model name, Redis namespace)."""
+    return dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=defs.jobs,
+        schedules=defs.schedules,
+        sensors=defs.sensors,
+        resources={**(defs.resources or {}), **overrides},
+    )
+
+
+def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
+    return next(
+        e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
+    )
+
+
+# --- sensor tests -------------------------------------------------------------------------------------------
+def test_a_stale_model_requests_exactly_one_retraining(sensor_instance: dg.DagsterInstance) -> None:
+    def evaluate(cursor: str | None) -> dg.SensorResult:
+        return model_staleness_sensor(dg.build_sensor_context(instance=sensor_instance, cursor=cursor))
+
+    assert "not evaluated yet" in skip_message(evaluate(None))
+    # Dagster's freshness sensor launches a first evaluation of every freshness check
+    first_run = freshness_checks_sensor(dg.build_sensor_context(instance=sensor_instance))
+    assert isinstance(first_run, dg.RunRequest)
+    assert set(first_run.asset_check_keys or ()) == {MODEL_FRESHNESS, *DATA_FRESHNESS}
+
+    updated(sensor_instance, "fraud_model", timedelta(days=8))  # the newest version is 8 days old
+    stale = evaluate_checks(sensor_instance, (MODEL_FRESHNESS,))["fraud_model"]
+    assert not stale.passed and stale.description is not None and "overdue" in stale.description
+
+    first = evaluate(None)
+    [request] = first.run_requests
+    assert model_staleness_sensor.job_name == "retraining_job"
+    assert request.run_key is not None and request.run_key.startswith("fraud_model:freshness_check:")
+    assert request.tags["rtml/trigger"] == "fraud_model:freshness_check"
+    again = evaluate(first.cursor)  # the next tick: the same failure is not requested twice
+    assert "already handled" in skip_message(again)
+
+    updated(sensor_instance, "fraud_model", timedelta(hours=1))  # a new version: fresh again
+    assert evaluate_checks(sensor_instance, (MODEL_FRESHNESS,))["fraud_model"].passed
+    assert "passed" in skip_message(evaluate(again.cursor))
+
+
+def test_stale_data_notifies_once_per_failure(
+    sensor_instance: dg.DagsterInstance, database_url: str, webhook: Webhook
+) -> None:
+    before = newest_notification(database_url)
+    updated(sensor_instance, "transactions_raw", timedelta(hours=3))  # older than the 2-hour lag
+    evaluations = evaluate_checks(sensor_instance, DATA_FRESHNESS)
+    assert not evaluations["transactions_raw"].passed
+    assert not evaluations["online_features"].passed  # never pushed on this instance
+
+    def evaluate(cursor: str | None) -> dg.SensorResult:
+        with dg.build_sensor_context(
+            instance=sensor_instance,
+            cursor=cursor,
+            resources={"postgres": PostgresResource(url=database_url)},
+        ) as context:  # leaving it tears the resources down
+            return data_freshness_sensor(context)
+
+    first = evaluate(None)
+    rows = wait_for_rows(database_url, "data_freshness", before, count=2)
+    assert sorted(row["title"] for row in rows) == ["online_features is stale", "transactions_raw is stale"]
+    assert all(row["delivered"] and row["attempts"] == 1 for row in rows)
+    [raw] = [row for row in rows if row["fields"]["asset"] == "transactions_raw"]
+    assert raw["text"].startswith("Asset is overdue for an update. The last update was 3 hours")
+    assert raw["fields"]["last_updated"] != "never" and raw["fields"]["must_be_newer_than"] != "never"
+    assert bodies_mentioning(webhook, "transactions_raw is stale")
+
+    assert skip_message(evaluate(first.cursor)).count("already handled") == 2
+    assert len(wait_for_rows(database_url, "data_freshness", before, count=2)) == 2  # no second notice
+
+
+def test_a_dropped_landing_file_requests_its_ingestion_run(
+    sensor_instance: dg.DagsterInstance, tmp_path: Path, scratch_database: Callable[[str], str]
+) -> None:
+    url = scratch_database("landing")
+    with psycopg.connect(url) as conn:
+        ensure_raw_tables(conn)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RTML_DATA_DIR", str(tmp_path))  # a landing folder of the test's own
+            get_settings.cache_clear()
+            settings = get_settings()
+            hour = datetime(2026, 11, 20, 3, tzinfo=UTC)
+            settings.landing_dir.mkdir(parents=True)
+            path = settings.landing_dir / "transactions_20261120T0300_20261120T0400.csv"
+            pa_csv.write_csv(Simulator(settings).transactions(hour, hour + timedelta(hours=1)), path)
+
+            context = dg.build_sensor_context(instance=sensor_instance)
+            first = landing_files_sensor(context)
+            [request] = first.run_requests
+            assert (request.partition_key, request.run_key) == (path.name, path.name)
+            [added] = first.dynamic_partitions_requests
+            assert isinstance(added, dg.AddDynamicPartitionsRequest) and list(added.partition_keys) == [
+                path.name
+            ]
+            # what the daemon does with the tick's result: add the partition, then launch the run
+            sensor_instance.add_dynamic_partitions("landing_files", [path.name])
+            assert not landing_files_sensor(dg.build_sensor_context(instance=sensor_instance)).run_requests
+
+            landing = with_resources({"postgres": PostgresResource(url=url)})
+            result = landing.resolve_job_def(landing_files_sensor.job_name).execute_in_process(
+                instance=sensor_instance, partition_key=request.partition_key, tags=request.tags
+            )
+            assert result.success
+            [materialization] = result.asset_materializations_for_node("transactions_landing")
+            assert materialization.partition == path.name
+            assert materialization.metadata["rows_loaded"].value > 0
+            assert (settings.landing_dir / "processed" / path.name).exists()
+    finally:
+        get_settings.cache_clear()
+
+
+@dg.op
+def fetch_source() -> None:
+    raise RuntimeError("boom: the source is unreachable")
+
+
+@dg.job
+def doomed_job() -> None:
+    fetch_source()
+
+
+def test_a_failed_run_notifies(
+    sensor_instance: dg.DagsterInstance, database_url: str, webhook: Webhook
+) -> None:
+    before = newest_notification(database_url)
+    result = doomed_job.execute_in_process(instance=sensor_instance, raise_on_error=False)
+    assert not result.success
+    run = sensor_instance.get_run_by_id(result.run_id)
+    assert run is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name="run_failure_notifier",
+        dagster_event=outcome_event(result),
+        dagster_instance=sensor_instance,
+        dagster_run=run,
+        resources={"postgres": PostgresResource(url=database_url)},
+    ).for_run_failure() as context:
+        run_failure_notifier(context)
+
+    [row] = wait_for_rows(database_url, "run_failure", before, count=1)
+    assert row["title"] == "Run of doomed_job failed" and row["delivered"]
+    assert row["fields"]["job"] == "doomed_job" and row["fields"]["run_id"] == run.run_id
+    assert "fetch_source: RuntimeError: boom: the source is unreachable" in row["fields"]["error"]
+    assert row["fields"]["trigger"] == "manual"
+    [body] = bodies_mentioning(webhook, run.run_id)
+    assert body["blocks"][0]["text"]["text"] == "Run of doomed_job failed"
+    assert "boom: the source is unreachable" in body["text"]
+
+
+# --- rtml backfill ------------------------------------------------------------------------------------------
+def test_backfill_runs_the_hours_as_one_run_in_the_stacks_instance(
+    stack: StackInfo, database_url: str
+) -> None:
+    """Against the session's stack (its DAGSTER_HOME and database), like a user's `rtml backfill`."""
+    from typer.testing import CliRunner
+
+    from rtml.cli import app
+
+    refused = CliRunner().invoke(app, ["backfill", "2026-10-02T00:00", "2026-10-02T03:00"])
+    assert refused.exit_code == 2 and "no hourly partition in" in refused.output
+
+    result = CliRunner().invoke(app, ["backfill", "2026-11-02T00:00", "2026-11-02T03:00"])
+    assert result.exit_code == 0, result.output
+    assert "3 hour(s), 2026-11-02-00:00 ... 2026-11-02-02:00, in one run" in result.output
+    instance = dg.DagsterInstance.from_config(str(stack.dagster_home))
+    [record] = instance.get_run_records(
+        dg.RunsFilter(job_name="ingestion_job", tags={"rtml/backfill": "2026-11-02-00:00...2026-11-02-02:00"})
+    )
+    run = record.dagster_run
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert (run.tags[RANGE_TAGS[0]], run.tags[RANGE_TAGS[1]]) == ("2026-11-02-00:00", "2026-11-02-02:00")
+    loaded = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    partitions = sorted(
+        str(entry.asset_materialization.partition) for entry in loaded if entry.asset_materialization
+    )
+    assert partitions == ["2026-11-02-00:00", "2026-11-02-01:00", "2026-11-02-02:00"]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "select count(distinct source) from raw.transactions where source like '2026-11-02-0%'"
+        ).fetchone()
+    assert row == (3,)
+
+
+# --- end to end: drift → retraining → staging → notification ---------------------------------------------
+START = datetime(2026, 10, 3, tzinfo=UTC)  # test_drift's world 5 weeks later: the same weekdays
+DAYS = 40
+DRIFT_DAY = 37  # 2026-11-09: the scenario starts; days 37-39 are ingested through Dagster
+REFERENCE = (29, 36)  # the production model's training window (the drift reference)
+CONTROL = (36, 37)  # the day before the drift
+LABELS_UNTIL = 48  # labels known by 2026-11-20 (before the machine's today)
+THRESHOLD = 0.15  # as in test_drift: amount_inflation moves about 6 of 24 columns within three days
+WORLD_ENV = {
+    "RTML_SIM_START": START.isoformat(),
+    "RTML_SIM_CUSTOMERS": "2000",
+    "RTML_SIM_MERCHANTS": "200",
+    "RTML_SIM_TRANSACTIONS_PER_DAY": "2000",
+    "RTML_SIM_DRIFT_SCENARIO": "amount_inflation",
+    "RTML_SIM_DRIFT_START": (START + timedelta(days=DRIFT_DAY)).isoformat(),
+    "RTML_DRIFT_THRESHOLD": str(THRESHOLD),
+}
+WEAK = {"max_iter": 5, "max_depth": 2}  # test_training's weakened model: production to beat
+
+
+def day(n: float) -> datetime:
+    return START + timedelta(days=n)
+
+
+def hour_key(ts: datetime) -> str:
+    return f"{ts:%Y-%m-%d-%H:%M}"
+
+
+@pytest.fixture(scope="module")
+def world_env(webhook: Webhook) -> Iterator[None]:
+    """The assets read ``get_settings()``: the world's simulator and threshold go through the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in WORLD_ENV.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def world_db(scratch_database: Callable[[str], str], world_env: None, separate_dbt_target: Path) -> str:
+    """History up to the drift (loader + dbt, as in test_drift) and the labels known by LABELS_UNTIL."""
+    from rtml.features.dbt import run_dbt
+    from rtml.ingest.loader import load_labels, load_transactions
+
+    settings = get_settings()
+    url = scratch_database("automation")
+    with psycopg.connect(url) as conn:
+        ensure_raw_tables(conn)
+    simulator = Simulator(settings)
+    load_transactions(
+        url, simulator.iter_transactions(START, day(DRIFT_DAY), hours_per_chunk=24 * 5), "sim", settings
+    )
+    load_labels(url, [simulator.labels(START, day(LABELS_UNTIL))], "sim-labels", settings)
+    proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return url
+
+
+@pytest.fixture(scope="module")
+def model_name() -> str:
+    return f"fraud-detector-auto-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_resource(mlflow_tracking_uri: str, model_name: str) -> MlflowResource:
+    return MlflowResource(tracking_uri=mlflow_tracking_uri, model_name=model_name)
+
+
+@pytest.fixture(scope="module")
+def production(world_db: str, mlflow_resource: MlflowResource) -> str:
+    """A weak version trained on the reference week, in production: its lineage window is the drift
+    reference, and a retrained version beats it at the evaluation gate."""
+    from rtml.training.dataset import feature_spec
+    from rtml.training.tracking import train_and_register
+
+    weak = tuple(name for name in feature_spec().numeric if name != "amount")
+    trained = train_and_register(
+        world_db,
+        mlflow_resource.uri(),
+        get_settings(),
+        start=day(REFERENCE[0]),
+        end=day(REFERENCE[1]),
+        params=WEAK,
+        exclude_features=weak,
+        model_name=mlflow_resource.model_name,
+    )
+    registry.promote(
+        mlflow_resource.client(), trained.model_version, "test", "weak reference", mlflow_resource.model_name
+    )
+    return trained.model_version
+
+
+@pytest.fixture(scope="module")
+def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) -> dict[str, Any]:
+    return {
+        "postgres": PostgresResource(url=world_db),
+        "mlflow": mlflow_resource,
+        "redis": RedisResource(url=redis_url, key_prefix=f"rtml-auto-{uuid.uuid4().hex[:6]}"),
+    }
+
+
+@pytest.fixture(scope="module")
+def world_defs(resources: dict[str, Any]) -> dg.Definitions:
+    """The code location with its resources pointed at the world's database, model and Redis namespace."""
+    return with_resources(resources)
+
+
+def materialize_drift(
+    instance: dg.DagsterInstance, resources: dict[str, Any], **window: datetime
+) -> dg.AssetCheckEvaluation:
+    config = {key: value.isoformat() for key, value in window.items()}
+    result = dg.materialize(
+        [drift_report, drift_within_threshold],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"drift_report": {"config": config}}} if config else None,
+    )
+    assert result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
+    new_instance: Callable[[str], dg.DagsterInstance],
+    world_defs: dg.Definitions,
+    resources: dict[str, Any],
+    world_db: str,
+    production: str,
+    mlflow_resource: MlflowResource,
+    webhook: Webhook,
+) -> None:
+    instance = new_instance("e2e")
+    # 1. The hourly refresh job, as a single-run backfill of the three drifted days.
+    hours = (hour_key(day(DRIFT_DAY)), hour_key(day(DAYS) - timedelta(hours=1)))
+    refresh = world_defs.resolve_job_def("hourly_refresh_job").execute_in_process(
+        instance=instance, tags=dict(zip(RANGE_TAGS, hours, strict=True))
+    )
+    assert refresh.success
+    built = {event.asset_key.to_user_string() for event in refresh.get_asset_materialization_events()}
+    assert {"transactions_raw", "customer_features", "merchant_features", "online_features"} <= built
+    checks = {
+        (e.asset_key.to_user_string(), e.check_name): e.passed for e in refresh.get_asset_check_evaluations()
+    }
+    # the run's checks include the data freshness checks: fresh again after the refresh
+    assert checks[("transactions_raw", "freshness_check")] and checks[("online_features", "freshness_check")]
+    assert checks[("online_features", "online_offline_parity")]
+
+    def evaluate(cursor: str | None) -> dg.SensorResult:
+        return drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+    # 2. Control: the day before the drift stays within the threshold: no retraining.
+    control = materialize_drift(
+        instance, resources, current_start=day(CONTROL[0]), current_end=day(CONTROL[1])
+    )
+    assert control.passed, control.description
+    quiet = evaluate(None)
+    assert "passed" in skip_message(quiet)
+
+    # 3. The newest day has drifted: exactly one run request, and none on the next tick.
+    drifted = materialize_drift(instance, resources)
+    assert not drifted.passed and drifted.description is not None and "amount" in drifted.description
+    first = evaluate(quiet.cursor)
+    [request] = first.run_requests
+    assert request.run_key is not None and request.run_key.startswith("drift_report:drift_within_threshold:")
+    assert "already handled" in skip_message(evaluate(first.cursor))
+
+    # 4. The requested run: training set rebuilt, a version trained, gated against production, staged.
+    before = newest_notification(world_db)
+    run = world_defs.resolve_job_def(drift_retraining_sensor.job_name or "").execute_in_process(
+        instance=instance, tags=request.tags
+    )
+    assert run.success
+    [trained] = run.asset_materializations_for_node("fraud_model")
+    metadata = {key: value.value for key, value in trained.metadata.items()}
+    version = str(metadata["model_version"])
+    assert metadata["gate"] == "staged", metadata["gate_reason"]
+    client = mlflow_resource.client()
+    staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)
+    assert staged is not None and staged.version == version != production
+
+    # 5. The retraining's notification, with the comparison, in the table and at the receiver.
+    dagster_run = instance.get_run_by_id(run.run_id)
+    assert dagster_run is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name="retraining_notifier",
+        dagster_event=outcome_event(run),
+        dagster_instance=instance,
+        dagster_run=dagster_run,
+        resources=resources,
+    ) as context:
+        retraining_notifier(context)
+    [row] = wait_for_rows(world_db, "retraining", before, count=1)
+    tags = client.get_model_version(mlflow_resource.model_name, version).tags
+    ours, theirs = float(tags["gate_pr_auc"]), float(tags["gate_production_pr_auc"])
+    assert ours > theirs
+    name = mlflow_resource.model_name
+    assert row["text"] == (
+        f"{name} v{version}: PR AUC {ours:.4f} vs production v{production} {theirs:.4f}; staged; "
+        f"approve with `rtml promote {version} --approver NAME --reason TEXT`"
+    )
+    assert row["delivered"] and row["fields"]["trigger"] == "drift_report:drift_within_threshold"
+    [body] = bodies_mentioning(webhook, f"rtml promote {version}")
+    assert body["blocks"][0]["text"]["text"] == f"{name} v{version} staged"
+
+    # 6. A person approves: the promotion notifies and requests the bento of the new production version.
+    approval = {"version": version, "approver": "dana", "reason": "beats production after drift"}
+    promoted = world_defs.resolve_job_def("promote_model").execute_in_process(
+        instance=instance, run_config={"ops": {"production_model": {"config": approval}}}
+    )
+    assert promoted.success
+    promotion_run = instance.get_run_by_id(promoted.run_id)
+    assert promotion_run is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name="promotion_sensor",
+        dagster_event=outcome_event(promoted),
+        dagster_instance=instance,
+        dagster_run=promotion_run,
+        resources=resources,
+    ) as context:
+        bento = promotion_sensor(context)
+    assert isinstance(bento, dg.RunRequest) and bento.run_key == f"bento-after-{promoted.run_id}"
+    assert promotion_sensor.job_name == "bento_job"
+    [notice] = wait_for_rows(world_db, "promotion", before, count=1)
+    assert notice["title"] == f"{name} v{version} is in production" and notice["fields"]["approver"] == "dana"
