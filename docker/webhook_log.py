@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    # an explicit handler: as a container's PID 1, or started with SIGTERM ignored, the default would
+    # leave `docker compose stop` (and tests) waiting for a kill
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     port = int(os.environ.get("WEBHOOK_PORT", "8765"))
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
     print(f"webhook receiver on :{port} (POST bodies are printed as JSON lines)", file=sys.stderr, flush=True)

@@ -657,14 +657,16 @@ def test_schemathesis_no_server_errors(servers: dict[str, Server], tmp_path: Pat
     assert "generated" in proc.stdout and "Server error" not in proc.stdout
 
 
-def push_pipeline_figures(gateway: str, model: Registered) -> None:
+def push_pipeline_figures(gateway: str, model: Registered, served: str) -> None:
     """What the pipeline's assets push (``rtml.monitoring.metrics``), with the labels they use: the loaders'
-    rows, the online push's freshness, the registered version's real evaluation figures (from its MLflow
-    run), a drift report, live performance and job outcomes. The assets' own pushes are tested where the
+    rows, the online push's freshness, the served version's real evaluation figures (from its MLflow
+    run; earlier tests may have swapped in another version), a drift report, live performance and job
+    outcomes. The assets' own pushes are tested where the
     assets are (``test_ingestion_assets``, ``test_drift``, ``test_live_performance``)."""
     now = time.time()
-    run = model_registry.client_for(model.tracking_uri).get_run(model.run_id)
-    version = {"model_name": MODEL, "model_version": model.first}
+    client = model_registry.client_for(model.tracking_uri)
+    run = client.get_run(client.get_model_version(MODEL, served).run_id or "")
+    version = {"model_name": MODEL, "model_version": served}
     groups: dict[str, list[metrics.Sample]] = {
         "transactions_raw": metrics.run_samples(
             "transactions_raw", 1.4, loaded=7_950, quarantined=50, partition="2026-09-21-00:00"
@@ -691,11 +693,9 @@ def push_pipeline_figures(gateway: str, model: Registered) -> None:
             metrics.Sample(
                 "rtml_live_model_metric",
                 0.93,
-                {"model_version": model.first, "metric": "roc_auc", "window": "1d"},
+                {"model_version": served, "metric": "roc_auc", "window": "1d"},
             ),
-            metrics.Sample(
-                "rtml_live_labelled_predictions", 800, {"model_version": model.first, "window": "1d"}
-            ),
+            metrics.Sample("rtml_live_labelled_predictions", 800, {"model_version": served, "window": "1d"}),
         ],
         "run_success_training_job": [
             metrics.Sample(
@@ -736,7 +736,8 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
         database_url=latest_db,
         work=tmp_path,
     ) as stack:
-        push_pipeline_figures(stack.pushgateway.url, model)
+        served = httpx.get(f"{fail_open.url}/metadata", timeout=10).json()["model"]["version"]
+        push_pipeline_figures(stack.pushgateway.url, model, served)
         for _ in range(20):
             for server in (fail_open, fail_closed):
                 assert server.post("/score", {"transaction": known}).status_code == 200
