@@ -782,30 +782,21 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
         assert empty == [], f"{len(empty)} of {len(queries)} panel queries return no data: {empty}"
 
 
+def prediction(request_id: str, now: datetime, probability: float = 0.1, **fields: Any) -> PredictionRow:
+    """A prediction-log row for a constant transaction."""
+    return PredictionRow(
+        request_id, "t", "c", "m", 1.0, "EUR", "pos", None, None, now, "1", probability, "approve", **fields
+    )
+
+
 def test_prediction_writer_flushes_everything_on_close(database_url: str) -> None:
     writer = PredictionWriter(database_url, flush_rows=10_000, flush_ms=60_000)  # no flush before close
     ids = [f"writer-test-{uuid.uuid4().hex}" for _ in range(1234)]
     now = datetime.now(UTC)
     for request_id in ids:
         assert writer.put(
-            PredictionRow(
-                request_id,
-                "t",
-                "c",
-                "m",
-                1.0,
-                "EUR",
-                "pos",
-                None,
-                None,
-                now,
-                "1",
-                0.1,
-                "approve",
-                ["merchant"],
-                False,
-                now,
-                1.5,
+            prediction(
+                request_id, now, features_missing=["merchant"], degraded=False, scored_at=now, latency_ms=1.5
             )
         )
     writer.close()
@@ -823,25 +814,7 @@ def test_a_retried_batch_is_written_once(database_url: str) -> None:
 
     ensure_table(database_url)
     now = datetime.now(UTC)
-    rows = [
-        PredictionRow(
-            f"retry-{uuid.uuid4().hex}",
-            "t",
-            "c",
-            "m",
-            1.0,
-            "EUR",
-            "pos",
-            None,
-            None,
-            now,
-            "1",
-            0.2,
-            "approve",
-            scored_at=now,
-        )
-        for _ in range(50)
-    ]
+    rows = [prediction(f"retry-{uuid.uuid4().hex}", now, 0.2, scored_at=now) for _ in range(50)]
     ids = [row.request_id for row in rows]
     with psycopg.connect(database_url) as conn:
         write_rows(conn, rows[:20])

@@ -96,22 +96,22 @@ def write_rows(conn: psycopg.Connection, rows: Sequence[PredictionRow]) -> None:
     connection broke while committing) is refused by the primary key: it then goes through a staging
     table and ``on conflict (request_id) do nothing``, so it is written once."""
     try:
-        with (
-            conn.transaction(),
-            conn.cursor().copy(f"copy {TABLE} ({', '.join(COLUMNS)}) from stdin") as copy,
-        ):
-            for row in rows:
-                copy.write_row(_as_tuple(row))
+        with conn.transaction():
+            _copy(conn, TABLE, rows)
         return
     except psycopg.errors.UniqueViolation:
         pass
     staging = "_predictions_batch"
     with conn.transaction():
         conn.execute(f"create temp table if not exists {staging} (like {TABLE}) on commit delete rows")
-        with conn.cursor().copy(f"copy {staging} ({', '.join(COLUMNS)}) from stdin") as copy:
-            for row in rows:
-                copy.write_row(_as_tuple(row))
+        _copy(conn, staging, rows)
         conn.execute(f"insert into {TABLE} select * from {staging} on conflict (request_id) do nothing")
+
+
+def _copy(conn: psycopg.Connection, table: str, rows: Sequence[PredictionRow]) -> None:
+    with conn.cursor().copy(f"copy {table} ({', '.join(COLUMNS)}) from stdin") as copy:
+        for row in rows:
+            copy.write_row(_as_tuple(row))
 
 
 class PredictionWriter:
