@@ -6,9 +6,10 @@ Uses RTML_DATABASE_URL if set, else starts the local stack (``LocalStack(get_set
 The rows are generated once (simulator, ~0.2 % deliberately dirty rows), kept in memory, and their ids
 get a ``bench-`` prefix so they never collide with partitions the platform itself loaded. Timed:
 (a) ``load_transactions`` in streaming chunks of ``ingest_chunk_rows`` into ``raw.transactions``;
-(b) the limit: the same CSV serialization (pyarrow) COPYed without validation into an identical table
+(b) the limit: the same binary COPY encoding (pgpq) COPYed without validation into an identical table
 (``LIKE raw.transactions INCLUDING ALL``: same PK, collation and BRIN index); (c) for reference, (b) into
-a table without any index. The benchmark's rows are deleted afterwards (``delete_source``),
+a table without any index; (d) for reference, (b) with pyarrow's CSV writer and ``FORMAT csv`` (the
+loader's encoding before binary COPY). The benchmark's rows are deleted afterwards (``delete_source``),
 and ``raw.transactions`` is compacted (``VACUUM FULL``, untimed) before each run, so that like the
 TRUNCATEd baseline tables it starts without the dead space of the previous run (COPY into the free space
 of 1M just-deleted rows measured 30-60 % slower here). The last line
@@ -29,6 +30,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from pgpq import ArrowToPostgresBinaryEncoder
 
 from rtml.config import Settings, get_settings
 from rtml.ingest.loader import delete_source, load_transactions
@@ -65,8 +67,10 @@ def generate(settings: Settings, rows: int) -> pa.Table:
     return table.set_column(0, pa.field("transaction_id", pa.string(), nullable=False), ids)
 
 
-def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int) -> float:
-    """Seconds to COPY ``table`` (pyarrow CSV, one COPY, no validation) into ``target``."""
+def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int, fmt: str = "binary") -> float:
+    """Seconds to COPY ``table`` (one COPY, no validation, encoded chunk by chunk) into ``target``.
+
+    ``fmt``: "binary" (pgpq, as the loader) or "csv" (pyarrow's CSV writer)."""
     options = pacsv.WriteOptions(include_header=False, batch_size=8192)
     columns = ", ".join([*TRANSACTIONS.names, "source"])
     with psycopg.connect(url, autocommit=True) as conn:
@@ -74,13 +78,23 @@ def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int) -> float
         started = time.perf_counter()
         with conn.transaction():
             conn.execute("SET LOCAL synchronous_commit = off")
-            with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT {fmt})") as copy:
+                encoder = None
                 for start in range(0, table.num_rows, chunk_rows):
                     chunk = table.slice(start, chunk_rows)
                     chunk = chunk.append_column("source", pa.repeat(pa.scalar(SOURCE), chunk.num_rows))
-                    sink = pa.BufferOutputStream()
-                    pacsv.write_csv(chunk, sink, options)
-                    copy.write(memoryview(sink.getvalue()))
+                    if fmt == "csv":
+                        sink = pa.BufferOutputStream()
+                        pacsv.write_csv(chunk, sink, options)
+                        copy.write(memoryview(sink.getvalue()))
+                        continue
+                    if encoder is None:
+                        encoder = ArrowToPostgresBinaryEncoder(chunk.schema)
+                        copy.write(encoder.write_header())
+                    for batch in chunk.to_batches():
+                        copy.write(encoder.write_batch(batch))
+                if encoder is not None:
+                    copy.write(encoder.finish())
         seconds = time.perf_counter() - started
         conn.execute(f"TRUNCATE {target}")
     return seconds
@@ -135,6 +149,7 @@ def main() -> None:
     plain_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows))
     ingest_seconds = best(args.repeat, ingest)
     no_index_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN_NO_INDEX, chunk_rows))
+    csv_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows, "csv"))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {PLAIN}, {PLAIN_NO_INDEX}")
 
@@ -143,9 +158,14 @@ def main() -> None:
     ingest_rate, plain_rate = rows / ingest_seconds, clean.num_rows / plain_seconds
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(f"load_transactions: {ingest_rate:,.0f} rows/s ({ingest_seconds:.2f} s) — {result}")
-    print(f"plain COPY (same CSV, same indexes): {plain_rate:,.0f} rows/s ({plain_seconds:.2f} s)")
+    print(
+        f"plain COPY (same binary encoding, same indexes): {plain_rate:,.0f} rows/s ({plain_seconds:.2f} s)"
+    )
     print(
         f"plain COPY, no indexes: {clean.num_rows / no_index_seconds:,.0f} rows/s ({no_index_seconds:.2f} s)"
+    )
+    print(
+        f"plain COPY as CSV, same indexes: {clean.num_rows / csv_seconds:,.0f} rows/s ({csv_seconds:.2f} s)"
     )
     print(f"ratio ingest / plain: {ingest_rate / plain_rate:.2f}; peak RSS {peak_rss_mib:,.0f} MiB")
     print(
@@ -156,6 +176,7 @@ def main() -> None:
                 "ingest_rows_per_s": round(ingest_rate),
                 "plain_copy_rows_per_s": round(plain_rate),
                 "plain_copy_no_index_rows_per_s": round(clean.num_rows / no_index_seconds),
+                "plain_copy_csv_rows_per_s": round(clean.num_rows / csv_seconds),
                 "ratio": round(ingest_rate / plain_rate, 3),
                 "rows_loaded": result.rows_loaded,
                 "rows_quarantined": result.rows_quarantined,

@@ -240,6 +240,76 @@ def test_duplicate_across_chunks_of_one_source_keeps_the_first(conn: psycopg.Con
     assert row == 6
 
 
+def test_duplicates_chunks_apart_are_caught_by_the_key_next_chunk_by_the_loader(
+    conn: psycopg.Connection, source: str
+) -> None:
+    table = transactions(7, source)
+    # Chunks of 2: [0 1] [2 3] [4 5] [6 5] [0]. Row 7 repeats row 5 (the previous chunk: caught before
+    # the COPY); row 8 repeats row 0 (three chunks back: caught by the primary key, slow path).
+    repeated = pa.concat_tables([table, table.slice(5, 1), table.slice(0, 1)])
+    result = load_transactions(conn, [repeated], source, Settings(ingest_chunk_rows=2))
+    assert (result.rows_loaded, result.quarantine_by_rule) == (7, {"transaction_id_duplicate": 2})
+    assert rows(conn, "raw.transactions", source) == sorted((*r.values(), source) for r in table.to_pylist())
+    quarantined = conn.execute(
+        "SELECT source_row, transaction_id, error FROM raw.transactions_quarantine WHERE source = %s "
+        "ORDER BY source_row",
+        (source,),
+    ).fetchall()
+    assert [q[:2] for q in quarantined] == [(7, f"{source}-5"), (8, f"{source}-0")]
+    assert "appears earlier in the same source" in quarantined[0][2]
+    assert f"already loaded from source '{source}'" in quarantined[1][2]
+
+
+def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source: str) -> None:
+    """Good rows travel as binary COPY (pgpq): every value must come back exactly as in Arrow."""
+    # A session time zone far from UTC: timestamptz values are instants, whatever the session says.
+    conn.execute("SET TIME ZONE 'Pacific/Chatham'")
+    awkward = ["a,b", 'quote"d', "line\nbreak", "back\\slash", "\\N", "NULL", "tab\there", "ünïcødé €"]
+    instants = [
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # before the Unix and the PostgreSQL epoch
+        datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        T0 + timedelta(microseconds=1),
+        T0 + timedelta(days=3, microseconds=654_321),
+    ]
+    amounts = [0.1, 1 / 3, math.nextafter(1.0, 2.0), 5e-324, 12_345.678_901_234_5, 1e-300, 2.5, 99.99]
+    table = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": f"{source}-{i}-{awkward[i]}",
+                "event_ts": instants[i % len(instants)],
+                "customer_id": awkward[(i + 1) % len(awkward)],
+                "merchant_id": awkward[(i + 2) % len(awkward)],
+                "merchant_category": awkward[(i + 3) % len(awkward)],
+                "amount": amounts[i],
+                "currency": "EUR",
+                "channel": "online",
+                "country": "NZ",
+            }
+            for i in range(len(awkward))
+        ],
+        schema=TRANSACTIONS,
+    )
+    # Two chunks, so the round trip covers more than one COPY stream.
+    result = load_transactions(conn, [table], source, Settings(ingest_chunk_rows=5))
+    assert (result.rows_loaded, result.rows_quarantined) == (len(awkward), 0)
+    loaded = rows(conn, "raw.transactions", source)
+    expected = sorted((*r.values(), source) for r in table.to_pylist())
+    assert loaded == expected
+    assert [r[5] for r in loaded] == [r[5] for r in expected]  # floats: exactly, bit for bit
+    assert all(type(r[5]) is float for r in loaded)
+
+    labels = pa.Table.from_pylist(
+        [
+            {"transaction_id": "x", "is_fraud": True, "label_ts": instants[0], "label_source": "chargeback"},
+            {"transaction_id": "y", "is_fraud": False, "label_ts": instants[4], "label_source": awkward[0]},
+        ],
+        schema=LABELS,
+    )
+    assert load_labels(conn, [labels], source, SETTINGS).rows_loaded == 2
+    assert rows(conn, "raw.labels", source) == sorted((*r.values(), source) for r in labels.to_pylist())
+
+
 def test_wrong_columns_refuse_the_batch_and_keep_the_previous_load(
     conn: psycopg.Connection, source: str
 ) -> None:
