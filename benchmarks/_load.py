@@ -157,6 +157,26 @@ class Result:
         }
 
 
+def merge(results: list[Result]) -> Result:
+    """One result of several runs at the same rate (latencies pooled, counts summed)."""
+    statuses: dict[int, int] = {}
+    failures: dict[str, int] = {}
+    for r in results:
+        for k, v in r.statuses.items():
+            statuses[k] = statuses.get(k, 0) + v
+        for name, v in r.failures.items():
+            failures[name] = failures.get(name, 0) + v
+    return Result(
+        results[0].rate,
+        sum(r.seconds for r in results),
+        np.concatenate([r.latencies_ms for r in results]),
+        np.concatenate([r.lag_ms for r in results]),
+        sum(r.errors for r in results),
+        statuses,
+        failures,
+    )
+
+
 KEEPALIVE_SECONDS = 4.0  # reuse a connection only if it was used this recently (uvicorn's keep-alive: 5 s)
 
 

@@ -10,12 +10,16 @@ Why not BentoML's adaptive batching (``@bentoml.api(batchable=True)``): it batch
 batchable API, whose HTTP body must then be a list, which would change ``/score``'s contract (one
 transaction in, one score out), and its dispatcher (``CorkDispatcher``) polls its queue in 1 ms ticks,
 which adds a millisecond or more to every request at low load.
+
+Work that need not delay the answers (metrics, the prediction log) goes into ``after``: it runs once the
+batch's requests have been answered (their responses are written first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -35,10 +39,19 @@ class MicroBatcher(Generic[T, R]):
 
     ``process(items) -> results`` (same length) runs on the event loop, one batch at a time; an
     exception it raises is raised in every request of that batch. A submission larger than
-    ``max_rows`` is processed as a batch of its own."""
+    ``max_rows`` is processed as a batch of its own.
 
-    def __init__(self, process: Callable[[list[T]], list[R]], max_rows: int) -> None:
+    ``after(items, results, seconds)`` (optional) runs on the loop after the batch's waiting requests
+    have resumed, i.e. after their responses went out; ``seconds``: how long ``process`` took."""
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], list[R]],
+        max_rows: int,
+        after: Callable[[list[T], list[R], float], None] | None = None,
+    ) -> None:
         self.process = process
+        self.after = after
         self.max_rows = max(1, max_rows)
         self._queue: collections.deque[_Job[T, R]] = collections.deque()
         self._draining = False
@@ -72,8 +85,10 @@ class MicroBatcher(Generic[T, R]):
 
     def _run(self, jobs: list[_Job[T, R]], size: int) -> None:
         items = [item for job in jobs for item in job.items]
+        started = time.perf_counter()
         try:
             results = self.process(items)
+            seconds = time.perf_counter() - started
         except Exception as exc:
             for job in jobs:
                 if not job.future.done():
@@ -87,3 +102,6 @@ class MicroBatcher(Generic[T, R]):
             if not job.future.done():  # a client that went away cancelled its future
                 job.future.set_result(results[start:end])
             start = end
+        if self.after is not None:
+            # queued behind the wake-ups set_result just scheduled: the requests answer first
+            asyncio.get_running_loop().call_soon(self.after, items, results, seconds)

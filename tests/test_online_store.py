@@ -311,3 +311,25 @@ def test_ttl_expires_a_view_not_refreshed_and_reader_errors_reach_the_caller(
     dead = OnlineStore(f"redis://127.0.0.1:{free_port()}/0", store.registry, socket_timeout_ms=50)
     with pytest.raises(redis.exceptions.ConnectionError):
         dead.read("c", "m")
+
+
+def test_reader_survives_a_flushed_script_cache_and_a_killed_connection(
+    store: OnlineStore, latest_db: str
+) -> None:
+    """The reader keeps a connection of its own (``OnlineStore._evalsha``): after a Redis restart the
+    script is gone (NOSCRIPT: loaded again) and the connection is dead (reconnected, read sent again)."""
+    store.push_from_postgres(latest_db)
+    customer_id = str(_scalar(latest_db, "select customer_id from features.customer_features_latest limit 1"))
+    assert store.read(customer_id, "m").missing == ["merchant"]
+
+    store.client.script_flush()
+    assert store.read(customer_id, "m").missing == ["merchant"]
+
+    reader = store._read_connection
+    reader.send_command("CLIENT", "ID")
+    reader_id = reader.read_response()
+    assert store.client.client_kill_filter(_id=reader_id) == 1
+    feats = store.read(customer_id, "m")
+    assert feats.missing == ["merchant"] and feats.customer["txn_count_30d"] >= 1
+    reader.send_command("CLIENT", "ID")
+    assert reader.read_response() != reader_id  # a new connection

@@ -88,4 +88,4 @@ def decode_entity(view: OnlineView, record: bytes) -> dict[str, Any] | None:
     if not record.startswith(b"+"):
         return None
     values = record[1:].split(VALUE_SEPARATOR)
-    return {f.name: f.decode(value) for f, value in zip(view.fields, values, strict=True)}
+    return {name: decode(value) for (name, decode), value in zip(view.decoders, values, strict=True)}

@@ -29,6 +29,7 @@ known merchants empty (so ``is_new_merchant`` is true and ``seconds_since_prev_t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -165,6 +166,11 @@ class OnlineView:
             [f.name, f.kind, f.feature_version] for f in self.fields
         ]
         return hashlib.sha256(repr(spec).encode()).hexdigest()[:8]
+
+    @functools.cached_property
+    def decoders(self) -> tuple[tuple[str, Callable[[bytes], Any]], ...]:
+        """(name, decoder) of each field, in stored order: what the reader applies to every record."""
+        return tuple((field.name, field.decode) for field in self.fields)
 
     def defaults(self) -> dict[str, Any]:
         return {field.name: field.default for field in self.fields}

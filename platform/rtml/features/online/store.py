@@ -10,7 +10,9 @@ Redis connection and timeout errors propagate (``redis.exceptions.ConnectionErro
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import redis
@@ -59,6 +61,8 @@ class OnlineStore:
         self._bulk_client = redis.Redis.from_url(redis_url, socket_timeout=BULK_SOCKET_TIMEOUT_S)
         self._batch_entities = batch_entities or settings.online_push_batch_entities
         self._script = self.client.register_script(read_script(self.customer_view, self.merchant_view))
+        self._read_lock = threading.Lock()
+        self._read_connection: Any = None  # a redis-py Connection, made on the first read
         self._pointer_keys = [
             self.keys.pointer(view.name) for view in (self.customer_view, self.merchant_view)
         ]
@@ -70,8 +74,7 @@ class OnlineStore:
 
     def read_many(self, pairs: Sequence[tuple[str, str]]) -> list[OnlineFeatures]:
         """Features of many (customer, merchant) pairs, in one round trip."""
-        args = [entity_id for pair in pairs for entity_id in pair]
-        reply = self._script(keys=self._pointer_keys, args=args)
+        reply = self._evalsha([entity_id for pair in pairs for entity_id in pair])
         versions = {
             self.customer_view.name: reply[0].decode(),
             self.merchant_view.name: reply[1].decode(),
@@ -93,6 +96,39 @@ class OnlineStore:
                 )
             )
         return results
+
+    def _evalsha(self, args: list[str]) -> Any:
+        """The read script on a connection of its own: redis-py's command path around it (connection
+        pool, retry wrapper, reply callbacks) cost as much as the round trip (hot 70 → 39 us, cold
+        480 → 340 us). A dropped connection (server restart, idle timeout) is reconnected and the read
+        sent once more; a script the server lost (restart) is loaded again. Other errors propagate as
+        from any redis-py command."""
+        command = ("EVALSHA", self._script.sha, 2, *self._pointer_keys, *args)
+        with self._read_lock:
+            if self._read_connection is None:
+                self._read_connection = self.client.connection_pool.make_connection()
+            connection: Any = self._read_connection
+            try:
+                return self._send(connection, command)
+            except redis.exceptions.TimeoutError:  # a slow server: no second wait
+                connection.disconnect()
+                raise
+            except redis.exceptions.ConnectionError:
+                connection.disconnect()  # send_command connects again
+            try:
+                return self._send(connection, command)
+            except redis.exceptions.RedisError:
+                connection.disconnect()
+                raise
+
+    def _send(self, connection: Any, command: tuple[Any, ...]) -> Any:
+        try:
+            connection.send_command(*command)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(self._script.script)  # same script, same sha
+            connection.send_command(*command)
+            return connection.read_response()
 
     def current_namespaces(self) -> dict[str, str | None]:
         values = self.client.mget([self.keys.pointer(name) for name in self.views])
@@ -142,5 +178,7 @@ class OnlineStore:
         return deleted
 
     def close(self) -> None:
+        if self._read_connection is not None:
+            self._read_connection.disconnect()
         self.client.close()
         self._bulk_client.close()

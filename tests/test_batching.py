@@ -1,0 +1,114 @@
+"""``serving/batching.py``: the scorer's greedy micro-batcher, on a real asyncio loop (no BentoML)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))
+from batching import MicroBatcher
+
+
+class Recorder:
+    """A ``process`` that squares its items and records each batch (optionally slow, like a Redis read)."""
+
+    def __init__(self, seconds: float = 0.0, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.seconds = seconds
+        self.fail_on = fail_on
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        if self.fail_on in items:
+            raise ValueError(f"cannot score {self.fail_on}")
+        time.sleep(self.seconds)  # blocks the loop, as the scorer's synchronous batch does
+        return [i * i for i in items]
+
+
+def test_a_lone_request_is_scored_at_once_and_concurrent_ones_share_the_next_batch() -> None:
+    process = Recorder(seconds=0.01)
+    batcher = MicroBatcher(process, max_rows=100)
+
+    async def scenario() -> list[list[int]]:
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0.001)  # meanwhile the first batch runs, alone (blocking the loop 10 ms)
+        rest = [asyncio.ensure_future(batcher.submit([i])) for i in range(2, 7)]
+        return [await first, *[await r for r in rest]]
+
+    started = time.perf_counter()
+    results = asyncio.run(scenario())
+    assert results == [[1], [4], [9], [16], [25], [36]]  # each caller gets its own rows, in order
+    assert process.batches == [[1], [2, 3, 4, 5, 6]]
+    assert (batcher.batches, batcher.rows) == (2, 6)
+    assert time.perf_counter() - started < 1.0  # no timer anywhere
+
+
+def test_batches_respect_max_rows_and_an_oversized_submission_goes_alone() -> None:
+    process = Recorder()
+    batcher = MicroBatcher(process, max_rows=3)
+
+    async def scenario() -> list[list[int]]:
+        submissions = [[1, 2], [3], [4, 5, 6, 7], [8]]
+        return list(await asyncio.gather(*(batcher.submit(items) for items in submissions)))
+
+    assert asyncio.run(scenario()) == [[1, 4], [9], [16, 25, 36, 49], [64]]
+    assert process.batches == [[1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_an_error_fails_only_its_own_batch() -> None:
+    process = Recorder(fail_on=3)
+    batcher = MicroBatcher(process, max_rows=2)
+
+    async def scenario() -> list[object]:
+        jobs = [batcher.submit([i]) for i in (1, 2, 3, 4, 5)]
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    assert process.batches == [[1, 2], [3, 4], [5]]
+    assert results[:2] == [[1], [4]] and results[4] == [25]
+    for failed in results[2:4]:
+        assert isinstance(failed, ValueError) and "cannot score 3" in str(failed)
+
+
+def test_after_runs_once_the_callers_have_their_results() -> None:
+    events: list[str] = []
+    recorded: list[tuple[list[int], list[int], float]] = []
+
+    def after(items: list[int], results: list[int], seconds: float) -> None:
+        events.append("after")
+        recorded.append((items, results, seconds))
+
+    batcher = MicroBatcher(Recorder(seconds=0.005), max_rows=10, after=after)
+
+    async def caller(i: int) -> None:
+        await batcher.submit([i])
+        events.append(f"answered {i}")  # where the service writes its response
+
+    async def scenario() -> None:
+        await asyncio.gather(caller(1), caller(2))
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert events == ["answered 1", "answered 2", "after"]
+    ((items, results, seconds),) = recorded
+    assert (items, results) == ([1, 2], [1, 4])
+    assert 0.005 <= seconds < 1.0  # how long process took
+
+
+def test_a_caller_that_went_away_does_not_disturb_the_others() -> None:
+    batcher = MicroBatcher(Recorder(seconds=0.005), max_rows=10)
+
+    async def scenario() -> list[int]:
+        gone = asyncio.ensure_future(batcher.submit([1]))
+        stays = asyncio.ensure_future(batcher.submit([2]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        return await stays
+
+    assert asyncio.run(scenario()) == [4]
