@@ -106,22 +106,13 @@ def training_db(
 ) -> str:
     """A database (``<session db>_training``) with three weeks of simulated transactions and their
     labels through the ingest loader, then ``dbt run`` of everything ``training_set`` needs."""
-    import psycopg
 
     from rtml.features.dbt import run_dbt
-    from rtml.features.sample_data import ensure_raw_tables
-    from rtml.ingest.loader import load_labels, load_transactions
-    from rtml.sources.simulator import Simulator
+    from rtml.features.sample_data import load_simulated
 
     url = scratch_database("training")
-    with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
-    simulator = Simulator(training_settings)
     end = TRAINING_START + timedelta(days=TRAINING_DAYS)
-    chunks = simulator.iter_transactions(TRAINING_START, end, hours_per_chunk=24)
-    load_transactions(url, chunks, "sim", training_settings)
-    labels = simulator.labels(TRAINING_START, end + timedelta(days=LABEL_DAYS))
-    load_labels(url, [labels], "sim-labels", training_settings)
+    load_simulated(url, training_settings, TRAINING_START, end, labels_until=end + timedelta(days=LABEL_DAYS))
     with pytest.MonkeyPatch.context() as patch:  # keep this database's manifest out of the project's target/
         patch.setenv("DBT_TARGET_PATH", str(tmp_path_factory.mktemp("dbt-target-training")))
         proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)

@@ -53,7 +53,7 @@ from rtml.defs.monitoring.checks import drift_within_threshold
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
-from rtml.features.sample_data import ensure_raw_tables
+from rtml.features.sample_data import ensure_raw_tables, load_simulated
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.stack import StackInfo
 from rtml.sources.simulator import Simulator
@@ -389,17 +389,11 @@ def world_env(webhook: Webhook) -> Iterator[None]:
 def world_db(scratch_database: Callable[[str], str], world_env: None, separate_dbt_target: Path) -> str:
     """History up to the drift (loader + dbt, as in test_drift) and the labels known by LABELS_UNTIL."""
     from rtml.features.dbt import run_dbt
-    from rtml.ingest.loader import load_labels, load_transactions
 
-    settings = get_settings()
     url = scratch_database("automation")
-    with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
-    simulator = Simulator(settings)
-    load_transactions(
-        url, simulator.iter_transactions(START, day(DRIFT_DAY), hours_per_chunk=24 * 5), "sim", settings
+    load_simulated(
+        url, get_settings(), START, day(DRIFT_DAY), labels_until=day(LABELS_UNTIL), hours_per_chunk=24 * 5
     )
-    load_labels(url, [simulator.labels(START, day(LABELS_UNTIL))], "sim-labels", settings)
     proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return url

@@ -81,17 +81,10 @@ def drift_db(
     """Simulator → ingest loader → dbt (+training_set): 80k transactions and the labels known by the end.
     30 days come before the reference window so that the 30-day features have warmed up."""
     from rtml.features.dbt import run_dbt
-    from rtml.features.sample_data import ensure_raw_tables
-    from rtml.ingest.loader import load_labels, load_transactions
-    from rtml.sources.simulator import Simulator
+    from rtml.features.sample_data import load_simulated
 
     url = scratch_database("drift")
-    with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
-    simulator = Simulator(drift_settings)
-    chunks = simulator.iter_transactions(START, day(DAYS), hours_per_chunk=24 * 5)
-    load_transactions(url, chunks, "sim", drift_settings)
-    load_labels(url, [simulator.labels(START, day(DAYS))], "sim-labels", drift_settings)
+    load_simulated(url, drift_settings, START, day(DAYS), labels_until=day(DAYS), hours_per_chunk=24 * 5)
     proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return url

@@ -19,9 +19,7 @@ import pytest
 
 from rtml.config import Settings
 from rtml.features.dbt import dbt_vars, run_dbt
-from rtml.features.sample_data import ensure_raw_tables
-from rtml.ingest.loader import load_labels, load_transactions
-from rtml.sources.simulator import Simulator
+from rtml.features.sample_data import load_simulated
 from rtml.training.dataset import TARGET, TIME, FeatureSpec, feature_spec, load_training_set, prepare
 from rtml.training.snapshot import (
     Snapshot,
@@ -53,12 +51,8 @@ def snapshot_db(
         sim_transactions_per_day=3_000,
     )
     url = scratch_database("snapshot")
-    with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
-    simulator = Simulator(settings)
     end = START + timedelta(days=DAYS)
-    load_transactions(url, simulator.iter_transactions(START, end, hours_per_chunk=24), "sim", settings)
-    load_labels(url, [simulator.labels(START, end + timedelta(days=LABEL_DAYS))], "sim-labels", settings)
+    load_simulated(url, settings, START, end, labels_until=end + timedelta(days=LABEL_DAYS))
     args = ["run", "--full-refresh", "--select", "+training_set"]
     proc = run_dbt([*args, *dbt_vars({"training_include_unlabelled": True})], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]

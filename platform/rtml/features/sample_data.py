@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from rtml.config import Settings
+
 RAW_DDL = """
 create schema if not exists raw;
 create schema if not exists staging;
@@ -172,7 +174,6 @@ def simulated_frames(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Clean rows of the platform's seeded simulator (``rtml.sources.simulator``) for ``days`` days,
     with the labels known by the end of the window, shaped for the raw tables."""
-    from rtml.config import Settings
     from rtml.sources.simulator import Simulator
 
     settings = Settings(
@@ -189,3 +190,26 @@ def simulated_frames(
     labels = simulator.labels(start, end).to_pandas()
     labels["source"] = "labels/" + labels["label_ts"].dt.strftime("%Y-%m-%d")
     return transactions, labels
+
+
+def load_simulated(
+    database_url: str,
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    *,
+    labels_until: datetime,
+    hours_per_chunk: int = 24,
+) -> None:
+    """The seeded simulator's transactions of [start, end) and the labels known by ``labels_until``,
+    loaded through the ingest loader (validation, quarantine, COPY) into ``database_url``'s raw tables
+    (created if missing): the small worlds of the tests that need the platform's own load path."""
+    from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.sources.simulator import Simulator
+
+    with psycopg.connect(database_url) as conn:
+        ensure_raw_tables(conn)
+    simulator = Simulator(settings)
+    chunks = simulator.iter_transactions(start, end, hours_per_chunk=hours_per_chunk)
+    load_transactions(database_url, chunks, "sim", settings)
+    load_labels(database_url, [simulator.labels(start, labels_until)], "sim-labels", settings)

@@ -47,6 +47,7 @@ from psycopg.rows import dict_row
 from rtml.config import Settings
 from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.monitoring.metrics import Sample
+from rtml.monitoring.predictions import TABLE as PREDICTIONS_TABLE
 from rtml.training.dataset import (
     FEATURE_VIEWS,
     REQUEST_CATEGORICAL,
@@ -61,7 +62,6 @@ FEATURES, PREDICTIONS = "features", "predictions"
 SCORE = "probability"
 SEED = 0
 TRANSACTIONS = "staging.stg_transactions"
-PREDICTIONS_TABLE = "monitoring.predictions"
 
 DDL = """
 create schema if not exists monitoring;
