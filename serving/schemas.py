@@ -1,24 +1,50 @@
 """The scoring API's request and response models: one definition for ``service.py`` (``FraudScorer``)
 and the framework-floor service of the benchmarks (``benchmarks/floor_service.py``). No side effects on
-import (no settings, no model store)."""
+import (no model store; the settings the rules share with ingestion — allowed currencies, future skew,
+the oldest timestamp — are read when a request is validated).
+
+The input rules are ingestion's (``rtml.ingest.validation``), so the model never scores a value it could
+not have been trained on: a timestamp not further in the future than ``max_future_skew_seconds`` (nor
+older than ``serving_min_timestamp``: a request dated 9999 or 1970 would move the live-metrics window),
+a currency of ``currencies``, a country of two capital letters (lower case is upper-cased, as the
+training data has it). A broken rule is a 400 naming the field."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
+
+from rtml.config import get_settings
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 TEXT_PATTERN = r"^[A-Za-z0-9 _.,&'()/-]{1,64}$"
 
 
 def _aware(value: datetime) -> datetime:
-    """A naive timestamp is taken as UTC (like the ingest loader)."""
+    """A naive timestamp is taken as UTC (like the ingest loader); it must lie between
+    ``serving_min_timestamp`` and now + ``max_future_skew_seconds``."""
     try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+05:00: a 400, not a 500
         raise ValueError(f"timestamp out of range in UTC: {exc}") from exc
+    settings = get_settings()
+    skew = settings.max_future_skew_seconds
+    if value > datetime.now(UTC) + timedelta(seconds=skew):
+        raise ValueError(f"timestamp lies more than {skew} s in the future (max_future_skew_seconds)")
+    if value < settings.serving_min_timestamp:
+        raise ValueError(
+            f"timestamp is before {settings.serving_min_timestamp.isoformat()} (serving_min_timestamp)"
+        )
+    return value
+
+
+def _allowed_currency(value: str) -> str:
+    allowed = get_settings().currencies
+    if value not in allowed:
+        raise ValueError(f"currency {value!r} is not one of {allowed} (currencies)")
+    return value
 
 
 class Transaction(BaseModel):
@@ -35,11 +61,20 @@ class Transaction(BaseModel):
         float,
         Field(ge=0.01, le=1e9, allow_inf_nan=False, description="Amount in `currency`, at least 0.01."),
     ]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")]
+    currency: Annotated[
+        str,
+        AfterValidator(_allowed_currency),
+        Field(
+            pattern=r"^[A-Z]{3}$", description="ISO 4217 code, one of the platform's `currencies`, e.g. EUR."
+        ),
+    ]
     timestamp: Annotated[
         datetime,
         AfterValidator(_aware),
-        Field(description="When the transaction happened (ISO 8601; without a zone: UTC)."),
+        Field(
+            description="When the transaction happened (ISO 8601; without a zone: UTC); at most "
+            "`max_future_skew_seconds` in the future, not before `serving_min_timestamp`."
+        ),
     ]
     channel: Literal["pos", "online", "atm"]
     merchant_category: Annotated[
@@ -50,10 +85,10 @@ class Transaction(BaseModel):
         ),
     ] = None
     country: Annotated[
-        str | None,
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(str.upper)] | None,
         Field(
-            pattern=r"^[A-Za-z]{2}$",
-            description="Optional: ISO 3166 country (missing → the model's missing value).",
+            description="Optional: ISO 3166 alpha-2 country, upper-cased (missing → the model's missing "
+            "value).",
         ),
     ] = None
 
@@ -66,6 +101,9 @@ class Score(BaseModel):
     features_missing: list[str]
     degraded: bool
     request_id: str
+    # entity → why its features are missing (unknown_entity, view_missing, redis_unavailable): for the
+    # service's metrics, not part of the response
+    _missing_causes: dict[str, Any] = PrivateAttr(default_factory=dict)
 
 
 class BatchScore(BaseModel):

@@ -4,7 +4,8 @@
   one reference, so a request always scores with one consistent model;
 * ``load_from_registry`` / ``load_from_bento``: the production version from MLflow, or the copy packaged
   in the bento (``bentoml.mlflow.import_model`` of the same MLflow model, see ``package.py``);
-* ``lookup``: the online-feature read with the fail-open / fail-closed policy;
+* ``lookup``: the online-feature read with the fail-open / fail-closed policy and the circuit breaker
+  (``breaker.py``);
 * ``score_rows``: request-time features (``rtml.features.request_features``) + the model, compiled
   for latency (``rtml.training.compiled``: the same probabilities as the sklearn Pipeline, checked at
   load; the Pipeline itself when it cannot be compiled exactly).
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from breaker import REDIS_ERRORS
 from rtml.features.request_features import model_row
 from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
 from rtml.training.train import score
@@ -30,7 +32,12 @@ MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model keeps 
 
 
 class FeatureStoreUnavailable(RuntimeError):
-    """Redis is unreachable and the service fails closed."""
+    """The online store cannot answer (Redis unreachable, or a view gone) and the service fails closed.
+    ``reason``: the ``rtml_scoring_unavailable_total`` label (``redis`` or ``view_missing``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,14 @@ class Lookup:
     customer: dict[str, Any]
     merchant: dict[str, Any]
     missing: list[str]
+    """Entities scored with defaults: ``"customer"`` and/or ``"merchant"``."""
     degraded: bool = False
+    """Defaults because of the store, not the entity: Redis unavailable, or a view's pointer gone."""
+    causes: dict[str, str] = field(default_factory=dict)
+    """Entity → why it is missing: ``unknown_entity``, ``view_missing`` or ``redis_unavailable``."""
+
+
+ENTITY_VIEWS = (("customer", "customer_features"), ("merchant", "merchant_features"))
 
 
 def lookup(
@@ -135,26 +149,59 @@ def lookup(
     pairs: Sequence[tuple[str, str]],
     *,
     fail_open: bool,
+    breaker: Any = None,
 ) -> list[Lookup]:
     """Online features of (customer, merchant) pairs in one round trip.
 
-    Redis down (connection or timeout error): fail open → every pair gets the defaults of an unknown
-    entity and ``degraded=True``; fail closed → ``FeatureStoreUnavailable``. redis-py reconnects on the
-    next command, so the service recovers by itself when Redis is back."""
-    import redis
-
+    The store cannot answer for these pairs — Redis down, a timeout, the circuit breaker open
+    (``breaker.RedisBreaker``: answered without touching Redis), or a view whose pointer is gone
+    (Redis restarted or flushed, TTL lapsed: every entity would read as unknown) — fail open → the
+    entities concerned get the defaults of an unknown entity and ``degraded=True``; fail closed →
+    ``FeatureStoreUnavailable``. An entity the store does not know is not degraded: it is scored with
+    the defaults, as in training (cause ``unknown_entity``)."""
+    if breaker is not None and breaker.is_open:
+        return _unavailable(store, pairs, fail_open, "the circuit breaker is open (Redis did not answer)")
     try:
         found = store.read_many(list(pairs))
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        if not fail_open:
-            raise FeatureStoreUnavailable(
-                f"online feature store (Redis) unavailable: {type(exc).__name__}; the service fails closed "
-                "(RTML_SERVING_FAIL_OPEN=false)"
-            ) from exc
-        log.warning("online feature store unavailable (%s): scoring with defaults (fail-open)", exc)
-        customer, merchant = store.customer_view.defaults(), store.merchant_view.defaults()
-        return [Lookup(dict(customer), dict(merchant), ["customer", "merchant"], True) for _ in pairs]
-    return [Lookup(f.customer, f.merchant, list(f.missing)) for f in found]
+    except REDIS_ERRORS as exc:
+        if breaker is not None:
+            breaker.trip(exc)
+        log.warning("online feature store unavailable (%s)", exc)
+        return _unavailable(store, pairs, fail_open, type(exc).__name__)
+    versions = found[0].versions if found else {}
+    gone = [entity for entity, view in ENTITY_VIEWS if not versions.get(view)]
+    if gone and not fail_open:
+        views = ", ".join(view for entity, view in ENTITY_VIEWS if entity in gone)
+        raise FeatureStoreUnavailable(
+            f"online feature store (Redis) has no current version of {views} "
+            "(restarted or flushed; the online_features push restores it); the service fails closed "
+            "(RTML_SERVING_FAIL_OPEN=false)",
+            reason="view_missing",
+        )
+    return [
+        Lookup(
+            f.customer,
+            f.merchant,
+            list(f.missing),
+            bool(gone),
+            {entity: "view_missing" if entity in gone else "unknown_entity" for entity in f.missing},
+        )
+        for f in found
+    ]
+
+
+def _unavailable(store: Any, pairs: Sequence[tuple[str, str]], fail_open: bool, why: str) -> list[Lookup]:
+    if not fail_open:
+        raise FeatureStoreUnavailable(
+            f"online feature store (Redis) unavailable: {why}; the service fails closed "
+            "(RTML_SERVING_FAIL_OPEN=false)",
+            reason="redis",
+        )
+    customer, merchant = store.customer_view.defaults(), store.merchant_view.defaults()
+    causes = {"customer": "redis_unavailable", "merchant": "redis_unavailable"}
+    return [
+        Lookup(dict(customer), dict(merchant), ["customer", "merchant"], True, dict(causes)) for _ in pairs
+    ]
 
 
 def score_rows(

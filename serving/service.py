@@ -3,7 +3,13 @@
     POST /score          one transaction  → fraud_probability, decision, model_version, features_missing
     POST /score_batch    up to ``RTML_SERVING_MAX_BATCH`` transactions
     GET  /metadata       the served model version, its thresholds and source, the service's settings
+    GET  /health         what is degraded: model, online store (breaker, missing views), prediction log
     GET  /metrics        Prometheus (BentoML's built-ins + ``rtml_scoring_*``)
+    GET  /readyz         BentoML's readiness probe (for the load balancer): ready once a model is loaded
+
+Under faults (``docs/reliability.md``): the online read has a circuit breaker (``breaker.py``); a view
+whose pointer is gone is a degraded answer; request bodies, concurrency and the micro-batch queue are
+bounded (413, 429, 503 with ``Retry-After``); a request whose client left is not scored.
 
 The model is the MLflow version holding the ``production`` alias (``RTML_SERVING_MODEL_ALIAS``) of
 ``RTML_MODEL_NAME``. Inside a bento it starts from the packaged copy (``package.py``); with
@@ -20,6 +26,7 @@ BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker after importing this mod
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import logging
 import math
@@ -36,7 +43,9 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from batching import MicroBatcher
+from batching import MicroBatcher, QueueFull
+from breaker import RedisBreaker
+from http_guard import ScoringRequestGuard, client_gone
 from rtml.config import get_settings
 from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
 from schemas import BatchScore, Score, Transaction
@@ -48,7 +57,8 @@ MODEL_HEADER = "X-Model-Version"
 
 
 class Unavailable(Exception):
-    """Answered as 503 with the message (BentoML hides the message of its own 5xx exceptions)."""
+    """Answered as 503 with the message and ``Retry-After`` (BentoML hides the message of its own 5xx
+    exceptions)."""
 
     def response(self, ctx: bentoml.Context) -> JSONResponse:
         ctx.response.status_code = 503  # BentoML applies the context's status over the response's
@@ -57,6 +67,24 @@ class Unavailable(Exception):
 
 
 MaxBatch = Annotated[list[Transaction], Field(min_length=1, max_length=SETTINGS.serving_max_batch)]
+
+
+@functools.cache
+def abandoned_requests() -> Any:
+    """``rtml_scoring_abandoned_total``, shared by ``Metrics`` and the HTTP middleware (created on first
+    use, in the worker)."""
+    from prometheus_client import Counter
+
+    return Counter(
+        "rtml_scoring_abandoned_total",
+        "Scoring requests not scored because they were abandoned: the client disconnected before its "
+        "body was read or while the request waited for a batch, or the request timed out.",
+    )
+
+
+def _request_abandoned() -> None:
+    abandoned_requests().inc()
+
 
 meta_app = FastAPI(title="rtml scorer metadata", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -76,8 +104,10 @@ class Metrics:
         )
         self.features_missing = Counter(
             "rtml_scoring_features_missing_total",
-            "Scored transactions whose entity had no online features (defaults used), by entity.",
-            ["entity"],
+            "Scored transactions whose entity had no online features (defaults used), by entity and "
+            "cause: unknown_entity (not in the store), view_missing (the view's pointer is gone: Redis "
+            "restarted or flushed), redis_unavailable (Redis down or the circuit breaker open).",
+            ["entity", "cause"],
         )
         self.score = Histogram(
             "rtml_scoring_score",
@@ -91,13 +121,40 @@ class Metrics:
         )
         self.degraded = Counter(
             "rtml_scoring_degraded_total",
-            "Transactions scored with default features because Redis was unavailable (fail-open).",
+            "Transactions scored with default features because of the online store (fail-open), by "
+            "reason: redis_unavailable (Redis down or the circuit breaker open) or view_missing.",
+            ["reason"],
         )
         self.unavailable = Counter(
             "rtml_scoring_unavailable_total",
-            "Requests refused with 503 because Redis was unavailable (fail-closed) or no model is loaded.",
+            "Transactions refused with 503, by reason: redis (Redis unavailable, fail-closed), "
+            "view_missing (a view's pointer gone, fail-closed), no_model, queue_full (too many rows "
+            "waiting to be scored).",
             ["reason"],
         )
+        self.breaker_open = Gauge(
+            "rtml_scoring_redis_breaker_open",
+            "1 while the circuit breaker of the online read is open (Redis did not answer: reads are "
+            "answered without Redis until a probe succeeds), else 0; per worker.",
+            multiprocess_mode="liveall",
+        )
+        self.breaker_transitions = Counter(
+            "rtml_scoring_redis_breaker_transitions_total",
+            "Transitions of the online read's circuit breaker, by the state entered (open, closed).",
+            ["state"],
+        )
+        self.abandoned = abandoned_requests()
+        # every label value now: a series that first appears at 1 hides that increment from increase()
+        for entity in ("customer", "merchant"):
+            for cause in ("unknown_entity", "view_missing", "redis_unavailable"):
+                self.features_missing.labels(entity, cause)
+        for reason in ("redis_unavailable", "view_missing"):
+            self.degraded.labels(reason)
+        for reason in ("redis", "view_missing", "no_model", "queue_full"):
+            self.unavailable.labels(reason)
+        for state in ("open", "closed"):
+            self.breaker_transitions.labels(state)
+        self.breaker_open.set(0)
         self.model_info = Gauge(
             "rtml_scoring_model_info",
             "The model version served (1) by each worker; 0 for versions swapped out.",
@@ -111,29 +168,6 @@ class Metrics:
             "rtml_scoring_predictions_dropped_total",
             "Scored requests not queued for monitoring.predictions (queue full for too long).",
         )
-
-
-class JsonBodiesOnly:
-    """ASGI middleware: ``POST /score*`` takes JSON only. BentoML parses other content types itself
-    and answers, e.g., ``multipart/form-data`` without a boundary with a 500 (found by Schemathesis);
-    this answers 415 before BentoML sees the body. No Content-Type is read as JSON, as BentoML does."""
-
-    ROUTES = ("/score", "/score_batch")
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in self.ROUTES:
-            raw = dict(scope.get("headers") or []).get(b"content-type", b"")
-            media_type = raw.decode("latin-1").split(";", 1)[0].strip().lower()
-            if media_type not in ("", "application/json"):
-                response = JSONResponse(
-                    {"error": f"Content-Type must be application/json, not {media_type!r}"}, status_code=415
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _bento_model_tag() -> str:
@@ -175,7 +209,7 @@ apply_bentoml_memory_fix()  # BentoML 1.4.40 keeps every request's context for t
 @bentoml.service(
     name="fraud_scorer",
     workers=SETTINGS.serving_workers,
-    traffic={"timeout": 30},
+    traffic={"timeout": 30, "max_concurrency": SETTINGS.serving_max_concurrency},
     http={"port": SETTINGS.serving_port},
     **SERVICE_CONFIG,
 )
@@ -209,8 +243,16 @@ class FraudScorer:
         else:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
         self.batcher: MicroBatcher[Transaction, Score] = MicroBatcher(
-            self._score, self.settings.serving_max_batch, after=self._record
+            self._score,
+            self.settings.serving_max_batch,
+            after=self._record,
+            max_waiting_rows=self.settings.serving_max_queue_rows,
+            on_abandoned=lambda rows: self.metrics.abandoned.inc(),
         )
+        self.breaker = RedisBreaker(
+            self.store.probe, self.settings.serving_breaker_probe_ms / 1000, self._breaker_changed
+        )
+        self.breaker.start()
         self._load_initial()
         self._poller: threading.Thread | None = None
         if self.settings.mlflow_tracking_uri and self.settings.serving_model_poll_seconds > 0:
@@ -297,6 +339,7 @@ class FraudScorer:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self._stop.set()
+        self.breaker.stop()
         if self.writer is not None:
             self.writer.close()
         self.store.close()
@@ -313,9 +356,9 @@ class FraudScorer:
             raise Unavailable("no model loaded yet (no version holds the production alias?)")
         pairs = [(t.customer_id, t.merchant_id) for t in transactions]
         try:
-            found = lookup(self.store, pairs, fail_open=self.settings.serving_fail_open)
+            found = lookup(self.store, pairs, fail_open=self.settings.serving_fail_open, breaker=self.breaker)
         except FeatureStoreUnavailable as exc:
-            self.metrics.unavailable.labels("redis").inc(len(transactions))
+            self.metrics.unavailable.labels(exc.reason).inc(len(transactions))
             raise Unavailable(str(exc)) from exc
         looked_up = time.perf_counter()
         # a pydantic model's __dict__ is its field values: the mapping model_row reads, without a copy
@@ -327,18 +370,22 @@ class FraudScorer:
         out = []
         for txn, features, probability in zip(transactions, found, probabilities, strict=True):
             p = float(probability) if math.isfinite(probability) else 1.0
-            out.append(
-                Score(
-                    transaction_id=txn.transaction_id,
-                    fraud_probability=p,
-                    decision=model.decide(p),
-                    model_version=model.version,
-                    features_missing=features.missing,
-                    degraded=features.degraded,
-                    request_id=uuid.uuid4().hex,
-                )
+            scored = Score(
+                transaction_id=txn.transaction_id,
+                fraud_probability=p,
+                decision=model.decide(p),
+                model_version=model.version,
+                features_missing=features.missing,
+                degraded=features.degraded,
+                request_id=uuid.uuid4().hex,
             )
+            scored._missing_causes = features.causes  # for the metrics in _record, not the response
+            out.append(scored)
         return out
+
+    def _breaker_changed(self, is_open: bool) -> None:
+        self.metrics.breaker_open.set(1 if is_open else 0)
+        self.metrics.breaker_transitions.labels("open" if is_open else "closed").inc()
 
     def _record(self, transactions: list[Transaction], scores: list[Score], seconds: float) -> None:
         """After the batch's answers went out: metrics and the prediction log (``monitoring.predictions``)."""
@@ -347,13 +394,19 @@ class FraudScorer:
         scored_at = datetime.now(UTC)
         latency_ms = seconds * 1000
         decisions: collections.Counter[tuple[str, str]] = collections.Counter()
-        missing: collections.Counter[str] = collections.Counter()
-        degraded = 0
+        missing: collections.Counter[tuple[str, str]] = collections.Counter()
+        degraded: collections.Counter[str] = collections.Counter()
         for txn, scored in zip(transactions, scores, strict=True):
             self.metrics.score.observe(scored.fraud_probability)
             decisions[scored.decision, scored.model_version] += 1
-            missing.update(scored.features_missing)
-            degraded += scored.degraded
+            causes = scored._missing_causes
+            missing.update(
+                (entity, causes.get(entity, "unknown_entity")) for entity in scored.features_missing
+            )
+            if scored.degraded:
+                degraded[
+                    "redis_unavailable" if "redis_unavailable" in causes.values() else "view_missing"
+                ] += 1
             if self.writer is not None and not self.writer.put(
                 PredictionRow(
                     request_id=scored.request_id,
@@ -379,17 +432,25 @@ class FraudScorer:
         # counters once per batch: a multiprocess-mode increment writes to a shared file
         for (decision, version), n in decisions.items():
             self.metrics.decisions.labels(decision, version).inc(n)
-        for entity, n in missing.items():
-            self.metrics.features_missing.labels(entity).inc(n)
-        if degraded:
-            self.metrics.degraded.inc(degraded)
+        for (entity, cause), n in missing.items():
+            self.metrics.features_missing.labels(entity, cause).inc(n)
+        for reason, n in degraded.items():
+            self.metrics.degraded.labels(reason).inc(n)
+
+    async def _submit(self, transactions: list[Transaction]) -> list[Score]:
+        try:
+            return await self.batcher.submit(transactions, client_gone())
+        except QueueFull as exc:
+            self.metrics.unavailable.labels("queue_full").inc(len(transactions))
+            raise Unavailable(f"the scorer is overloaded: {exc} (RTML_SERVING_MAX_QUEUE_ROWS)") from exc
 
     @bentoml.api(route="/score")
     async def score(self, transaction: Transaction, ctx: bentoml.Context) -> Score:
-        """Score one transaction. 503 when no model is loaded, or Redis is down and the service fails
-        closed; 400 naming the field for invalid input."""
+        """Score one transaction. 503 with Retry-After when no model is loaded, Redis is unavailable
+        and the service fails closed, or too many transactions wait to be scored; 400 naming the field
+        for invalid input; 413 past the body-size limit."""
         try:
-            (scored,) = await self.batcher.submit([transaction])
+            (scored,) = await self._submit([transaction])
         except Unavailable as exc:
             return exc.response(ctx)  # type: ignore[return-value]
         ctx.response.headers[MODEL_HEADER] = scored.model_version
@@ -399,11 +460,58 @@ class FraudScorer:
     async def score_batch(self, transactions: MaxBatch, ctx: bentoml.Context) -> BatchScore:
         """Score up to ``RTML_SERVING_MAX_BATCH`` transactions (one Redis round trip, one model call)."""
         try:
-            scores = await self.batcher.submit(transactions)
+            scores = await self._submit(transactions)
         except Unavailable as exc:
             return exc.response(ctx)  # type: ignore[return-value]
         ctx.response.headers[MODEL_HEADER] = scores[0].model_version
         return BatchScore(scores=scores, model_version=scores[0].model_version)
+
+    # --- health (GET /health) ----------------------------------------------------------------
+    @meta_app.get("/health")
+    def health(self) -> dict[str, Any]:
+        """What is degraded, for operators and monitors. Always 200: ``status`` says ``ok``, ``degraded``
+        (scoring, with less information: Redis unavailable or a view missing, fail-open) or
+        ``unavailable`` (no model; or the store cannot answer and the service fails closed), and
+        ``problems`` says why. Not the load balancer's probe: ``/readyz`` is (ready once a model is
+        loaded), because every replica reads the same Redis — taking them all out when it is down or
+        empty would turn degraded answers into no answers — and failing open or closed is the
+        operator's choice (``RTML_SERVING_FAIL_OPEN``)."""
+        model = self.model
+        store = self.breaker.state()
+        problems = []
+        if model is None:
+            problems.append("no model loaded (does a version hold the production alias?)")
+        if store["breaker"] == "open":
+            problems.append(f"online store (Redis) not answering: {store['last_error']}")
+        elif store["missing_views"]:
+            problems.append(
+                f"online store views missing: {', '.join(store['missing_views'])} (Redis restarted or "
+                "flushed, or the push expired): every entity reads as unknown until the next push"
+            )
+        store_bad = store["breaker"] == "open" or bool(store["missing_views"])
+        if model is None or (store_bad and not self.settings.serving_fail_open):
+            status = "unavailable"
+        else:
+            status = "degraded" if store_bad else "ok"
+        return {
+            "status": status,
+            "problems": problems,
+            "model": None
+            if model is None
+            else {"name": model.name, "version": model.version, "source": model.source},
+            "online_store": {"fail_open": self.settings.serving_fail_open, **store},
+            "queue": {
+                "waiting_rows": self.batcher.waiting_rows,
+                "limit": self.settings.serving_max_queue_rows,
+            },
+            "prediction_log": None
+            if self.writer is None
+            else {
+                "pending": self.writer.pending,
+                "written": self.writer.written,
+                "dropped": self.writer.dropped,
+            },
+        }
 
     # --- metadata (GET /metadata) ------------------------------------------------------------
     @meta_app.get("/metadata")
@@ -441,4 +549,6 @@ class FraudScorer:
         }
 
 
-FraudScorer.add_asgi_middleware(JsonBodiesOnly)  # type: ignore[attr-defined]
+FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
+    ScoringRequestGuard, max_body_bytes=SETTINGS.serving_max_body_bytes, on_abandoned=_request_abandoned
+)

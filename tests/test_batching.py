@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))
-from batching import MicroBatcher
+from batching import MicroBatcher, QueueFull
 
 
 class Recorder:
@@ -112,3 +112,52 @@ def test_a_caller_that_went_away_does_not_disturb_the_others() -> None:
         return await stays
 
     assert asyncio.run(scenario()) == [4]
+
+
+def test_past_max_waiting_rows_a_submission_is_refused_at_once() -> None:
+    process = Recorder()
+    batcher = MicroBatcher(process, max_rows=4, max_waiting_rows=5)
+
+    async def scenario() -> list[object]:
+        # all submitted before the batcher's first turn: 3 rows wait, then 2 more (5), then 1 too many
+        jobs = [batcher.submit([1, 2, 3]), batcher.submit([4, 5]), batcher.submit([6])]
+        results = list(await asyncio.gather(*jobs, return_exceptions=True))
+        # an empty queue takes any submission, even one above the limit
+        results.append(await batcher.submit([7, 8, 9, 10, 11, 12]))
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[:2] == [[1, 4, 9], [16, 25]]
+    assert isinstance(results[2], QueueFull) and "5 rows are waiting" in str(results[2])
+    assert results[3] == [49, 64, 81, 100, 121, 144]
+    assert process.batches == [[1, 2, 3], [4, 5], [7, 8, 9, 10, 11, 12]]  # 6 was never queued
+    assert batcher.waiting_rows == 0
+
+
+def test_a_request_whose_client_left_while_it_waited_is_not_scored() -> None:
+    """The client of [2] disconnects while [1] is being scored (the middleware sets its ``gone``); the
+    client of [3] cancels (a timeout): neither is scored, both are counted, [4] is scored."""
+    gone = asyncio.Event()
+    abandoned: list[int] = []
+    futures: dict[int, asyncio.Future[list[int]]] = {}
+
+    def process(items: list[int]) -> list[int]:
+        if items == [1]:  # while the first batch runs (blocking the loop), two callers give up
+            gone.set()
+            futures[3].cancel()
+        return [i * i for i in items]
+
+    batcher = MicroBatcher(process, max_rows=1, on_abandoned=abandoned.append)
+
+    async def scenario() -> list[object]:
+        futures[1] = asyncio.ensure_future(batcher.submit([1]))
+        futures[2] = asyncio.ensure_future(batcher.submit([2, 2], gone))
+        futures[3] = asyncio.ensure_future(batcher.submit([3]))
+        futures[4] = asyncio.ensure_future(batcher.submit([4]))
+        return list(await asyncio.gather(*futures.values(), return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    assert results[0] == [1] and results[3] == [16]
+    assert isinstance(results[1], asyncio.CancelledError) and isinstance(results[2], asyncio.CancelledError)
+    assert abandoned == [2, 1] and batcher.abandoned_rows == 3
+    assert batcher.rows == 2  # only [1] and [4] were scored

@@ -6,6 +6,10 @@ PostgreSQL:
   (``*_latest`` tables + the request features computed in SQL) of that entity;
 * invalid input is a 400 naming the field, never a 5xx (plus a Schemathesis run over /docs.json);
 * fail-open and fail-closed with Redis stopped, and recovery when it is back;
+* under faults: a hung Redis (SIGSTOP) opens the circuit breaker (answers at once) and a probe closes it
+  after SIGCONT; an emptied online store (Redis restarted) is degraded and named by ``GET /health``; a
+  body over the limit is 413 before it is read; a full micro-batch queue is 503 with Retry-After; a
+  request whose client left is not scored;
 * a new production version is swapped in under concurrent requests without one error;
 * every scored request lands in ``monitoring.predictions`` once the service stops cleanly;
 * ``bentoml build`` gives a bento containing the production model, which serves without the registry.
@@ -17,8 +21,10 @@ import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVING = ROOT / "serving"
 BIN = Path(sys.executable).parent
 MODEL = "fraud-detector-serving-test"
+SOCKET_TIMEOUT_MS = 1000
+MAX_QUEUE_ROWS = 128  # two full micro-batches (RTML_SERVING_MAX_BATCH=64)
+MAX_BODY_BYTES = 262_144
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -253,6 +262,10 @@ def service_env(
         RTML_SERVING_MODEL_POLL_SECONDS="0.5",
         RTML_SERVING_MAX_BATCH="64",
         RTML_PREDICTIONS_FLUSH_MS="100",
+        # fault tests: a timeout far above the time of an answer, so "did not wait for it" is clear-cut
+        RTML_REDIS_SOCKET_TIMEOUT_MS=str(SOCKET_TIMEOUT_MS),
+        RTML_SERVING_MAX_QUEUE_ROWS=str(MAX_QUEUE_ROWS),
+        RTML_SERVING_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
         DBT_TARGET_PATH=str(dbt_target),
         BENTOML_HOME=str(bentoml_home),
         BENTOML_DO_NOT_TRACK="true",
@@ -446,6 +459,11 @@ def test_unknown_entities_score_with_defaults(servers: dict[str, Server]) -> Non
         (lambda t: t.pop("customer_id"), "customer_id"),
         (lambda t: t.update(merchant_id="m\x00"), "merchant_id"),
         (lambda t: t.update(surprise=1), "surprise"),
+        (lambda t: t.update(currency="XXX"), "currency"),  # well formed, but ingestion quarantines it
+        (lambda t: t.update(country="F1"), "country"),
+        (lambda t: t.update(timestamp="9999-01-01T00:00:00Z"), "timestamp"),
+        (lambda t: t.update(timestamp=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()), "timestamp"),
+        (lambda t: t.update(timestamp="1970-01-01T00:00:00Z"), "timestamp"),
     ],
 )
 def test_invalid_input_is_a_400_naming_the_field(
@@ -457,6 +475,19 @@ def test_invalid_input_is_a_400_naming_the_field(
     assert response.status_code == 400, response.text
     locations = [detail["loc"] for detail in response.json()["detail"]]
     assert any(field_name in loc for loc in locations), locations
+
+
+def test_country_is_normalised_to_upper_case(servers: dict[str, Server], latest_db: str) -> None:
+    """As in the training data (ingestion accepts only capitals): ``fr`` scores exactly as ``FR``."""
+    pair = sample_pairs(latest_db, 1)[0]
+    ts = pair["as_of"] + timedelta(minutes=1)
+    probabilities = []
+    for country in ("fr", "FR", "BR"):
+        txn = transaction(pair["customer"], pair["merchant"], ts, country=country)
+        response = servers["open"].post("/score", {"transaction": txn})
+        assert response.status_code == 200, response.text
+        probabilities.append(response.json()["fraud_probability"])
+    assert probabilities[0] == probabilities[1] != probabilities[2]  # the country matters to the model
 
 
 def test_batch_limit_and_malformed_bodies(servers: dict[str, Server]) -> None:
@@ -493,10 +524,15 @@ def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> 
     assert any(
         labels.get("le") == "0.005" for labels, _ in _samples(text, "rtml_scoring_stage_seconds_bucket")
     )
-    missing = {
-        labels["entity"]: value for labels, value in _samples(text, "rtml_scoring_features_missing_total")
-    }
-    assert missing["customer"] >= 1 and missing["merchant"] >= 1
+    for entity in (
+        "customer",
+        "merchant",
+    ):  # the unknown entities of test_unknown_entities_score_with_defaults
+        missing = _labelled(
+            text, "rtml_scoring_features_missing_total", entity=entity, cause="unknown_entity"
+        )
+        assert missing >= 1, entity
+    assert _labelled(text, "rtml_scoring_features_missing_total", cause="view_missing") == 0
     assert _metric(text, "rtml_scoring_score_count") > 20
     decisions = _samples(text, "rtml_scoring_decisions_total")
     assert sum(v for labels, v in decisions if labels["model_version"] == model.first) == _metric(
@@ -560,6 +596,285 @@ def test_redis_down_fail_open_and_closed_then_recovery(
             assert time.monotonic() < deadline, response.text
             time.sleep(0.2)
         assert response.json()["features_missing"] == []
+
+
+def _health(server: Server) -> dict[str, Any]:
+    response = httpx.get(f"{server.url}/health", timeout=10)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _metrics(server: Server) -> str:
+    return httpx.get(f"{server.url}/metrics", timeout=10).text
+
+
+def _labelled(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(v for found, v in _samples(text, name) if labels.items() <= found.items())
+
+
+def _wait_for(condition: Any, seconds: float, what: str) -> float:
+    """Poll ``condition()`` every 20 ms; the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, f"{what}: not within {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_hung_redis_opens_the_breaker_and_a_probe_closes_it(
+    servers: dict[str, Server], valkey: Valkey, latest_db: str
+) -> None:
+    """Redis hung (SIGSTOP): only the first request waits for the socket timeout (1 s here); the next
+    ones are answered at once — degraded (fail-open) or 503 with Retry-After (fail-closed) — without
+    touching Redis. After SIGCONT the background probe closes the breaker within a second."""
+    pair = sample_pairs(latest_db, 1)[0]
+    txn = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1))
+    for server in servers.values():
+        assert server.post("/score", {"transaction": txn}).json()["degraded"] is False
+        assert _health(server)["online_store"]["breaker"] == "closed"
+    before = {name: _metrics(server) for name, server in servers.items()}
+    assert valkey.pid is not None
+    os.kill(valkey.pid, signal.SIGSTOP)
+    try:
+        answers: dict[str, list[tuple[float, httpx.Response]]] = {}
+        for name, server in servers.items():
+            answers[name] = []
+            with httpx.Client(timeout=30) as http:
+                for _ in range(15):
+                    started = time.perf_counter()
+                    response = server.post("/score", {"transaction": txn}, client=http)
+                    answers[name].append((time.perf_counter() - started, response))
+            health = _health(server)
+            assert health["online_store"]["breaker"] == "open", health
+            assert health["status"] == ("degraded" if name == "open" else "unavailable"), health
+        for _, response in answers["open"]:
+            body = response.json()
+            assert response.status_code == 200 and body["degraded"] is True, response.text
+            assert body["features_missing"] == ["customer", "merchant"]
+        for _, response in answers["closed"]:
+            assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+            assert "Redis" in response.json()["error"]
+        for name, timed in answers.items():  # after the first: far below the 1 s timeout
+            slowest = max(seconds for seconds, _ in timed[1:])
+            assert slowest < 0.25, (name, [round(seconds, 3) for seconds, _ in timed])
+    finally:
+        os.kill(valkey.pid, signal.SIGCONT)
+    for server in servers.values():
+        took = _wait_for(lambda s=server: _health(s)["online_store"]["breaker"] == "closed", 1.0, "closed")
+        print(f"{server.name}: breaker closed {took:.3f} s after SIGCONT")
+        response = server.post("/score", {"transaction": txn})
+        assert response.status_code == 200 and response.json()["degraded"] is False, response.text
+    for name, server in servers.items():
+        text, old = _metrics(server), before[name]
+        for state in ("open", "closed"):
+            metric = "rtml_scoring_redis_breaker_transitions_total"
+            assert _labelled(text, metric, state=state) > _labelled(old, metric, state=state), state
+        assert _metric(text, "rtml_scoring_redis_breaker_open") == 0
+    degraded = "rtml_scoring_degraded_total"
+    new, old = _metrics(servers["open"]), before["open"]
+    assert (
+        _labelled(new, degraded, reason="redis_unavailable")
+        - _labelled(old, degraded, reason="redis_unavailable")
+        == 15
+    )
+    unavailable = "rtml_scoring_unavailable_total"
+    new, old = _metrics(servers["closed"]), before["closed"]
+    assert _labelled(new, unavailable, reason="redis") - _labelled(old, unavailable, reason="redis") == 15
+
+
+def test_an_emptied_online_store_is_degraded_and_named_by_health(
+    servers: dict[str, Server], valkey: Valkey, online: OnlineStore, latest_db: str
+) -> None:
+    """Redis restarted (the embedded Valkey keeps nothing): the views' pointers are gone, so every
+    entity would read as unknown. That is a degraded answer (fail-open) or a 503 (fail-closed), counted
+    as ``view_missing``, and ``GET /health`` names the missing views; ``/readyz`` stays ready."""
+    pair = sample_pairs(latest_db, 1)[0]
+    txn = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1))
+    views = ["customer_features", "merchant_features"]
+    before = {name: _metrics(server) for name, server in servers.items()}
+    valkey.stop()
+    valkey.start()
+    try:
+        for server in servers.values():
+            _wait_for(
+                lambda s=server: (
+                    (h := _health(s)["online_store"])["breaker"] == "closed" and h["missing_views"] == views
+                ),
+                5.0,
+                "the probe sees the missing views",
+            )
+        opened = servers["open"].post("/score", {"transaction": txn})
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["degraded"] is True
+        assert opened.json()["features_missing"] == ["customer", "merchant"]
+        closed = servers["closed"].post("/score", {"transaction": txn})
+        assert closed.status_code == 503 and closed.headers["retry-after"] == "1", closed.text
+        assert "no current version of customer_features, merchant_features" in closed.json()["error"]
+        for name, server in servers.items():
+            health = _health(server)
+            assert health["status"] == ("degraded" if name == "open" else "unavailable"), health
+            assert any("customer_features, merchant_features" in p for p in health["problems"]), health
+            assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+        new, old = _metrics(servers["open"]), before["open"]
+        missing = "rtml_scoring_features_missing_total"
+        for entity in ("customer", "merchant"):
+            delta = _labelled(new, missing, entity=entity, cause="view_missing") - _labelled(
+                old, missing, entity=entity, cause="view_missing"
+            )
+            assert delta == 1, entity
+        degraded = "rtml_scoring_degraded_total"
+        assert (
+            _labelled(new, degraded, reason="view_missing") - _labelled(old, degraded, reason="view_missing")
+            == 1
+        )
+        new, old = _metrics(servers["closed"]), before["closed"]
+        unavailable = "rtml_scoring_unavailable_total"
+        assert (
+            _labelled(new, unavailable, reason="view_missing")
+            - _labelled(old, unavailable, reason="view_missing")
+            == 1
+        )
+    finally:
+        online.push_from_postgres(latest_db, full=True)
+    for server in servers.values():
+        _wait_for(lambda s=server: _health(s)["status"] == "ok", 5.0, "healthy again after the push")
+        response = server.post("/score", {"transaction": txn})
+        assert response.json()["degraded"] is False and response.json()["features_missing"] == []
+
+
+def _read_response(sock: socket.socket, seconds: float = 10.0) -> bytes:
+    """Status line, headers and (Content-Length) body of one HTTP/1.1 response."""
+    sock.settimeout(seconds)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(servers: dict[str, Server]) -> None:
+    server = servers["open"]
+    head = (
+        f"POST /score_batch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+    )
+    # declared: 500 MB announced, not one byte sent — the answer cannot have waited for the body
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(f"{head}Content-Length: {500 * 2**20}\r\n\r\n".encode())
+        response = _read_response(sock)
+    assert response.startswith(b"HTTP/1.1 413"), response
+    assert b"RTML_SERVING_MAX_BODY_BYTES" in response and b"connection: close" in response.lower()
+    # streamed (chunked, no length): refused once past the limit; the rest is never read
+    chunk = b"[" + b" " * 65_534 + b"]"
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sent, budget = 0, 64 * 2**20
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        try:
+            while sent < budget:
+                if select.select([sock], [], [], 0)[0]:  # the answer is there: stop sending
+                    break
+                sock.sendall(frame)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed the connection
+        response = _read_response(sock)
+    assert response.startswith(b"HTTP/1.1 413"), response
+    assert MAX_BODY_BYTES < sent < budget / 4, sent  # far less than the client would have sent
+    assert (
+        server.post(
+            "/score_batch", {"transactions": [transaction("c1", "m1", datetime.now(UTC))]}
+        ).status_code
+        == 200
+    )
+
+
+def test_a_full_queue_is_refused_with_503_and_retry_after(servers: dict[str, Server]) -> None:
+    """16 clients sending full batches (64 rows) back to back: rows waiting pass ``MAX_QUEUE_ROWS`` and
+    the requests that would exceed it are refused at once, the others scored."""
+    server = servers["open"]
+    before = _labelled(_metrics(server), "rtml_scoring_unavailable_total", reason="queue_full")
+    batch = {"transactions": [transaction(f"c{i}", "m1", datetime.now(UTC)) for i in range(64)]}
+    responses: list[httpx.Response] = []
+    stop = time.monotonic() + 1.5
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() < stop:
+                responses.append(http.post(f"{server.url}/score_batch", json=batch))
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    refused = [r for r in responses if r.status_code == 503]
+    assert {r.status_code for r in responses} == {200, 503}, {r.status_code for r in responses}
+    for response in refused:
+        assert response.headers["retry-after"] == "1"
+        assert (
+            "overloaded" in response.json()["error"]
+            and "RTML_SERVING_MAX_QUEUE_ROWS" in response.json()["error"]
+        )
+    after = _labelled(_metrics(server), "rtml_scoring_unavailable_total", reason="queue_full")
+    assert after - before == 64 * len(refused)
+    print(f"{len(refused)} of {len(responses)} batches refused")
+
+
+def test_a_request_whose_client_left_is_not_scored(
+    servers: dict[str, Server], valkey: Valkey, latest_db: str
+) -> None:
+    """While a request waits for a hung Redis (the worker busy for the 1 s socket timeout), three clients
+    send a transaction and disconnect: none of the three is scored, each is counted as abandoned."""
+    server = servers["open"]
+    pair = sample_pairs(latest_db, 1)[0]
+    ts = pair["as_of"] + timedelta(minutes=1)
+    _wait_for(lambda: _health(server)["online_store"]["breaker"] == "closed", 5.0, "breaker closed")
+    before = _metrics(server)
+    blocked: list[httpx.Response] = []
+    assert valkey.pid is not None
+    os.kill(valkey.pid, signal.SIGSTOP)
+    try:
+        blocker = threading.Thread(
+            target=lambda: blocked.append(
+                server.post("/score", {"transaction": transaction(pair["customer"], pair["merchant"], ts)})
+            )
+        )
+        blocker.start()
+        time.sleep(0.3)  # the blocker is in its Redis read
+        for _ in range(3):
+            body = json.dumps({"transaction": transaction(pair["customer"], pair["merchant"], ts)}).encode()
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(
+                    f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )  # and gone
+        blocker.join(30)
+    finally:
+        os.kill(valkey.pid, signal.SIGCONT)
+    assert blocked and blocked[0].status_code == 200 and blocked[0].json()["degraded"] is True
+    _wait_for(
+        lambda: (
+            _metric(_metrics(server), "rtml_scoring_abandoned_total")
+            - _metric(before, "rtml_scoring_abandoned_total")
+            >= 3
+        ),
+        5.0,
+        "three abandoned requests counted",
+    )
+    after = _metrics(server)
+    assert (
+        _metric(after, "rtml_scoring_abandoned_total") - _metric(before, "rtml_scoring_abandoned_total") == 3
+    )
+    scored = _metric(after, "rtml_scoring_decisions_total") - _metric(before, "rtml_scoring_decisions_total")
+    assert scored == 1  # the blocker only
+    _wait_for(lambda: _health(server)["online_store"]["breaker"] == "closed", 5.0, "breaker closed")
 
 
 def test_hot_swap_under_concurrent_requests(

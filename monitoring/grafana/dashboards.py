@@ -12,8 +12,9 @@ fails when they differ from what this file generates)::
 Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``serving/service.py`` ``Metrics``):
 
 * ``rtml-api`` (Scoring API): request rate by endpoint and status, ``/score`` latency p50/p95/p99,
-  5xx error ratio, degraded (fail-open) share, stage latency p99 (feature_lookup vs inference),
-  in-progress requests, 503s by reason, prediction-log drops.
+  5xx error ratio, degraded (fail-open) share by reason, stage latency p99 (feature_lookup vs inference),
+  in-progress requests, 503s by reason, prediction-log drops; under faults: the Redis circuit breaker
+  (open workers, transitions), the missing-feature share by cause, abandoned requests.
 * ``rtml-model`` (Model): served version (per worker), model swaps, score distribution (heatmap and
   last-hour histogram), mean score, decision mix, transactions by model version, missing-feature share
   by entity, live ROC AUC / precision / recall, live vs training ROC AUC, training metrics of the
@@ -380,8 +381,9 @@ def api_dashboard() -> dict[str, Any]:
                 6,
                 stat_panel(
                     "Degraded share",
-                    "Share of scored transactions that used default features because Redis was unavailable "
-                    "(fail-open): rtml_scoring_degraded_total / rtml_scoring_decisions_total over 5 minutes.",
+                    "Share of scored transactions that used default features because of the online store "
+                    "(fail-open: Redis unavailable or a view missing): rtml_scoring_degraded_total / "
+                    "rtml_scoring_decisions_total over 5 minutes.",
                     "percentunit",
                     [query(degraded_share, "degraded")],
                     steps=(GREEN, (0.001, "orange"), (0.05, "red")),
@@ -440,11 +442,19 @@ def api_dashboard() -> dict[str, Any]:
             (
                 8,
                 timeseries_panel(
-                    "Degraded share (fail-open)",
-                    "Share of scored transactions scored with default features because Redis was "
-                    "unavailable: rtml_scoring_degraded_total / rtml_scoring_decisions_total, 5 minutes.",
+                    "Degraded share by reason (fail-open)",
+                    "Share of scored transactions scored with default features because of the online store, "
+                    "by reason: redis_unavailable (Redis down or the circuit breaker open) or view_missing "
+                    "(a view's pointer gone: Redis restarted or flushed). rtml_scoring_degraded_total / "
+                    "rtml_scoring_decisions_total, 5 minutes.",
                     "percentunit",
-                    [query(degraded_share, "degraded")],
+                    [
+                        query(
+                            "sum by (reason) (rate(rtml_scoring_degraded_total[5m]))"
+                            " / scalar(sum(rate(rtml_scoring_decisions_total[5m])))",
+                            "{{reason}}",
+                        )
+                    ],
                 ),
             ),
             (
@@ -481,8 +491,9 @@ def api_dashboard() -> dict[str, Any]:
                 timeseries_panel(
                     "Unavailable (503) by reason",
                     "Transactions per second refused with 503 over 5 minutes "
-                    "(rtml_scoring_unavailable_total): reason=redis (Redis down, fail-closed) or no_model "
-                    "(no model version loaded).",
+                    "(rtml_scoring_unavailable_total): reason=redis (Redis down, fail-closed), view_missing "
+                    "(a view's pointer gone, fail-closed), no_model (no model version loaded) or queue_full "
+                    "(more transactions waiting than RTML_SERVING_MAX_QUEUE_ROWS: overloaded).",
                     "cps",
                     [query("sum by (reason) (rate(rtml_scoring_unavailable_total[5m]))", "{{reason}}")],
                 ),
@@ -496,6 +507,68 @@ def api_dashboard() -> dict[str, Any]:
                     "gaps in live model monitoring.",
                     "cps",
                     [query("sum(rate(rtml_scoring_predictions_dropped_total[5m]))", "dropped")],
+                ),
+            ),
+        )
+        .row(
+            8,
+            (
+                6,
+                stat_panel(
+                    "Redis circuit breaker",
+                    "Scoring workers whose circuit breaker on the online read is open "
+                    "(rtml_scoring_redis_breaker_open): Redis did not answer, so reads are answered without "
+                    "it (fail-open: degraded; fail-closed: 503) until a background probe gets an answer.",
+                    "short",
+                    [query("sum(rtml_scoring_redis_breaker_open)", "open workers")],
+                    steps=(GREEN, (1, "red")),
+                    decimals=0,
+                ),
+            ),
+            (
+                6,
+                timeseries_panel(
+                    "Breaker transitions",
+                    "Transitions of the online read's circuit breaker per 5 minutes, by the state entered "
+                    "(rtml_scoring_redis_breaker_transitions_total): each open is a Redis timeout or "
+                    "connection error, each close a probe that got an answer.",
+                    "short",
+                    [
+                        query(
+                            "sum by (state) (increase(rtml_scoring_redis_breaker_transitions_total[5m]))",
+                            "{{state}}",
+                        )
+                    ],
+                    bars=True,
+                ),
+            ),
+            (
+                6,
+                timeseries_panel(
+                    "Missing features by cause",
+                    "Share of scored transactions with an entity scored with defaults, by entity and cause, "
+                    "over 5 minutes (rtml_scoring_features_missing_total / rtml_scoring_decisions_total): "
+                    "unknown_entity is a normal trickle; view_missing means the store lost a view (alert "
+                    "OnlineFeaturesMissing); redis_unavailable that Redis did not answer (ScoringDegraded).",
+                    "percentunit",
+                    [
+                        query(
+                            "sum by (entity, cause) (rate(rtml_scoring_features_missing_total[5m]))"
+                            " / scalar(sum(rate(rtml_scoring_decisions_total[5m])))",
+                            "{{entity}} {{cause}}",
+                        )
+                    ],
+                ),
+            ),
+            (
+                6,
+                timeseries_panel(
+                    "Abandoned requests",
+                    "Scoring requests per second not scored because they were abandoned: the client "
+                    "disconnected before its body was read or while the request waited for a batch, or the "
+                    "request timed out (rtml_scoring_abandoned_total), over 5 minutes.",
+                    "reqps",
+                    [query("sum(rate(rtml_scoring_abandoned_total[5m]))", "abandoned")],
                 ),
             ),
         )

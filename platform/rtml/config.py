@@ -160,6 +160,37 @@ class Settings(BaseSettings):
     serving_max_batch: int = Field(
         256, description="Most transactions one `POST /score_batch` request may hold (more: 422)."
     )
+    serving_max_body_bytes: int = Field(
+        1_048_576,
+        description="Largest request body of `/score` and `/score_batch`, in bytes: a larger "
+        "`Content-Length` is answered 413 before the body is read, a streamed body as soon as it passes "
+        "the limit. A full `/score_batch` of 256 transactions is about 90 kB.",
+    )
+    serving_max_concurrency: int = Field(
+        512,
+        description="Requests the scoring service handles at once (all workers together; BentoML's "
+        "`traffic.max_concurrency`); more are answered 429 at once. Health and metrics routes are exempt.",
+    )
+    serving_max_queue_rows: int = Field(
+        1024,
+        description="Transactions waiting for a micro-batch, per worker; a request that would exceed it is "
+        'answered 503 with `Retry-After` at once (`rtml_scoring_unavailable_total{reason="queue_full"}`) '
+        "rather than waiting behind seconds of work. Requests whose client disconnects while they wait "
+        "are not scored (`rtml_scoring_abandoned_total`).",
+    )
+    serving_breaker_probe_ms: float = Field(
+        100.0,
+        description="Circuit breaker of the online read: how often a background probe (one `MGET` of the "
+        "views' pointers, timeout `redis_socket_timeout_ms`) asks Redis whether it answers. A read that "
+        "fails opens the breaker: requests are then answered without Redis (fail-open: degraded; "
+        "fail-closed: 503) until a probe succeeds, so recovery takes at most about this long. The probe "
+        "also tells `GET /health` which views are missing.",
+    )
+    serving_min_timestamp: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="Oldest transaction timestamp the scoring API accepts (older: 400). Requests dated in "
+        "the future by more than `max_future_skew_seconds` are refused too, as ingestion quarantines them.",
+    )
     serving_model_poll_seconds: float = Field(
         30.0,
         description="How often the scoring service asks the MLflow registry which version holds the "

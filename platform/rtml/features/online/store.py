@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from rtml.config import get_settings
 from rtml.features.online.keys import Keys
@@ -66,6 +68,10 @@ class OnlineStore:
         self._pointer_keys = [
             self.keys.pointer(view.name) for view in (self.customer_view, self.merchant_view)
         ]
+        # probe(): no retries (redis-py retries 3 times by default), so a probe ends within one timeout
+        self._probe_client = redis.Redis.from_url(
+            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
 
     # --- reading --------------------------------------------------------------------------------
     def read(self, customer_id: str, merchant_id: str) -> OnlineFeatures:
@@ -73,7 +79,9 @@ class OnlineStore:
         return self.read_many([(customer_id, merchant_id)])[0]
 
     def read_many(self, pairs: Sequence[tuple[str, str]]) -> list[OnlineFeatures]:
-        """Features of many (customer, merchant) pairs, in one round trip."""
+        """Features of many (customer, merchant) pairs, in one round trip. A view whose pointer is gone
+        (Redis restarted or flushed, TTL lapsed) reads as an empty namespace in ``versions`` and every
+        entity of it as missing: the caller tells that apart from an unknown entity."""
         reply = self._evalsha([entity_id for pair in pairs for entity_id in pair])
         versions = {
             self.customer_view.name: reply[0].decode(),
@@ -130,6 +138,17 @@ class OnlineStore:
             connection.send_command(*command)
             return connection.read_response()
 
+    def probe(self) -> dict[str, str | None]:
+        """The two scored views' current namespaces (None: the pointer is gone), in one ``MGET`` on a
+        connection of its own with no retry: the scoring service's health probe, off the request path.
+        Raises redis-py's ``ConnectionError`` / ``TimeoutError`` as a read would."""
+        views = (self.customer_view.name, self.merchant_view.name)
+        values = self._probe_client.mget(self._pointer_keys)
+        return {
+            view: value.decode() if isinstance(value, bytes) else value
+            for view, value in zip(views, values, strict=True)
+        }
+
     def current_namespaces(self) -> dict[str, str | None]:
         values = self.client.mget([self.keys.pointer(name) for name in self.views])
         return {
@@ -182,3 +201,4 @@ class OnlineStore:
             self._read_connection.disconnect()
         self.client.close()
         self._bulk_client.close()
+        self._probe_client.close()
