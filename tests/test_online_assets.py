@@ -2,7 +2,13 @@
 the first materialization pushes everything (full), the next one writes nothing (incremental, nothing
 changed), ``full_refresh`` switches to a new namespace; the parity check passes each time. A truncated
 ``*_latest`` table fails the push (nothing written) until the override; a corrupted Redis field fails
-the parity check, which names the entity and the field."""
+the parity check, which names the entity and the field.
+
+Self-healing: a Redis of the module's own is restarted (and later flushed); ``online_store_heal_sensor``,
+ticked through ``build_sensor_context`` on a Dagster instance with PostgreSQL storage, requests one
+rebuild per loss, skips (saying why) while it is pending or in flight, and the requested run, executed
+in-process, serves the features again; the presence metric goes 1 → 0 → 1 on a real Pushgateway and the
+rebuild notice is recorded."""
 
 from __future__ import annotations
 
@@ -19,9 +25,20 @@ from rtml.config import get_settings
 from rtml.defs.online.assets import online_features
 from rtml.defs.online.checks import online_offline_parity
 from rtml.defs.online.resources import RedisResource
+from rtml.defs.online.sensors import (
+    LOSS_TAG,
+    online_rebuild_job,
+    online_rebuild_notifier,
+    online_store_heal_sensor,
+)
 from rtml.defs.resources import PostgresResource
+from rtml.features.online.parity import check_parity
 from rtml.features.registry import get_registry
+from rtml.services.dagster_home import write_dagster_yaml
+from rtml.services.processes import free_port
+from tests.monitoring_stack import pushgateway, scrape
 from tests.test_online_store import build_latest_db, shrunk_table
+from tests.test_serving import Valkey
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +178,160 @@ def test_parity_fails_on_a_corrupted_redis_field_and_names_it(
         + ", ".join(f"{view}: {n}" for view, n in meta["entities_checked"].items())
         + ")"
     )
+
+
+# --- self-healing -----------------------------------------------------------------------------------------
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Valkey]:
+    """A Redis of this test's own: it is restarted and flushed (never the session's or the machine's)."""
+    server = Valkey(tmp_path / "valkey", free_port())
+    server.data_dir.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def instance(scratch_database: Callable[[str], str], tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    home = tmp_path / "dagster"
+    write_dagster_yaml(home, scratch_database(f"dagster_heal_{uuid.uuid4().hex[:6]}"))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
+
+
+def _skip_message(result: dg.SensorResult) -> str:
+    assert not result.run_requests, result.run_requests
+    assert result.skip_reason is not None
+    return result.skip_reason.skip_message or ""
+
+
+def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
+    latest_db: str,
+    own_redis: Valkey,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    resources = {
+        "postgres": PostgresResource(url=latest_db),
+        "redis": RedisResource(url=own_redis.url, key_prefix="rtmltest-heal"),
+    }
+    rebuild = dg.Definitions(
+        assets=[online_features],
+        asset_checks=[online_offline_parity],
+        jobs=[online_rebuild_job],
+        resources=resources,
+    ).resolve_job_def(online_rebuild_job.name)
+    store = resources["redis"].online_store()
+    customer, merchant = store.views
+
+    with pushgateway(tmp_path) as gateway:
+        monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
+        monkeypatch.delenv("RTML_ALERT_WEBHOOK_URL", raising=False)
+        get_settings.cache_clear()
+
+        def tick(cursor: str | None) -> dg.SensorResult:
+            with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+                return online_store_heal_sensor(context)
+
+        def present() -> dict[str, float]:
+            """``rtml_online_view_present`` per view as the Pushgateway exposes it."""
+            return {
+                view: value
+                for key, value in scrape(gateway.url).items()
+                for view in (customer, merchant)
+                if key.startswith("rtml_online_view_present{")
+                and 'asset="online_store_heal_sensor"' in key
+                and f'view="{view}"' in key
+            }
+
+        try:
+            assert _materialize(latest_db, resources["redis"]).success
+            healthy = tick(None)
+            assert _skip_message(healthy) == "every view's pointer is present"
+            assert present() == {customer: 1.0, merchant: 1.0}
+
+            # a restart empties the embedded Valkey (it keeps nothing on disk)
+            own_redis.stop()
+            down = tick(healthy.cursor)
+            assert _skip_message(down).startswith("Redis unreachable (")
+            assert present() == {customer: 0.0, merchant: 0.0}
+            own_redis.start()
+            lost = tick(down.cursor)
+            [request] = lost.run_requests
+            assert request.run_key.startswith("online_heal:") and request.run_config == {
+                "ops": {"online_features": {"config": {"full_refresh": True}}}
+            }
+            assert request.tags["rtml/trigger"] == (
+                f"online_store_heal_sensor: pointers of {customer}, {merchant} gone"
+            )
+            assert present() == {customer: 0.0, merchant: 0.0}
+            # not launched yet (the daemon launches after the tick): the same request, never a second one
+            [again] = tick(lost.cursor).run_requests
+            assert again.run_key == request.run_key
+
+            # in flight: skipped, and the tick says why
+            started = instance.create_run_for_job(
+                rebuild, run_config=request.run_config, tags=request.tags, status=dg.DagsterRunStatus.STARTED
+            )
+            assert _skip_message(tick(lost.cursor)) == (
+                f"pointers of {customer}, {merchant} gone; rebuild run {started.run_id} for loss "
+                f"{request.tags[LOSS_TAG]} is in flight"
+            )
+            instance.delete_run(started.run_id)
+            result = rebuild.execute_in_process(
+                instance=instance, run_config=request.run_config, tags=request.tags
+            )
+            assert result.success
+            assert _metadata(result)["customer_features/mode"] == "full"
+            healed = tick(lost.cursor)
+            assert (
+                _skip_message(healed)
+                == f"every view's pointer is present; loss {request.tags[LOSS_TAG]} healed"
+            )
+            assert present() == {customer: 1.0, merchant: 1.0}
+            assert check_parity(latest_db, store, sample=10_000).passed  # every entity served again
+
+            # the rebuild's notice
+            run = instance.get_run_by_id(result.run_id)
+            assert run is not None
+            event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+            with dg.build_run_status_sensor_context(
+                sensor_name="online_rebuild_notifier",
+                dagster_event=event,
+                dagster_instance=instance,
+                dagster_run=run,
+                resources={"postgres": resources["postgres"]},
+            ) as context:
+                online_rebuild_notifier(context)
+            with psycopg.connect(latest_db) as conn:
+                title, text, fields = conn.execute(
+                    "select title, text, fields from monitoring.notifications where kind = 'online_heal'"
+                    " order by id desc limit 1"
+                ).fetchone()  # type: ignore[misc]
+            assert title == "Online store rebuilt"
+            detected = request.tags["rtml/online_loss_detected_at"]
+            assert text.startswith(
+                f"Its pointers were gone from Redis (detected {detected}); the online store was rebuilt "
+                f"from the *_latest tables by run {result.run_id}: "
+            ), text
+            assert fields["loss"] == request.tags[LOSS_TAG] and 0 <= fields["recovery_s"] < 120
+
+            # a flush (same server, same run id) is a new loss: a new run key
+            store.client.flushdb()
+            [after_flush] = tick(healed.cursor).run_requests
+            assert after_flush.run_key != request.run_key
+            # nothing to rebuild from: no request, and the tick says so
+            with (
+                shrunk_table(latest_db, "customer_features_latest", "false"),
+                shrunk_table(latest_db, "merchant_features_latest", "false"),
+            ):
+                assert _skip_message(tick(None)) == (
+                    f"pointers of {customer}, {merchant} gone, but the *_latest tables are empty: "
+                    "nothing to rebuild from"
+                )
+        finally:
+            store.close()
+            get_settings.cache_clear()
