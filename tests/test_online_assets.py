@@ -12,8 +12,10 @@ rebuild notice is recorded."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from rtml.features.online.parity import check_parity
 from rtml.features.registry import get_registry
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.processes import free_port
-from tests.monitoring_stack import pushgateway, scrape
+from tests.monitoring_stack import pushed_series, pushgateway
 from tests.test_online_store import build_latest_db, shrunk_table
 from tests.test_serving import Valkey
 
@@ -107,6 +109,41 @@ def test_online_features_asset_pushes_and_checks_parity(
     assert rebuilt["deleted_namespaces"] == sorted(
         [meta["customer_features/namespace"], meta["merchant_features/namespace"]]
     )
+
+
+def test_the_push_reaches_a_real_pushgateway(
+    latest_db: str, redis_resource: RedisResource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asset's own samples (``rtml.monitoring.metrics``), as Prometheus would scrape them."""
+    with pushgateway(tmp_path) as gateway:
+        monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
+        get_settings.cache_clear()
+        try:
+            result = _materialize(latest_db, redis_resource)
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+        assert result.success
+        series = pushed_series(gateway.url, "online_features")
+    meta = _metadata(result)
+    asset: frozenset[tuple[str, str]] = frozenset()  # its `asset` label is the group's
+    newest = {  # every view and store with a newest event (this database has no merchant_features)
+        ("rtml_feature_newest_event_timestamp_seconds", frozenset({("view", view), ("store", store)})): (
+            datetime.fromisoformat(meta[f"{view}/newest_event_{store}"]).timestamp()
+        )
+        for view in ("customer_features", "merchant_features")
+        for store in ("online", "offline")
+        if f"{view}/newest_event_{store}" in meta
+    }
+    assert len(newest) >= 3  # both views online, customer_features offline
+    assert set(series) == {
+        ("rtml_pipeline_run_duration_seconds", asset),
+        ("rtml_pipeline_last_success_timestamp_seconds", asset),
+        *newest,
+    }
+    assert {key: series[key] for key in newest} == newest
+    assert 0 < series["rtml_pipeline_run_duration_seconds", asset] <= float(meta["duration_s"]) + 1
+    assert abs(series["rtml_pipeline_last_success_timestamp_seconds", asset] - time.time()) < 120
 
 
 def test_a_truncated_latest_table_fails_the_push_until_overridden(
@@ -225,7 +262,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
         resources=resources,
     ).resolve_job_def(online_rebuild_job.name)
     store = resources["redis"].online_store()
-    customer, merchant = store.views
+    customer, merchant = views = list(store.views)
 
     with pushgateway(tmp_path) as gateway:
         monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
@@ -237,15 +274,9 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
                 return online_store_heal_sensor(context)
 
         def present() -> dict[str, float]:
-            """``rtml_online_view_present`` per view as the Pushgateway exposes it."""
-            return {
-                view: value
-                for key, value in scrape(gateway.url).items()
-                for view in (customer, merchant)
-                if key.startswith("rtml_online_view_present{")
-                and 'asset="online_store_heal_sensor"' in key
-                and f'view="{view}"' in key
-            }
+            """``rtml_online_view_present`` per view, as the Pushgateway holds it."""
+            series = pushed_series(gateway.url, "online_store_heal_sensor")
+            return {view: series["rtml_online_view_present", frozenset({("view", view)})] for view in views}
 
         try:
             assert _materialize(latest_db, resources["redis"]).success
@@ -321,8 +352,18 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
 
             # a flush (same server, same run id) is a new loss: a new run key
             store.client.flushdb()
-            [after_flush] = tick(healed.cursor).run_requests
+            flushed = tick(healed.cursor)
+            [after_flush] = flushed.run_requests
             assert after_flush.run_key != request.run_key
+            # a rebuild that failed is not retried by the sensor (its failure notice and the alert are)
+            failed = instance.create_run_for_job(
+                rebuild, tags=after_flush.tags, status=dg.DagsterRunStatus.FAILURE
+            )
+            assert _skip_message(tick(flushed.cursor)) == (
+                f"pointers of {customer}, {merchant} gone; rebuild run {failed.run_id} for loss "
+                f"{after_flush.tags[LOSS_TAG]} ended FAILURE: not retried (see its failure notice; launch "
+                "online_rebuild_job once fixed)"
+            )
             # nothing to rebuild from: no request, and the tick says so
             with (
                 shrunk_table(latest_db, "customer_features_latest", "false"),

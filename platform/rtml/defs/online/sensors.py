@@ -18,6 +18,7 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
+import psycopg
 import redis as redis_lib
 
 from rtml.config import get_settings
@@ -76,7 +77,12 @@ def _heal(context: dg.SensorEvaluationContext, store: OnlineStore, database_url:
         healed = f"; loss {loss['id']} healed" if loss else ""
         return dg.SensorResult(skip_reason=f"every view's pointer is present{healed}", cursor="")
     gone = ", ".join(health.missing)
-    if not views_with_rows(database_url, store):
+    try:
+        sources = views_with_rows(database_url, store)
+    except psycopg.Error as error:
+        reason = f"pointers of {gone} gone, but PostgreSQL is unreachable ({error}): cannot rebuild yet"
+        return dg.SensorResult(skip_reason=reason, cursor=context.cursor)
+    if not sources:
         reason = f"pointers of {gone} gone, but the *_latest tables are empty: nothing to rebuild from"
         return dg.SensorResult(skip_reason=reason, cursor=context.cursor)
 
