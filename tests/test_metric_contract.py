@@ -342,3 +342,17 @@ def test_the_check_finds_labels_that_an_aggregation_dropped() -> None:
     assert checker.errors == ["panel: legend ['asset']: not among the labels ['view']"]
     assert checker.check("q", "rtml_online_view_present == 0").labels == {"view", "job", "asset"}
     assert checker.check("q", "sum(rate(rtml_scoring_decisions_total[5m])) or vector(0)").labels == set()
+
+
+def test_a_sample_outside_the_contract_is_refused_without_a_gateway() -> None:
+    """Checked when made: a wrong name or label fails the asset's own tests, gateway or not."""
+    with pytest.raises(metrics.MetricContractError, match="unknown pipeline metric 'rtml_pipeline_row'"):
+        metrics.Sample("rtml_pipeline_row", 1.0, {"asset": "a", "kind": "loaded", "partition": ""})
+    with pytest.raises(metrics.MetricContractError, match=r"labels \['asset'\] differ from the contract"):
+        metrics.Sample("rtml_pipeline_rows", 1.0, {"asset": "a"})
+    with pytest.raises(metrics.MetricContractError, match="label values must be strings"):
+        metrics.Sample("rtml_online_view_present", 1.0, {"view": 1})  # type: ignore[dict-item]
+    good = metrics.run_samples("transactions_raw", 1.5, loaded=10, quarantined=1, partition="p")
+    assert metrics.publish("transactions_raw", good, None) is False  # built and checked, not pushed
+    with pytest.raises(ValueError):  # prometheus_client's own checks run without a gateway too
+        metrics.publish("x", [metrics.Sample("rtml_drift_share", "high", {"report": "features"})], None)  # type: ignore[arg-type]
