@@ -141,6 +141,23 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def pushed_series(gateway_url: str, group: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The ``rtml_*`` series the Pushgateway holds for the group ``asset=<group>``, parsed by
+    prometheus_client: {(name, labels without job/asset/instance): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            if sample.name.startswith("rtml_") and labels.pop("asset", None) == group:
+                assert labels.pop("job") == "rtml"
+                labels.pop("instance", None)
+                out[sample.name, frozenset(labels.items())] = sample.value
+    return out
+
+
 @dataclass
 class MonitoringStack:
     prometheus: Process

@@ -1,7 +1,8 @@
 """The online store against a real Redis and real PostgreSQL (dbt-built ``*_latest`` tables):
 offline/online parity, typed reads with explicit defaults, only changed rows written on an incremental
 push, an atomic version switch under concurrent readers, a new namespace for a new feature version,
-TTLs, and errors that reach the caller.
+TTLs, errors that reach the caller, the guard against a push that would empty a view, and a parity
+check that fails when there is nothing to compare.
 
 Every test uses a key prefix of its own and deletes only that prefix (CI runs this module against the
 machine's shared Redis too).
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from rtml.features.online import OnlineStore
 from rtml.features.online.keys import Keys
 from rtml.features.online.parity import check_parity
 from rtml.features.online.source import fetch_latest
+from rtml.features.online.writer import MassRemovalError
 from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.features.sample_data import load_sample, make_labels, make_transactions
 
@@ -45,6 +48,23 @@ def build_latest_db(url: str) -> str:
     proc = run_dbt(["run", "--full-refresh", "--select", *select], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return url
+
+
+@contextmanager
+def shrunk_table(url: str, table: str, keep_where: str) -> Iterator[None]:
+    """``features.<table>`` holds only the rows matching ``keep_where`` inside the block (the full table
+    is set aside under another name and put back afterwards)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"alter table features.{table} rename to {table}_full")
+        conn.execute(
+            f"create table features.{table} as select * from features.{table}_full where {keep_where}"
+        )
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"drop table features.{table}")
+            conn.execute(f"alter table features.{table}_full rename to {table}")
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +353,63 @@ def test_reader_survives_a_flushed_script_cache_and_a_killed_connection(
     assert feats.missing == ["merchant"] and feats.customer["txn_count_30d"] >= 1
     reader.send_command("CLIENT", "ID")
     assert reader.read_response() != reader_id  # a new connection
+
+
+def test_a_push_that_would_empty_a_view_is_refused_unless_allowed(store: OnlineStore, latest_db: str) -> None:
+    tables = {name: fetch_latest(latest_db, view) for name, view in store.views.items()}
+    store.push_tables(tables)
+    keys_before = sorted(store.client.scan_iter(match=f"{store.keys.prefix}:*", count=10_000))
+    customers = tables["customer_features"]
+    n = customers.num_rows
+    quarter = customers.slice(0, n // 4)
+
+    for kept, full in ((quarter, False), (quarter, True), (customers.slice(0, 0), False)):
+        with pytest.raises(MassRemovalError) as refused:
+            store.push_tables({**tables, "customer_features": kept}, full=full)
+        gone = n - kept.num_rows
+        assert str(refused.value).startswith(
+            "refused to push the online store (nothing was written): customer_features: "
+            f"{gone:,} of the {n:,} entities in Redis ({gone / n:.1%}) are not among the "
+            f"{kept.num_rows:,} rows of its table and would be removed. The limit is 50% of a view's "
+            "entities (RTML_ONLINE_MAX_REMOVAL_SHARE)"
+        ), refused.value
+        assert [r.view for r in refused.value.refused] == ["customer_features"]  # merchants lost none
+    # nothing written, nothing switched: every entity still reads as in PostgreSQL
+    assert sorted(store.client.scan_iter(match=f"{store.keys.prefix}:*", count=10_000)) == keys_before
+    assert check_parity(latest_db, store, sample=10_000).passed
+
+    # below the limit: an incremental push removes what vanished
+    most = customers.slice(0, n - n // 10)
+    result = store.push_tables({**tables, "customer_features": most})
+    assert (result.views["customer_features"].mode, result.views["customer_features"].removed) == (
+        "incremental",
+        n // 10,
+    )
+    # the explicit override: a full refresh from the quarter table goes through
+    result = store.push_tables({**tables, "customer_features": quarter}, full=True, allow_mass_removal=True)
+    push = result.views["customer_features"]
+    assert (push.mode, push.entities, push.removed) == ("full", n // 4, n - n // 10 - n // 4)
+    ids = customers.column("customer_id").to_pylist()
+    assert store.read(ids[0], "m").missing == ["merchant"] and store.read(ids[-1], "m").missing == [
+        "customer",
+        "merchant",
+    ]
+
+
+def test_parity_over_zero_sampled_rows_fails_and_says_why(store: OnlineStore, latest_db: str) -> None:
+    store.push_from_postgres(latest_db)
+    with shrunk_table(latest_db, "merchant_features_latest", "false"):
+        report = check_parity(latest_db, store, sample=50)
+    assert not report.passed and report.empty == ["merchant_features"]
+    assert report.checked == {"customer_features": 50, "merchant_features": 0}
+    assert report.summary == (
+        "merchant_features: no row sampled from its *_latest table, nothing compared "
+        "(compared: customer_features: 50, merchant_features: 0)"
+    )
+    with (
+        shrunk_table(latest_db, "merchant_features_latest", "false"),
+        shrunk_table(latest_db, "customer_features_latest", "false"),
+    ):
+        report = check_parity(latest_db, store, sample=50)
+    assert not report.passed and report.empty == ["customer_features", "merchant_features"]
+    assert report.checked == {}

@@ -1,21 +1,25 @@
 """The training domain through Dagster on a real instance, PostgreSQL and MLflow server: the
 ``fraud_model`` asset trains, registers and gates a version (lineage and gate decision as metadata,
-the gate as an asset check); the ``promote_model`` job moves ``production`` with an approver and a
-reason, and a bad request fails the run with the reason instead of moving anything."""
+the gate as an asset check; its figures pushed to a real Pushgateway); the ``promote_model`` job moves
+``production`` with an approver and a reason, and a bad request fails the run with the reason instead
+of moving anything."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from rtml.config import get_settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.assets import fraud_model, production_model
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
 from rtml.services.stack import StackInfo
 from rtml.training import registry
+from tests.monitoring_stack import pushed_series, pushgateway
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +48,21 @@ def _job(name: str, resources: dict[str, object]) -> dg.JobDefinition:
 
 
 def test_training_job_registers_and_gates_a_version(
-    instance: dg.DagsterInstance, resources: dict[str, object], mlflow_resource: MlflowResource
+    instance: dg.DagsterInstance,
+    resources: dict[str, object],
+    mlflow_resource: MlflowResource,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result = _job("training_job", resources).execute_in_process(instance=instance)
+    with pushgateway(tmp_path) as gateway:
+        monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
+        get_settings.cache_clear()
+        try:
+            result = _job("training_job", resources).execute_in_process(instance=instance)
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+        pushed = pushed_series(gateway.url, "fraud_model")
     assert result.success
     materialization = result.asset_materializations_for_node("fraud_model")[0]
     metadata = {key: value.value for key, value in materialization.metadata.items()}
@@ -56,6 +72,26 @@ def test_training_job_registers_and_gates_a_version(
     assert str(metadata["mlflow_url"]).endswith(f"/versions/{metadata['model_version']}")
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "evaluation_gate" and check.passed
+
+    # the real push, as Prometheus would scrape it: the version's figures under the contract's labels
+    version = {("model_name", mlflow_resource.model_name), ("model_version", str(metadata["model_version"]))}
+    figures = {
+        dict(labels)["metric"]: value
+        for (name, labels), value in pushed.items()
+        if name == "rtml_training_metric"
+    }
+    assert figures["test_roc_auc"] == pytest.approx(metadata["test_roc_auc"], abs=1e-5)  # rounded there
+    assert {"test_pr_auc", "validation_roc_auc"} <= set(figures)
+    assert all(
+        labels == frozenset({*version, ("metric", dict(labels)["metric"])})
+        for name, labels in pushed
+        if name == "rtml_training_metric"
+    )
+    assert {name for name, _ in pushed} == {
+        "rtml_training_metric",
+        "rtml_pipeline_run_duration_seconds",
+        "rtml_pipeline_last_success_timestamp_seconds",
+    }
 
     client = mlflow_resource.client()
     staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)

@@ -141,6 +141,20 @@ class Settings(BaseSettings):
     online_parity_sample: int = Field(
         200, description="Asset check: entities per view compared between PostgreSQL and Redis."
     )
+    online_max_removal_share: float = Field(
+        0.5,
+        description="Push guard: a push of the online store that would remove more than this share of a "
+        "view's entities (an empty or truncated `*_latest` table) is refused before anything is written; "
+        "`online_features` with run config `full_refresh: true, allow_mass_removal: true` overrides it. "
+        "1: no guard.",
+    )
+    online_heal_interval_seconds: int = Field(
+        30,
+        description="How often `online_store_heal_sensor` checks that the views' pointers exist in Redis; "
+        "when they are gone (restart, flush, TTL lapse) while the `*_latest` tables have rows, it "
+        "requests one full push (`online_rebuild_job`). With a run's start-up and the push, the store is "
+        "back within about two minutes.",
+    )
     redis_socket_timeout_ms: float = Field(
         100.0,
         description="Socket timeout of the online reader (connect and each command), in milliseconds; "

@@ -1,41 +1,16 @@
-"""Pipeline metrics: the figures Dagster assets publish, always as asset metadata and, when
+"""Pipeline metrics: the figures Dagster assets and sensors publish, always as asset metadata and, when
 ``RTML_PUSHGATEWAY_URL`` is set, to a Prometheus Pushgateway (``prometheus_client.push_to_gateway``).
 
 One Pushgateway group per asset (``job="rtml"``, ``asset=<asset name>``): a push replaces the asset's
 previous figures, and the gateway adds ``push_time_seconds`` per group (the age of an asset's figures).
 A push that fails is logged and returns False: monitoring never fails a pipeline run.
 
-The metric names below are the contract of ``monitoring/prometheus/rules`` and the Grafana dashboards
-(``monitoring/grafana``). The scoring service's own metrics (``rtml_scoring_*``, BentoML's
-``bentoml_service_*``) are defined in ``serving/service.py``.
-
-=============================================  =================================================
-metric (all gauges)                             labels, meaning
-=============================================  =================================================
-rtml_pipeline_rows                              asset, kind (loaded | quarantined), partition:
-                                                rows of the asset's last materialization
-rtml_pipeline_quarantine_share                  asset: quarantined / (loaded + quarantined)
-rtml_pipeline_run_duration_seconds              asset: duration of the last materialization
-rtml_pipeline_last_success_timestamp_seconds    asset: when it last materialized successfully
-rtml_pipeline_run_failure_timestamp_seconds     dagster_job: when a run of the job last failed
-rtml_pipeline_run_success_timestamp_seconds     dagster_job: when a run of the job last succeeded
-                                                (not ``job``: the Pushgateway overwrites a pushed
-                                                ``job`` label with the group's, ``rtml``)
-rtml_feature_newest_event_timestamp_seconds     view, store (offline | online): the newest event
-                                                time the view's features include (pushed)
-                                                (the lag is ``time() -`` it in PromQL, so it keeps
-                                                growing when pushes stop; a pushed lag would freeze)
-rtml_training_metric                            model_name, model_version, metric (e.g.
-                                                test_roc_auc, test_pr_auc): the version's figures
-rtml_drift_share                                report (features | predictions): drifted share
-rtml_drift_detected                             report: 1 when the share is above the threshold
-rtml_drift_feature_score                        report, feature: Evidently's drift score (p-value
-                                                or distance, per the column's test)
-rtml_live_model_metric                          model_version, metric (roc_auc | precision |
-                                                recall | pr_auc), window (1d): the served
-                                                model on labelled predictions
-rtml_live_labelled_predictions                  model_version, window: predictions with a label
-=============================================  =================================================
+``METRICS`` is the contract of ``monitoring/prometheus/rules`` and the Grafana dashboards
+(``monitoring/grafana``): every pushed metric's name and exact label names. A ``Sample`` outside it is
+refused when it is made, with or without a gateway, so a renamed metric or label fails the asset's
+tests instead of silently emptying an alert or a panel (``tests/test_metric_contract.py`` checks the
+rules and dashboards against it). The scoring service's own metrics (``rtml_scoring_*``) are defined
+where they are made, in ``serving/service.py``.
 """
 
 from __future__ import annotations
@@ -47,29 +22,98 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 JOB = "rtml"
+GROUP_LABELS = ("job", "asset")
+"""Labels every pushed series gets from its Pushgateway group (``job`` is always ``rtml``)."""
 
-DESCRIPTIONS: dict[str, str] = {
-    "rtml_pipeline_rows": "Rows of the asset's last materialization, by kind (loaded, quarantined).",
-    "rtml_pipeline_quarantine_share": "Quarantined share of the asset's last materialization.",
-    "rtml_pipeline_run_duration_seconds": "Duration of the asset's last materialization.",
-    "rtml_pipeline_last_success_timestamp_seconds": "When the asset last materialized successfully.",
-    "rtml_pipeline_run_failure_timestamp_seconds": "When a run of the job last failed.",
-    "rtml_pipeline_run_success_timestamp_seconds": "When a run of the job last succeeded.",
-    "rtml_feature_newest_event_timestamp_seconds": "The newest event time included in the feature view.",
-    "rtml_training_metric": "Evaluation figures of a registered model version.",
-    "rtml_drift_share": "Share of drifted columns in the latest drift report.",
-    "rtml_drift_detected": "1 when the latest drift report's drifted share is above the threshold.",
-    "rtml_drift_feature_score": "Evidently drift score of a column in the latest drift report.",
-    "rtml_live_model_metric": "The served model's performance on labelled predictions.",
-    "rtml_live_labelled_predictions": "Predictions with a label in the live-performance window.",
+
+@dataclass(frozen=True)
+class Metric:
+    description: str
+    labels: tuple[str, ...] = ()
+    """Label names each sample carries (besides ``GROUP_LABELS``)."""
+
+
+METRICS: dict[str, Metric] = {
+    "rtml_pipeline_rows": Metric(
+        "Rows of the asset's last materialization, by kind (loaded, quarantined).",
+        ("asset", "kind", "partition"),
+    ),
+    "rtml_pipeline_quarantine_share": Metric(
+        "Quarantined share of the asset's last materialization: quarantined / (loaded + quarantined).",
+        ("asset",),
+    ),
+    "rtml_pipeline_run_duration_seconds": Metric("Duration of the asset's last materialization.", ("asset",)),
+    "rtml_pipeline_last_success_timestamp_seconds": Metric(
+        "When the asset last materialized successfully.", ("asset",)
+    ),
+    # `dagster_job`, not `job`: the Pushgateway overwrites a pushed `job` label with the group's (`rtml`)
+    "rtml_pipeline_run_failure_timestamp_seconds": Metric(
+        "When a run of the job last failed.", ("dagster_job",)
+    ),
+    "rtml_pipeline_run_success_timestamp_seconds": Metric(
+        "When a run of the job last succeeded.", ("dagster_job",)
+    ),
+    # the newest event time, not a lag: Prometheus computes `time() -` it, so the lag keeps growing when
+    # pushes stop (a pushed lag would freeze)
+    "rtml_feature_newest_event_timestamp_seconds": Metric(
+        "The newest event time included in the feature view, offline (PostgreSQL) or online (Redis).",
+        ("view", "store"),
+    ),
+    "rtml_online_view_present": Metric(
+        "1 while the feature view's pointer exists in Redis (the online store serves it), 0 when it is "
+        "gone (Redis restarted or flushed, TTL lapsed) or Redis is unreachable. Pushed by the self-heal "
+        "sensor on every tick.",
+        ("view",),
+    ),
+    "rtml_training_metric": Metric(
+        "Evaluation figures of a registered model version (e.g. test_roc_auc, test_pr_auc).",
+        ("model_name", "model_version", "metric"),
+    ),
+    "rtml_drift_share": Metric("Share of drifted columns in the latest drift report.", ("report",)),
+    "rtml_drift_detected": Metric(
+        "1 when the latest drift report's drifted share is above the threshold.", ("report",)
+    ),
+    "rtml_drift_feature_score": Metric(
+        "Evidently drift score (p-value or distance, per the column's test) of a column in the latest "
+        "drift report.",
+        ("report", "feature"),
+    ),
+    "rtml_live_model_metric": Metric(
+        "The served model's performance on labelled predictions (roc_auc, precision, recall, pr_auc).",
+        ("model_version", "metric", "window"),
+    ),
+    "rtml_live_labelled_predictions": Metric(
+        "Predictions with a label in the live-performance window.", ("model_version", "window")
+    ),
 }
+
+
+class MetricContractError(ValueError):
+    """A sample whose name or labels are not in ``METRICS``."""
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One gauge value; checked against ``METRICS`` when made."""
+
     name: str
     value: float
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        metric = METRICS.get(self.name)
+        if metric is None:
+            raise MetricContractError(
+                f"unknown pipeline metric {self.name!r}: add it to rtml.monitoring.metrics.METRICS "
+                "(and use it in monitoring/prometheus/rules or the dashboards)"
+            )
+        if sorted(self.labels) != sorted(metric.labels):
+            raise MetricContractError(
+                f"{self.name}: labels {sorted(self.labels)} differ from the contract {sorted(metric.labels)} "
+                "in rtml.monitoring.metrics.METRICS (rules and dashboards select by those)"
+            )
+        if bad := [key for key, value in self.labels.items() if not isinstance(value, str)]:
+            raise MetricContractError(f"{self.name}: label values must be strings: {bad}")
 
 
 def publish(
@@ -78,22 +122,24 @@ def publish(
     """Push ``samples`` as the Pushgateway group ``asset=<group>`` (replacing the group's previous
     figures). False when no gateway is configured or the push failed (logged)."""
     samples = list(samples)
-    if not pushgateway_url or not samples:
+    if not samples:
         return False
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
+    # the registry is built with or without a gateway: a sample prometheus_client would refuse (a name
+    # twice with other labels, a value that is no number) fails here too, not only where one is set
     registry = CollectorRegistry()
     gauges: dict[str, Gauge] = {}
     for sample in samples:
-        if sample.name not in DESCRIPTIONS:
-            raise ValueError(f"unknown pipeline metric {sample.name!r}: add it to rtml.monitoring.metrics")
-        labels = dict(sample.labels)
+        metric = METRICS[sample.name]
         gauge = gauges.get(sample.name)
         if gauge is None:
             gauge = gauges[sample.name] = Gauge(
-                sample.name, DESCRIPTIONS[sample.name], sorted(labels), registry=registry
+                sample.name, metric.description, metric.labels, registry=registry
             )
-        (gauge.labels(**labels) if labels else gauge).set(sample.value)
+        (gauge.labels(**sample.labels) if metric.labels else gauge).set(sample.value)
+    if not pushgateway_url:
+        return False
     try:
         push_to_gateway(
             pushgateway_url, job=JOB, registry=registry, grouping_key={"asset": group}, timeout=timeout

@@ -2,7 +2,11 @@
 
 Every materialization is a push: incremental (only changed entities rewritten) while the feature
 definitions keep their shape; a full rebuild into a new namespace, switched in atomically, on the first
-push, on a new feature version, or when asked (config ``full_refresh``).
+push, on a new feature version, or when asked (config ``full_refresh``; the self-heal sensor asks for
+it when the store was lost).
+
+A push that would remove more than ``online_max_removal_share`` of a view's entities fails before
+writing anything (an empty or truncated ``*_latest`` table); config ``allow_mass_removal`` overrides it.
 """
 
 import dagster as dg
@@ -11,12 +15,18 @@ from rtml.config import get_settings
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.features.freshness import offline_newest, online_newest
+from rtml.features.online.writer import MassRemovalError
 from rtml.monitoring import metrics
+
+OVERRIDE = "ops:\n  online_features:\n    config:\n      full_refresh: true\n      allow_mass_removal: true"
 
 
 class OnlinePushConfig(dg.Config):
     full_refresh: bool = False
     """Write every entity into a new namespace and switch to it (instead of only the changed ones)."""
+    allow_mass_removal: bool = False
+    """Push even when a view loses more than `online_max_removal_share` of its entities (the
+    `*_latest` tables really shrank)."""
 
 
 @dg.asset(
@@ -33,7 +43,24 @@ def online_features(
     """Customer and merchant features in Redis: one hash per entity under a versioned namespace."""
     store = redis.online_store()
     try:
-        result = store.push_from_postgres(postgres.database_url(), full=config.full_refresh)
+        try:
+            result = store.push_from_postgres(
+                postgres.database_url(),
+                full=config.full_refresh,
+                allow_mass_removal=config.allow_mass_removal,
+            )
+        except MassRemovalError as error:
+            raise dg.Failure(
+                description=f"{error} To push anyway, materialize online_features with the run config\n"
+                f"{OVERRIDE}",
+                metadata={
+                    **{f"{r.view}/would_remove": r.removed for r in error.refused},
+                    **{f"{r.view}/entities_in_redis": r.current for r in error.refused},
+                    **{f"{r.view}/table_rows": r.rows for r in error.refused},
+                    "max_removal_share": error.max_share,
+                },
+                allow_retries=False,
+            ) from error
         newest = {"online": online_newest(store), "offline": offline_newest(postgres.database_url())}
     finally:
         store.close()

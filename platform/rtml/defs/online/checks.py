@@ -1,5 +1,6 @@
 """Offline/online parity: a random sample of customers and merchants read from Redis equals their rows
-in PostgreSQL, field by field and typed. Runs after every push and on demand."""
+in PostgreSQL, field by field and typed. Runs after every push and on demand. An empty sample fails
+(nothing compared proves nothing)."""
 
 import dagster as dg
 
@@ -23,9 +24,11 @@ def online_offline_parity(postgres: PostgresResource, redis: RedisResource) -> d
         store.close()
     return dg.AssetCheckResult(
         passed=report.passed,
+        description=report.summary,
         metadata={
             "entities_checked": dg.MetadataValue.json(report.checked),
             "entities_missing": dg.MetadataValue.json(report.missing),
+            "empty_views": dg.MetadataValue.json(report.empty),
             "mismatches": len(report.mismatches),
             "first_mismatches": dg.MetadataValue.json(report.mismatches[:20]),
         },

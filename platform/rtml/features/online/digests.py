@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 
 from rtml.features.online.keys import Keys
@@ -47,9 +48,10 @@ class Digests:
         return changed
 
     def missing_from(self, ids: pa.Array) -> pa.Array:
-        """Ids known here but absent from ``ids`` (entities that vanished)."""
-        present = self._index.isin(ids.to_numpy(zero_copy_only=False))
-        return self.ids.filter(pa.array(~present))
+        """Ids known here but absent from ``ids`` (entities that vanished). Arrow's hash set: 0.4 s for
+        1M ids here, where a pandas ``Index.isin`` over Python strings took 1-2 s (every push runs it:
+        the mass-removal guard)."""
+        return self.ids.filter(pc.invert(pc.is_in(self.ids, value_set=ids)))
 
     @cached_property
     def _index(self) -> pd.Index:

@@ -1,4 +1,7 @@
-"""Offline/online parity: a sample of entities read from PostgreSQL and from Redis must agree."""
+"""Offline/online parity: a sample of entities read from PostgreSQL and from Redis must agree.
+
+A view with no row to sample fails the check: zero comparisons prove nothing, and an empty ``*_latest``
+table is itself a fault (the push guard in ``writer`` refuses to empty Redis from one)."""
 
 from __future__ import annotations
 
@@ -22,10 +25,25 @@ class ParityReport:
     """Entities of the sample that Redis does not have, per view."""
     mismatches: list[str] = field(default_factory=list)
     """``view/entity/field: postgres=... redis=...`` for every differing value."""
+    empty: list[str] = field(default_factory=list)
+    """Views whose ``*_latest`` table had no row to sample (nothing compared)."""
 
     @property
     def passed(self) -> bool:
-        return not self.mismatches and not any(self.missing.values())
+        return not self.empty and not self.mismatches and not any(self.missing.values())
+
+    @property
+    def summary(self) -> str:
+        """One line on what was compared and, on failure, why it failed."""
+        compared = ", ".join(f"{view}: {n}" for view, n in self.checked.items())
+        if self.passed:
+            return f"entities compared, all equal: {compared}"
+        reasons = [f"{view}: no row sampled from its *_latest table, nothing compared" for view in self.empty]
+        reasons += [f"{view}: {n} sampled entities missing in Redis" for view, n in self.missing.items() if n]
+        differing = [m for m in self.mismatches if " postgres=" in m]
+        if differing:
+            reasons.append(f"differing values: {len(differing)} (first: {differing[0]})")
+        return "; ".join(reasons) + (f" (compared: {compared})" if compared else "")
 
 
 def offline_value(value: Any, null_value: Any) -> Any:
@@ -59,6 +77,11 @@ def check_parity(database_url: str, store: OnlineStore, sample: int) -> ParityRe
     customers = sample_rows(database_url, store.customer_view, sample)
     merchants = sample_rows(database_url, store.merchant_view, sample)
     customer_ids, merchant_ids = list(customers), list(merchants)
+    report.empty = [
+        view.name
+        for view, rows in ((store.customer_view, customers), (store.merchant_view, merchants))
+        if not rows
+    ]
     n = max(len(customer_ids), len(merchant_ids))
     if n == 0:
         return report

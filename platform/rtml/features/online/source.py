@@ -35,3 +35,13 @@ def fetch_latest(database_url: str, view: OnlineView) -> pa.Table:
             quoted_strings_can_be_null=False,
         ),
     )
+
+
+def has_rows(database_url: str, view: OnlineView) -> bool:
+    """Whether the view's online table exists and holds a row (something to push)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select to_regclass(%s)", (view.relation,)).fetchone()
+        if row is None or row[0] is None:
+            return False
+        found = conn.execute(f"select exists (select 1 from {view.relation})").fetchone()
+    return bool(found and found[0])

@@ -42,11 +42,14 @@ class OnlineStore:
         key_prefix: str | None = None,
         socket_timeout_ms: float | None = None,
         batch_entities: int | None = None,
+        max_removal_share: float | None = None,
     ) -> None:
         """``ttl_seconds``: how long a push stays readable without the next one (the views' pointers
         expire; unset: ``online_ttl_seconds``; 0: never).
         ``socket_timeout_ms``: per-command socket timeout of the reader (unset:
-        ``redis_socket_timeout_ms``)."""
+        ``redis_socket_timeout_ms``).
+        ``max_removal_share``: the largest share of a view's entities a push may remove (unset:
+        ``online_max_removal_share``; see ``writer``)."""
         settings = get_settings()
         self.registry = registry or get_registry()
         self.views: dict[str, OnlineView] = online_views(self.registry)
@@ -62,6 +65,9 @@ class OnlineStore:
         # bulk writes wait long for a busy server, but not forever for a dead one
         self._bulk_client = redis.Redis.from_url(redis_url, socket_timeout=BULK_SOCKET_TIMEOUT_S)
         self._batch_entities = batch_entities or settings.online_push_batch_entities
+        self.max_removal_share = (
+            settings.online_max_removal_share if max_removal_share is None else max_removal_share
+        )
         self._script = self.client.register_script(read_script(self.customer_view, self.merchant_view))
         self._read_lock = threading.Lock()
         self._read_connection: Any = None  # a redis-py Connection, made on the first read
@@ -167,21 +173,32 @@ class OnlineStore:
     # --- writing --------------------------------------------------------------------------------
     def writer(self) -> OnlineWriter:
         return OnlineWriter(
-            self._bulk_client, self.keys, ttl_seconds=self.ttl_seconds, batch_entities=self._batch_entities
+            self._bulk_client,
+            self.keys,
+            ttl_seconds=self.ttl_seconds,
+            batch_entities=self._batch_entities,
+            max_removal_share=self.max_removal_share,
         )
 
-    def push_tables(self, tables: Mapping[str, pa.Table], *, full: bool = False) -> PushResult:
-        """Push string tables (columns: the entity key and ``OnlineView.field_names``) by view name."""
+    def push_tables(
+        self, tables: Mapping[str, pa.Table], *, full: bool = False, allow_mass_removal: bool = False
+    ) -> PushResult:
+        """Push string tables (columns: the entity key and ``OnlineView.field_names``) by view name.
+        Raises ``MassRemovalError`` (nothing written) when a view would lose more than
+        ``max_removal_share`` of its entities, unless ``allow_mass_removal``."""
         return self.writer().push(
             {name: (self.views[name], table) for name, table in tables.items()},
             full=full,
             manifest_hash=self.registry.manifest_hash,
+            allow_mass_removal=allow_mass_removal,
         )
 
-    def push_from_postgres(self, database_url: str, *, full: bool = False) -> PushResult:
+    def push_from_postgres(
+        self, database_url: str, *, full: bool = False, allow_mass_removal: bool = False
+    ) -> PushResult:
         """Read every view's ``*_latest`` table and push it (full: a new namespace, switched in)."""
         tables = {name: fetch_latest(database_url, view) for name, view in self.views.items()}
-        return self.push_tables(tables, full=full)
+        return self.push_tables(tables, full=full, allow_mass_removal=allow_mass_removal)
 
     def purge(self) -> int:
         """Delete every key under this store's prefix (tests, benchmarks). Returns keys deleted."""

@@ -17,7 +17,14 @@ entity of the table, so this equals per-entity expiry refreshed by each push, wi
 ``EXPIRE`` that costs a third of the bulk write's throughput (measured on Redis 7: 214k → 159k
 entities/s) and that would make an incremental push touch every key.
 
-One writer per key prefix at a time: a lock key guards the push (the Dagster asset is the writer).
+Guard against mass removal: an empty or truncated ``*_latest`` table would make a push drop almost every
+entity (an incremental push deletes the vanished ones; a full push switches to a namespace without
+them). Before anything is written, each view's table is compared with the entities of its current
+namespace; when more than ``max_removal_share`` of them would go, the push is refused
+(``MassRemovalError``) unless the caller allows it explicitly.
+
+One writer per key prefix at a time: a lock key serializes pushes (the scheduled refresh and a self-heal
+rebuild may overlap: the second waits for the first, then finds its work mostly done).
 """
 
 from __future__ import annotations
@@ -41,10 +48,50 @@ from rtml.features.online.schema import OnlineView
 
 Mode = Literal["full", "incremental"]
 LOCK_SECONDS = 3600
+"""A push holding the lock longer than this is presumed dead (the lock expires)."""
+LOCK_WAIT_SECONDS = 600
+"""How long a push waits for another push of the same prefix to finish."""
 
 
 class PushLockedError(RuntimeError):
-    """Another push of the same key prefix is running."""
+    """Another push of the same key prefix is still running after ``LOCK_WAIT_SECONDS``."""
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Entities of a view's current namespace that a push would remove."""
+
+    view: str
+    removed: int
+    current: int
+    """Entities in the current namespace."""
+    rows: int
+    """Rows of the table being pushed."""
+
+    @property
+    def share(self) -> float:
+        return self.removed / self.current if self.current else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.view}: {self.removed:,} of the {self.current:,} entities in Redis ({self.share:.1%}) are "
+            f"not among the {self.rows:,} rows of its table and would be removed"
+        )
+
+
+class MassRemovalError(RuntimeError):
+    """A push would remove more than the allowed share of a view's entities; nothing was written."""
+
+    def __init__(self, refused: list[Removal], max_share: float) -> None:
+        self.refused = refused
+        self.max_share = max_share
+        super().__init__(
+            "refused to push the online store (nothing was written): "
+            + "; ".join(map(str, refused))
+            + f". The limit is {max_share:.0%} of a view's entities (RTML_ONLINE_MAX_REMOVAL_SHARE): an "
+            "empty or truncated *_latest table is more likely than that many entities vanishing. If the "
+            "tables are right, push again allowing the mass removal."
+        )
 
 
 @dataclass
@@ -60,6 +107,8 @@ class ViewPush:
     """Hashes (re)written."""
     unchanged: int = 0
     removed: int = 0
+    """Entities of the previous namespace not in the table (deleted by an incremental push; left
+    behind with the old namespace by a full one)."""
     bytes_sent: int = 0
     seconds: float = 0.0
     previous_namespace: str | None = None
@@ -83,6 +132,17 @@ class PushResult:
         return sum(push.bytes_sent for push in self.views.values())
 
 
+@dataclass(frozen=True)
+class _Plan:
+    full: bool
+    current: str | None
+    previous: Digests
+    """Digests of the current namespace (empty without one)."""
+    vanished: pa.Array
+    """Ids of the current namespace that the table no longer has."""
+    removal: Removal
+
+
 class OnlineWriter:
     def __init__(
         self,
@@ -91,11 +151,13 @@ class OnlineWriter:
         *,
         ttl_seconds: int | None,
         batch_entities: int = 10_000,
+        max_removal_share: float = 1.0,
     ) -> None:
         self.client = client
         self.keys = keys
         self.ttl_seconds = ttl_seconds
         self.batch_entities = batch_entities
+        self.max_removal_share = max_removal_share
 
     # --- the push -------------------------------------------------------------------------------
     def push(
@@ -104,26 +166,41 @@ class OnlineWriter:
         *,
         full: bool = False,
         manifest_hash: str = "",
+        allow_mass_removal: bool = False,
     ) -> PushResult:
-        """Write every view's table; full pushes are switched in together (one transaction)."""
+        """Write every view's table; full pushes are switched in together (one transaction). Raises
+        ``MassRemovalError`` before writing anything when a view would lose more than
+        ``max_removal_share`` of its entities, unless ``allow_mass_removal``."""
         started = time.perf_counter()
         result = PushResult()
-        lock = self.client.lock(f"{self.keys.prefix}:push-lock", timeout=LOCK_SECONDS, blocking=False)
+        lock = self.client.lock(
+            f"{self.keys.prefix}:push-lock",
+            timeout=LOCK_SECONDS,
+            blocking=True,
+            blocking_timeout=LOCK_WAIT_SECONDS,
+        )
         if not lock.acquire():
-            raise PushLockedError(f"another push of {self.keys.prefix!r} is running (lock {lock.name})")
+            raise PushLockedError(
+                f"another push of {self.keys.prefix!r} is still running after {LOCK_WAIT_SECONDS} s "
+                f"(lock {lock.name})"
+            )
         try:
+            plans = {name: self._plan(name, view, table, full) for name, (view, table) in tables.items()}
+            refused = [plan.removal for plan in plans.values() if plan.removal.share > self.max_removal_share]
+            if refused and not allow_mass_removal:
+                raise MassRemovalError(refused, self.max_removal_share)
             pointers: dict[str, str] = {}
             for name, (view, table) in tables.items():
-                current = self._current(name)
-                shape = f"v{view.version}:{view.fingerprint}"
-                if full or current is None or Keys.shape(current) != shape:
+                plan = plans[name]
+                if plan.full:
                     namespace = self.keys.namespace(name, view.version, view.fingerprint)
                     self.client.sadd(self.keys.namespaces(name), namespace)
                     push = self._write_full(view, table, namespace)
                 else:
-                    push = self._write_incremental(view, table, current)
+                    push = self._write_incremental(view, table, plan)
+                push.removed = plan.removal.removed
                 pointers[self.keys.pointer(name)] = push.namespace
-                push.previous_namespace = current
+                push.previous_namespace = plan.current
                 self._write_meta(push, table, view, manifest_hash)
                 result.views[name] = push
             # the switch (and TTL refresh): one MULTI/EXEC, atomic for all views at once
@@ -140,6 +217,20 @@ class OnlineWriter:
         result.seconds = time.perf_counter() - started
         return result
 
+    def _plan(self, name: str, view: OnlineView, table: pa.Table, full: bool) -> _Plan:
+        """Full or incremental, and which entities of the current namespace the table no longer has."""
+        current = self._current(name)
+        previous = load_digests(self.client, current) if current else Digests.empty()
+        shape = f"v{view.version}:{view.fingerprint}"
+        vanished = previous.missing_from(table.column(view.entity_key).combine_chunks())
+        return _Plan(
+            full=full or current is None or Keys.shape(current) != shape,
+            current=current,
+            previous=previous,
+            vanished=vanished,
+            removal=Removal(name, len(vanished), len(previous.ids), table.num_rows),
+        )
+
     def _current(self, view: str) -> str | None:
         value = self.client.get(self.keys.pointer(view))
         return value.decode() if isinstance(value, bytes) else value
@@ -155,19 +246,17 @@ class OnlineWriter:
         push.seconds = time.perf_counter() - started
         return push
 
-    def _write_incremental(self, view: OnlineView, table: pa.Table, namespace: str) -> ViewPush:
+    def _write_incremental(self, view: OnlineView, table: pa.Table, plan: _Plan) -> ViewPush:
         started = time.perf_counter()
+        namespace, previous = str(plan.current), plan.previous
         push = ViewPush(view.name, namespace, "incremental", table.num_rows)
-        previous = load_digests(self.client, namespace)
         digests: list[np.ndarray] = []
         push.bytes_sent = self._send_batches(
             self._entity_batches(view, table, namespace, previous, push, digests)
         )
-        removed = previous.missing_from(table.column(view.entity_key).combine_chunks())
-        if len(removed):
-            keys = pc.binary_join_element_wise(Keys.entity_prefix(namespace), removed, "")
+        if len(plan.vanished):
+            keys = pc.binary_join_element_wise(Keys.entity_prefix(namespace), plan.vanished, "")
             push.bytes_sent += self._send_batches(iter([(resp.variadic_command("UNLINK", [], [keys]), 1)]))
-        push.removed = len(removed)
         self._store_digests(view, table, namespace, digests)
         push.seconds = time.perf_counter() - started
         return push
