@@ -300,7 +300,8 @@ def test_the_scorer_metrics_are_read_from_the_service() -> None:
         "job",
         "instance",
     }
-    assert series["rtml_scoring_degraded_total"] == {"job", "instance"}
+    assert series["rtml_scoring_degraded_total"] == {"reason", "job", "instance"}
+    assert series["rtml_scoring_redis_breaker_open"] == {"pid", "job", "instance"}
     with pytest.raises(AssertionError, match="must be a literal list"):
         scorer_series("Counter('rtml_x_total', 'doc', LABELS)")
 
