@@ -32,7 +32,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 from fastapi import FastAPI
@@ -43,6 +43,9 @@ from batching import MicroBatcher
 from rtml.config import get_settings
 from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
 from schemas import BatchScore, Score, Transaction
+
+if TYPE_CHECKING:
+    from rtml.training.loading import ModelRefused
 
 log = logging.getLogger("rtml.serving")
 
@@ -283,6 +286,7 @@ class FraudScorer:
             self.settings.mlflow_tracking_uri, self.settings.model_name, self.settings.serving_model_alias
         )
         if found is None:
+            self._clear_refusal()  # nothing in production, nothing refused
             return
         version, tags = found
         current = self.model
@@ -293,15 +297,15 @@ class FraudScorer:
             return  # refused already; tried again once production moves or the version's tags change
         try:
             served = load_version(self.settings.mlflow_tracking_uri, self.settings.model_name, version, tags)
+            self._warm(served)
         except ModelRefused as exc:
             self._refuse(version, tags, exc)
             return
-        self._warm(served)
         self._swap(served)
         if current is not None:
             self.metrics.model_swaps.inc()
 
-    def _refuse(self, version: str, tags: dict[str, str], refusal: Any) -> None:
+    def _refuse(self, version: str, tags: dict[str, str], refusal: ModelRefused) -> None:
         """Keep serving what is served; say why, once per (version, tags)."""
         self._refused_key = (version, frozenset(tags.items()))
         current = self.model
@@ -327,11 +331,16 @@ class FraudScorer:
             self.metrics.production_refused.set(0)
 
     def _warm(self, served: Any) -> None:
-        """Score one all-missing row before the swap, so the first real request pays no lazy set-up."""
-        from scoring import Lookup, score_rows
+        """Score one all-missing row before the swap, so the first real request pays no lazy set-up;
+        a model that cannot score it is refused (``invalid``)."""
+        from scoring import Lookup, ModelRefused, score_rows
 
         txn = {"amount": 1.0, "timestamp": datetime.now(UTC), "merchant_id": "warm-up"}
-        score_rows(served, [txn], [Lookup({}, {}, [])], self.numeric, self.categorical)
+        try:
+            score_rows(served, [txn], [Lookup({}, {}, [])], self.numeric, self.categorical)
+        except Exception as exc:
+            message = f"{served.name} v{served.version} cannot score a request: {exc}"
+            raise ModelRefused("invalid", message) from exc
 
     def _swap(self, served: Any) -> None:
         with self._swap_lock:
