@@ -153,6 +153,32 @@ def test_nothing_is_lost_across_an_outage_and_a_hang(own_postgres: OwnPostgres, 
     assert not list((tmp_path / "spill").iterdir())
 
 
+def test_a_stop_while_postgres_hangs_spills_and_returns(own_postgres: OwnPostgres, tmp_path: Path) -> None:
+    """The scorer stopping (SIGTERM) while PostgreSQL hangs: ``close`` does not wait for it; the rows in
+    memory and the batch stuck in its write go to disk, and the next writer drains them."""
+    own_postgres.start()
+    writer = PredictionWriter(own_postgres.url, spill_dir=tmp_path, flush_ms=50, stall_seconds=0.5)
+    wait_until(lambda: writer._conn is not None, "writer not connected")
+    now = datetime.now(UTC)
+    ids = [uuid.uuid4().hex for _ in range(500)]
+    own_postgres.hang()
+    try:
+        for request_id in ids:
+            writer.put(prediction(request_id, now, scored_at=now))
+        began = time.monotonic()
+        writer.close(timeout=30)
+        assert time.monotonic() - began < 5
+        assert writer.written == 0 and writer.spilled == len(ids) and writer.dropped == 0, writer.status()
+    finally:
+        own_postgres.resume()
+    successor = PredictionWriter(own_postgres.url, spill_dir=tmp_path)
+    try:
+        wait_until(lambda: successor.drained == len(ids), f"not drained: {successor.status()}")
+    finally:
+        successor.close()
+    assert in_table(own_postgres.url, ids) == len(ids)
+
+
 def test_past_the_spill_limit_rows_are_dropped_and_counted(own_postgres: OwnPostgres, tmp_path: Path) -> None:
     own_postgres.stop()
     writer = PredictionWriter(own_postgres.url, spill_dir=tmp_path, spill_max_bytes=20_000, queue_max=100)

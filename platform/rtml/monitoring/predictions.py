@@ -203,12 +203,16 @@ class PredictionWriter:
         """Rows in memory: queued, or taken by the writer and not yet written."""
         return len(self._queue) + len(self._batch) + len(self._inflight)
 
+    @property
+    def stalled(self) -> bool:
+        """A write (or drain) has been waiting on PostgreSQL for over ``stall_seconds``."""
+        busy = self._busy_since
+        return busy is not None and time.monotonic() - busy > self.stall_seconds
+
     def status(self) -> dict[str, Any]:
         """For ``/metadata``: the database's state, what waits where, and the counts."""
-        busy = self._busy_since
-        stalled = busy is not None and time.monotonic() - busy > self.stall_seconds
         return {
-            "database": "unavailable" if not self.database_ok else "stalled" if stalled else "ok",
+            "database": "unavailable" if not self.database_ok else "stalled" if self.stalled else "ok",
             "last_error": self.last_error,
             "pending": self.pending,
             "spill_dir": str(self._spill.folder),
@@ -217,11 +221,13 @@ class PredictionWriter:
         }
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop taking rows; write every queued row, or spill it when the database is away."""
+        """Stop taking rows; write every queued row, or spill it when the database is away or hung."""
         self._stop.set()
-        self._writer.join(timeout)
-        if self._writer.is_alive():  # stuck on a hung database: its batch goes to disk too
-            log.error("prediction log: the database did not answer within %.0fs; spilling", timeout)
+        deadline = time.monotonic() + timeout
+        while self._writer.is_alive() and not self.stalled and time.monotonic() < deadline:
+            self._writer.join(0.05)
+        if self._writer.is_alive():  # stuck on a hung database: its rows go to disk too
+            log.error("prediction log: PostgreSQL does not answer; spilling what is left")
             self._abandoned = True
             self._spill_rows([*self._inflight, *self._batch])
         self._spiller.join(timeout)
@@ -337,15 +343,16 @@ class PredictionWriter:
         self._report_spill_bytes()
 
     def _write(self, rows: list[PredictionRow]) -> int:
-        """``write_rows``; a batch the table refuses (a data error) is written row by row, skipping and
-        counting the refused rows. The rows written; raises ``_OUTAGE`` errors."""
+        """``write_rows``; a batch the table refuses (a data error, or a value COPY cannot encode) is
+        written row by row, skipping and counting the refused rows, so one bad row never blocks the
+        log. The rows written; raises ``_OUTAGE`` errors."""
         assert self._conn is not None
         try:
             write_rows(self._conn, rows)
             return len(rows)
         except _OUTAGE:
             raise
-        except psycopg.Error as exc:
+        except Exception as exc:
             log.warning("prediction log: batch refused (%s); writing row by row", exc)
         written = 0
         for row in rows:
@@ -354,7 +361,7 @@ class PredictionWriter:
                 written += 1
             except _OUTAGE:
                 raise
-            except psycopg.Error as exc:
+            except Exception as exc:
                 self._count("rejected", 1)
                 log.error("prediction log: row %s rejected: %s", row.request_id, exc)
         return written
@@ -374,10 +381,8 @@ class PredictionWriter:
     # --- the spiller thread: memory → disk -----------------------------------------------------------
     def _run_spiller(self) -> None:
         while True:
-            busy = self._busy_since
-            stalled = busy is not None and time.monotonic() - busy > self.stall_seconds
             writer_gone = self._writer_done.is_set() or self._abandoned
-            if not self.database_ok or stalled or writer_gone or len(self._queue) > self.spill_at:
+            if not self.database_ok or self.stalled or writer_gone or len(self._queue) > self.spill_at:
                 rows = self._pop(5000)
                 if rows:
                     self._spill_rows(rows)
