@@ -3,6 +3,10 @@
 folder as logged, so the bento predicts exactly what the registry's version predicts), tagged
 ``<model name>:v<mlflow version>`` with the version's tags as metadata.
 
+Only a version the scorer would serve is packaged: approved (``registry.check_approved``) and loading
+safely as skops with the project's trusted types (``rtml.training.loading``, checked on the imported
+copy); otherwise it exits with the reason and leaves nothing in the model store.
+
     tag=$(python serving/package.py)     # prints the BentoML model tag, e.g. fraud-detector:v3
     RTML_SERVING_BENTO_MODEL=$tag bentoml build -f serving/bentofile.yaml serving
 
@@ -19,7 +23,9 @@ import sys
 import bentoml
 
 from rtml.config import get_settings
-from rtml.training.registry import client_for, version_with_alias
+from rtml.training.loading import ModelRefused, load_pipeline
+from rtml.training.registry import check_approved, client_for, version_with_alias
+from scoring import MLFLOW_MODEL_FOLDER
 
 
 def package(tracking_uri: str, name: str, alias: str = "production") -> bentoml.Model:
@@ -29,15 +35,28 @@ def package(tracking_uri: str, name: str, alias: str = "production") -> bentoml.
         raise SystemExit(f"{name} has no version with the alias {alias!r}: promote one first (rtml promote)")
     tag = f"{name}:v{version.version}"
     try:
-        return bentoml.models.get(tag)  # already packaged
-    except bentoml.exceptions.NotFound:
-        pass
-    return bentoml.mlflow.import_model(
-        tag,
-        f"models:/{name}/{version.version}",
-        labels={"mlflow_model": name, "mlflow_version": str(version.version), "alias": alias},
-        metadata={"tags": dict(version.tags), "run_id": version.run_id or "", "tracking_uri": tracking_uri},
-    )
+        check_approved(dict(version.tags), f"{name} v{version.version}")
+        try:
+            model = bentoml.models.get(tag)  # already packaged
+        except bentoml.exceptions.NotFound:
+            model = bentoml.mlflow.import_model(  # copies the files; loads nothing
+                tag,
+                f"models:/{name}/{version.version}",
+                labels={"mlflow_model": name, "mlflow_version": str(version.version), "alias": alias},
+                metadata={
+                    "tags": dict(version.tags),
+                    "run_id": version.run_id or "",
+                    "tracking_uri": tracking_uri,
+                },
+            )
+        try:
+            load_pipeline(model.path_of(MLFLOW_MODEL_FOLDER))
+        except ModelRefused:
+            bentoml.models.delete(tag)
+            raise
+    except ModelRefused as exc:
+        raise SystemExit(f"not packaged ({exc.reason}): {exc}") from exc
+    return model
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 
 * ``ServedModel``: a loaded model version (sklearn Pipeline, version, decision thresholds) — swapped as
   one reference, so a request always scores with one consistent model;
-* ``load_from_registry`` / ``load_from_bento``: the production version from MLflow, or the copy packaged
-  in the bento (``bentoml.mlflow.import_model`` of the same MLflow model, see ``package.py``);
+* ``load_version`` / ``load_from_bento``: the production version from MLflow, or the copy packaged
+  in the bento (``bentoml.mlflow.import_model`` of the same MLflow model, see ``package.py``) — only a
+  version that passed the evaluation gate and a person's approval (``registry.check_approved``), only
+  as skops with the project's trusted types (``rtml.training.loading``); otherwise ``ModelRefused``;
 * ``lookup``: the online-feature read with the fail-open / fail-closed policy and the circuit breaker
   (``breaker.py``);
 * ``score_rows``: request-time features (``rtml.features.request_features``) + the model, compiled
@@ -24,6 +26,8 @@ import pandas as pd
 from breaker import REDIS_ERRORS
 from rtml.features.request_features import model_row
 from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
+from rtml.training.loading import ModelRefused, load_pipeline
+from rtml.training.registry import check_approved, client_for, version_with_alias
 from rtml.training.train import score
 
 log = logging.getLogger("rtml.serving")
@@ -52,6 +56,11 @@ class ServedModel:
     tags: dict[str, str] = field(default_factory=dict)
     compiled: CompiledModel | None = None
 
+    @property
+    def path(self) -> str:
+        """How it scores: ``compiled`` (treelite) or ``sklearn`` (the Pipeline: it could not be compiled)."""
+        return "sklearn" if self.compiled is None else "compiled"
+
     def decide(self, probability: float) -> str:
         if probability >= self.threshold_decline:
             return "decline"
@@ -60,35 +69,23 @@ class ServedModel:
         return "approve"
 
 
-def thresholds_from_tags(tags: dict[str, str]) -> tuple[float, float]:
+def thresholds_from_tags(tags: dict[str, str], label: str) -> tuple[float, float]:
     try:
         return float(tags["threshold_review"]), float(tags["threshold_decline"])
-    except KeyError as exc:
-        raise ValueError(
-            f"model version has no {exc.args[0]} tag: cannot decide approve/review/decline"
+    except (KeyError, ValueError) as exc:
+        raise ModelRefused(
+            "invalid", f"{label} has no valid threshold_review/threshold_decline tags: cannot decide"
         ) from exc
 
 
-def load_from_registry(tracking_uri: str, name: str, alias: str) -> ServedModel | None:
-    """The version holding ``alias`` (None when no version holds it)."""
-
-    from rtml.training.registry import client_for, version_with_alias
-
-    client = client_for(tracking_uri)
-    version = version_with_alias(client, alias, name)
-    if version is None:
-        return None
-    return load_version(tracking_uri, name, str(version.version), dict(version.tags))
-
-
 def load_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> ServedModel:
-    import mlflow.sklearn
-
-    from rtml.training.registry import client_for
-
-    client_for(tracking_uri)
-    pipeline = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-    review, decline = thresholds_from_tags(tags)
+    """``ModelRefused`` unless the version is approved, has thresholds and loads safely (the tags are
+    checked first: they cost no download)."""
+    label = f"{name} v{version}"
+    check_approved(tags, label)
+    review, decline = thresholds_from_tags(tags, label)
+    client_for(tracking_uri)  # models:/ URIs resolve against the global tracking URI
+    pipeline = load_pipeline(f"models:/{name}/{version}")
     return ServedModel(name, version, pipeline, review, decline, "registry", tags, compiled_or_none(pipeline))
 
 
@@ -102,24 +99,24 @@ def compiled_or_none(pipeline: Any) -> CompiledModel | None:
 
 def production_version(tracking_uri: str, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
     """(version, tags) of the version holding ``alias`` — one cheap registry call (the poller's)."""
-    from rtml.training.registry import client_for, version_with_alias
-
     version = version_with_alias(client_for(tracking_uri), alias, name)
     return None if version is None else (str(version.version), dict(version.tags))
 
 
 def load_from_bento(stored: Any) -> ServedModel:
-    """A model imported by ``package.py`` (a ``bentoml.Model``): the MLflow model folder inside it,
-    loaded with MLflow's sklearn flavour (the same files, so the same predictions)."""
-    import mlflow.sklearn
-
+    """A model imported by ``package.py`` (a ``bentoml.Model``): the MLflow model folder inside it, held
+    to the same rules as the registry's versions (the tags are the registry's, copied at packaging)."""
     info = stored.info
     tags = {str(k): str(v) for k, v in (info.metadata or {}).get("tags", {}).items()}
-    pipeline = mlflow.sklearn.load_model(stored.path_of(MLFLOW_MODEL_FOLDER))
-    review, decline = thresholds_from_tags(tags)
+    name = str(info.labels.get("mlflow_model", stored.tag.name))
+    version = str(info.labels["mlflow_version"])
+    label = f"{name} v{version} (bento model {stored.tag})"
+    check_approved(tags, label)
+    review, decline = thresholds_from_tags(tags, label)
+    pipeline = load_pipeline(stored.path_of(MLFLOW_MODEL_FOLDER))
     return ServedModel(
-        name=str(info.labels.get("mlflow_model", stored.tag.name)),
-        version=str(info.labels["mlflow_version"]),
+        name=name,
+        version=version,
         pipeline=pipeline,
         threshold_review=review,
         threshold_decline=decline,

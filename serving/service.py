@@ -15,8 +15,11 @@ The model is the MLflow version holding the ``production`` alias (``RTML_SERVING
 ``RTML_MODEL_NAME``. Inside a bento it starts from the packaged copy (``package.py``); with
 ``RTML_MLFLOW_TRACKING_URI`` set, a thread polls the registry every ``RTML_SERVING_MODEL_POLL_SECONDS``
 and swaps a new production version in (loaded and warmed first, then one reference assignment: no
-request is dropped or scored by half a model). The served version is in the ``X-Model-Version``
-response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
+request is dropped or scored by half a model). A version that is not approved or does not load safely
+(``scoring.load_version``) is refused: the service keeps serving the version it has, logs the reason,
+counts it (``rtml_scoring_model_refused_total``) and shows it in ``/metadata`` until ``production``
+moves again. The served version and its scoring path (compiled or sklearn) are in the
+``X-Model-Version`` response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
 
 Heavy imports (mlflow, sklearn, prometheus_client, rtml's online store) happen in ``__init__``:
 BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker after importing this module, and
@@ -36,7 +39,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 from fastapi import FastAPI
@@ -49,6 +52,9 @@ from http_guard import ScoringRequestGuard, client_gone
 from rtml.config import get_settings
 from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
 from schemas import BatchScore, Score, Transaction
+
+if TYPE_CHECKING:
+    from rtml.training.loading import ModelRefused
 
 log = logging.getLogger("rtml.serving")
 
@@ -157,16 +163,42 @@ class Metrics:
         self.breaker_open.set(0)
         self.model_info = Gauge(
             "rtml_scoring_model_info",
-            "The model version served (1) by each worker; 0 for versions swapped out.",
-            ["model_name", "model_version", "source"],
+            "The model version served (1) by each worker; 0 for versions swapped out. path: compiled "
+            "(treelite) or sklearn (the Pipeline, when the model could not be compiled exactly).",
+            ["model_name", "model_version", "source", "path"],
             multiprocess_mode="liveall",
         )
         self.model_swaps = Counter(
             "rtml_scoring_model_swaps_total", "Model versions swapped in after a registry change."
         )
-        self.predictions_dropped = Counter(
-            "rtml_scoring_predictions_dropped_total",
-            "Scored requests not queued for monitoring.predictions (queue full for too long).",
+        self.model_refused = Counter(
+            "rtml_scoring_model_refused_total",
+            "Model versions refused (not served) once each, by reason: format, untrusted_types, invalid, "
+            "not_gated, gate_rejected, not_approved (rtml.training.loading).",
+            ["reason"],
+        )
+        self.predictions = {
+            outcome: Counter(f"rtml_predictions_{outcome}_total", description)
+            for outcome, description in {
+                "written": "Prediction-log rows written to monitoring.predictions from memory.",
+                "spilled": "Prediction-log rows spilled to local disk (PostgreSQL unavailable, stalled or "
+                "behind).",
+                "drained": "Spilled prediction-log rows written to monitoring.predictions once it was back.",
+                "dropped": "Prediction-log rows lost: memory queue full, spill folder at its size limit "
+                "(RTML_PREDICTIONS_SPILL_MAX_BYTES), or an unreadable spilled line.",
+                "rejected": "Prediction-log rows the table refused (a data error), logged and skipped.",
+            }.items()
+        }
+        self.predictions_spill_bytes = Gauge(
+            "rtml_predictions_spill_bytes",
+            "Bytes of prediction-log rows waiting on local disk for PostgreSQL (all workers' spill).",
+            multiprocess_mode="livemax",
+        )
+        self.production_refused = Gauge(
+            "rtml_scoring_production_refused",
+            "1 while the version holding the production alias is refused (the worker serves an older "
+            "one, or none), else 0.",
+            multiprocess_mode="livemax",
         )
 
 
@@ -231,14 +263,20 @@ class FraudScorer:
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self.last_poll_error: str | None = None
+        self.refused: dict[str, str] | None = None  # the production version refused last, and why
+        self._refused_key: tuple[str, frozenset[tuple[str, str]]] | None = None
         self.writer = None
         if self.settings.database_url:
+            # never blocks and never needs PostgreSQL to start: rows wait in memory or on disk
             self.writer = PredictionWriter(
                 self.settings.database_url,
+                spill_dir=self.settings.predictions_spill_dir,
+                spill_max_bytes=self.settings.predictions_spill_max_bytes,
                 queue_max=self.settings.predictions_queue_max,
                 flush_rows=self.settings.predictions_flush_rows,
                 flush_ms=self.settings.predictions_flush_ms,
-                put_timeout=self.settings.predictions_put_timeout_ms / 1000,
+                on_count=lambda outcome, rows: self.metrics.predictions[outcome].inc(rows),
+                on_spill_bytes=self.metrics.predictions_spill_bytes.set,
             )
         else:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
@@ -267,62 +305,95 @@ class FraudScorer:
 
     # --- model --------------------------------------------------------------------------------
     def _load_initial(self) -> None:
-        from scoring import load_from_bento, load_from_registry
+        from scoring import ModelRefused, load_from_bento
 
         if self.bento_model is not None:
-            self._swap(load_from_bento(bentoml.models.get(self.bento_model.tag)))
+            stored = bentoml.models.get(self.bento_model.tag)
+            try:
+                self._swap(load_from_bento(stored))
+            except ModelRefused as exc:
+                self._refuse(str(stored.info.labels.get("mlflow_version", stored.tag)), {}, exc)
         if self.settings.mlflow_tracking_uri:
             try:
                 self._check_registry()
-            except Exception as exc:  # the registry may be down: serve the packaged model meanwhile
+            except Exception as exc:  # the registry may be down: the poller tries again
                 self.last_poll_error = f"{type(exc).__name__}: {exc}"
                 log.warning("model registry unreachable at start-up: %s", exc)
-                if self.model is None:
-                    served = None
-                    try:
-                        served = load_from_registry(
-                            self.settings.mlflow_tracking_uri,
-                            self.settings.model_name,
-                            self.settings.serving_model_alias,
-                        )
-                    except Exception:
-                        log.exception("cannot load the model from the registry")
-                    if served is not None:
-                        self._swap(served)
 
     def _check_registry(self) -> None:
-        from scoring import load_version, production_version
+        from scoring import ModelRefused, load_version, production_version
 
         assert self.settings.mlflow_tracking_uri
         found = production_version(
             self.settings.mlflow_tracking_uri, self.settings.model_name, self.settings.serving_model_alias
         )
         if found is None:
+            self._clear_refusal()  # nothing in production, nothing refused
             return
         version, tags = found
         current = self.model
         if current is not None and current.version == version and current.name == self.settings.model_name:
+            self._clear_refusal()
             return
-        served = load_version(self.settings.mlflow_tracking_uri, self.settings.model_name, version, tags)
-        self._warm(served)
+        if self._refused_key == (version, frozenset(tags.items())):
+            return  # refused already; tried again once production moves or the version's tags change
+        try:
+            served = load_version(self.settings.mlflow_tracking_uri, self.settings.model_name, version, tags)
+            self._warm(served)
+        except ModelRefused as exc:
+            self._refuse(version, tags, exc)
+            return
         self._swap(served)
         if current is not None:
             self.metrics.model_swaps.inc()
 
+    def _refuse(self, version: str, tags: dict[str, str], refusal: ModelRefused) -> None:
+        """Keep serving what is served; say why, once per (version, tags)."""
+        self._refused_key = (version, frozenset(tags.items()))
+        current = self.model
+        self.refused = {
+            "version": version,
+            "reason": refusal.reason,
+            "error": str(refusal),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self.metrics.model_refused.labels(refusal.reason).inc()
+        self.metrics.production_refused.set(1)
+        log.error(
+            "REFUSED model version %s (%s): %s; still serving %s",
+            version,
+            refusal.reason,
+            refusal,
+            "nothing" if current is None else f"v{current.version}",
+        )
+
+    def _clear_refusal(self) -> None:
+        if self._refused_key is not None:
+            self._refused_key, self.refused = None, None
+            self.metrics.production_refused.set(0)
+
     def _warm(self, served: Any) -> None:
-        """Score one all-missing row before the swap, so the first real request pays no lazy set-up."""
-        from scoring import Lookup, score_rows
+        """Score one all-missing row before the swap, so the first real request pays no lazy set-up;
+        a model that cannot score it is refused (``invalid``)."""
+        from scoring import Lookup, ModelRefused, score_rows
 
         txn = {"amount": 1.0, "timestamp": datetime.now(UTC), "merchant_id": "warm-up"}
-        score_rows(served, [txn], [Lookup({}, {}, [])], self.numeric, self.categorical)
+        try:
+            score_rows(served, [txn], [Lookup({}, {}, [])], self.numeric, self.categorical)
+        except Exception as exc:
+            message = f"{served.name} v{served.version} cannot score a request: {exc}"
+            raise ModelRefused("invalid", message) from exc
 
     def _swap(self, served: Any) -> None:
         with self._swap_lock:
             previous, self.model = self.model, served  # one reference assignment: requests see old or new
             if previous is not None:
-                self.metrics.model_info.labels(previous.name, previous.version, previous.source).set(0)
-            self.metrics.model_info.labels(served.name, served.version, served.source).set(1)
-        log.info("serving %s v%s (%s)", served.name, served.version, served.source)
+                self.metrics.model_info.labels(
+                    previous.name, previous.version, previous.source, previous.path
+                ).set(0)
+            self.metrics.model_info.labels(served.name, served.version, served.source, served.path).set(1)
+        self._clear_refusal()
+        log.info("serving %s v%s (%s, %s)", served.name, served.version, served.source, served.path)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.serving_model_poll_seconds):
@@ -407,28 +478,28 @@ class FraudScorer:
                 degraded[
                     "redis_unavailable" if "redis_unavailable" in causes.values() else "view_missing"
                 ] += 1
-            if self.writer is not None and not self.writer.put(
-                PredictionRow(
-                    request_id=scored.request_id,
-                    transaction_id=txn.transaction_id,
-                    customer_id=txn.customer_id,
-                    merchant_id=txn.merchant_id,
-                    amount=txn.amount,
-                    currency=txn.currency,
-                    channel=txn.channel,
-                    merchant_category=txn.merchant_category,
-                    country=txn.country,
-                    event_ts=txn.timestamp,
-                    model_version=scored.model_version,
-                    probability=scored.fraud_probability,
-                    decision=scored.decision,
-                    features_missing=scored.features_missing,
-                    degraded=scored.degraded,
-                    scored_at=scored_at,
-                    latency_ms=latency_ms,
+            if self.writer is not None:  # put is O(1) and counts what it cannot keep (dropped)
+                self.writer.put(
+                    PredictionRow(
+                        request_id=scored.request_id,
+                        transaction_id=txn.transaction_id,
+                        customer_id=txn.customer_id,
+                        merchant_id=txn.merchant_id,
+                        amount=txn.amount,
+                        currency=txn.currency,
+                        channel=txn.channel,
+                        merchant_category=txn.merchant_category,
+                        country=txn.country,
+                        event_ts=txn.timestamp,
+                        model_version=scored.model_version,
+                        probability=scored.fraud_probability,
+                        decision=scored.decision,
+                        features_missing=scored.features_missing,
+                        degraded=scored.degraded,
+                        scored_at=scored_at,
+                        latency_ms=latency_ms,
+                    )
                 )
-            ):
-                self.metrics.predictions_dropped.inc()
         # counters once per batch: a multiprocess-mode increment writes to a shared file
         for (decision, version), n in decisions.items():
             self.metrics.decisions.labels(decision, version).inc(n)
@@ -488,6 +559,17 @@ class FraudScorer:
                 f"online store views missing: {', '.join(store['missing_views'])} (Redis restarted or "
                 "flushed, or the push expired): every entity reads as unknown until the next push"
             )
+        if self.refused is not None:
+            problems.append(
+                f"production version {self.refused['version']} refused ({self.refused['reason']}): "
+                "still serving the version before"
+            )
+        log_state = None if self.writer is None else self.writer.status()
+        if log_state is not None and log_state["database"] != "ok":
+            problems.append(
+                f"prediction log: PostgreSQL {log_state['database']} ({log_state['last_error']}): "
+                f"rows spill to {log_state['spill_dir']}"
+            )
         store_bad = store["breaker"] == "open" or bool(store["missing_views"])
         if model is None or (store_bad and not self.settings.serving_fail_open):
             status = "unavailable"
@@ -504,13 +586,7 @@ class FraudScorer:
                 "waiting_rows": self.batcher.waiting_rows,
                 "limit": self.settings.serving_max_queue_rows,
             },
-            "prediction_log": None
-            if self.writer is None
-            else {
-                "pending": self.writer.pending,
-                "written": self.writer.written,
-                "dropped": self.writer.dropped,
-            },
+            "prediction_log": log_state,
         }
 
     # --- metadata (GET /metadata) ------------------------------------------------------------
@@ -526,6 +602,7 @@ class FraudScorer:
                 "name": model.name,
                 "version": model.version,
                 "source": model.source,
+                "path": model.path,
                 "threshold_review": model.threshold_review,
                 "threshold_decline": model.threshold_decline,
                 "alias": self.settings.serving_model_alias,
@@ -535,17 +612,12 @@ class FraudScorer:
                 "tracking_uri": self.settings.mlflow_tracking_uri,
                 "poll_seconds": self.settings.serving_model_poll_seconds,
                 "last_poll_error": self.last_poll_error,
+                "refused": self.refused,
             },
             "fail_open": self.settings.serving_fail_open,
             "max_batch": self.settings.serving_max_batch,
             "features": {"numeric": self.numeric, "categorical": self.categorical},
-            "predictions_log": None
-            if self.writer is None
-            else {
-                "pending": self.writer.pending,
-                "written": self.writer.written,
-                "dropped": self.writer.dropped,
-            },
+            "predictions_log": None if self.writer is None else self.writer.status(),
         }
 
 

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import mlflow.sklearn
 import pandas as pd
 import psycopg
 import pytest
@@ -34,6 +33,7 @@ from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
 from rtml.services.stack import StackInfo
 from rtml.training import registry
 from rtml.training.dataset import feature_spec
+from rtml.training.loading import load_pipeline
 from rtml.training.tracking import train_and_register
 from rtml.training.train import score
 
@@ -139,7 +139,7 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     client = registry.client_for(tracking_uri)
     tags = client.get_model_version(model_name, version).tags
     review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
-    scores = score(mlflow.sklearn.load_model(f"models:/{model_name}/{version}"), X)
+    scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)
     rows = [
         PredictionRow(
             request_id=uuid.uuid4().hex,

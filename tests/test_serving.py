@@ -10,9 +10,13 @@ PostgreSQL:
   after SIGCONT; an emptied online store (Redis restarted) is degraded and named by ``GET /health``; a
   body over the limit is 413 before it is read; a full micro-batch queue is 503 with Retry-After; a
   request whose client left is not scored;
-* a new production version is swapped in under concurrent requests without one error;
+* a new production version (another model) is swapped in under concurrent requests without one error,
+  each answer the probability of the version it names;
+* a production version that is pickled, needs an untrusted type or was never approved is refused (not
+  packaged either) while the served version keeps answering; a good version is swapped in after;
 * every scored request lands in ``monitoring.predictions`` once the service stops cleanly;
-* ``bentoml build`` gives a bento containing the production model, which serves without the registry.
+* ``bentoml build`` gives a bento containing the production model, which serves without the registry
+  and answers what the packaged Pipeline gives.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.monitoring import metrics
-from rtml.monitoring.predictions import PredictionRow, PredictionWriter
 from rtml.services import redis as redis_service
 from rtml.services.processes import free_port, pid_alive, stop_pid, stop_tree
 from rtml.training import registry as model_registry
-from rtml.training.dataset import feature_spec, prepare
+from rtml.training.dataset import Split, feature_spec, prepare
+from rtml.training.loading import load_pipeline
 from rtml.training.tracking import train_and_register
 from rtml.training.train import score as model_score
+from tests.model_versions import UNSAFE_TRUSTED_TYPES, gated, log_version, promote, with_os_system
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ROOT / "serving"
@@ -91,22 +96,24 @@ def registry(latest_db: str) -> FeatureRegistry:
 class Registered:
     tracking_uri: str
     first: str
-    source: str
-    run_id: str
     tags: dict[str, str]
+    holdout: Split
+    """The first version's test window (another model is trained on it for the hot swap)."""
+
+    @property
+    def thresholds(self) -> dict[str, str]:
+        return {k: v for k, v in self.tags.items() if k.startswith("threshold_")}
 
 
 @pytest.fixture(scope="module")
 def model(latest_db: str, mlflow_tracking_uri: str, training_settings: Settings) -> Registered:
+    """A version trained, gated and approved as the platform does it."""
     result = train_and_register(latest_db, mlflow_tracking_uri, training_settings, model_name=MODEL)
     client = model_registry.client_for(mlflow_tracking_uri)
-    model_registry.promote(
-        client, result.model_version, "tests", "serving tests", name=MODEL, allow_rejected=True
-    )
+    model_registry.gate(client, result.model_version, result.holdout, training_settings, name=MODEL)
+    promote(client, MODEL, result.model_version, "serving tests")
     version = client.get_model_version(MODEL, result.model_version)
-    return Registered(
-        mlflow_tracking_uri, version.version, version.source or "", version.run_id or "", dict(version.tags)
-    )
+    return Registered(mlflow_tracking_uri, version.version, dict(version.tags), result.holdout)
 
 
 @dataclass
@@ -216,7 +223,10 @@ def _env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
-def start_server(name: str, target: str, env: dict[str, str], log_dir: Path, cwd: Path = SERVING) -> Server:
+def start_server(
+    name: str, target: str, env: dict[str, str], log_dir: Path, cwd: Path = SERVING, probe: str = "/readyz"
+) -> Server:
+    """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet)."""
     port = free_port()
     log = log_dir / f"{name}.log"
     with open(log, "wb") as handle:
@@ -233,13 +243,13 @@ def start_server(name: str, target: str, env: dict[str, str], log_dir: Path, cwd
         if proc.poll() is not None:
             raise AssertionError(f"{name} exited with {proc.returncode}:\n{server.tail()}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{probe}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
     server.stop()
-    raise AssertionError(f"{name} not ready after 180 s:\n{server.tail()}")
+    raise AssertionError(f"{name}: {probe} not 200 after 180 s:\n{server.tail()}")
 
 
 def service_env(
@@ -402,8 +412,6 @@ def sample_pairs(database_url: str, count: int) -> list[dict[str, Any]]:
 def test_score_matches_model_on_offline_features(
     servers: dict[str, Server], latest_db: str, model: Registered
 ) -> None:
-    import mlflow.sklearn
-
     server = servers["open"]
     pairs = sample_pairs(latest_db, 24)
     requests = []
@@ -427,7 +435,7 @@ def test_score_matches_model_on_offline_features(
     assert [s["transaction_id"] for s in scores] == [r["transaction_id"] for r in requests]
     assert all(s["features_missing"] == [] and s["degraded"] is False for s in scores)
 
-    pipeline = mlflow.sklearn.load_model(f"models:/{MODEL}/{model.first}")
+    pipeline = load_pipeline(f"models:/{MODEL}/{model.first}")
     expected = model_score(pipeline, offline_frame(latest_db, requests))
     got = np.array([s["fraud_probability"] for s in scores])
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
@@ -512,12 +520,16 @@ def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> 
     meta = httpx.get(f"{server.url}/metadata", timeout=10).json()
     assert meta["model"]["name"] == MODEL and meta["model"]["version"] == model.first
     assert meta["model"]["source"] == "registry" and meta["fail_open"] is True
+    assert meta["model"]["path"] == "compiled"  # the sklearn path: test_serving_lifecycle
     assert meta["model"]["threshold_review"] == float(model.tags["threshold_review"])
+    assert meta["registry"]["refused"] is None
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     info = _samples(text, "rtml_scoring_model_info")
-    assert [(labels["model_version"], value) for labels, value in info if labels["model_name"] == MODEL] == [
-        (model.first, 1.0)
-    ]
+    assert [
+        (labels["model_version"], labels["path"], value)
+        for labels, value in info
+        if labels["model_name"] == MODEL
+    ] == [(model.first, "compiled", 1.0)]
     stages = {labels["stage"]: value for labels, value in _samples(text, "rtml_scoring_stage_seconds_count")}
     assert set(stages) == {"feature_lookup", "inference"}, text
     assert stages["feature_lookup"] > 0 and stages["inference"] > 0
@@ -540,6 +552,10 @@ def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> 
     )
     home = httpx.get(f"{server.url}/", timeout=10)
     assert home.status_code == 200 and "swagger" in home.text.lower()
+
+
+def _metadata(server: Server) -> dict[str, Any]:
+    return dict(httpx.get(f"{server.url}/metadata", timeout=10).json())
 
 
 def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -880,36 +896,47 @@ def test_a_request_whose_client_left_is_not_scored(
 def test_hot_swap_under_concurrent_requests(
     servers: dict[str, Server], model: Registered, latest_db: str
 ) -> None:
+    """To another model (other hyper-parameters, trained on another window): every answer is the
+    probability of the version it names, computed by that version's Pipeline on the same request."""
+    from sklearn.base import clone
+
     server = servers["open"]
     client = model_registry.client_for(model.tracking_uri)
-    second = client.create_model_version(
-        MODEL,
-        model.source,
-        run_id=model.run_id,
-        tags={k: v for k, v in model.tags.items() if k.startswith("threshold_")},
-        # a second version of the same logged model (MLflow 3 wants the model id with a models:/ source)
-        model_id=model.source.removeprefix("models:/") if model.source.startswith("models:/") else None,
-    )
+    first = load_pipeline(f"models:/{MODEL}/{model.first}")
+    other = clone(first).set_params(classifier__max_iter=30, classifier__learning_rate=0.3)
+    other.fit(model.holdout.X[list(first.feature_names_in_)], model.holdout.y)
+    second = log_version(other, MODEL, gated(model.thresholds))
     pair = sample_pairs(latest_db, 1)[0]
+    request = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1))
+    features = offline_frame(latest_db, [request])
+    expected = {model.first: model_score(first, features)[0], second: model_score(other, features)[0]}
+    assert abs(expected[model.first] - expected[second]) > 1e-6, expected  # the models tell apart
     stop = threading.Event()
-    results: list[list[tuple[int, str, str]]] = [[] for _ in range(4)]
+    results: list[list[tuple[int, str, str, float]]] = [[] for _ in range(4)]
 
-    def fire(out: list[tuple[int, str, str]]) -> None:
+    def fire(out: list[tuple[int, str, str, float]]) -> None:
         with httpx.Client(timeout=30) as http:
             while not stop.is_set():
-                txn = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1))
+                txn = {**request, "transaction_id": f"t-{uuid.uuid4().hex[:12]}"}
                 response = server.post("/score", {"transaction": txn}, client=http)
-                version = response.json().get("model_version", "") if response.status_code == 200 else ""
-                out.append((response.status_code, response.headers.get("x-model-version", ""), version))
+                body = response.json() if response.status_code == 200 else {}
+                out.append(
+                    (
+                        response.status_code,
+                        response.headers.get("x-model-version", ""),
+                        body.get("model_version", ""),
+                        body.get("fraud_probability", math.nan),
+                    )
+                )
 
     threads = [threading.Thread(target=fire, args=(out,)) for out in results]
     for thread in threads:
         thread.start()
     try:
         time.sleep(1.0)
-        model_registry.promote(client, second.version, "tests", "hot swap", name=MODEL, allow_rejected=True)
+        promote(client, MODEL, second, "hot swap")
         deadline = time.monotonic() + 60
-        while httpx.get(f"{server.url}/metadata").json()["model"]["version"] != second.version:
+        while httpx.get(f"{server.url}/metadata").json()["model"]["version"] != second:
             assert time.monotonic() < deadline, "the new production version was not swapped in"
             time.sleep(0.2)
         time.sleep(1.0)
@@ -920,17 +947,81 @@ def test_hot_swap_under_concurrent_requests(
 
     flat = [r for out in results for r in out]
     assert len(flat) > 50
-    assert all(status == 200 for status, _, _ in flat), {s for s, _, _ in flat}
-    assert all(header == body for _, header, body in flat)
+    assert all(status == 200 for status, _, _, _ in flat), {s for s, _, _, _ in flat}
+    assert all(header == body for _, header, body, _ in flat)
+    for _, _, version, probability in flat:
+        assert probability == pytest.approx(expected[version], rel=1e-9, abs=1e-12), version
     for out in results:  # per client: the first version until the swap, then the second only
-        versions = [v for _, _, v in out]
-        assert versions[0] == model.first and versions[-1] == second.version
-        switch = versions.index(second.version)
-        assert set(versions[:switch]) == {model.first} and set(versions[switch:]) == {second.version}
+        versions = [v for _, _, v, _ in out]
+        assert versions[0] == model.first and versions[-1] == second
+        switch = versions.index(second)
+        assert set(versions[:switch]) == {model.first} and set(versions[switch:]) == {second}
     text = httpx.get(f"{server.url}/metrics").text
     served = {labels["model_version"]: value for labels, value in _samples(text, "rtml_scoring_model_info")}
-    assert served == {model.first: 0.0, second.version: 1.0}
+    assert served == {model.first: 0.0, second: 1.0}
     assert _metric(text, "rtml_scoring_model_swaps_total") >= 1
+
+
+def test_unsafe_or_unapproved_versions_are_refused(
+    servers: dict[str, Server], model: Registered, latest_db: str, tmp_path: Path
+) -> None:
+    """Production moves to a pickled version, a skops file needing ``posix.system`` (which the artifact
+    itself trusts) and a version whose alias was moved by hand: each is refused — logged, counted,
+    shown in /metadata, not packaged — while the served version keeps answering; a good one is then
+    swapped in."""
+    server = servers["open"]
+    client = model_registry.client_for(model.tracking_uri)
+    served = _metadata(server)["model"]["version"]  # the hot swap's
+    pipeline = load_pipeline(f"models:/{MODEL}/{served}")
+    pair = sample_pairs(latest_db, 1)[0]
+    request = transaction(pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=2))
+    expected = model_score(pipeline, offline_frame(latest_db, [request]))[0]
+    tags = gated(model.thresholds)
+    candidates = {
+        "format": log_version(pipeline, MODEL, tags, serialization_format="pickle"),
+        "untrusted_types": log_version(
+            with_os_system(pipeline), MODEL, tags, skops_trusted_types=UNSAFE_TRUSTED_TYPES
+        ),
+        "not_approved": log_version(pipeline, MODEL, tags),
+    }
+    for reason, version in candidates.items():
+        if reason == "not_approved":
+            client.set_registered_model_alias(MODEL, "production", version)  # bypassing `rtml promote`
+        else:
+            promote(client, MODEL, version, f"test: {reason}")
+        deadline = time.monotonic() + 30
+        while (refused := _metadata(server)["registry"]["refused"] or {}).get("version") != version:
+            assert time.monotonic() < deadline, f"{reason}: v{version} not refused\n{server.tail()}"
+            time.sleep(0.2)
+        assert refused["reason"] == reason, refused
+        response = server.post("/score", {"transaction": request})
+        assert response.status_code == 200 and response.json()["model_version"] == served
+        assert response.json()["fraud_probability"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        if reason == "format":  # the bento path refuses it too, and keeps nothing
+            home = tmp_path / "bentoml-home"
+            packaged = subprocess.run(
+                [sys.executable, "package.py"],
+                cwd=SERVING,
+                env=_env(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", RTML_MODEL_NAME=MODEL),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert packaged.returncode != 0 and "not packaged (format)" in packaged.stderr, packaged.stderr
+            assert not list(home.glob(f"models/{MODEL}/*/"))
+    assert "REFUSED model version" in server.tail(200_000)
+    text = httpx.get(f"{server.url}/metrics").text
+    counted = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_model_refused_total")}
+    assert counted == {reason: 1.0 for reason in candidates}  # once per version, not per poll
+    assert _metric(text, "rtml_scoring_production_refused") == 1.0
+
+    promote(client, MODEL, model.first, "test: back to a good version")
+    deadline = time.monotonic() + 30
+    while _metadata(server)["model"]["version"] != model.first:
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.2)
+    assert _metadata(server)["registry"]["refused"] is None
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "rtml_scoring_production_refused") == 0.0
 
 
 def schemathesis_cli() -> str | None:
@@ -1097,49 +1188,6 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
         assert empty == [], f"{len(empty)} of {len(queries)} panel queries return no data: {empty}"
 
 
-def prediction(request_id: str, now: datetime, probability: float = 0.1, **fields: Any) -> PredictionRow:
-    """A prediction-log row for a constant transaction."""
-    return PredictionRow(
-        request_id, "t", "c", "m", 1.0, "EUR", "pos", None, None, now, "1", probability, "approve", **fields
-    )
-
-
-def test_prediction_writer_flushes_everything_on_close(database_url: str) -> None:
-    writer = PredictionWriter(database_url, flush_rows=10_000, flush_ms=60_000)  # no flush before close
-    ids = [f"writer-test-{uuid.uuid4().hex}" for _ in range(1234)]
-    now = datetime.now(UTC)
-    for request_id in ids:
-        assert writer.put(
-            prediction(
-                request_id, now, features_missing=["merchant"], degraded=False, scored_at=now, latency_ms=1.5
-            )
-        )
-    writer.close()
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "select count(*) from monitoring.predictions where request_id = any(%s)", (ids,)
-        ).fetchone()
-    assert row is not None and row[0] == len(ids)
-    assert writer.written == len(ids) and writer.dropped == 0
-
-
-def test_a_retried_batch_is_written_once(database_url: str) -> None:
-    """The connection may break while committing: the writer retries a batch that had landed."""
-    from rtml.monitoring.predictions import ensure_table, write_rows
-
-    ensure_table(database_url)
-    now = datetime.now(UTC)
-    rows = [prediction(f"retry-{uuid.uuid4().hex}", now, 0.2, scored_at=now) for _ in range(50)]
-    ids = [row.request_id for row in rows]
-    with psycopg.connect(database_url) as conn:
-        write_rows(conn, rows[:20])
-        write_rows(conn, rows)  # the first 20 again, with 30 new ones
-        count = conn.execute(
-            "select count(*) from monitoring.predictions where request_id = any(%s)", (ids,)
-        ).fetchone()
-    assert count == (50,)
-
-
 def test_predictions_land_in_postgres_after_clean_stop(servers: dict[str, Server], latest_db: str) -> None:
     """Last of the HTTP tests: stops both services (SIGTERM) and finds every scored request."""
     ids = [i for server in servers.values() for i in server.request_ids]
@@ -1219,16 +1267,19 @@ def test_bento_contains_production_model_and_serves_without_registry(
     try:
         meta = httpx.get(f"{server.url}/metadata").json()["model"]
         assert meta["version"] == production.version and meta["source"].startswith(f"bento:{MODEL}:v")
-        pair = sample_pairs(latest_db, 1)[0]
-        response = server.post(
-            "/score",
-            {
-                "transaction": transaction(
-                    pair["customer"], pair["merchant"], pair["as_of"] + timedelta(minutes=1)
-                )
-            },
-        )
+        assert meta["path"] == "compiled"
+        pairs = sample_pairs(latest_db, 4)
+        requests = [
+            transaction(p["customer"], p["merchant"], p["as_of"] + timedelta(minutes=1), amount=10.0 + 40 * i)
+            for i, p in enumerate(pairs)
+        ]
+        response = server.post("/score_batch", {"transactions": requests})
         assert response.status_code == 200 and response.headers["x-model-version"] == production.version
-        assert math.isfinite(response.json()["fraud_probability"])
+        got = [s["fraud_probability"] for s in response.json()["scores"]]
     finally:
         assert server.stop() == 0, server.tail()
+    # what the packaged Pipeline (the bento model store's copy) gives the same requests
+    (packaged,) = home.glob(f"models/{MODEL}/v{production.version}/mlflow_model")
+    packaged_pipeline = load_pipeline(packaged)
+    expected = model_score(packaged_pipeline, offline_frame(latest_db, requests))
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)

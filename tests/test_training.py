@@ -82,18 +82,18 @@ def test_run_and_registered_version(trained: TrainingResult, client: MlflowClien
     assert version.tags["threshold_decline"] == run.data.tags["threshold_decline"]
     assert not version.aliases  # the gate and people move aliases, training does not
 
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{trained.model_version}")
-    schema = model.metadata.get_input_schema()
+    info = mlflow.models.get_model_info(f"models:/{model_name}/{trained.model_version}")
+    assert info.flavors["sklearn"]["serialization_format"] == "skops"  # what rtml.training.loading loads
+    schema = info.signature.inputs if info.signature else None
     assert schema is not None and "amount" in schema.input_names()
 
 
 def test_compiled_model_scores_like_the_registered_pipeline(trained: TrainingResult, model_name: str) -> None:
     """The scoring service's fast path (``rtml.training.compiled``) on the real test window."""
-    import mlflow.sklearn
-
     from rtml.training.compiled import compile_pipeline
+    from rtml.training.loading import load_pipeline
 
-    pipeline = mlflow.sklearn.load_model(f"models:/{model_name}/{trained.model_version}")
+    pipeline = load_pipeline(f"models:/{model_name}/{trained.model_version}")
     compiled = compile_pipeline(pipeline)
     X = trained.holdout.X
     expected = pipeline.predict_proba(X[list(pipeline.feature_names_in_)])[:, 1]

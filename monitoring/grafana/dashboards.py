@@ -13,8 +13,9 @@ Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``serving/ser
 
 * ``rtml-api`` (Scoring API): request rate by endpoint and status, ``/score`` latency p50/p95/p99,
   5xx error ratio, degraded (fail-open) share by reason, stage latency p99 (feature_lookup vs inference),
-  in-progress requests, 503s by reason, prediction-log drops; under faults: the Redis circuit breaker
-  (open workers, transitions), the missing-feature share by cause, abandoned requests.
+  in-progress requests, 503s by reason, prediction-log rows (written, spilled, drained, dropped); under
+  faults: the Redis circuit breaker (open workers, transitions), the missing-feature share by cause,
+  abandoned requests.
 * ``rtml-model`` (Model): served version (per worker), model swaps, score distribution (heatmap and
   last-hour histogram), mean score, decision mix, transactions by model version, missing-feature share
   by entity, live ROC AUC / precision / recall, live vs training ROC AUC, training metrics of the
@@ -501,12 +502,17 @@ def api_dashboard() -> dict[str, Any]:
             (
                 8,
                 timeseries_panel(
-                    "Prediction-log drops",
-                    "Scored requests per second not queued for monitoring.predictions because the queue was "
-                    "full for too long (rtml_scoring_predictions_dropped_total), over 5 minutes. Drops leave "
-                    "gaps in live model monitoring.",
+                    "Prediction log",
+                    "Prediction-log rows per second over 5 minutes: written to monitoring.predictions, "
+                    "spilled to local disk while PostgreSQL is unavailable or slow, drained from disk once "
+                    "it is back, and dropped (lost: spill full, queue full) "
+                    "(rtml_predictions_{written,spilled,drained,dropped}_total). Drops leave gaps in live "
+                    "model monitoring.",
                     "cps",
-                    [query("sum(rate(rtml_scoring_predictions_dropped_total[5m]))", "dropped")],
+                    [
+                        query(f"sum(rate(rtml_predictions_{outcome}_total[5m]))", outcome)
+                        for outcome in ("written", "spilled", "drained", "dropped")
+                    ],
                 ),
             ),
         )
@@ -655,12 +661,14 @@ def model_dashboard() -> dict[str, Any]:
                 12,
                 table_panel(
                     "Served model per worker",
-                    "Model name, version and source (registry alias, bento model, ...) served, with the "
+                    "Model name, version, source (registry alias, bento model, ...) and scoring path "
+                    "(compiled, or sklearn when the model could not be compiled: slower) served, with the "
                     "number of workers serving each (rtml_scoring_model_info == 1).",
                     "none",
                     [
                         query(
-                            "count by (model_name, model_version, source) (rtml_scoring_model_info == 1)",
+                            "count by (model_name, model_version, source, path)"
+                            " (rtml_scoring_model_info == 1)",
                             instant=True,
                             fmt="table",
                         )

@@ -215,11 +215,15 @@ class Settings(BaseSettings):
     )
     predictions_queue_max: int = Field(
         100_000,
-        description="Scored requests waiting for the prediction-log writer; when full, a request waits "
-        "up to `predictions_put_timeout_ms` and the row is then counted as dropped.",
+        description="Scored requests the prediction-log writer keeps in memory. From half of it (or "
+        "while PostgreSQL is unreachable or stalled) rows are spilled to disk "
+        "(`<data_dir>/predictions-spill/`) and written to `monitoring.predictions` once PostgreSQL is "
+        "back; a row finding the queue full is dropped and counted (`rtml_predictions_dropped_total`).",
     )
-    predictions_put_timeout_ms: float = Field(
-        50.0, description="How long a request may wait for room in a full prediction-log queue."
+    predictions_spill_max_bytes: int = Field(
+        1 << 30,
+        description="Size limit of the prediction-log spill folder (bytes; about 350 per row, so 1 GiB "
+        "keeps about 3M rows, over 4 hours at 200 requests/s). Beyond it rows are dropped and counted.",
     )
     predictions_flush_rows: int = Field(
         500, description="The prediction-log writer flushes to `monitoring.predictions` at this many rows..."
@@ -331,6 +335,11 @@ class Settings(BaseSettings):
     def bentoml_home(self) -> Path:
         """BentoML's model and bento store (``BENTOML_HOME``)."""
         return self.home / "bentoml"
+
+    @property
+    def predictions_spill_dir(self) -> Path:
+        """Prediction-log rows waiting on disk for PostgreSQL (``rtml.monitoring.prediction_spill``)."""
+        return self.home / "predictions-spill"
 
     @property
     def snapshots_dir(self) -> Path:

@@ -477,13 +477,12 @@ class _Context:
 
 def _model_scores(tracking_uri: str, model_name: str, version: str, rows: pd.DataFrame) -> np.ndarray:
     """The version's scores on the reference rows: what it would have served on its training window."""
-    import mlflow.sklearn
-
+    from rtml.training.loading import load_pipeline
     from rtml.training.registry import client_for
     from rtml.training.train import score
 
     client_for(tracking_uri)  # models:/ URIs resolve against the global tracking URI
-    return score(mlflow.sklearn.load_model(f"models:/{model_name}/{version}"), rows)
+    return score(load_pipeline(f"models:/{model_name}/{version}"), rows)
 
 
 # --- the record ----------------------------------------------------------------------------------------

@@ -1,15 +1,23 @@
 """The prediction log: every scored request as one row of ``monitoring.predictions`` (drift and
 live-performance monitoring read it once labels arrive).
 
-``PredictionWriter`` is a background batch writer: ``put`` appends to a bounded queue and returns at
-once; a thread ``COPY``s batches (``flush_rows`` rows, or whatever is waiting after ``flush_ms``).
-The queue is a ``collections.deque`` (appends and pops are atomic under the GIL) that the thread
-polls: a ``queue.Queue`` locks and wakes the writer on every put, and on the scoring event loop that
-hand-off cost more than scoring a request (measured with py-spy).
-``close`` drains the queue and writes everything before returning, so a clean stop loses nothing.
-A database outage keeps the batch and retries (with back-off); meanwhile the queue fills and, once
-full, ``put`` waits ``put_timeout`` and then counts the row as dropped (``dropped``), so scoring never
-blocks on the log for long.
+``PredictionWriter`` never blocks the scoring event loop and never loses a row it accepted, whatever
+PostgreSQL does:
+
+* ``put`` appends to an in-memory queue (a ``collections.deque``: O(1), atomic under the GIL, no lock or
+  wake-up, which on the event loop cost more than scoring a request) and returns; only a full queue
+  (``queue_max``) makes it drop the row, counted;
+* a writer thread ``COPY``s batches (``flush_rows`` rows, or whatever waits after ``flush_ms``);
+* a spiller thread moves rows to local disk (``prediction_spill``: append-only JSON lines) whenever
+  PostgreSQL is unreachable, a write has been stuck for ``stall_seconds`` (a hung server), or the queue
+  is over half full; a batch whose write fails goes there too;
+* once connected again, the writer drains the spill into the table before anything else — written once
+  however often it is retried, since ``request_id`` is the primary key.
+
+The writer connects (and creates the table) on its own: a scorer starts without PostgreSQL. ``close``
+writes or spills everything queued before returning, so a clean stop loses nothing either. Counts
+(``written``, ``spilled``, ``drained``, ``dropped``, ``rejected``) are attributes, and are reported to
+``on_count`` (the scoring service's ``rtml_predictions_*`` counters).
 
 No BentoML here: the scoring service wraps it.
 """
@@ -22,11 +30,15 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
+
+from rtml.monitoring.prediction_spill import Spill
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +97,13 @@ _as_tuple = operator.attrgetter(*COLUMNS)  # dataclasses.astuple deep-copies eve
 
 def ensure_table(database_url: str) -> None:
     """Create ``monitoring.predictions`` (idempotent)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create_table(conn)
+
+
+def create_table(conn: psycopg.Connection) -> None:
     # concurrent workers may race on `create ... if not exists`: serialise them
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+    with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.predictions'))")
         conn.execute(DDL)
 
@@ -114,68 +131,165 @@ def _copy(conn: psycopg.Connection, table: str, rows: Sequence[PredictionRow]) -
             copy.write_row(_as_tuple(row))
 
 
+OUTCOMES = ("written", "spilled", "drained", "dropped", "rejected")
+"""What happens to rows: ``written`` from memory into the table; ``spilled`` to disk; ``drained`` from
+disk into the table; ``dropped`` lost (queue full, spill full, an unreadable spilled line);
+``rejected`` refused by the table (a data error), logged and skipped."""
+
+DRAIN_EVERY_SECONDS = 1.0
+_OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable)
+"""The database is away (or lost the table): keep the rows, reconnect (which creates the table)."""
+
+
 class PredictionWriter:
     def __init__(
         self,
         database_url: str,
         *,
+        spill_dir: Path,
+        spill_max_bytes: int = 1 << 30,
         queue_max: int = 100_000,
         flush_rows: int = 500,
         flush_ms: float = 200.0,
-        put_timeout: float = 0.05,
-        create_table: bool = True,
+        connect_timeout: int = 2,
+        stall_seconds: float = 5.0,
+        on_count: Callable[[str, int], None] | None = None,
+        on_spill_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.database_url = database_url
         self.flush_rows = max(1, flush_rows)
         self.flush_seconds = max(0.001, flush_ms / 1000)
-        self.put_timeout = put_timeout
-        self.queue_max = max(1, queue_max)
+        self.queue_max = max(2, queue_max)
+        self.spill_at = self.queue_max // 2
+        self.connect_timeout = max(2, connect_timeout)  # libpq's minimum
+        self.stall_seconds = stall_seconds
+        """A write (or drain) taking longer means a hung server: new rows go to disk meanwhile."""
+        self.on_count = on_count
+        self.on_spill_bytes = on_spill_bytes
+        self.written = self.spilled = self.drained = self.dropped = self.rejected = 0
+        self.database_ok = True
+        """False from a failed connection or write until the next successful connection."""
+        self.last_error: str | None = None
         self._queue: collections.deque[PredictionRow] = collections.deque()
-        self._stop = threading.Event()
+        self._spill = Spill(spill_dir, spill_max_bytes, PredictionRow)
+        self._corrupt_counted = 0
+        self._counts_lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        self.written = 0
-        self.dropped = 0
-        self.failed_flushes = 0
-        self.rejected = 0
-        """Rows the table refused (a data error), logged and skipped."""
-        if create_table:
-            ensure_table(database_url)
-        self._thread = threading.Thread(target=self._run, name="prediction-writer", daemon=True)
-        self._thread.start()
+        self._batch: list[PredictionRow] = []
+        """Rows the writer took from the queue, waiting for ``flush_rows`` or ``flush_ms``."""
+        self._inflight: list[PredictionRow] = []
+        """The rows being written."""
+        self._busy_since: float | None = None
+        self._stop = threading.Event()
+        self._writer_done = threading.Event()
+        self._abandoned = False
+        self._writer = threading.Thread(target=self._run_writer, name="prediction-writer", daemon=True)
+        self._spiller = threading.Thread(target=self._run_spiller, name="prediction-spiller", daemon=True)
+        self._writer.start()
+        self._spiller.start()
 
-    # --- producer side ------------------------------------------------------------------------------
+    # --- producer side (the scoring event loop) -----------------------------------------------------
     def put(self, row: PredictionRow) -> bool:
-        """Queue one row; False (and ``dropped`` + 1) when the queue stayed full for ``put_timeout``."""
-        if self._stop.is_set():
-            self.dropped += 1
+        """Queue one row: O(1), never waits. False (and ``dropped`` + 1) when the queue is full or the
+        writer is closed."""
+        if len(self._queue) >= self.queue_max or self._stop.is_set():
+            self._count("dropped", 1)
             return False
-        if len(self._queue) >= self.queue_max:  # the database is away (or slow): wait a little
-            deadline = time.monotonic() + self.put_timeout
-            while len(self._queue) >= self.queue_max:
-                if time.monotonic() >= deadline:
-                    self.dropped += 1
-                    return False
-                time.sleep(0.001)
         self._queue.append(row)
         return True
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Rows in memory: queued, or taken by the writer and not yet written."""
+        return len(self._queue) + len(self._batch) + len(self._inflight)
+
+    @property
+    def stalled(self) -> bool:
+        """A write (or drain) has been waiting on PostgreSQL for over ``stall_seconds``."""
+        busy = self._busy_since
+        return busy is not None and time.monotonic() - busy > self.stall_seconds
+
+    def status(self) -> dict[str, Any]:
+        """For ``/metadata``: the database's state, what waits where, and the counts."""
+        return {
+            "database": "unavailable" if not self.database_ok else "stalled" if self.stalled else "ok",
+            "last_error": self.last_error,
+            "pending": self.pending,
+            "spill_dir": str(self._spill.folder),
+            "spill_bytes": self._spill.size(),
+            **{outcome: getattr(self, outcome) for outcome in OUTCOMES},
+        }
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop taking rows, write every queued row, close the connection."""
+        """Stop taking rows; write every queued row, or spill it when the database is away or hung."""
         self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error(
-                "prediction writer did not finish within %.0fs; %d rows unwritten", timeout, self.pending
-            )
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        deadline = time.monotonic() + timeout
+        while self._writer.is_alive() and not self.stalled and time.monotonic() < deadline:
+            self._writer.join(0.05)
+        if self._writer.is_alive():  # stuck on a hung database: its rows go to disk too
+            log.error("prediction log: PostgreSQL does not answer; spilling what is left")
+            self._abandoned = True
+            self._spill_rows([*self._inflight, *self._batch])
+        self._spiller.join(timeout)
+        self._spill.seal()
+        if not self._writer.is_alive():
+            self._reset_connection()
 
-    # --- the writer thread ----------------------------------------------------------------------
+    # --- counting -----------------------------------------------------------------------------------
+    def _count(self, outcome: str, rows: int) -> None:
+        if rows <= 0:
+            return
+        with self._counts_lock:  # several threads count
+            setattr(self, outcome, getattr(self, outcome) + rows)
+        if self.on_count is not None:
+            self.on_count(outcome, rows)
+
+    def _report_spill_bytes(self) -> None:
+        if self.on_spill_bytes is not None:
+            self.on_spill_bytes(self._spill.waiting_bytes)
+
+    # --- the writer thread: memory and spill → PostgreSQL ------------------------------------------
+    def _run_writer(self) -> None:
+        first_at = 0.0
+        backoff = 0.1
+        next_drain = 0.0
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                if self._conn is None:
+                    if not self._connect():
+                        self._spill_rows(self._take_batch())
+                        if stopping:
+                            return  # the spiller keeps the rest
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, 1.0)
+                        continue
+                    backoff, next_drain = 0.1, 0.0
+                if not stopping and time.monotonic() >= next_drain:
+                    next_drain = time.monotonic() + DRAIN_EVERY_SECONDS
+                    self._drain()
+                    continue
+                was_empty = not self._batch
+                self._collect(self._batch, block=not stopping)
+                if was_empty and self._batch:
+                    first_at = time.monotonic()
+                due = (
+                    stopping
+                    or len(self._batch) >= self.flush_rows
+                    or time.monotonic() - first_at >= self.flush_seconds
+                )
+                if self._batch and due:
+                    self._inflight, self._batch = self._batch, []  # pending counts it throughout
+                    self._write_or_spill(self._inflight)
+                elif stopping and not self._batch and not self._queue:
+                    return
+        finally:
+            self._writer_done.set()
+
+    def _take_batch(self) -> list[PredictionRow]:
+        batch, self._batch = self._batch, []
+        return batch
+
     def _collect(self, batch: list[PredictionRow], block: bool) -> None:
         """Add queued rows to ``batch`` (up to ``flush_rows``); with ``block``, first waits up to 20 ms
         for rows to arrive (so a stop is noticed quickly)."""
@@ -187,65 +301,109 @@ class PredictionWriter:
             except IndexError:
                 return
 
-    def _run(self) -> None:
-        batch: list[PredictionRow] = []
-        first_at = 0.0
-        backoff = 0.1
-        while True:
-            stopping = self._stop.is_set()
-            was_empty = not batch
-            self._collect(batch, block=not stopping)
-            if was_empty and batch:
-                first_at = time.monotonic()
-            due = (
-                stopping or len(batch) >= self.flush_rows or time.monotonic() - first_at >= self.flush_seconds
-            )
-            if batch and due:
-                try:
-                    self._flush(batch)
-                    backoff = 0.1
-                except psycopg.OperationalError as exc:  # the database is away: keep the batch, retry
-                    self.failed_flushes += 1
-                    log.warning("prediction log: flush of %d rows failed (%s); retrying", len(batch), exc)
-                    self._reset_connection()
-                    if stopping and self.failed_flushes > 50:
-                        log.error("prediction log: giving up on %d rows at shutdown", len(batch))
-                        return
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                except psycopg.Error as exc:  # a row the table refuses: write the others one by one
-                    log.warning("prediction log: batch refused (%s); writing row by row", exc)
-                    self._reset_connection()
-                    batch = self._flush_one_by_one(batch)
-                    if batch:  # the database went away meanwhile: retry the rest
-                        continue
-                batch = []
-            elif stopping and not batch and not self._queue:
-                return
+    def _connect(self) -> bool:
+        try:
+            conn = psycopg.connect(self.database_url, connect_timeout=self.connect_timeout)
+        except psycopg.Error as exc:
+            self._failed(exc)
+            return False
+        try:
+            create_table(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            self._failed(exc)
+            return False
+        self._conn = conn
+        if not self.database_ok:
+            log.warning("prediction log: PostgreSQL is back")
+        self.database_ok, self.last_error = True, None
+        return True
 
-    def _flush_one_by_one(self, batch: list[PredictionRow]) -> list[PredictionRow]:
-        """Write rows singly, skipping refused ones; the unwritten rest if the database goes away."""
-        for index, row in enumerate(batch):
+    def _write_or_spill(self, batch: list[PredictionRow]) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            self._count("written", self._write(batch))
+        except _OUTAGE as exc:
+            self._failed(exc)
+            self._spill_rows(batch)
+        finally:
+            self._inflight, self._busy_since = [], None
+
+    def _drain(self) -> None:
+        """Spilled rows (this worker's or another's, this run's or an earlier one's) into the table."""
+        self._busy_since = time.monotonic()
+        try:
+            self._spill.drain(self._write, done=lambda rows: self._count("drained", rows))
+        except _OUTAGE as exc:
+            self._failed(exc)
+        finally:
+            self._busy_since = None
+        self._count("dropped", self._spill.corrupt - self._corrupt_counted)
+        self._corrupt_counted = self._spill.corrupt
+        self._report_spill_bytes()
+
+    def _write(self, rows: list[PredictionRow]) -> int:
+        """``write_rows``; a batch the table refuses (a data error, or a value COPY cannot encode) is
+        written row by row, skipping and counting the refused rows, so one bad row never blocks the
+        log. The rows written; raises ``_OUTAGE`` errors."""
+        assert self._conn is not None
+        try:
+            write_rows(self._conn, rows)
+            return len(rows)
+        except _OUTAGE:
+            raise
+        except Exception as exc:
+            log.warning("prediction log: batch refused (%s); writing row by row", exc)
+        written = 0
+        for row in rows:
             try:
-                self._flush([row])
-            except psycopg.OperationalError:
-                self._reset_connection()
-                return batch[index:]
-            except psycopg.Error as exc:
-                self.rejected += 1
+                write_rows(self._conn, [row])
+                written += 1
+            except _OUTAGE:
+                raise
+            except Exception as exc:
+                self._count("rejected", 1)
                 log.error("prediction log: row %s rejected: %s", row.request_id, exc)
-                self._reset_connection()
-        return []
+        return written
 
-    def _flush(self, batch: list[PredictionRow]) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url)
-        write_rows(self._conn, batch)
-        self.written += len(batch)
+    def _failed(self, exc: Exception) -> None:
+        if self.database_ok:
+            log.warning("prediction log: PostgreSQL unavailable (%s); rows go to %s", exc, self._spill.folder)
+        self.database_ok, self.last_error = False, f"{type(exc).__name__}: {exc}".strip()
+        self._reset_connection()
 
     def _reset_connection(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
+
+    # --- the spiller thread: memory → disk -----------------------------------------------------------
+    def _run_spiller(self) -> None:
+        while True:
+            writer_gone = self._writer_done.is_set() or self._abandoned
+            if not self.database_ok or self.stalled or writer_gone or len(self._queue) > self.spill_at:
+                rows = self._pop(5000)
+                if rows:
+                    self._spill_rows(rows)
+                    continue
+            else:
+                self._spill.seal()  # a finished segment can be drained
+            if self._stop.is_set() and writer_gone and not self._queue:
+                return
+            time.sleep(0.02)
+
+    def _pop(self, limit: int) -> list[PredictionRow]:
+        rows: list[PredictionRow] = []
+        with contextlib.suppress(IndexError):
+            while len(rows) < limit:
+                rows.append(self._queue.popleft())
+        return rows
+
+    def _spill_rows(self, rows: list[PredictionRow]) -> None:
+        if not rows:
+            return
+        kept = self._spill.append(rows)
+        self._count("spilled", kept)
+        self._count("dropped", len(rows) - kept)
+        self._report_spill_bytes()

@@ -28,6 +28,8 @@ def serving_env(settings: Settings, database_url: str, redis_url: str, tracking_
         "RTML_REDIS_URL": redis_url,
         "RTML_MLFLOW_TRACKING_URI": tracking_uri,
         "RTML_MODEL_NAME": settings.model_name,
+        # absolute: a bento's service runs in the bento's own folder (the prediction log spills here)
+        "RTML_DATA_DIR": str(settings.home),
         "BENTOML_HOME": str(settings.bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
     }

@@ -6,7 +6,8 @@
   ``gate_tolerance`` (without production: when its ROC AUC reaches ``gate_min_roc_auc``). Otherwise it
   is tagged ``rejected`` with the reason and no alias moves.
 * **promote** — a person approves a version for ``production``; approver, reason, time and the
-  previous production version are recorded as tags of the promoted version.
+  previous production version are recorded as tags of the promoted version (before the alias moves:
+  the scoring service refuses a production version without them, ``check_approved``).
 * **rollback** — ``production`` moves back to the version that held it before (the
   ``previous_production_version`` tag of the current one); recorded on both versions.
 
@@ -28,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from rtml.config import Settings
 from rtml.training import evaluate
 from rtml.training.dataset import Split
+from rtml.training.loading import ModelRefused, load_pipeline
 from rtml.training.train import score
 
 MODEL_NAME = "fraud-detector"
@@ -35,6 +37,7 @@ STAGING = "staging"
 PRODUCTION = "production"
 LOWER_IS_BETTER = frozenset({"brier"})
 GATE_METRICS = frozenset({"roc_auc", "pr_auc", "recall_at_1pct_fpr", "brier"})
+APPROVAL_TAGS = ("approved_by", "approval_reason", "promoted_at")
 
 
 class RegistryError(RuntimeError):
@@ -117,7 +120,7 @@ def gate(
 
 
 def _holdout_metrics(model_uri: str, holdout: Split) -> dict[str, float]:
-    model = mlflow.sklearn.load_model(model_uri)
+    model = load_pipeline(model_uri)
     scores = score(model, holdout.X)
     values = evaluate.metrics(holdout.y, scores)
     return {key: values[key] for key in sorted(GATE_METRICS)}
@@ -179,21 +182,20 @@ def promote(
     current = version_with_alias(client, PRODUCTION, name)
     if current is not None and current.version == str(version):
         raise RegistryError(f"{name} v{version} is already in production")
+    approval = {
+        "approved_by": approver,
+        "approval_reason": reason,
+        "promoted_at": _now(),
+        "previous_production_version": current.version if current else "none",
+    }
+    if "rejected" in candidate.tags:
+        approval["gate_overridden_by"] = approver
+    # tags before the alias: a scorer polling in between must not find an unapproved production version
+    _set_tags(client, name, str(version), approval)
     client.set_registered_model_alias(name, PRODUCTION, str(version))
     staged = version_with_alias(client, STAGING, name)
     if staged is not None and staged.version == str(version):
         client.delete_registered_model_alias(name, STAGING)  # staging holds candidates awaiting approval
-    _set_tags(
-        client,
-        name,
-        str(version),
-        {
-            "approved_by": approver,
-            "approval_reason": reason,
-            "promoted_at": _now(),
-            "previous_production_version": current.version if current else "none",
-        },
-    )
     _record(
         client,
         name,
@@ -232,6 +234,32 @@ def rollback(client: MlflowClient, approver: str, reason: str, name: str = MODEL
     _set_tags(client, name, previous, {"restored_at": now, "restored_from": current.version})
     _record(client, name, "rollback", version=previous, previous=current.version, by=approver, reason=reason)
     return client.get_model_version(name, previous)
+
+
+def check_approved(tags: dict[str, str], label: str) -> None:
+    """``ModelRefused`` unless the version went through the evaluation gate (``gate`` tags; a rejected
+    version only with an explicit override, ``promote(..., allow_rejected=True)``) and a person's
+    approval (``promote``'s tags). What the scoring service and the bento packaging demand of the
+    version they serve: an alias moved by hand, bypassing both, is not enough."""
+    if tags.get("gate") not in ("staged", "rejected") or not tags.get("gate_reason"):
+        raise ModelRefused(
+            "not_gated",
+            f"{label} was never evaluated by the gate (no gate/gate_reason tags): train it through "
+            "fraud_model (or registry.gate), then promote it with `rtml promote`",
+        )
+    if tags["gate"] == "rejected" and not tags.get("gate_overridden_by"):
+        raise ModelRefused(
+            "gate_rejected",
+            f"{label} was rejected by the gate ({tags.get('rejected', tags['gate_reason'])}) and nobody "
+            "overrode it: promote a staged version, or `rtml promote --allow-rejected`",
+        )
+    missing = [tag for tag in APPROVAL_TAGS if not tags.get(tag)]
+    if missing:
+        raise ModelRefused(
+            "not_approved",
+            f"{label} has no approval ({', '.join(missing)} missing): the production alias was moved without "
+            "`rtml promote VERSION --approver NAME --reason TEXT`",
+        )
 
 
 # --- listing ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from rtml.config import get_settings
 from rtml.services.stack import LocalStack
 from rtml.training import evaluate
 from rtml.training.dataset import feature_spec, split_by_time
-from rtml.training.model import TRUSTED_TYPES
+from rtml.training.loading import load_skops
 from rtml.training.snapshot import export_snapshot, read_snapshot
 from rtml.training.train import fit, prefixed, score
 
@@ -58,7 +58,7 @@ def evaluate_model(snapshot_path: Path, model_path: Path, metrics_out: Path, plo
     """Thresholds from validation, metrics on validation and test, ROC and PR curves of the test split."""
     spec = feature_spec()
     data = split_by_time(read_snapshot(snapshot_path, spec), spec)
-    model = skops.io.load(model_path, trusted=TRUSTED_TYPES)
+    model = load_skops(model_path)  # the project's trusted types only
     validation, test = score(model, data.validation.X), score(model, data.test.X)
     thresholds = evaluate.choose_thresholds(data.validation.y, validation)
     metrics = {

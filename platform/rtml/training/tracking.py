@@ -1,7 +1,8 @@
 """Train and register: snapshot a window of ``features.training_set`` (Parquet, named by its DVC hash),
 fit and evaluate on it, and log to MLflow — params, validation and test metrics, thresholds and lineage
 as tags, ROC / precision-recall / permutation-importance PNGs, the snapshot as the run's dataset input,
-and the model with signature and input example — registered as a new version of ``fraud-detector``.
+and the model with its signature — registered as a new version of ``fraud-detector``.
+The model is saved as skops (never pickle): ``rtml.training.loading`` loads nothing else.
 
 A new version gets no alias here: ``registry.gate`` decides on ``staging``, a person on ``production``.
 """
@@ -156,14 +157,16 @@ def log_and_register(
             pipeline,
             name="model",
             signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
-            input_example=example,
+            # no input_example: MLflow would check it by loading the model with its own loader, which
+            # rtml.training.loading switches off; the evaluation gate loads the version safely next
             pip_requirements=[
                 f"scikit-learn=={sklearn.__version__}",
                 f"pandas=={pd.__version__}",
                 f"numpy=={np.__version__}",
             ],
             registered_model_name=model_name,
-            skops_trusted_types=TRUSTED_TYPES,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,  # explicit: loading demands it
+            skops_trusted_types=TRUSTED_TYPES,  # checked at save; loading uses its own copy of the list
         )
         version = str(info.registered_model_version)
         summary = {f"test_{key}": f"{fitted.metrics[f'test_{key}']:.4f}" for key in ("roc_auc", "pr_auc")}

@@ -1,0 +1,250 @@
+"""The prediction-log writer (``rtml.monitoring.predictions``) against real PostgreSQL: the session's
+server for the basics, and a server of this module's own that the tests stop, restart and hang
+(SIGSTOP) — never the session's. What they prove: ``put`` never waits, and every accepted row ends in
+the table exactly once whatever PostgreSQL does, or is counted as dropped (only past the spill's size
+limit, or an unreadable spilled line)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from rtml.monitoring.predictions import PredictionRow, PredictionWriter, ensure_table, write_rows
+from tests.own_postgres import OwnPostgres
+
+
+@pytest.fixture(scope="module")
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
+    server = OwnPostgres(tmp_path_factory.mktemp("pg-predictions"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def prediction(request_id: str, now: datetime, probability: float = 0.1, **fields: Any) -> PredictionRow:
+    """A prediction-log row for a constant transaction."""
+    return PredictionRow(
+        request_id, "t", "c", "m", 1.0, "EUR", "pos", None, None, now, "1", probability, "approve", **fields
+    )
+
+
+def in_table(database_url: str, ids: list[str]) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "select count(*) from monitoring.predictions where request_id = any(%s)", (ids,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_prediction_writer_flushes_everything_on_close(database_url: str, tmp_path: Path) -> None:
+    writer = PredictionWriter(
+        database_url, spill_dir=tmp_path, flush_rows=10_000, flush_ms=60_000
+    )  # no flush before close
+    ids = [f"writer-test-{uuid.uuid4().hex}" for _ in range(1234)]
+    now = datetime.now(UTC)
+    for request_id in ids:
+        assert writer.put(
+            prediction(
+                request_id, now, features_missing=["merchant"], degraded=False, scored_at=now, latency_ms=1.5
+            )
+        )
+    writer.close()
+    assert in_table(database_url, ids) == len(ids)
+    assert writer.written == len(ids) and writer.dropped == 0 and writer.spilled == 0
+
+
+def test_a_retried_batch_is_written_once(database_url: str) -> None:
+    """The connection may break while committing: the writer retries a batch that had landed."""
+    ensure_table(database_url)
+    now = datetime.now(UTC)
+    rows = [prediction(f"retry-{uuid.uuid4().hex}", now, 0.2, scored_at=now) for _ in range(50)]
+    ids = [row.request_id for row in rows]
+    with psycopg.connect(database_url) as conn:
+        write_rows(conn, rows[:20])
+        write_rows(conn, rows)  # the first 20 again, with 30 new ones
+    assert in_table(database_url, ids) == 50
+
+
+def test_a_row_the_table_refuses_is_skipped_and_counted(database_url: str, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    rows = [prediction(f"refused-{uuid.uuid4().hex}", now, scored_at=now) for _ in range(10)]
+    rows[3] = PredictionRow(**{**rows[3].__dict__, "amount": 1e20})  # numeric(14, 2) overflows
+    writer = PredictionWriter(database_url, spill_dir=tmp_path)
+    for row in rows:
+        writer.put(row)
+    writer.close()
+    assert in_table(database_url, [r.request_id for r in rows]) == 9
+    assert (writer.written, writer.rejected, writer.dropped) == (9, 1, 0)
+
+
+def test_nothing_is_lost_across_an_outage_and_a_hang(own_postgres: OwnPostgres, tmp_path: Path) -> None:
+    """Starts with PostgreSQL stopped (rows spill to disk), PostgreSQL starts (the spill is drained),
+    hangs (SIGSTOP: the write in flight stalls, new rows spill) and resumes. ``put`` never waits."""
+    own_postgres.stop()
+    writer = PredictionWriter(
+        own_postgres.url,
+        spill_dir=tmp_path / "spill",
+        queue_max=200,
+        flush_rows=50,
+        flush_ms=50,
+        stall_seconds=0.5,
+    )
+    ids: list[str] = []
+    slowest = 0.0
+
+    def feed(seconds: float, rate: float = 400) -> None:
+        nonlocal slowest
+        start = time.monotonic()
+        for i in range(int(seconds * rate)):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            now = datetime.now(UTC)
+            row = prediction(uuid.uuid4().hex, now, scored_at=now)
+            began = time.perf_counter()
+            assert writer.put(row)
+            slowest = max(slowest, time.perf_counter() - began)
+            ids.append(row.request_id)
+
+    try:
+        feed(1.5)
+        status = writer.status()
+        assert status["database"] == "unavailable" and status["spill_bytes"] > 0, status
+        assert writer.written == 0 and writer.spilled > 0
+
+        own_postgres.start()
+        feed(1.5)
+        wait_until(lambda: writer.drained == writer.spilled, f"spill not drained: {writer.status()}")
+        assert writer.written > 0
+
+        own_postgres.hang()
+        spilled_before = writer.spilled
+        try:
+            feed(2.0)
+            assert writer.status()["database"] == "stalled", writer.status()
+            assert writer.spilled > spilled_before
+        finally:
+            own_postgres.resume()
+        feed(1.0)
+        wait_until(lambda: writer.drained == writer.spilled, f"spill not drained: {writer.status()}")
+    finally:
+        writer.close()
+    assert in_table(own_postgres.url, ids) == len(ids)
+    assert writer.dropped == 0 and writer.written + writer.drained == len(ids), writer.status()
+    assert slowest < 0.02, f"put took {slowest * 1000:.1f} ms"
+    assert not list((tmp_path / "spill").iterdir())
+
+
+def test_a_stop_while_postgres_hangs_spills_and_returns(own_postgres: OwnPostgres, tmp_path: Path) -> None:
+    """The scorer stopping (SIGTERM) while PostgreSQL hangs: ``close`` does not wait for it; the rows in
+    memory and the batch stuck in its write go to disk, and the next writer drains them."""
+    own_postgres.start()
+    writer = PredictionWriter(own_postgres.url, spill_dir=tmp_path, flush_ms=50, stall_seconds=0.5)
+    wait_until(lambda: writer._conn is not None, "writer not connected")
+    now = datetime.now(UTC)
+    ids = [uuid.uuid4().hex for _ in range(500)]
+    own_postgres.hang()
+    try:
+        for request_id in ids:
+            writer.put(prediction(request_id, now, scored_at=now))
+        began = time.monotonic()
+        writer.close(timeout=30)
+        assert time.monotonic() - began < 5
+        assert writer.written == 0 and writer.spilled == len(ids) and writer.dropped == 0, writer.status()
+    finally:
+        own_postgres.resume()
+    successor = PredictionWriter(own_postgres.url, spill_dir=tmp_path)
+    try:
+        wait_until(lambda: successor.drained == len(ids), f"not drained: {successor.status()}")
+    finally:
+        successor.close()
+    assert in_table(own_postgres.url, ids) == len(ids)
+
+
+def test_past_the_spill_limit_rows_are_dropped_and_counted(own_postgres: OwnPostgres, tmp_path: Path) -> None:
+    own_postgres.stop()
+    writer = PredictionWriter(own_postgres.url, spill_dir=tmp_path, spill_max_bytes=20_000, queue_max=100)
+    now = datetime.now(UTC)
+    ids = [uuid.uuid4().hex for _ in range(300)]
+    try:
+        for request_id in ids:
+            writer.put(prediction(request_id, now, scored_at=now))
+            time.sleep(0.001)
+        wait_until(lambda: writer.pending == 0, "rows left in memory")
+        assert writer.dropped > 0 and writer.spilled + writer.dropped == len(ids), writer.status()
+        assert writer.status()["spill_bytes"] <= 20_000
+        own_postgres.start()
+        wait_until(lambda: writer.drained == writer.spilled, f"spill not drained: {writer.status()}")
+    finally:
+        writer.close()
+    assert in_table(own_postgres.url, ids) == writer.spilled
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time, uuid
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from rtml.monitoring.predictions import PredictionRow, PredictionWriter
+
+    writer = PredictionWriter(sys.argv[1], spill_dir=Path(sys.argv[2]))
+    now = datetime.now(UTC)
+    for _ in range(1000):
+        writer.put(PredictionRow(uuid.uuid4().hex, sys.argv[3], "c", "m", 1.0, "EUR", "pos", None, None, now,
+                                 "1", 0.1, "approve", [], False, now, 1.0))
+    while writer.spilled < 1000:
+        time.sleep(0.01)
+    print("spilled", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_killed_writers_spill_is_drained_by_the_next(own_postgres: OwnPostgres, tmp_path: Path) -> None:
+    """A scorer killed (-9) during an outage: its segment, still locked by the dead process, is drained
+    by the next writer; a line torn by the crash is skipped and counted as dropped."""
+    own_postgres.stop()
+    spill = tmp_path / "spill"
+    marker = f"killed-{uuid.uuid4().hex}"  # the transaction_id of the killed writer's rows
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, own_postgres.url, str(spill), marker],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "spilled"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+    (segment,) = spill.glob("*.jsonl")
+    with open(segment, "ab") as torn:
+        torn.write(b'{"request_id":"torn-by-the-cra')
+    own_postgres.start()
+    writer = PredictionWriter(own_postgres.url, spill_dir=spill)
+    try:
+        wait_until(lambda: writer.drained == 1000, f"not drained: {writer.status()}")
+    finally:
+        writer.close()
+    with psycopg.connect(own_postgres.url) as conn:
+        row = conn.execute(
+            "select count(*) from monitoring.predictions where transaction_id = %s", (marker,)
+        ).fetchone()
+    assert row == (1000,)
+    assert writer.dropped == 1 and not list(spill.glob("*.jsonl"))
