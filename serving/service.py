@@ -177,17 +177,29 @@ class Metrics:
             "not_gated, gate_rejected, not_approved (rtml.training.loading).",
             ["reason"],
         )
+        # one literal declaration each: tests/test_metric_contract.py reads the names from this source
         self.predictions = {
-            outcome: Counter(f"rtml_predictions_{outcome}_total", description)
-            for outcome, description in {
-                "written": "Prediction-log rows written to monitoring.predictions from memory.",
-                "spilled": "Prediction-log rows spilled to local disk (PostgreSQL unavailable, stalled or "
-                "behind).",
-                "drained": "Spilled prediction-log rows written to monitoring.predictions once it was back.",
-                "dropped": "Prediction-log rows lost: memory queue full, spill folder at its size limit "
+            "written": Counter(
+                "rtml_predictions_written_total",
+                "Prediction-log rows written to monitoring.predictions from memory.",
+            ),
+            "spilled": Counter(
+                "rtml_predictions_spilled_total",
+                "Prediction-log rows spilled to local disk (PostgreSQL unavailable, stalled or behind).",
+            ),
+            "drained": Counter(
+                "rtml_predictions_drained_total",
+                "Spilled prediction-log rows written to monitoring.predictions once it was back.",
+            ),
+            "dropped": Counter(
+                "rtml_predictions_dropped_total",
+                "Prediction-log rows lost: memory queue full, spill folder at its size limit "
                 "(RTML_PREDICTIONS_SPILL_MAX_BYTES), or an unreadable spilled line.",
-                "rejected": "Prediction-log rows the table refused (a data error), logged and skipped.",
-            }.items()
+            ),
+            "rejected": Counter(
+                "rtml_predictions_rejected_total",
+                "Prediction-log rows the table refused (a data error), logged and skipped.",
+            ),
         }
         self.predictions_spill_bytes = Gauge(
             "rtml_predictions_spill_bytes",

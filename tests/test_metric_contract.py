@@ -296,6 +296,7 @@ def test_the_scorer_metrics_are_read_from_the_service() -> None:
         "model_name",
         "model_version",
         "source",
+        "path",
         "pid",
         "job",
         "instance",
