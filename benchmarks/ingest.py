@@ -76,8 +76,7 @@ def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int, fmt: str
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {target}")
         started = time.perf_counter()
-        with conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit = off")
+        with conn.transaction():  # committed durably (synchronous_commit on), as the loader does
             with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT {fmt})") as copy:
                 encoder = None
                 for start in range(0, table.num_rows, chunk_rows):
