@@ -446,3 +446,35 @@ def test_a_corrected_file_dropped_again_under_its_name_is_ingested(
     [third] = tick()
     assert third.run_key not in {first.run_key, second.run_key}
     assert third.tags == second.tags  # same content
+
+
+def test_the_sensor_pushes_how_long_files_have_waited(
+    platform_landing: Settings, instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What alert LandingFileStuck reads, pushed to a real Pushgateway: the count of waiting files and
+    when the oldest was first seen (kept across ticks), back to 0 and the tick's time once it is gone."""
+    from tests.monitoring_stack import pushgateway, scrape
+
+    group = 'asset="landing_files",instance="",job="rtml"'
+    with pushgateway(tmp_path) as gateway:
+        monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
+        get_settings.cache_clear()
+        path = platform_landing.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
+        path.write_bytes(b"being written")  # not settled: waits, no run requested
+        tick = Ticks(instance)
+        before = time.time()
+        assert tick() == []
+        first = scrape(gateway.url)
+        assert first[f"rtml_landing_files_waiting{{{group}}}"] == 1
+        seen = first[f"rtml_landing_oldest_waiting_timestamp_seconds{{{group}}}"]
+        assert before <= seen <= time.time()
+        time.sleep(0.1)
+        assert tick() == []
+        assert scrape(gateway.url)[f"rtml_landing_oldest_waiting_timestamp_seconds{{{group}}}"] == seen
+
+        path.unlink()
+        before = time.time()
+        tick()
+        last = scrape(gateway.url)
+        assert last[f"rtml_landing_files_waiting{{{group}}}"] == 0
+        assert last[f"rtml_landing_oldest_waiting_timestamp_seconds{{{group}}}"] >= before

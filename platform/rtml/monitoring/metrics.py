@@ -21,6 +21,11 @@ rtml_pipeline_run_failure_timestamp_seconds     dagster_job: when a run of the j
 rtml_pipeline_run_success_timestamp_seconds     dagster_job: when a run of the job last succeeded
                                                 (not ``job``: the Pushgateway overwrites a pushed
                                                 ``job`` label with the group's, ``rtml``)
+rtml_landing_files_waiting                      files in the landing folder not yet ingested
+                                                (pushed by the landing sensor every tick)
+rtml_landing_oldest_waiting_timestamp_seconds   when the sensor first saw the oldest file still
+                                                waiting (its tick time when none waits), so
+                                                ``time() -`` it is how long a file has waited
 rtml_feature_newest_event_timestamp_seconds     view, store (offline | online): the newest event
                                                 time the view's features include (pushed)
                                                 (the lag is ``time() -`` it in PromQL, so it keeps
@@ -55,6 +60,9 @@ DESCRIPTIONS: dict[str, str] = {
     "rtml_pipeline_last_success_timestamp_seconds": "When the asset last materialized successfully.",
     "rtml_pipeline_run_failure_timestamp_seconds": "When a run of the job last failed.",
     "rtml_pipeline_run_success_timestamp_seconds": "When a run of the job last succeeded.",
+    "rtml_landing_files_waiting": "Files in the landing folder not yet ingested.",
+    "rtml_landing_oldest_waiting_timestamp_seconds": "When the oldest file still waiting in the landing "
+    "folder was first seen (the tick's time when none waits).",
     "rtml_feature_newest_event_timestamp_seconds": "The newest event time included in the feature view.",
     "rtml_training_metric": "Evaluation figures of a registered model version.",
     "rtml_drift_share": "Share of drifted columns in the latest drift report.",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import dagster as dg
 
 from rtml.config import get_settings
 from rtml.defs.ingestion.partitions import landing_file_partitions
-from rtml.sources.landing import ready_files
+from rtml.monitoring import metrics
+from rtml.sources.landing import list_landing_files, ready_files
 
 landing_job = dg.define_asset_job(
     "landing_ingestion_job", selection=["transactions_landing"], partitions_def=landing_file_partitions
@@ -37,14 +39,30 @@ def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
       the same name (new content), or the same file dropped again (a copy or a rename renews the change
       time), gets a new run; a file waiting for its run is never requested twice, and neither is one
       whose partition has a run queued or in progress.
-    - The cursor keeps the content hashes of the waiting files (hashed once, not every tick) and the run
-      keys already requested.
+    - The cursor keeps the content hashes of the waiting files (hashed once, not every tick), the run
+      keys already requested and when each waiting file was first seen.
+    - Every tick pushes ``rtml_landing_files_waiting`` and ``rtml_landing_oldest_waiting_timestamp_seconds``
+      (alert ``LandingFileStuck``): a file whose run failed on a database outage longer than the retries,
+      or that never stops changing, stays in the folder and must not go unnoticed.
     """
     settings = get_settings()
+    now = time.time()
     cursor = json.loads(context.cursor) if context.cursor else {}
+    seen = cursor.get("first_seen", {})
+    first_seen = {path.name: seen.get(path.name, now) for path in list_landing_files(settings)}
+    metrics.publish(
+        "landing_files",
+        [
+            metrics.Sample("rtml_landing_files_waiting", len(first_seen)),
+            metrics.Sample(
+                "rtml_landing_oldest_waiting_timestamp_seconds", min(first_seen.values(), default=now)
+            ),
+        ],
+        settings.pushgateway_url,
+    )
     digests: dict[str, str] = cursor.get("digests", {})
     requested = set(cursor.get("requested", []))
-    files = ready_files(settings, digests)
+    files = ready_files(settings, digests, now)
     active = {
         run.tags.get("dagster/partition")
         for run in context.instance.get_runs(dg.RunsFilter(job_name=landing_job.name, statuses=_ACTIVE))
@@ -63,6 +81,10 @@ def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
         dynamic_partitions_requests=[landing_file_partitions.build_add_request(unknown)] if unknown else [],
         # Only the keys of files still waiting: a processed file's key is forgotten with it.
         cursor=json.dumps(
-            {"digests": digests, "requested": sorted((requested & waiting) | {f.drop_key for f in new})}
+            {
+                "digests": digests,
+                "requested": sorted((requested & waiting) | {f.drop_key for f in new}),
+                "first_seen": first_seen,
+            }
         ),
     )
