@@ -187,10 +187,16 @@ def ready_files(settings: Settings, digests: dict[str, str], now: float | None =
 
 
 def _digest(path: Path, info: os.stat_result) -> str:
+    """The content's SHA-256; "" when it cannot be read (its run then rejects it, saying why)."""
     if stat.S_ISLNK(info.st_mode):
         return hashlib.sha256(b"symlink:" + os.fsencode(os.readlink(path))).hexdigest()
-    with _open_regular(path) as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    try:
+        with _open_regular(path) as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise
+    except (OSError, LandingFileError):
+        return ""
 
 
 @contextmanager
@@ -413,8 +419,7 @@ def _free_name(folder: Path, name: str) -> Path:
     target = folder / name
     if target.exists() or target.is_symlink():
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        stem, dot, suffix = name.partition(".")
-        target = folder / f"{stem}.{stamp}{dot}{suffix}"
+        target = folder / f"{target.stem}.{stamp}{target.suffix}"
     return target
 
 
