@@ -76,25 +76,25 @@ def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int, fmt: str
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {target}")
         started = time.perf_counter()
-        with conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit = off")
-            with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT {fmt})") as copy:
-                encoder = None
-                for start in range(0, table.num_rows, chunk_rows):
-                    chunk = table.slice(start, chunk_rows)
-                    chunk = chunk.append_column("source", pa.repeat(pa.scalar(SOURCE), chunk.num_rows))
-                    if fmt == "csv":
-                        sink = pa.BufferOutputStream()
-                        pacsv.write_csv(chunk, sink, options)
-                        copy.write(memoryview(sink.getvalue()))
-                        continue
-                    if encoder is None:
-                        encoder = ArrowToPostgresBinaryEncoder(chunk.schema)
-                        copy.write(encoder.write_header())
-                    for batch in chunk.to_batches():
-                        copy.write(encoder.write_batch(batch))
-                if encoder is not None:
-                    copy.write(encoder.finish())
+        # committed durably (synchronous_commit on), as the loader does
+        copy_sql = f"COPY {target} ({columns}) FROM STDIN (FORMAT {fmt})"
+        with conn.transaction(), conn.cursor().copy(copy_sql) as copy:
+            encoder = None
+            for start in range(0, table.num_rows, chunk_rows):
+                chunk = table.slice(start, chunk_rows)
+                chunk = chunk.append_column("source", pa.repeat(pa.scalar(SOURCE), chunk.num_rows))
+                if fmt == "csv":
+                    sink = pa.BufferOutputStream()
+                    pacsv.write_csv(chunk, sink, options)
+                    copy.write(memoryview(sink.getvalue()))
+                    continue
+                if encoder is None:
+                    encoder = ArrowToPostgresBinaryEncoder(chunk.schema)
+                    copy.write(encoder.write_header())
+                for batch in chunk.to_batches():
+                    copy.write(encoder.write_batch(batch))
+            if encoder is not None:
+                copy.write(encoder.finish())
         seconds = time.perf_counter() - started
         conn.execute(f"TRUNCATE {target}")
     return seconds

@@ -243,6 +243,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("RTML_DATA_DIR", str(tmp_path))  # a landing folder of the test's own
+            patch.setenv("RTML_LANDING_SETTLE_SECONDS", "0")  # the file below is complete when written
             get_settings.cache_clear()
             settings = get_settings()
             hour = datetime(2026, 11, 20, 3, tzinfo=UTC)
@@ -253,14 +254,16 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             context = dg.build_sensor_context(instance=sensor_instance)
             first = landing_files_sensor(context)
             [request] = first.run_requests
-            assert (request.partition_key, request.run_key) == (path.name, path.name)
+            assert request.partition_key == path.name
+            assert (request.run_key or "").startswith(f"{path.name}@")  # name@sha256@change time
             [added] = first.dynamic_partitions_requests
             assert isinstance(added, dg.AddDynamicPartitionsRequest) and list(added.partition_keys) == [
                 path.name
             ]
             # what the daemon does with the tick's result: add the partition, then launch the run
             sensor_instance.add_dynamic_partitions("landing_files", [path.name])
-            assert not landing_files_sensor(dg.build_sensor_context(instance=sensor_instance)).run_requests
+            next_tick = dg.build_sensor_context(instance=sensor_instance, cursor=first.cursor)
+            assert not landing_files_sensor(next_tick).run_requests
 
             landing = with_resources({"postgres": PostgresResource(url=url)})
             result = landing.resolve_job_def(landing_files_sensor.job_name).execute_in_process(

@@ -302,3 +302,161 @@ def test_docs_site_shows_the_feature_catalogue(built: str) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+CAUTIOUS = [
+    "--indirect-selection",
+    "cautious",
+]  # only the tests of the selected models, not their neighbours'
+
+
+def failed_tests(target: Path) -> dict[str, int]:
+    """Data tests that failed in the last dbt invocation: test name → failing rows."""
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    return {
+        r["unique_id"].split(".")[2]: r["failures"]
+        for r in results
+        if r["unique_id"].startswith("test.") and r["status"] in {"fail", "error"}
+    }
+
+
+def test_rows_at_the_boundaries_pass_ingest_and_then_dbt(
+    scratch_database: Callable[[str], str], separate_dbt_target: Path
+) -> None:
+    """Issue 14, item 7: a row ingest accepts never fails a dbt test (which would halt the hourly build);
+    one dbt would refuse is quarantined by ingest, with its rule."""
+    import math
+
+    import pyarrow as pa
+
+    from rtml.config import Settings
+    from rtml.features.sample_data import ensure_raw_tables
+    from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.sources.schema import LABELS, TRANSACTIONS
+
+    url = scratch_database("dbt_boundary")
+    with psycopg.connect(url) as conn:
+        ensure_raw_tables(conn)
+    settings = Settings(max_amount=999_999.99)  # the highest ceiling the settings allow
+    amounts = {
+        "b-0.004": 0.004,
+        "b-0.005": 0.005,
+        "b-5e-324": 5e-324,
+        "b-below-0.005": math.nextafter(0.005, 0),
+        "b-0.01": 0.01,
+        "b-max": 999_999.99,
+        "b-above-max": math.nextafter(999_999.99, math.inf),
+    }
+    row = {"customer_id": "c1", "merchant_id": "m1", "merchant_category": "grocery", "currency": "EUR"}
+    transactions = pa.Table.from_pylist(
+        [
+            {
+                **row,
+                "transaction_id": tid,
+                "event_ts": START,
+                "amount": amount,
+                "channel": "pos",
+                "country": "FR",
+            }
+            for tid, amount in amounts.items()
+        ]
+        + [
+            {
+                **row,
+                "transaction_id": "b-lower",
+                "event_ts": START,
+                "amount": 5.0,
+                "channel": "POS",
+                "country": "fr",
+            }
+        ],
+        schema=TRANSACTIONS,
+    )
+    result = load_transactions(url, [transactions], "boundary", settings)
+    assert result.quarantine_by_rule == {
+        "amount_rounds_to_zero": 2,
+        "amount_above_max": 1,
+        "channel_not_allowed": 1,
+    }
+    labels = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": tid,
+                "is_fraud": False,
+                "label_ts": START + timedelta(days=1),
+                "label_source": source,
+            }
+            for tid, source in (("b-0.005", "confirmed"), ("b-0.01", "refund"), ("b-max", "Chargeback"))
+        ],
+        schema=LABELS,
+    )
+    assert load_labels(url, [labels], "boundary-labels", settings).quarantine_by_rule == {
+        "label_source_not_allowed": 2
+    }
+
+    proc = run_dbt(["build", "--select", "stg_transactions", "stg_labels", *CAUTIOUS], url, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert failed_tests(separate_dbt_target) == {}
+    stg = dict(query(url, "select transaction_id, amount from staging.stg_transactions").values.tolist())
+    assert stg == {
+        "b-0.005": Decimal("0.01"),
+        "b-below-0.005": Decimal("0.01"),
+        "b-0.01": Decimal("0.01"),
+        "b-max": Decimal("999999.99"),
+    }
+
+
+def test_training_set_fails_loudly_when_merchant_features_miss_an_hour(
+    built: str, separate_dbt_target: Path
+) -> None:
+    """The killed hourly refresh of issue 14: stg_transactions and customer_features got the hour,
+    merchant_daily and merchant_features did not. training_set (which left-joins the feature views) must
+    not quietly hold NULL merchant features for that hour: its not_null tests fail, naming the columns."""
+    from sqlalchemy.engine import make_url
+
+    from rtml.config import database_url_for
+    from rtml.features.dbt import window_env
+    from rtml.features.sample_data import copy_frame
+
+    source, copy = make_url(built).database, f"{make_url(built).database}_gap"
+    with psycopg.connect(built, autocommit=True) as conn:  # a copy: the module's other tests keep theirs
+        conn.execute(f'drop database if exists "{copy}" with (force)')
+        conn.execute(f'create database "{copy}" template "{source}"')
+    url = database_url_for(built, copy)
+    try:
+        hour = START + timedelta(days=DAYS)
+        transactions, _ = simulated_frames(START, DAYS + 1)
+        in_hour = (transactions["event_ts"] >= hour) & (transactions["event_ts"] < hour + timedelta(hours=1))
+        late = transactions[in_hour]
+        # labelled by the end of the hour, so they belong in the training set of the default cut-off
+        labels = pd.DataFrame(
+            {
+                "transaction_id": late["transaction_id"],
+                "is_fraud": False,
+                "label_ts": hour + timedelta(hours=1),
+                "label_source": "confirmed",
+                "source": "labels/late",
+            }
+        )
+        with psycopg.connect(url) as conn:
+            copy_frame(conn, "raw.transactions", late)
+            copy_frame(conn, "raw.labels", labels)
+            conn.commit()
+        # One dbt invocation, as Dagster runs it (no unit tests): the hour's staging and customer
+        # features, the labels, and training_set with its tests; merchant_daily/_features are left out.
+        selection = ["stg_transactions", "customer_features", "stg_labels", "training_set"]
+        proc = run_dbt(
+            ["build", "--select", *selection, *CAUTIOUS, "--exclude-resource-type", "unit_test"],
+            url,
+            check=False,
+            extra_env=window_env(hour, hour + timedelta(hours=1)),
+        )
+        assert proc.returncode != 0, proc.stdout[-3000:]
+        assert failed_tests(separate_dbt_target) == {
+            "not_null_training_set_merchant_txn_count_7d": len(late),
+            "not_null_training_set_merchant_txn_count_30d": len(late),
+            "not_null_training_set_merchant_fraud_count_30d": len(late),
+        }
+    finally:
+        with psycopg.connect(built, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{copy}" with (force)')

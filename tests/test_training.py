@@ -213,3 +213,60 @@ def test_thresholds_respect_the_false_positive_budget() -> None:
     assert np.mean(scores[y == 0] >= t.decline) <= evaluate.DECLINE_FPR
     assert np.mean(scores[y == 0] >= t.review) <= evaluate.REVIEW_FPR
     assert set(t.decide(np.array([0.0, t.review, t.decline]))) == {"approve", "review", "decline"}
+
+
+def test_gate_rejects_a_better_pr_auc_when_a_guarded_metric_drops(
+    mlflow_tracking_uri: str, training_settings: Settings
+) -> None:
+    """Two registered versions of the project's own model, crafted so that on the holdout the challenger
+    ranks most frauds at the very top (better PR AUC) but the rest at the very bottom (worse ROC AUC):
+    the gate rejects it and names the guarded metric, its drop and the tolerance."""
+    from rtml.training.dataset import Split
+    from rtml.training.model import TRUSTED_TYPES, build_pipeline
+    from rtml.training.tracking import configure
+
+    name = f"fraud-detector-gate-{uuid.uuid4().hex[:8]}"
+    client = registry.client_for(mlflow_tracking_uri)
+    rng = np.random.default_rng(0)
+    fraud = rng.random(4_000) < 0.05  # training data: both scores rise with fraud
+    train = pd.DataFrame({"channel": "pos", "a": rng.normal(2 * fraud, 1), "b": rng.normal(2 * fraud, 1)})
+
+    def register(score: str) -> str:
+        pipeline = build_pipeline(
+            FeatureSpec(numeric=[score], categorical=["channel"]), max_iter=20, monotonic_cst=[0, 1]
+        )
+        pipeline.fit(train[["channel", score]], fraud)
+        with mlflow.start_run(experiment_id=configure(mlflow_tracking_uri)):
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                registered_model_name=name,
+                skops_trusted_types=TRUSTED_TYPES,
+                pip_requirements=["scikit-learn"],
+            )
+        return str(info.registered_model_version)
+
+    production, challenger = register("a"), register("b")
+    client.set_registered_model_alias(name, registry.PRODUCTION, production)
+
+    # Holdout: 50 frauds among 1,000. Score a (production) puts every fraud above 600 legitimate rows
+    # but among the other 350; score b (challenger) puts 30 frauds above everything, 20 below everything.
+    y = np.zeros(1_000, dtype=int)
+    y[:50] = 1
+    a = np.concatenate([rng.uniform(2, 5, 50), rng.uniform(0, 5, 350), rng.uniform(-5, 0, 600)])
+    b = np.concatenate([rng.uniform(8, 9, 30), rng.uniform(-9, -8, 20), rng.uniform(-1.5, 1.5, 950)])
+    X = pd.DataFrame({"channel": "pos", "a": a, "b": b})
+    event_ts = pd.Series(pd.date_range("2026-11-20", periods=1_000, freq="min", tz="UTC"))
+    decision = registry.gate(client, challenger, Split(X, y, event_ts), training_settings, name)
+
+    better, worse = decision.challenger, decision.production
+    assert better["pr_auc"] > worse["pr_auc"] + training_settings.gate_min_improvement
+    assert worse["roc_auc"] - better["roc_auc"] > training_settings.gate_tolerance
+    assert not decision.staged
+    assert decision.reason == (
+        f"roc_auc regresses from {worse['roc_auc']:.4f} to {better['roc_auc']:.4f} "
+        f"(tolerance {training_settings.gate_tolerance})"
+    )
+    tags = client.get_model_version(name, challenger).tags
+    assert tags["gate"] == "rejected" and tags["rejected"] == decision.reason
+    assert registry.version_with_alias(client, registry.STAGING, name) is None

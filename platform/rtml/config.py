@@ -72,13 +72,24 @@ class Settings(BaseSettings):
 
     # --- ingestion ----------------------------------------------------------------------------------
     max_amount: float = Field(
-        50_000.0, description="Largest valid transaction amount; larger is quarantined."
+        50_000.0,
+        gt=0,
+        le=999_999.99,
+        description="Largest valid transaction amount; larger is quarantined. At most 999,999.99: "
+        "dbt's `stg_transactions` test requires amounts below 1,000,000.",
     )
     currencies: list[str] = Field(
         ["EUR", "USD", "GBP", "CHF", "PLN", "SEK"], description="Allowed ISO 4217 currency codes."
     )
     max_future_skew_seconds: int = Field(
         300, description="How far a transaction timestamp may lie in the future of load time."
+    )
+    landing_settle_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="A landing file is picked up once it has not been modified for this long (a file "
+        "still being written keeps changing). Producers that may pause mid-write should write "
+        "`.name.csv` or `name.csv.part` and rename it when complete.",
     )
     ingest_chunk_rows: int = Field(
         200_000, description="Rows validated and copied per chunk: bounds ingestion memory."

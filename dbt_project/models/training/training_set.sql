@@ -8,6 +8,9 @@
   transaction's day (data before that day's start, labels known before it).
   var `training_include_unlabelled` (default false): also include transactions without a known label,
   as not fraud (is_labelled = false).
+  Both feature views are LEFT joined: a transaction whose feature row is missing (a refresh that died
+  half-way) keeps NULL features, and the not_null tests in _training.yml fail loudly instead of the row
+  silently dropping out or training on NULL merchant features.
 -#}
 with cutoff as (
     select {{ training_cutoff() }} as cutoff_ts
@@ -58,7 +61,7 @@ select
     c.cutoff_ts as training_cutoff
 from {{ ref('stg_transactions') }} as t
 cross join cutoff as c
-join {{ ref('customer_features') }} as cf on cf.transaction_id = t.transaction_id
+left join {{ ref('customer_features') }} as cf on cf.transaction_id = t.transaction_id
 left join {{ ref('merchant_features') }} as mf
     on mf.merchant_id = t.merchant_id and mf.feature_date = (t.event_ts at time zone 'UTC')::date
 {% if var('training_include_unlabelled', false) %}left{% endif %} join known_labels as k on k.transaction_id = t.transaction_id

@@ -253,9 +253,14 @@ def delete_source(conn: psycopg.Connection, kind: str, source: str) -> None:
 
 
 def _replace_source(conn: psycopg.Connection, target: _Target, source: str) -> None:
-    # Durability of the commit is still guaranteed by the WAL; only the wait for the flush is skipped
-    # (a crash may lose this last commit, never corrupt), and the load is simply rerun.
-    conn.execute("SET LOCAL synchronous_commit = off")
+    # A load is reported done (landing file moved, run successful) as soon as it commits, so the commit
+    # must be durable: never under `synchronous_commit = off` (a session's or the server's), which
+    # acknowledges before the WAL is flushed, and a crash right after would lose the load. A stronger
+    # setting (`remote_apply` with a standby) is kept.
+    conn.execute(
+        "SELECT set_config('synchronous_commit', 'on', true) "
+        "WHERE current_setting('synchronous_commit') = 'off'"
+    )
     # Two loads of the same source would otherwise interleave their deletes and inserts.
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{target.table}:{source}",))
     # The previous load's time range bounds its rows: the delete is a BRIN bitmap scan of that range,
@@ -461,9 +466,18 @@ def _copy_quarantine(conn: psycopg.Connection, target: _Target, quarantined: pa.
         conn,
         target.quarantine_table,
         [*quarantined.column_names, "source"],
-        [_csv_with_source(quarantined, source)],
+        [_csv_with_source(_escape_nul(quarantined), source)],
         "csv",
     )
+
+
+def _escape_nul(table: pa.Table) -> pa.Table:
+    """PostgreSQL text cannot hold NUL: quarantined values (kept as they came) write it as ``\\x00``."""
+    columns = [
+        pc.replace_substring(column, "\x00", "\\x00") if pa.types.is_string(column.type) else column
+        for column in table.columns
+    ]
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def _copy(

@@ -26,7 +26,8 @@ Types, and why:
 - Quarantine tables keep the original values as text (nothing coerced), the rule that failed, a human
   message, and ``source_row`` (0-based row position within the source; for a CSV file with a header
   that is line number - 2). ``raw_record`` holds the original line of rows that could not even be split
-  into fields (``row_truncated``, ``row_too_many_fields``).
+  into fields (``row_truncated``, ``row_too_many_fields``). PostgreSQL text cannot hold NUL: a NUL in a
+  quarantined value is written as the four characters ``\\x00`` (the only change ever made to a value).
 """
 
 from __future__ import annotations

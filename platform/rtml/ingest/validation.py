@@ -6,15 +6,28 @@ rules. Nothing here loops over rows in Python: masks are computed with pyarrow.c
 Rule order (a row failing several rules is quarantined once, with the first one):
 
 transactions: transaction_id_missing, customer_id_missing, merchant_id_missing,
-    merchant_category_missing, event_ts_unparseable, event_ts_in_future, amount_unparseable,
-    amount_not_positive, amount_above_max, currency_not_allowed, channel_not_allowed,
-    country_invalid, transaction_id_duplicate
-labels: transaction_id_missing, is_fraud_unparseable, label_ts_unparseable, label_ts_in_future,
-    label_source_missing, transaction_id_duplicate
+    merchant_category_missing, transaction_id_invalid, customer_id_invalid, merchant_id_invalid,
+    merchant_category_invalid, event_ts_unparseable, event_ts_in_future, amount_unparseable,
+    amount_not_positive, amount_rounds_to_zero, amount_above_max, currency_not_allowed,
+    channel_not_allowed, country_invalid, transaction_id_duplicate
+labels: transaction_id_missing, transaction_id_invalid, is_fraud_unparseable, label_ts_unparseable,
+    label_ts_in_future, label_source_missing, label_source_not_allowed, transaction_id_duplicate
 
 ``transaction_id_duplicate`` comes last on purpose: among the rows that pass every other rule, the
 first copy of an id is kept and later copies are quarantined, so an id with one valid copy is loaded
 even if an earlier copy was broken.
+
+What passes here also passes every reader downstream, so one row can never stop the pipeline:
+- ids match the scoring API's rule (``ID_PATTERN``: letters, digits, ``_ . : -``, at most 64 characters)
+  and ``merchant_category`` its ``CATEGORY_PATTERN``; so no control byte, NUL or huge value reaches the
+  raw tables, the online store's record framing or a feature.
+- dbt's ``stg_transactions`` keeps ``round(amount::numeric, 2)`` and its error-severity test requires it
+  to be > 0: an amount that rounds to 0.00 (0.004, 5e-324) is ``amount_rounds_to_zero`` here, decided
+  exactly as PostgreSQL rounds (float8 to numeric keeps 15 significant digits, then half away from zero:
+  0.005 becomes 0.01 and passes). The ceiling ``max_amount`` is capped below dbt's bound (see Settings).
+- ``label_source`` must be one of ``LABEL_SOURCES`` (dbt's accepted_values test on ``stg_labels``).
+- Currency, channel and country must already be in their canonical case (``EUR``, ``pos``, ``FR``):
+  dbt's ``upper``/``lower`` never have to repair a value, and the API receives the same forms.
 
 Accepted text forms (landing CSV): amounts as plain decimals (``12.5``, ``-3``, ``1e3``; no thousands
 separators, no NaN/inf); timestamps as ISO 8601 ``YYYY-MM-DD[T ]HH:MM:SS[.ffffff][Z|±HH[:MM]]`` where a
@@ -26,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -33,13 +47,22 @@ import pyarrow.compute as pc
 
 from rtml.config import Settings
 from rtml.ingest.errors import SchemaMismatchError
-from rtml.sources.schema import CHANNELS, LABELS, TRANSACTIONS
+from rtml.sources.schema import (
+    CATEGORY_PATTERN,
+    CHANNELS,
+    ID_PATTERN,
+    LABEL_SOURCES,
+    LABELS,
+    TRANSACTIONS,
+)
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 _DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}(:?\d{2})?)?$"
 _ZONE_RE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
+_MESSAGE_VALUE_CHARS = 80  # longer values are cut in error messages (their column keeps them whole)
+_CENT = Decimal("0.01")
 _TRUE = ["true", "t", "1", "yes", "y"]
 _FALSE = ["false", "f", "0", "no", "n"]
 
@@ -128,8 +151,12 @@ def validate_transactions(
     check_columns(table, TRANSACTIONS, "transactions batch")
     now = now or datetime.now(UTC)
     rules = _Rules([], [], [])
-    for column in ("transaction_id", "customer_id", "merchant_id", "merchant_category"):
+    texts = ("transaction_id", "customer_id", "merchant_id", "merchant_category")
+    for column in texts:
         rules.add(f"{column}_missing", _missing(table[column]), _constant(f"{column} is missing"))
+    for column in texts:
+        pattern = CATEGORY_PATTERN if column == "merchant_category" else ID_PATTERN
+        rules.add(f"{column}_invalid", *_not_matching(table[column], column, pattern))
 
     event_ts, ts_bad = _parse_timestamp(table["event_ts"])
     rules.add(
@@ -152,6 +179,11 @@ def validate_transactions(
         "amount_not_positive",
         pc.fill_null(pc.less_equal(amount, 0.0), False),
         _quoted("amount", table["amount"], "is not positive"),
+    )
+    rules.add(
+        "amount_rounds_to_zero",
+        _rounds_to_zero_cents(amount),
+        _quoted("amount", table["amount"], "rounds to 0.00 (amounts are kept in cents: 0.005 is the least)"),
     )
     rules.add(
         "amount_above_max",
@@ -202,6 +234,7 @@ def validate_labels(
     rules.add(
         "transaction_id_missing", _missing(table["transaction_id"]), _constant("transaction_id is missing")
     )
+    rules.add("transaction_id_invalid", *_not_matching(table["transaction_id"], "transaction_id", ID_PATTERN))
     is_fraud, fraud_bad = _parse_bool(table["is_fraud"])
     rules.add("is_fraud_unparseable", fraud_bad, _quoted("is_fraud", table["is_fraud"], "is not a boolean"))
     label_ts, ts_bad = _parse_timestamp(table["label_ts"])
@@ -219,6 +252,12 @@ def validate_labels(
         ),
     )
     rules.add("label_source_missing", _missing(table["label_source"]), _constant("label_source is missing"))
+    label_source = _as_string(table["label_source"])
+    rules.add(
+        "label_source_not_allowed",
+        pc.invert(pc.fill_null(pc.is_in(label_source, pa.array(LABEL_SOURCES)), False)),
+        _quoted("label_source", label_source, f"is not one of {list(LABEL_SOURCES)}"),
+    )
     typed = {
         "transaction_id": _as_string(table["transaction_id"]),
         "is_fraud": is_fraud,
@@ -384,6 +423,28 @@ def _parse_bool(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]
     return pc.if_else(ok, is_true, pa.scalar(None, pa.bool_())), pc.invert(ok)
 
 
+def _not_matching(
+    column: pa.Array | pa.ChunkedArray, name: str, pattern: str
+) -> tuple[pa.Array, Callable[[np.ndarray], pa.Array]]:
+    """(mask of present values that do not match ``pattern``, their messages); missing ones have a rule
+    of their own."""
+    strings = _as_string(column)
+    bad = pc.invert(pc.fill_null(pc.match_substring_regex(strings, pattern), True))
+    rule = pattern.strip("^$")
+    return bad, _quoted(name, strings, f"does not match {rule} (the scoring API's rule)")
+
+
+def _rounds_to_zero_cents(amount: pa.Array) -> np.ndarray:
+    """Positive amounts that PostgreSQL's ``round(amount::numeric, 2)`` turns into 0.00 (dbt's
+    stg_transactions): float8 → numeric keeps 15 significant digits, then rounds half away from zero.
+    Only amounts below one cent are candidates, so the exact per-value check costs nothing."""
+    values = pc.fill_null(amount, 0.0).to_numpy(zero_copy_only=False)
+    zero = np.zeros(len(values), dtype=bool)
+    for row in np.flatnonzero((values > 0) & (values < 0.01)):
+        zero[row] = Decimal(f"{values[row]:.15g}").quantize(_CENT, ROUND_HALF_UP) == 0
+    return zero
+
+
 def _constant(message: str) -> Callable[[np.ndarray], pa.Array]:
     return lambda rows: pa.repeat(pa.scalar(message), len(rows))
 
@@ -393,6 +454,9 @@ def _quoted(name: str, column: pa.Array | pa.ChunkedArray, reason: str) -> Calla
 
     def messages(rows: np.ndarray) -> pa.Array:
         text = _as_string(_take(_flat(column), rows))
+        long = pc.fill_null(pc.greater(pc.utf8_length(text), _MESSAGE_VALUE_CHARS), False)
+        cut = pc.binary_join_element_wise(pc.utf8_slice_codeunits(text, 0, _MESSAGE_VALUE_CHARS), "…", "")
+        text = pc.if_else(long, cut, text)
         quoted = pc.binary_join_element_wise(pa.scalar(f"{name} '"), text, pa.scalar(f"' {reason}"), "")
         return pc.fill_null(quoted, f"{name} is null: {reason}")
 

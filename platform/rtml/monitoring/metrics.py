@@ -53,6 +53,13 @@ METRICS: dict[str, Metric] = {
     "rtml_pipeline_run_success_timestamp_seconds": Metric(
         "When a run of the job last succeeded.", ("dagster_job",)
     ),
+    "rtml_landing_files_waiting": Metric(
+        "Files in the landing folder not yet ingested (pushed by the landing sensor every tick)."
+    ),
+    "rtml_landing_oldest_waiting_timestamp_seconds": Metric(
+        "When the sensor first saw the oldest file still waiting in the landing folder (the tick's time "
+        "when none waits), so `time() -` it is how long a file has waited."
+    ),
     # the newest event time, not a lag: Prometheus computes `time() -` it, so the lag keeps growing when
     # pushes stop (a pushed lag would freeze)
     "rtml_feature_newest_event_timestamp_seconds": Metric(

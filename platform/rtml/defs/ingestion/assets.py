@@ -15,10 +15,11 @@ from rtml.defs.ingestion.partitions import (
     landing_file_partitions,
     transactions_partitions,
 )
+from rtml.defs.ingestion.sensors import LANDING_SHA256_TAG
 from rtml.defs.resources import PostgresResource
 from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, load_transactions
 from rtml.monitoring import metrics
-from rtml.sources.landing import ingest_landing_file
+from rtml.sources.landing import LandingFileChanged, UnsafeLandingName, ingest_landing_file
 from rtml.sources.simulator import Simulator
 
 # Transient database errors (dropped connection, serialization failure) are retried with backoff;
@@ -157,9 +158,15 @@ def transactions_landing(
 ) -> dg.MaterializeResult:
     settings = get_settings()
     started = time.perf_counter()
-    receipt = ingest_landing_file(
-        settings.landing_dir / context.partition_key, postgres.database_url(), settings
-    )
+    try:
+        receipt = ingest_landing_file(
+            context.partition_key,
+            postgres.database_url(),
+            settings,
+            expected_sha256=context.run.tags.get(LANDING_SHA256_TAG),
+        )
+    except (UnsafeLandingName, LandingFileChanged) as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
     if receipt.status != "processed":
         raise dg.Failure(
             f"Landing file {context.partition_key} was rejected: {'; '.join(receipt.errors)}",
