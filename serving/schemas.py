@@ -3,11 +3,12 @@ and the framework-floor service of the benchmarks (``benchmarks/floor_service.py
 import (no model store; the settings the rules share with ingestion — allowed currencies, future skew,
 the oldest timestamp — are read when a request is validated).
 
-The input rules are ingestion's (``rtml.ingest.validation``), so the model never scores a value it could
-not have been trained on: a timestamp not further in the future than ``max_future_skew_seconds`` (nor
-older than ``serving_min_timestamp``: a request dated 9999 or 1970 would move the live-metrics window),
-a currency of ``currencies``, a country of two capital letters (lower case is upper-cased, as the
-training data has it). A broken rule is a 400 naming the field."""
+The input rules are ingestion's (``rtml.ingest.validation``; the id and category patterns are
+``rtml.sources.schema``'s), so the model never scores a value it could not have been trained on: a
+timestamp not further in the future than ``max_future_skew_seconds`` nor older than
+``min_event_timestamp`` (a request dated 9999 or 1970 would move the live-metrics window), a currency of
+``currencies``, a country of two capital letters (lower case is upper-cased, as the training data has
+it). A broken rule is a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from rtml.config import get_settings
-
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-TEXT_PATTERN = r"^[A-Za-z0-9 _.,&'()/-]{1,64}$"
+from rtml.sources.schema import CATEGORY_PATTERN, ID_PATTERN
 
 
 def _aware(value: datetime) -> datetime:
     """A naive timestamp is taken as UTC (like the ingest loader); it must lie between
-    ``serving_min_timestamp`` and now + ``max_future_skew_seconds``."""
+    ``min_event_timestamp`` and now + ``max_future_skew_seconds``."""
     try:
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+05:00: a 400, not a 500
@@ -33,9 +32,9 @@ def _aware(value: datetime) -> datetime:
     skew = settings.max_future_skew_seconds
     if value > datetime.now(UTC) + timedelta(seconds=skew):
         raise ValueError(f"timestamp lies more than {skew} s in the future (max_future_skew_seconds)")
-    if value < settings.serving_min_timestamp:
+    if value < settings.min_event_timestamp:
         raise ValueError(
-            f"timestamp is before {settings.serving_min_timestamp.isoformat()} (serving_min_timestamp)"
+            f"timestamp is before {settings.min_event_timestamp.isoformat()} (min_event_timestamp)"
         )
     return value
 
@@ -73,14 +72,14 @@ class Transaction(BaseModel):
         AfterValidator(_aware),
         Field(
             description="When the transaction happened (ISO 8601; without a zone: UTC); at most "
-            "`max_future_skew_seconds` in the future, not before `serving_min_timestamp`."
+            "`max_future_skew_seconds` in the future, not before `min_event_timestamp`."
         ),
     ]
     channel: Literal["pos", "online", "atm"]
     merchant_category: Annotated[
         str | None,
         Field(
-            pattern=TEXT_PATTERN,
+            pattern=CATEGORY_PATTERN,
             description="Optional: the merchant's category (missing → the model's missing value).",
         ),
     ] = None

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "still being written keeps changing). Producers that may pause mid-write should write "
         "`.name.csv` or `name.csv.part` and rename it when complete.",
     )
+    min_event_timestamp: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="Oldest event time the platform accepts: ingestion quarantines older transactions "
+        "(`event_ts_before_floor`) and the scoring API answers 400 (a request dated 1970 would move the "
+        "live-metrics window as much as one dated 9999).",
+    )
     ingest_chunk_rows: int = Field(
         200_000, description="Rows validated and copied per chunk: bounds ingestion memory."
     )
@@ -210,11 +216,6 @@ class Settings(BaseSettings):
         "fails opens the breaker: requests are then answered without Redis (fail-open: degraded; "
         "fail-closed: 503) until a probe succeeds, so recovery takes at most about this long. The probe "
         "also tells `GET /health` which views are missing.",
-    )
-    serving_min_timestamp: datetime = Field(
-        datetime(2000, 1, 1, tzinfo=UTC),
-        description="Oldest transaction timestamp the scoring API accepts (older: 400). Requests dated in "
-        "the future by more than `max_future_skew_seconds` are refused too, as ingestion quarantines them.",
     )
     serving_model_poll_seconds: float = Field(
         30.0,

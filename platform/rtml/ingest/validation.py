@@ -7,7 +7,8 @@ Rule order (a row failing several rules is quarantined once, with the first one)
 
 transactions: transaction_id_missing, customer_id_missing, merchant_id_missing,
     merchant_category_missing, transaction_id_invalid, customer_id_invalid, merchant_id_invalid,
-    merchant_category_invalid, event_ts_unparseable, event_ts_in_future, amount_unparseable,
+    merchant_category_invalid, event_ts_unparseable, event_ts_in_future, event_ts_before_floor,
+    amount_unparseable,
     amount_not_positive, amount_rounds_to_zero, amount_above_max, currency_not_allowed,
     channel_not_allowed, country_invalid, transaction_id_duplicate
 labels: transaction_id_missing, transaction_id_invalid, is_fraud_unparseable, label_ts_unparseable,
@@ -170,6 +171,17 @@ def validate_transactions(
             "event_ts",
             table["event_ts"],
             f"lies more than {settings.max_future_skew_seconds} s after load time",
+        ),
+    )
+
+    floor = pa.scalar(settings.min_event_timestamp, TIMESTAMP)
+    rules.add(
+        "event_ts_before_floor",
+        pc.fill_null(pc.less(event_ts, floor), False),
+        _quoted(
+            "event_ts",
+            table["event_ts"],
+            f"is before {settings.min_event_timestamp:%Y-%m-%d} (min_event_timestamp)",
         ),
     )
 
