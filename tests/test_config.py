@@ -31,3 +31,11 @@ def test_configuration_reference_is_generated_from_the_settings() -> None:
     for name in Settings.model_fields:
         assert f"`RTML_{name.upper()}`" in reference
     assert DOCS.read_text() == reference, "docs/configuration.md is stale: run `make docs-config`"
+
+
+def test_a_currency_dbt_would_truncate_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("RTML_CURRENCIES", '["EUR", "EURO"]')
+    with pytest.raises(ValidationError, match="currencies"):
+        Settings()

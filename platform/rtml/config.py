@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -78,8 +79,9 @@ class Settings(BaseSettings):
         description="Largest valid transaction amount; larger is quarantined. At most 999,999.99: "
         "dbt's `stg_transactions` test requires amounts below 1,000,000.",
     )
-    currencies: list[str] = Field(
-        ["EUR", "USD", "GBP", "CHF", "PLN", "SEK"], description="Allowed ISO 4217 currency codes."
+    currencies: list[Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]] = Field(
+        ["EUR", "USD", "GBP", "CHF", "PLN", "SEK"],
+        description="Allowed ISO 4217 currency codes (three capital letters: dbt keeps them as `char(3)`).",
     )
     max_future_skew_seconds: int = Field(
         300, description="How far a transaction timestamp may lie in the future of load time."
