@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from rtml.config import Settings, get_settings
+from rtml.config import Settings, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.services import dagster_processes, scoring_service
 from rtml.services.stack import LocalStack, StackError, StackInfo
@@ -32,9 +32,9 @@ LABEL_HORIZON = timedelta(days=30)
 
 
 def _print_stack(info: StackInfo) -> None:
-    typer.echo(f"PostgreSQL  {info.database_url}")
-    typer.echo(f"Redis       {info.redis_url}")
-    typer.echo(f"MLflow      {info.mlflow_tracking_uri}")
+    typer.echo(f"PostgreSQL  {redact(info.database_url)}")
+    typer.echo(f"Redis       {redact(info.redis_url)}")
+    typer.echo(f"MLflow      {redact(info.mlflow_tracking_uri)}")
     typer.echo(f"Dagster     DAGSTER_HOME={info.dagster_home}")
 
 
@@ -45,7 +45,7 @@ def up() -> None:
     try:
         info = LocalStack(get_settings()).up()
     except StackError as exc:
-        typer.echo(f"rtml up failed: {exc}", err=True)
+        typer.echo(f"rtml up failed: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
     _print_stack(info)
 
@@ -62,7 +62,7 @@ def status() -> None:
     """Each component of the local stack, its URL and whether it answers."""
     for component in LocalStack(get_settings()).status():
         state = "up" if component.answers else "DOWN"
-        typer.echo(f"{component.name:<12} {state:<5} {component.url or '(not running)'}")
+        typer.echo(f"{component.name:<12} {state:<5} {redact(component.url or '(not running)')}")
 
 
 def _materialize(
@@ -166,7 +166,7 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
         typer.echo(
             f"\nDagster UI         {url}"
             f"\nscoring API        {api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics)"
-            f"\nMLflow UI          {info.mlflow_tracking_uri}"
+            f"\nMLflow UI          {redact(info.mlflow_tracking_uri)}"
             f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
             f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
         )
@@ -265,7 +265,7 @@ def backfill(
     try:
         info = LocalStack(settings).info()
     except StackError as exc:
-        typer.echo(f"rtml backfill: {exc}", err=True)
+        typer.echo(f"rtml backfill: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
     env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
     tags = {RANGE_TAGS[0]: keys[0], RANGE_TAGS[1]: keys[-1], "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
@@ -302,7 +302,7 @@ def _registry_action(action: Callable[[], object]) -> None:
     try:
         action()
     except RegistryError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
 
 

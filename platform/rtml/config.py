@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -296,6 +297,21 @@ class Settings(BaseSettings):
 def database_url_for(server_url: str, database: str) -> str:
     """The URL of another database on the same server (``rtml`` → ``dagster``, ``mlflow``)."""
     return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+# The password in a URL's userinfo (``scheme://user:PASSWORD@host``): greedy up to the authority's last
+# ``@``, so an unescaped ``@`` in a password does not leave its tail visible.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s]*(?=@)", re.IGNORECASE)
+# Secrets passed as query parameters: libpq's ``password``/``sslpassword``, redis-py's ``password``, tokens.
+_QUERY_SECRET = re.compile(r"(?P<head>[?&]\w*(?:password|token|secret)=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message that quotes URLs) with every credential replaced by ``***``:
+    ``postgresql://rtml:s3cret@db/rtml`` → ``postgresql://rtml:***@db/rtml``, and the values of
+    password- or token-like query parameters. Used by everything that prints or logs a URL or an error
+    that may quote one (the deploy workflow's ``rtml status`` output lands in CI logs)."""
+    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***", text))
 
 
 @lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from rtml.config import Settings, database_url_for
+from rtml.config import Settings, database_url_for, redact
 from rtml.services import mlflow_server, postgres, redis
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.processes import pid_alive, stop_pid
@@ -177,7 +177,7 @@ class LocalStack:
     def _database_name(url: str) -> str:
         name = make_url(url).database
         if not name:
-            raise StackError(f"the database URL names no database: {url}")
+            raise StackError(f"the database URL names no database: {redact(url)}")
         return name
 
     def _running_or_started_postgres(self, known: EmbeddedServer | None) -> EmbeddedServer:
