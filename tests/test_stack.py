@@ -113,15 +113,26 @@ def test_up_starts_postgres_redis_and_mlflow_with_databases_schemas_and_dagster_
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_dagster_home_opens_postgres_storage(embedded: tuple[LocalStack, StackInfo]) -> None:
+def test_dagster_home_opens_postgres_storage_with_run_monitoring(
+    embedded: tuple[LocalStack, StackInfo],
+) -> None:
     from dagster import DagsterInstance
     from dagster_postgres import PostgresRunStorage
 
-    _, info = embedded
+    from rtml.defs.automation.runs import MonitoredRunLauncher
+
+    local, info = embedded
     assert (info.dagster_home / "dagster.yaml").exists()
     with DagsterInstance.from_config(str(info.dagster_home)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert instance.get_runs() == []
+        # The daemon checks in-flight runs, asking the launcher whether their worker is alive
+        # (tests/test_demo_lifecycle.py shows it on real runs).
+        assert isinstance(instance.run_launcher, MonitoredRunLauncher)
+        assert instance.run_launcher.supports_check_run_worker_health
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_poll_interval_seconds == local.settings.run_monitoring_interval_s
+        assert instance.run_monitoring_max_resume_run_attempts == 0
 
 
 def test_up_twice_is_idempotent(embedded: tuple[LocalStack, StackInfo]) -> None:

@@ -264,6 +264,19 @@ class Settings(BaseSettings):
         5000,
         description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` is unset).",
     )
+    demo_stop_grace_s: float = Field(
+        7.0,
+        description="After Ctrl-C (or SIGTERM) of `rtml demo`: how long its in-flight runs may take to be "
+        "canceled and its processes to exit by themselves; then what is left is killed (SIGKILL) and its "
+        "runs are marked canceled. Everything the demo started is gone at most about 3 s later.",
+    )
+    run_monitoring_interval_s: int = Field(
+        30,
+        description="How often the Dagster daemon checks the in-flight runs (run monitoring in the "
+        "`dagster.yaml` that `rtml up` writes): a run whose code server no longer runs it (crashed or "
+        "killed) is marked failed; so is a run that has not started after 180 s; one stuck canceling for "
+        "60 s is marked canceled.",
+    )
 
     # --- derived -------------------------------------------------------------------------------------
     @property

@@ -111,7 +111,9 @@ class LocalStack:
                 finally:
                     state.save(self.state_file)
                 info = self._info(database_url, redis_url, state.mlflow)
-            write_dagster_yaml(info.dagster_home, info.dagster_database_url)
+            write_dagster_yaml(
+                info.dagster_home, info.dagster_database_url, self.settings.run_monitoring_interval_s
+            )
             return info
 
     def down(self) -> None:
