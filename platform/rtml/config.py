@@ -277,6 +277,12 @@ class Settings(BaseSettings):
         "killed) is marked failed; so is a run that has not started after 180 s; one stuck canceling for "
         "60 s is marked canceled.",
     )
+    incomplete_partitions_lookback_hours: int = Field(
+        72,
+        description="How far back `incomplete_partitions_sensor` looks for hours whose `transactions_raw` is "
+        "newer than the features the hourly refresh builds from it (an interrupted run); it rebuilds them "
+        "with one `hourly_refresh_job` run.",
+    )
 
     # --- derived -------------------------------------------------------------------------------------
     @property
