@@ -10,6 +10,8 @@ local HTTP receiver standing for the webhook.
   check (no run request), on the newest day it fails; the drift sensor requests one retraining, the run
   stages a new version, and the notification with the comparison reaches the receiver and the table.
   The promotion then requests the bento build and notifies.
+* An hour left half-built (its transactions newer than its features): one rebuild is requested, and
+  not again when the rebuild stops half-way too.
 
 The world mirrors ``test_drift`` (same populations, scenario and windows, shifted so that the drifted
 days are partitions of ``transactions_raw``): its history is loaded directly, the drifted days through
