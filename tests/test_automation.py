@@ -10,6 +10,8 @@ local HTTP receiver standing for the webhook.
   check (no run request), on the newest day it fails; the drift sensor requests one retraining, the run
   stages a new version, and the notification with the comparison reaches the receiver and the table.
   The promotion then requests the bento build and notifies.
+* An hour left half-built (its transactions newer than its features): one rebuild is requested, and
+  not again when the rebuild stops half-way too.
 
 The world mirrors ``test_drift`` (same populations, scenario and windows, shifted so that the drifted
 days are partitions of ``transactions_raw``): its history is loaded directly, the drifted days through
@@ -39,6 +41,7 @@ from rtml.defs.automation.checks import (
     freshness_checks,
     freshness_checks_sensor,
 )
+from rtml.defs.automation.incomplete_partitions import SENSOR_NAME, incomplete_partitions_sensor
 from rtml.defs.automation.sensors import (
     data_freshness_sensor,
     drift_retraining_sensor,
@@ -451,6 +454,22 @@ def world_defs(resources: dict[str, Any]) -> dg.Definitions:
     return with_resources(resources)
 
 
+@pytest.fixture
+def lookback_over_the_world() -> Iterator[None]:
+    """The world's days lie weeks back: the incomplete-partitions sensor must look that far."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RTML_INCOMPLETE_PARTITIONS_LOOKBACK_HOURS", str(24 * 60))
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
+
+
+def evaluate_incomplete_partitions(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
+    result = incomplete_partitions_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.RunRequest | dg.SkipReason)
+    return result
+
+
 def materialize_drift(
     instance: dg.DagsterInstance, resources: dict[str, Any], **window: datetime
 ) -> dg.AssetCheckEvaluation:
@@ -474,6 +493,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     production: str,
     mlflow_resource: MlflowResource,
     webhook: Webhook,
+    lookback_over_the_world: None,
 ) -> None:
     instance = new_instance("e2e")
     # 1. The hourly refresh job, as a single-run backfill of the three drifted days.
@@ -490,6 +510,8 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     # the run's checks include the data freshness checks: fresh again after the refresh
     assert checks[("transactions_raw", "freshness_check")] and checks[("online_features", "freshness_check")]
     assert checks[("online_features", "online_offline_parity")]
+    complete = evaluate_incomplete_partitions(instance)  # every refreshed hour has its features
+    assert isinstance(complete, dg.SkipReason) and "has its features" in (complete.skip_message or "")
 
     def evaluate(cursor: str | None) -> dg.SensorResult:
         return drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
@@ -568,3 +590,34 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     assert promotion_sensor.job_name == "bento_job"
     [notice] = wait_for_rows(world_db, "promotion", before, count=1)
     assert notice["title"] == f"{name} v{version} is in production" and notice["fields"]["approver"] == "dana"
+
+
+# --- an interrupted hourly refresh: the hour is rebuilt, once ----------------------------------------------
+def test_an_hour_left_half_built_is_rebuilt_once(
+    new_instance: Callable[[str], dg.DagsterInstance],
+    world_defs: dg.Definitions,
+    lookback_over_the_world: None,
+) -> None:
+    """An hourly refresh that stopped after loading the hour's transactions (killed; made here by a run of
+    that first step alone): one rebuild of the hour is requested; a rebuild that stops half-way again is
+    not requested again. (That a complete refresh satisfies the sensor: the end-to-end test above.)"""
+    instance = new_instance("incomplete")
+    hour = hour_key(day(CONTROL[0]) + timedelta(hours=10))
+    refresh = world_defs.resolve_job_def("hourly_refresh_job")
+    assert isinstance(evaluate_incomplete_partitions(instance), dg.SkipReason)  # nothing loaded yet
+
+    raw_only = [dg.AssetKey("transactions_raw")]
+    assert refresh.execute_in_process(instance=instance, partition_key=hour, asset_selection=raw_only).success
+    request = evaluate_incomplete_partitions(instance)
+    assert isinstance(request, dg.RunRequest), request
+    assert (request.tags[RANGE_TAGS[0]], request.tags[RANGE_TAGS[1]]) == (hour, hour)
+    assert request.tags["rtml/trigger"] == f"incomplete partition {hour}"
+    assert request.run_key is not None and request.run_key.startswith(f"{hour}...{hour}:transactions_raw:")
+
+    # The requested run (tagged with the sensor's name, as the daemon launches it) stops half-way too.
+    tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME}
+    again = refresh.execute_in_process(instance=instance, asset_selection=raw_only, tags=tags)
+    assert again.success
+    skipped = evaluate_incomplete_partitions(instance)
+    assert isinstance(skipped, dg.SkipReason), skipped
+    assert f"{hour} is incomplete after the rebuild run {again.run_id}" in (skipped.skip_message or "")

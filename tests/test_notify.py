@@ -6,6 +6,7 @@ waits for it only as long as ``notify_exit_wait_s``."""
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from rtml.config import Settings
-from rtml.monitoring.notify import NO_WEBHOOK, NotificationError, notify
+from rtml.monitoring.notify import NO_WEBHOOK, NotificationError, notify, webhook_label
 from rtml.services.processes import free_port
 from tests.monitoring_stack import webhook_receiver
 
@@ -115,7 +116,8 @@ def test_a_failing_webhook_is_retried_with_backoff_then_recorded_as_failed(datab
     stored = row(database_url, sent.id)
     assert stored["delivered"] is False and stored["attempts"] == 3
     assert stored["error"] == (
-        f"webhook {url} answered HTTP 503 Service Unavailable: webhook is down (gave up after 3 attempts)"
+        f"webhook {webhook_label(url)} answered HTTP 503 Service Unavailable: webhook is down "
+        "(gave up after 3 attempts)"
     )
     assert (sent.delivered, sent.attempts, sent.error) == (False, 3, stored["error"])
 
@@ -126,7 +128,8 @@ def test_a_client_error_is_final_and_an_unreachable_webhook_is_retried(database_
         assert sent.wait(10)
     assert len(arrivals) == 1  # retrying a wrong URL cannot help
     assert (
-        row(database_url, sent.id)["error"] == f"webhook {url} answered HTTP 404 Not Found: webhook is down"
+        row(database_url, sent.id)["error"]
+        == f"webhook {webhook_label(url)} answered HTTP 404 Not Found: webhook is down"
     )
 
     closed = f"http://127.0.0.1:{free_port()}/hook"
@@ -136,8 +139,42 @@ def test_a_client_error_is_final_and_an_unreachable_webhook_is_retried(database_
     assert sent.wait(10)
     stored = row(database_url, sent.id)
     assert stored["attempts"] == 2 and stored["delivered"] is False
-    assert stored["error"].startswith(f"webhook {closed} unreachable: ")
+    assert stored["error"].startswith(f"webhook {webhook_label(closed)} unreachable: ")
     assert stored["error"].endswith("(gave up after 2 attempts)")
+
+
+def test_the_webhook_url_is_kept_out_of_the_table_and_the_logs(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Slack-style webhook URL is a secret (its path is the token): a failing delivery names only the
+    webhook's host, in ``monitoring.notifications.error`` and in the log."""
+    token = "s3cr3tT0ken"
+    with failing_webhook(500) as (url, arrivals):
+        base = url.removesuffix("/hook")
+        secret_urls = [
+            f"{base}/services/T0/B0/{token}",  # answers 500
+            f"http://127.0.0.1:{free_port()}/hook?token={token}",  # unreachable
+            f"{base.replace('http://', f'http://rtml:{token}@')}/hook",  # userinfo: urllib cannot send it
+            f"http://127.0.0.1:port/services/T0/B0/{token}",  # not a valid URL
+        ]
+        with caplog.at_level(logging.DEBUG, logger="rtml.monitoring.notify"):
+            sent = [
+                notify("run_failure", "t", "x", {}, settings(database_url, hook, notify_attempts=2))
+                for hook in secret_urls
+            ]
+            assert all(notification.wait(15) for notification in sent)
+    assert len(arrivals) == 2  # the first one, twice
+    errors = [row(database_url, notification.id)["error"] for notification in sent]
+    assert errors[0] == (
+        f"webhook {base}/… answered HTTP 500 Internal Server Error: webhook is down (gave up after 2 "
+        "attempts)"
+    )
+    assert errors[1].startswith("webhook http://127.0.0.1:") and " unreachable: " in errors[1]
+    assert errors[2].startswith(f"webhook {base}/… unreachable: ")  # urllib takes the userinfo for a host
+    assert errors[3] == "webhook http://127.0.0.1:port/… is not a valid http(s) URL (RTML_ALERT_WEBHOOK_URL)"
+    leaked = [text for text in [*errors, caplog.text, *map(repr, sent)] if "s3cr3tT0ken" in text]
+    assert not leaked, leaked
+    assert caplog.text.count("not delivered") == 4  # the failures are logged, without the token
 
 
 def test_the_row_is_written_without_a_webhook(database_url: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import signal
 import socket
@@ -24,8 +25,9 @@ import psutil
 import psycopg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
-from rtml.config import Settings
+from rtml.config import Settings, redact
 from rtml.services import LocalStack, StackError, StackInfo, StackNotRunningError, mlflow_server
 from rtml.services.processes import free_port, pid_alive
 
@@ -50,7 +52,7 @@ def run_in_subprocess(data_dir: Path, mlflow_port: int, call: str) -> subprocess
     """Run ``LocalStack(...).<call>`` in a fresh interpreter, as the `rtml` CLI would."""
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from rtml.config import Settings
+        from rtml.config import Settings, redact
         from rtml.services import LocalStack
         stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None,
                                     mlflow_tracking_uri=None, mlflow_port={mlflow_port}))
@@ -111,15 +113,26 @@ def test_up_starts_postgres_redis_and_mlflow_with_databases_schemas_and_dagster_
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_dagster_home_opens_postgres_storage(embedded: tuple[LocalStack, StackInfo]) -> None:
+def test_dagster_home_opens_postgres_storage_with_run_monitoring(
+    embedded: tuple[LocalStack, StackInfo],
+) -> None:
     from dagster import DagsterInstance
     from dagster_postgres import PostgresRunStorage
 
-    _, info = embedded
+    from rtml.defs.automation.runs import MonitoredRunLauncher
+
+    local, info = embedded
     assert (info.dagster_home / "dagster.yaml").exists()
     with DagsterInstance.from_config(str(info.dagster_home)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert instance.get_runs() == []
+        # The daemon checks in-flight runs, asking the launcher whether their worker is alive
+        # (tests/test_demo_lifecycle.py shows it on real runs).
+        assert isinstance(instance.run_launcher, MonitoredRunLauncher)
+        assert instance.run_launcher.supports_check_run_worker_health
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_poll_interval_seconds == local.settings.run_monitoring_interval_s
+        assert instance.run_monitoring_max_resume_run_attempts == 0
 
 
 def test_up_twice_is_idempotent(embedded: tuple[LocalStack, StackInfo]) -> None:
@@ -238,6 +251,39 @@ def test_servers_outlive_up_and_down_in_another_process_leaves_nothing(tmp_path:
     with pytest.raises(StackNotRunningError, match="rtml up"):
         local.info()
     run_in_subprocess(tmp_path, port, "down()")  # idempotent
+
+
+def test_status_and_up_print_urls_without_their_passwords(stack: StackInfo, tmp_path: Path) -> None:
+    """Through the real CLI (the deploy workflow prints `rtml status` into CI logs): every URL is shown
+    with its password replaced, in the listing and in an error."""
+    password = "s3cr3tPW"
+    rtml = str(Path(sys.executable).with_name("rtml"))
+    database_url = make_url(stack.database_url).set(password=password).render_as_string(hide_password=False)
+    redis_host = stack.redis_url.removeprefix("redis://")
+    env = {
+        **os.environ,
+        "RTML_DATA_DIR": str(tmp_path),
+        "RTML_DATABASE_URL": database_url,  # the session's server trusts local connections: it answers
+        "RTML_REDIS_URL": f"redis://:{password}@{redis_host}",  # AUTH refused: no password set there
+        "RTML_MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri.replace("http://", f"http://rtml:{password}@"),
+    }
+    status = subprocess.run([rtml, "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert password not in status.stdout + status.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()}
+    assert lines["postgres"] == ["up", redact(database_url)] and ":***@" in lines["postgres"][1]
+    assert lines["redis"][1] == f"redis://:***@{redis_host}"
+    assert lines["mlflow"][1].startswith("http://rtml:***@127.0.0.1:")
+
+    up = subprocess.run([rtml, "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0 and password not in up.stdout + up.stderr, up.stdout + up.stderr
+    assert f"PostgreSQL  {redact(database_url)}" in up.stdout
+
+    env["RTML_DATABASE_URL"] = f"postgresql://rtml:{password}@127.0.0.1:{free_port()}/rtml"  # no server
+    failed = subprocess.run([rtml, "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and password not in failed.stdout + failed.stderr, failed.stderr
+    assert "rtml up failed: could not create databases" in failed.stderr
+    assert "postgresql://rtml:***@127.0.0.1:" in failed.stderr
 
 
 def test_info_without_a_running_stack_says_what_to_do(tmp_path: Path) -> None:

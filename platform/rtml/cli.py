@@ -7,20 +7,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rtml.config import Settings, get_settings
+from rtml.config import Settings, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.services import dagster_processes, scoring_service
+from rtml.services.processes import Sessions, spawn
 from rtml.services.stack import LocalStack, StackError, StackInfo
 
 if TYPE_CHECKING:
-    from dagster import AssetsDefinition
+    from dagster import AssetsDefinition, DagsterInstance
     from mlflow.tracking import MlflowClient
 
 app = typer.Typer(
@@ -32,22 +35,31 @@ LABEL_HORIZON = timedelta(days=30)
 
 
 def _print_stack(info: StackInfo) -> None:
-    typer.echo(f"PostgreSQL  {info.database_url}")
-    typer.echo(f"Redis       {info.redis_url}")
-    typer.echo(f"MLflow      {info.mlflow_tracking_uri}")
+    typer.echo(f"PostgreSQL  {redact(info.database_url)}")
+    typer.echo(f"Redis       {redact(info.redis_url)}")
+    typer.echo(f"MLflow      {redact(info.mlflow_tracking_uri)}")
     typer.echo(f"Dagster     DAGSTER_HOME={info.dagster_home}")
+
+
+def _stack_up(command: str) -> StackInfo:
+    try:
+        return LocalStack(get_settings()).up()
+    except StackError as exc:
+        typer.echo(f"rtml {command} failed: {redact(str(exc))}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _instance(info: StackInfo) -> DagsterInstance:
+    import dagster as dg
+
+    return dg.DagsterInstance.from_config(str(info.dagster_home))
 
 
 @app.command()
 def up() -> None:
     """Start the stack: embedded PostgreSQL and Redis unless RTML_DATABASE_URL / RTML_REDIS_URL are set,
     and an MLflow server unless RTML_MLFLOW_TRACKING_URI is set."""
-    try:
-        info = LocalStack(get_settings()).up()
-    except StackError as exc:
-        typer.echo(f"rtml up failed: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    _print_stack(info)
+    _print_stack(_stack_up("up"))
 
 
 @app.command()
@@ -62,13 +74,66 @@ def status() -> None:
     """Each component of the local stack, its URL and whether it answers."""
     for component in LocalStack(get_settings()).status():
         state = "up" if component.answers else "DOWN"
-        typer.echo(f"{component.name:<12} {state:<5} {component.url or '(not running)'}")
+        typer.echo(f"{component.name:<12} {state:<5} {redact(component.url or '(not running)')}")
+
+
+# --- child processes and their runs -----------------------------------------------------------------
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _interruptible() -> dict[int, Any]:
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) all raise KeyboardInterrupt, so that what was
+    started gets stopped (a shell may also start us with SIGINT ignored). Returns the handlers before."""
+    return {signum: signal.signal(signum, _raise_interrupt) for signum in STOP_SIGNALS}
+
+
+@contextmanager
+def _supervised(instance: DagsterInstance, stopped_by: str) -> Iterator[Sessions]:
+    """Child processes (started with ``Sessions.add(spawn(...))``) that are stopped, with their in-flight
+    runs, when the block ends, whatever ends it (Ctrl-C, SIGTERM and SIGHUP too: ``_interruptible``).
+
+    The runs are canceled first, as Dagster's Terminate does (``cancel_runs``); what has not ended after
+    ``demo_stop_grace_s`` is killed (SIGKILL), and runs whose worker was killed are marked canceled."""
+    from rtml.defs.automation.runs import all_finished, cancel_runs, mark_dead_runs
+
+    before = _interruptible()
+    sessions = Sessions()
+    try:
+        yield sessions
+    finally:
+        for stop_signal in STOP_SIGNALS:  # the stop is bounded: a second Ctrl-C must not cut it short
+            signal.signal(stop_signal, signal.SIG_IGN)
+        members = sessions.members()
+        if members:
+            grace = get_settings().demo_stop_grace_s
+            typer.echo(f"stopping {len(members)} process(es) and their runs (at most {grace + 3:.0f} s)")
+            canceling = cancel_runs(instance, members)
+            killed = sessions.stop(grace, done=lambda: all_finished(instance, canceling))
+            if killed:
+                typer.echo(f"killed {len(killed)} process(es) that did not stop within {grace:.0f} s")
+        # Also when nothing was left to stop: a child killed from outside left its run behind.
+        how = f"was stopped with {stopped_by}" if members else "ended"
+        for run_id in mark_dead_runs(instance, sessions.seen, how, stopped=bool(members)):
+            run = instance.get_run_by_id(run_id)
+            typer.echo(f"run {run_id}: its worker {how}: marked {run.status.value.lower() if run else '?'}")
+        for restored, handler in before.items():
+            signal.signal(restored, handler)
+
+
+def _run_dagster(command: list[str], env: dict[str, str], log: Path, children: Sessions) -> int:
+    """Run a ``dagster`` CLI command (it executes a run) as one of ``children``; its exit code."""
+    return children.add(spawn(command, env, log)).wait()
 
 
 def _materialize(
     select: str,
     env: dict[str, str],
     log: Path,
+    children: Sessions,
     partition_range: tuple[str, str] | None = None,
     config: dict[str, object] | None = None,
 ) -> None:
@@ -84,15 +149,13 @@ def _materialize(
         command += ["--config-json", json.dumps(config)]
     typer.echo(f"materializing {select} {'...'.join(partition_range or ())}")
     began = time.perf_counter()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        if subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-            typer.echo(f"materializing {select} failed; see {log} or the run in the Dagster UI", err=True)
-            raise typer.Exit(1)
+    if _run_dagster(command, env, log, children) != 0:
+        typer.echo(f"materializing {select} failed; see {log} or the run in the Dagster UI", err=True)
+        raise typer.Exit(1)
     typer.echo(f"  done in {time.perf_counter() - began:.0f} s")
 
 
-def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
+def load_demo_window(settings: Settings, env: dict[str, str], children: Sessions) -> None:
     """Materialize `demo_days` of transactions, the labels that have arrived for them (up to now), the
     incremental dbt models over the same hours, and the tables built on both. stg_labels comes before
     the incremental models because merchant_features reads it (label lag)."""
@@ -107,18 +170,18 @@ def load_demo_window(settings: Settings, env: dict[str, str]) -> None:
     last_label_day = min(end + LABEL_HORIZON, datetime.now(UTC)) - timedelta(days=1)
     log = settings.home / "logs" / "demo-runs.log"
     typer.echo(f"(the runs' event logs: {log})")
-    _materialize("transactions_raw", env, log, hours)
-    _materialize("labels_raw", env, log, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
-    _materialize("stg_labels", env, log)
-    _materialize(",".join(keys(dbt_incremental_features)), env, log, hours)
-    _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env, log)
-    _materialize("online_features", env, log)
-    _materialize("fraud_model", env, log)
-    bootstrap_production(env, log)
-    _materialize("fraud_scorer_bento", env, log)
+    _materialize("transactions_raw", env, log, children, hours)
+    _materialize("labels_raw", env, log, children, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
+    _materialize("stg_labels", env, log, children)
+    _materialize(",".join(keys(dbt_incremental_features)), env, log, children, hours)
+    _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env, log, children)
+    _materialize("online_features", env, log, children)
+    _materialize("fraud_model", env, log, children)
+    bootstrap_production(env, log, children)
+    _materialize("fraud_scorer_bento", env, log, children)
 
 
-def bootstrap_production(env: dict[str, str], log: Path) -> None:
+def bootstrap_production(env: dict[str, str], log: Path, children: Sessions) -> None:
     """The demo's first model: with no production version yet, the staged one is promoted through the
     `promote_model` job, recorded with approver ``rtml demo`` (later versions wait for a person)."""
     from rtml.training.registry import PRODUCTION, STAGING, version_with_alias
@@ -127,60 +190,71 @@ def bootstrap_production(env: dict[str, str], log: Path) -> None:
     staged = version_with_alias(client, STAGING, name)
     if version_with_alias(client, PRODUCTION, name) is None and staged is not None:
         approval = {"version": staged.version, "approver": "rtml demo", "reason": "demo bootstrap"}
-        _materialize("production_model", env, log, config={"ops": {"production_model": {"config": approval}}})
+        config: dict[str, object] = {"ops": {"production_model": {"config": approval}}}
+        _materialize("production_model", env, log, children, config=config)
         typer.echo(f"{name} v{staged.version} promoted to production (demo bootstrap)")
 
 
 @app.command()
 def demo(load: bool = typer.Option(True, help="Materialize the demo window before serving the UIs.")) -> None:
-    """Start the stack, load the demo window, and keep the UIs running until Ctrl-C."""
-    # Ctrl-C and SIGTERM both stop what the demo started (a shell may start it with SIGINT ignored)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Start the stack, load the demo window, and keep the UIs running until Ctrl-C (or SIGTERM), which
+    stops every process the demo started, their in-flight runs included."""
+    _interruptible()
     settings = get_settings()
     stack = LocalStack(settings)
     already_up = all(component.answers for component in stack.status())
-    info = stack.up()
-    env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
-    processes: list[subprocess.Popen[bytes]] = []
+    log_dir = settings.home / "logs"
     docs = None
     try:
-        if load:
-            load_demo_window(settings, env)
-        generate_docs(info.database_url)
-        docs = serve_docs(settings.docs_port, background=True)
-        log_dir = settings.home / "logs"
-        webserver = dagster_processes.start_webserver(env, settings.dagster_port, log_dir)
-        processes += [webserver, dagster_processes.start_daemon(env, log_dir)]
-        scorer_env = scoring_service.serving_env(
-            settings, info.database_url, info.redis_url, info.mlflow_tracking_uri
-        )
-        api = f"http://127.0.0.1:{settings.serving_port}"
-        processes.append(
-            scoring_service.start(
-                scorer_env, f"{scoring_service.BENTO_NAME}:latest", settings.serving_port, log_dir
+        info = _stack_up("demo")
+        env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
+        with _instance(info) as instance, _supervised(instance, "rtml demo") as children:
+            if load:
+                load_demo_window(settings, env, children)
+            generate_docs(info.database_url)
+            docs = serve_docs(settings.docs_port, background=True)
+            webserver = children.add(dagster_processes.start_webserver(env, settings.dagster_port, log_dir))
+            servers = [webserver, children.add(dagster_processes.start_daemon(env, log_dir))]
+            api, scorer = _start_scorer(settings, info, log_dir, children)
+            servers += [scorer] if scorer else []
+            url = f"http://127.0.0.1:{settings.dagster_port}"
+            dagster_processes.wait_for_http(f"{url}/server_info", webserver)
+            typer.echo(
+                f"\nDagster UI         {url}"
+                f"\nscoring API        {api}"
+                f"\nMLflow UI          {redact(info.mlflow_tracking_uri)}"
+                f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
+                f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
             )
-        )
-        url = f"http://127.0.0.1:{settings.dagster_port}"
-        dagster_processes.wait_for_http(f"{url}/server_info", webserver)
-        typer.echo(
-            f"\nDagster UI         {url}"
-            f"\nscoring API        {api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics)"
-            f"\nMLflow UI          {info.mlflow_tracking_uri}"
-            f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
-            f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
-        )
-        while all(process.poll() is None for process in processes):
-            time.sleep(1)
-        typer.echo(f"a process exited (Dagster or the scoring service); see the logs in {log_dir}", err=True)
+            while all(server.poll() is None for server in servers):
+                time.sleep(1)
+            typer.echo(
+                f"a process exited (Dagster or the scoring service); see the logs in {log_dir}", err=True
+            )
     except KeyboardInterrupt:
-        typer.echo("\nstopping")
+        pass
     finally:
         if docs is not None:
             docs.shutdown()
-        dagster_processes.stop(processes)
         if not already_up:
             stack.down()
+
+
+def _start_scorer(
+    settings: Settings, info: StackInfo, log_dir: Path, children: Sessions
+) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """Serve the newest bento once it is ready (without one, say how to get it): what to print, and the
+    process."""
+    api = f"http://127.0.0.1:{settings.serving_port}"
+    if not scoring_service.has_bento(settings.bentoml_home):
+        return f"not started: no bento under {settings.bentoml_home} yet (run `rtml demo` with --load)", None
+    scorer_env = scoring_service.serving_env(
+        settings, info.database_url, info.redis_url, info.mlflow_tracking_uri
+    )
+    bento = f"{scoring_service.BENTO_NAME}:latest"
+    scorer = children.add(scoring_service.start(scorer_env, bento, settings.serving_port, log_dir))
+    dagster_processes.wait_for_http(f"{api}/readyz", scorer, timeout=180)
+    return f"{api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics)", scorer
 
 
 @app.command()
@@ -265,7 +339,7 @@ def backfill(
     try:
         info = LocalStack(settings).info()
     except StackError as exc:
-        typer.echo(f"rtml backfill: {exc}", err=True)
+        typer.echo(f"rtml backfill: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
     env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
     tags = {RANGE_TAGS[0]: keys[0], RANGE_TAGS[1]: keys[-1], "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
@@ -282,8 +356,8 @@ def backfill(
     ]  # fmt: skip
     typer.echo(f"backfilling {job}: {len(keys)} hour(s), {keys[0]} ... {keys[-1]}, in one run (log: {log})")
     began = time.perf_counter()
-    with log.open("a") as out:
-        if subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+    with _instance(info) as instance, _supervised(instance, "rtml backfill") as children:
+        if _run_dagster(command, env, log, children) != 0:
             typer.echo(f"the backfill run of {job} failed; see {log} or the run in the Dagster UI", err=True)
             raise typer.Exit(1)
     typer.echo(f"  done in {time.perf_counter() - began:.0f} s")
@@ -302,7 +376,7 @@ def _registry_action(action: Callable[[], object]) -> None:
     try:
         action()
     except RegistryError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
 
 

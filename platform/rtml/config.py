@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -326,6 +327,25 @@ class Settings(BaseSettings):
         5000,
         description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` is unset).",
     )
+    demo_stop_grace_s: float = Field(
+        7.0,
+        description="After Ctrl-C (or SIGTERM) of `rtml demo`: how long its in-flight runs may take to be "
+        "canceled and its processes to exit by themselves; then what is left is killed (SIGKILL) and its "
+        "runs are marked canceled. Everything the demo started is gone at most about 3 s later.",
+    )
+    run_monitoring_interval_s: int = Field(
+        30,
+        description="How often the Dagster daemon checks the in-flight runs (run monitoring in the "
+        "`dagster.yaml` that `rtml up` writes): a run whose code server no longer runs it (crashed or "
+        "killed) is marked failed; so is a run that has not started after 180 s; one stuck canceling for "
+        "60 s is marked canceled.",
+    )
+    incomplete_partitions_lookback_hours: int = Field(
+        72,
+        description="How far back `incomplete_partitions_sensor` looks for hours whose `transactions_raw` is "
+        "newer than the features the hourly refresh builds from it (an interrupted run); it rebuilds them "
+        "with one `hourly_refresh_job` run.",
+    )
 
     # --- derived -------------------------------------------------------------------------------------
     @property
@@ -364,6 +384,21 @@ class Settings(BaseSettings):
 def database_url_for(server_url: str, database: str) -> str:
     """The URL of another database on the same server (``rtml`` → ``dagster``, ``mlflow``)."""
     return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+# The password in a URL's userinfo (``scheme://user:PASSWORD@host``): greedy up to the authority's last
+# ``@``, so an unescaped ``@`` in a password does not leave its tail visible.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s]*(?=@)", re.IGNORECASE)
+# Secrets passed as query parameters: libpq's ``password``/``sslpassword``, redis-py's ``password``, tokens.
+_QUERY_SECRET = re.compile(r"(?P<head>[?&]\w*(?:password|token|secret)=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message that quotes URLs) with every credential replaced by ``***``:
+    ``postgresql://rtml:s3cret@db/rtml`` → ``postgresql://rtml:***@db/rtml``, and the values of
+    password- or token-like query parameters. Used by everything that prints or logs a URL or an error
+    that may quote one (the deploy workflow's ``rtml status`` output lands in CI logs)."""
+    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***", text))
 
 
 @lru_cache(maxsize=1)

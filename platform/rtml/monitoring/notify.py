@@ -7,11 +7,14 @@ are retried with exponential back-off (``notify_attempts``, ``notify_backoff_s``
 is final (retrying a bad request or a wrong URL cannot help). Every attempt updates the row
 (``attempts``, ``delivered``, ``error``). At interpreter exit, deliveries still in progress get up to
 ``notify_exit_wait_s``; what is cut short says so in ``error``. ``Notification.wait`` blocks for one.
+The webhook URL is a secret (a Slack-style URL holds its token): errors and logs name only its scheme and
+host (``webhook_label``).
 """
 
 from __future__ import annotations
 
 import atexit
+import http.client
 import json
 import logging
 import threading
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -66,7 +70,7 @@ class Notification:
     text: str
     fields: dict[str, Any]
     created_at: datetime
-    webhook_url: str | None
+    webhook_url: str | None = field(repr=False)  # a secret (see webhook_label)
     delivered: bool = False
     attempts: int = 0
     error: str | None = None
@@ -152,7 +156,15 @@ class _Attempt:
         self.error, self.retry, self.wait = error, retry, wait
 
 
+def webhook_label(url: str) -> str:
+    """How a webhook is named in errors and logs: its scheme and host only. The rest is a secret (a
+    Slack-style URL carries its token in the path; others in the query or the userinfo)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"  # host[:port], without the userinfo
+
+
 def _post(webhook: str, body: bytes, timeout: float) -> _Attempt:
+    label = webhook_label(webhook)
     request = urllib.request.Request(
         webhook, data=body, method="POST", headers={"Content-Type": "application/json; charset=utf-8"}
     )
@@ -165,10 +177,12 @@ def _post(webhook: str, body: bytes, timeout: float) -> _Attempt:
         retry = exc.code == 429 or exc.code >= 500
         wait = _retry_after(exc.headers.get("Retry-After")) if exc.code == 429 else None
         detail = f": {answer}" if answer else ""
-        return _Attempt(f"webhook {webhook} answered HTTP {exc.code} {exc.reason}{detail}", retry, wait)
+        return _Attempt(f"webhook {label} answered HTTP {exc.code} {exc.reason}{detail}", retry, wait)
     except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, DNS, timeout
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return _Attempt(f"webhook {webhook} unreachable: {reason}", retry=True)
+        return _Attempt(f"webhook {label} unreachable: {reason}", retry=True)
+    except (ValueError, http.client.InvalidURL):  # their messages quote the URL: not repeated here
+        return _Attempt(f"webhook {label} is not a valid http(s) URL (RTML_ALERT_WEBHOOK_URL)")
 
 
 def _deliver(notification: Notification, database_url: str, settings: Settings) -> None:

@@ -1,7 +1,9 @@
-"""The Dagster webserver and daemon of the local stack, as child processes stopped by process id.
+"""The Dagster webserver and daemon of the local stack, as child processes in sessions of their own.
 
 They are started directly rather than through ``dagster dev``, which ignores SIGTERM when run in the
-background (STACK.md).
+background (STACK.md). Each one starts a code server (``dagster api grpc``) that launches the runs as
+processes of its own (run workers; their step workers are processes of those): all stay in the session
+of the webserver or daemon, which is how ``stop`` finds them (``rtml.services.processes.Sessions``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from rtml.services.processes import Sessions, spawn
 
 CODE_LOCATION = "rtml.definitions"
 
@@ -31,25 +35,12 @@ def _bin(name: str) -> str:
 
 
 def start_webserver(env: dict[str, str], port: int, log_dir: Path) -> subprocess.Popen[bytes]:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "dagster-webserver.log", "ab") as log:
-        return subprocess.Popen(
-            [_bin("dagster-webserver"), "-m", CODE_LOCATION, "-h", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    command = [_bin("dagster-webserver"), "-m", CODE_LOCATION, "-h", "127.0.0.1", "-p", str(port)]
+    return spawn(command, env, log_dir / "dagster-webserver.log")
 
 
 def start_daemon(env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "dagster-daemon.log", "ab") as log:
-        return subprocess.Popen(
-            [_bin("dagster-daemon"), "run", "-m", CODE_LOCATION],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return spawn([_bin("dagster-daemon"), "run", "-m", CODE_LOCATION], env, log_dir / "dagster-daemon.log")
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
@@ -67,13 +58,7 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 9
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> list[int]:
+    """Stop the processes and everything in their sessions (code servers, runs): SIGTERM, then SIGKILL
+    after ``timeout`` s. Returns the pids that had to be killed."""
+    return Sessions(processes).stop(timeout)

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from rtml.config import database_url_for
+from rtml.config import database_url_for, redact
 from rtml.services.processes import pid_alive, stop_pid
 from rtml.services.state import EmbeddedServer
 
@@ -109,7 +109,7 @@ def ensure_databases(url: str, databases: list[str]) -> None:
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.Error as exc:
         raise PostgresError(
-            f"could not create databases {databases} via {maintenance_url}: {exc}\n"
+            f"could not create databases {databases} via {redact(maintenance_url)}: {redact(str(exc))}\n"
             "  fix: check that the server runs and the user may CREATE DATABASE (or create them yourself)."
         ) from exc
 

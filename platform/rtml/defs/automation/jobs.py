@@ -12,12 +12,14 @@ from rtml.defs.ingestion.partitions import transactions_partitions
 # data by more than the run: the hour's transactions, the incremental dbt models over the same hour,
 # the `*_latest` tables (full rebuilds) and the push of those to Redis. Their asset checks (dbt tests,
 # online/offline parity, data freshness) run in the same run.
+HOURLY_RAW = dg.AssetKey("transactions_raw")
+HOURLY_FEATURES = tuple(sorted(dbt_incremental_features.keys))  # one partition per hour, like the raw data
+HOURLY_LATEST = tuple(
+    dg.AssetKey(name) for name in ("customer_features_latest", "merchant_features_latest", "online_features")
+)  # unpartitioned: rebuilt whole by every run
 hourly_refresh_job = dg.define_asset_job(
     "hourly_refresh_job",
-    selection=dg.AssetSelection.assets(
-        "transactions_raw", "customer_features_latest", "merchant_features_latest", "online_features"
-    )
-    | dg.AssetSelection.assets(dbt_incremental_features),
+    selection=dg.AssetSelection.assets(HOURLY_RAW, *HOURLY_FEATURES, *HOURLY_LATEST),
     partitions_def=transactions_partitions,
     description="An hour of transactions → its incremental features → the latest-feature tables → the "
     "online store (Redis). Scheduled hourly; backfill ranges with `rtml backfill START END --job "

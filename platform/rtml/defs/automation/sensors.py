@@ -28,7 +28,7 @@ from typing import Any
 import dagster as dg
 from mlflow.exceptions import MlflowException
 
-from rtml.config import get_settings
+from rtml.config import get_settings, redact
 from rtml.defs.automation.checks import DATA_FRESHNESS, MODEL_FRESHNESS
 from rtml.defs.automation.jobs import bento_job, retraining_job
 from rtml.defs.resources import PostgresResource
@@ -250,7 +250,7 @@ def _gate_comparison(mlflow: MlflowResource, version: str) -> str:
     try:
         tags = mlflow.client().get_model_version(mlflow.model_name, version).tags
     except (MlflowException, OSError) as error:
-        return f"{label}: registry unreachable ({error})"
+        return f"{label}: registry unreachable ({redact(str(error))})"
     mine, theirs = tags.get(f"gate_{metric}"), tags.get(f"gate_production_{metric}")
     production = tags.get("gate_compared_with", "none")
     if mine is None:
