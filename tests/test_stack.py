@@ -190,7 +190,10 @@ def test_mlflow_server_accepts_localhost_and_127_0_0_1_host_headers(
 def test_up_restarts_a_server_whose_process_died(embedded: tuple[LocalStack, StackInfo]) -> None:
     local, _ = embedded
     redis_status = next(status for status in local.status() if status.name == "redis")
-    assert redis_status.pid is not None
+    assert redis_status.pid is not None and redis_status.url is not None
+    # a client connected at the crash (as the scorer is): the dead server's sockets linger on the port
+    held = redis.Redis.from_url(redis_status.url)
+    assert held.ping()
     psutil.Process(redis_status.pid).send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 5
     while pid_alive(redis_status.pid) and time.monotonic() < deadline:
@@ -199,7 +202,8 @@ def test_up_restarts_a_server_whose_process_died(embedded: tuple[LocalStack, Sta
         local.info()
     info = local.up()
     assert redis.Redis.from_url(info.redis_url).ping()
-    assert info.redis_url == redis_status.url  # the port is kept when it is free
+    assert info.redis_url == redis_status.url  # the port is kept: the scorer's URL still works
+    assert held.ping()  # the old client reconnects by itself
     assert next(status for status in local.status() if status.name == "redis").pid != redis_status.pid
 
 

@@ -74,9 +74,12 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
-    """``preferred`` if it can be bound (a restarted server keeps its URL), else any free port."""
+    """``preferred`` if a server could listen on it now (a restarted server keeps its URL), else any
+    free port. SO_REUSEADDR, as servers set it: after a crash the old connections linger in TIME_WAIT,
+    and a probe without it would move the restarted server to another port (clients keep the old URL)."""
     for port in (preferred or 0, 0):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
