@@ -227,7 +227,9 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
                 f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
             )
             while all(server.poll() is None for server in servers):
-                time.sleep(1)
+                time.sleep(5)
+                for name in stack.revive():  # an embedded server that died: back on its own port
+                    typer.echo(f"the embedded {name} server had stopped: restarted")
             typer.echo(
                 f"a process exited (Dagster or the scoring service); see the logs in {log_dir}", err=True
             )

@@ -129,6 +129,25 @@ class LocalStack:
             postgres.stop_embedded(self.pgdata, state.postgres.pid if state.postgres else None)
             self.state_file.unlink(missing_ok=True)
 
+    def revive(self) -> list[str]:
+        """Restart the embedded servers whose process died (a crash, the OOM killer), on their own ports,
+        so their clients reconnect by themselves; the names restarted. A server that runs but does not
+        answer (hung, busy) is left alone: clients time out and recover when it answers again. The demo
+        calls this every few seconds; with configured URLs, the servers' own supervisor restarts them."""
+        state = StackState.load(self.state_file)
+        dead = [
+            name
+            for name, server in (
+                ("postgres", state.postgres),
+                ("redis", state.redis),
+                ("mlflow", state.mlflow),
+            )
+            if server is not None and not pid_alive(server.pid, marker=server.data_dir)
+        ]
+        if dead:
+            self.up()
+        return dead
+
     def status(self) -> list[ComponentStatus]:
         state = StackState.load(self.state_file)
         return [
