@@ -135,13 +135,14 @@ class LocalStack:
         answer (hung, busy) is left alone: clients time out and recover when it answers again. The demo
         calls this every few seconds; with configured URLs, the servers' own supervisor restarts them."""
         state = StackState.load(self.state_file)
+        ours = [  # an embedded server recorded earlier but replaced by a configured URL is not in use
+            ("postgres", None if self.settings.database_url else state.postgres),
+            ("redis", None if self.settings.redis_url else state.redis),
+            ("mlflow", None if self.settings.mlflow_tracking_uri else state.mlflow),
+        ]
         dead = [
             name
-            for name, server in (
-                ("postgres", state.postgres),
-                ("redis", state.redis),
-                ("mlflow", state.mlflow),
-            )
+            for name, server in ours
             if server is not None and not pid_alive(server.pid, marker=server.data_dir)
         ]
         if dead:
