@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rtml.features.dbt import dbt_env, ensure_manifest
@@ -91,3 +93,20 @@ def test_definitions_hash_follows_definitions_not_invocations() -> None:
     node = edited["nodes"]["model.rtml.customer_features"]
     node["columns"]["txn_count_1h"]["description"] = "changed"
     assert definitions_hash(edited) != base
+
+
+def test_a_manifest_older_than_a_project_file_is_stale(tmp_path: Path) -> None:
+    """After a `git pull` or an edit, the code location parses again: a stale manifest lacks the new
+    tests, and Dagster fails on the events of tests it does not know (seen after a merge)."""
+    import os
+    import time
+
+    from rtml.features.dbt import manifest_is_stale, project_dir
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    newest = max(f.stat().st_mtime for f in (project_dir() / "models").rglob("*.sql"))
+    os.utime(manifest, (newest - 60, newest - 60))
+    assert manifest_is_stale(manifest)
+    os.utime(manifest, (time.time() + 60, time.time() + 60))
+    assert not manifest_is_stale(manifest)

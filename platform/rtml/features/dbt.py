@@ -117,12 +117,28 @@ def run_dbt(
     return proc
 
 
+SOURCE_FOLDERS = ("models", "macros", "tests", "seeds", "snapshots", "analyses")
+
+
+def manifest_is_stale(path: Path) -> bool:
+    """Whether a project file is newer than the manifest (after a ``git pull``, an edit): a stale
+    manifest lacks new tests, and Dagster then fails on the events of tests it does not know."""
+    built = path.stat().st_mtime
+    root = project_dir()
+    files = [
+        root / "dbt_project.yml",
+        *(f for d in SOURCE_FOLDERS for f in (root / d).rglob("*") if f.is_file()),
+    ]
+    return any(f.stat().st_mtime > built for f in files if f.exists())
+
+
 def ensure_manifest(database_url: str | None = None, *, force: bool = False) -> Path:
-    """``target/manifest.json``, running ``dbt parse`` first when it is missing (or ``force``).
+    """``target/manifest.json``, running ``dbt parse`` first when it is missing or older than a project
+    file (or ``force``).
 
     Parsing needs no database connection; a placeholder URL is used when none is given.
     """
     path = manifest_path()
-    if force or not path.exists():
+    if force or not path.exists() or manifest_is_stale(path):
         run_dbt(["parse"], database_url or "postgresql://postgres@127.0.0.1:5432/rtml")
     return path

@@ -35,6 +35,7 @@ from rtml.features.dbt import (
     dbt_env,
     dbt_executable,
     ensure_manifest,
+    manifest_is_stale,
     project_dir,
     window_env,
 )
@@ -44,7 +45,9 @@ for _key, _value in QUIET_ENV.items():  # dbt parse at load time must not phone 
 
 dbt_project = DbtProject(project_dir=project_dir(), profiles_dir=project_dir())
 dbt_project.prepare_if_dev()  # `dagster dev`: re-parse on load
-MANIFEST = ensure_manifest() if not dbt_project.manifest_path.exists() else dbt_project.manifest_path
+MANIFEST = dbt_project.manifest_path
+if not MANIFEST.exists() or manifest_is_stale(MANIFEST):  # a stale one lacks new models and tests
+    MANIFEST = ensure_manifest(force=True)
 
 PARTITIONED = "config.materialized:incremental"
 GROUPS = {"staging": "staging", "features": "features", "training": "training"}
