@@ -466,10 +466,21 @@ def test_compose_healthchecks_and_ordered_start() -> None:
 
 
 def test_dagster_containers_use_postgres_storage_and_the_code_server() -> None:
+    import importlib
+
     from dagster._core.instance.config import dagster_instance_config
+
+    from rtml.defs.automation.runs import MonitoredRunLauncher
 
     config, _ = dagster_instance_config(str(ROOT / "docker"))  # validates docker/dagster.yaml
     assert "postgres_db" in config["storage"]["postgres"]
+    # runs whose code server dies with them (a redeploy) are marked failed: the launcher answers run
+    # monitoring's health check, as the local stack's does
+    launcher = getattr(
+        importlib.import_module(config["run_launcher"]["module"]), config["run_launcher"]["class"]
+    )
+    assert launcher is MonitoredRunLauncher
+    assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["max_resume_run_attempts"] == 0
     stack = services()
     assert stack["dagster-code"]["environment"]["DAGSTER_PG_DB"] == "dagster"  # not MLflow's database
     workspace = yaml.safe_load((ROOT / "docker" / "workspace.yaml").read_text())
