@@ -421,6 +421,48 @@ def test_unreachable_database_is_a_transient_error(source: str) -> None:
         load_transactions("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2", [], source, SETTINGS)
 
 
+class Interrupted(BaseException):
+    """What Dagster raises in a step it terminates (``DagsterExecutionInterruptedError``): a
+    BaseException, like KeyboardInterrupt, but one psycopg does not know."""
+
+
+def test_an_interrupt_during_a_load_stops_it_and_cancels_its_statement(
+    conn: psycopg.Connection, database_url: str, source: str
+) -> None:
+    """A terminated run's load ends at once and leaves nothing running on the server: the interrupt,
+    arriving while psycopg waits for the server, propagates as itself (never as a retried transient
+    error), and the statement it interrupted is canceled (the backend kept waiting on its lock)."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    table = transactions(10, source)
+    lock = f"raw.transactions:{source}"
+    waiting_sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+        "AND query LIKE 'SELECT pg_advisory_xact_lock%%' AND pid <> pg_backend_pid()"
+    )
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))  # the load waits on the server
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        began = time.monotonic()
+        try:
+            with pytest.raises(Interrupted):
+                load_transactions(database_url, [table], source, SETTINGS)
+            stopped_after = time.monotonic() - began
+            time.sleep(0.5)
+            lingering = holder.execute(waiting_sql).fetchone()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+    assert stopped_after < 5
+    assert lingering == (0,)
+    assert count(conn, "raw.transactions", source) == 0
+
+
 def load_log(conn: psycopg.Connection, kind: str, source: str) -> tuple[object, ...] | None:
     return conn.execute(
         "SELECT min_ts, max_ts, rows_read, rows_loaded, rows_quarantined FROM raw.loads "

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, Literal, TypeVar
@@ -232,11 +232,29 @@ def _load(
 @contextmanager
 def _connection(conn_or_url: psycopg.Connection | str) -> Iterator[psycopg.Connection]:
     if isinstance(conn_or_url, psycopg.Connection):
-        yield conn_or_url
+        with _canceled_when_interrupted(conn_or_url):
+            yield conn_or_url
         return
     # autocommit: conn.transaction() then means BEGIN ... COMMIT rather than an implicit transaction.
-    with psycopg.connect(conn_or_url, autocommit=True) as conn:
+    with psycopg.connect(conn_or_url, autocommit=True) as conn, _canceled_when_interrupted(conn):
         yield conn
+
+
+@contextmanager
+def _canceled_when_interrupted(conn: psycopg.Connection) -> Iterator[None]:
+    """A stop (Dagster's ``DagsterExecutionInterruptedError`` when a run is terminated, SystemExit) that
+    arrives while the server executes a statement cancels that statement, as psycopg does for Ctrl-C
+    only: else the backend kept waiting on its lock, or deleting, after the run had ended. The stop itself
+    propagates unchanged (it is not a database error: never retried)."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+            with suppress(psycopg.Error):
+                conn.cancel_safe(timeout=5.0)
+        raise
 
 
 def delete_source(conn: psycopg.Connection, kind: str, source: str) -> None:
