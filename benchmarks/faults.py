@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float, poll: f
 
 def answers(url: str) -> bool:
     try:
-        return _get_json(url)[0] == 200
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
     except OSError:
         return False
 
@@ -143,6 +145,7 @@ def main() -> None:
     if not args.skip_lifecycle:
         print("demo lifecycle (its own demo) ...", file=sys.stderr)
         figures |= lifecycle()
+        print(json.dumps(figures), file=sys.stderr)
 
     data_dir = Path(tempfile.mkdtemp(prefix="rtml-faults-"))
     ports = {name: free_port() for name in ("DAGSTER", "DOCS", "SERVING", "MLFLOW")}
@@ -216,12 +219,17 @@ def main() -> None:
         figures["demo_stop_leftover_processes_live"] = started_by(demo, home, seen)
         figures["demo_stop_live_s"] = round(time.monotonic() - stopping, 1)
     finally:
+        if demo.poll() is None:  # stopped early: let the demo stop what it started, as on Ctrl-C
+            os.kill(demo.pid, signal.SIGCONT)
+            started_by(demo, home, seen)
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.wait(60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
         for process in seen.values():
             if pid_alive(process.pid):
                 process.kill()
-        if demo.poll() is None:
-            os.kill(demo.pid, signal.SIGCONT)
-            demo.kill()
         stack.down()
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
