@@ -20,8 +20,12 @@ $(VENV)/.synced: $(BIN)/uv pyproject.toml uv.lock
 demo: $(VENV)/.synced
 	$(BIN)/rtml demo
 
+# Two workers, one module at a time each (--dist loadfile: a module's fixtures stay in one process);
+# every worker runs a stack of its own (PostgreSQL, Redis, MLflow). PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(VENV)/.synced
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.synced
 	$(BIN)/ruff check .
