@@ -345,3 +345,18 @@ def test_configured_urls_start_nothing_and_create_databases(
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             for name in names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_free_ports_lie_below_the_ephemeral_range() -> None:
+    """A port the kernel hands out (bind to 0) may be any process's next outgoing connection: the demo's
+    docs server found its port taken a minute later while another test worker ran."""
+    import socket
+
+    from rtml.services.processes import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < _ephemeral_low() for port in ports), ports
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", min(ports)))
+        taken.listen()
+        assert free_port(min(ports)) != min(ports)  # a taken preferred port is not returned

@@ -5,6 +5,7 @@ they start is found and stopped with them."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -74,10 +75,17 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
-    """``preferred`` if a server could listen on it now (a restarted server keeps its URL), else any
-    free port. SO_REUSEADDR, as servers set it: after a crash the old connections linger in TIME_WAIT,
-    and a probe without it would move the restarted server to another port (clients keep the old URL)."""
-    for port in (preferred or 0, 0):
+    """``preferred`` if a server could listen on it now (a restarted server keeps its URL), else a free
+    port below the kernel's ephemeral range: a port handed out by the kernel (bind to 0) is also what
+    the next outgoing connection of any process may take as its own, so a server started a minute later
+    (the demo's UIs, parallel test workers) could find it taken. SO_REUSEADDR, as servers set it: after
+    a crash the old connections linger in TIME_WAIT, and a probe without it would move the restarted
+    server to another port (clients keep the old URL)."""
+    low = _ephemeral_low()
+    candidates = [preferred] if preferred else []
+    # SystemRandom: independent of any seed a caller set (two workers must not try the same ports)
+    candidates += [*random.SystemRandom().sample(range(max(1024, low - 16_000), low), 64), 0]
+    for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -86,6 +94,14 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
                 continue
             return int(sock.getsockname()[1])
     raise RuntimeError(f"no free TCP port on {host}")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768, its default, elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def spawn(
