@@ -18,6 +18,7 @@ import typer
 
 from rtml.config import Settings, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
+from rtml.live_cli import scenario_app, start_demo_traffic, traffic
 from rtml.services import dagster_processes, scoring_service
 from rtml.services.processes import Sessions, spawn
 from rtml.services.stack import LocalStack, StackError, StackInfo
@@ -217,6 +218,7 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
             servers = [webserver, children.add(dagster_processes.start_daemon(env, log_dir))]
             api, scorer = _start_scorer(settings, info, log_dir, children)
             servers += [scorer] if scorer else []
+            start_demo_traffic(settings, scorer, log_dir, children)  # live traffic (slice traffic)
             url = f"http://127.0.0.1:{settings.dagster_port}"
             dagster_processes.wait_for_http(f"{url}/server_info", webserver)
             typer.echo(
@@ -470,6 +472,10 @@ def settings_reference() -> str:
         lines.append(f"| `RTML_{name.upper()}` | {kind} | {default} | {field.description or ''} |")
     return "\n".join(lines) + "\n"
 
+
+# --- the live platform (rtml.live_cli) ------------------------------------------------------------
+app.command()(traffic)
+app.add_typer(scenario_app, name="scenario")
 
 if __name__ == "__main__":
     app()

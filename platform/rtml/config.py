@@ -181,6 +181,25 @@ class Settings(BaseSettings):
         "a timeout raises `redis.exceptions.TimeoutError`.",
     )
 
+    # --- live traffic (`rtml traffic`, started by `rtml demo`) --------------------------------------
+    traffic_rate_multiplier: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of the simulated stream `rtml traffic` sends to the scoring API by default "
+        "(chosen by transaction id: always the same subset). 1.0 at the default volume is about 1-2 "
+        "requests/s.",
+    )
+    traffic_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Requests/s `rtml traffic` aims at by default instead of `traffic_rate_multiplier` "
+        "(the share of the stream that gives it; at most the whole stream).",
+    )
+    traffic_concurrency: int = Field(
+        8, ge=1, description="Requests `rtml traffic` keeps in flight at most (its async pool)."
+    )
+
     # --- scoring service ---------------------------------------------------------------------------
     serving_port: int = Field(3001, description="Port of the BentoML scoring service (`FraudScorer`).")
     serving_workers: int = Field(

@@ -4,6 +4,11 @@ Every UTC hour is generated on its own from RNGs seeded with ``(seed, hour index
 gives the same rows however it is chunked. The customer and merchant populations are drawn once from
 the seed. Internally rows are numeric (indices into small lookup arrays); strings are built only for
 the rows that are returned. See docs/data.md for the data model.
+
+Drift scenarios apply per row, to rows whose event time lies in an interval where the scenario is on
+(``rtml.sources.scenarios``: the pinned settings plus the run-time timeline), and draw what they need
+from streams of their own (``(seed, hour, 2 or 3, scenario)``): the rows without a scenario, and every
+row before a switch, are the same whether or not it happens.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from rtml.config import Settings, get_settings
+from rtml.sources.scenarios import ScenarioTimeline, timeline_path
 from rtml.sources.schema import CHANNELS, LABELS, TRANSACTIONS
 
 DRIFT_SCENARIOS: tuple[str, ...] = ("amount_inflation", "new_fraud_pattern", "merchant_mix_shift")
@@ -29,6 +35,8 @@ DAY_US = 24 * HOUR_US
 MAX_LABEL_DELAY = timedelta(days=30)
 _MAX_LABEL_DELAY_US = 30 * DAY_US
 _ID_SEQ = 10_000_000  # transaction_id = "t" + 14 digits: hour index * 10^7 + sequence within the hour
+# Rows a scenario adds (new_fraud_pattern) number from here, so that no other row's id moves.
+_SCENARIO_SEQ = 9_000_000
 _NIGHT_HOURS = (0, 1, 2, 3, 4, 5)
 
 # Volume by hour of day (UTC, the population is treated as one time zone): quiet nights, lunch and
@@ -268,7 +276,9 @@ def _runs(
 class Simulator:
     """Deterministic card-transaction generator; see docs/data.md."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, timeline: ScenarioTimeline | None = None):
+        """``timeline``: the run-time drift scenarios; default: read from the data directory now (see
+        :meth:`reload_scenarios` for a long-lived simulator)."""
         self.settings = s = settings or get_settings()
         if s.sim_drift_scenario is not None and s.sim_drift_scenario not in DRIFT_SCENARIOS:
             raise ValueError(
@@ -277,9 +287,9 @@ class Simulator:
         if not s.currencies:
             raise ValueError("settings.currencies is empty")
         self.seed = s.sim_seed
-        self.scenario = s.sim_drift_scenario
         self.start_us = _to_us(s.sim_start)
-        self.drift_start_us = _to_us(s.sim_drift_start or s.sim_start)
+        self._timeline_file = None if timeline is not None else timeline_path(s)
+        self._set_timeline(timeline if timeline is not None else self._read_timeline())
         self.per_hour = s.sim_transactions_per_day / 24
         self.population, self._pools = _population(s.sim_seed, s.sim_customers, s.sim_merchants)
         self.n_customers, self.n_merchants = s.sim_customers, s.sim_merchants
@@ -300,6 +310,60 @@ class Simulator:
         self._categories = pa.array(CATEGORIES, pa.string())
         self._channels = pa.array(CHANNELS, pa.string())
         self._countries = pa.array(COUNTRIES, pa.string())
+
+    # --- drift scenarios ----------------------------------------------------------------------------
+    def _read_timeline(self) -> ScenarioTimeline:
+        return ScenarioTimeline.load(self._timeline_file) if self._timeline_file else self.timeline
+
+    def _set_timeline(self, timeline: ScenarioTimeline) -> None:
+        self.timeline = timeline
+        s = self.settings
+        pinned = []
+        if s.sim_drift_scenario is not None:
+            pinned = [(s.sim_drift_scenario, _to_us(s.sim_drift_start or s.sim_start), None)]
+        run_time = [
+            (i.scenario, _to_us(i.start), None if i.stop is None else _to_us(i.stop))
+            for i in timeline.intervals
+            if i.scenario in DRIFT_SCENARIOS  # a name from a newer version is ignored, not fatal
+        ]
+        # scenario -> [lo, hi) intervals in us since the epoch (hi None: still on)
+        self._intervals: dict[str, list[tuple[int, int | None]]] = {}
+        for name, lo, hi in pinned + run_time:
+            self._intervals.setdefault(name, []).append((lo, hi))
+
+    def reload_scenarios(self) -> bool:
+        """Read the run-time timeline again (a long-lived process: the traffic generator); whether it
+        changed."""
+        timeline = self._read_timeline()
+        if timeline == self.timeline:
+            return False
+        self._set_timeline(timeline)
+        return True
+
+    def scenarios_at(self, ts: datetime) -> list[str]:
+        """The scenarios that apply to a row with event time ``ts``."""
+        return [name for name in DRIFT_SCENARIOS if self._active(name, np.array([_to_us(ts)]))[0]]
+
+    def scenarios_between(self, start: datetime, end: datetime) -> list[str]:
+        """The scenarios on at some time of [start, end) (the hourly ingestion records them)."""
+        lo, hi = _to_us(start), _to_us(end)
+        return [
+            name
+            for name in DRIFT_SCENARIOS
+            if any(a < hi and (b is None or b > lo) for a, b in self._intervals.get(name, ()))
+        ]
+
+    def _active(self, scenario: str, ts: np.ndarray) -> np.ndarray:
+        """Per row (event times in us): whether ``scenario`` is on at its time."""
+        on = np.zeros(ts.size, dtype=bool)
+        for lo, hi in self._intervals.get(scenario, ()):
+            on |= (ts >= lo) & (ts < hi if hi is not None else True)
+        return on
+
+    def _touches(self, scenario: str, h: int) -> bool:
+        """Whether ``scenario`` is on at any time of hour h (else the hour needs none of its work)."""
+        lo, hi = h * HOUR_US, (h + 1) * HOUR_US
+        return any(a < hi and (b is None or b > lo) for a, b in self._intervals.get(scenario, ()))
 
     # --- public API ---------------------------------------------------------------------------------
     def transactions(self, start: datetime, end: datetime) -> pa.Table:
@@ -408,15 +472,11 @@ class Simulator:
         return pa.Table.from_arrays(columns, schema=TRANSACTIONS)
 
     # --- one hour -----------------------------------------------------------------------------------
-    def _drift(self, hour_index: int) -> str | None:
-        """The scenario active in this hour: from the first whole hour at or after sim_drift_start."""
-        return self.scenario if hour_index * HOUR_US >= self.drift_start_us else None
-
     def _hour(self, h: int, with_attributes: bool) -> _Hour:
         """All rows of UTC hour h. The core stream (counts, times, fraud, dirty rows, label delays)
-        is drawn from rng([seed, h]); attributes from rng([seed, h, 1]), so labels can skip them."""
+        is drawn from rng([seed, h]); attributes from rng([seed, h, 1]), so labels can skip them. Drift
+        scenarios change rows from their own streams (``_scenario_rows``, ``_legit``), never these two."""
         core = np.random.default_rng([self.seed, h])
-        drift = self._drift(h)
         cycle = hour_cycle(h)
         night = h % 24 in _NIGHT_HOURS
 
@@ -429,8 +489,7 @@ class Simulator:
         )
         night_rate = _NIGHT_FRAUD_PER_HOUR[0] if night else _NIGHT_FRAUD_PER_HOUR[1]
         night_off = core.integers(0, HOUR_US, int(core.poisson(self.per_hour * night_rate)))
-        daytime = drift == "new_fraud_pattern" and 8 <= h % 24 < 20
-        n_day = int(core.poisson(n_legit * _DAYTIME_FRAUD_PER_TX)) if daytime else 0
+        n_day = 0  # new_fraud_pattern's rows come from a stream of their own: _scenario_rows
         day_off = core.integers(0, HOUR_US, n_day)
 
         groups = [legit_off, ato_off, ct_off, night_off, day_off]
@@ -438,8 +497,10 @@ class Simulator:
         offsets = np.concatenate(groups)
         pattern = np.repeat(np.array(codes, np.int8), [g.size for g in groups])
         n = offsets.size
-        if n >= _ID_SEQ:
-            raise ValueError(f"hour {h} has {n} rows; at most {_ID_SEQ - 1} fit the transaction_id format")
+        if n >= _SCENARIO_SEQ:
+            raise ValueError(
+                f"hour {h} has {n} rows; at most {_SCENARIO_SEQ - 1} fit the transaction_id format"
+            )
         n_background = int(core.binomial(n_legit, _BACKGROUND_FRAUD))
         if n_background:
             pattern[core.choice(n_legit, n_background, replace=False)] = _BACKGROUND
@@ -465,19 +526,56 @@ class Simulator:
 
         hour = _Hour(ts=ts, tid=tid, pattern=pattern_sorted, dirty=dirty, label_delay=delay)
         if with_attributes:
-            self._attributes(
-                hour, h, drift, order, [legit_off.size, ato_run, ct_run, night_off.size, n_day], dirty_rows
-            )
+            self._attributes(hour, h, order, [legit_off, ato_run, ct_run, night_off.size, n_day], dirty_rows)
+        if self._touches("new_fraud_pattern", h) and 8 <= h % 24 < 20:
+            hour = self._with_new_fraud_pattern(hour, h, n_legit, with_attributes)
         return hour
 
+    def _with_new_fraud_pattern(self, hour: _Hour, h: int, n_legit: int, with_attributes: bool) -> _Hour:
+        """Drift scenario new_fraud_pattern: daytime fraud rows added to the hour where the scenario is on.
+        The hour's whole draw comes from rng([seed, h, 2, k]) (attributes from rng([seed, h, 3, k])), and
+        the rows before the switch are dropped: a row after it is the same whenever the switch happened,
+        and its id (from _SCENARIO_SEQ on) moves no other row's."""
+        k = DRIFT_SCENARIOS.index("new_fraud_pattern")
+        rng = np.random.default_rng([self.seed, h, 2, k])
+        n = int(rng.poisson(n_legit * _DAYTIME_FRAUD_PER_TX))
+        ts = h * HOUR_US + rng.integers(0, HOUR_US, n)
+        delay = np.clip(rng.lognormal(np.log(7 * DAY_US), 0.5, n), DAY_US, 30 * DAY_US).astype(np.int64)
+        extra = _Hour(
+            ts=ts,
+            tid=h * _ID_SEQ + _SCENARIO_SEQ + np.arange(n, dtype=np.int64),
+            pattern=np.full(n, _DAYTIME, np.int8),
+            dirty=np.zeros(n, np.int8),
+            label_delay=delay,
+        )
+        if with_attributes:
+            attributes = np.random.default_rng([self.seed, h, 3, k])
+            cust, merch, amount, channel, country = self._daytime_low_risk(attributes, n)
+            currency = self._country_currency[country]  # card holders at home: the home currency
+            amount = np.where(self._active("amount_inflation", ts), amount * _AMOUNT_INFLATION, amount)
+            extra.customer, extra.merchant = cust.astype(np.int32), merch.astype(np.int32)
+            extra.amount = np.round(np.clip(amount, 0.5, self.amount_cap), 2)
+            extra.category = self.population.merchant_category[merch]
+            extra.channel, extra.country, extra.currency = (
+                channel.astype(np.int8),
+                country.astype(np.int16),
+                currency,
+            )
+        extra = extra.select(self._active("new_fraud_pattern", ts))
+        merged = copy.copy(hour)
+        for name, value in vars(hour).items():
+            if value is not None:
+                setattr(merged, name, np.concatenate([value, getattr(extra, name)]))
+        return merged.select(np.lexsort((merged.tid, merged.ts)))
+
     def _attributes(
-        self, hour: _Hour, h: int, drift: str | None, order: np.ndarray, groups: list, dirty_rows: np.ndarray
+        self, hour: _Hour, h: int, order: np.ndarray, groups: list, dirty_rows: np.ndarray
     ) -> None:
         """Customer, merchant, amount, channel, country and currency of every row, then dirty kinds."""
         rng = np.random.default_rng([self.seed, h, 1])
-        n_legit, ato_run, ct_run, n_night, n_day = groups
+        legit_off, ato_run, ct_run, n_night, n_day = groups
         parts = [
-            self._legit(rng, n_legit, drift),
+            self._legit(rng, h, legit_off),
             self._account_takeover(rng, ato_run),
             self._card_testing(rng, ct_run),
             self._high_risk_night(rng, n_night),
@@ -486,8 +584,8 @@ class Simulator:
         cust, merch, amount, channel, country = (
             np.concatenate([p[i] for p in parts])[order] for i in range(5)
         )
-        if drift == "amount_inflation":
-            amount = amount * _AMOUNT_INFLATION
+        if self._touches("amount_inflation", h):
+            amount = np.where(self._active("amount_inflation", hour.ts), amount * _AMOUNT_INFLATION, amount)
         amount = np.round(np.clip(amount, 0.5, self.amount_cap), 2)
         home = self.population.customer_home[cust]
         # Currency follows the country where the card was used; a few rows are billed in the home currency.
@@ -503,24 +601,21 @@ class Simulator:
         )
         self._make_dirty(rng, hour, dirty_rows)
 
-    def _legit(self, rng: np.random.Generator, n: int, drift: str | None) -> tuple[np.ndarray, ...]:
+    def _legit(self, rng: np.random.Generator, h: int, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
         pop = self.population
+        n = offsets.size
         # Sorted needles make the search cache-friendly (3x faster); the order does not matter because
         # every other per-row draw, the event time included, is i.i.d.
         cust = np.minimum(
             np.searchsorted(pop.customer_cdf, np.sort(rng.random(n)), side="right"), self.n_customers - 1
         )
         home = pop.customer_home[cust]
-        shift = drift == "merchant_mix_shift"
-        # Most purchases at a favourite merchant, else a popular one at home, sometimes anywhere.
-        u = rng.random(n)
-        p_favourite = 0.3 if shift else 0.6
-        pool = self._pools["home_shifted" if shift else "home"]
-        merch = pop.favourites[cust, rng.integers(0, _FAVOURITES, n)]
-        at_home = (u >= p_favourite) & (u < 0.88 + 0.12 * p_favourite)
-        anywhere = u >= 0.88 + 0.12 * p_favourite
-        merch[at_home] = pool.sample(rng.random(int(at_home.sum())), home[at_home])
-        merch[anywhere] = pool.sample(rng.random(int(anywhere.sum())))
+        merch = self._merchants(rng, cust, home, shift=False)
+        if self._touches("merchant_mix_shift", h):
+            # The shifted choice of every row from a stream of its own, kept where the scenario is on.
+            k = DRIFT_SCENARIOS.index("merchant_mix_shift")
+            shifted = self._merchants(np.random.default_rng([self.seed, h, 3, k]), cust, home, shift=True)
+            merch = np.where(self._active("merchant_mix_shift", h * HOUR_US + offsets), shifted, merch)
         category = pop.merchant_category[merch]
         p_online = np.clip(_ONLINE_BASE[category] + _ONLINE_SLOPE[category] * pop.customer_online[cust], 0, 1)
         channel = np.where(category == _C["atm"], _ATM, np.where(rng.random(n) < p_online, _ONLINE, _POS))
@@ -534,6 +629,22 @@ class Simulator:
         amount = np.exp(log_amount)
         amount = np.where(category == _C["atm"], np.maximum(np.round(amount / 10) * 10, 20), amount)
         return cust, merch, amount, channel, country
+
+    def _merchants(
+        self, rng: np.random.Generator, cust: np.ndarray, home: np.ndarray, shift: bool
+    ) -> np.ndarray:
+        """Most purchases at a favourite merchant, else a popular one at home, sometimes anywhere;
+        merchant_mix_shift: fewer favourites, more digital goods and travel."""
+        n = cust.size
+        u = rng.random(n)
+        p_favourite = 0.3 if shift else 0.6
+        pool = self._pools["home_shifted" if shift else "home"]
+        merch = self.population.favourites[cust, rng.integers(0, _FAVOURITES, n)]
+        at_home = (u >= p_favourite) & (u < 0.88 + 0.12 * p_favourite)
+        anywhere = u >= 0.88 + 0.12 * p_favourite
+        merch[at_home] = pool.sample(rng.random(int(at_home.sum())), home[at_home])
+        merch[anywhere] = pool.sample(rng.random(int(anywhere.sum())))
+        return merch
 
     def _fraud_customers(self, rng: np.random.Generator, run: np.ndarray) -> np.ndarray:
         """One random (compromised) card per run, repeated over its rows."""

@@ -108,7 +108,14 @@ def transactions_raw(
     total = _total(list(per_partition.values()))
     context.log.info(f"{len(per_partition)} partition(s): {total}")
     _publish("transactions_raw", total, context.partition_keys)
-    yield dg.MaterializeResult(metadata=_load_metadata(total, len(per_partition)))
+    # The drift scenarios (pinned or switched with `rtml scenario`) on during the loaded hours.
+    window = context.partition_time_window
+    scenarios = simulator.scenarios_between(window.start, window.end)
+    metadata = {
+        **_load_metadata(total, len(per_partition)),
+        "drift_scenarios": ", ".join(scenarios) or "none",
+    }
+    yield dg.MaterializeResult(metadata=metadata)
     yield quarantine_share_check("transactions_raw", total, settings)
     yield row_count_checks(
         "transactions_raw", {key: r.rows_loaded for key, r in per_partition.items()}, settings
