@@ -4,8 +4,8 @@ The rows are those of ``Simulator.transactions`` for the current UTC hour (the s
 ids, that the hourly ingestion loads afterwards), each sent when the clock reaches its ``event_ts``; rows
 before the start are the past and are not sent. So the prediction log fills with transactions whose labels
 arrive later through ``labels_raw``, and live AUC, served-score drift and the API dashboard fill by
-themselves. A drift scenario switched with ``rtml scenario`` applies from the next row on: the timeline is
-read again every second and the rest of the hour regenerated when it changed.
+themselves. A drift scenario switched with ``rtml scenario`` applies from the next row on: before each row
+the timeline file is checked (a stat) and the rest of the hour regenerated when it changed.
 
 Which rows: ``rate_multiplier`` keeps that share of the stream, chosen by a hash of the transaction id (the
 same subset every time, and a larger share contains a smaller one); ``rate`` (requests/s) sets the share
@@ -39,7 +39,6 @@ from rtml.sources.simulator import Simulator
 
 HOUR = timedelta(hours=1)
 _MAX_BACKOFF_S = 10.0
-_TIMELINE_CHECK_S = 1.0
 
 
 def keep_share(transaction_ids: list[str], share: float) -> np.ndarray:
@@ -152,6 +151,7 @@ class Traffic:
         self._down_until = 0.0
         self._backoff = 0.0
         self._share = 1.0
+        self.shares: dict[datetime, float] = {}  # hour -> share of its stream sent (a rate: per hour)
 
     # --- the rows -------------------------------------------------------------------------------------
     def _plan(self, hour: datetime, after: datetime) -> list[dict[str, Any]]:
@@ -170,6 +170,7 @@ class Traffic:
                 )
         else:
             self._share = float(self.rate_multiplier or 1.0)
+        self.shares[hour] = self._share
         keep = unique & keep_share(ids, self._share)
         rows = table.filter(keep).to_pylist()
         return [row for row in rows if row["event_ts"] > after]
@@ -216,7 +217,6 @@ class Traffic:
         slots = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         next_progress = began + self.progress_seconds
-        next_timeline_check = began + _TIMELINE_CHECK_S
         window_start, window_sent = began, 0
         self.echo(
             f"traffic to {self.url}/score: the simulator's transactions from {self.started:%Y-%m-%d %H:%M:%S}"
@@ -229,11 +229,10 @@ class Traffic:
                 now_mono = time.monotonic()
                 if self.duration is not None and now_mono - began >= self.duration:
                     break
-                if now_mono >= next_timeline_check:
-                    next_timeline_check = now_mono + _TIMELINE_CHECK_S
-                    if self.simulator.reload_scenarios():  # from the next row on
-                        plan, position = self._plan(hour, self.cursor), 0
-                        self.echo(f"scenarios changed: now {self._scenarios()}")
+                if self.simulator.reload_scenarios():  # a switch: from the next row on (a stat per row)
+                    plan, position = self._plan(hour, self.cursor), 0
+                    coming = self.simulator.scenarios_between(self.cursor, hour + HOUR)
+                    self.echo(f"scenarios changed: for the rest of the hour {', '.join(coming) or 'none'}")
                 if now_mono >= next_progress:
                     rate = window_sent / (now_mono - window_start)
                     self.echo(

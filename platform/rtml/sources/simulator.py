@@ -289,6 +289,7 @@ class Simulator:
         self.seed = s.sim_seed
         self.start_us = _to_us(s.sim_start)
         self._timeline_file = None if timeline is not None else timeline_path(s)
+        self._timeline_stamp: tuple[int, int] | None = None
         self._set_timeline(timeline if timeline is not None else self._read_timeline())
         self.per_hour = s.sim_transactions_per_day / 24
         self.population, self._pools = _population(s.sim_seed, s.sim_customers, s.sim_merchants)
@@ -313,7 +314,16 @@ class Simulator:
 
     # --- drift scenarios ----------------------------------------------------------------------------
     def _read_timeline(self) -> ScenarioTimeline:
+        self._timeline_stamp = self._stamp()
         return ScenarioTimeline.load(self._timeline_file) if self._timeline_file else self.timeline
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """The timeline file's modification time and size: a cheap test for a change."""
+        try:
+            stat = self._timeline_file.stat() if self._timeline_file else None
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size) if stat else None
 
     def _set_timeline(self, timeline: ScenarioTimeline) -> None:
         self.timeline = timeline
@@ -332,8 +342,10 @@ class Simulator:
             self._intervals.setdefault(name, []).append((lo, hi))
 
     def reload_scenarios(self) -> bool:
-        """Read the run-time timeline again (a long-lived process: the traffic generator); whether it
-        changed."""
+        """Read the run-time timeline again if its file changed (a long-lived process: the traffic
+        generator, before each row); whether the scenarios changed."""
+        if self._stamp() == self._timeline_stamp:
+            return False
         timeline = self._read_timeline()
         if timeline == self.timeline:
             return False
