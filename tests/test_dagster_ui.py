@@ -44,3 +44,35 @@ def test_asset_graph_shows_transactions_raw(dagster_ui: str) -> None:
         assert page.get_by_text("labels_raw", exact=True).first.is_visible()
         # Lineage into dbt: the staging model reading raw.transactions hangs off the raw asset.
         assert page.get_by_text("stg_transactions", exact=True).first.is_visible()
+
+
+def test_a_scenario_switch_shows_on_the_assets_events_page(dagster_ui: str, stack: StackInfo) -> None:
+    """`rtml scenario start` records the switch as an observation of transactions_raw: the asset's
+    Events tab lists it with the scenario (then `stop` records the end)."""
+    from typer.testing import CliRunner
+
+    from rtml.cli import app
+    from rtml.config import get_settings
+    from rtml.sources.scenarios import timeline_path
+
+    path = timeline_path(get_settings())
+    try:
+        started = CliRunner().invoke(app, ["scenario", "start", "merchant_mix_shift"])
+        assert started.exit_code == 0 and "recorded as an observation" in started.output, started.output
+        stopped = CliRunner().invoke(app, ["scenario", "stop"])
+        assert stopped.exit_code == 0 and "recorded as an observation" in stopped.output, stopped.output
+    finally:
+        path.unlink(missing_ok=True)  # the session's other tests generate without it
+    with chromium_page() as page:
+        page.goto(f"{dagster_ui}/assets/transactions_raw?view=events", wait_until="domcontentloaded")
+        event = page.get_by_text("merchant_mix_shift").first
+        event.wait_for(state="visible", timeout=60_000)
+        skip = page.get_by_role("button", name="Skip")
+        if skip.count():
+            skip.click()
+        page.wait_for_timeout(1000)
+        screenshot(page, "dagster-scenario-switch.png")
+        # The newest event is the stop: an observation with the switch's description and metadata.
+        assert page.get_by_text("Observed", exact=True).first.is_visible()
+        assert page.get_by_text("drift scenario merchant_mix_shift stopped").first.is_visible()
+        assert page.get_by_text("active_scenarios", exact=True).first.is_visible()

@@ -6,9 +6,6 @@ the prediction log; the scorer down is counted and backed off, and SIGTERM stops
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,7 +20,8 @@ import pytest
 
 from rtml.config import Settings
 from rtml.ingest.loader import load_transactions
-from rtml.services.processes import free_port
+from rtml.live_cli import start_demo_traffic
+from rtml.services.processes import Sessions, free_port
 from rtml.sources.scenarios import ScenarioTimeline, switch
 from rtml.sources.simulator import Simulator
 from rtml.traffic import Traffic, TrafficStats, keep_share
@@ -219,21 +217,24 @@ def test_a_scorer_that_is_down_is_counted_and_backed_off(tmp_path: Path) -> None
     assert "connection" in lines[-1]
 
 
-def test_sigterm_stops_the_command_with_a_summary(tmp_path: Path) -> None:
-    env = _env(RTML_DATA_DIR=str(tmp_path), RTML_SIM_DRIFT_SCENARIO=None)
-    command = [sys.executable, "-m", "rtml.cli", "traffic", "--url", f"http://127.0.0.1:{free_port()}"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith(("traffic to", "the stream of")), first
-        time.sleep(1)
-        proc.send_signal(signal.SIGTERM)
-        began = time.monotonic()
-        out, _ = proc.communicate(timeout=10)
-        assert time.monotonic() - began < 4
-        assert proc.returncode == 0
-        assert "traffic stopped after" in out.splitlines()[-1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_the_demo_starts_it_as_a_child_that_its_stop_ends_with_a_summary(tmp_path: Path) -> None:
+    """`rtml demo` starts `rtml traffic` among its children (once a scorer runs); the demo's stop (SIGTERM
+    to each child, as on Ctrl-C) ends it at once, with its summary line in the log."""
+    settings = Settings(_env_file=None, data_dir=tmp_path, serving_port=free_port())  # nothing listens
+    children = Sessions()
+    start_demo_traffic(settings, None, tmp_path, children)  # no scorer: no traffic
+    assert not children.leaders
+    start_demo_traffic(settings, object(), tmp_path, children)
+    log = tmp_path / "traffic.log"
+    deadline = time.monotonic() + 60
+    while "traffic to" not in (log.read_text() if log.exists() else ""):
+        assert children.leaders[0].poll() is None, log.read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert f"http://127.0.0.1:{settings.serving_port}/score" in log.read_text()
+    time.sleep(1)
+    began = time.monotonic()
+    assert children.stop(5) == []  # none had to be killed
+    assert time.monotonic() - began < 4
+    assert children.leaders[0].returncode == 0
+    assert log.read_text().splitlines()[-1].startswith("traffic stopped after")
