@@ -487,7 +487,8 @@ class Simulator:
     def _hour(self, h: int, with_attributes: bool) -> _Hour:
         """All rows of UTC hour h. The core stream (counts, times, fraud, dirty rows, label delays)
         is drawn from rng([seed, h]); attributes from rng([seed, h, 1]), so labels can skip them. Drift
-        scenarios change rows from their own streams (``_scenario_rows``, ``_legit``), never these two."""
+        scenarios change rows from streams of their own (``_with_new_fraud_pattern``, ``_legit``), never
+        from these two."""
         core = np.random.default_rng([self.seed, h])
         cycle = hour_cycle(h)
         night = h % 24 in _NIGHT_HOURS
@@ -501,7 +502,7 @@ class Simulator:
         )
         night_rate = _NIGHT_FRAUD_PER_HOUR[0] if night else _NIGHT_FRAUD_PER_HOUR[1]
         night_off = core.integers(0, HOUR_US, int(core.poisson(self.per_hour * night_rate)))
-        n_day = 0  # new_fraud_pattern's rows come from a stream of their own: _scenario_rows
+        n_day = 0  # new_fraud_pattern's rows come from a stream of their own: _with_new_fraud_pattern
         day_off = core.integers(0, HOUR_US, n_day)
 
         groups = [legit_off, ato_off, ct_off, night_off, day_off]
