@@ -476,6 +476,19 @@ def load_log(conn: psycopg.Connection, kind: str, source: str) -> tuple[object, 
     ).fetchone()
 
 
+def test_the_load_time_is_passed_in_not_read_from_the_clock(conn: psycopg.Connection, source: str) -> None:
+    """Validation's "in the future" is measured against the ``now`` a caller passes (a pinned world loads
+    as of its own time, on any day); only without one does the loader read the clock."""
+    future = T0.replace(year=2090)
+    table = transactions(5, source).set_column(
+        1, "event_ts", pa.array([future + timedelta(seconds=i) for i in range(5)], pa.timestamp("us", "UTC"))
+    )
+    as_of_then = load_transactions(conn, [table], source, SETTINGS, now=future + timedelta(days=1))
+    assert (as_of_then.rows_loaded, as_of_then.rows_quarantined) == (5, 0)
+    by_the_clock = load_transactions(conn, [table], source, SETTINGS)  # the same rows, reloaded today
+    assert (by_the_clock.rows_loaded, by_the_clock.quarantine_by_rule) == (0, {"event_ts_in_future": 5})
+
+
 def test_load_log_records_each_source(conn: psycopg.Connection, source: str) -> None:
     bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
     load_transactions(conn, [transactions(10, source), bad], source, SETTINGS, now=NOW)
