@@ -57,9 +57,12 @@ class PinnedWorld:
                 f"{self.end.isoformat()}, {self.labels_as_of.isoformat()}"
             )
 
-    def settings(self) -> Settings:
-        """The simulator and validation settings of this world: defaults plus the pinned values only."""
+    def settings(self, data_dir: Path) -> Settings:
+        """The simulator and validation settings of this world: defaults plus the pinned values only.
+        ``data_dir``: an empty folder of the build's own (the simulator reads the run-time drift timeline
+        a developer's `rtml scenario` may have left under the platform's data directory)."""
         return pinned_settings(
+            data_dir=data_dir,
             sim_seed=self.seed,
             sim_start=self.start,
             sim_customers=self.customers,
@@ -101,7 +104,7 @@ def build_snapshot(world: PinnedWorld, out: Path, workdir: Path | None = None) -
         with disposable_postgres(scratch) as url:
             load_simulated(
                 url,
-                world.settings(),
+                world.settings(data_dir=scratch / "data"),
                 world.start,
                 world.end,
                 labels_until=world.labels_as_of,
