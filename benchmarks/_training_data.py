@@ -17,7 +17,7 @@ import argparse
 import math
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -28,6 +28,8 @@ from rtml.ingest.loader import load_labels, load_transactions
 from rtml.sources.simulator import Simulator
 
 DATABASE = "rtml_bench_training"
+SIM_START = datetime(2026, 11, 1, tzinfo=UTC)
+"""The benchmark's own simulated start: pinned, not the platform's default (which follows the day)."""
 LABEL_DAYS = 30
 """Labels are loaded up to this many days past the last transaction: the simulator's longest label
 delay, so every clean transaction is labelled."""
@@ -54,7 +56,7 @@ def ensure_training_rows(
     rows only: dirty rows are quarantined and never labelled); a day is added if the simulator's daily
     noise left the count short.
     """
-    settings = settings or Settings()
+    settings = (settings or Settings()).model_copy(update={"sim_start": SIM_START})
     url = database_url_for(server_url, database)
     have = labelled_rows(url)
     if have >= rows:
@@ -69,14 +71,18 @@ def ensure_training_rows(
     clean_per_day = settings.sim_transactions_per_day * (1 - settings.sim_dirty_share)
     days = max(1, math.ceil(rows / clean_per_day))
     end = start + timedelta(days=days)
-    load_transactions(url, simulator.iter_transactions(start, end, hours_per_chunk=24), "sim", settings)
+    now = start + timedelta(days=days + 1 + LABEL_DAYS)  # the load time: after every label, on any day
+    load_transactions(
+        url, simulator.iter_transactions(start, end, hours_per_chunk=24), "sim", settings, now=now
+    )
     while _clean_transactions(url) < rows:  # the daily volume is noisy: one more day until enough
         more = end + timedelta(days=1)
         load_transactions(
-            url, simulator.iter_transactions(end, more, hours_per_chunk=24), f"sim-{days}", settings
+            url, simulator.iter_transactions(end, more, hours_per_chunk=24), f"sim-{days}", settings, now=now
         )
         end, days = more, days + 1
-    load_labels(url, [simulator.labels(start, end + timedelta(days=LABEL_DAYS))], "sim-labels", settings)
+    labels = simulator.labels(start, end + timedelta(days=LABEL_DAYS))
+    load_labels(url, [labels], "sim-labels", settings, now=max(now, end + timedelta(days=LABEL_DAYS)))
     loaded = time.perf_counter() - began
     env = {"DBT_TARGET_PATH": os.environ.get("DBT_TARGET_PATH") or DBT_TARGET}
     run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, extra_env=env)

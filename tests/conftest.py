@@ -1,10 +1,12 @@
 """Shared fixtures: one platform stack per test session.
 
-With ``RTML_DATABASE_URL`` and ``RTML_REDIS_URL`` set, tests use those servers (CI's second pass runs
-the integration tests against the machine's PostgreSQL and Redis). Without them, the session starts
-the embedded default — the same ``LocalStack`` that ``rtml up`` uses — in a temporary data directory.
-Either way the session runs its own MLflow server (backend store on that PostgreSQL) on a free port,
-unless ``RTML_MLFLOW_TRACKING_URI`` names one.
+The session starts from a clean environment (tests/isolation.py, applied below before any setting is
+read): no ambient ``RTML_*`` variable, ``MLFLOW_TRACKING_URI`` or ``.env``, and the simulator's start
+pinned. By default it starts the embedded servers — the same ``LocalStack`` that ``rtml up`` uses — in a
+temporary data directory, with its own MLflow server on a free port. CI's second pass runs the
+integration tests against the machine's PostgreSQL and Redis through an explicit opt-in
+(``RTML_TEST_DATABASE_URL``, ``RTML_TEST_REDIS_URL``, ``RTML_TEST_DAGSTER_DATABASE``,
+``RTML_TEST_MLFLOW_DATABASE``), whose database names must look disposable (``rtml_ci_*``, ``rtml_test_*``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,29 @@ import pytest
 from rtml.config import Settings, get_settings
 from rtml.services.processes import free_port
 from rtml.services.stack import LocalStack, StackInfo
+from tests.isolation import NotDisposable, isolate
+
+AMBIENT: dict[str, str] = {}
+"""What the developer had exported (removed for the session)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported (the Dagster definitions read settings at import)."""
+    try:
+        AMBIENT.update(isolate(os.environ))
+    except NotDisposable as refused:
+        raise pytest.UsageError(str(refused)) from None
+    get_settings.cache_clear()
+
+
+# rtml.config was imported above, before RTML_ENV_FILE was cleared: no .env in this process either
+Settings.model_config["env_file"] = None
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    data_dir = Path(os.environ.get("RTML_DATA_DIR") or tmp_path_factory.mktemp("rtml-data"))
+    data_dir = tmp_path_factory.mktemp("rtml-data")  # never a developer's: RTML_DATA_DIR was cleared
     os.environ["RTML_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
     # A port of its own: a developer's `make demo` may hold the default MLflow port.

@@ -41,7 +41,7 @@ from rtml.defs.automation.checks import (
     freshness_checks,
     freshness_checks_sensor,
 )
-from rtml.defs.automation.incomplete_partitions import SENSOR_NAME, incomplete_partitions_sensor
+from rtml.defs.automation.incomplete_partitions import SENSOR_NAME, incomplete_partitions_request
 from rtml.defs.automation.sensors import (
     data_freshness_sensor,
     drift_retraining_sensor,
@@ -454,18 +454,13 @@ def world_defs(resources: dict[str, Any]) -> dg.Definitions:
     return with_resources(resources)
 
 
-@pytest.fixture
-def lookback_over_the_world() -> Iterator[None]:
-    """The world's days lie weeks back: the incomplete-partitions sensor must look that far."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RTML_INCOMPLETE_PARTITIONS_LOOKBACK_HOURS", str(24 * 60))
-        get_settings.cache_clear()
-        yield
-    get_settings.cache_clear()
-
-
-def evaluate_incomplete_partitions(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
-    result = incomplete_partitions_sensor(dg.build_sensor_context(instance=instance))
+def evaluate_incomplete_partitions(
+    instance: dg.DagsterInstance, now: datetime
+) -> dg.RunRequest | dg.SkipReason:
+    """The incomplete-partitions sensor's decision at ``now``: its clock passed in, a time of the world's
+    (whose days lie weeks back, or ahead, of the host's date)."""
+    context = dg.build_sensor_context(instance=instance)
+    result = incomplete_partitions_request(instance, context.log, now=now)
     assert isinstance(result, dg.RunRequest | dg.SkipReason)
     return result
 
@@ -493,7 +488,6 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     production: str,
     mlflow_resource: MlflowResource,
     webhook: Webhook,
-    lookback_over_the_world: None,
 ) -> None:
     instance = new_instance("e2e")
     # 1. The hourly refresh job, as a single-run backfill of the three drifted days.
@@ -510,7 +504,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     # the run's checks include the data freshness checks: fresh again after the refresh
     assert checks[("transactions_raw", "freshness_check")] and checks[("online_features", "freshness_check")]
     assert checks[("online_features", "online_offline_parity")]
-    complete = evaluate_incomplete_partitions(instance)  # every refreshed hour has its features
+    complete = evaluate_incomplete_partitions(instance, day(DAYS))  # every refreshed hour has its features
     assert isinstance(complete, dg.SkipReason) and "has its features" in (complete.skip_message or "")
 
     def evaluate(cursor: str | None) -> dg.SensorResult:
@@ -596,7 +590,6 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
 def test_an_hour_left_half_built_is_rebuilt_once(
     new_instance: Callable[[str], dg.DagsterInstance],
     world_defs: dg.Definitions,
-    lookback_over_the_world: None,
 ) -> None:
     """An hourly refresh that stopped after loading the hour's transactions (killed; made here by a run of
     that first step alone): one rebuild of the hour is requested; a rebuild that stops half-way again is
@@ -604,11 +597,12 @@ def test_an_hour_left_half_built_is_rebuilt_once(
     instance = new_instance("incomplete")
     hour = hour_key(day(CONTROL[0]) + timedelta(hours=10))
     refresh = world_defs.resolve_job_def("hourly_refresh_job")
-    assert isinstance(evaluate_incomplete_partitions(instance), dg.SkipReason)  # nothing loaded yet
+    now = day(CONTROL[0]) + timedelta(hours=12)  # the sensor's clock: shortly after the hour
+    assert isinstance(evaluate_incomplete_partitions(instance, now), dg.SkipReason)  # nothing loaded yet
 
     raw_only = [dg.AssetKey("transactions_raw")]
     assert refresh.execute_in_process(instance=instance, partition_key=hour, asset_selection=raw_only).success
-    request = evaluate_incomplete_partitions(instance)
+    request = evaluate_incomplete_partitions(instance, now)
     assert isinstance(request, dg.RunRequest), request
     assert (request.tags[RANGE_TAGS[0]], request.tags[RANGE_TAGS[1]]) == (hour, hour)
     assert request.tags["rtml/trigger"] == f"incomplete partition {hour}"
@@ -618,6 +612,6 @@ def test_an_hour_left_half_built_is_rebuilt_once(
     tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME}
     again = refresh.execute_in_process(instance=instance, asset_selection=raw_only, tags=tags)
     assert again.success
-    skipped = evaluate_incomplete_partitions(instance)
+    skipped = evaluate_incomplete_partitions(instance, now)
     assert isinstance(skipped, dg.SkipReason), skipped
     assert f"{hour} is incomplete after the rebuild run {again.run_id}" in (skipped.skip_message or "")

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.isolation import check_disposable
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 WORKFLOW_NAMES = ("test", "build", "deploy", "train")
@@ -243,8 +245,10 @@ def test_test_workflow_lints_and_runs_the_suite_like_make_test() -> None:
     suite = jobs["test"]
     assert suite["services"]["postgres"]["image"] == "postgres:15"
     assert suite["services"]["redis"]["image"] == "redis:7"
-    assert suite["env"]["RTML_DATABASE_URL"].startswith("postgresql://")
-    assert suite["env"]["RTML_REDIS_URL"].startswith("redis://")
+    # the services through the test session's explicit opt-in (tests/isolation.py), disposable names only
+    assert suite["env"]["RTML_TEST_DATABASE_URL"].startswith("postgresql://")
+    assert suite["env"]["RTML_TEST_REDIS_URL"].startswith("redis://")
+    check_disposable({k.replace("RTML_TEST_", "RTML_"): v for k, v in suite["env"].items()})
     scripts = [script for _, script in run_scripts({"jobs": {"test": suite}})]
     assert "make test" in scripts  # the same command as on a developer's machine
     # the Debian packages .ci/run installs for the suite are installed here too
@@ -307,7 +311,9 @@ def test_train_workflow_reproduces_the_dvc_pipeline_and_reports_metrics() -> Non
     for stage in dvc_pipeline["stages"].values():  # every code dependency of a stage triggers the workflow
         for dep in stage.get("deps", []):
             if not dep.startswith("data/"):
-                assert any(dep == p or (p.endswith("/**") and dep.startswith(p[:-2])) for p in paths), dep
+                assert any(dep == p or (p.endswith("/**") and f"{dep}/".startswith(p[:-2])) for p in paths), (
+                    dep
+                )
     text = all_run_text(data)
     assert "dvc repro" in text and 'dvc metrics diff "$BASE"' in text
     assert data["permissions"]["pull-requests"] == "write"

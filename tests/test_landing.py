@@ -33,6 +33,7 @@ from rtml.sources.landing import (
 from rtml.sources.schema import TRANSACTIONS
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+NOW = T0 + timedelta(days=30)  # the load time passed in: after every event and label written here
 
 
 @pytest.fixture
@@ -42,12 +43,12 @@ def settings(tmp_path: Path) -> Settings:
     return settings
 
 
-def transactions(n: int, prefix: str) -> pa.Table:
+def transactions(n: int, prefix: str, start: datetime = T0) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {
                 "transaction_id": f"{prefix}-{i}",
-                "event_ts": T0 + timedelta(minutes=i),
+                "event_ts": start + timedelta(minutes=i),
                 "customer_id": f"c{i}",
                 "merchant_id": "m1",
                 "merchant_category": "travel",
@@ -99,7 +100,7 @@ def test_good_csv_is_loaded_and_moved(settings: Settings, database_url: str) -> 
     content = csv_bytes(transactions(25, uuid.uuid4().hex))
     path = drop(settings, ".csv", content)
     assert list_landing_files(settings) == [path]
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     saved = check_receipt(receipt, settings, "processed", content)
     assert saved["rows_read"] == saved["rows_loaded"] == 25 and saved["errors"] == []
     assert db_count(database_url, "raw.transactions", path.name) == 25
@@ -110,7 +111,7 @@ def test_good_parquet_is_loaded_and_moved(settings: Settings, database_url: str)
     path = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
     pq.write_table(transactions(30, uuid.uuid4().hex), path)
     content = path.read_bytes()
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     check_receipt(receipt, settings, "processed", content)
     assert (receipt.rows_loaded, receipt.rows_quarantined) == (30, 0)
     assert db_count(database_url, "raw.transactions", path.name) == 30
@@ -119,7 +120,7 @@ def test_good_parquet_is_loaded_and_moved(settings: Settings, database_url: str)
 def test_bad_rows_in_a_file_are_quarantined_not_rejected(settings: Settings, database_url: str) -> None:
     content = csv_bytes(transactions(3, uuid.uuid4().hex)).replace(b",5,", b",five,", 1)
     path = drop(settings, ".csv", content)
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     check_receipt(receipt, settings, "processed", content)
     assert receipt.quarantine_by_rule == {"amount_unparseable": 1}
     assert db_count(database_url, "raw.transactions_quarantine", path.name) == 1
@@ -128,7 +129,7 @@ def test_bad_rows_in_a_file_are_quarantined_not_rejected(settings: Settings, dat
 def test_labels_file_goes_to_labels(settings: Settings, database_url: str) -> None:
     content = b"transaction_id,is_fraud,label_ts,label_source\nx1,true,2026-11-02T00:00:00Z,chargeback\n"
     path = drop(settings, ".csv", content, prefix="labels_")
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     check_receipt(receipt, settings, "processed", content)
     assert receipt.kind == "labels" and receipt.rows_loaded == 1
     assert db_count(database_url, "raw.labels", path.name) == 1
@@ -138,7 +139,7 @@ def test_truncated_last_line_is_quarantined_and_the_rest_loads(settings: Setting
     content = csv_bytes(transactions(10, uuid.uuid4().hex))
     content = content[: content.rstrip(b"\n").rfind(b",", 0, len(content) - 40)]  # cut inside the last line
     path = drop(settings, ".csv", content)
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     check_receipt(receipt, settings, "processed", content)
     assert (receipt.rows_read, receipt.rows_loaded) == (10, 9)
     assert receipt.quarantine_by_rule == {"row_truncated": 1}
@@ -154,7 +155,7 @@ def test_truncated_last_line_is_quarantined_and_the_rest_loads(settings: Setting
 
 def rejected(settings: Settings, database_url: str, content: bytes, suffix: str = ".csv") -> Receipt:
     path = drop(settings, suffix, content)
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     saved = check_receipt(receipt, settings, "rejected", content)
     assert saved["rows_loaded"] == 0 and len(saved["errors"]) == 1  # type: ignore[arg-type]
     assert db_count(database_url, "raw.transactions", path.name) == 0
@@ -241,7 +242,7 @@ def test_a_symbolic_link_is_rejected_and_its_target_never_read(settings: Setting
     secret.write_bytes(csv_bytes(transactions(4, uuid.uuid4().hex)))
     link = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
     link.symlink_to(secret)
-    receipt = ingest_landing_file(link.name, database_url, settings)
+    receipt = ingest_landing_file(link.name, database_url, settings, now=NOW)
     assert receipt.status == "rejected" and receipt.rows_read == 0 and receipt.sha256 == ""
     [error] = receipt.errors
     assert f"is a symbolic link (to '{secret}'); it was not followed or read" in error
@@ -253,7 +254,7 @@ def test_a_symbolic_link_is_rejected_and_its_target_never_read(settings: Setting
 
 def test_a_file_that_vanished_gets_a_rejected_receipt(settings: Settings, database_url: str) -> None:
     name = f"{uuid.uuid4().hex[:10]}.csv"
-    receipt = ingest_landing_file(name, database_url, settings)
+    receipt = ingest_landing_file(name, database_url, settings, now=NOW)
     assert receipt.status == "rejected" and receipt.moved_to == ""
     assert receipt.path == settings.landing_dir / "rejected" / f"{name}.receipt.json"
     saved = json.loads(receipt.path.read_text())
@@ -270,7 +271,7 @@ def test_a_parquet_of_the_wrong_types(settings: Settings, database_url: str) -> 
     epoch = table.set_column(1, "event_ts", pa.array(range(5), pa.int64()))
     path = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
     pq.write_table(epoch, path)
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     assert receipt.status == "processed"
     assert (receipt.rows_loaded, receipt.quarantine_by_rule) == (0, {"event_ts_unparseable": 5})
 
@@ -278,7 +279,7 @@ def test_a_parquet_of_the_wrong_types(settings: Settings, database_url: str) -> 
     path = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
     pq.write_table(lists, path)
     content = path.read_bytes()
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     check_receipt(receipt, settings, "rejected", content)
     [error] = receipt.errors
     assert error.startswith(
@@ -299,7 +300,7 @@ def test_control_bytes_and_a_huge_id_are_quarantined_and_the_rest_loads(
     lines[3] = lines[3].replace(f"{prefix}-2".encode(), b"h" * 100_000)  # a 100 kB id
     content = b"\n".join(lines)
     path = drop(settings, ".csv", content)
-    receipt = ingest_landing_file(path.name, database_url, settings)
+    receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     check_receipt(receipt, settings, "processed", content)
     assert (receipt.rows_read, receipt.rows_loaded) == (6, 3)
     assert receipt.quarantine_by_rule == {"transaction_id_invalid": 2, "customer_id_invalid": 1}
@@ -324,12 +325,18 @@ def test_content_other_than_requested_stays_in_the_folder(settings: Settings, da
         ingest_landing_file(path.name, database_url, settings, expected_sha256="0" * 64)
     assert path.read_bytes() == content and db_count(database_url, "raw.transactions", path.name) == 0
     receipt = ingest_landing_file(
-        path.name, database_url, settings, expected_sha256=hashlib.sha256(content).hexdigest()
+        path.name, database_url, settings, expected_sha256=hashlib.sha256(content).hexdigest(), now=NOW
     )
     assert receipt.status == "processed" and receipt.rows_loaded == 2
 
 
 # --- the sensor and the runs it requests (Dagster instance on PostgreSQL) --------------------------------
+def recent() -> datetime:
+    """Events of a day ago, for files loaded by Dagster runs: the landing asset validates against the run's
+    own clock (as in production), so fixed dates would be "in the future" on a host whose clock is behind."""
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+
 @pytest.fixture(scope="module")
 def instance(stack: StackInfo) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(stack.dagster_home))
@@ -377,7 +384,7 @@ class Ticks:
 def test_a_file_is_requested_only_once_it_stops_growing(
     platform_landing: Settings, instance: dg.DagsterInstance, database_url: str
 ) -> None:
-    table = transactions(40, uuid.uuid4().hex)
+    table = transactions(40, uuid.uuid4().hex, start=recent())
     lines = csv_bytes(table).splitlines(keepends=True)
     path = platform_landing.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
     path.write_bytes(b"".join(lines[:2]))
@@ -418,7 +425,7 @@ def test_a_corrected_file_dropped_again_under_its_name_is_ingested(
     platform_landing: Settings, instance: dg.DagsterInstance, database_url: str
 ) -> None:
     name = f"{uuid.uuid4().hex[:10]}.csv"
-    good = csv_bytes(transactions(7, uuid.uuid4().hex))
+    good = csv_bytes(transactions(7, uuid.uuid4().hex, start=recent()))
     landing = platform_landing.landing_dir
     tick = Ticks(instance)
 

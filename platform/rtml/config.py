@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -16,8 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 
+def _env_file() -> str | None:
+    """``.env`` in the working directory; ``RTML_ENV_FILE`` names another file, or none when set empty
+    (the test session: tests/isolation.py)."""
+    return os.environ.get("RTML_ENV_FILE", ".env") or None
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RTML_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RTML_", env_file=_env_file(), extra="ignore")
 
     # --- where things live -------------------------------------------------------------------------
     data_dir: Path = Field(

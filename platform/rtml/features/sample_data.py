@@ -200,10 +200,14 @@ def load_simulated(
     *,
     labels_until: datetime,
     hours_per_chunk: int = 24,
+    now: datetime | None = None,
 ) -> None:
     """The seeded simulator's transactions of [start, end) and the labels known by ``labels_until``,
     loaded through the ingest loader (validation, quarantine, COPY) into ``database_url``'s raw tables
-    (created if missing): the small worlds of the tests that need the platform's own load path."""
+    (created if missing): the small worlds of the tests that need the platform's own load path.
+
+    ``now``: the load time validation checks against; default ``labels_until`` (the world is loaded as
+    it was known then), so the result never depends on the day this runs."""
     from rtml.ingest.loader import load_labels, load_transactions
     from rtml.sources.simulator import Simulator
 
@@ -211,5 +215,6 @@ def load_simulated(
         ensure_raw_tables(conn)
     simulator = Simulator(settings)
     chunks = simulator.iter_transactions(start, end, hours_per_chunk=hours_per_chunk)
-    load_transactions(database_url, chunks, "sim", settings)
-    load_labels(database_url, [simulator.labels(start, labels_until)], "sim-labels", settings)
+    now = now or max(end, labels_until)
+    load_transactions(database_url, chunks, "sim", settings, now=now)
+    load_labels(database_url, [simulator.labels(start, labels_until)], "sim-labels", settings, now=now)

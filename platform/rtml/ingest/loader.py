@@ -138,14 +138,17 @@ def load_transactions(
     settings: Settings | None = None,
     *,
     reader_rejects: list[pa.Table] | None = None,
+    now: datetime | None = None,
 ) -> LoadResult:
     """Replace source ``source`` in ``raw.transactions`` (and its quarantine) with ``batches``.
 
     ``reader_rejects``: quarantine rows (TRANSACTIONS_QUARANTINE schema) that the reader produced while
     the batches were consumed (e.g. truncated CSV lines); read after the last batch and loaded with the
     rest. With a connection, an already open transaction of the caller is not committed here.
+    ``now``: the load time validation measures "in the future" against (default: the clock); a
+    reproducible load (tests, the DVC pipeline) passes its own, so it does not depend on the day it runs.
     """
-    return _load(TRANSACTIONS_TARGET, conn_or_url, batches, source, settings, reader_rejects)
+    return _load(TRANSACTIONS_TARGET, conn_or_url, batches, source, settings, reader_rejects, now)
 
 
 def load_labels(
@@ -155,9 +158,11 @@ def load_labels(
     settings: Settings | None = None,
     *,
     reader_rejects: list[pa.Table] | None = None,
+    now: datetime | None = None,
 ) -> LoadResult:
-    """Replace source ``source`` in ``raw.labels`` (and its quarantine) with ``batches``."""
-    return _load(LABELS_TARGET, conn_or_url, batches, source, settings, reader_rejects)
+    """Replace source ``source`` in ``raw.labels`` (and its quarantine) with ``batches``. ``now``: as for
+    :func:`load_transactions`."""
+    return _load(LABELS_TARGET, conn_or_url, batches, source, settings, reader_rejects, now)
 
 
 # --- the load ------------------------------------------------------------------------------------------
@@ -178,6 +183,7 @@ def _load(
     source: str,
     settings: Settings | None,
     reader_rejects: list[pa.Table] | None,
+    now: datetime | None = None,
 ) -> LoadResult:
     settings = settings or get_settings()
     started = time.perf_counter()
@@ -190,7 +196,7 @@ def _load(
             ensure_tables(conn)
             with conn.transaction():
                 _replace_source(conn, target, source)
-                chunks = _prepare(target, batches, source, settings)
+                chunks = _prepare(target, batches, source, settings, now)
                 for chunk in _in_background(chunks):
                     loaded, conflicts = _copy_good(conn, target, chunk, source)
                     quarantined = pa.concat_tables(
@@ -322,10 +328,10 @@ def _log_load(
 
 
 def _prepare(
-    target: _Target, batches: Iterable[pa.Table], source: str, settings: Settings
+    target: _Target, batches: Iterable[pa.Table], source: str, settings: Settings, now: datetime | None
 ) -> Iterator[_Chunk]:
     """Validate and serialize chunk by chunk (runs in the background thread)."""
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     offset = 0
     step = max(1, settings.ingest_chunk_rows)
     previous_ids: pa.Array | None = None

@@ -227,8 +227,11 @@ def ingest_landing_file(
     settings: Settings,
     *,
     expected_sha256: str | None = None,
+    now: datetime | None = None,
 ) -> Receipt:
     """Validate and load the landing file ``name`` (source = its name), then move it and write its receipt.
+
+    ``now``: the load time validation measures "in the future" against (default: the clock).
 
     ``expected_sha256``: the content the run was requested for; other content raises
     ``LandingFileChanged`` and leaves the file where it is. ``UnsafeLandingName`` for a name that is not
@@ -250,7 +253,7 @@ def ingest_landing_file(
                     "for the new content once it stops changing."
                 )
             file.seek(0)
-            result = _load(file, path, kind, conn_or_url, settings)
+            result = _load(file, path, kind, conn_or_url, settings, now)
     except (TransientDatabaseError, LandingFileChanged):
         raise  # the file stays in landing/
     except LandingFileError as error:
@@ -289,7 +292,12 @@ def ingest_landing_file(
 
 # --- loading -------------------------------------------------------------------------------------------
 def _load(
-    file: BinaryIO, path: Path, kind: str, conn_or_url: psycopg.Connection | str, settings: Settings
+    file: BinaryIO,
+    path: Path,
+    kind: str,
+    conn_or_url: psycopg.Connection | str,
+    settings: Settings,
+    now: datetime | None = None,
 ) -> LoadResult:
     record = LABELS if kind == "labels" else TRANSACTIONS
     load = load_labels if kind == "labels" else load_transactions
@@ -305,7 +313,7 @@ def _load(
     else:
         batches = _csv_batches(file, record, settings.ingest_chunk_rows, rejects)
     try:
-        return load(conn_or_url, batches, path.name, settings, reader_rejects=rejects)
+        return load(conn_or_url, batches, path.name, settings, reader_rejects=rejects, now=now)
     except SchemaMismatchError as error:
         raise LandingFileError(f"{where}: {error}") from error
     except pa.ArrowInvalid as error:

@@ -19,6 +19,7 @@ the run that loaded the hour is (a run whose worker died is first marked failed 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -43,14 +44,19 @@ RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_ra
     "one hourly_refresh_job run rebuilds them and the hours after them.",
 )
 def incomplete_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    instance = context.instance
+    return incomplete_partitions_request(context.instance, context.log, now=datetime.now(UTC))
+
+
+def incomplete_partitions_request(
+    instance: dg.DagsterInstance, log: logging.Logger | dg.DagsterLogManager, *, now: datetime
+) -> dg.RunRequest | dg.SkipReason:
+    """The sensor's decision at ``now`` (the clock passed in: tests evaluate a pinned world's hours)."""
     lookback = get_settings().incomplete_partitions_lookback_hours
     active = instance.get_run_records(
         dg.RunsFilter(job_name=hourly_refresh_job.name, statuses=ACTIVE), limit=1
     )
     if active:
         return dg.SkipReason(f"{hourly_refresh_job.name} run {active[0].dagster_run.run_id} is in progress")
-    now = datetime.now(UTC)
     hours = transactions_partitions.get_partition_keys_in_time_window(
         dg.TimeWindow(now - timedelta(hours=lookback), now)
     )
@@ -77,7 +83,7 @@ def incomplete_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.RunR
             "requested again: see that run, then `rtml backfill` the hours with --job hourly_refresh_job"
         )
     newest = max(storage_id for hour, storage_id in raw.items() if hour >= first)
-    context.log.info(f"incomplete hours: {', '.join(incomplete)}; rebuilding {first} ... {last}")
+    log.info(f"incomplete hours: {', '.join(incomplete)}; rebuilding {first} ... {last}")
     return dg.RunRequest(
         run_key=f"{first}...{last}:transactions_raw:{newest}",
         tags={RANGE_TAGS[0]: first, RANGE_TAGS[1]: last, TRIGGER_TAG: f"incomplete partition {first}"},
