@@ -191,7 +191,7 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window (in t
             # The UIs first: they answer while the window loads (the bootstrap's runs show in Dagster's).
             webserver = children.add(dagster_processes.start_webserver(env, settings.dagster_port, log_dir))
             api, scorer = _start_scorer(settings, info, log_dir, children)
-            bootstrap = None
+            bootstrap, began = None, time.perf_counter()
             if load:
                 bootstrap = start_bootstrap(demo_window(settings), env, log_dir / "demo-runs.log", children)
             generate_docs(info.database_url)  # before the tables exist: the models, their docs and lineage
@@ -206,9 +206,17 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window (in t
                 f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
                 f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
             )
-            if bootstrap is not None:
-                _wait_for_bootstrap(bootstrap, servers, log_dir)
+            if bootstrap is not None and _wait_for_bootstrap(bootstrap, servers, log_dir):
                 generate_docs(info.database_url)  # now with the tables' columns and statistics
+                # the scorer loads production from the registry by itself (within its poll interval)
+                dagster_processes.wait_for_http(
+                    f"http://127.0.0.1:{settings.serving_port}/readyz",
+                    scorer,
+                    timeout=settings.serving_model_poll_seconds + 120,
+                )
+                typer.echo(
+                    f"demo window loaded in {time.perf_counter() - began:.0f} s; the scorer serves production"
+                )
             # The daemon (schedules, sensors) once the window is loaded: its sensors would otherwise react
             # to the half-built state (a missing model, features older than their raw hours).
             servers.append(children.add(dagster_processes.start_daemon(env, log_dir)))
@@ -228,18 +236,18 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window (in t
             stack.down()
 
 
-def _wait_for_bootstrap(bootstrap: Popen[bytes], servers: list[Popen[bytes]], log_dir: Path) -> None:
-    began = time.perf_counter()
+def _wait_for_bootstrap(bootstrap: Popen[bytes], servers: list[Popen[bytes]], log_dir: Path) -> bool:
+    """Whether the bootstrap succeeded (False: a server exited meanwhile; the caller's loop reports it)."""
     while bootstrap.poll() is None:
         if any(server.poll() is not None for server in servers):
-            return  # the caller's loop reports it
+            return False
         time.sleep(1)
     if bootstrap.returncode != 0:
         typer.echo(
             f"loading the demo window failed; see {log_dir / 'demo-runs.log'} or the Runs page", err=True
         )
         raise typer.Exit(1)
-    typer.echo(f"demo window loaded in {time.perf_counter() - began:.0f} s; the scorer serves production")
+    return True
 
 
 def _start_scorer(
