@@ -84,3 +84,20 @@ def test_the_hourly_schedule_continues_where_the_window_ends(minute: int) -> Non
 
 def test_rtml_up_creates_the_landing_folder(stack: StackInfo) -> None:
     assert (Path(stack.dagster_home).parent / "landing").is_dir()
+
+
+def test_the_bootstrap_catches_up_with_hours_completed_while_it_ran() -> None:
+    """The daemon starts after the bootstrap: an hour whose :05 tick passed meanwhile is loaded by the
+    bootstrap itself (``hourly_refresh_job``), so the daemon's next tick follows without a gap."""
+    from rtml.demo_bootstrap import completed_since
+
+    end = datetime(2026, 12, 5, 16, tzinfo=UTC)  # the window ends at 16:00 (its last hour is 15:00)
+    assert completed_since(end, end + timedelta(minutes=59)) is None  # 16:00 is not complete yet
+    assert completed_since(end, end + timedelta(hours=1, minutes=8)) == (
+        "2026-12-05-16:00",
+        "2026-12-05-16:00",
+    )
+    assert completed_since(end, end + timedelta(hours=3, minutes=1)) == (
+        "2026-12-05-16:00",
+        "2026-12-05-18:00",
+    )

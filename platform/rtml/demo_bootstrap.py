@@ -18,6 +18,8 @@ Runs (partitioned and unpartitioned assets cannot share a run: a run has one par
 5. ``production_model``: the demo's first model is promoted (approver ``rtml demo``) when none is in
    production yet
 6. ``fraud_scorer_bento``
+7. ``hourly_refresh_job`` over the hours that were completed while the bootstrap ran (if any): the
+   daemon, started after the bootstrap, would not tick for them
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster._cli.workspace.cli_target import PythonPointerOpts, get_repository_python_origin_from_cli_opts
@@ -34,13 +37,28 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
 from dagster._utils.interrupts import capture_interrupts
 
-from rtml.config import get_settings
+from rtml.config import floor_hour, get_settings
 from rtml.services.dagster_processes import CODE_LOCATION
 from rtml.services.stack import LocalStack
 
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 BOOTSTRAP_TAG = "rtml/bootstrap"  # on every run of the bootstrap: the step's number and name
-IN_PROCESS: dict[str, object] = {"execution": {"config": {"in_process": {}}}}  # steps in this process: no further loads
+IN_PROCESS: dict[str, object] = {
+    "execution": {"config": {"in_process": {}}}
+}  # steps in this process: no further loads
+
+
+def hour_of(partition_key: str) -> datetime:
+    return datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+
+
+def completed_since(loaded_until: datetime, now: datetime) -> tuple[str, str] | None:
+    """The first and last hourly partition keys of the hours completed from ``loaded_until`` up to
+    ``now``; None when there is none."""
+    current = floor_hour(now)
+    if current <= loaded_until:
+        return None
+    return f"{loaded_until:%Y-%m-%d-%H:%M}", f"{current - timedelta(hours=1):%Y-%m-%d-%H:%M}"
 
 
 class BootstrapFailed(RuntimeError):
@@ -67,13 +85,18 @@ class Bootstrap:
         select: Sequence[str],
         partition_range: tuple[str, str] | None = None,
         config: dict[str, object] | None = None,
+        job_name: str | None = None,
     ) -> None:
-        """One run of ``select`` (all sharing one partitions definition), over ``partition_range``."""
+        """One run of ``select`` (all sharing one partitions definition), over ``partition_range``; or,
+        with ``job_name``, one run of that whole job (``select`` only names it in the output)."""
         self.step += 1
-        keys = dg.AssetSelection.assets(*select).resolve(self.repository.asset_graph)
-        job = self.repository.get_implicit_job_def_for_assets(keys)
-        if job is None:
-            raise BootstrapFailed(f"{select}: not one partitions definition, cannot share a run")
+        keys = None
+        if job_name is None:
+            keys = dg.AssetSelection.assets(*select).resolve(self.repository.asset_graph)
+            job = self.repository.get_implicit_job_def_for_assets(keys)
+            if job is None:
+                raise BootstrapFailed(f"{select}: not one partitions definition, cannot share a run")
+            job_name = job.name
         tags = {BOOTSTRAP_TAG: f"{self.step} {select[0]}{' ...' if len(select) > 1 else ''}"}
         if partition_range:
             tags |= dict(zip(RANGE_TAGS, partition_range, strict=True))
@@ -81,9 +104,9 @@ class Bootstrap:
         print(f"[{self.step}] materializing {what}", flush=True)
         began = time.perf_counter()
         result = dg.execute_job(
-            recon_job_from_origin(JobPythonOrigin(job.name, repository_origin=self.origin)),
+            recon_job_from_origin(JobPythonOrigin(job_name, repository_origin=self.origin)),
             instance=self.instance,
-            asset_selection=sorted(keys),
+            asset_selection=sorted(keys) if keys is not None else None,
             tags=tags,
             run_config={**IN_PROCESS, **(config or {})},
         )
@@ -105,6 +128,17 @@ class Bootstrap:
         self.materialize(["production_model"], config={"ops": {"production_model": {"config": approval}}})
         print(f"{settings.model_name} v{staged.version} promoted to production (demo bootstrap)", flush=True)
 
+    def catch_up(self, loaded_until: datetime) -> None:
+        """The hours completed while the bootstrap ran, through ``hourly_refresh_job`` as its schedule
+        would have: the daemon starts after the bootstrap and ticks only from then on, so an hour whose
+        tick (at :05) passed meanwhile would be left out. Once this returns, the daemon's next tick
+        loads the hour that follows (or, before :05, the last one again)."""
+        while hours := completed_since(loaded_until, datetime.now(UTC)):
+            self.materialize(
+                ["hourly_refresh_job (hours completed meanwhile)"], hours, job_name="hourly_refresh_job"
+            )
+            loaded_until = hour_of(hours[1]) + timedelta(hours=1)
+
     def run(self, hours: tuple[str, str], label_days: tuple[str, str]) -> None:
         self.materialize(["labels_raw"], label_days)
         self.materialize(["stg_labels"])
@@ -113,6 +147,7 @@ class Bootstrap:
         self.materialize([*tables, "online_features", "fraud_model"])
         self.promote_first_model()
         self.materialize(["fraud_scorer_bento"])
+        self.catch_up(hour_of(hours[1]) + timedelta(hours=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
