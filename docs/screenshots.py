@@ -27,10 +27,12 @@ WIDTH = 1000  # pixels: readable in the README, tens of kilobytes
 def shoot(page: Any, url: str, ready: Callable[[Any], None], name: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
     ready(page)
-    skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter dialog
-    if skip.count():
-        skip.click()
-    page.wait_for_timeout(1500)  # let the page finish laying out
+    page.wait_for_timeout(2000)  # let the page finish laying out (and its first-visit dialogs appear)
+    for dialog in ("Skip", "Close"):  # Dagster's newsletter dialog; MLflow's assistant panel
+        button = page.get_by_role("button", name=dialog, exact=True)
+        if button.count() and button.first.is_visible():
+            button.first.click()
+            page.wait_for_timeout(500)
     path = IMAGES / name
     page.screenshot(path=str(path))
     with Image.open(path) as image:
