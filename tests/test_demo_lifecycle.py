@@ -117,6 +117,7 @@ def demo_env(
         "RTML_SERVING_PORT": str(free_port()),
         "RTML_RUN_MONITORING_INTERVAL_S": "2",
         "RTML_SIM_TRANSACTIONS_PER_DAY": "300000",  # a step busy for a while
+        "RTML_SIM_START": "2026-11-01T00:00:00+00:00",  # pinned: the runs below load RUN_DAYS
         "DAGSTER_HOME": str(data_dir / "dagster"),
         "DBT_TARGET_PATH": str(separate_dbt_target),
     }

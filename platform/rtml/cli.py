@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from subprocess import Popen
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rtml.config import Settings, get_settings, redact
+from rtml.config import Settings, floor_hour, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.live_cli import scenario_app, start_demo_traffic, traffic
 from rtml.services import dagster_processes, scoring_service
@@ -24,7 +25,7 @@ from rtml.services.processes import Sessions, spawn
 from rtml.services.stack import LocalStack, StackError, StackInfo
 
 if TYPE_CHECKING:
-    from dagster import AssetsDefinition, DagsterInstance
+    from dagster import DagsterInstance
     from mlflow.tracking import MlflowClient
 
 app = typer.Typer(
@@ -130,76 +131,52 @@ def _run_dagster(command: list[str], env: dict[str, str], log: Path, children: S
     return children.add(spawn(command, env, log)).wait()
 
 
-def _materialize(
-    select: str,
-    env: dict[str, str],
-    log: Path,
-    children: Sessions,
-    partition_range: tuple[str, str] | None = None,
-    config: dict[str, object] | None = None,
-) -> None:
-    """One Dagster run through the CLI, recorded in the instance like a run launched from the UI; its
-    event log goes to ``log`` (and the run's page in the UI)."""
-    command = [
-        str(Path(sys.executable).with_name("dagster")),
-        "asset", "materialize", "-m", dagster_processes.CODE_LOCATION, "--select", select,
-    ]  # fmt: skip
-    if partition_range:
-        command += ["--partition-range", "...".join(partition_range)]
-    if config:
-        command += ["--config-json", json.dumps(config)]
-    typer.echo(f"materializing {select} {'...'.join(partition_range or ())}")
-    began = time.perf_counter()
-    if _run_dagster(command, env, log, children) != 0:
-        typer.echo(f"materializing {select} failed; see {log} or the run in the Dagster UI", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"  done in {time.perf_counter() - began:.0f} s")
+@dataclass(frozen=True)
+class DemoWindow:
+    """What the demo loads: ``[start, end)`` of hourly transactions, ending at the current hour, and the
+    days of labels that have arrived by then (daily partitions: up to the last complete day)."""
+
+    start: datetime
+    end: datetime
+    last_label_day: date
+
+    @property
+    def hours(self) -> tuple[str, str]:
+        """The first and last hourly partition keys."""
+        return f"{self.start:%Y-%m-%d-%H:%M}", f"{self.end - timedelta(hours=1):%Y-%m-%d-%H:%M}"
+
+    @property
+    def label_days(self) -> tuple[str, str]:
+        return f"{self.start:%Y-%m-%d}", f"{self.last_label_day:%Y-%m-%d}"
 
 
-def load_demo_window(settings: Settings, env: dict[str, str], children: Sessions) -> None:
-    """Materialize `demo_days` of transactions, the labels that have arrived for them (up to now), the
-    incremental dbt models over the same hours, and the tables built on both. stg_labels comes before
-    the incremental models because merchant_features reads it (label lag)."""
-    from rtml.defs.features.assets import dbt_feature_tables, dbt_incremental_features
-
-    def keys(assets: AssetsDefinition) -> list[str]:
-        return sorted(key.to_user_string() for key in assets.keys)
-
-    start = settings.sim_start
-    end = start + timedelta(days=settings.demo_days)
-    hours = (f"{start:%Y-%m-%d-%H:%M}", f"{end - timedelta(hours=1):%Y-%m-%d-%H:%M}")
-    last_label_day = min(end + LABEL_HORIZON, datetime.now(UTC)) - timedelta(days=1)
-    log = settings.home / "logs" / "demo-runs.log"
-    typer.echo(f"(the runs' event logs: {log})")
-    _materialize("transactions_raw", env, log, children, hours)
-    _materialize("labels_raw", env, log, children, (f"{start:%Y-%m-%d}", f"{last_label_day:%Y-%m-%d}"))
-    _materialize("stg_labels", env, log, children)
-    _materialize(",".join(keys(dbt_incremental_features)), env, log, children, hours)
-    _materialize(",".join(key for key in keys(dbt_feature_tables) if key != "stg_labels"), env, log, children)
-    _materialize("online_features", env, log, children)
-    _materialize("fraud_model", env, log, children)
-    bootstrap_production(env, log, children)
-    _materialize("fraud_scorer_bento", env, log, children)
+def demo_window(settings: Settings, now: datetime | None = None) -> DemoWindow:
+    """The last `demo_days` whole days up to the current hour (not before `sim_start`): the hourly
+    schedule's next run (at :05 of the next hour) loads the hour that starts where this ends, so live
+    data follows without a gap. A live `sim_start` is that same start (the hour the stack first ran,
+    minus `demo_days`); after a restart the window still ends now."""
+    now = now or datetime.now(UTC)
+    end = floor_hour(now)
+    start = max(settings.sim_start, end - timedelta(days=settings.demo_days))
+    last_label_day = (min(end + LABEL_HORIZON, now) - timedelta(days=1)).date()
+    return DemoWindow(start, end, max(last_label_day, start.date()))
 
 
-def bootstrap_production(env: dict[str, str], log: Path, children: Sessions) -> None:
-    """The demo's first model: with no production version yet, the staged one is promoted through the
-    `promote_model` job, recorded with approver ``rtml demo`` (later versions wait for a person)."""
-    from rtml.training.registry import PRODUCTION, STAGING, version_with_alias
-
-    client, name = _registry_client(), get_settings().model_name
-    staged = version_with_alias(client, STAGING, name)
-    if version_with_alias(client, PRODUCTION, name) is None and staged is not None:
-        approval = {"version": staged.version, "approver": "rtml demo", "reason": "demo bootstrap"}
-        config: dict[str, object] = {"ops": {"production_model": {"config": approval}}}
-        _materialize("production_model", env, log, children, config=config)
-        typer.echo(f"{name} v{staged.version} promoted to production (demo bootstrap)")
+def start_bootstrap(window: DemoWindow, env: dict[str, str], log: Path, children: Sessions) -> Popen[bytes]:
+    """The demo window's runs, from raw data to a served model, in ONE process (``rtml.demo_bootstrap``)."""
+    arguments = json.dumps({"hours": window.hours, "label_days": window.label_days})
+    command = [sys.executable, "-m", "rtml.demo_bootstrap", arguments]
+    typer.echo(
+        f"loading {window.start:%Y-%m-%d %H:%M} ... {window.end:%Y-%m-%d %H:%M} UTC and its labels in the "
+        f"background (the runs' progress: the Dagster UI's Runs page; log: {log})"
+    )
+    return children.add(spawn(command, env, log))
 
 
 @app.command()
-def demo(load: bool = typer.Option(True, help="Materialize the demo window before serving the UIs.")) -> None:
-    """Start the stack, load the demo window, and keep the UIs running until Ctrl-C (or SIGTERM), which
-    stops every process the demo started, their in-flight runs included."""
+def demo(load: bool = typer.Option(True, help="Materialize the demo window (in the background).")) -> None:
+    """Start the stack and its UIs, load the demo window while they answer, and keep everything running
+    until Ctrl-C (or SIGTERM), which stops every process the demo started, their in-flight runs included."""
     _interruptible()
     settings = get_settings()
     stack = LocalStack(settings)
@@ -208,17 +185,19 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
     docs = None
     try:
         info = _stack_up("demo")
-        env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
+        env = dagster_processes.dagster_env(
+            info.dagster_home, info.database_url, info.redis_url, settings.sim_start
+        )
         with _instance(info) as instance, _supervised(instance, "rtml demo") as children:
-            if load:
-                load_demo_window(settings, env, children)
-            generate_docs(info.database_url)
-            docs = serve_docs(settings.docs_port, background=True)
+            # The UIs first: they answer while the window loads (the bootstrap's runs show in Dagster's).
             webserver = children.add(dagster_processes.start_webserver(env, settings.dagster_port, log_dir))
-            servers = [webserver, children.add(dagster_processes.start_daemon(env, log_dir))]
             api, scorer = _start_scorer(settings, info, log_dir, children)
-            servers += [scorer] if scorer else []
-            start_demo_traffic(settings, scorer, log_dir, children)  # live traffic (slice traffic)
+            bootstrap, began = None, time.perf_counter()
+            if load:
+                bootstrap = start_bootstrap(demo_window(settings), env, log_dir / "demo-runs.log", children)
+            generate_docs(info.database_url)  # before the tables exist: the models, their docs and lineage
+            docs = serve_docs(settings.docs_port, background=True)
+            servers = [webserver, scorer]
             url = f"http://127.0.0.1:{settings.dagster_port}"
             dagster_processes.wait_for_http(f"{url}/server_info", webserver)
             typer.echo(
@@ -228,6 +207,21 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
                 f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
                 f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
             )
+            if bootstrap is not None and _wait_for_bootstrap(bootstrap, servers, log_dir):
+                generate_docs(info.database_url)  # now with the tables' columns and statistics
+                # the scorer loads production from the registry by itself (within its poll interval)
+                dagster_processes.wait_for_http(
+                    f"http://127.0.0.1:{settings.serving_port}/readyz",
+                    scorer,
+                    timeout=settings.serving_model_poll_seconds + 120,
+                )
+                typer.echo(
+                    f"demo window loaded in {time.perf_counter() - began:.0f} s; the scorer serves production"
+                )
+            start_demo_traffic(settings, scorer, log_dir, children)  # `rtml traffic` at the default rate
+            # The daemon (schedules, sensors) once the window is loaded: its sensors would otherwise react
+            # to the half-built state (a missing model, features older than their raw hours).
+            servers.append(children.add(dagster_processes.start_daemon(env, log_dir)))
             while all(server.poll() is None for server in servers):
                 time.sleep(5)
                 for name in stack.revive():  # an embedded server that died: back on its own port
@@ -244,21 +238,36 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window befor
             stack.down()
 
 
+def _wait_for_bootstrap(bootstrap: Popen[bytes], servers: list[Popen[bytes]], log_dir: Path) -> bool:
+    """Whether the bootstrap succeeded (False: a server exited meanwhile; the caller's loop reports it)."""
+    while bootstrap.poll() is None:
+        if any(server.poll() is not None for server in servers):
+            return False
+        time.sleep(1)
+    if bootstrap.returncode != 0:
+        typer.echo(
+            f"loading the demo window failed; see {log_dir / 'demo-runs.log'} or the Runs page", err=True
+        )
+        raise typer.Exit(1)
+    return True
+
+
 def _start_scorer(
     settings: Settings, info: StackInfo, log_dir: Path, children: Sessions
-) -> tuple[str, subprocess.Popen[bytes] | None]:
-    """Serve the newest bento once it is ready (without one, say how to get it): what to print, and the
-    process."""
+) -> tuple[str, Popen[bytes]]:
+    """The scoring service: the newest bento, or (none built yet) the service's source. It answers at
+    once; ``/readyz`` says ready once a model is loaded (it polls the registry for `production`)."""
     api = f"http://127.0.0.1:{settings.serving_port}"
-    if not scoring_service.has_bento(settings.bentoml_home):
-        return f"not started: no bento under {settings.bentoml_home} yet (run `rtml demo` with --load)", None
     scorer_env = scoring_service.serving_env(
         settings, info.database_url, info.redis_url, info.mlflow_tracking_uri
     )
-    bento = f"{scoring_service.BENTO_NAME}:latest"
-    scorer = children.add(scoring_service.start(scorer_env, bento, settings.serving_port, log_dir))
-    dagster_processes.wait_for_http(f"{api}/readyz", scorer, timeout=180)
-    return f"{api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics)", scorer
+    if scoring_service.has_bento(settings.bentoml_home):
+        bento = f"{scoring_service.BENTO_NAME}:latest"
+        scorer = scoring_service.start(scorer_env, bento, settings.serving_port, log_dir)
+    else:
+        scorer = scoring_service.start_from_source(scorer_env, settings.serving_port, log_dir)
+    children.add(scorer)
+    return f"{api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics; /readyz)", scorer
 
 
 @app.command()
@@ -345,7 +354,9 @@ def backfill(
     except StackError as exc:
         typer.echo(f"rtml backfill: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
-    env = dagster_processes.dagster_env(info.dagster_home, info.database_url, info.redis_url)
+    env = dagster_processes.dagster_env(
+        info.dagster_home, info.database_url, info.redis_url, settings.sim_start
+    )
     tags = {RANGE_TAGS[0]: keys[0], RANGE_TAGS[1]: keys[-1], "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
     log = settings.home / "logs" / "backfill-runs.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -468,7 +479,10 @@ def settings_reference() -> str:
     ]
     for name, field in Settings.model_fields.items():
         kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        default = "" if field.default is None else f"`{field.default}`"
+        if field.default_factory is not None:
+            default = "(computed)"  # from other settings: the description says how
+        else:
+            default = "" if field.default is None else f"`{field.default}`"
         lines.append(f"| `RTML_{name.upper()}` | {kind} | {default} | {field.description or ''} |")
     return "\n".join(lines) + "\n"
 

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -55,9 +56,20 @@ class Settings(BaseSettings):
     sim_seed: int = Field(
         7, description="Seed of the simulator: the same seed and window give the same rows."
     )
+    # Before sim_start: its default is computed from it.
+    demo_days: int = Field(
+        7,
+        ge=1,
+        description="Days of history that `make demo` materializes: the last `demo_days` whole days up to "
+        "the current hour (not before `sim_start`).",
+    )
     sim_start: datetime = Field(
-        datetime(2026, 11, 1, tzinfo=UTC),
-        description="First hour of simulated history (UTC); the first partition of `transactions_raw`.",
+        default_factory=lambda data: live_sim_start(data["data_dir"], data["demo_days"]),
+        description="First hour of simulated history (UTC); the first partition of `transactions_raw` "
+        "and `labels_raw`. Unset: live, the current hour minus `demo_days`, fixed when the stack first "
+        "starts (`rtml up` / `rtml demo` record it in `<data_dir>/live-window.json`, so partitions stay "
+        "the same across restarts). Set it (e.g. `2026-11-01T00:00Z`) to pin the window: tests, "
+        "benchmarks and the DVC pipeline do.",
     )
     sim_customers: int = Field(20_000, description="Number of simulated card holders.")
     sim_merchants: int = Field(2_000, description="Number of simulated merchants.")
@@ -77,7 +89,6 @@ class Settings(BaseSettings):
     sim_drift_start: datetime | None = Field(
         None, description="When the drift scenario starts (UTC). Unset with a scenario: from `sim_start`."
     )
-    demo_days: int = Field(7, description="Days of simulated history that `make demo` materializes.")
 
     # --- ingestion ----------------------------------------------------------------------------------
     max_amount: float = Field(
@@ -380,6 +391,16 @@ class Settings(BaseSettings):
         return self.data_dir.expanduser().resolve()
 
     @property
+    def sim_start_is_live(self) -> bool:
+        """Whether ``sim_start`` was left unset (live) rather than pinned."""
+        return "sim_start" not in self.model_fields_set
+
+    @property
+    def live_window_file(self) -> Path:
+        """Where the stack records its live ``sim_start`` (``rtml.services.state.record_live_start``)."""
+        return self.home / LIVE_WINDOW_FILE
+
+    @property
     def landing_dir(self) -> Path:
         return self.home / "landing"
 
@@ -405,6 +426,24 @@ class Settings(BaseSettings):
     def snapshots_dir(self) -> Path:
         """Training-set snapshots the training asset trained on, named by their DVC (md5) hash."""
         return self.home / "snapshots"
+
+
+LIVE_WINDOW_FILE = "live-window.json"
+
+
+def floor_hour(moment: datetime) -> datetime:
+    """The start of ``moment``'s hour (UTC)."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def live_sim_start(data_dir: Path, demo_days: int, now: datetime | None = None) -> datetime:
+    """``sim_start`` when unset: the one this data directory's stack recorded when it first started, or
+    (none recorded yet) the current hour minus ``demo_days``. The simulator draws every absolute hour
+    from its own seed, so the start only chooses which hours exist, never what they hold."""
+    recorded = Path(data_dir).expanduser().resolve() / LIVE_WINDOW_FILE
+    if recorded.exists():
+        return datetime.fromisoformat(json.loads(recorded.read_text())["sim_start"])
+    return floor_hour(now or datetime.now(UTC)) - timedelta(days=demo_days)
 
 
 def database_url_for(server_url: str, database: str) -> str:

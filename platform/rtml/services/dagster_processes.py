@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 from rtml.services.processes import Sessions, spawn
@@ -20,14 +21,20 @@ from rtml.services.processes import Sessions, spawn
 CODE_LOCATION = "rtml.definitions"
 
 
-def dagster_env(dagster_home: Path, database_url: str, redis_url: str) -> dict[str, str]:
-    """Environment for every Dagster process: the same home and servers as the caller."""
-    return {
+def dagster_env(
+    dagster_home: Path, database_url: str, redis_url: str, sim_start: datetime | None = None
+) -> dict[str, str]:
+    """Environment for every Dagster process: the same home and servers as the caller, and its
+    ``sim_start`` (explicit: the partitions of every process start there, live or pinned)."""
+    env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
         "RTML_DATABASE_URL": database_url,
         "RTML_REDIS_URL": redis_url,
     }
+    if sim_start is not None:
+        env["RTML_SIM_START"] = sim_start.isoformat()
+    return env
 
 
 def _bin(name: str) -> str:

@@ -28,6 +28,7 @@ def serving_env(settings: Settings, database_url: str, redis_url: str, tracking_
         "RTML_REDIS_URL": redis_url,
         "RTML_MLFLOW_TRACKING_URI": tracking_uri,
         "RTML_MODEL_NAME": settings.model_name,
+        "RTML_SIM_START": settings.sim_start.isoformat(),  # the stack's window, live or pinned
         # absolute: a bento's service runs in the bento's own folder (the prediction log spills here)
         "RTML_DATA_DIR": str(settings.home),
         "BENTOML_HOME": str(settings.bentoml_home),
@@ -56,6 +57,17 @@ def start(env: dict[str, str], bento: str, port: int, log_dir: Path) -> subproce
     """``bentoml serve`` of ``bento`` (a tag, e.g. ``fraud_scorer:latest``) in a session of its own;
     it is ready once ``/readyz`` answers (``dagster_processes.wait_for_http``)."""
     command = [_bin("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    return spawn(command, env, log_dir / "scoring-service.log")
+
+
+def start_from_source(env: dict[str, str], port: int, log_dir: Path) -> subprocess.Popen[bytes]:
+    """``bentoml serve`` of the service's source (``serving/service.py``), for a stack without a bento
+    yet: it answers at once, and ``/readyz`` says ready once the version holding ``production`` is
+    loaded (its registry poller picks it up within ``serving_model_poll_seconds``)."""
+    command = [
+        _bin("bentoml"), "serve", "service:FraudScorer", "--working-dir", str(SERVING_DIR),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
     return spawn(command, env, log_dir / "scoring-service.log")
 
 

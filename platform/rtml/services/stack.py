@@ -20,7 +20,7 @@ from rtml.config import Settings, database_url_for, redact
 from rtml.services import mlflow_server, postgres, redis
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.processes import pid_alive, stop_pid
-from rtml.services.state import EmbeddedServer, StackState, locked
+from rtml.services.state import EmbeddedServer, StackState, locked, record_live_start
 
 
 class StackError(RuntimeError):
@@ -114,6 +114,10 @@ class LocalStack:
             write_dagster_yaml(
                 info.dagster_home, info.dagster_database_url, self.settings.run_monitoring_interval_s
             )
+            record_live_start(self.settings)
+            self.settings.landing_dir.mkdir(
+                parents=True, exist_ok=True
+            )  # where the README says to drop files
             return info
 
     def down(self) -> None:

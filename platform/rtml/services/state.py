@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rtml.config import Settings
+
 
 @dataclass
 class EmbeddedServer:
@@ -58,3 +60,16 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def record_live_start(settings: Settings) -> None:
+    """Fix a live ``sim_start`` (left unset) for this data directory the first time its stack starts, so
+    that partitions stay the same across restarts and every process reads the same start (a pinned one
+    is never recorded). The value is the caller's, which it computed as the current hour minus
+    ``demo_days``."""
+    if not settings.sim_start_is_live or settings.live_window_file.exists():
+        return
+    settings.live_window_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = settings.live_window_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sim_start": settings.sim_start.isoformat()}) + "\n")
+    os.replace(tmp, settings.live_window_file)
