@@ -3,54 +3,47 @@
   from transactions strictly before it and from labels whose label_ts is strictly before it (label lag:
   a chargeback known tomorrow is not used today). Shared by merchant_features and merchant_features_latest
   so that offline and online definitions cannot drift apart.
+
+  `lo_ts` / `hi_ts` (SQL timestamptz expressions, optional): bounds with lo_ts <= every feature_ts < hi_ts.
+  An incremental run passes its window's constants, so the planner knows how many rows the 30 days
+  before the window hold; without them they come from the spine (a sub-select the planner cannot see).
+
+  Why it is shaped like this (an hourly run after a four-week hole took 550 s here, docs/benchmarks.md):
+  * The label lag needs, for each fraud label, when the next label of the same transaction superseded
+    it. That was a window function (lead) over EVERY label ever loaded (3 M rows, 5.5 s, growing each
+    day), evaluated before any filter, and re-evaluated per spine row when a misestimate chose a nested
+    loop. Now the driver is the fraud labels only (partial index of stg_labels `where is_fraud`), kept to
+    the spine's merchants and the window's 30 days, and the superseding label is a probe of the
+    (transaction_id, label_ts) index per remaining fraud label.
+  * The 7/30-day sums read merchant_daily per spine row through its unique (merchant_id, txn_date)
+    index (lateral aggregate): at most 30 rows per merchant-day, whatever the estimates.
 -#}
-{% macro merchant_features_sql(spine_sql, stg_transactions, stg_labels, merchant_daily) %}
-with spine as (
+{% macro merchant_features_sql(spine_sql, stg_transactions, stg_labels, merchant_daily, lo_ts=none, hi_ts=none) %}
+with spine as materialized (
     select merchant_id, feature_date, (feature_date::timestamp at time zone 'UTC') as feature_ts
     from ({{ spine_sql }}) as s
 ),
 
-daily as (
-    -- one row per merchant and day of activity (model merchant_daily); the rolling windows sum these
-    select d.merchant_id, d.txn_date, d.txn_count, d.amount_sum
-    from {{ merchant_daily }} as d
-    where d.merchant_id in (select merchant_id from spine)
-      and d.txn_date >= (select min(feature_date) from spine) - 30
-      and d.txn_date < (select max(feature_date) from spine)
-),
-
-label_events as (
-    -- each label event with the time it was superseded by the next label of the same transaction
+fraud_labels as materialized (
+    -- fraud labels of the spine merchants' transactions of [lo - 30 days, hi), each with the time the next
+    -- label of the same transaction (in (label_ts, label_source) order) superseded it, if any
     select
-        l.transaction_id,
-        l.is_fraud,
+        t.merchant_id,
+        (t.event_ts at time zone 'UTC')::date as txn_date,
         l.label_ts,
-        lead(l.label_ts) over (partition by l.transaction_id order by l.label_ts, l.label_source) as next_label_ts
+        (
+            select min(n.label_ts)
+            from {{ stg_labels }} as n
+            where n.transaction_id = l.transaction_id
+              and (n.label_ts, n.label_source) > (l.label_ts, l.label_source)
+        ) as next_label_ts
     from {{ stg_labels }} as l
-),
-
-fraud_labels as (
-    select t.merchant_id, (t.event_ts at time zone 'UTC')::date as txn_date, e.label_ts, e.next_label_ts
-    from label_events as e
-    join {{ stg_transactions }} as t on t.transaction_id = e.transaction_id
-    where e.is_fraud
+    join {{ stg_transactions }} as t on t.transaction_id = l.transaction_id
+    where l.is_fraud
+      and l.label_ts < {{ hi_ts if hi_ts is not none else '(select max(feature_ts) from spine)' }}
+      and t.event_ts >= {{ lo_ts if lo_ts is not none else '(select min(feature_ts) from spine)' }} - interval '30 days'
+      and t.event_ts < {{ hi_ts if hi_ts is not none else '(select max(feature_ts) from spine)' }}
       and t.merchant_id in (select merchant_id from spine)
-      and t.event_ts >= (select min(feature_ts) from spine) - interval '30 days'
-      and t.event_ts < (select max(feature_ts) from spine)
-),
-
-windows as (
-    select
-        s.merchant_id,
-        s.feature_date,
-        sum(d.txn_count) filter (where d.txn_date >= s.feature_date - 7) as txn_count_7d,
-        sum(d.amount_sum) filter (where d.txn_date >= s.feature_date - 7) as amount_sum_7d,
-        sum(d.txn_count) as txn_count_30d
-    from spine as s
-    join daily as d
-        on d.merchant_id = s.merchant_id
-       and d.txn_date >= s.feature_date - 30 and d.txn_date < s.feature_date
-    group by s.merchant_id, s.feature_date
 ),
 
 frauds as (
@@ -75,6 +68,15 @@ select
     coalesce(f.fraud_count_30d, 0)::integer as merchant_fraud_count_30d,
     (coalesce(f.fraud_count_30d, 0)::double precision / nullif(w.txn_count_30d, 0)) as merchant_fraud_rate_30d
 from spine as s
-left join windows as w on w.merchant_id = s.merchant_id and w.feature_date = s.feature_date
+cross join lateral (
+    -- the merchant's days of activity in the 30 days before feature_date (model merchant_daily)
+    select
+        sum(d.txn_count) filter (where d.txn_date >= s.feature_date - 7) as txn_count_7d,
+        sum(d.amount_sum) filter (where d.txn_date >= s.feature_date - 7) as amount_sum_7d,
+        sum(d.txn_count) as txn_count_30d
+    from {{ merchant_daily }} as d
+    where d.merchant_id = s.merchant_id
+      and d.txn_date >= s.feature_date - 30 and d.txn_date < s.feature_date
+) as w
 left join frauds as f on f.merchant_id = s.merchant_id and f.feature_date = s.feature_date
 {% endmacro %}

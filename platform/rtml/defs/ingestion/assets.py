@@ -17,10 +17,15 @@ from rtml.defs.ingestion.partitions import (
 )
 from rtml.defs.ingestion.sensors import LANDING_SHA256_TAG
 from rtml.defs.resources import PostgresResource
+from rtml.features.late_rows import loaded_event_range
 from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, load_transactions
 from rtml.monitoring import metrics
 from rtml.sources.landing import LandingFileChanged, UnsafeLandingName, ingest_landing_file
 from rtml.sources.simulator import Simulator
+
+EVENT_TS_MIN = "event_ts_min"
+EVENT_TS_MAX = "event_ts_max"
+"""Metadata of a landing file's materialization: first and last event time of the transactions it loaded."""
 
 # Transient database errors (dropped connection, serialization failure) are retried with backoff;
 # anything else fails at once (dg.Failure(allow_retries=False)) with the loader's message.
@@ -188,12 +193,22 @@ def transactions_landing(
         partition=context.partition_key,
     )
     metrics.publish("transactions_landing", samples, settings.pushgateway_url)
-    return dg.MaterializeResult(
-        metadata={
-            "rows_read": receipt.rows_read,
-            "rows_loaded": receipt.rows_loaded,
-            "rows_quarantined": receipt.rows_quarantined,
-            "quarantine_by_rule": dg.MetadataValue.json(dict(receipt.quarantine_by_rule)),
-            "receipt": dg.MetadataValue.path(str(receipt.path)),
-        }
+    metadata: dict[str, Any] = {
+        "kind": receipt.kind,
+        "rows_read": receipt.rows_read,
+        "rows_loaded": receipt.rows_loaded,
+        "rows_quarantined": receipt.rows_quarantined,
+        "quarantine_by_rule": dg.MetadataValue.json(dict(receipt.quarantine_by_rule)),
+        "receipt": dg.MetadataValue.path(str(receipt.path)),
+    }
+    # The event-time range of the loaded transactions (the loader's exact log): the late-rows sensor
+    # (rtml.defs.features.sensors) rebuilds the features of the hours it touches if they are built.
+    loaded = (
+        loaded_event_range(postgres.database_url(), context.partition_key)
+        if receipt.kind == "transactions"
+        else None
     )
+    if loaded:
+        metadata[EVENT_TS_MIN] = dg.MetadataValue.timestamp(loaded[0])
+        metadata[EVENT_TS_MAX] = dg.MetadataValue.timestamp(loaded[1])
+    return dg.MaterializeResult(metadata=metadata)
