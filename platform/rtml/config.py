@@ -263,6 +263,18 @@ class Settings(BaseSettings):
     drift_current_hours: int = Field(
         24, description="Drift report: the current window is the newest this many hours of features."
     )
+    drift_recent_hours: int = Field(
+        3,
+        description="Hourly drift check (`recent_drift_report`, after every hourly refresh): the current "
+        "window is the newest this many hours of features (about 12,000 rows at the simulator's default "
+        "volume). Short, so a drift shows within the hour it starts to dominate the window.",
+    )
+    drift_retraining_cooldown_hours: float = Field(
+        24.0,
+        description="Drift sensor: after a drift-triggered retraining against a production version, a drift "
+        "that persists (the hourly check fails every hour until a new version is promoted) requests no "
+        "further retraining against that version for this many hours.",
+    )
     drift_max_rows: int = Field(
         100_000, description="Drift report: rows sampled (seeded) from each of the two windows at most."
     )
