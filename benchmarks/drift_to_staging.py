@@ -6,10 +6,14 @@ the retraining run (training set, train, register, evaluation gate → ``staging
 (``retraining_notifier`` → a local webhook receiver).
 
 The world: the embedded stack (PostgreSQL, Redis, an MLflow server) in a temporary folder, the seeded
-simulator at ``--transactions-per-day`` (the demo's default volume unless told), ``--history-days`` of
-history loaded through the loader and dbt, and a production model trained on its last week. That model is
-deliberately weak (``amount`` only, few trees, as in tests/test_automation.py) so that the retraining
-beats it at the gate and stages: the figure measured is the pipeline's time, not a model's quality.
+simulator at ``--transactions-per-day`` (20,000: a fifth of the demo's default, so that building the
+history stays within minutes), ``--history-days`` of history loaded through the loader and dbt, and a
+production model trained on its last week. The history is longer than 30 days so that the reference
+week's 30-day features are warm: a reference inside the first month differs from any later hour in its
+7- and 30-day counts (a false alarm, seen here with 9 days of history: 46 % of the columns "drifted").
+The production model is deliberately weak (``amount`` only, few trees, as in tests/test_automation.py)
+so that the retraining beats it at the gate and stages: the figure measured is the pipeline's time, not a
+model's quality.
 
 The scenario ``amount_inflation`` starts at an hour boundary (``sim_drift_scenario``/``sim_drift_start``,
 what ``rtml scenario start`` switches at run time). First ``--control-hours`` undrifted hours go through
@@ -20,8 +24,8 @@ drifted hour closes. The worst-case wall time adds what the daemon adds: up to 6
 closes, the schedule's 5 min offset, and the sensors' intervals (hourly drift sensor 30 s, drift sensor
 60 s, retraining notifier 30 s).
 
-Usage: ``.venv/bin/python benchmarks/drift_to_staging.py [--transactions-per-day 100000]``. Ends with one
-JSON line.
+Usage: ``.venv/bin/python benchmarks/drift_to_staging.py [--transactions-per-day 20000] [--history-days
+38]``. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -92,8 +96,8 @@ def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transactions-per-day", type=int, default=100_000)
-    parser.add_argument("--history-days", type=int, default=10)
+    parser.add_argument("--transactions-per-day", type=int, default=20_000)
+    parser.add_argument("--history-days", type=int, default=38)
     parser.add_argument("--control-hours", type=int, default=2)
     parser.add_argument("--max-drift-hours", type=int, default=4)
     args = parser.parse_args()
@@ -263,6 +267,7 @@ def chain(
         hour += timedelta(hours=1)
         if not drifted:
             assert evaluation.passed, f"false alarm on an undrifted hour: {evaluation.description}"
+            assert isinstance(tick, dg.SensorResult)
             assert not tick.run_requests
             controls.append({**steps, "drifted_share": share})
             continue

@@ -269,6 +269,12 @@ class Settings(BaseSettings):
         "window is the newest this many hours of features (about 12,000 rows at the simulator's default "
         "volume). Short, so a drift shows within the hour it starts to dominate the window.",
     )
+    drift_recent_max_rows: int = Field(
+        20_000,
+        description="Hourly drift check: rows sampled (seeded) from each of the two windows at most (it "
+        "runs every hour: a smaller reference sample keeps it to seconds; the daily report uses "
+        "`drift_max_rows`).",
+    )
     drift_retraining_cooldown_hours: float = Field(
         24.0,
         description="Drift sensor: after a drift-triggered retraining against a production version, a drift "

@@ -34,17 +34,24 @@ def drift_report(
     """Feature drift (and drift of the served scores) between the production model's training window and
     the newest ``drift_current_hours`` hours: an Evidently HTML report per kind, a row per report in
     ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it. Daily (``drift_job``)."""
-    return _drift(context, config, postgres, mlflow, get_settings().drift_current_hours)
+    settings = get_settings()
+    return _drift(
+        context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows, False
+    )
 
 
 @dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
 def recent_drift_report(
     context: dg.AssetExecutionContext, config: DriftConfig, postgres: PostgresResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours only;
-    materialized after every hourly refresh (``hourly_drift_sensor``), judged by
-    ``recent_drift_within_threshold``. A separate asset so that the daily full report stays as it was."""
-    return _drift(context, config, postgres, mlflow, get_settings().drift_recent_hours)
+    """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours, at most
+    ``drift_recent_max_rows`` rows per window, against the reference's rows of the same hours of the day
+    (UTC; a night is not a drift). Materialized after every hourly refresh (``hourly_drift_sensor``),
+    judged by ``recent_drift_within_threshold``; a separate asset, so the daily full report stays."""
+    settings = get_settings()
+    return _drift(
+        context, config, postgres, mlflow, settings.drift_recent_hours, settings.drift_recent_max_rows, True
+    )
 
 
 def _drift(
@@ -53,19 +60,24 @@ def _drift(
     postgres: PostgresResource,
     mlflow: MlflowResource,
     current_hours: int,
+    max_rows: int,
+    same_hours_of_day: bool,
 ) -> dg.MaterializeResult:
     settings = get_settings()
     name = context.asset_key.to_user_string()
     url = postgres.database_url()
     try:
         current = _window("current", config.current_start, config.current_end)
+        current = current or drift.current_window(url, current_hours)
         result = drift.run_drift(
             url,
             settings,
             tracking_uri=mlflow.uri(),
             model_name=mlflow.model_name,
             reference=_window("reference", config.reference_start, config.reference_end),
-            current=current or drift.current_window(url, current_hours),
+            current=current,
+            max_rows=max_rows,
+            same_hours_of_day=same_hours_of_day,
         )
     except drift.DriftError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
@@ -82,6 +94,9 @@ def _drift(
         "reference_window": str(features.reference),
         "current_window": str(features.current),
         "reference_rows": features.reference_rows,
+        "reference_hours_of_day": dg.MetadataValue.json(
+            list(current.hours_of_day() or ()) if same_hours_of_day else "all"
+        ),
         "current_rows": features.current_rows,
         "drifted_share": round(features.drifted_share, 4),
         "threshold": features.threshold,
