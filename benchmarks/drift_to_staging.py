@@ -88,6 +88,71 @@ def timed(seconds: dict[str, float], name: str, call: Callable[[], Any]) -> Any:
     return result
 
 
+def serve(url: str, tracking_uri: str, model_name: str, version: str, start: datetime, end: datetime) -> int:
+    """What the scoring service logs under traffic: every transaction of the hour scored by the production
+    version on its point-in-time features, in ``monitoring.predictions`` (stands in for ``rtml traffic``,
+    built by another change; the same as tests/test_drift.py's ``serve``). The hourly check compares these
+    served scores with the version's scores on its reference rows (the ``predictions`` report)."""
+    import pandas as pd
+    import psycopg
+
+    from rtml.features.registry import load_registry
+    from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
+    from rtml.training import registry
+    from rtml.training.dataset import feature_spec
+    from rtml.training.loading import load_pipeline
+    from rtml.training.train import score
+
+    features = load_registry()
+    columns = [
+        *(f"cf.{name}" for name in features.view("customer_features").feature_names),
+        *(f"mf.{name}" for name in features.view("merchant_features").feature_names),
+    ]
+    with psycopg.connect(url) as conn:
+        cursor = conn.execute(
+            "select t.transaction_id, t.customer_id, t.merchant_id, t.event_ts, t.amount::float8 as amount,"
+            f" t.currency, t.merchant_category, t.channel, t.country, {', '.join(columns)}"
+            " from staging.stg_transactions t join features.customer_features cf using (transaction_id)"
+            " left join features.merchant_features mf on mf.merchant_id = t.merchant_id"
+            "  and mf.feature_date = (t.event_ts at time zone 'UTC')::date"
+            " where t.event_ts >= %s and t.event_ts < %s",
+            (start, end),
+        )
+        frame = pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description or []])
+    spec = feature_spec()
+    X = frame[spec.columns].copy()
+    for name in spec.numeric:
+        X[name] = pd.to_numeric(X[name].astype(object), errors="coerce").astype("float64")
+    tags = registry.client_for(tracking_uri).get_model_version(model_name, version).tags
+    review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
+    scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)
+    records: list[dict[Any, Any]] = frame.to_dict("records")
+    rows = [
+        PredictionRow(
+            request_id=uuid.uuid4().hex,
+            transaction_id=row["transaction_id"],
+            customer_id=row["customer_id"],
+            merchant_id=row["merchant_id"],
+            amount=float(row["amount"]),
+            currency=row["currency"],
+            channel=row["channel"],
+            merchant_category=row["merchant_category"],
+            country=row["country"],
+            event_ts=row["event_ts"],
+            model_version=version,
+            probability=float(p),
+            decision="decline" if p >= decline else "review" if p >= review else "approve",
+            scored_at=row["event_ts"] + timedelta(milliseconds=20),
+            latency_ms=2.0,
+        )
+        for row, p in zip(records, scores, strict=True)
+    ]
+    ensure_table(url)
+    with psycopg.connect(url) as conn:
+        write_rows(conn, rows)
+    return len(rows)
+
+
 def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
     return next(
         e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
@@ -209,6 +274,14 @@ def run(
         get_settings.cache_clear()
 
 
+def registry_production(mlflow: Any) -> str:
+    from rtml.training import registry
+
+    found = registry.version_with_alias(mlflow.client(), registry.PRODUCTION, mlflow.model_name)
+    assert found is not None, "no production version"
+    return str(found.version)
+
+
 @contextmanager
 def step(steps: dict[str, float], name: str) -> Iterator[None]:
     began = time.perf_counter()
@@ -244,6 +317,17 @@ def chain(
             key = f"{hour:%Y-%m-%d-%H:%M}"  # the hourly partition the schedule runs at :05 after it
             refresh = refresh_job.execute_in_process(instance=instance, partition_key=key)
         assert refresh.success
+        mlflow = resources["mlflow"]
+        version = registry_production(mlflow)
+        served = serve(
+            resources["postgres"].database_url(),
+            mlflow.uri(),
+            mlflow.model_name,
+            version,
+            hour,
+            hour + timedelta(hours=1),
+        )
+        print(f"  served {served} transactions (scores of production v{version})", flush=True)
         refresh_run = instance.get_run_by_id(refresh.run_id)
         assert refresh_run is not None
         with dg.build_run_status_sensor_context(
@@ -259,6 +343,7 @@ def chain(
         assert check_run.success
         [evaluation] = check_run.get_asset_check_evaluations()
         share = evaluation.metadata["features/drifted_share"].value
+        score_share = evaluation.metadata.get("predictions/drifted_share")
         print(f"  check passed={evaluation.passed}: {evaluation.description}", flush=True)
         with step(steps, "drift_sensor"):
             tick = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
@@ -269,7 +354,7 @@ def chain(
             assert evaluation.passed, f"false alarm on an undrifted hour: {evaluation.description}"
             assert isinstance(tick, dg.SensorResult)
             assert not tick.run_requests
-            controls.append({**steps, "drifted_share": share})
+            controls.append({**steps, "drifted_share": share, "scores": score_share and score_share.value})
             continue
         if not tick.run_requests:
             continue
@@ -322,6 +407,8 @@ def chain(
             "detecting_drifted_share": share,
             "control_hourly_drift_check_seconds": [c["hourly_drift_check"] for c in controls],
             "control_drifted_share": [c["drifted_share"] for c in controls],
+            "control_scores_drifted": [c["scores"] for c in controls],
+            "detecting_scores_drifted": score_share and score_share.value,
             "sensor_intervals_seconds": daemon,
             "worst_case_minutes": worst_minutes,
             "setup_seconds": setup,
