@@ -264,10 +264,17 @@ class Settings(BaseSettings):
         24, description="Drift report: the current window is the newest this many hours of features."
     )
     drift_recent_hours: int = Field(
-        3,
+        1,
         description="Hourly drift check (`recent_drift_report`, after every hourly refresh): the current "
-        "window is the newest this many hours of features (about 12,000 rows at the simulator's default "
-        "volume). Short, so a drift shows within the hour it starts to dominate the window.",
+        "window is the newest this many hours of features (about 4,000 rows at the simulator's default "
+        "volume), against the reference's rows of the same hours of the day. One hour: a drift that "
+        "starts with an hour fills the window at the next check (docs/benchmarks.md, drift to staging).",
+    )
+    drift_recent_threshold: float = Field(
+        0.15,
+        description="Hourly drift check: the largest acceptable share of drifted columns. Lower than "
+        "`drift_threshold`: within its first hour a shift in amounts moves only the fast columns (4 of 24: "
+        "0.167), while an undrifted hour against the same hours of the reference showed 0-1 of 24.",
     )
     drift_recent_max_rows: int = Field(
         20_000,

@@ -409,13 +409,15 @@ def run_drift(
     seed: int = SEED,
     max_rows: int | None = None,
     same_hours_of_day: bool = False,
+    threshold: float | None = None,
 ) -> DriftResult:
     """Both reports, saved and recorded. Without ``reference`` the production version's training window
     is the reference (``tracking_uri`` needed); the predictions report needs a production version.
     At most ``max_rows`` (default ``drift_max_rows``) rows are sampled from each window. With
     ``same_hours_of_day`` and a current window shorter than a day, the reference keeps only the rows of
     the current window's hours of the day (UTC): a few night hours are not "drifted" from a whole day
-    only because fewer customers pay at night."""
+    only because fewer customers pay at night. ``threshold``: the drifted share above which a report
+    detects drift (default ``drift_threshold``)."""
     began = time.perf_counter()
     max_rows = max_rows or settings.drift_max_rows
     model_name = model_name or settings.model_name
@@ -445,6 +447,8 @@ def run_drift(
             raise DriftError(f"the {name} window {window} has no feature rows")
     ensure_table(database_url)
     version = production[0] if production else None
+    if threshold is not None:
+        settings = settings.model_copy(update={"drift_threshold": threshold})
     context = _Context(database_url, settings, reference, current, version, datetime.now(UTC))
     features = context.report(FEATURES, reference_rows, current_rows, spec)
     predictions = None

@@ -36,7 +36,7 @@ def drift_report(
     ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it. Daily (``drift_job``)."""
     settings = get_settings()
     return _drift(
-        context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows, False
+        context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows, False, None
     )
 
 
@@ -46,11 +46,18 @@ def recent_drift_report(
 ) -> dg.MaterializeResult:
     """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours, at most
     ``drift_recent_max_rows`` rows per window, against the reference's rows of the same hours of the day
-    (UTC; a night is not a drift). Materialized after every hourly refresh (``hourly_drift_sensor``),
-    judged by ``recent_drift_within_threshold``; a separate asset, so the daily full report stays."""
+    (UTC; a night is not a drift), judged at ``drift_recent_threshold``. Materialized after every hourly
+    refresh (``hourly_drift_sensor``); a separate asset, so the daily full report stays as it was."""
     settings = get_settings()
     return _drift(
-        context, config, postgres, mlflow, settings.drift_recent_hours, settings.drift_recent_max_rows, True
+        context,
+        config,
+        postgres,
+        mlflow,
+        settings.drift_recent_hours,
+        settings.drift_recent_max_rows,
+        True,
+        settings.drift_recent_threshold,
     )
 
 
@@ -62,6 +69,7 @@ def _drift(
     current_hours: int,
     max_rows: int,
     same_hours_of_day: bool,
+    threshold: float | None,
 ) -> dg.MaterializeResult:
     settings = get_settings()
     name = context.asset_key.to_user_string()
@@ -78,6 +86,7 @@ def _drift(
             current=current,
             max_rows=max_rows,
             same_hours_of_day=same_hours_of_day,
+            threshold=threshold,
         )
     except drift.DriftError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
