@@ -7,9 +7,11 @@ local HTTP receiver standing for the webhook.
   failed run notifies.
 * End to end: a simulated world with a (weak) production model; the hourly refresh job ingests three days
   of the simulator's ``amount_inflation`` scenario; ``drift_report`` on a day before the drift passes its
-  check (no run request), on the newest day it fails; the drift sensor requests one retraining, the run
+  check (no run request); after the refresh, the hourly drift check (``hourly_drift_sensor`` →
+  ``hourly_drift_job``) fails on the newest hours; the drift sensor requests one retraining, the run
   stages a new version, and the notification with the comparison reaches the receiver and the table.
-  The promotion then requests the bento build and notifies.
+  While the data stays drifted, later failures of either drift check request nothing (cool-down per
+  production version) until the cool-down ends. The promotion then requests the bento build and notifies.
 * An hour left half-built (its transactions newer than its features): one rebuild is requested, and
   not again when the rebuild stops half-way too.
 
@@ -41,6 +43,7 @@ from rtml.defs.automation.checks import (
     freshness_checks,
     freshness_checks_sensor,
 )
+from rtml.defs.automation.hourly_drift import hourly_drift_sensor
 from rtml.defs.automation.incomplete_partitions import SENSOR_NAME, incomplete_partitions_request
 from rtml.defs.automation.sensors import (
     data_freshness_sensor,
@@ -189,6 +192,7 @@ def test_a_stale_model_requests_exactly_one_retraining(sensor_instance: dg.Dagst
     first_run = freshness_checks_sensor(dg.build_sensor_context(instance=sensor_instance))
     assert isinstance(first_run, dg.RunRequest)
     assert set(first_run.asset_check_keys or ()) == {MODEL_FRESHNESS, *DATA_FRESHNESS}
+    assert first_run.tags["rtml/trigger"] == "freshness_checks_sensor"
 
     updated(sensor_instance, "fraud_model", timedelta(days=8))  # the newest version is 8 days old
     stale = evaluate_checks(sensor_instance, (MODEL_FRESHNESS,))["fraud_model"]
@@ -259,6 +263,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             [request] = first.run_requests
             assert request.partition_key == path.name
             assert (request.run_key or "").startswith(f"{path.name}@")  # name@sha256@change time
+            assert request.tags["rtml/trigger"] == f"landing file {path.name}"
             [added] = first.dynamic_partitions_requests
             assert isinstance(added, dg.AddDynamicPartitionsRequest) and list(added.partition_keys) == [
                 path.name
@@ -368,6 +373,8 @@ WORLD_ENV = {
     "RTML_SIM_DRIFT_SCENARIO": "amount_inflation",
     "RTML_SIM_DRIFT_START": (START + timedelta(days=DRIFT_DAY)).isoformat(),
     "RTML_DRIFT_THRESHOLD": str(THRESHOLD),
+    "RTML_DRIFT_RECENT_HOURS": "6",  # about 500 rows at the world's 2,000 transactions a day
+    "RTML_DRIFT_RECENT_THRESHOLD": str(THRESHOLD),
 }
 WEAK = {"max_iter": 5, "max_depth": 2}  # test_training's weakened model: production to beat
 
@@ -506,6 +513,25 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     assert checks[("online_features", "online_offline_parity")]
     complete = evaluate_incomplete_partitions(instance, day(DAYS))  # every refreshed hour has its features
     assert isinstance(complete, dg.SkipReason) and "has its features" in (complete.skip_message or "")
+    refresh_run = instance.get_run_by_id(refresh.run_id)
+    assert refresh_run is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name="hourly_drift_sensor",
+        dagster_event=outcome_event(refresh),
+        dagster_instance=instance,
+        dagster_run=refresh_run,
+    ) as context:
+        hourly = hourly_drift_sensor(context)  # the refresh's success requests the hourly drift check
+    assert isinstance(hourly, dg.RunRequest) and hourly.run_key == f"drift-after-{refresh.run_id}"
+    assert hourly.tags["rtml/trigger"] == f"hourly_refresh_job {hours[0]}...{hours[1]}"
+    hourly_drift = world_defs.resolve_job_def(hourly_drift_sensor.job_name or "")
+
+    def hourly_check() -> dg.AssetCheckEvaluation:
+        run = hourly_drift.execute_in_process(instance=instance, tags=hourly.tags)
+        assert run.success
+        [evaluation] = run.get_asset_check_evaluations()
+        assert evaluation.check_name == "recent_drift_within_threshold"
+        return evaluation
 
     def evaluate(cursor: str | None) -> dg.SensorResult:
         return drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
@@ -518,12 +544,15 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     quiet = evaluate(None)
     assert "passed" in skip_message(quiet)
 
-    # 3. The newest day has drifted: exactly one run request, and none on the next tick.
-    drifted = materialize_drift(instance, resources)
+    # 3. The hourly check of the newest hours finds the drift: exactly one run request, none next tick.
+    drifted = hourly_check()
     assert not drifted.passed and drifted.description is not None and "amount" in drifted.description
     first = evaluate(quiet.cursor)
     [request] = first.run_requests
-    assert request.run_key is not None and request.run_key.startswith("drift_report:drift_within_threshold:")
+    recent = "recent_drift_report:recent_drift_within_threshold"
+    assert request.run_key is not None and request.run_key.startswith(f"{recent}:")
+    assert request.tags["rtml/trigger"] == recent
+    assert request.tags["rtml/drift_reference_version"] == production
     assert "already handled" in skip_message(evaluate(first.cursor))
 
     # 4. The requested run: training set rebuilt, a version trained, gated against production, staged.
@@ -560,9 +589,26 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
         f"{name} v{version}: PR AUC {ours:.4f} vs production v{production} {theirs:.4f}; staged; "
         f"approve with `rtml promote {version} --approver NAME --reason TEXT`"
     )
-    assert row["delivered"] and row["fields"]["trigger"] == "drift_report:drift_within_threshold"
+    assert row["delivered"] and row["fields"]["trigger"] == recent
     [body] = bodies_mentioning(webhook, f"rtml promote {version}")
     assert body["blocks"][0]["text"]["text"] == f"{name} v{version} staged"
+
+    # 5b. The data stays drifted: the next hour's check and the daily full report fail again, against the
+    # same production version: no second retraining within the cool-down ...
+    assert not hourly_check().passed
+    daily = materialize_drift(instance, resources)
+    assert not daily.passed and daily.description is not None and "amount" in daily.description
+    cooling = evaluate(first.cursor)
+    assert f"already retrained for drift against production v{production}" in skip_message(cooling)
+    assert skip_message(evaluate(cooling.cursor)).count("already handled") == 2
+    # ... and once it is over, the next failure retrains again (new labels may have arrived since)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RTML_DRIFT_RETRAINING_COOLDOWN_HOURS", "0")
+        get_settings.cache_clear()
+        assert not hourly_check().passed
+        [again] = evaluate(cooling.cursor).run_requests
+        assert again.run_key != request.run_key and again.tags["rtml/trigger"] == recent
+    get_settings.cache_clear()
 
     # 6. A person approves: the promotion notifies and requests the bento of the new production version.
     approval = {"version": version, "approver": "dana", "reason": "beats production after drift"}
@@ -581,6 +627,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     ) as context:
         bento = promotion_sensor(context)
     assert isinstance(bento, dg.RunRequest) and bento.run_key == f"bento-after-{promoted.run_id}"
+    assert bento.tags["rtml/trigger"] == f"promotion v{version}"
     assert promotion_sensor.job_name == "bento_job"
     [notice] = wait_for_rows(world_db, "promotion", before, count=1)
     assert notice["title"] == f"{name} v{version} is in production" and notice["fields"]["approver"] == "dana"

@@ -222,6 +222,25 @@ def test_windows_are_sampled_with_a_seed(drift_db: str) -> None:
     assert first[spec.numeric].dtypes.eq("float64").all()
 
 
+def test_the_reference_can_keep_the_current_windows_hours_of_day(drift_db: str) -> None:
+    """The hourly check's reference: only the rows of the current window's UTC hours of the day."""
+    night = drift.Window(day(CONTROL[0]) + timedelta(hours=22), day(CONTROL[0]) + timedelta(hours=25))
+    assert night.hours_of_day() == (0, 22, 23)
+    assert drift.Window(day(CONTROL[0]), day(CONTROL[1])).hours_of_day() is None  # a whole day: all
+    reference = drift.Window(day(REFERENCE[0]), day(REFERENCE[1]))
+    rows, _ = drift.load_features(drift_db, reference, max_rows=10**6, hours_of_day=night.hours_of_day())
+    relation = load_registry().view("customer_features").relation
+    with psycopg.connect(drift_db) as conn:
+        row = conn.execute(
+            f"select count(*) filter (where extract(hour from event_ts at time zone 'UTC') in (0, 22, 23)),"
+            f" count(*) from {relation} where event_ts >= %s and event_ts < %s",
+            (reference.start, reference.end),
+        ).fetchone()
+    assert row is not None
+    in_those_hours, every_hour = row
+    assert 0 < len(rows) == in_those_hours < every_hour
+
+
 def test_bad_requests_are_refused_with_the_reason(
     drift_db: str, drift_settings: Settings, mlflow_tracking_uri: str
 ) -> None:

@@ -88,6 +88,9 @@ def _record_in_dagster(
     except StackError as exc:
         typer.echo(f"(not recorded in Dagster: {redact(str(exc))})")
         return
+    if not (info.dagster_home / "dagster.yaml").is_file():  # servers configured, no instance made yet
+        typer.echo(f"(not recorded in Dagster: no instance under {info.dagster_home} yet; `rtml up` makes it)")
+        return
     import dagster as dg
 
     from rtml.defs.ingestion.scenario_events import record_switch

@@ -108,6 +108,17 @@ class Window:
     def __str__(self) -> str:
         return f"{self.start.isoformat()} / {self.end.isoformat()}"
 
+    def hours_of_day(self) -> tuple[int, ...] | None:
+        """The UTC hours of the day the window touches; None when it spans a whole day or more."""
+        if self.end - self.start >= timedelta(days=1):
+            return None
+        hour = self.start.replace(minute=0, second=0, microsecond=0)
+        hours = []
+        while hour < self.end:
+            hours.append(hour.hour)
+            hour += timedelta(hours=1)
+        return tuple(sorted(set(hours)))
+
 
 @dataclass(frozen=True)
 class ColumnDrift:
@@ -212,10 +223,14 @@ ALIASES = {"customer_features": "cf", "merchant_features": "mf"}
 
 
 def feature_query(
-    window: Window, max_rows: int, seed: int = SEED, registry: FeatureRegistry | None = None
+    window: Window,
+    max_rows: int,
+    seed: int = SEED,
+    registry: FeatureRegistry | None = None,
+    hours_of_day: tuple[int, ...] | None = None,
 ) -> tuple[sql.Composed, FeatureSpec]:
     """The COPY of a window's feature rows (at most ``max_rows``, seeded sample), with the columns of
-    ``feature_spec()`` in its order, and that spec."""
+    ``feature_spec()`` in its order, and that spec; only rows of the given UTC ``hours_of_day`` if any."""
     registry = registry or load_registry()
     if max_rows <= 0:
         raise DriftError(f"drift_max_rows must be positive, not {max_rows}")
@@ -239,7 +254,7 @@ def feature_query(
         """copy (
         with picked as (
             select transaction_id from {cf}
-            where event_ts >= {start} and event_ts < {end}
+            where event_ts >= {start} and event_ts < {end}{hours}
             -- a seeded sample that does not depend on the physical row order
             order by hashtextextended(transaction_id, {seed}) limit {limit}
         )
@@ -256,6 +271,11 @@ def feature_query(
         transactions=sql.SQL(TRANSACTIONS),
         start=sql.Literal(window.start),
         end=sql.Literal(window.end),
+        hours=sql.SQL("")
+        if hours_of_day is None
+        else sql.SQL(" and extract(hour from event_ts at time zone 'UTC')::int = any({})").format(
+            sql.Literal(list(hours_of_day))
+        ),
         seed=sql.Literal(seed),
         limit=sql.Literal(max_rows),
         columns=sql.SQL(", ").join(selected),
@@ -269,9 +289,10 @@ def load_features(
     max_rows: int,
     seed: int = SEED,
     registry: FeatureRegistry | None = None,
+    hours_of_day: tuple[int, ...] | None = None,
 ) -> tuple[pd.DataFrame, FeatureSpec]:
     """A window's feature rows (model dtypes: float64 with NaN, strings with None) and their spec."""
-    query, spec = feature_query(window, max_rows, seed, registry)
+    query, spec = feature_query(window, max_rows, seed, registry, hours_of_day)
     types = {name: pa.float64() for name in spec.numeric} | {name: pa.string() for name in spec.categorical}
     return _copy_frame(database_url, query, types), spec
 
@@ -386,10 +407,19 @@ def run_drift(
     reference: Window | None = None,
     current: Window | None = None,
     seed: int = SEED,
+    max_rows: int | None = None,
+    same_hours_of_day: bool = False,
+    threshold: float | None = None,
 ) -> DriftResult:
     """Both reports, saved and recorded. Without ``reference`` the production version's training window
-    is the reference (``tracking_uri`` needed); the predictions report needs a production version."""
+    is the reference (``tracking_uri`` needed); the predictions report needs a production version.
+    At most ``max_rows`` (default ``drift_max_rows``) rows are sampled from each window. With
+    ``same_hours_of_day`` and a current window shorter than a day, the reference keeps only the rows of
+    the current window's hours of the day (UTC): a few night hours are not "drifted" from a whole day
+    only because fewer customers pay at night. ``threshold``: the drifted share above which a report
+    detects drift (default ``drift_threshold``)."""
     began = time.perf_counter()
+    max_rows = max_rows or settings.drift_max_rows
     model_name = model_name or settings.model_name
     production = production_version(tracking_uri, model_name) if tracking_uri else None
     if reference is None:
@@ -405,10 +435,11 @@ def run_drift(
     current = current or current_window(database_url, settings.drift_current_hours)
     registry = load_registry()
     # both windows at once, on two connections: the server's work and pyarrow's parsing release the GIL
+    hours = current.hours_of_day() if same_hours_of_day else None
     with ThreadPoolExecutor(max_workers=2) as pool:
         fetches = [
-            pool.submit(load_features, database_url, window, settings.drift_max_rows, seed, registry)
-            for window in (reference, current)
+            pool.submit(load_features, database_url, window, max_rows, seed, registry, only)
+            for window, only in ((reference, hours), (current, None))
         ]
         (reference_rows, spec), (current_rows, _) = (fetch.result() for fetch in fetches)
     for name, window, rows in (("reference", reference, reference_rows), ("current", current, current_rows)):
@@ -416,11 +447,13 @@ def run_drift(
             raise DriftError(f"the {name} window {window} has no feature rows")
     ensure_table(database_url)
     version = production[0] if production else None
+    if threshold is not None:
+        settings = settings.model_copy(update={"drift_threshold": threshold})
     context = _Context(database_url, settings, reference, current, version, datetime.now(UTC))
     features = context.report(FEATURES, reference_rows, current_rows, spec)
     predictions = None
     if version is not None and tracking_uri is not None:
-        served = load_served_scores(database_url, current, version, settings.drift_max_rows, seed)
+        served = load_served_scores(database_url, current, version, max_rows, seed)
         if not served.empty:
             expected = _model_scores(tracking_uri, model_name, version, reference_rows)
             predictions = context.report(

@@ -19,6 +19,7 @@ from datetime import timedelta
 import dagster as dg
 
 from rtml.config import get_settings
+from rtml.defs.automation.tags import TRIGGER_TAG
 
 FRESHNESS_CHECK = "freshness_check"  # the name Dagster's factory gives every freshness check
 MODEL_FRESHNESS = dg.AssetCheckKey(dg.AssetKey("fraud_model"), FRESHNESS_CHECK)
@@ -48,4 +49,5 @@ with warnings.catch_warnings():
         freshness_checks=freshness_checks,
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        tags={TRIGGER_TAG: "freshness_checks_sensor"},
     )

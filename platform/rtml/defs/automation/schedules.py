@@ -7,7 +7,7 @@ import dagster as dg
 
 from rtml.config import get_settings
 from rtml.defs.automation.jobs import drift_job, hourly_refresh_job, retraining_job
-from rtml.defs.automation.sensors import TRIGGER_TAG
+from rtml.defs.automation.tags import TRIGGER_TAG
 
 # At :05 the hour that just closed: its transactions, features and the online store. (The ingestion
 # domain's `ingestion_job_schedule` loads raw transactions only and starts STOPPED; leave it off while
@@ -17,6 +17,7 @@ hourly_refresh_schedule = dg.build_schedule_from_partitioned_job(
     name="hourly_refresh_schedule",
     minute_of_hour=5,
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    tags={TRIGGER_TAG: "hourly_refresh_schedule"},
 )
 
 # Daily, after the day's labels (labels_job at 00:15): the newest labels make the newest training set.
@@ -38,5 +39,6 @@ daily_drift_schedule = dg.ScheduleDefinition(
     cron_schedule=get_settings().drift_report_cron,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    tags={TRIGGER_TAG: "daily_drift_schedule"},
     description="The drift report and its check, daily (cron: RTML_DRIFT_REPORT_CRON).",
 )

@@ -3,7 +3,13 @@
 Check reactions, each once per failed evaluation (the cursor keeps the id of the latest evaluation seen;
 a request's ``run_key`` is that id, so even a lost cursor cannot launch it twice):
 
-* ``drift_retraining_sensor``: ``drift_report:drift_within_threshold`` failed → ``retraining_job``;
+* ``drift_retraining_sensor``: ``drift_report:drift_within_threshold`` (daily) or
+  ``recent_drift_report:recent_drift_within_threshold`` (hourly, ``hourly_drift.py``) failed →
+  ``retraining_job``. Once per drift, not once per hour while it lasts: the reference of both checks is
+  the production version's training window, so the data stays "drifted" every hour until a retrained
+  version is promoted; after a drift-triggered retraining against a production version, further failures
+  against the same version request nothing for ``drift_retraining_cooldown_hours`` (a run that failed or
+  was canceled does not count: the next failure retries);
 * ``model_staleness_sensor``: ``fraud_model:freshness_check`` failed → ``retraining_job``;
 * ``data_freshness_sensor``: the freshness check of ``transactions_raw`` or ``online_features`` failed →
   a notification.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -31,13 +37,15 @@ from mlflow.exceptions import MlflowException
 from rtml.config import get_settings, redact
 from rtml.defs.automation.checks import DATA_FRESHNESS, MODEL_FRESHNESS
 from rtml.defs.automation.jobs import bento_job, retraining_job
+from rtml.defs.automation.tags import TRIGGER_TAG as TRIGGER_TAG  # re-exported: other domains import it here
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring.notify import notify
 
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_within_threshold")
-TRIGGER_TAG = "rtml/trigger"  # why a run was requested: the failed check, or a schedule
+RECENT_DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("recent_drift_report"), "recent_drift_within_threshold")
+DRIFT_REFERENCE_TAG = "rtml/drift_reference_version"  # the production version a drift retraining answers
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 METRIC_NAMES = {"pr_auc": "PR AUC", "roc_auc": "ROC AUC", "recall_at_1pct_fpr": "recall at 1% FPR"}
 
@@ -108,10 +116,60 @@ def _retrain_on_failure(context: dg.SensorEvaluationContext, key: dg.AssetCheckK
     job=retraining_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="The drift check on drift_report failed: retrain (once per failed evaluation).",
+    description="A drift check (daily drift_report, hourly recent_drift_report) failed: retrain, once per "
+    "drift (no second request against the same production version within drift_retraining_cooldown_hours).",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    return _retrain_on_failure(context, DRIFT_CHECK)
+    failures, cursor, notes = new_failures(context, (DRIFT_CHECK, RECENT_DRIFT_CHECK))
+    if not failures:
+        return dg.SensorResult(skip_reason="; ".join(notes), cursor=cursor)
+    failure = max(failures, key=lambda outcome: outcome.record_id)  # both failed: one request, the newest
+    evaluation = failure.evaluation
+    name = evaluation.asset_check_key.to_user_string()
+    active = context.instance.get_run_records(
+        dg.RunsFilter(job_name=retraining_job.name, statuses=ACTIVE), limit=1
+    )
+    if active:  # that run trains on the newest data anyway: a second one would only compete with it
+        run_id = active[0].dagster_run.run_id
+        reason = f"{name} failed (evaluation {failure.record_id}); retraining run {run_id} is active"
+        return dg.SensorResult(skip_reason=reason, cursor=cursor)
+    version = evaluation.metadata.get("model_version")
+    reference = str(version.value) if version is not None else "none"
+    earlier = _drift_retraining_since(
+        context.instance, reference, get_settings().drift_retraining_cooldown_hours
+    )
+    if earlier is not None:
+        reason = (
+            f"{name} failed (evaluation {failure.record_id}), but run {earlier.dagster_run.run_id} already "
+            f"retrained for drift against production v{reference} at "
+            f"{earlier.create_timestamp:%Y-%m-%d %H:%M} UTC (cool-down drift_retraining_cooldown_hours; "
+            "promote the staged version to move the reference)"
+        )
+        return dg.SensorResult(skip_reason=reason, cursor=cursor)
+    context.log.info(f"{name} failed: {evaluation.description}; requesting retraining")
+    request = dg.RunRequest(
+        run_key=f"{name}:{failure.record_id}",
+        tags={
+            TRIGGER_TAG: name,
+            "rtml/check_evaluation": str(failure.record_id),
+            DRIFT_REFERENCE_TAG: reference,
+        },
+    )
+    return dg.SensorResult(run_requests=[request], cursor=cursor)
+
+
+def _drift_retraining_since(
+    instance: dg.DagsterInstance, reference: str, cooldown_hours: float
+) -> dg.RunRecord | None:
+    """The newest drift-triggered retraining against production ``reference`` created within the cool-down
+    that succeeded or may still (one that failed or was canceled is no reason to wait)."""
+    statuses = [dg.DagsterRunStatus.NOT_STARTED, *ACTIVE, dg.DagsterRunStatus.SUCCESS]
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=retraining_job.name, tags={DRIFT_REFERENCE_TAG: reference}, statuses=statuses),
+        limit=1,
+    )
+    since = datetime.now(UTC) - timedelta(hours=cooldown_hours)
+    return records[0] if records and records[0].create_timestamp >= since else None
 
 
 @dg.sensor(

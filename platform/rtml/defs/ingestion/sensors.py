@@ -8,6 +8,7 @@ import time
 import dagster as dg
 
 from rtml.config import get_settings
+from rtml.defs.automation.tags import TRIGGER_TAG
 from rtml.defs.ingestion.partitions import landing_file_partitions
 from rtml.monitoring import metrics
 from rtml.sources.landing import list_landing_files, ready_files
@@ -74,7 +75,9 @@ def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=file.drop_key, partition_key=file.name, tags={LANDING_SHA256_TAG: file.sha256}
+                run_key=file.drop_key,
+                partition_key=file.name,
+                tags={LANDING_SHA256_TAG: file.sha256, TRIGGER_TAG: f"landing file {file.name}"},
             )
             for file in new
         ],

@@ -24,31 +24,74 @@ class DriftConfig(dg.Config):
     current_end: str | None = None
 
 
-@dg.asset(
-    deps=["stg_transactions", "customer_features", "merchant_features", "production_model"],
-    group_name="monitoring",
-    kinds={"evidently", "postgres"},
-)
+DRIFT_DEPS = ["stg_transactions", "customer_features", "merchant_features", "production_model"]
+
+
+@dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
 def drift_report(
     context: dg.AssetExecutionContext, config: DriftConfig, postgres: PostgresResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """Feature drift (and drift of the served scores) between the production model's training window and
-    the newest hours: an Evidently HTML report per kind, a row per report in
-    ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it."""
+    the newest ``drift_current_hours`` hours: an Evidently HTML report per kind, a row per report in
+    ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it. Daily (``drift_job``)."""
     settings = get_settings()
+    return _drift(
+        context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows, False, None
+    )
+
+
+@dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
+def recent_drift_report(
+    context: dg.AssetExecutionContext, config: DriftConfig, postgres: PostgresResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours, at most
+    ``drift_recent_max_rows`` rows per window, against the reference's rows of the same hours of the day
+    (UTC; a night is not a drift), judged at ``drift_recent_threshold``. Materialized after every hourly
+    refresh (``hourly_drift_sensor``); a separate asset, so the daily full report stays as it was."""
+    settings = get_settings()
+    return _drift(
+        context,
+        config,
+        postgres,
+        mlflow,
+        settings.drift_recent_hours,
+        settings.drift_recent_max_rows,
+        True,
+        settings.drift_recent_threshold,
+    )
+
+
+def _drift(
+    context: dg.AssetExecutionContext,
+    config: DriftConfig,
+    postgres: PostgresResource,
+    mlflow: MlflowResource,
+    current_hours: int,
+    max_rows: int,
+    same_hours_of_day: bool,
+    threshold: float | None,
+) -> dg.MaterializeResult:
+    settings = get_settings()
+    name = context.asset_key.to_user_string()
+    url = postgres.database_url()
     try:
+        current = _window("current", config.current_start, config.current_end)
+        current = current or drift.current_window(url, current_hours)
         result = drift.run_drift(
-            postgres.database_url(),
+            url,
             settings,
             tracking_uri=mlflow.uri(),
             model_name=mlflow.model_name,
             reference=_window("reference", config.reference_start, config.reference_end),
-            current=_window("current", config.current_start, config.current_end),
+            current=current,
+            max_rows=max_rows,
+            same_hours_of_day=same_hours_of_day,
+            threshold=threshold,
         )
     except drift.DriftError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
-    samples = [*drift.samples(result), *metrics.run_samples("drift_report", result.seconds)]
-    pushed = metrics.publish("drift_report", samples, settings.pushgateway_url)
+    samples = [*drift.samples(result), *metrics.run_samples(name, result.seconds)]
+    pushed = metrics.publish(name, samples, settings.pushgateway_url)
     features = result.features
     context.log.info(
         f"features: {features.drifted_share:.1%} of columns drifted (threshold {features.threshold:.0%}): "
@@ -60,6 +103,9 @@ def drift_report(
         "reference_window": str(features.reference),
         "current_window": str(features.current),
         "reference_rows": features.reference_rows,
+        "reference_hours_of_day": dg.MetadataValue.json(
+            list(current.hours_of_day() or ()) if same_hours_of_day else "all"
+        ),
         "current_rows": features.current_rows,
         "drifted_share": round(features.drifted_share, 4),
         "threshold": features.threshold,

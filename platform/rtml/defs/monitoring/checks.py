@@ -1,6 +1,7 @@
-"""``drift_within_threshold``: the reports of the latest ``drift_report`` materialization (read back from
+"""``drift_within_threshold`` (on ``drift_report``, daily) and ``recent_drift_within_threshold`` (on
+``recent_drift_report``, hourly): the reports of the asset's latest materialization (read back from
 ``monitoring.drift_reports`` by the ids in its metadata) stay within ``drift_threshold``. A failure names
-the drifted columns; the retraining automation reacts to it."""
+the drifted columns; the retraining automation reacts to it (``drift_retraining_sensor``)."""
 
 import dagster as dg
 
@@ -8,23 +9,33 @@ from rtml.defs.resources import PostgresResource
 from rtml.monitoring import drift
 
 ASSET = dg.AssetKey("drift_report")
+RECENT_ASSET = dg.AssetKey("recent_drift_report")
 
 
-@dg.asset_check(
-    asset=ASSET,
-    description="The share of drifted columns (features; served scores) is at most `drift_threshold`; "
-    "fails naming the drifted columns.",
-)
-def drift_within_threshold(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+def _threshold_check(asset: dg.AssetKey, name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=asset,
+        name=name,
+        description="The share of drifted columns (features; served scores) is at most `drift_threshold`; "
+        "fails naming the drifted columns.",
+    )
+    def check(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
+        return _evaluate(context, postgres, asset)
+
+    return check
+
+
+def _evaluate(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, asset: dg.AssetKey
 ) -> dg.AssetCheckResult:
-    event = context.instance.get_latest_materialization_event(ASSET)
+    event = context.instance.get_latest_materialization_event(asset)
     materialization = event.asset_materialization if event is not None else None
     if materialization is None or "report_ids" not in materialization.metadata:
         return dg.AssetCheckResult(
             passed=False,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="drift_report has no materialization with report ids yet: materialize it first",
+            description=f"{asset.to_user_string()} has no materialization with report ids yet: "
+            "materialize it first",
         )
     ids = dict(materialization.metadata["report_ids"].value)  # {kind: report id}
     reports = drift.load_reports(postgres.database_url(), ids.values())
@@ -38,6 +49,8 @@ def drift_within_threshold(
     metadata: dict[str, dg.RawMetadataValue] = {
         "drifted_columns": dg.MetadataValue.json([name for r in drifted for name in r.drifted_columns]),
         "report_ids": dg.MetadataValue.json(ids),
+        # the reference's version: the drift sensor's cool-down is per production version
+        "model_version": next((r.model_version for r in reports if r.model_version), None) or "none",
     }
     for report in reports:
         metadata[f"{report.kind}/drifted_share"] = round(report.drifted_share, 4)
@@ -49,3 +62,7 @@ def drift_within_threshold(
         description=("drift detected: " if drifted else "within threshold: ") + summary,
         metadata=metadata,
     )
+
+
+drift_within_threshold = _threshold_check(ASSET, "drift_within_threshold")
+recent_drift_within_threshold = _threshold_check(RECENT_ASSET, "recent_drift_within_threshold")
