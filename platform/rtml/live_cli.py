@@ -89,7 +89,7 @@ def _record_in_dagster(
         typer.echo(f"(not recorded in Dagster: {redact(str(exc))})")
         return
     if not (info.dagster_home / "dagster.yaml").is_file():  # servers configured, no instance made yet
-        typer.echo(f"(not recorded in Dagster: no instance under {info.dagster_home} yet; `rtml up` makes it)")
+        typer.echo(f"(not recorded in Dagster: no instance under {info.dagster_home} yet)")
         return
     import dagster as dg
 
