@@ -15,17 +15,24 @@ The production model is deliberately weak (``amount`` only, few trees, as in tes
 so that the retraining beats it at the gate and stages: the figure measured is the pipeline's time, not a
 model's quality.
 
-The scenario ``amount_inflation`` starts at an hour boundary (``sim_drift_scenario``/``sim_drift_start``,
-what ``rtml scenario start`` switches at run time). First ``--control-hours`` undrifted hours go through
-the same chain (their drift check must pass: no false alarm at an hour's volume), then the drifted hours,
-one by one, until the drift sensor requests a retraining. Each Dagster run executes in process (the
-daemon's scheduling is not part of the figure); the processing time is the sum of the steps after the
-drifted hour closes. The worst-case wall time adds what the daemon adds: up to 60 min until the hour
-closes, the schedule's 5 min offset, and the sensors' intervals (hourly drift sensor 30 s, drift sensor
-60 s, retraining notifier 30 s).
+The scenario ``amount_inflation`` is switched on as ``rtml scenario start amount_inflation`` does it:
+``rtml.sources.scenarios.switch`` appends it to the run-time timeline under the data directory, from a
+point in time on, here minute ``--switch-minute`` of a weekday's noon hour (the command switches from the
+next event on, whatever the minute). Rows of that hour before the switch stay undrifted: a switch at :40
+drifts a third of the hour its check sees at :05 after it closes. First ``--control-hours`` undrifted
+hours go through the same chain (their drift check must pass: no false alarm at an hour's volume), then
+the hour holding the switch and the following ones, one by one, until the drift sensor requests a
+retraining. Each Dagster run executes in process (the daemon's scheduling is not part of the figure); the
+processing time is the sum of the steps after the detecting hour closes. The wall time from the switch
+adds what the daemon adds: the wait from the switch until the detecting hour closes (60 - minute, plus
+60 if the check of the hour holding the switch does not fire), the schedule's 5 min offset, and the
+sensors' intervals (hourly drift sensor 30 s, drift sensor 60 s, retraining notifier 30 s).
 
-Usage: ``.venv/bin/python benchmarks/drift_to_staging.py [--transactions-per-day 20000] [--history-days
-38]``. Ends with one JSON line.
+Several ``--switch-minute`` values run one after the other, each in a world of its own (the same seeded
+history, a fresh stack); the JSON line gives each run and the worst case over them.
+
+Usage: ``.venv/bin/python benchmarks/drift_to_staging.py [--switch-minute 0 30 45 50]
+[--transactions-per-day 20000] [--history-days 38]``. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -153,6 +160,37 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     return len(rows)
 
 
+def count_rows(url: str, start: datetime, hour: datetime) -> int:
+    """Transactions with event time in [start, hour + 1 h): the hour's rows generated with the scenario."""
+    import psycopg
+
+    end = hour + timedelta(hours=1)
+    if start >= end:
+        return 0
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select count(*) from staging.stg_transactions where event_ts >= %s and event_ts < %s",
+            (start, end),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def column_scores(url: str, evaluation: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """The features report's drifted columns with their scores, and ``amount``'s test (method, score,
+    threshold): its row in ``monitoring.drift_reports``."""
+    import psycopg
+
+    report_id = evaluation.metadata["report_ids"].value["features"]
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select columns from monitoring.drift_reports where report_id = %s", (report_id,)
+        ).fetchone()
+    assert row is not None, f"no drift report {report_id}"
+    columns = row[0]["columns"]
+    drifted = {name: round(c["score"], 3) for name, c in columns.items() if c["drifted"]}
+    return drifted, columns.get("amount", {})
+
+
 def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
     return next(
         e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
@@ -165,9 +203,51 @@ def main() -> None:
     parser.add_argument("--history-days", type=int, default=38)
     parser.add_argument("--control-hours", type=int, default=2)
     parser.add_argument("--max-drift-hours", type=int, default=4)
+    parser.add_argument(
+        "--switch-minute",
+        type=int,
+        nargs="+",
+        default=[30],
+        help="minute(s) of the hour at which the scenario is switched on (one run each)",
+    )
     args = parser.parse_args()
-    drift_start = START + timedelta(days=args.history_days, hours=12)  # a weekday noon: normal traffic
-    first_hour = drift_start - timedelta(hours=args.control_hours)
+    if any(not 0 <= minute < 60 for minute in args.switch_minute):
+        parser.error(f"--switch-minute takes minutes 0-59, not {args.switch_minute}")
+    runs = []
+    for minute in args.switch_minute:
+        print(f"\n=== scenario switched on at minute {minute} of the hour ===", flush=True)
+        runs.append(one_switch(args, minute))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "hours"}), flush=True)
+    print(json.dumps(summary(args.transactions_per_day, runs)))
+
+
+def summary(transactions_per_day: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON line: per switch minute where the drift was detected and the wall time from the switch to
+    the notification; the worst case over the minutes. A run without a detection within
+    ``--max-drift-hours`` has no figure, only a lower bound (``not_detected_after_minutes``): then the
+    worst case is unknown and ``worst_case_more_than_minutes`` says how long at least."""
+    timed = [r for r in runs if r.get("switch_to_notification_minutes") is not None]
+    worst = max(timed, key=lambda r: r["switch_to_notification_minutes"], default=None)
+    missed = [r for r in runs if r["detected_in"] is None]
+    return {
+        "transactions_per_day": transactions_per_day,
+        "switch_minutes": [r["switch_minute"] for r in runs],
+        "detected_in": {str(r["switch_minute"]): r["detected_in"] for r in runs},
+        "switch_to_notification_minutes": {
+            str(r["switch_minute"]): r.get("switch_to_notification_minutes") for r in runs
+        },
+        "undetected_switch_minutes": [r["switch_minute"] for r in missed],
+        "worst_case_minutes": None if missed or worst is None else worst["switch_to_notification_minutes"],
+        "worst_case_switch_minute": None if missed or worst is None else worst["switch_minute"],
+        "worst_case_more_than_minutes": max((r["not_detected_after_minutes"] for r in missed), default=None),
+        "runs": runs,
+    }
+
+
+def one_switch(args: argparse.Namespace, minute: int) -> dict[str, Any]:
+    """One world: history, control hours, the switch at ``minute`` of the noon hour, until a staged model."""
+    switch_at = START + timedelta(days=args.history_days, hours=12, minutes=minute)  # a weekday noon
+    first_hour = switch_at.replace(minute=0) - timedelta(hours=args.control_hours)
 
     with (
         tempfile.TemporaryDirectory(prefix="rtml-bench-drift-staging-") as folder,
@@ -177,8 +257,6 @@ def main() -> None:
             "RTML_DATA_DIR": folder,
             "RTML_SIM_START": START.isoformat(),
             "RTML_SIM_TRANSACTIONS_PER_DAY": str(args.transactions_per_day),
-            "RTML_SIM_DRIFT_SCENARIO": "amount_inflation",
-            "RTML_SIM_DRIFT_START": drift_start.isoformat(),
             "RTML_ALERT_WEBHOOK_URL": url,
             "RTML_INCOMPLETE_PARTITIONS_LOOKBACK_HOURS": "1",
             "RTML_MLFLOW_PORT": str(free_port()),  # never a developer's demo port
@@ -189,17 +267,18 @@ def main() -> None:
             "RTML_MLFLOW_TRACKING_URI",
             "RTML_DATABASE_URL",
             "RTML_REDIS_URL",
+            "RTML_SIM_DRIFT_SCENARIO",  # no pinned scenario: the run-time switch only
+            "RTML_SIM_DRIFT_START",
         ):
             os.environ.pop(name, None)  # the benchmark's own stack, never a developer's
         os.environ.update(env)
-        result = run(args, first_hour, drift_start, received)
-    print(json.dumps(result))
+        return {"switch_minute": minute, **run(args, first_hour, switch_at, received)}
 
 
 def run(
     args: argparse.Namespace,
     first_hour: datetime,
-    drift_start: datetime,
+    switch_at: datetime,
     received: list[tuple[float, dict[str, Any]]],
 ) -> dict[str, Any]:
     from rtml.config import get_settings
@@ -266,7 +345,7 @@ def run(
         )
         instance = dg.DagsterInstance.from_config(str(info.dagster_home))
         try:
-            return chain(args, world, instance, first_hour, drift_start, received, resources, setup)
+            return chain(args, world, instance, first_hour, switch_at, received, resources, setup)
         finally:
             instance.dispose()
     finally:
@@ -295,13 +374,15 @@ def chain(
     world: dg.Definitions,
     instance: dg.DagsterInstance,
     first_hour: datetime,
-    drift_start: datetime,
+    switch_at: datetime,
     received: list[tuple[float, dict[str, Any]]],
     resources: dict[str, Any],
     setup: dict[str, float],
 ) -> dict[str, Any]:
+    from rtml.config import get_settings
     from rtml.defs.automation.hourly_drift import hourly_drift_sensor
     from rtml.defs.automation.sensors import drift_retraining_sensor, retraining_notifier
+    from rtml.sources.scenarios import switch
 
     refresh_job = world.resolve_job_def("hourly_refresh_job")
     drift_job = world.resolve_job_def("hourly_drift_job")
@@ -311,8 +392,15 @@ def chain(
     checked: list[dict[str, Any]] = []  # every hour: its figures and the check's shares
     hour = first_hour
     for _ in range(args.control_hours + args.max_drift_hours):
-        drifted = hour >= drift_start
-        print(f"{hour:%Y-%m-%d %H:00} ({'drifted' if drifted else 'control'})", flush=True)
+        drifted = hour + timedelta(hours=1) > switch_at  # the hour holds drifted rows
+        if hour <= switch_at < hour + timedelta(hours=1):
+            # what `rtml scenario start amount_inflation` does, at that minute of the hour: rows with a
+            # later event time are generated drifted (every refresh's Simulator reads the timeline)
+            switch(get_settings(), "amount_inflation", True, at=switch_at)
+        drifted_minutes = max(0.0, (hour + timedelta(hours=1) - max(hour, switch_at)) / timedelta(minutes=1))
+        print(
+            f"{hour:%Y-%m-%d %H:00} ({f'drifted from :{switch_at:%M}' if drifted else 'control'})", flush=True
+        )
         steps: dict[str, float] = {}
         with step(steps, "hourly_refresh"):
             key = f"{hour:%Y-%m-%d-%H:%M}"  # the hourly partition the schedule runs at :05 after it
@@ -328,7 +416,12 @@ def chain(
             hour,
             hour + timedelta(hours=1),
         )
-        print(f"  served {served} transactions (scores of production v{version})", flush=True)
+        drifted_rows = count_rows(resources["postgres"].database_url(), max(hour, switch_at), hour)
+        print(
+            f"  served {served} transactions (scores of production v{version}); {drifted_rows} with the "
+            f"scenario ({drifted_minutes:.0f} min of the hour)",
+            flush=True,
+        )
         refresh_run = instance.get_run_by_id(refresh.run_id)
         assert refresh_run is not None
         with dg.build_run_status_sensor_context(
@@ -346,6 +439,8 @@ def chain(
         share = evaluation.metadata["features/drifted_share"].value
         score_share = evaluation.metadata.get("predictions/drifted_share")
         print(f"  check passed={evaluation.passed}: {evaluation.description}", flush=True)
+        drifted_now, amount_test = column_scores(resources["postgres"].database_url(), evaluation)
+        print(f"  drifted columns (score): {drifted_now or 'none'}; amount's test: {amount_test}", flush=True)
         with step(steps, "drift_sensor"):
             tick = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
         assert isinstance(tick, dg.SensorResult)
@@ -354,8 +449,13 @@ def chain(
             {
                 "hour": f"{hour:%Y-%m-%d %H:00}",
                 "drifted": drifted,
+                "drifted_minutes": drifted_minutes,
+                "rows": served,
+                "drifted_rows": drifted_rows,
                 **{f"{name}_seconds": value for name, value in steps.items()},
                 "features_drifted_share": share,
+                "features_drifted_columns": drifted_now,
+                "amount_test": amount_test,
                 "scores_drifted_share": score_share and score_share.value,
             }
         )
@@ -392,21 +492,25 @@ def chain(
         assert len(received) > before, "no notification reached the webhook"
         steps["notification"] = round(received[-1][0] - began, 2)
         print(f"  notification: {steps['notification']:.2f} s: {str(received[-1][1].get('text', ''))[:160]}")
-        drifted_hours = round((hour - drift_start) / timedelta(hours=1))
+        # `hour` is now the end of the detecting hour; hour 1 is the one holding the switch
+        drifted_hours = round((hour - switch_at.replace(minute=0)) / timedelta(hours=1))
         processing = round(sum(steps.values()), 1)
         daemon = sum(SENSOR_INTERVALS_S.values())
-        wait_minutes = (drifted_hours - 1) * 60 + 60 + 5
+        wait_minutes = round((hour - switch_at) / timedelta(minutes=1) + 5, 1)
         worst_minutes = round(wait_minutes + (processing + daemon) / 60, 1)
+        detected_in = "switch hour" if drifted_hours == 1 else f"switch hour + {drifted_hours - 1}"
         print(
-            f"\nscenario start → model v{version} ({gate}) and its notification: the check after drifted "
-            f"hour {drifted_hours} fired; processing {processing} s after the hour closed "
-            f"({', '.join(f'{k} {v} s' for k, v in steps.items())}); worst case at the hourly cadence: "
-            f"{wait_minutes} min (hour closes + 5 min schedule offset) + {processing} s + {daemon} s (sensor "
-            f"intervals) = {worst_minutes} min (target 75)"
+            f"\nscenario start at :{switch_at:%M} → model v{version} ({gate}) and its notification: the "
+            f"check after drifted hour {drifted_hours} ({detected_in}) fired; processing {processing} s "
+            f"after the hour closed ({', '.join(f'{k} {v} s' for k, v in steps.items())}); wall time from "
+            f"the switch at the hourly cadence: {wait_minutes} min (until the hour closes + 5 min schedule "
+            f"offset) + {processing} s + {daemon} s (sensor intervals) = {worst_minutes} min (target 75)"
         )
         return {
             "transactions_per_day": args.transactions_per_day,
+            "detected_in": detected_in,
             "drifted_hours_to_detection": drifted_hours,
+            "switch_to_hour_close_plus_offset_minutes": wait_minutes,
             "gate": gate,
             "processing_seconds": processing,
             "hourly_refresh_seconds": steps["hourly_refresh"],
@@ -420,14 +524,21 @@ def chain(
             "control_scores_drifted": [c["scores"] for c in controls],
             "detecting_scores_drifted": score_share and score_share.value,
             "sensor_intervals_seconds": daemon,
-            "worst_case_minutes": worst_minutes,
+            "switch_to_notification_minutes": worst_minutes,
             "setup_seconds": setup,
             "hours": checked,
         }
-    print(f"\nno retraining requested after {args.max_drift_hours} drifted hours")
+    # `hour` is the end of the last hour checked: its check ran 5 min later and passed
+    silent = round((hour - switch_at) / timedelta(minutes=1) + 5, 1)
+    print(
+        f"\nno retraining requested after {args.max_drift_hours} drifted hours"
+        f" ({silent} min after the switch)"
+    )
     return {
         "transactions_per_day": args.transactions_per_day,
+        "detected_in": None,
         "drifted_hours_to_detection": None,
+        "not_detected_after_minutes": silent,
         "hours": checked,
         "setup_seconds": setup,
     }
