@@ -17,7 +17,7 @@ model's quality.
 
 The scenario ``amount_inflation`` is switched on as ``rtml scenario start amount_inflation`` does it:
 ``rtml.sources.scenarios.switch`` appends it to the run-time timeline under the data directory, from a
-point in time on, here minute ``--switch-minute`` of a weekday's noon hour (the command switches from the
+point in time on, here minute ``--switch-minute`` of the noon hour (2026-11-08, a Sunday, with the default history) (the command switches from the
 next event on, whatever the minute). Rows of that hour before the switch stay undrifted: a switch at :40
 drifts a third of the hour its check sees at :05 after it closes. First ``--control-hours`` undrifted
 hours go through the same chain (their drift check must pass: no false alarm at an hour's volume), then
@@ -246,7 +246,7 @@ def summary(transactions_per_day: int, runs: list[dict[str, Any]]) -> dict[str, 
 
 def one_switch(args: argparse.Namespace, minute: int) -> dict[str, Any]:
     """One world: history, control hours, the switch at ``minute`` of the noon hour, until a staged model."""
-    switch_at = START + timedelta(days=args.history_days, hours=12, minutes=minute)  # a weekday noon
+    switch_at = START + timedelta(days=args.history_days, hours=12, minutes=minute)  # noon, busy traffic
     first_hour = switch_at.replace(minute=0) - timedelta(hours=args.control_hours)
 
     with (
