@@ -17,8 +17,9 @@ model's quality.
 
 The scenario ``amount_inflation`` is switched on as ``rtml scenario start amount_inflation`` does it:
 ``rtml.sources.scenarios.switch`` appends it to the run-time timeline under the data directory, from a
-point in time on, here minute ``--switch-minute`` of the noon hour (2026-11-08, a Sunday, with the default history) (the command switches from the
-next event on, whatever the minute). Rows of that hour before the switch stay undrifted: a switch at :40
+point in time on, here minute ``--switch-minute`` of the noon hour (2026-11-08, a Sunday, with the
+default history; the command switches from the next event on, whatever the minute).
+Rows of that hour before the switch stay undrifted: a switch at :40
 drifts a third of the hour its check sees at :05 after it closes. First ``--control-hours`` undrifted
 hours go through the same chain (their drift check must pass: no false alarm at an hour's volume), then
 the hour holding the switch and the following ones, one by one, until the drift sensor requests a
