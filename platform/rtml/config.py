@@ -310,8 +310,9 @@ class Settings(BaseSettings):
     drift_recent_threshold: float = Field(
         0.15,
         description="Hourly drift check: the largest acceptable share of drifted columns. Lower than "
-        "`drift_threshold`: within its first hour a shift in amounts moves only the fast columns (4 of 24: "
-        "0.167), while an undrifted hour against the same hours of the reference showed 0-1 of 24.",
+        "`drift_threshold`: a shift in amounts switched on at a whole hour moved 4 of 24 columns (0.167) in "
+        "its first hour; switched mid-hour, or in later hours, only 2-3, and one undrifted weekend night "
+        "moved 7 (docs/benchmarks.md, drift to staging: the rule is known to be weak).",
     )
     drift_recent_max_rows: int = Field(
         20_000,
