@@ -9,7 +9,6 @@ import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -19,13 +18,12 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from rtml.config import Settings, get_settings
+from rtml.config import get_settings
 from rtml.services.stack import StackInfo
 from rtml.sources.scenarios import ScenarioInterval, ScenarioTimeline, timeline_path
 from rtml.sources.simulator import DRIFT_SCENARIOS, Simulator
+from tests.test_simulator import DAY, START, settings  # the same small world
 
-START = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
-DAY = timedelta(days=1)
 SWITCH = START + DAY + timedelta(hours=10, minutes=30, seconds=7)  # mid-hour, in daytime
 STOP = SWITCH + timedelta(hours=3, minutes=10)
 WINDOW = (START + DAY + timedelta(hours=8), START + DAY + timedelta(hours=16))
@@ -33,21 +31,6 @@ WINDOW = (START + DAY + timedelta(hours=8), START + DAY + timedelta(hours=16))
 # sha256 of transactions + labels + truth (Arrow IPC) of one day, computed with the simulator of main
 # before scenarios became per-row (commit 402f0a7): the output without a scenario must not move.
 NO_SCENARIO_DIGEST = "8fa09dc6a6329179454699ce77b6a63a2aacc202d2e575f644e08d6c1449a437"
-
-
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "sim_seed": 11,
-        "sim_start": START,
-        "sim_customers": 2_000,
-        "sim_merchants": 300,
-        "sim_transactions_per_day": 20_000,
-        "sim_dirty_share": 0.002,
-        "sim_drift_scenario": None,
-        "sim_drift_start": None,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 def timeline(scenario: str, start: datetime = SWITCH, stop: datetime | None = None) -> ScenarioTimeline:

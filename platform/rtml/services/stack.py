@@ -115,9 +115,7 @@ class LocalStack:
                 info.dagster_home, info.dagster_database_url, self.settings.run_monitoring_interval_s
             )
             record_live_start(self.settings)
-            self.settings.landing_dir.mkdir(
-                parents=True, exist_ok=True
-            )  # where the README says to drop files
+            self.settings.landing_dir.mkdir(parents=True, exist_ok=True)  # where users drop files
             return info
 
     def down(self) -> None:

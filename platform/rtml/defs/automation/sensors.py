@@ -91,19 +91,24 @@ def new_failures(
     return failures, json.dumps(seen, sort_keys=True), notes
 
 
+def _retraining_active(instance: dg.DagsterInstance, name: str, record_id: int) -> str | None:
+    """Why a failure of check ``name`` requests nothing now: a retraining run is active, and it trains on
+    the newest data anyway (a second one would only compete with it)."""
+    active = instance.get_run_records(dg.RunsFilter(job_name=retraining_job.name, statuses=ACTIVE), limit=1)
+    if not active:
+        return None
+    return f"{name} failed (evaluation {record_id}); retraining run {active[0].dagster_run.run_id} is active"
+
+
 def _retrain_on_failure(context: dg.SensorEvaluationContext, key: dg.AssetCheckKey) -> dg.SensorResult:
     failures, cursor, notes = new_failures(context, (key,))
     if not failures:
         return dg.SensorResult(skip_reason="; ".join(notes), cursor=cursor)
     failure = failures[0]
     name = key.to_user_string()
-    active = context.instance.get_run_records(
-        dg.RunsFilter(job_name=retraining_job.name, statuses=ACTIVE), limit=1
-    )
-    if active:  # that run trains on the newest data anyway: a second one would only compete with it
-        run_id = active[0].dagster_run.run_id
-        reason = f"{name} failed (evaluation {failure.record_id}); retraining run {run_id} is active"
-        return dg.SensorResult(skip_reason=reason, cursor=cursor)
+    busy = _retraining_active(context.instance, name, failure.record_id)
+    if busy:
+        return dg.SensorResult(skip_reason=busy, cursor=cursor)
     context.log.info(f"{name} failed: {failure.evaluation.description}; requesting retraining")
     request = dg.RunRequest(
         run_key=f"{name}:{failure.record_id}",
@@ -126,13 +131,9 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     failure = max(failures, key=lambda outcome: outcome.record_id)  # both failed: one request, the newest
     evaluation = failure.evaluation
     name = evaluation.asset_check_key.to_user_string()
-    active = context.instance.get_run_records(
-        dg.RunsFilter(job_name=retraining_job.name, statuses=ACTIVE), limit=1
-    )
-    if active:  # that run trains on the newest data anyway: a second one would only compete with it
-        run_id = active[0].dagster_run.run_id
-        reason = f"{name} failed (evaluation {failure.record_id}); retraining run {run_id} is active"
-        return dg.SensorResult(skip_reason=reason, cursor=cursor)
+    busy = _retraining_active(context.instance, name, failure.record_id)
+    if busy:
+        return dg.SensorResult(skip_reason=busy, cursor=cursor)
     version = evaluation.metadata.get("model_version")
     reference = str(version.value) if version is not None else "none"
     earlier = _drift_retraining_since(
