@@ -1,0 +1,335 @@
+"""The speed layer's exact features (rtml.streaming) against dbt's ``customer_features``.
+
+Hypothesis draws customer histories (bursts one second apart, ties at the same instant, events exactly
+on and one microsecond around window edges and watermarks, amounts PostgreSQL rounds, equal amounts);
+each drawn example is one customer, so all examples share ONE database and two dbt runs. The batch era
+(before the watermark W1) goes through the platform's loader into ``raw.transactions`` with everything
+else; dbt builds ``customer_features`` over all rows and ``customer_stream_snapshot`` at W1, then at W2
+(the watermark moving mid-stream). The stream era arrives out of order, with duplicates and late replays,
+in two phases around the move; the merged features at every stream transaction's time must equal
+dbt's row for that transaction in every column, exactly (NULL for NULL).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from psycopg.rows import dict_row
+
+from rtml.config import Settings
+from rtml.features.dbt import run_dbt
+from rtml.ingest.loader import load_transactions
+from rtml.sources.schema import TRANSACTIONS
+from rtml.streaming import numeric
+from rtml.streaming.events import DAY_US, HOUR_US, SECOND_US, TransactionEvent, from_us, to_us
+from rtml.streaming.features import FEATURE_COLUMNS, BeyondHorizon, NotExact, customer_features_at
+from rtml.streaming.snapshot import WINDOWS_US, BatchSnapshot, fetch_snapshots
+from rtml.streaming.state import CustomerStreamState, Outcome
+
+# W1 just after 04:00 UTC: the 7-day edges and the stream both cross the night boundary (06:00)
+W1 = datetime(2026, 10, 20, 4, 17, 23, 500, tzinfo=UTC)
+W1_US = to_us(W1)
+W2_US = W1_US + 71 * 60 * SECOND_US + 123_457
+HORIZON = "3 hours"
+STREAM_END_US = W2_US + 100 * 60 * SECOND_US  # every stream transaction is within W2 + horizon
+EXAMPLES = 80
+MERCHANTS = ["m1", "m2", "m3", "m4", "m5"]
+
+
+@dataclass
+class History:
+    events: list[TransactionEvent]
+    rng: random.Random  # arrival order, duplicates, replays
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[tuple[int, str, float]], random.Random]:
+    span_s = (STREAM_END_US - W1_US) // SECOND_US
+    watermarks = [W1_US, W1_US + 1, W2_US - 1, W2_US, W2_US + 1]
+    anchors = draw(
+        st.lists(
+            st.one_of(
+                st.integers(0, span_s).map(lambda s: W1_US + s * SECOND_US), st.sampled_from(watermarks)
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    times: list[int] = []
+    for anchor in anchors:  # a burst: the anchor and up to 4 more one second apart
+        times += [anchor + i * SECOND_US for i in range(draw(st.integers(0, 4)))] or [anchor]
+    for _ in range(draw(st.integers(0, 8))):  # on a window's trailing edge of a later event, +- 1 us
+        base = draw(st.sampled_from(times + watermarks))
+        width = draw(st.sampled_from(list(WINDOWS_US.values())))
+        times.append(base - width + draw(st.sampled_from([-1, 0, 0, 1])))
+    times += draw(st.lists(st.integers(-31 * DAY_US, -1).map(lambda o: W1_US + o), max_size=8))
+    for _ in range(draw(st.integers(0, 3))):  # ties: another transaction at exactly the same instant
+        times.append(draw(st.sampled_from(times)))
+    same = draw(st.booleans())  # equal amounts: stddev 0, no z-score
+    amount = st.one_of(
+        st.integers(1, 2_000_000).map(lambda c: c / 100),
+        st.sampled_from([5.0, 12.345, 0.005, 0.015, 19_999.99, 1.005]),
+        st.floats(0.01, 20_000, allow_nan=False).map(lambda x: max(0.01, round(x, 4))),
+    )
+    fixed = draw(amount)
+    rows = [(ts, draw(st.sampled_from(MERCHANTS)), fixed if same else draw(amount)) for ts in times]
+    return rows, random.Random(draw(st.integers(0, 2**32)))  # arrival order, duplicates, replays
+
+
+def draw_histories() -> list[History]:
+    drawn: list[tuple[list[tuple[int, str, float]], random.Random]] = []
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(histories())
+    def collect(example: tuple[list[tuple[int, str, float]], random.Random]) -> None:
+        drawn.append(example)
+
+    collect()
+    out = []
+    for index, (rows, rng) in enumerate(drawn):
+        customer = f"h{index:04d}"
+        events = [
+            TransactionEvent(
+                f"{customer}-{i:03d}", customer, merchant, amount, ts, "grocery", "EUR", "pos", "DE"
+            )
+            for i, (ts, merchant, amount) in enumerate(rows)
+        ]
+        out.append(History(events, rng))
+    return out
+
+
+def load(url: str, events: list[TransactionEvent]) -> None:
+    """Every event into raw.transactions through the platform's validated loader."""
+    table = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": e.transaction_id,
+                "event_ts": e.event_ts,
+                "customer_id": e.customer_id,
+                "merchant_id": e.merchant_id,
+                "merchant_category": e.merchant_category,
+                "amount": e.amount,
+                "currency": e.currency,
+                "channel": e.channel,
+                "country": e.country,
+            }
+            for e in events
+        ],
+        schema=TRANSACTIONS,
+    )
+    result = load_transactions(
+        url, [table], "stream-parity", Settings(), now=from_us(STREAM_END_US) + timedelta(days=1)
+    )
+    assert result.rows_loaded == len(events), result
+
+
+def snapshot_env(as_of_us: int) -> dict[str, str]:
+    return {"RTML_DBT_STREAM_AS_OF": from_us(as_of_us).isoformat(), "RTML_DBT_STREAM_HORIZON": HORIZON}
+
+
+def snapshots(url: str, customers: list[str], as_of_us: int) -> dict[str, BatchSnapshot]:
+    found = {s.customer_id: s for s in fetch_snapshots(url, customers)}
+    valid_until = as_of_us + 3 * HOUR_US
+    for customer in customers:  # no event before the watermark: no row
+        found.setdefault(customer, BatchSnapshot.empty(customer, as_of_us, valid_until))
+    assert {(s.as_of_us, s.valid_until_us) for s in found.values()} == {(as_of_us, valid_until)}
+    return found
+
+
+def same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(a == b) and type(a) is type(b)
+
+
+def compare(
+    state: CustomerStreamState, snapshot: BatchSnapshot, event: TransactionEvent, dbt: dict[str, Any]
+) -> list[str]:
+    mine = customer_features_at(
+        snapshot, state, event_ts_us=event.event_ts_us, merchant_id=event.merchant_id, amount=event.amount
+    )
+    return [
+        f"{event.transaction_id} {column}: stream {mine[column]!r} dbt {dbt[column]!r}"
+        for column in FEATURE_COLUMNS
+        if not same(mine[column], dbt[column])
+    ]
+
+
+def arrive(state: CustomerStreamState, arrivals: list[TransactionEvent], seen: set[str]) -> None:
+    """Apply arrivals; each outcome is what idempotence by id and the watermark require."""
+    for event in arrivals:
+        if event.event_ts_us < state.watermark_us:
+            expected = Outcome.LATE
+        elif event.transaction_id in seen:
+            expected = Outcome.DUPLICATE
+        else:
+            expected = Outcome.APPLIED
+            seen.add(event.transaction_id)
+        assert state.apply(event) is expected, event
+
+
+@pytest.fixture(scope="module")
+def parity_world(scratch_database: Callable[[str], str], separate_dbt_target: Path) -> dict[str, Any]:
+    worlds = draw_histories()
+    url = scratch_database("streaming")
+    load(url, [e for h in worlds for e in h.events])
+    proc = run_dbt(
+        [
+            "run",
+            "--full-refresh",
+            "--select",
+            "stg_transactions",
+            "customer_features",
+            "customer_stream_snapshot",
+        ],
+        url,
+        check=False,
+        extra_env=snapshot_env(W1_US),
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    customers = [h.events[0].customer_id for h in worlds]
+    first = snapshots(url, customers, W1_US)
+    proc = run_dbt(
+        ["run", "--select", "customer_stream_snapshot"], url, check=False, extra_env=snapshot_env(W2_US)
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    second = snapshots(url, customers, W2_US)
+    with psycopg.connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("select * from features.customer_features")
+        dbt = {row["transaction_id"]: row for row in cur}
+    return {"worlds": worlds, "first": first, "second": second, "dbt": dbt}
+
+
+def test_stream_features_equal_dbt_across_a_moving_watermark(parity_world: dict[str, Any]) -> None:
+    worlds: list[History] = parity_world["worlds"]
+    dbt: dict[str, dict[str, Any]] = parity_world["dbt"]
+    mismatches: list[str] = []
+    compared = {"phase 1": 0, "phase 2": 0}
+    for history in worlds:
+        rng, events = history.rng, history.events
+        customer = events[0].customer_id
+        batch = [e for e in events if e.event_ts_us < W1_US]
+        early = [e for e in events if W1_US <= e.event_ts_us < W2_US]
+        later = [e for e in events if e.event_ts_us >= W2_US]
+        state, seen = CustomerStreamState(customer, W1_US), set[str]()
+
+        # phase 1 (snapshot at W1): every event before W2, some after, duplicates, late batch replays
+        ahead = [e for e in later if rng.random() < 0.4]
+        arrivals = early + ahead + rng.sample(early + ahead, k=min(3, len(early + ahead)))
+        arrivals += rng.sample(batch, k=min(2, len(batch)))
+        rng.shuffle(arrivals)
+        arrive(state, arrivals, seen)
+        for event in early:
+            mismatches += compare(state, parity_world["first"][customer], event, dbt[event.transaction_id])
+            compared["phase 1"] += 1
+
+        # the watermark moves to W2: the new snapshot holds [W1, W2); the rest arrives, with replays
+        state.advance(W2_US)
+        assert all(e.event_ts_us >= W2_US for e in state.events.values())
+        rest = [e for e in later if e.transaction_id not in seen]
+        arrivals = rest + rng.sample(events, k=min(4, len(events))) + rng.sample(rest, k=min(2, len(rest)))
+        rng.shuffle(arrivals)
+        arrive(state, arrivals, seen)
+        for event in later:
+            mismatches += compare(state, parity_world["second"][customer], event, dbt[event.transaction_id])
+            compared["phase 2"] += 1
+    assert not mismatches, "\n".join(mismatches[:20])
+    # the draws exercised what they are meant to (not a vacuous pass)
+    assert compared["phase 1"] > 50 and compared["phase 2"] > 50, compared
+    values = [row for row in dbt.values() if row["event_ts"] >= W1]
+    assert any(r["txn_count_1h"] >= 3 for r in values)  # bursts
+    assert any(r["amount_zscore_30d"] is not None for r in values)
+    assert any(r["amount_std_30d"] == 0 for r in values)  # equal amounts
+    assert any(r["night_share_7d"] not in (None, 0.0, 1.0) for r in values)
+    assert any(not r["is_new_merchant"] for r in values) and any(r["is_new_merchant"] for r in values)
+    edges = sum(len(s.edge_events) for s in parity_world["first"].values())
+    assert edges > 50, edges
+
+
+def test_merge_refuses_what_it_cannot_answer_exactly(parity_world: dict[str, Any]) -> None:
+    snapshot = next(s for s in parity_world["first"].values() if s.txn_count["30d"])
+    state = CustomerStreamState(snapshot.customer_id, W2_US)  # already advanced past this snapshot
+    with pytest.raises(NotExact):
+        customer_features_at(snapshot, state, event_ts_us=W2_US, merchant_id="m1", amount=1.0)
+    with pytest.raises(NotExact):
+        customer_features_at(snapshot, None, event_ts_us=W1_US - 1, merchant_id="m1", amount=1.0)
+    with pytest.raises(BeyondHorizon):
+        customer_features_at(
+            snapshot, None, event_ts_us=snapshot.valid_until_us + 1, merchant_id="m1", amount=1.0
+        )
+    # at the watermark itself the features are the snapshot's own windows
+    at_w = customer_features_at(snapshot, None, event_ts_us=W1_US, merchant_id="m1", amount=1.0)
+    assert at_w["txn_count_30d"] == snapshot.txn_count["30d"]
+
+
+def test_event_round_trips_through_its_stream_fields() -> None:
+    event = TransactionEvent("t-1", "c-1", "m-1", 12.345, W1_US, "grocery", "EUR", "pos", "DE")
+    wire = {k.encode(): v.encode() for k, v in event.to_fields().items()}
+    assert TransactionEvent.from_fields(wire) == event
+    assert event.amount_numeric == Decimal("12.35")  # as stg_transactions rounds 12.345 (15 digits)
+    with pytest.raises(ValueError, match="schema version"):
+        TransactionEvent.from_fields({**event.to_fields(), "v": "2"})
+
+
+def test_numeric_mirror_is_bit_for_bit_postgres(database_url: str) -> None:
+    """avg / stddev_samp / z-score / integer avg over numeric, cast to double, on many value sets."""
+    rng = random.Random(1)
+    groups: list[list[Decimal]] = []
+    for _ in range(1_500):
+        n = rng.choice([1, 2, 2, 3, 5, 10, 50, 200])
+        if rng.random() < 0.2:  # nearly equal values
+            base = rng.randint(1, 10**7)
+            cents = [base + rng.choice([0, 0, 1]) for _ in range(n)]
+        else:
+            cents = [rng.randint(1, rng.choice([100, 10**4, 10**7, 10**9])) for _ in range(n)]
+        groups.append([Decimal(c).scaleb(-2) for c in cents])
+    nights = [[rng.randint(0, 1) for _ in g] for g in groups]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("create temp table v (g int, x numeric(12, 2), first numeric(12, 2), night int)")
+        with conn.cursor().copy("copy v from stdin") as copy_in:
+            for g, xs in enumerate(groups):
+                for x, night in zip(xs, nights[g], strict=True):
+                    copy_in.write_row((g, x, xs[0], night))
+        rows = conn.execute(
+            """select g, avg(x)::float8, stddev_samp(x)::float8,
+                      case when stddev_samp(x) > 0 then ((min(first) - avg(x)) / stddev_samp(x))::float8 end,
+                      avg(night)::float8
+               from v group by g order by g"""
+        ).fetchall()
+    mismatched = []
+    for g, mean, std, zscore, night_share in rows:
+        xs = groups[g]
+        m = numeric.avg(len(xs), sum(xs, Decimal(0)))
+        s = numeric.stddev_samp(len(xs), sum(xs, Decimal(0)), sum((x * x for x in xs), Decimal(0)))
+        z = (
+            numeric.to_double(numeric.divide(xs[0] - m, s))
+            if m is not None and s is not None and s > 0
+            else None
+        )
+        ours = (
+            numeric.to_double(m),
+            numeric.to_double(s),
+            z,
+            numeric.to_double(numeric.avg(len(xs), Decimal(sum(nights[g])))),
+        )
+        if ours != (mean, std, zscore, night_share):
+            mismatched.append((g, ours, (mean, std, zscore, night_share)))
+    assert len(rows) == len(groups) and not mismatched, mismatched[:5]
