@@ -13,7 +13,9 @@ dbt's row for that transaction in every column, exactly (NULL for NULL).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,6 +25,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
+import redis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
@@ -34,6 +37,7 @@ from rtml.sources.schema import TRANSACTIONS
 from rtml.streaming import numeric
 from rtml.streaming.events import DAY_US, HOUR_US, SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.features import FEATURE_COLUMNS, BeyondHorizon, NotExact, customer_features_at
+from rtml.streaming.redis_state import SpeedStore, pack_snapshot, unpack_snapshot
 from rtml.streaming.snapshot import WINDOWS_US, BatchSnapshot, fetch_snapshots
 from rtml.streaming.state import CustomerStreamState, Outcome
 
@@ -50,11 +54,11 @@ MERCHANTS = ["m1", "m2", "m3", "m4", "m5"]
 @dataclass
 class History:
     events: list[TransactionEvent]
-    rng: random.Random  # arrival order, duplicates, replays
+    seed: int  # arrival order, duplicates, replays
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[list[tuple[int, str, float]], random.Random]:
+def histories(draw: st.DrawFn) -> tuple[list[tuple[int, str, float]], int]:
     span_s = (STREAM_END_US - W1_US) // SECOND_US
     watermarks = [W1_US, W1_US + 1, W2_US - 1, W2_US, W2_US + 1]
     anchors = draw(
@@ -84,11 +88,11 @@ def histories(draw: st.DrawFn) -> tuple[list[tuple[int, str, float]], random.Ran
     )
     fixed = draw(amount)
     rows = [(ts, draw(st.sampled_from(MERCHANTS)), fixed if same else draw(amount)) for ts in times]
-    return rows, random.Random(draw(st.integers(0, 2**32)))  # arrival order, duplicates, replays
+    return rows, draw(st.integers(0, 2**32))
 
 
 def draw_histories() -> list[History]:
-    drawn: list[tuple[list[tuple[int, str, float]], random.Random]] = []
+    drawn: list[tuple[list[tuple[int, str, float]], int]] = []
 
     @settings(
         max_examples=EXAMPLES,
@@ -99,12 +103,12 @@ def draw_histories() -> list[History]:
         suppress_health_check=list(HealthCheck),
     )
     @given(histories())
-    def collect(example: tuple[list[tuple[int, str, float]], random.Random]) -> None:
+    def collect(example: tuple[list[tuple[int, str, float]], int]) -> None:
         drawn.append(example)
 
     collect()
     out = []
-    for index, (rows, rng) in enumerate(drawn):
+    for index, (rows, seed) in enumerate(drawn):
         customer = f"h{index:04d}"
         events = [
             TransactionEvent(
@@ -112,7 +116,7 @@ def draw_histories() -> list[History]:
             )
             for i, (ts, merchant, amount) in enumerate(rows)
         ]
-        out.append(History(events, rng))
+        out.append(History(events, seed))
     return out
 
 
@@ -145,49 +149,77 @@ def snapshot_env(as_of_us: int) -> dict[str, str]:
     return {"RTML_DBT_STREAM_AS_OF": from_us(as_of_us).isoformat(), "RTML_DBT_STREAM_HORIZON": HORIZON}
 
 
-def snapshots(url: str, customers: list[str], as_of_us: int) -> dict[str, BatchSnapshot]:
-    found = {s.customer_id: s for s in fetch_snapshots(url, customers)}
-    valid_until = as_of_us + 3 * HOUR_US
-    for customer in customers:  # no event before the watermark: no row
-        found.setdefault(customer, BatchSnapshot.empty(customer, as_of_us, valid_until))
-    assert {(s.as_of_us, s.valid_until_us) for s in found.values()} == {(as_of_us, valid_until)}
-    return found
-
-
 def same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return bool(a == b) and type(a) is type(b)
 
 
-def compare(
-    state: CustomerStreamState, snapshot: BatchSnapshot, event: TransactionEvent, dbt: dict[str, Any]
-) -> list[str]:
-    mine = customer_features_at(
-        snapshot, state, event_ts_us=event.event_ts_us, merchant_id=event.merchant_id, amount=event.amount
-    )
-    return [
-        f"{event.transaction_id} {column}: stream {mine[column]!r} dbt {dbt[column]!r}"
-        for column in FEATURE_COLUMNS
-        if not same(mine[column], dbt[column])
-    ]
+class MemoryBackend:
+    """The state in process (rtml.streaming.state)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, BatchSnapshot] = {}
+        self.states: dict[str, CustomerStreamState] = {}
+        self.as_of_us = self.valid_until_us = 0
+
+    def push(self, rows: dict[str, BatchSnapshot], as_of_us: int, valid_until_us: int) -> None:
+        self.snapshots, self.as_of_us, self.valid_until_us = rows, as_of_us, valid_until_us
+        for state in self.states.values():
+            state.advance(as_of_us)
+            assert all(e.event_ts_us >= as_of_us for e in state.events.values())
+
+    def apply(self, events: list[TransactionEvent]) -> list[Outcome]:
+        return [
+            self.states.setdefault(e.customer_id, CustomerStreamState(e.customer_id, self.as_of_us)).apply(e)
+            for e in events
+        ]
+
+    def features(self, event: TransactionEvent) -> dict[str, Any]:
+        customer = event.customer_id
+        snapshot = self.snapshots.get(customer) or BatchSnapshot.empty(
+            customer, self.as_of_us, self.valid_until_us
+        )
+        return customer_features_at(
+            snapshot,
+            self.states.get(customer),
+            event_ts_us=event.event_ts_us,
+            merchant_id=event.merchant_id,
+            amount=event.amount,
+        )
 
 
-def arrive(state: CustomerStreamState, arrivals: list[TransactionEvent], seen: set[str]) -> None:
-    """Apply arrivals; each outcome is what idempotence by id and the watermark require."""
-    for event in arrivals:
-        if event.event_ts_us < state.watermark_us:
-            expected = Outcome.LATE
-        elif event.transaction_id in seen:
-            expected = Outcome.DUPLICATE
-        else:
-            expected = Outcome.APPLIED
-            seen.add(event.transaction_id)
-        assert state.apply(event) is expected, event
+class RedisBackend:
+    """The state in the session's Redis (rtml.streaming.redis_state), read back for every request."""
+
+    def __init__(self, store: SpeedStore) -> None:
+        self.store = store
+
+    def push(self, rows: dict[str, BatchSnapshot], as_of_us: int, valid_until_us: int) -> None:
+        assert self.store.push_snapshots(rows.values(), as_of_us, valid_until_us) == len(rows)
+
+    def apply(self, events: list[TransactionEvent]) -> list[Outcome]:
+        watermark = self.store.watermark()
+        assert watermark is not None
+        return self.store.apply_many(events, watermark[0])
+
+    def features(self, event: TransactionEvent) -> dict[str, Any]:
+        [(snapshot, state)] = self.store.read([event.customer_id])
+        if snapshot is None:
+            watermark = self.store.watermark()
+            assert watermark is not None
+            snapshot = BatchSnapshot.empty(event.customer_id, *watermark)
+        return customer_features_at(
+            snapshot, state, event_ts_us=event.event_ts_us, merchant_id=event.merchant_id, amount=event.amount
+        )
+
+
+Backend = MemoryBackend | RedisBackend
 
 
 @pytest.fixture(scope="module")
 def parity_world(scratch_database: Callable[[str], str], separate_dbt_target: Path) -> dict[str, Any]:
+    """The drawn histories, loaded; dbt's rows; the snapshot rows at W1 and at W2 (customers with a row)."""
     worlds = draw_histories()
     url = scratch_database("streaming")
     load(url, [e for h in worlds for e in h.events])
@@ -205,55 +237,97 @@ def parity_world(scratch_database: Callable[[str], str], separate_dbt_target: Pa
         extra_env=snapshot_env(W1_US),
     )
     assert proc.returncode == 0, proc.stdout[-5000:]
-    customers = [h.events[0].customer_id for h in worlds]
-    first = snapshots(url, customers, W1_US)
+    first = {s.customer_id: s for s in fetch_snapshots(url)}
     proc = run_dbt(
         ["run", "--select", "customer_stream_snapshot"], url, check=False, extra_env=snapshot_env(W2_US)
     )
     assert proc.returncode == 0, proc.stdout[-5000:]
-    second = snapshots(url, customers, W2_US)
+    second = {s.customer_id: s for s in fetch_snapshots(url)}
+    for rows, as_of in ((first, W1_US), (second, W2_US)):
+        assert {(s.as_of_us, s.valid_until_us) for s in rows.values()} == {(as_of, as_of + 3 * HOUR_US)}
     with psycopg.connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute("select * from features.customer_features")
         dbt = {row["transaction_id"]: row for row in cur}
     return {"worlds": worlds, "first": first, "second": second, "dbt": dbt}
 
 
-def test_stream_features_equal_dbt_across_a_moving_watermark(parity_world: dict[str, Any]) -> None:
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    client = redis.Redis.from_url(redis_url)
+    store = SpeedStore(client, f"rtmltest-speed-{uuid.uuid4().hex[:8]}")
+    try:
+        yield RedisBackend(store)
+    finally:
+        store.purge()
+        client.close()
+
+
+def test_stream_features_equal_dbt_across_a_moving_watermark(
+    parity_world: dict[str, Any], backend: Backend
+) -> None:
     worlds: list[History] = parity_world["worlds"]
     dbt: dict[str, dict[str, Any]] = parity_world["dbt"]
     mismatches: list[str] = []
     compared = {"phase 1": 0, "phase 2": 0}
+    seen: set[str] = set()
+    outcomes: Counter[Outcome] = Counter()
+
+    def arrive(arrivals: list[TransactionEvent], watermark_us: int) -> None:
+        """Apply arrivals; each outcome is what idempotence by id and the watermark require."""
+        expected = []
+        for event in arrivals:
+            if event.event_ts_us < watermark_us:
+                expected.append(Outcome.LATE)
+            elif event.transaction_id in seen:
+                expected.append(Outcome.DUPLICATE)
+            else:
+                expected.append(Outcome.APPLIED)
+                seen.add(event.transaction_id)
+        assert backend.apply(arrivals) == expected
+        outcomes.update(expected)
+
+    def check(events: list[TransactionEvent], phase: str) -> None:
+        for event in events:
+            mine, theirs = backend.features(event), dbt[event.transaction_id]
+            mismatches.extend(
+                f"{event.transaction_id} {column}: stream {mine[column]!r} dbt {theirs[column]!r}"
+                for column in FEATURE_COLUMNS
+                if not same(mine[column], theirs[column])
+            )
+            compared[phase] += 1
+
+    # phase 1 (snapshot at W1): every event before W2, some after, duplicates, late batch replays
+    backend.push(parity_world["first"], W1_US, W1_US + 3 * HOUR_US)
+    plans = []
     for history in worlds:
-        rng, events = history.rng, history.events
-        customer = events[0].customer_id
-        batch = [e for e in events if e.event_ts_us < W1_US]
+        rng, events = random.Random(history.seed), history.events
         early = [e for e in events if W1_US <= e.event_ts_us < W2_US]
         later = [e for e in events if e.event_ts_us >= W2_US]
-        state, seen = CustomerStreamState(customer, W1_US), set[str]()
-
-        # phase 1 (snapshot at W1): every event before W2, some after, duplicates, late batch replays
         ahead = [e for e in later if rng.random() < 0.4]
         arrivals = early + ahead + rng.sample(early + ahead, k=min(3, len(early + ahead)))
+        batch = [e for e in events if e.event_ts_us < W1_US]
         arrivals += rng.sample(batch, k=min(2, len(batch)))
         rng.shuffle(arrivals)
-        arrive(state, arrivals, seen)
-        for event in early:
-            mismatches += compare(state, parity_world["first"][customer], event, dbt[event.transaction_id])
-            compared["phase 1"] += 1
+        arrive(arrivals, W1_US)
+        check(early, "phase 1")
+        plans.append((rng, events, later))
 
-        # the watermark moves to W2: the new snapshot holds [W1, W2); the rest arrives, with replays
-        state.advance(W2_US)
-        assert all(e.event_ts_us >= W2_US for e in state.events.values())
+    # the watermark moves to W2: the new snapshot holds [W1, W2); the rest arrives, with replays
+    backend.push(parity_world["second"], W2_US, W2_US + 3 * HOUR_US)
+    for rng, events, later in plans:
         rest = [e for e in later if e.transaction_id not in seen]
         arrivals = rest + rng.sample(events, k=min(4, len(events))) + rng.sample(rest, k=min(2, len(rest)))
         rng.shuffle(arrivals)
-        arrive(state, arrivals, seen)
-        for event in later:
-            mismatches += compare(state, parity_world["second"][customer], event, dbt[event.transaction_id])
-            compared["phase 2"] += 1
+        arrive(arrivals, W2_US)
+        check(later, "phase 2")
+
     assert not mismatches, "\n".join(mismatches[:20])
     # the draws exercised what they are meant to (not a vacuous pass)
     assert compared["phase 1"] > 50 and compared["phase 2"] > 50, compared
+    assert min(outcomes.values()) > 20 and len(outcomes) == 3, outcomes
     values = [row for row in dbt.values() if row["event_ts"] >= W1]
     assert any(r["txn_count_1h"] >= 3 for r in values)  # bursts
     assert any(r["amount_zscore_30d"] is not None for r in values)
@@ -262,6 +336,11 @@ def test_stream_features_equal_dbt_across_a_moving_watermark(parity_world: dict[
     assert any(not r["is_new_merchant"] for r in values) and any(r["is_new_merchant"] for r in values)
     edges = sum(len(s.edge_events) for s in parity_world["first"].values())
     assert edges > 50, edges
+
+
+def test_snapshot_packs_for_redis_without_loss(parity_world: dict[str, Any]) -> None:
+    for snapshot in [*parity_world["first"].values(), *parity_world["second"].values()]:
+        assert unpack_snapshot(snapshot.customer_id, pack_snapshot(snapshot)) == snapshot
 
 
 def test_merge_refuses_what_it_cannot_answer_exactly(parity_world: dict[str, Any]) -> None:
