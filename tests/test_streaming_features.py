@@ -204,13 +204,11 @@ class RedisBackend:
         return self.store.apply_many(events, watermark[0])
 
     def features(self, event: TransactionEvent) -> dict[str, Any]:
-        [(snapshot, state)] = self.store.read([event.customer_id])
-        if snapshot is None:
-            watermark = self.store.watermark()
-            assert watermark is not None
-            snapshot = BatchSnapshot.empty(event.customer_id, *watermark)
-        return customer_features_at(
-            snapshot, state, event_ts_us=event.event_ts_us, merchant_id=event.merchant_id, amount=event.amount
+        return self.store.features_at(
+            event.customer_id,
+            event_ts_us=event.event_ts_us,
+            merchant_id=event.merchant_id,
+            amount=event.amount,
         )
 
 
@@ -412,3 +410,58 @@ def test_numeric_mirror_is_bit_for_bit_postgres(database_url: str) -> None:
         if ours != (mean, std, zscore, night_share):
             mismatched.append((g, ours, (mean, std, zscore, night_share)))
     assert len(rows) == len(groups) and not mismatched, mismatched[:5]
+
+
+def test_online_read_merges_the_speed_layer_behind_its_setting(
+    parity_world: dict[str, Any], redis_url: str
+) -> None:
+    """``OnlineStore.read_at`` with the speed layer on returns dbt's values at the request's time (the
+    typed floats the scorer uses); off (the default) it is ``read`` as before."""
+    import math
+
+    from rtml.features import request_features
+    from rtml.features.online import OnlineStore
+    from rtml.features.online.reader import same_value
+    from rtml.features.registry import load_registry
+
+    registry, prefix = load_registry(), f"rtmltest-speedread-{uuid.uuid4().hex[:8]}"
+    on = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=True)
+    off = OnlineStore(redis_url, registry, key_prefix=prefix)
+    try:
+        assert off.speed is None and on.speed is not None
+        on.speed.push_snapshots(parity_world["second"].values(), W2_US, W2_US + 3 * HOUR_US)
+        events = [e for h in parity_world["worlds"] for e in h.events if e.event_ts_us >= W2_US]
+        on.speed.apply_many(events, W2_US)
+        for event in events[:150]:
+            merged = on.read_at(
+                event.customer_id, event.merchant_id, event_ts=event.event_ts, amount=event.amount
+            )
+            assert merged.speed_layer == "merged"
+            row = parity_world["dbt"][event.transaction_id]
+            for column in FEATURE_COLUMNS:
+                want = row[column]
+                want = math.nan if want is None else want if isinstance(want, bool | int) else float(want)
+                assert same_value(merged.customer[column], want), (event.transaction_id, column)
+            # what the scorer derives from the merged state agrees with dbt
+            derived = request_features.compute(
+                amount=event.amount,
+                event_ts=event.event_ts,
+                merchant_id=event.merchant_id,
+                customer_state=merged.customer,
+            )
+            assert derived["is_new_merchant"] == row["is_new_merchant"]
+            prev = row["seconds_since_prev_txn"]
+            assert same_value(derived["seconds_since_prev_txn"], math.nan if prev is None else prev)
+            plain = off.read_at(
+                event.customer_id, event.merchant_id, event_ts=event.event_ts, amount=event.amount
+            )
+            assert plain.speed_layer == "off"
+            batch = off.read(event.customer_id, event.merchant_id).customer
+            assert all(same_value(plain.customer[k], v) for k, v in batch.items())
+        beyond = on.read_at(event.customer_id, "m1", event_ts=from_us(W2_US + 3 * HOUR_US + 1), amount=1.0)
+        assert beyond.speed_layer == "beyond_horizon"
+    finally:
+        if on.speed is not None:
+            on.speed.purge()
+        on.close()
+        off.close()

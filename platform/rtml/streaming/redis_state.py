@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from rtml.streaming.events import TransactionEvent
+from rtml.streaming.features import NotExact, customer_features_at
 from rtml.streaming.snapshot import WINDOWS_US, BatchSnapshot
 from rtml.streaming.state import CustomerStreamState, Outcome, StreamedEvent
 
@@ -178,20 +179,40 @@ class SpeedStore:
         pipe = self.client.pipeline(transaction=False)
         for customer in customer_ids:
             pipe.hgetall(self.key(customer))
-        out: list[tuple[BatchSnapshot | None, CustomerStreamState | None]] = []
-        for customer, fields in zip(customer_ids, pipe.execute(), strict=True):
-            if not fields:
-                out.append((None, None))
-                continue
-            text = {k.decode(): v.decode() for k, v in fields.items()}
-            snapshot = unpack_snapshot(customer, text["b"]) if "b" in text else None
-            events = {}
-            for name, value in text.items():
-                if name.startswith("e:"):
-                    ts, merchant, cents = value.split("|")
-                    events[name[2:]] = StreamedEvent(int(ts), merchant, _from_cents(cents))
-            out.append((snapshot, CustomerStreamState(customer, int(text["w"]), events)))
-        return out
+        return [self._decode(c, fields) for c, fields in zip(customer_ids, pipe.execute(), strict=True)]
+
+    def features_at(
+        self, customer_id: str, *, event_ts_us: int, merchant_id: str, amount: float
+    ) -> dict[str, Any]:
+        """``customer_features``' exact row for a transaction at ``event_ts_us`` (one round trip); raises
+        ``NotExact`` (``BeyondHorizon`` past the snapshot's horizon; before the first snapshot push)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.key(customer_id))
+        pipe.hmget(self.meta_key, ["as_of_us", "valid_until_us"])
+        fields, meta = pipe.execute()
+        snapshot, state = self._decode(customer_id, fields)
+        if snapshot is None:  # no history before the watermark
+            if meta[0] is None:
+                raise NotExact("no batch snapshot was pushed yet")
+            snapshot = BatchSnapshot.empty(customer_id, int(meta[0]), int(meta[1]))
+        return customer_features_at(
+            snapshot, state, event_ts_us=event_ts_us, merchant_id=merchant_id, amount=amount
+        )
+
+    @staticmethod
+    def _decode(
+        customer: str, fields: dict[bytes, bytes]
+    ) -> tuple[BatchSnapshot | None, CustomerStreamState | None]:
+        if not fields:
+            return None, None
+        text = {k.decode(): v.decode() for k, v in fields.items()}
+        snapshot = unpack_snapshot(customer, text["b"]) if "b" in text else None
+        events = {}
+        for name, value in text.items():
+            if name.startswith("e:"):
+                ts, merchant, cents = value.split("|")
+                events[name[2:]] = StreamedEvent(int(ts), merchant, _from_cents(cents))
+        return snapshot, CustomerStreamState(customer, int(text["w"]), events)
 
     def purge(self) -> int:
         """Delete every key of this prefix's speed layer (tests, benchmarks)."""
