@@ -465,3 +465,36 @@ def test_online_read_merges_the_speed_layer_behind_its_setting(
             on.speed.purge()
         on.close()
         off.close()
+
+
+def test_a_burst_is_visible_from_its_second_payment(parity_world: dict[str, Any], redis_url: str) -> None:
+    """The issue's burst: eight payments one second apart, each at a new merchant. With the speed
+    layer, the second payment already sees the first (before it, every one got the last refresh's
+    values)."""
+    from rtml.features.online import OnlineStore
+    from rtml.features.registry import load_registry
+
+    customer = "burst-customer"  # a card never seen before the watermark (a stolen one, first used)
+    store = OnlineStore(
+        redis_url, load_registry(), key_prefix=f"rtmltest-burst-{uuid.uuid4().hex[:8]}", speed_layer=True
+    )
+    assert store.speed is not None
+    try:
+        store.speed.push_snapshots(parity_world["second"].values(), W2_US, W2_US + 3 * HOUR_US)
+        burst = [
+            TransactionEvent(f"burst-{i}", customer, f"new-{i}", 99.0, W2_US + 10 * SECOND_US + i * SECOND_US)
+            for i in range(8)
+        ]
+        seen = []
+        for event in burst:  # scored, then published: each payment is read before it is applied
+            feats = store.read_at(customer, event.merchant_id, event_ts=event.event_ts, amount=event.amount)
+            seen.append(feats.customer)
+            assert store.speed.apply(event, W2_US) is Outcome.APPLIED
+        assert [c["txn_count_1h"] for c in seen] == list(range(8))
+        assert [c["distinct_merchants_24h"] for c in seen] == list(range(8))
+        assert [c["amount_sum_1h"] for c in seen] == [99.0 * i for i in range(8)]
+        assert all(c["seconds_since_prev_txn"] == 1.0 for c in seen[1:])
+        assert all(c["is_new_merchant"] for c in seen)
+    finally:
+        store.speed.purge()
+        store.close()
