@@ -146,11 +146,14 @@ class OnlineStore:
             customer[name] = (
                 value if isinstance(value, bool | int) else math.nan if value is None else float(value)
             )
+        # the state the scorer derives the request-time features from, consistent with them (the batch
+        # values may be of another refresh than the speed layer's snapshot)
         prev = exact["seconds_since_prev_txn"]
-        if prev is not None:
-            customer["last_txn_ts"] = from_us(t - round(prev * 1_000_000))
-        if not exact["is_new_merchant"]:
-            customer["known_merchant_ids"] = frozenset(customer["known_merchant_ids"]) | {merchant_id}
+        customer["last_txn_ts"] = None if prev is None else from_us(t - round(prev * 1_000_000))
+        known = frozenset(customer["known_merchant_ids"])
+        customer["known_merchant_ids"] = (
+            known - {merchant_id} if exact["is_new_merchant"] else known | {merchant_id}
+        )
         features.speed_layer = "merged"
         return features
 
