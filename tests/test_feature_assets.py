@@ -117,7 +117,13 @@ def test_raw_to_features_through_dagster(instance: dg.DagsterInstance, database_
     built = {m.asset_key for m in tables.get_asset_materialization_events()}
     assert built == {
         dg.AssetKey(name)
-        for name in ("stg_labels", "customer_features_latest", "merchant_features_latest", "training_set")
+        for name in (
+            "stg_labels",
+            "customer_features_latest",
+            "merchant_features_latest",
+            "customer_stream_snapshot",
+            "training_set",
+        )
     }
     _assert_checks(tables, minimum=10)
     assert _count(database_url, "select count(*) from features.training_set") > 0

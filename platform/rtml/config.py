@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         description="Socket timeout of the online reader (connect and each command), in milliseconds; "
         "a timeout raises `redis.exceptions.TimeoutError`.",
     )
+    speed_layer_enabled: bool = Field(
+        False,
+        description="Speed layer (docs/streaming.md): `OnlineStore.read_at` merges the customer's batch "
+        "snapshot with the stream's events since the watermark, so the customer features are exactly "
+        "`customer_features`' for the transaction's time. Off: the batch values as of the last refresh. "
+        "Not used by the scoring service yet.",
+    )
 
     # --- live traffic (`rtml traffic`, started by `rtml demo`) --------------------------------------
     traffic_rate_multiplier: float = Field(

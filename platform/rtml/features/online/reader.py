@@ -74,6 +74,10 @@ class OnlineFeatures:
     versions: dict[str, str] = field(default_factory=dict)
     """View name → namespace read (``rtml:customer_features:v1:<fingerprint>:<build>``; empty when
     the view was never pushed)."""
+    speed_layer: str = "off"
+    """``OnlineStore.read_at`` only: ``merged`` (the customer's features are exact at the request's
+    time), ``not_exact`` or ``beyond_horizon`` (the batch values: the speed layer could not answer
+    exactly), ``off`` (not asked or disabled)."""
 
 
 def same_value(left: Any, right: Any) -> bool:

@@ -2,6 +2,7 @@
 
     store = OnlineStore(redis_url)                    # registry from the dbt manifest
     feats = store.read("c000123", "m00042")           # one round trip
+    feats = store.read_at("c000123", "m00042", event_ts=ts, amount=12.5)  # + the speed layer, if on
     store.push_from_postgres(database_url)            # *_latest tables → Redis
 
 Redis connection and timeout errors propagate (``redis.exceptions.ConnectionError`` /
@@ -10,8 +11,10 @@ Redis connection and timeout errors propagate (``redis.exceptions.ConnectionErro
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +29,9 @@ from rtml.features.online.schema import OnlineView, online_views
 from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import OnlineWriter, PushResult
 from rtml.features.registry import FeatureRegistry, get_registry
+from rtml.streaming.events import from_us, to_us
+from rtml.streaming.features import BeyondHorizon, NotExact
+from rtml.streaming.redis_state import SpeedStore
 
 CUSTOMER_VIEW = "customer_features"
 MERCHANT_VIEW = "merchant_features"
@@ -43,13 +49,15 @@ class OnlineStore:
         socket_timeout_ms: float | None = None,
         batch_entities: int | None = None,
         max_removal_share: float | None = None,
+        speed_layer: bool | None = None,
     ) -> None:
         """``ttl_seconds``: how long a push stays readable without the next one (the views' pointers
         expire; unset: ``online_ttl_seconds``; 0: never).
         ``socket_timeout_ms``: per-command socket timeout of the reader (unset:
         ``redis_socket_timeout_ms``).
         ``max_removal_share``: the largest share of a view's entities a push may remove (unset:
-        ``online_max_removal_share``; see ``writer``)."""
+        ``online_max_removal_share``; see ``writer``).
+        ``speed_layer``: merge the stream's state in ``read_at`` (unset: ``speed_layer_enabled``)."""
         settings = get_settings()
         self.registry = registry or get_registry()
         self.views: dict[str, OnlineView] = online_views(self.registry)
@@ -69,6 +77,8 @@ class OnlineStore:
             settings.online_max_removal_share if max_removal_share is None else max_removal_share
         )
         self._script = self.client.register_script(read_script(self.customer_view, self.merchant_view))
+        enabled = settings.speed_layer_enabled if speed_layer is None else speed_layer
+        self.speed: SpeedStore | None = SpeedStore(self.client, self.keys.prefix) if enabled else None
         self._read_lock = threading.Lock()
         self._read_connection: Any = None  # a redis-py Connection, made on the first read
         self._pointer_keys = [
@@ -110,6 +120,42 @@ class OnlineStore:
                 )
             )
         return results
+
+    def read_at(
+        self, customer_id: str, merchant_id: str, *, event_ts: datetime, amount: float
+    ) -> OnlineFeatures:
+        """``read``, and with the speed layer on, the customer's features exactly as
+        ``customer_features`` defines them for this transaction (windows at ``event_ts``, the
+        request-time features, ``last_txn_ts`` and ``known_merchant_ids`` including the stream's
+        earlier events); ``speed_layer`` says which. Where the speed layer cannot answer exactly (past
+        its horizon, no snapshot yet) the batch values stay, as without it."""
+        features = self.read(customer_id, merchant_id)
+        if self.speed is None:
+            return features
+        t = to_us(event_ts)
+        try:
+            exact = self.speed.features_at(customer_id, event_ts_us=t, merchant_id=merchant_id, amount=amount)
+        except BeyondHorizon:
+            features.speed_layer = "beyond_horizon"
+            return features
+        except NotExact:
+            features.speed_layer = "not_exact"
+            return features
+        customer = features.customer
+        for name, value in exact.items():
+            customer[name] = (
+                value if isinstance(value, bool | int) else math.nan if value is None else float(value)
+            )
+        # the state the scorer derives the request-time features from, consistent with them (the batch
+        # values may be of another refresh than the speed layer's snapshot)
+        prev = exact["seconds_since_prev_txn"]
+        customer["last_txn_ts"] = None if prev is None else from_us(t - round(prev * 1_000_000))
+        known = frozenset(customer["known_merchant_ids"])
+        customer["known_merchant_ids"] = (
+            known - {merchant_id} if exact["is_new_merchant"] else known | {merchant_id}
+        )
+        features.speed_layer = "merged"
+        return features
 
     def _evalsha(self, args: list[str]) -> Any:
         """The read script on a connection of its own: redis-py's command path around it (connection
