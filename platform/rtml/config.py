@@ -309,10 +309,27 @@ class Settings(BaseSettings):
     )
     drift_recent_threshold: float = Field(
         0.15,
-        description="Hourly drift check: the largest acceptable share of drifted columns. Lower than "
-        "`drift_threshold`: a shift in amounts switched on at a whole hour moved 4 of 24 columns (0.167) in "
-        "its first hour; switched mid-hour, or in later hours, only 2-3, and one undrifted weekend night "
-        "moved 7 (docs/benchmarks.md, drift to staging: the rule is known to be weak).",
+        description="Hourly drift check: the largest acceptable share of drifted columns (every column by "
+        "a distance, drifted at 0.1: Wasserstein normed, Jensen-Shannon). One of two rules: see "
+        "`drift_recent_column_score`.",
+    )
+    drift_recent_column_score: float = Field(
+        0.2,
+        description="Hourly drift check: the check also fails when one column's distance (Wasserstein "
+        "normed for numbers, Jensen-Shannon for categories, in the hour or its tail) reaches this. One "
+        "upstream change may move one column far and few others (`amount` x 1.6: 0.35 for a whole hour). "
+        "Calibrated on a week of undrifted hours (docs/benchmarks.md, drift calibration).",
+    )
+    drift_recent_tail_minutes: int = Field(
+        15,
+        description="Hourly drift check: the newest this many minutes of the window are compared too, "
+        "under the same rules (0: not). A drift switched on late in an hour fills a short tail more than "
+        "the hour, so the check of that hour catches it (docs/benchmarks.md, drift to staging).",
+    )
+    drift_recent_tail_min_rows: int = Field(
+        100,
+        description="Hourly drift check: the tail is compared only when it holds at least this many rows "
+        "(a distance over a few dozen rows is mostly noise: night hours).",
     )
     drift_recent_max_rows: int = Field(
         20_000,
