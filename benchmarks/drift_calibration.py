@@ -50,6 +50,12 @@ def main() -> None:
     parser.add_argument("--history-days", type=int, default=38)
     parser.add_argument("--hours", type=int, default=168, help="undrifted hours after the reference")
     parser.add_argument("--tails", type=int, nargs="+", default=[10, 15, 20], help="tail minutes")
+    parser.add_argument(
+        "--methods",
+        choices=["auto", "distances"],
+        default="distances",
+        help="Evidently's own per-column tests (by sample size) or distances for every column",
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/drift-rule-calibration.json"))
     args = parser.parse_args()
 
@@ -108,12 +114,17 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
             "reference_rows": len(rows.reference),
             "reference_days": rows.reference_hours.days if rows.reference_hours else "all",
         }
-        for name, frame in (("hour", rows.current), *zip((f"tail{m}" for m in args.tails), rows.tails)):
+        named = zip((f"tail{m}" for m in args.tails), rows.tails, strict=True)
+        for name, frame in (("hour", rows.current), *named):
             if frame.empty:
                 figures[name] = {"rows": 0}
                 continue
             found = drift.compare(
-                rows.reference, frame, rows.spec, base.drift_recent_threshold, distances=True
+                rows.reference,
+                frame,
+                rows.spec,
+                base.drift_recent_threshold,
+                distances=args.methods == "distances",
             )
             scores = {c.column: round(c.score, 4) for c in found.columns.values()}
             top = max(scores, key=lambda column: scores[column])
@@ -123,6 +134,8 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
                 "top": top,
                 "top_score": scores[top],
                 "scores": scores,
+                "drifted": [c.column for c in found.columns.values() if c.drifted],
+                "methods": sorted({c.method for c in found.columns.values()}),
             }
         return figures
 
@@ -160,7 +173,7 @@ def verdict(figures: dict[str, Any], base: Any, share_on_tail: bool = True) -> l
             raise SystemExit(f"no figures for {name}: add it to --tails")
         if not window["rows"] or (name != "hour" and window["rows"] < base.drift_recent_tail_min_rows):
             continue
-        columns = {c: ColumnDrift(c, "", 0.1, score, score >= 0.1) for c, score in window["scores"].items()}
+        columns = {c: ColumnDrift(c, "", 0.1, s, c in window["drifted"]) for c, s in window["scores"].items()}
         fired += [
             f"{name}: {why}"
             for why in reasons(
@@ -202,7 +215,8 @@ def report(
         )
         print(
             f"| {name} | {min(rows)}-{max(rows)} | {seen[0][0]:.3f} {seen[0][1]} ({seen[0][2][5:16]}, "
-            f"{seen[0][3]} rows) | {seen[1][0]:.3f} {seen[1][1]} ({seen[1][2][5:16]}) | {shares:.3f} | {cases} |"
+            f"{seen[0][3]} rows) | {seen[1][0]:.3f} {seen[1][1]} ({seen[1][2][5:16]}) | {shares:.3f} "
+            f"| {cases} |"
         )
     alarms = {h["end"]: verdict(h, base) for h in undrifted}
     alarms = {end: why for end, why in alarms.items() if why}

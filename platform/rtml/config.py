@@ -313,15 +313,15 @@ class Settings(BaseSettings):
         "a distance, drifted at 0.1: Wasserstein normed, Jensen-Shannon). One of two rules: see "
         "`drift_recent_column_score`.",
     )
-    drift_recent_column_score: float = Field(
-        0.2,
+    drift_recent_column_score: float | None = Field(
+        None,
         description="Hourly drift check: the check also fails when one column's distance (Wasserstein "
         "normed for numbers, Jensen-Shannon for categories, in the hour or its tail) reaches this. One "
         "upstream change may move one column far and few others (`amount` x 1.6: 0.35 for a whole hour). "
         "Calibrated on a week of undrifted hours (docs/benchmarks.md, drift calibration).",
     )
     drift_recent_tail_minutes: int = Field(
-        15,
+        0,
         description="Hourly drift check: the newest this many minutes of the window are compared too, "
         "under the same rules (0: not). A drift switched on late in an hour fills a short tail more than "
         "the hour, so the check of that hour catches it (docs/benchmarks.md, drift to staging).",

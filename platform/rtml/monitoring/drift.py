@@ -481,7 +481,7 @@ def compare(
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     names = [*categorical, *numeric]
     methods = {"num_method": NUMERIC_DISTANCE, "cat_method": CATEGORICAL_DISTANCE} if distances else {}
-    preset = DataDriftPreset(columns=names, drift_share=threshold, **methods)  # type: ignore[arg-type]
+    preset = DataDriftPreset(columns=names, drift_share=threshold, **methods)
     report = Report([preset], include_tests=True)
     snapshot = report.run(
         Dataset.from_pandas(current[names], data_definition=definition),
