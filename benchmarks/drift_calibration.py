@@ -145,6 +145,13 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
             reference_end + timedelta(hours=hour), reference_end + timedelta(hours=hour + 1)
         )
         undrifted.append(check(current))
+        hour_figures = undrifted[-1]["hour"]
+        print(
+            f"  {current.start:%a %m-%d %H:00}: {hour_figures['rows']} rows,"
+            f" share {hour_figures.get('share')}"
+            f" {hour_figures.get('drifted')}",
+            flush=True,
+        )
         if hour % 12 == 11:
             print(f"  {hour + 1} undrifted hours checked ({time.perf_counter() - built:.0f} s)", flush=True)
     drifted = {}
