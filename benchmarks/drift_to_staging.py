@@ -176,12 +176,17 @@ def count_rows(url: str, start: datetime, hour: datetime) -> int:
     return int(row[0]) if row else 0
 
 
-def column_scores(url: str, evaluation: Any) -> tuple[dict[str, float], dict[str, Any]]:
-    """The features report's drifted columns with their scores, and ``amount``'s test (method, score,
-    threshold): its row in ``monitoring.drift_reports``."""
+def column_scores(
+    url: str, evaluation: Any, name: str = "features"
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """A features report's (``features``, ``features_tail``) drifted columns with their scores, and
+    ``amount``'s test (method, score, threshold): its row in ``monitoring.drift_reports``; empty when the
+    run made no such report."""
     import psycopg
 
-    report_id = evaluation.metadata["report_ids"].value["features"]
+    report_id = evaluation.metadata["report_ids"].value.get(name)
+    if report_id is None:
+        return {}, {}
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "select columns from monitoring.drift_reports where report_id = %s", (report_id,)
@@ -442,6 +447,17 @@ def chain(
         print(f"  check passed={evaluation.passed}: {evaluation.description}", flush=True)
         drifted_now, amount_test = column_scores(resources["postgres"].database_url(), evaluation)
         print(f"  drifted columns (score): {drifted_now or 'none'}; amount's test: {amount_test}", flush=True)
+        tail_now, tail_amount = column_scores(
+            resources["postgres"].database_url(), evaluation, "features_tail"
+        )
+        print(
+            f"  tail: drifted columns (score): {tail_now or 'none'}; amount's test: {tail_amount}", flush=True
+        )
+        fired = {
+            key.split("/")[0]: value.value
+            for key, value in evaluation.metadata.items()
+            if key.endswith("/rules_fired") and value.value
+        }
         with step(steps, "drift_sensor"):
             tick = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
         assert isinstance(tick, dg.SensorResult)
@@ -457,6 +473,9 @@ def chain(
                 "features_drifted_share": share,
                 "features_drifted_columns": drifted_now,
                 "amount_test": amount_test,
+                "tail_drifted_columns": tail_now,
+                "tail_amount_score": tail_amount.get("score"),
+                "rules_fired": fired,
                 "scores_drifted_share": score_share and score_share.value,
             }
         )

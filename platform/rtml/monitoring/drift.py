@@ -25,6 +25,7 @@ this module.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -59,6 +60,9 @@ from rtml.training.dataset import (
 
 TABLE = "monitoring.drift_reports"
 FEATURES, PREDICTIONS = "features", "predictions"
+TAIL = "features_tail"
+"""The name (in ``report_ids`` and the ``report`` label) of the tail's features report; its row's kind is
+``features``."""
 SCORE = "probability"
 SEED = 0
 TRANSACTIONS = "staging.stg_transactions"
@@ -119,6 +123,42 @@ class Window:
             hour += timedelta(hours=1)
         return tuple(sorted(set(hours)))
 
+    def hour_slots(self) -> tuple[int, ...]:
+        """The kinds of hour the window touches: the UTC hour of the day, plus 24 on a weekend day (the
+        simulator's and real traffic's hourly profile differs between weekdays and weekends)."""
+        hour = self.start.replace(minute=0, second=0, microsecond=0)
+        slots = set()
+        while hour < self.end:
+            slots.add(hour.hour + (24 if hour.weekday() >= 5 else 0))
+            hour += timedelta(hours=1)
+        return tuple(sorted(slots))
+
+
+@dataclass(frozen=True)
+class ReferenceHours:
+    """Which rows of the reference window the hourly check keeps: those of the current window's hours
+    of the day, on the same kind of day (weekday or weekend) when the reference window has such days."""
+
+    hours_of_day: tuple[int, ...]
+    slots: tuple[int, ...] | None
+    """Hour of the day + 24 on weekends (:meth:`Window.hour_slots`); None: the hours on any day."""
+    days: str
+    """``weekday``, ``weekend``, ``weekday and weekend``, or why any day (a fallback)."""
+
+
+def reference_hours(reference: Window, current: Window) -> ReferenceHours | None:
+    """The hourly check's reference rows for ``current``; None when it spans a day or more (all rows)."""
+    hours = current.hours_of_day()
+    if hours is None:
+        return None
+    wanted = current.hour_slots()
+    kinds = sorted({"weekend" if slot >= 24 else "weekday" for slot in wanted}, reverse=True)
+    if set(wanted) <= set(reference.hour_slots()):
+        return ReferenceHours(hours, wanted, " and ".join(kinds))
+    return ReferenceHours(
+        hours, None, f"any (fallback: the reference window has no {' or '.join(kinds)} day at these hours)"
+    )
+
 
 @dataclass(frozen=True)
 class ColumnDrift:
@@ -149,10 +189,58 @@ class DriftReport:
     html_path: Path
     seconds: float
     model_version: str | None = None
+    column_score: float | None = None
+    """The hourly check's per-column rule: drift when a column's distance reaches it (None: no such
+    rule, the daily report)."""
 
     @property
     def drifted_columns(self) -> list[str]:
         return [name for name, column in self.columns.items() if column.drifted]
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the report detects drift (empty: it does not)."""
+        return reasons(self.drifted_share, self.threshold, self.columns, self.column_score)
+
+
+def reasons(
+    drifted_share: float, threshold: float, columns: dict[str, ColumnDrift], column_score: float | None
+) -> list[str]:
+    """The drift rules: the share of drifted columns above ``threshold``; with a ``column_score`` (the
+    hourly check, distances only), also any column whose distance reaches it. One upstream change may
+    move one column far (``amount``) and few others: the share counts it as one column of 24."""
+    found = []
+    if drifted_share > threshold:
+        drifted = ", ".join(name for name, column in columns.items() if column.drifted)
+        found.append(f"{drifted_share:.1%} of {len(columns)} columns drifted > {threshold:.0%}: {drifted}")
+    if column_score is not None:
+        found += [
+            f"column {name} at {column.score:.3f} >= {column_score}"
+            for name, column in columns.items()
+            if column.score >= column_score
+        ]
+    return found
+
+
+def verdict(reports: dict[str, DriftReport]) -> tuple[bool, str]:
+    """The check's verdict over one run's reports (``{name: report}``, the asset's ``report_ids``):
+    drift when any report detects it, and a description naming, per report and window, the rules
+    that fired (or the figures that stayed within them)."""
+    parts = []
+    for name, report in reports.items():
+        why = report.reasons
+        window = f"{report.current.start:%m-%d %H:%M} to {report.current.end:%m-%d %H:%M}"
+        if why:
+            parts.append(f"{name} ({window}, {report.current_rows} rows): {'; '.join(why)}")
+        else:
+            top = max(report.columns.values(), key=lambda c: c.score, default=None)
+            highest = f", highest {top.column} at {top.score:.3f}" if report.column_score and top else ""
+            parts.append(
+                f"{name} ({window}, {report.current_rows} rows): {report.drifted_share:.1%} of "
+                f"{len(report.columns)} columns drifted (threshold {report.threshold:.0%}){highest}"
+            )
+    detected = any(report.reasons for report in reports.values())
+    return detected, ("drift detected: " if detected else "within threshold: ") + " | ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -162,10 +250,22 @@ class DriftResult:
     model_version: str | None
     """The production version whose training window (and scores) were the reference, if any."""
     seconds: float
+    tail: DriftReport | None = None
+    """The hourly check's features report of the newest ``tail_minutes`` of the current window."""
+    tail_note: str | None = None
+    """Why there is no tail report although one was asked for (too few rows)."""
+    reference_hours: ReferenceHours | None = None
+    """The reference rows kept (the hourly check); None: the whole reference window."""
+
+    @property
+    def named_reports(self) -> dict[str, DriftReport]:
+        """``{name: report}``: ``features``, ``features_tail``, ``predictions`` (those made)."""
+        named = {FEATURES: self.features, TAIL: self.tail, PREDICTIONS: self.predictions}
+        return {name: report for name, report in named.items() if report is not None}
 
     @property
     def reports(self) -> list[DriftReport]:
-        return [self.features] if self.predictions is None else [self.features, self.predictions]
+        return list(self.named_reports.values())
 
     @property
     def detected(self) -> bool:
@@ -228,9 +328,11 @@ def feature_query(
     seed: int = SEED,
     registry: FeatureRegistry | None = None,
     hours_of_day: tuple[int, ...] | None = None,
+    hour_slots: tuple[int, ...] | None = None,
 ) -> tuple[sql.Composed, FeatureSpec]:
     """The COPY of a window's feature rows (at most ``max_rows``, seeded sample), with the columns of
-    ``feature_spec()`` in its order, and that spec; only rows of the given UTC ``hours_of_day`` if any."""
+    ``feature_spec()`` in its order, and that spec; only rows of the given UTC ``hours_of_day`` if any,
+    or of the given ``hour_slots`` (:meth:`Window.hour_slots`: hour and kind of day) if any."""
     registry = registry or load_registry()
     if max_rows <= 0:
         raise DriftError(f"drift_max_rows must be positive, not {max_rows}")
@@ -271,16 +373,23 @@ def feature_query(
         transactions=sql.SQL(TRANSACTIONS),
         start=sql.Literal(window.start),
         end=sql.Literal(window.end),
-        hours=sql.SQL("")
-        if hours_of_day is None
-        else sql.SQL(" and extract(hour from event_ts at time zone 'UTC')::int = any({})").format(
-            sql.Literal(list(hours_of_day))
-        ),
+        hours=_hours_filter(hours_of_day, hour_slots),
         seed=sql.Literal(seed),
         limit=sql.Literal(max_rows),
         columns=sql.SQL(", ").join(selected),
     )
     return query, spec
+
+
+def _hours_filter(hours_of_day: tuple[int, ...] | None, hour_slots: tuple[int, ...] | None) -> sql.Composable:
+    hour = sql.SQL("extract(hour from event_ts at time zone 'UTC')::int")
+    if hour_slots is not None:
+        weekend = sql.SQL("extract(isodow from event_ts at time zone 'UTC') >= 6")
+        slot = sql.SQL("{} + case when {} then 24 else 0 end").format(hour, weekend)
+        return sql.SQL(" and {} = any({})").format(slot, sql.Literal(list(hour_slots)))
+    if hours_of_day is not None:
+        return sql.SQL(" and {} = any({})").format(hour, sql.Literal(list(hours_of_day)))
+    return sql.SQL("")
 
 
 def load_features(
@@ -290,9 +399,10 @@ def load_features(
     seed: int = SEED,
     registry: FeatureRegistry | None = None,
     hours_of_day: tuple[int, ...] | None = None,
+    hour_slots: tuple[int, ...] | None = None,
 ) -> tuple[pd.DataFrame, FeatureSpec]:
     """A window's feature rows (model dtypes: float64 with NaN, strings with None) and their spec."""
-    query, spec = feature_query(window, max_rows, seed, registry, hours_of_day)
+    query, spec = feature_query(window, max_rows, seed, registry, hours_of_day, hour_slots)
     types = {name: pa.float64() for name in spec.numeric} | {name: pa.string() for name in spec.categorical}
     return _copy_frame(database_url, query, types), spec
 
@@ -342,11 +452,22 @@ def _copy_frame(database_url: str, query: sql.Composed, types: dict[str, pa.Data
 
 
 # --- comparison ----------------------------------------------------------------------------------------
+NUMERIC_DISTANCE, CATEGORICAL_DISTANCE = "wasserstein", "jensenshannon"
+"""The hourly check's methods: distances with fixed thresholds (Evidently's default 0.1 for both) whatever
+the sample size, so that scores compare across windows and hours (Evidently's own choice switches from
+p-values to distances at 1,000 rows)."""
+
+
 def compare(
-    reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec, threshold: float
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    spec: FeatureSpec,
+    threshold: float,
+    distances: bool = False,
 ) -> Comparison:
     """Evidently's DataDriftPreset over the spec's columns; per column Evidently's own verdict (the
-    preset's per-column tests), the share over the columns compared."""
+    preset's per-column tests), the share over the columns compared. ``distances``: Wasserstein
+    (normed) for numeric and Jensen-Shannon for categorical columns, whatever the sample size."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -359,7 +480,9 @@ def compare(
         raise DriftError(f"every column is empty in one of the windows: {', '.join(skipped)}")
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     names = [*categorical, *numeric]
-    report = Report([DataDriftPreset(columns=names, drift_share=threshold)], include_tests=True)
+    methods = {"num_method": NUMERIC_DISTANCE, "cat_method": CATEGORICAL_DISTANCE} if distances else {}
+    preset = DataDriftPreset(columns=names, drift_share=threshold, **methods)
+    report = Report([preset], include_tests=True)
     snapshot = report.run(
         Dataset.from_pandas(current[names], data_definition=definition),
         Dataset.from_pandas(reference[names], data_definition=definition),
@@ -398,6 +521,55 @@ def _columns(result: dict[str, Any], names: Sequence[str]) -> dict[str, ColumnDr
 
 
 # --- the whole run -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fetched:
+    """The rows of one run's windows."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    tails: list[pd.DataFrame]
+    spec: FeatureSpec
+    reference_hours: ReferenceHours | None
+
+
+def tail_window(current: Window, minutes: int) -> Window:
+    """The newest ``minutes`` of the current window: after a switch at minute MM of an hour, the hour's
+    check sees 60 - MM drifted minutes; in a tail of T minutes they are a share min(1, (60 - MM) / T)
+    of the rows, not (60 - MM) / 60, and a distance shrinks with that share."""
+    return Window(max(current.start, current.end - timedelta(minutes=minutes)), current.end)
+
+
+def fetch_windows(
+    database_url: str,
+    reference: Window,
+    current: Window,
+    max_rows: int,
+    *,
+    seed: int = SEED,
+    same_hours_of_day: bool = False,
+    tails: Sequence[Window] = (),
+) -> Fetched:
+    """The reference's rows (with ``same_hours_of_day`` and a current window shorter than a day: only
+    those of the current window's hours of the day, on the same kind of day when the reference has such
+    days, :func:`reference_hours`), the current window's and each tail window's, on parallel
+    connections (the server's work and pyarrow's parsing release the GIL)."""
+    registry = load_registry()
+    hours = reference_hours(reference, current) if same_hours_of_day else None
+    only = (hours.hours_of_day, hours.slots) if hours else (None, None)
+    windows = [(reference, only), (current, (None, None)), *((tail, (None, None)) for tail in tails)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fetches = [
+            pool.submit(load_features, database_url, window, max_rows, seed, registry, *filters)
+            for window, filters in windows
+        ]
+        frames = [fetch.result() for fetch in fetches]
+    for name, window, (rows, _) in (("reference", reference, frames[0]), ("current", current, frames[1])):
+        if rows.empty:
+            raise DriftError(f"the {name} window {window} has no feature rows")
+    spec = frames[0][1]
+    return Fetched(frames[0][0], frames[1][0], [rows for rows, _ in frames[2:]], spec, hours)
+
+
 def run_drift(
     database_url: str,
     settings: Settings,
@@ -410,14 +582,23 @@ def run_drift(
     max_rows: int | None = None,
     same_hours_of_day: bool = False,
     threshold: float | None = None,
+    column_score: float | None = None,
+    tail_minutes: int = 0,
+    tail_min_rows: int = 0,
 ) -> DriftResult:
     """Both reports, saved and recorded. Without ``reference`` the production version's training window
     is the reference (``tracking_uri`` needed); the predictions report needs a production version.
     At most ``max_rows`` (default ``drift_max_rows``) rows are sampled from each window. With
     ``same_hours_of_day`` and a current window shorter than a day, the reference keeps only the rows of
-    the current window's hours of the day (UTC): a few night hours are not "drifted" from a whole day
-    only because fewer customers pay at night. ``threshold``: the drifted share above which a report
-    detects drift (default ``drift_threshold``)."""
+    the current window's hours of the day (UTC) and kind of day (weekday, weekend): a few night hours
+    are not "drifted" from a whole day only because fewer customers pay at night, nor a Saturday night
+    from weekday nights. ``threshold``: the drifted share above which a report detects drift (default
+    ``drift_threshold``).
+
+    The hourly check's rule (``column_score`` given): distances for every column (:func:`compare`), and
+    a report also detects drift when one column's distance reaches ``column_score``; with
+    ``tail_minutes``, a third report compares the newest ``tail_minutes`` of the current window (if it
+    holds at least ``tail_min_rows`` rows) with the same reference under the same rule."""
     began = time.perf_counter()
     max_rows = max_rows or settings.drift_max_rows
     model_name = model_name or settings.model_name
@@ -433,36 +614,53 @@ def run_drift(
             )
         reference = window_from_tags(production[1])
     current = current or current_window(database_url, settings.drift_current_hours)
-    registry = load_registry()
-    # both windows at once, on two connections: the server's work and pyarrow's parsing release the GIL
-    hours = current.hours_of_day() if same_hours_of_day else None
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fetches = [
-            pool.submit(load_features, database_url, window, max_rows, seed, registry, only)
-            for window, only in ((reference, hours), (current, None))
-        ]
-        (reference_rows, spec), (current_rows, _) = (fetch.result() for fetch in fetches)
-    for name, window, rows in (("reference", reference, reference_rows), ("current", current, current_rows)):
-        if rows.empty:
-            raise DriftError(f"the {name} window {window} has no feature rows")
+    tail = tail_window(current, tail_minutes) if tail_minutes > 0 else None
+    if tail is not None and tail.start == current.start:
+        tail = None  # the whole current window: nothing a tail adds
+    rows = fetch_windows(
+        database_url,
+        reference,
+        current,
+        max_rows,
+        seed=seed,
+        same_hours_of_day=same_hours_of_day,
+        tails=[tail] if tail else [],
+    )
     ensure_table(database_url)
     version = production[0] if production else None
     if threshold is not None:
         settings = settings.model_copy(update={"drift_threshold": threshold})
-    context = _Context(database_url, settings, reference, current, version, datetime.now(UTC))
-    features = context.report(FEATURES, reference_rows, current_rows, spec)
+    context = _Context(database_url, settings, reference, current, version, datetime.now(UTC), column_score)
+    features = context.report(FEATURES, rows.reference, rows.current, rows.spec)
+    tail_report, tail_note = None, None
+    if tail is not None:
+        [tail_rows] = rows.tails
+        if len(tail_rows) >= max(tail_min_rows, 1):
+            tail_report = dataclasses.replace(context, current=tail).report(
+                FEATURES, rows.reference, tail_rows, rows.spec, TAIL
+            )
+        else:
+            tail_note = f"the tail {tail} holds {len(tail_rows)} rows (< {tail_min_rows}): not compared"
     predictions = None
     if version is not None and tracking_uri is not None:
         served = load_served_scores(database_url, current, version, max_rows, seed)
         if not served.empty:
-            expected = _model_scores(tracking_uri, model_name, version, reference_rows)
-            predictions = context.report(
+            expected = _model_scores(tracking_uri, model_name, version, rows.reference)
+            predictions = dataclasses.replace(context, column_score=None).report(
                 PREDICTIONS,
                 pd.DataFrame({SCORE: expected}),
                 served,
                 FeatureSpec(numeric=[SCORE], categorical=[]),
             )
-    return DriftResult(features, predictions, version, time.perf_counter() - began)
+    return DriftResult(
+        features,
+        predictions,
+        version,
+        time.perf_counter() - began,
+        tail=tail_report,
+        tail_note=tail_note,
+        reference_hours=rows.reference_hours,
+    )
 
 
 @dataclass(frozen=True)
@@ -475,18 +673,26 @@ class _Context:
     current: Window
     model_version: str | None
     created_at: datetime
+    column_score: float | None = None
 
     def report(
-        self, kind: str, reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec
+        self,
+        kind: str,
+        reference: pd.DataFrame,
+        current: pd.DataFrame,
+        spec: FeatureSpec,
+        name: str | None = None,
     ) -> DriftReport:
-        """Compare, save the HTML, record the row."""
+        """Compare, save the HTML (named after ``name``, default the kind), record the row."""
         began = time.perf_counter()
         threshold = self.settings.drift_threshold
-        comparison = compare(reference, current, spec, threshold)
+        distances = self.column_score is not None
+        comparison = compare(reference, current, spec, threshold, distances=distances)
         folder = self.settings.home / "reports" / "drift"
         folder.mkdir(parents=True, exist_ok=True)
-        html = folder / f"{self.created_at.strftime('%Y%m%dT%H%M%S.%fZ')}-{kind}.html"
+        html = folder / f"{self.created_at.strftime('%Y%m%dT%H%M%S.%fZ')}-{name or kind}.html"
         comparison.snapshot.save_html(str(html))
+        fired = reasons(comparison.drifted_share, threshold, comparison.columns, self.column_score)
         report = DriftReport(
             report_id=uuid.uuid4().hex,
             kind=kind,
@@ -499,10 +705,11 @@ class _Context:
             skipped=comparison.skipped,
             drifted_share=comparison.drifted_share,
             threshold=threshold,
-            detected=comparison.drifted_share > threshold,
+            detected=bool(fired),
             html_path=html,
             seconds=time.perf_counter() - began,
             model_version=self.model_version,
+            column_score=self.column_score,
         )
         store(self.database_url, report)
         return report
@@ -552,7 +759,9 @@ def store(database_url: str, report: DriftReport) -> None:
                 report.threshold,
                 report.detected,
                 report.drifted_columns,
-                json.dumps({"columns": columns, "skipped": report.skipped}),
+                json.dumps(
+                    {"columns": columns, "skipped": report.skipped, "column_score": report.column_score}
+                ),
                 str(report.html_path),
                 report.seconds,
             ),
@@ -589,18 +798,20 @@ def _from_row(row: dict[str, Any]) -> DriftReport:
         html_path=Path(row["html_path"]),
         seconds=row["seconds"],
         model_version=row["model_version"],
+        column_score=payload.get("column_score"),
     )
 
 
 def samples(result: DriftResult) -> list[Sample]:
-    """The ``rtml_drift_*`` gauges of both reports (labels ``report`` = kind, and ``feature``)."""
+    """The ``rtml_drift_*`` gauges of the run's reports (labels ``report`` = ``features``,
+    ``features_tail`` (the hourly check's tail window) or ``predictions``, and ``feature``)."""
     out: list[Sample] = []
-    for report in result.reports:
-        labels = {"report": report.kind}
+    for name, report in result.named_reports.items():
+        labels = {"report": name}
         out.append(Sample("rtml_drift_share", report.drifted_share, labels))
         out.append(Sample("rtml_drift_detected", float(report.detected), labels))
         out += [
-            Sample("rtml_drift_feature_score", column.score, {**labels, "feature": name})
-            for name, column in report.columns.items()
+            Sample("rtml_drift_feature_score", column.score, {**labels, "feature": feature})
+            for feature, column in report.columns.items()
         ]
     return out

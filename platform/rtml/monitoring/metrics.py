@@ -76,9 +76,15 @@ METRICS: dict[str, Metric] = {
         "Evaluation figures of a registered model version (e.g. test_roc_auc, test_pr_auc).",
         ("model_name", "model_version", "metric"),
     ),
-    "rtml_drift_share": Metric("Share of drifted columns in the latest drift report.", ("report",)),
+    "rtml_drift_share": Metric(
+        "Share of drifted columns in the latest drift report (report: features, features_tail = the "
+        "hourly check's newest minutes, predictions).",
+        ("report",),
+    ),
     "rtml_drift_detected": Metric(
-        "1 when the latest drift report's drifted share is above the threshold.", ("report",)
+        "1 when the latest drift report detects drift: its drifted share above the threshold or, for the "
+        "hourly check, a column's distance at drift_recent_column_score.",
+        ("report",),
     ),
     "rtml_drift_feature_score": Metric(
         "Evidently drift score (p-value or distance, per the column's test) of a column in the latest "

@@ -4,10 +4,11 @@ their figures to the Pushgateway when one is configured (``rtml.monitoring.metri
 
 import time
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings, get_settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import drift, live, metrics
@@ -35,19 +36,20 @@ def drift_report(
     the newest ``drift_current_hours`` hours: an Evidently HTML report per kind, a row per report in
     ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it. Daily (``drift_job``)."""
     settings = get_settings()
-    return _drift(
-        context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows, False, None
-    )
+    return _drift(context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows)
 
 
 @dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
 def recent_drift_report(
     context: dg.AssetExecutionContext, config: DriftConfig, postgres: PostgresResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours, at most
-    ``drift_recent_max_rows`` rows per window, against the reference's rows of the same hours of the day
-    (UTC; a night is not a drift), judged at ``drift_recent_threshold``. Materialized after every hourly
-    refresh (``hourly_drift_sensor``); a separate asset, so the daily full report stays as it was."""
+    """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours and
+    their newest ``drift_recent_tail_minutes``, at most ``drift_recent_max_rows`` rows per window, against
+    the reference's rows of the same hours of the day and kind of day (UTC; a night or a Saturday is not a
+    drift). Every column by a distance; drift when the share of drifted columns is above
+    ``drift_recent_threshold`` or one column's distance reaches ``drift_recent_column_score``, in the hour
+    or in its tail. Materialized after every hourly refresh (``hourly_drift_sensor``); a separate asset, so
+    the daily full report stays as it was."""
     settings = get_settings()
     return _drift(
         context,
@@ -56,8 +58,7 @@ def recent_drift_report(
         mlflow,
         settings.drift_recent_hours,
         settings.drift_recent_max_rows,
-        True,
-        settings.drift_recent_threshold,
+        hourly=True,
     )
 
 
@@ -68,8 +69,7 @@ def _drift(
     mlflow: MlflowResource,
     current_hours: int,
     max_rows: int,
-    same_hours_of_day: bool,
-    threshold: float | None,
+    hourly: bool = False,
 ) -> dg.MaterializeResult:
     settings = get_settings()
     name = context.asset_key.to_user_string()
@@ -85,27 +85,28 @@ def _drift(
             reference=_window("reference", config.reference_start, config.reference_end),
             current=current,
             max_rows=max_rows,
-            same_hours_of_day=same_hours_of_day,
-            threshold=threshold,
+            **(_hourly_rule(settings) if hourly else {}),
         )
     except drift.DriftError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
     samples = [*drift.samples(result), *metrics.run_samples(name, result.seconds)]
     pushed = metrics.publish(name, samples, settings.pushgateway_url)
     features = result.features
+    hours = result.reference_hours
     context.log.info(
         f"features: {features.drifted_share:.1%} of columns drifted (threshold {features.threshold:.0%}): "
         f"{', '.join(features.drifted_columns) or 'none'}"
     )
     metadata: dict[str, dg.RawMetadataValue] = {
-        "report_ids": dg.MetadataValue.json({report.kind: report.report_id for report in result.reports}),
+        "report_ids": dg.MetadataValue.json(
+            {name: report.report_id for name, report in result.named_reports.items()}
+        ),
         "model_version": result.model_version or "none",
         "reference_window": str(features.reference),
         "current_window": str(features.current),
         "reference_rows": features.reference_rows,
-        "reference_hours_of_day": dg.MetadataValue.json(
-            list(current.hours_of_day() or ()) if same_hours_of_day else "all"
-        ),
+        "reference_hours_of_day": dg.MetadataValue.json(list(hours.hours_of_day) if hours else "all"),
+        "reference_days": hours.days if hours else "all",
         "current_rows": features.current_rows,
         "drifted_share": round(features.drifted_share, 4),
         "threshold": features.threshold,
@@ -117,6 +118,22 @@ def _drift(
         "seconds": round(result.seconds, 2),
         "pushed": pushed,
     }
+    if hourly:
+        detected, description = drift.verdict(result.named_reports)
+        metadata |= {"verdict": description, "column_score": features.column_score}
+        metadata["detected"] = detected
+        tail = result.tail
+        if tail is None:
+            metadata["tail"] = result.tail_note or "not compared: no tail window"
+        else:
+            metadata |= {
+                "tail/window": str(tail.current),
+                "tail/rows": tail.current_rows,
+                "tail/drifted_share": round(tail.drifted_share, 4),
+                "tail/detected": tail.detected,
+                "tail/feature_scores": _scores_table(tail),
+                "tail/html": dg.MetadataValue.path(str(tail.html_path)),
+            }
     predictions = result.predictions
     if predictions is None:
         metadata["predictions"] = "not compared: no production version or no served prediction in the window"
@@ -131,6 +148,17 @@ def _drift(
             "predictions/html": dg.MetadataValue.path(str(predictions.html_path)),
         }
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _hourly_rule(settings: Settings) -> dict[str, Any]:
+    """``run_drift``'s arguments of the hourly check's rule."""
+    return {
+        "same_hours_of_day": True,
+        "threshold": settings.drift_recent_threshold,
+        "column_score": settings.drift_recent_column_score,
+        "tail_minutes": settings.drift_recent_tail_minutes,
+        "tail_min_rows": settings.drift_recent_tail_min_rows,
+    }
 
 
 def _window(name: str, start: str | None, end: str | None) -> drift.Window | None:

@@ -1,7 +1,9 @@
 """``drift_within_threshold`` (on ``drift_report``, daily) and ``recent_drift_within_threshold`` (on
 ``recent_drift_report``, hourly): the reports of the asset's latest materialization (read back from
-``monitoring.drift_reports`` by the ids in its metadata) stay within ``drift_threshold``. A failure names
-the drifted columns; the retraining automation reacts to it (``drift_retraining_sensor``)."""
+``monitoring.drift_reports`` by the ids in its metadata) stay within their rules (``drift.verdict``: the
+share of drifted columns within the threshold; for the hourly check also no column's distance at
+``drift_recent_column_score``, in the hour or its tail). A failure names the rules that fired and the
+drifted columns; the retraining automation reacts to it (``drift_retraining_sensor``)."""
 
 import dagster as dg
 
@@ -16,8 +18,9 @@ def _threshold_check(asset: dg.AssetKey, name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset,
         name=name,
-        description="The share of drifted columns (features; served scores) is at most `drift_threshold`; "
-        "fails naming the drifted columns.",
+        description="The drift reports stay within their rules: the share of drifted columns (features; "
+        "served scores) at most the threshold and, for the hourly check, no column's distance at "
+        "`drift_recent_column_score` (in the hour or its tail); fails naming the rules that fired.",
     )
     def check(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
         return _evaluate(context, postgres, asset)
@@ -37,29 +40,26 @@ def _evaluate(
             description=f"{asset.to_user_string()} has no materialization with report ids yet: "
             "materialize it first",
         )
-    ids = dict(materialization.metadata["report_ids"].value)  # {kind: report id}
-    reports = drift.load_reports(postgres.database_url(), ids.values())
+    ids = dict(materialization.metadata["report_ids"].value)  # {name: report id}
+    named = dict(zip(ids, drift.load_reports(postgres.database_url(), ids.values()), strict=True))
+    reports = list(named.values())
     drifted = [report for report in reports if report.detected]
-    summary = "; ".join(
-        f"{report.kind}: {report.drifted_share:.1%} of {len(report.columns)} columns drifted "
-        f"(threshold {report.threshold:.0%})"
-        + (f": {', '.join(report.drifted_columns)}" if report.detected else "")
-        for report in reports
-    )
+    detected, description = drift.verdict(named)
     metadata: dict[str, dg.RawMetadataValue] = {
         "drifted_columns": dg.MetadataValue.json([name for r in drifted for name in r.drifted_columns]),
         "report_ids": dg.MetadataValue.json(ids),
         # the reference's version: the drift sensor's cool-down is per production version
         "model_version": next((r.model_version for r in reports if r.model_version), None) or "none",
     }
-    for report in reports:
-        metadata[f"{report.kind}/drifted_share"] = round(report.drifted_share, 4)
-        metadata[f"{report.kind}/threshold"] = report.threshold
-        metadata[f"{report.kind}/drifted_columns"] = dg.MetadataValue.json(report.drifted_columns)
+    for name, report in named.items():
+        metadata[f"{name}/drifted_share"] = round(report.drifted_share, 4)
+        metadata[f"{name}/threshold"] = report.threshold
+        metadata[f"{name}/drifted_columns"] = dg.MetadataValue.json(report.drifted_columns)
+        metadata[f"{name}/rules_fired"] = dg.MetadataValue.json(report.reasons)
     return dg.AssetCheckResult(
-        passed=not drifted,
+        passed=not detected,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=("drift detected: " if drifted else "within threshold: ") + summary,
+        description=description,
         metadata=metadata,
     )
 
