@@ -7,6 +7,7 @@ scratch database). The scorer's end-to-end publishing is in tests/test_serving.p
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -92,6 +93,10 @@ def test_a_dead_consumers_pending_entries_are_claimed(client: redis.Redis, key: 
     assert len(stream.read_new(client, key, "g", "dead", count=4, block_ms=None)) == 4  # never acked
     # not idle long enough yet: nothing to claim
     assert stream.claim_idle(client, key, "g", "alive", min_idle_ms=60_000, count=10).entries == []
+    status = stream.group_status(client, key, "g")
+    assert status is not None and (status["lag"], status["pending"]) == (0, 4)
+    assert {name: c["pending"] for name, c in status["consumers"].items()} == {"dead": 4, "alive": 0}
+    assert stream.group_status(client, key, "nope") is None
     client.xdel(key, ids[1])  # one pending entry trimmed before anyone landed it
     time.sleep(0.02)
     claimed = stream.claim_idle(client, key, "g", "alive", min_idle_ms=10, count=10)
@@ -265,3 +270,48 @@ def test_land_refuses_to_run_when_the_simulator_feeds_raw_transactions() -> None
 
     result = CliRunner().invoke(app, ["stream", "land"], env={"RTML_TRANSACTIONS_FEED": "simulator"})
     assert result.exit_code == 2 and "RTML_TRANSACTIONS_FEED" in result.output
+
+
+def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_them(
+    client: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    from rtml.sources.simulator import Simulator
+    from rtml.traffic import Traffic
+
+    start = datetime(2026, 11, 10, 12, 59, 58, tzinfo=UTC)  # crosses into the next hour
+    began = time.monotonic()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        data_dir=tmp_path,
+        sim_start=datetime(2026, 11, 2, tzinfo=UTC),
+        sim_transactions_per_day=1_000_000,
+        sim_drift_scenario=None,
+    )
+    publisher = EventPublisher(client, key, retention_s=3600)
+    traffic = Traffic(
+        settings,
+        "http://127.0.0.1:9",  # never contacted
+        rate_multiplier=1.0,
+        duration=4,
+        clock=lambda: start + timedelta(seconds=time.monotonic() - began),
+        echo=lambda line: None,
+        publisher=publisher,
+    )
+    stats = asyncio.run(traffic.run())
+    published = [TransactionEvent.from_fields(fields) for _, fields in client.xrange(key)]
+    assert stats.ok == len(published) == publisher.published >= 20 and stats.connection_errors == 0
+    assert [e.event_ts_us for e in published] == sorted(e.event_ts_us for e in published)
+    assert {e.event_ts.hour for e in published} == {12, 13}
+    simulated = Simulator(settings).transactions(
+        start.replace(minute=0, second=0), start + timedelta(hours=1)
+    )
+    by_id = {row["transaction_id"]: row for row in simulated.to_pylist()}
+    for e in published:  # the simulator's rows, field for field
+        row = by_id[e.transaction_id]
+        assert (e.customer_id, e.amount, e.event_ts, e.currency) == (
+            row["customer_id"],
+            row["amount"],
+            row["event_ts"],
+            row["currency"],
+        )
+        assert e.amount > 0 and e.currency in settings.currencies  # invalid rows are not published

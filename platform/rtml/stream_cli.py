@@ -103,3 +103,30 @@ def land_command(
     )
     counts = lander.run(stop)
     typer.echo(f"stopped: {counts}")
+
+
+@stream_app.command("status")
+def status_command(
+    group: str | None = typer.Option(None, help="Consumer group (default: RTML_STREAM_LANDER_GROUP)."),
+    alive: str | None = typer.Option(
+        None,
+        "--alive",
+        help="Exit 1 unless consumer ALIVE read from the stream within --within seconds (a healthcheck: a "
+        "running lander reads at least every RTML_STREAM_LANDER_BATCH_MS).",
+    ),
+    within: float = typer.Option(30.0, "--within", help="Seconds for --alive."),
+) -> None:
+    """The stream's length, and a consumer group's lag, pending entries and consumers, as JSON."""
+    import json
+
+    from rtml.streaming import stream
+
+    settings = get_settings()
+    found = stream.group_status(_redis(settings), settings.stream_key, group or settings.stream_lander_group)
+    typer.echo(json.dumps(found, indent=2))
+    if alive is not None:
+        consumers = found["consumers"] if found else {}
+        seen = consumers.get(alive) if isinstance(consumers, dict) else None
+        if seen is None or seen["idle_ms"] > within * 1000:
+            typer.echo(f"consumer {alive} has not read within {within:g} s", err=True)
+            raise typer.Exit(1)

@@ -8,9 +8,10 @@ the others are counted by rule and not published.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -20,7 +21,7 @@ from rtml.config import Settings
 from rtml.ingest.validation import validate_transactions
 from rtml.sources.schema import TRANSACTIONS
 from rtml.sources.simulator import Simulator
-from rtml.streaming.events import TransactionEvent
+from rtml.streaming.events import TransactionEvent, to_us
 
 _HOUR = timedelta(hours=1)
 
@@ -43,6 +44,21 @@ def events_from_table(table: pa.Table) -> list[TransactionEvent]:
         )
         for i in range(table.num_rows)
     ]
+
+
+def event_from_record(record: Mapping[str, Any]) -> TransactionEvent:
+    """One row of the record schema (``Table.to_pylist``: ``event_ts`` an aware datetime) as an event."""
+    return TransactionEvent(
+        transaction_id=record["transaction_id"],
+        customer_id=record["customer_id"],
+        merchant_id=record["merchant_id"],
+        amount=record["amount"],
+        event_ts_us=to_us(record["event_ts"]),
+        merchant_category=record["merchant_category"],
+        currency=record["currency"],
+        channel=record["channel"],
+        country=record["country"],
+    )
 
 
 def file_tables(path: Path, chunk_rows: int) -> Iterator[pa.Table]:

@@ -126,6 +126,28 @@ def ack(client: redis.Redis, key: str, group: str, ids: Iterable[str]) -> int:
     return int(client.xack(key, group, *ids)) if ids else 0
 
 
+def group_status(client: redis.Redis, key: str, group: str) -> dict[str, object] | None:
+    """The group's ``lag`` (entries not yet delivered to it; None when Redis cannot tell), ``pending``
+    (delivered, not acknowledged), and each consumer's pending entries and ``idle_ms`` (since its last
+    read). None when the stream or the group does not exist."""
+    try:
+        groups = client.xinfo_groups(key)
+    except redis.exceptions.ResponseError:  # no such key
+        return None
+    found = [g for g in groups if _text(g["name"]) == group]
+    if not found:
+        return None
+    consumers = client.xinfo_consumers(key, group)
+    return {
+        "stream": key,
+        "group": group,
+        "length": client.xlen(key),
+        "lag": found[0].get("lag"),
+        "pending": found[0]["pending"],
+        "consumers": {_text(c["name"]): {"pending": c["pending"], "idle_ms": c["idle"]} for c in consumers},
+    }
+
+
 def _entries(reply: object) -> list[Entry]:
     """XREADGROUP's reply (RESP2, redis-py's default) as entries, skipping deleted ones (no fields)."""
     out: list[Entry] = []
