@@ -211,6 +211,11 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
     stream.publish(client, key, [*good[:60], good[10], bad_amount, *good[60:]], retention_s=3600)
     client.xadd(key, {"v": "1", "transaction_id": "broken"})  # not an event: fields missing
     client.xadd(key, {"v": "99", "transaction_id": "future"})  # a schema version this reader does not know
+    # PostgreSQL away: nothing is acknowledged, the entries stay pending for the next attempt
+    with pytest.raises(psycopg.OperationalError):
+        away = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+        Lander(client, away, settings, consumer="a").land_once(50)
+    assert client.xpending(key, settings.stream_lander_group)["pending"] == 50
     first = Lander(client, lander_db, settings, consumer="a")
     counts = land_all(first)
     ids = {e.transaction_id for e in good}

@@ -44,6 +44,7 @@ import pyarrow as pa
 import redis
 
 from rtml.config import Settings
+from rtml.ingest.errors import TransientDatabaseError
 from rtml.ingest.loader import LoadResult, load_transactions
 from rtml.ingest.tables import TRANSACTIONS_TABLE, ensure_tables
 from rtml.ingest.validation import TRANSACTIONS_QUARANTINE
@@ -102,6 +103,7 @@ class Lander:
         self.counts = LandCounts()
         self._claim_from = "0-0"
         self._recovered = False
+        self._tables_ready = False
         stream.ensure_group(client, self.key, self.group, start="0")
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ class Lander:
             try:
                 self.land_once(block_ms=min(200, int(self.settings.stream_lander_batch_ms)), stop=stop)
                 backoff = 0.5
-            except (psycopg.OperationalError, *stream.REDIS_ERRORS) as exc:
+            except (psycopg.OperationalError, TransientDatabaseError, *stream.REDIS_ERRORS) as exc:
                 log.warning("lander: %s; retrying in %.1f s (nothing acknowledged)", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -181,7 +183,9 @@ class Lander:
                 malformed.append((position, entry, str(exc)))
         unique, repeats = first_of_each_id(events)
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            ensure_tables(conn)
+            if not self._tables_ready:  # the id lookup needs raw.transactions before the loader creates it
+                ensure_tables(conn)
+                self._tables_ready = True
             with conn.transaction():
                 loaded_before = existing_ids(conn, [e.transaction_id for e in unique], source)
                 fresh = [e for e in unique if e.transaction_id not in loaded_before]
