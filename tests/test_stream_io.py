@@ -130,10 +130,11 @@ def test_a_redis_outage_never_blocks_put_and_events_go_out_once_it_is_back(tmp_p
         client, "s", retention_s=3600, queue_max=50, batch=10, available=lambda: gate["open"]
     )
     began = time.perf_counter()
-    accepted = [publisher.put(event(i)) for i in range(60)]  # nothing listens on the port
+    accepted = [publisher.put(event(i)) for i in range(200)]  # nothing listens on the port
     put_ms = (time.perf_counter() - began) * 1000
-    assert put_ms < 50, f"put waited {put_ms:.1f} ms"
-    assert accepted.count(True) >= 50 and publisher.dropped == accepted.count(False) >= 1
+    assert put_ms < 100, f"200 puts took {put_ms:.1f} ms"
+    # the queue holds 50; the thread may hold one batch of 10 out of it (to be put back on failure)
+    assert 50 <= accepted.count(True) <= 60 and publisher.dropped == accepted.count(False), accepted
     deadline = time.monotonic() + 5
     while publisher.redis_ok and time.monotonic() < deadline:
         time.sleep(0.01)
