@@ -8,6 +8,7 @@ scratch database). The scorer's end-to-end publishing is in tests/test_serving.p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -212,13 +213,16 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
     stream.publish(client, key, [*good[:60], good[10], bad_amount, *good[60:]], retention_s=3600)
     client.xadd(key, {"v": "1", "transaction_id": "broken"})  # not an event: fields missing
     client.xadd(key, {"v": "99", "transaction_id": "future"})  # a schema version this reader does not know
-    # PostgreSQL away: nothing is acknowledged, the entries stay pending for the next attempt
+    # PostgreSQL away: nothing is acknowledged, the entries stay pending, and the next attempt takes them
+    first = Lander(client, f"postgresql://postgres@127.0.0.1:{free_port()}/x", settings, consumer="a")
     with pytest.raises(psycopg.OperationalError):
-        away = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
-        Lander(client, away, settings, consumer="a").land_once(50)
+        first.land_once(50)
     assert client.xpending(key, settings.stream_lander_group)["pending"] == 50
-    first = Lander(client, lander_db, settings, consumer="a")
-    counts = land_all(first)
+    first.database_url = lander_db  # PostgreSQL is back
+    (oldest, _), *_ = client.xrange(key, count=1)
+    assert first.land_once(50).sources[0].startswith(f"stream:{oldest.decode()}..")
+    land_all(first)
+    counts = dataclasses.replace(first.counts)  # every batch of this lander so far
     ids = {e.transaction_id for e in good}
     raw, quarantine = stream_rows(lander_db)
     assert raw == dict.fromkeys(ids, 1)

@@ -4,9 +4,9 @@ A consumer of its own group (``stream_lander_group``): it sees every event whate
 do. Each micro-batch (``stream_lander_batch_events`` events or ``stream_lander_batch_ms``) is one load of
 ``rtml.ingest.loader.load_transactions`` with its own source, ``stream:<first id>..<last id>:<digest of
 the ids>``: validation, quarantine, the load's receipt in ``raw.loads``, all in one transaction. The
-entries are acknowledged only after that transaction committed, so a crash before the commit leaves
-them pending: read again by the same consumer when it restarts (its own pending entries first), or
-claimed by another after ``stream_claim_idle_ms``.
+entries are acknowledged only after that transaction committed, so a failure or crash before the
+commit leaves them pending: taken first at the same consumer's next attempt or restart (its own pending
+entries first), or claimed by another after ``stream_claim_idle_ms``.
 
 Each event read ends in exactly one of (the counting invariant, checked for every batch):
 
@@ -124,7 +124,11 @@ class Lander:
         """Collect one micro-batch (this consumer's own pending entries first, then a dead consumer's,
         then new ones until the batch is full or ``stream_lander_batch_ms`` passed) and land it."""
         entries, trimmed = self._collect(block_ms, stop)
-        batch = self.land(entries) if entries else LandCounts()
+        try:
+            batch = self.land(entries) if entries else LandCounts()
+        except BaseException:
+            self._recovered = False  # the next attempt takes these (now pending) entries first
+            raise
         batch.trimmed += trimmed
         self.counts.add(batch)
         if self.echo is not None and (batch.read or batch.trimmed):
