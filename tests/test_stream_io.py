@@ -56,7 +56,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 def key(client: redis.Redis) -> Iterator[str]:
     name = f"rtmltest:stream:{uuid.uuid4().hex[:8]}"
     yield name
-    client.delete(name)
+    client.delete(name, *client.scan_iter(f"{name}:*"))  # and the consumers' heartbeats
 
 
 # --- the stream -------------------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def test_a_redis_outage_never_blocks_put_and_events_go_out_once_it_is_back(tmp_p
     while publisher.redis_ok and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not publisher.redis_ok and publisher.status()["redis"] == "unavailable"
+    gate["open"] = False  # the breaker open: the publisher does not even try, Redis back or not
     server = redis_service.start_embedded(tmp_path / "valkey", preferred_port=port)
     try:
         assert server.url.endswith(f":{port}/0")
-        gate["open"] = False  # the breaker open: the publisher does not even try
         time.sleep(0.3)
         assert client.xlen("s") == 0 and publisher.pending == accepted.count(True)
         gate["open"] = True
@@ -260,7 +260,10 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
 
     raw, quarantine = stream_rows(lander_db)
     assert raw == dict.fromkeys(ids | {e.transaction_id for e in later}, 1)
-    assert client.xpending(key, settings.stream_lander_group)["pending"] == 0
+    status = stream.group_status(client, key, settings.stream_lander_group)
+    assert status is not None and (status["lag"], status["pending"]) == (0, 0)
+    beats = {name: c["heartbeat_age_s"] for name, c in status["consumers"].items()}
+    assert beats["c"] < 5 and beats["dies"] is None  # a running lander's heartbeat; a reader that died
     # the counting invariant over everything read, and against the receipts in raw.loads
     everything = LandCounts()
     for part in (counts, replay, again, claimed):
@@ -273,13 +276,30 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
     assert loads == (len(raw), sum(quarantine.values()))
 
 
-def test_land_refuses_to_run_when_the_simulator_feeds_raw_transactions() -> None:
+def test_land_refuses_to_run_when_the_simulator_feeds_raw_transactions_and_status_checks_liveness(
+    client: redis.Redis, key: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from rtml.cli import app
 
-    result = CliRunner().invoke(app, ["stream", "land"], env={"RTML_TRANSACTIONS_FEED": "simulator"})
-    assert result.exit_code == 2 and "RTML_TRANSACTIONS_FEED" in result.output
+    monkeypatch.setenv("RTML_TRANSACTIONS_FEED", "simulator")
+    monkeypatch.setenv("RTML_REDIS_URL", redis_url)
+    monkeypatch.setenv("RTML_STREAM_KEY", key)
+    get_settings.cache_clear()
+    try:
+        refused = CliRunner().invoke(app, ["stream", "land"])
+        stream.ensure_group(client, key, "lander")
+        stream.read_new(client, key, "lander", "running", count=1, block_ms=None)
+        stream.read_new(client, key, "lander", "silent", count=1, block_ms=None)
+        stream.heartbeat(client, key, "lander", "running")
+        alive = CliRunner().invoke(app, ["stream", "status", "--alive", "running"])
+        silent = CliRunner().invoke(app, ["stream", "status", "--alive", "silent"])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 2 and "RTML_TRANSACTIONS_FEED" in refused.output
+    assert alive.exit_code == 0 and '"running"' in alive.output, alive.output
+    assert silent.exit_code == 1 and "silent: no heartbeat" in silent.output, silent.output
 
 
 def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_them(

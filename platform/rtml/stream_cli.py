@@ -111,8 +111,8 @@ def status_command(
     alive: str | None = typer.Option(
         None,
         "--alive",
-        help="Exit 1 unless consumer ALIVE read from the stream within --within seconds (a healthcheck: a "
-        "running lander reads at least every RTML_STREAM_LANDER_BATCH_MS).",
+        help="Exit 1 unless consumer ALIVE said it runs within --within seconds (a healthcheck: a running "
+        "lander records a heartbeat every second or after each batch).",
     ),
     within: float = typer.Option(30.0, "--within", help="Seconds for --alive."),
 ) -> None:
@@ -127,6 +127,7 @@ def status_command(
     if alive is not None:
         consumers = found["consumers"] if found else {}
         seen = consumers.get(alive) if isinstance(consumers, dict) else None
-        if seen is None or seen["idle_ms"] > within * 1000:
-            typer.echo(f"consumer {alive} has not read within {within:g} s", err=True)
+        age = None if seen is None else seen["heartbeat_age_s"]
+        if age is None or age > within:
+            typer.echo(f"consumer {alive}: no heartbeat within {within:g} s", err=True)
             raise typer.Exit(1)

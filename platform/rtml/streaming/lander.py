@@ -104,6 +104,7 @@ class Lander:
         self._claim_from = "0-0"
         self._recovered = False
         self._tables_ready = False
+        self._beat_at = -1e9
         stream.ensure_group(client, self.key, self.group, start="0")
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -123,6 +124,9 @@ class Lander:
     def land_once(self, block_ms: int = 200, stop: threading.Event | None = None) -> LandCounts:
         """Collect one micro-batch (this consumer's own pending entries first, then a dead consumer's,
         then new ones until the batch is full or ``stream_lander_batch_ms`` passed) and land it."""
+        if time.monotonic() - self._beat_at >= 1.0:  # for `rtml stream status --alive`
+            stream.heartbeat(self.client, self.key, self.group, self.consumer)
+            self._beat_at = time.monotonic()
         entries, trimmed = self._collect(block_ms, stop)
         try:
             batch = self.land(entries) if entries else LandCounts()

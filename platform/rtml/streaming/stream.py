@@ -126,10 +126,22 @@ def ack(client: redis.Redis, key: str, group: str, ids: Iterable[str]) -> int:
     return int(client.xack(key, group, *ids)) if ids else 0
 
 
+def heartbeat_key(key: str, group: str, consumer: str) -> str:
+    return f"{key}:heartbeat:{group}:{consumer}"
+
+
+def heartbeat(client: redis.Redis, key: str, group: str, consumer: str, ttl_s: int = 86_400) -> None:
+    """Record that ``consumer`` is running now. Not the consumer's ``idle`` time in ``XINFO CONSUMERS``:
+    Redis before 7.2 resets it only when entries are delivered, so an idle stream looks like a dead
+    consumer there."""
+    client.set(heartbeat_key(key, group, consumer), int(time.time() * 1000), ex=ttl_s)
+
+
 def group_status(client: redis.Redis, key: str, group: str) -> dict[str, object] | None:
     """The group's ``lag`` (entries not yet delivered to it; None when Redis cannot tell), ``pending``
-    (delivered, not acknowledged), and each consumer's pending entries and ``idle_ms`` (since its last
-    read). None when the stream or the group does not exist."""
+    (delivered, not acknowledged), and each consumer's pending entries, ``idle_ms`` (since entries were
+    last delivered to it, on Redis before 7.2) and ``heartbeat_age_s`` (since it last said it runs;
+    None: never, or a day ago). None when the stream or the group does not exist."""
     try:
         groups = client.xinfo_groups(key)
     except redis.exceptions.ResponseError:  # no such key
@@ -138,13 +150,23 @@ def group_status(client: redis.Redis, key: str, group: str) -> dict[str, object]
     if not found:
         return None
     consumers = client.xinfo_consumers(key, group)
+    now_ms = int(time.time() * 1000)
+    names = [_text(c["name"]) for c in consumers]
+    beats = client.mget([heartbeat_key(key, group, name) for name in names]) if names else []
     return {
         "stream": key,
         "group": group,
         "length": client.xlen(key),
         "lag": found[0].get("lag"),
         "pending": found[0]["pending"],
-        "consumers": {_text(c["name"]): {"pending": c["pending"], "idle_ms": c["idle"]} for c in consumers},
+        "consumers": {
+            name: {
+                "pending": c["pending"],
+                "idle_ms": c["idle"],
+                "heartbeat_age_s": None if beat is None else round((now_ms - int(beat)) / 1000, 3),
+            }
+            for name, c, beat in zip(names, consumers, beats, strict=True)
+        },
     }
 
 
