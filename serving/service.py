@@ -336,13 +336,14 @@ class FraudScorer:
             return None
         import redis
 
-        from rtml.streaming.publisher import EventPublisher
+        from rtml.streaming.publisher import EventPublisher, no_retries
 
         timeout = max(1.0, self.settings.redis_socket_timeout_ms / 1000)  # off the request path
         client = redis.Redis.from_url(
             self.settings.redis_url or "redis://127.0.0.1:6379/0",
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            retry=no_retries(),  # the publisher retries, with its own back-off
         )
         return EventPublisher(
             client,

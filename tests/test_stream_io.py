@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from rtml.streaming import lander as lander_module
 from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent, to_us
 from rtml.streaming.lander import LandCounts, Lander
-from rtml.streaming.publisher import EventPublisher
+from rtml.streaming.publisher import EventPublisher, no_retries
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
@@ -125,7 +126,7 @@ def test_publisher_sends_everything_in_order(client: redis.Redis, key: str) -> N
 
 def test_a_redis_outage_never_blocks_put_and_events_go_out_once_it_is_back(tmp_path: Path) -> None:
     port = free_port()
-    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=no_retries())
     gate = {"open": True}
     publisher = EventPublisher(
         client, "s", retention_s=3600, queue_max=50, batch=10, available=lambda: gate["open"]
@@ -161,6 +162,38 @@ def test_a_redis_outage_never_blocks_put_and_events_go_out_once_it_is_back(tmp_p
     finally:
         client.close()
         stop_pid(server.pid)
+
+
+def test_close_with_redis_away_drops_and_counts_what_is_queued() -> None:
+    client = redis.Redis(port=free_port(), socket_timeout=1, socket_connect_timeout=1, retry=no_retries())
+    counted: list[tuple[str, int]] = []
+    publisher = EventPublisher(client, "s", retention_s=3600, on_count=lambda o, n: counted.append((o, n)))
+    for i in range(25):
+        publisher.put(event(i))
+    began = time.monotonic()
+    publisher.close(timeout=3)
+    assert time.monotonic() - began < 4
+    assert (publisher.published, publisher.dropped, publisher.pending) == (0, 25, 0)
+    assert sum(n for o, n in counted if o == "dropped") == 25 and not publisher.put(event(99))
+    client.close()
+
+
+def test_close_does_not_wait_for_a_hung_redis_and_counts_each_event_once() -> None:
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = hung.getsockname()[1]
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=no_retries())
+    publisher = EventPublisher(client, "s", retention_s=3600)
+    for i in range(25):
+        publisher.put(event(i))
+    time.sleep(0.1)  # the thread is stuck sending them
+    assert publisher.pending == 25
+    began = time.monotonic()
+    publisher.close(timeout=0.2)
+    assert time.monotonic() - began < 0.5 and publisher.dropped == 25
+    time.sleep(1.5)  # the thread's send times out meanwhile: it must not count them again
+    assert (publisher.published, publisher.dropped) == (0, 25)
+    client.close()
+    hung.close()
 
 
 # --- the lander -------------------------------------------------------------------------------------------

@@ -54,12 +54,14 @@ def traffic(
     if publish:
         import redis
 
-        from rtml.streaming.publisher import EventPublisher
+        from rtml.streaming.publisher import EventPublisher, no_retries
 
         if not settings.redis_url:
             raise typer.BadParameter("--publish needs RTML_REDIS_URL (the stream's Redis)")
         publisher = EventPublisher(
-            redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
+            redis.Redis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=5, retry=no_retries()
+            ),
             settings.stream_key,
             retention_s=settings.stream_retention_hours * 3600,
             queue_max=settings.stream_publish_queue_max,

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from rtml.streaming.events import TransactionEvent
 from rtml.streaming.stream import REDIS_ERRORS, publish
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("published", "dropped")
 """``published``: appended to the stream; ``dropped``: lost (queue full, or still queued at ``close``'s
 deadline, or refused by Redis with an error that is not an outage)."""
+
+
+def no_retries() -> Retry:
+    """For the publisher's client: redis-py 8 retries a failed command with back-off by default, which
+    would hold a batch (and ``close``) for seconds; the publisher keeps the batch and retries itself."""
+    return Retry(NoBackoff(), 0)
 
 
 class EventPublisher:
@@ -63,6 +71,10 @@ class EventPublisher:
         self.redis_ok = True
         self.last_error: str | None = None
         self._queue: collections.deque[TransactionEvent] = collections.deque()
+        self._inflight = 0
+        """Events the thread took and is sending."""
+        self._abandoned = False
+        """``close`` gave up waiting and counted the in-flight events dropped: the thread counts no more."""
         self._counts_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream-publisher", daemon=True)
@@ -79,7 +91,7 @@ class EventPublisher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + self._inflight
 
     def status(self) -> dict[str, Any]:
         """For ``/health`` and ``/metadata``."""
@@ -92,12 +104,16 @@ class EventPublisher:
         }
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking events; send what is queued for up to ``timeout`` seconds, drop (count) the rest."""
+        """Stop taking events; send what is queued (no retries) for up to ``timeout`` seconds, drop and
+        count the rest."""
         self._stop.set()
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("stream publisher: Redis does not answer; dropping %d queued events", self.pending)
-        self._count("dropped", self._take_all())
+        with self._counts_lock:
+            self._abandoned = self._thread.is_alive()  # stuck on Redis: what it holds is lost
+            lost = self._take_all() + (self._inflight if self._abandoned else 0)
+        if lost:
+            log.error("stream publisher: Redis unavailable at shutdown; dropping %d events", lost)
+        self._count("dropped", lost)
 
     # --- the thread -----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -109,18 +125,21 @@ class EventPublisher:
                 self._stop.wait(self.idle_wait_s)
                 continue
             if not self.available():  # the breaker is open: Redis does not answer reads either
-                if self._stop.wait(backoff) and not self._queue:
-                    return
-                backoff = min(backoff * 2, 1.0)
-                if self._stop.is_set():
+                if self._stop.wait(backoff):
                     return  # closing with Redis away: close() drops and counts what is left
+                backoff = min(backoff * 2, 1.0)
                 continue
             events = self._take(self.batch)
+            self._inflight = len(events)
             try:
                 publish(self.client, self.key, events, self.retention_s)
             except REDIS_ERRORS as exc:
-                self._queue.extendleft(reversed(events))  # keep order; sent again (consumers dedupe)
                 self._failed(exc)
+                if self._stop.is_set():  # closing: no retries; close() drops (counts) the rest
+                    self._done_with(events, "dropped")
+                    return
+                self._queue.extendleft(reversed(events))  # keep order; sent again (consumers dedupe)
+                self._inflight = 0
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, 1.0)
@@ -128,12 +147,19 @@ class EventPublisher:
             except redis.exceptions.RedisError as exc:  # Redis answers but refuses (e.g. OOM): not retried
                 log.error("stream publisher: %d events refused: %s", len(events), exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self._count("dropped", len(events))
+                self._done_with(events, "dropped")
                 continue
             if not self.redis_ok:
                 log.warning("stream publisher: Redis is back")
             self.redis_ok, self.last_error, backoff = True, None, 0.1
-            self._count("published", len(events))
+            self._done_with(events, "published")
+
+    def _done_with(self, events: list[TransactionEvent], outcome: str) -> None:
+        with self._counts_lock:
+            self._inflight = 0
+            if self._abandoned:  # close() counted them already
+                return
+        self._count(outcome, len(events))
 
     def _take(self, limit: int) -> list[TransactionEvent]:
         events: list[TransactionEvent] = []
