@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
+import redis
 
 from rtml.definitions import defs
 from rtml.services.stack import StackInfo
@@ -226,3 +229,56 @@ def test_a_terminated_database_connection_is_retried_by_the_retry_policy(
     assert _count(database_url, f"select count(*) from raw.transactions where source = '{key}'") == (
         materialization.metadata["rows_loaded"].value
     )
+
+
+def test_with_the_stream_as_feed_the_hourly_asset_loads_nothing_and_reports_what_was_landed(
+    instance: dg.DagsterInstance, database_url: str, redis_url: str
+) -> None:
+    """RTML_TRANSACTIONS_FEED=stream: the lander loads the stream's events, and the hourly asset (which the
+    refresh depends on) reports them instead of loading the simulator's rows too."""
+    from rtml.config import get_settings
+    from rtml.ingest.loader import delete_source
+    from rtml.streaming import stream
+    from rtml.streaming.events import TransactionEvent, to_us
+    from rtml.streaming.lander import Lander
+
+    hour, key = datetime(2026, 11, 3, 5, tzinfo=UTC), f"rtmltest:feed:{uuid.uuid4().hex[:8]}"
+    events = [
+        TransactionEvent(
+            f"feed-{key[-8:]}-{i}",
+            "c1",
+            "m1",
+            10.0 + i,
+            to_us(hour + timedelta(minutes=i)),
+            merchant_category="grocery",
+            currency="EUR",
+            channel="pos",
+            country="DE",
+        )
+        for i in range(30)
+    ]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stream.publish(client, key, [*events, events[3]], retention_s=3600)
+        settings = get_settings().model_copy(update={"stream_key": key, "transactions_feed": "stream"})
+        landed = Lander(client, database_url, settings, consumer="t").land_once(block_ms=100)
+    finally:
+        client.delete(key)
+        client.close()
+    assert (landed.loaded, landed.duplicates, landed.quarantined) == (30, 1, 0)
+    patch = _with_settings(transactions_feed="stream")
+    try:
+        result = _run_range(instance, "ingestion_job", "2026-11-03-05:00", "2026-11-03-05:00")
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+        with psycopg.connect(database_url, autocommit=True) as conn:  # other tests count that day's rows
+            for source in landed.sources:
+                delete_source(conn, "transactions", source)
+    (materialization,) = result.asset_materializations_for_node("transactions_raw")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert (metadata["rows_loaded"], metadata["transactions_feed"]) == (30, "stream")
+    assert (
+        _count(database_url, "select count(*) from raw.transactions where source = '2026-11-03-05:00'") == 0
+    )
+    assert _checks(result)["partition_row_count_plausible"].passed

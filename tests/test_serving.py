@@ -45,14 +45,16 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+import redis
 
-from rtml.config import Settings
+from rtml.config import Settings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.monitoring import metrics
 from rtml.services import redis as redis_service
 from rtml.services.processes import free_port, pid_alive, stop_pid, stop_tree
+from rtml.streaming.events import TransactionEvent
 from rtml.training import registry as model_registry
 from rtml.training.dataset import Split, feature_spec, prepare
 from rtml.training.loading import load_pipeline
@@ -612,6 +614,50 @@ def test_redis_down_fail_open_and_closed_then_recovery(
             assert time.monotonic() < deadline, response.text
             time.sleep(0.2)
         assert response.json()["features_missing"] == []
+
+
+def _published(valkey: Valkey, transaction_id: str) -> list[TransactionEvent]:
+    client = redis.Redis.from_url(valkey.url)
+    try:
+        entries = client.xrange(get_settings().stream_key)
+    finally:
+        client.close()
+    events = [TransactionEvent.from_fields(fields) for _, fields in entries]
+    return [e for e in events if e.transaction_id == transaction_id]
+
+
+def test_scored_transactions_are_published_after_the_answer_even_across_a_redis_outage(
+    servers: dict[str, Server], valkey: Valkey, online: OnlineStore, latest_db: str
+) -> None:
+    server = servers["open"]
+    pair = sample_pairs(latest_db, 1)[0]
+    ts = pair["as_of"] + timedelta(minutes=2)
+    before = _metric(_metrics(server), "rtml_stream_events_published_total")
+    first = transaction(pair["customer"], pair["merchant"], ts, amount=12.345, country="DE")
+    assert server.post("/score", {"transaction": first}).status_code == 200
+    _wait_for(lambda: _published(valkey, first["transaction_id"]), 5, "the scored transaction's event")
+    (event,) = _published(valkey, first["transaction_id"])
+    assert (event.customer_id, event.merchant_id, event.amount, event.event_ts) == (
+        pair["customer"],
+        pair["merchant"],
+        12.345,
+        ts,
+    )
+    assert (event.currency, event.channel, event.country) == ("EUR", "online", "DE")
+    assert _metric(_metrics(server), "rtml_stream_events_published_total") >= before + 1
+    assert _health(server)["stream_publisher"]["redis"] == "ok"
+
+    valkey.stop()  # the stream's Redis away: scoring goes on, events wait in the publisher's queue
+    try:
+        during = transaction(pair["customer"], pair["merchant"], ts + timedelta(seconds=1))
+        response = server.post("/score", {"transaction": during})
+        assert response.status_code == 200 and response.json()["degraded"] is True, response.text
+        assert _health(server)["stream_publisher"]["pending"] >= 1
+    finally:
+        valkey.start()
+    online.push_from_postgres(latest_db, full=True)
+    _wait_for(lambda: _published(valkey, during["transaction_id"]), 10, "the event queued during the outage")
+    assert _metric(_metrics(server), "rtml_stream_events_dropped_total") == 0
 
 
 def _health(server: Server) -> dict[str, Any]:

@@ -578,6 +578,25 @@ def api_dashboard() -> dict[str, Any]:
                 ),
             ),
         )
+        .row(
+            8,
+            (
+                12,
+                timeseries_panel(
+                    "Stream publishing",
+                    "Events of scored transactions per second over 5 minutes, appended to the transaction "
+                    "stream by the scorer's background publisher (published) or lost (dropped: its queue "
+                    "full while Redis was slow or away, still queued at shutdown, or refused by Redis) "
+                    "(rtml_stream_events_{published,dropped}_total). Drops are transactions the speed "
+                    "layer never sees (and, with RTML_TRANSACTIONS_FEED=stream, never landed).",
+                    "cps",
+                    [
+                        query(f"sum(rate(rtml_stream_events_{outcome}_total[5m]))", outcome)
+                        for outcome in ("published", "dropped")
+                    ],
+                ),
+            ),
+        )
     )
     return new_dashboard(
         "rtml-api",

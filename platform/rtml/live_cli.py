@@ -37,6 +37,12 @@ def traffic(
     concurrency: int | None = typer.Option(
         None, help="Requests in flight at most (RTML_TRAFFIC_CONCURRENCY)."
     ),
+    publish: bool = typer.Option(
+        False,
+        "--publish",
+        help="Append the transactions to the transaction stream (RTML_STREAM_KEY on RTML_REDIS_URL) as "
+        "events instead of sending them to the scorer.",
+    ),
 ) -> None:
     """Replay the simulator's transactions of the current time to POST /score at wall-clock pace (the
     same transactions, with the same ids, that the hourly ingestion loads afterwards), with a progress
@@ -44,6 +50,23 @@ def traffic(
     from rtml.traffic import Traffic, run_until_signalled
 
     settings = get_settings()
+    publisher = None
+    if publish:
+        import redis
+
+        from rtml.streaming.publisher import EventPublisher, no_retries
+
+        if not settings.redis_url:
+            raise typer.BadParameter("--publish needs RTML_REDIS_URL (the stream's Redis)")
+        publisher = EventPublisher(
+            redis.Redis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=5, retry=no_retries()
+            ),
+            settings.stream_key,
+            retention_s=settings.stream_retention_hours * 3600,
+            queue_max=settings.stream_publish_queue_max,
+            batch=settings.stream_publish_batch,
+        )
     try:
         replay = Traffic(
             settings,
@@ -53,6 +76,7 @@ def traffic(
             duration=duration,
             concurrency=concurrency or settings.traffic_concurrency,
             echo=lambda line: typer.echo(line),
+            publisher=publisher,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -15,6 +15,10 @@ ids), counted as *rejected*, not as errors; it scores an amount over ``max_amoun
 it). Only a row repeating an earlier id (the ``duplicate_transaction_id`` kind) is skipped: it would be a
 second prediction of a transaction that was already scored.
 
+With ``publisher`` (``rtml traffic --publish``) the rows are not sent to the scorer but appended to the
+transaction stream as events (``rtml.streaming.publisher``, a background thread): the rows ingestion
+would quarantine are left out, as the scorer would refuse them (a stream benchmark without the scorer).
+
 The scorer down or not started yet: connection errors and 503s are counted, sending pauses with an
 exponential back-off (0.5 s to 10 s), and the rows due meanwhile are counted as *missed*; then it goes on.
 """
@@ -35,7 +39,10 @@ import httpx
 import numpy as np
 
 from rtml.config import Settings
+from rtml.ingest.validation import validate_transactions
 from rtml.sources.simulator import Simulator
+from rtml.streaming.publisher import EventPublisher
+from rtml.streaming.replay import event_from_record
 
 HOUR = timedelta(hours=1)
 _MAX_BACKOFF_S = 10.0
@@ -130,6 +137,7 @@ class Traffic:
         clock: Callable[[], datetime] | None = None,
         echo: Callable[[str], None] = print,
         record_outcomes: bool = False,
+        publisher: EventPublisher | None = None,
     ):
         if rate_multiplier is not None and rate is not None:
             raise ValueError("give a rate multiplier or a rate, not both")
@@ -146,6 +154,7 @@ class Traffic:
         self.stats = TrafficStats(outcomes={} if record_outcomes else None)
         self.stop = asyncio.Event()
         self.simulator = Simulator(settings)
+        self.publisher = publisher
         self.started: datetime | None = None
         self.cursor: datetime | None = None  # event time of the last row dispatched (or the start)
         self._down_until = 0.0
@@ -157,6 +166,8 @@ class Traffic:
     def _plan(self, hour: datetime, after: datetime) -> list[dict[str, Any]]:
         """The rows of ``hour`` with event time after ``after`` to send, in event-time order."""
         table = self.simulator.transactions(hour, hour + HOUR)
+        if self.publisher is not None:  # only what the scorer would accept (and so publish)
+            table = validate_transactions(table, self.settings, now=hour + HOUR).good
         ids = table.column("transaction_id").to_pylist()
         _, first = np.unique(np.array(ids, dtype=object), return_index=True)
         unique = np.zeros(len(ids), dtype=bool)
@@ -219,7 +230,7 @@ class Traffic:
         next_progress = began + self.progress_seconds
         window_start, window_sent = began, 0
         self.echo(
-            f"traffic to {self.url}/score: the simulator's transactions from {self.started:%Y-%m-%d %H:%M:%S}"
+            f"traffic to {self._target()}: the simulator's transactions from {self.started:%Y-%m-%d %H:%M:%S}"
             f" UTC on, {self._describe_rate()}; scenarios now: {self._scenarios()}"
         )
         timeout = httpx.Timeout(10.0, connect=2.0)
@@ -258,6 +269,12 @@ class Traffic:
                 if time.monotonic() < self._down_until:
                     self.stats.missed += 1
                     continue
+                if self.publisher is not None:
+                    self.stats.sent += 1
+                    window_sent += 1
+                    queued = self.publisher.put(event_from_record(row))
+                    self.stats.record(row["transaction_id"], 200 if queued else 0, None)
+                    continue
                 await slots.acquire()  # a full pool: the sender falls behind rather than piling up
                 self.stats.sent += 1
                 window_sent += 1
@@ -268,10 +285,16 @@ class Traffic:
                 _, pending = await asyncio.wait(tasks, timeout=2.0)
                 for task in pending:
                     task.cancel()
+        if self.publisher is not None:
+            self.publisher.close()
+            self.echo(f"stream publisher: {self.publisher.status()}")
         elapsed = time.monotonic() - began
         overall = self.stats.line(self.stats.sent / max(elapsed, 1e-9), self.stats.latencies_ms)
         self.echo(f"traffic stopped after {elapsed:.0f} s: {overall}")
         return self.stats
+
+    def _target(self) -> str:
+        return f"stream {self.publisher.key}" if self.publisher is not None else f"{self.url}/score"
 
     def _describe_rate(self) -> str:
         if self.rate is not None:

@@ -22,6 +22,7 @@ from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, 
 from rtml.monitoring import metrics
 from rtml.sources.landing import LandingFileChanged, UnsafeLandingName, ingest_landing_file
 from rtml.sources.simulator import Simulator
+from rtml.streaming.lander import landed_between
 
 EVENT_TS_MIN = "event_ts_min"
 EVENT_TS_MAX = "event_ts_max"
@@ -95,7 +96,9 @@ def _total(results: list[LoadResult]) -> LoadResult:
     check_specs=raw_check_specs("transactions_raw", row_count=True),
     kinds={"postgres", "python"},
     description="Card transactions from the seeded simulator, validated; good rows in "
-    "`raw.transactions`, bad rows in `raw.transactions_quarantine` with the rule they failed.",
+    "`raw.transactions`, bad rows in `raw.transactions_quarantine` with the rule they failed. With "
+    "`RTML_TRANSACTIONS_FEED=stream` nothing is loaded here: the lander (`rtml stream land`) loads the "
+    "stream's events and each partition reports the rows it landed for that hour.",
 )
 def transactions_raw(
     context: dg.AssetExecutionContext, postgres: PostgresResource
@@ -106,6 +109,8 @@ def transactions_raw(
 
     def load_hour(key: str) -> LoadResult:
         window = transactions_partitions.time_window_for_partition_key(key)
+        if settings.transactions_feed == "stream":  # the lander loads; loading the simulator too doubles
+            return landed_between(url, window.start, window.end)
         rows: pa.Table = simulator.transactions(window.start, window.end)
         return load_transactions(url, [rows], source=key, settings=settings)
 
@@ -119,6 +124,7 @@ def transactions_raw(
     metadata = {
         **_load_metadata(total, len(per_partition)),
         "drift_scenarios": ", ".join(scenarios) or "none",
+        "transactions_feed": settings.transactions_feed,
     }
     yield dg.MaterializeResult(metadata=metadata)
     yield quarantine_share_check("transactions_raw", total, settings)

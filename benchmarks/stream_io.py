@@ -1,0 +1,149 @@
+"""The transaction stream's transport: publishing and landing throughput.
+
+    .venv/bin/python benchmarks/stream_io.py --events 200000
+
+Redis: RTML_REDIS_URL, else the machine's ``redis://127.0.0.1:6379/0`` (a stream key of its own, deleted
+at the end). PostgreSQL: a database of its own, ``rtml_bench_stream_io_<pid>``, on the server of
+RTML_DATABASE_URL, else ``postgresql://postgres@127.0.0.1:5432``; dropped at the end.
+
+The events are the simulator's transactions (validated: what the scorer would publish), generated once.
+Timed: (a) ``stream.publish`` in pipelined batches of ``stream_publish_batch``; (b) the scorer's
+``EventPublisher``: the cost of ``put`` on the caller's thread, and from the first put until the
+background thread has published everything; (c) the lander landing the whole stream into
+``raw.transactions`` (micro-batches of ``stream_lander_batch_events``, each through the validated
+loader); (d) a replay of a fifth of the events, all duplicates (looked up, skipped, counted). The last
+line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import redis
+from sqlalchemy.engine import make_url
+
+from rtml.config import Settings, database_url_for, get_settings
+from rtml.streaming import replay, stream
+from rtml.streaming.events import TransactionEvent
+from rtml.streaming.lander import LandCounts, Lander
+from rtml.streaming.publisher import EventPublisher
+
+SIM_START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def events_for(settings: Settings, count: int) -> list[TransactionEvent]:
+    out: list[TransactionEvent] = []
+    start = SIM_START
+    invalid: Counter[str] = Counter()
+    while len(out) < count:
+        tables = replay.simulator_tables(settings, start, start + timedelta(days=1))
+        for events in replay.valid_events(tables, settings, invalid, now=start + timedelta(days=2)):
+            out.extend(events)
+        start += timedelta(days=1)
+    return out[:count]
+
+
+def land_everything(lander: Lander) -> tuple[LandCounts, list[float]]:
+    total, seconds = LandCounts(), []
+    while True:
+        began = time.perf_counter()
+        batch = lander.land_once(block_ms=50)
+        if not batch.read:
+            return total, seconds
+        seconds.append(time.perf_counter() - began)
+        total.add(batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    args = parser.parse_args()
+    server = os.environ.get("RTML_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    name = f"rtml_bench_stream_io_{os.getpid()}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    database_url = database_url_for(server, name)
+    client = redis.Redis.from_url(os.environ.get("RTML_REDIS_URL") or "redis://127.0.0.1:6379/0")
+    key = f"rtml:bench:stream-io:{uuid.uuid4().hex[:8]}"
+    settings = get_settings().model_copy(
+        update={"sim_start": SIM_START, "stream_key": key, "database_url": database_url}
+    )
+    retention_s = settings.stream_retention_hours * 3600
+    try:
+        began = time.perf_counter()
+        events = events_for(settings, args.events)
+        print(f"{len(events)} events from the simulator in {time.perf_counter() - began:.1f} s")
+
+        batch = settings.stream_publish_batch
+        began = time.perf_counter()
+        for at in range(0, len(events), batch):
+            stream.publish(client, key, events[at : at + batch], retention_s)
+        publish_s = time.perf_counter() - began
+        print(f"(a) publish, {batch} per round trip: {len(events) / publish_s:,.0f} events/s")
+
+        other = f"{key}:publisher"
+        publisher = EventPublisher(
+            client, other, retention_s=retention_s, queue_max=len(events) + 1, batch=batch
+        )
+        began = time.perf_counter()
+        for event in events:
+            publisher.put(event)
+        put_s = time.perf_counter() - began
+        while publisher.published < len(events):
+            time.sleep(0.005)
+        drained_s = time.perf_counter() - began
+        publisher.close()
+        client.delete(other)
+        print(
+            f"(b) EventPublisher: put {put_s / len(events) * 1e6:.2f} µs each on the caller's thread; "
+            f"all published after {drained_s:.2f} s ({len(events) / drained_s:,.0f} events/s)"
+        )
+
+        lander = Lander(client, database_url, settings, consumer="bench")
+        began = time.perf_counter()
+        landed, batch_seconds = land_everything(lander)
+        land_s = time.perf_counter() - began
+        assert landed.loaded + landed.quarantined == len(events) and landed.duplicates == 0, landed
+        p50 = statistics.median(batch_seconds) * 1000
+        print(
+            f"(c) lander: {landed} in {land_s:.2f} s ({len(events) / land_s:,.0f} events/s; "
+            f"batch of {settings.stream_lander_batch_events} p50 {p50:.0f} ms)"
+        )
+
+        again = events[: len(events) // 5]
+        for at in range(0, len(again), batch):
+            stream.publish(client, key, again[at : at + batch], retention_s)
+        began = time.perf_counter()
+        replayed, _ = land_everything(lander)
+        replay_s = time.perf_counter() - began
+        assert replayed.duplicates == len(again) and replayed.loaded == 0, replayed
+        print(f"(d) replay of {len(again)} events: all duplicates, {len(again) / replay_s:,.0f} events/s")
+
+        figures = {
+            "events": len(events),
+            "publish_rows_per_s": round(len(events) / publish_s),
+            "publisher_put_us": round(put_s / len(events) * 1e6, 2),
+            "publisher_rows_per_s": round(len(events) / drained_s),
+            "lander_rows_per_s": round(len(events) / land_s),
+            "lander_batch_p50_ms": round(p50, 1),
+            "lander_replay_rows_per_s": round(len(again) / replay_s),
+        }
+        print(json.dumps(figures))
+    finally:
+        client.delete(key)
+        client.close()
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+        assert make_url(database_url).database == name
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""The transaction stream's transport (issue 16, items 1 and 4): publishing, retention, consumer groups,
+the scorer's publisher under a Redis outage, and the lander into ``raw.transactions``.
+
+Real Redis (the session's embedded server; one of its own for the outage) and real PostgreSQL (a
+scratch database). The scorer's end-to-end publishing is in tests/test_serving.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from rtml.config import Settings, get_settings
+from rtml.services import redis as redis_service
+from rtml.services.processes import free_port, stop_pid
+from rtml.streaming import lander as lander_module
+from rtml.streaming import stream
+from rtml.streaming.events import TransactionEvent, to_us
+from rtml.streaming.lander import LandCounts, Lander
+from rtml.streaming.publisher import EventPublisher, no_retries
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def event(n: int, prefix: str = "t", amount: float = 12.5) -> TransactionEvent:
+    return TransactionEvent(
+        transaction_id=f"{prefix}{n:05d}",
+        customer_id=f"c{n % 7}",
+        merchant_id=f"m{n % 5}",
+        amount=amount,
+        event_ts_us=to_us(T0 + timedelta(seconds=n)),
+        merchant_category="grocery",
+        currency="EUR",
+        channel="pos",
+        country="DE",
+    )
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def key(client: redis.Redis) -> Iterator[str]:
+    name = f"rtmltest:stream:{uuid.uuid4().hex[:8]}"
+    yield name
+    client.delete(name, *client.scan_iter(f"{name}:*"))  # and the consumers' heartbeats
+
+
+# --- the stream -------------------------------------------------------------------------------------------
+def test_publish_then_read_in_a_group_round_trips_every_field(client: redis.Redis, key: str) -> None:
+    events = [event(i, amount=a) for i, a in enumerate((0.1, 12.345, 99999.99))]
+    ids = stream.publish(client, key, events, retention_s=3600)
+    assert len(ids) == 3 and ids == sorted(ids)
+    assert stream.ensure_group(client, key, "g") is True
+    assert stream.ensure_group(client, key, "g") is False  # idempotent
+    read = stream.read_new(client, key, "g", "c1", count=10, block_ms=100)
+    assert [e.id for e in read] == ids
+    assert [TransactionEvent.from_fields(e.fields) for e in read] == events
+    assert stream.read_new(client, key, "g", "c1", count=10, block_ms=None) == []
+    assert stream.ack(client, key, "g", ids) == 3
+    assert client.xpending(key, "g")["pending"] == 0
+
+
+def test_publishing_trims_entries_older_than_the_retention(client: redis.Redis, key: str) -> None:
+    old_ms = int(time.time() * 1000) - 3 * 3600_000  # three hours ago
+    for i in range(300):
+        client.xadd(key, {"v": "1"}, id=f"{old_ms + i}-0")
+    stream.publish(client, key, [event(1)], retention_s=3600)
+    # `~` trims whole internal nodes (100 entries by default): the old entries' full nodes are gone
+    remaining = client.xrange(key)
+    assert len(remaining) <= 101, len(remaining)
+    assert TransactionEvent.from_fields(remaining[-1][1]) == event(1)
+    # within the retention nothing is trimmed
+    stream.publish(client, key, [event(2)], retention_s=4 * 3600)
+    assert client.xlen(key) == len(remaining) + 1
+
+
+def test_a_dead_consumers_pending_entries_are_claimed(client: redis.Redis, key: str) -> None:
+    ids = stream.publish(client, key, [event(i) for i in range(4)], retention_s=3600)
+    stream.ensure_group(client, key, "g")
+    assert len(stream.read_new(client, key, "g", "dead", count=4, block_ms=None)) == 4  # never acked
+    # not idle long enough yet: nothing to claim
+    assert stream.claim_idle(client, key, "g", "alive", min_idle_ms=60_000, count=10).entries == []
+    status = stream.group_status(client, key, "g")
+    assert status is not None and (status["lag"], status["pending"]) == (0, 4)
+    assert {name: c["pending"] for name, c in status["consumers"].items()} == {"dead": 4, "alive": 0}
+    assert stream.group_status(client, key, "nope") is None
+    client.xdel(key, ids[1])  # one pending entry trimmed before anyone landed it
+    time.sleep(0.02)
+    claimed = stream.claim_idle(client, key, "g", "alive", min_idle_ms=10, count=10)
+    assert [e.id for e in claimed.entries] == [ids[0], ids[2], ids[3]]
+    assert claimed.trimmed == [ids[1]]
+    assert stream.read_own_pending(client, key, "g", "alive", 10) == claimed.entries
+    stream.ack(client, key, "g", [e.id for e in claimed.entries])
+    assert client.xpending(key, "g")["pending"] == 0
+
+
+# --- the scorer's publisher -------------------------------------------------------------------------------
+def test_publisher_sends_everything_in_order(client: redis.Redis, key: str) -> None:
+    counted: list[tuple[str, int]] = []
+    publisher = EventPublisher(
+        client, key, retention_s=3600, batch=64, on_count=lambda o, n: counted.append((o, n))
+    )
+    events = [event(i) for i in range(1000)]
+    for e in events:
+        assert publisher.put(e)
+    publisher.close()
+    assert publisher.published == 1000 and publisher.dropped == 0
+    assert sum(n for o, n in counted if o == "published") == 1000
+    assert [TransactionEvent.from_fields(f) for _, f in client.xrange(key)] == events
+
+
+def test_a_redis_outage_never_blocks_put_and_events_go_out_once_it_is_back(tmp_path: Path) -> None:
+    port = free_port()
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=no_retries())
+    gate = {"open": True}
+    publisher = EventPublisher(
+        client, "s", retention_s=3600, queue_max=50, batch=10, available=lambda: gate["open"]
+    )
+    began = time.perf_counter()
+    accepted = [publisher.put(event(i)) for i in range(200)]  # nothing listens on the port
+    put_ms = (time.perf_counter() - began) * 1000
+    assert put_ms < 100, f"200 puts took {put_ms:.1f} ms"
+    # the queue holds 50; the thread may hold one batch of 10 out of it (to be put back on failure)
+    assert 50 <= accepted.count(True) <= 60 and publisher.dropped == accepted.count(False), accepted
+    deadline = time.monotonic() + 5
+    while publisher.redis_ok and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not publisher.redis_ok and publisher.status()["redis"] == "unavailable"
+    gate["open"] = False  # the breaker open: the publisher does not even try, Redis back or not
+    server = redis_service.start_embedded(tmp_path / "valkey", preferred_port=port)
+    try:
+        assert server.url.endswith(f":{port}/0")
+        time.sleep(0.3)
+        assert client.xlen("s") == 0 and publisher.pending == accepted.count(True)
+        gate["open"] = True
+        deadline = time.monotonic() + 10
+        while publisher.pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ids = [
+            e.transaction_id for e in map(TransactionEvent.from_fields, (f for _, f in client.xrange("s")))
+        ]
+        # every accepted event once, in order (the refused connections appended nothing; a batch broken
+        # midway could repeat a prefix, which consumers count once); only the dropped ones are lost
+        assert ids == [f"t{i:05d}" for i, ok in enumerate(accepted) if ok]
+        publisher.close()
+        assert publisher.redis_ok and publisher.published >= accepted.count(True)
+    finally:
+        client.close()
+        stop_pid(server.pid)
+
+
+def test_close_with_redis_away_drops_and_counts_what_is_queued() -> None:
+    client = redis.Redis(port=free_port(), socket_timeout=1, socket_connect_timeout=1, retry=no_retries())
+    counted: list[tuple[str, int]] = []
+    publisher = EventPublisher(client, "s", retention_s=3600, on_count=lambda o, n: counted.append((o, n)))
+    for i in range(25):
+        publisher.put(event(i))
+    began = time.monotonic()
+    publisher.close(timeout=3)
+    assert time.monotonic() - began < 4
+    assert (publisher.published, publisher.dropped, publisher.pending) == (0, 25, 0)
+    assert sum(n for o, n in counted if o == "dropped") == 25 and not publisher.put(event(99))
+    client.close()
+
+
+def test_close_does_not_wait_for_a_hung_redis_and_counts_each_event_once() -> None:
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = hung.getsockname()[1]
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, retry=no_retries())
+    publisher = EventPublisher(client, "s", retention_s=3600)
+    for i in range(25):
+        publisher.put(event(i))
+    time.sleep(0.1)  # the thread is stuck sending them
+    assert publisher.pending == 25
+    began = time.monotonic()
+    publisher.close(timeout=0.2)
+    assert time.monotonic() - began < 0.5 and publisher.dropped == 25
+    time.sleep(1.5)  # the thread's send times out meanwhile: it must not count them again
+    assert (publisher.published, publisher.dropped) == (0, 25)
+    client.close()
+    hung.close()
+
+
+# --- the lander -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lander_db(scratch_database: Callable[[str], str]) -> str:
+    return scratch_database("stream_lander")
+
+
+def lander_settings(key: str, database_url: str) -> Settings:
+    return get_settings().model_copy(
+        update={
+            "stream_key": key,
+            "database_url": database_url,
+            "stream_lander_batch_events": 50,
+            "stream_lander_batch_ms": 100.0,
+            "stream_claim_idle_ms": 50,
+            "transactions_feed": "stream",
+        }
+    )
+
+
+def stream_rows(database_url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(transaction id → rows in raw.transactions, quarantine rule → rows), of stream sources only."""
+    with psycopg.connect(database_url) as conn:
+        raw = conn.execute(
+            "select transaction_id, count(*) from raw.transactions where source like 'stream:%' group by 1"
+        ).fetchall()
+        quarantine = conn.execute(
+            "select rule, count(*) from raw.transactions_quarantine where source like 'stream:%' group by 1"
+        ).fetchall()
+    return dict(raw), dict(quarantine)
+
+
+def land_all(lander: Lander) -> LandCounts:
+    total = LandCounts()
+    for _ in range(50):
+        batch = lander.land_once(block_ms=50)
+        total.add(batch)
+        if not batch.read and not batch.trimmed:
+            return total
+    raise AssertionError("the lander did not run dry")
+
+
+def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_before_ack(
+    client: redis.Redis, key: str, lander_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = lander_settings(key, lander_db)
+    good = [event(i, prefix=f"{key[-8:]}-") for i in range(120)]
+    bad_amount = event(900, prefix=f"{key[-8:]}-", amount=-5.0)  # a valid event that ingestion refuses
+    stream.publish(client, key, [*good[:60], good[10], bad_amount, *good[60:]], retention_s=3600)
+    client.xadd(key, {"v": "1", "transaction_id": "broken"})  # not an event: fields missing
+    client.xadd(key, {"v": "99", "transaction_id": "future"})  # a schema version this reader does not know
+    # PostgreSQL away: nothing is acknowledged, the entries stay pending, and the next attempt takes them
+    first = Lander(client, f"postgresql://postgres@127.0.0.1:{free_port()}/x", settings, consumer="a")
+    with pytest.raises(psycopg.OperationalError):
+        first.land_once(50)
+    assert client.xpending(key, settings.stream_lander_group)["pending"] == 50
+    first.database_url = lander_db  # PostgreSQL is back
+    (oldest, _), *_ = client.xrange(key, count=1)
+    assert first.land_once(50).sources[0].startswith(f"stream:{oldest.decode()}..")
+    land_all(first)
+    counts = dataclasses.replace(first.counts)  # every batch of this lander so far
+    ids = {e.transaction_id for e in good}
+    raw, quarantine = stream_rows(lander_db)
+    assert raw == dict.fromkeys(ids, 1)
+    assert quarantine == {"event_malformed": 2, "amount_not_positive": 1}
+    assert (counts.read, counts.loaded, counts.quarantined, counts.duplicates) == (124, 120, 3, 1)
+    assert client.xpending(key, settings.stream_lander_group)["pending"] == 0
+
+    # a replay of everything (new entries, other batch boundaries): duplicates, nothing loaded again
+    stream.publish(client, key, good[5:], retention_s=3600)
+    replay = land_all(first)
+    assert (replay.read, replay.loaded, replay.quarantined, replay.duplicates) == (115, 0, 0, 115)
+
+    # a crash between the load's commit and the acknowledgement: the load is durable, the entries pending
+    later = [event(i, prefix=f"{key[-8:]}-") for i in range(200, 230)]
+    stream.publish(client, key, later, retention_s=3600)
+
+    def crash(*args: object) -> int:
+        raise KeyboardInterrupt("killed between commit and XACK")
+
+    monkeypatch.setattr(lander_module.stream, "ack", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Lander(client, lander_db, settings, consumer="b").land_once(block_ms=50)
+    monkeypatch.undo()
+    assert stream_rows(lander_db)[0] == dict.fromkeys(ids | {e.transaction_id for e in later}, 1)
+    assert client.xpending(key, settings.stream_lander_group)["pending"] == 30
+    # restarted under the same name: its own pending entries first, the same source replaced by itself
+    again = Lander(client, lander_db, settings, consumer="b").land_once(block_ms=50)
+    assert (again.read, again.loaded, again.duplicates) == (30, 30, 0)
+    # ... or, had it not come back, another lander claims them: they are duplicates then
+    stream.publish(client, key, later[:5], retention_s=3600)
+    stream.read_new(client, key, settings.stream_lander_group, "dies", count=5, block_ms=None)
+    time.sleep(0.1)
+    claimed = Lander(client, lander_db, settings, consumer="c").land_once(block_ms=50)
+    assert (claimed.read, claimed.loaded, claimed.duplicates) == (5, 0, 5)
+
+    raw, quarantine = stream_rows(lander_db)
+    assert raw == dict.fromkeys(ids | {e.transaction_id for e in later}, 1)
+    status = stream.group_status(client, key, settings.stream_lander_group)
+    assert status is not None and (status["lag"], status["pending"]) == (0, 0)
+    beats = {name: c["heartbeat_age_s"] for name, c in status["consumers"].items()}
+    assert beats["c"] < 5 and beats["dies"] is None  # a running lander's heartbeat; a reader that died
+    # the counting invariant over everything read, and against the receipts in raw.loads
+    everything = LandCounts()
+    for part in (counts, replay, again, claimed):
+        everything.add(part)
+    assert everything.read == everything.loaded + everything.quarantined + everything.duplicates
+    with psycopg.connect(lander_db) as conn:
+        loads = conn.execute(
+            "select sum(rows_loaded), sum(rows_quarantined) from raw.loads where source like 'stream:%'"
+        ).fetchone()
+    assert loads == (len(raw), sum(quarantine.values()))
+
+
+def test_land_refuses_to_run_when_the_simulator_feeds_raw_transactions_and_status_checks_liveness(
+    client: redis.Redis, key: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from rtml.cli import app
+
+    monkeypatch.setenv("RTML_TRANSACTIONS_FEED", "simulator")
+    monkeypatch.setenv("RTML_REDIS_URL", redis_url)
+    monkeypatch.setenv("RTML_STREAM_KEY", key)
+    get_settings.cache_clear()
+    try:
+        refused = CliRunner().invoke(app, ["stream", "land"])
+        stream.ensure_group(client, key, "lander")
+        stream.read_new(client, key, "lander", "running", count=1, block_ms=None)
+        stream.read_new(client, key, "lander", "silent", count=1, block_ms=None)
+        stream.heartbeat(client, key, "lander", "running")
+        alive = CliRunner().invoke(app, ["stream", "status", "--alive", "running"])
+        silent = CliRunner().invoke(app, ["stream", "status", "--alive", "silent"])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 2 and "RTML_TRANSACTIONS_FEED" in refused.output
+    assert alive.exit_code == 0 and '"running"' in alive.output, alive.output
+    assert silent.exit_code == 1 and "silent: no heartbeat" in silent.output, silent.output
+
+
+def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_them(
+    client: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    from rtml.sources.simulator import Simulator
+    from rtml.traffic import Traffic
+
+    start = datetime(2026, 11, 10, 12, 59, 58, tzinfo=UTC)  # crosses into the next hour
+    began = time.monotonic()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        data_dir=tmp_path,
+        sim_start=datetime(2026, 11, 2, tzinfo=UTC),
+        sim_transactions_per_day=1_000_000,
+        sim_drift_scenario=None,
+    )
+    publisher = EventPublisher(client, key, retention_s=3600)
+    traffic = Traffic(
+        settings,
+        "http://127.0.0.1:9",  # never contacted
+        rate_multiplier=1.0,
+        duration=4,
+        clock=lambda: start + timedelta(seconds=time.monotonic() - began),
+        echo=lambda line: None,
+        publisher=publisher,
+    )
+    stats = asyncio.run(traffic.run())
+    published = [TransactionEvent.from_fields(fields) for _, fields in client.xrange(key)]
+    assert stats.ok == len(published) == publisher.published >= 20 and stats.connection_errors == 0
+    assert [e.event_ts_us for e in published] == sorted(e.event_ts_us for e in published)
+    assert {e.event_ts.hour for e in published} == {12, 13}
+    simulated = Simulator(settings).transactions(
+        start.replace(minute=0, second=0), start + timedelta(hours=1)
+    )
+    by_id = {row["transaction_id"]: row for row in simulated.to_pylist()}
+    for e in published:  # the simulator's rows, field for field
+        row = by_id[e.transaction_id]
+        assert (e.customer_id, e.amount, e.event_ts, e.currency) == (
+            row["customer_id"],
+            row["amount"],
+            row["event_ts"],
+            row["currency"],
+        )
+        assert e.amount > 0 and e.currency in settings.currencies  # invalid rows are not published
