@@ -206,6 +206,19 @@ class Metrics:
             "Bytes of prediction-log rows waiting on local disk for PostgreSQL (all workers' spill).",
             multiprocess_mode="livemax",
         )
+        self.stream_events = {
+            "published": Counter(
+                "rtml_stream_events_published_total",
+                "Events of scored transactions appended to the transaction stream (RTML_STREAM_KEY) by "
+                "the scorer's publisher, after the answers went out.",
+            ),
+            "dropped": Counter(
+                "rtml_stream_events_dropped_total",
+                "Events of scored transactions not published: the publisher's queue full "
+                "(RTML_STREAM_PUBLISH_QUEUE_MAX; Redis slow or away), still queued at shutdown, or "
+                "refused by Redis.",
+            ),
+        }
         self.production_refused = Gauge(
             "rtml_scoring_production_refused",
             "1 while the version holding the production alias is refused (the worker serves an older "
@@ -303,6 +316,7 @@ class FraudScorer:
             self.store.probe, self.settings.serving_breaker_probe_ms / 1000, self._breaker_changed
         )
         self.breaker.start()
+        self.publisher = self._start_publisher()
         self._load_initial()
         self._poller: threading.Thread | None = None
         if self.settings.mlflow_tracking_uri and self.settings.serving_model_poll_seconds > 0:
@@ -314,6 +328,31 @@ class FraudScorer:
         # collectable as usual.
         gc.collect()
         gc.freeze()
+
+    def _start_publisher(self) -> Any:
+        """The stream publisher (``rtml.streaming.publisher``): its own Redis connection, idle while the
+        online read's breaker is open; None when ``RTML_STREAM_PUBLISH`` is false."""
+        if not self.settings.stream_publish:
+            return None
+        import redis
+
+        from rtml.streaming.publisher import EventPublisher
+
+        timeout = max(1.0, self.settings.redis_socket_timeout_ms / 1000)  # off the request path
+        client = redis.Redis.from_url(
+            self.settings.redis_url or "redis://127.0.0.1:6379/0",
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        return EventPublisher(
+            client,
+            self.settings.stream_key,
+            retention_s=self.settings.stream_retention_hours * 3600,
+            queue_max=self.settings.stream_publish_queue_max,
+            batch=self.settings.stream_publish_batch,
+            available=lambda: not self.breaker.is_open,
+            on_count=lambda outcome, events: self.metrics.stream_events[outcome].inc(events),
+        )
 
     # --- model --------------------------------------------------------------------------------
     def _load_initial(self) -> None:
@@ -423,6 +462,8 @@ class FraudScorer:
     def shutdown(self) -> None:
         self._stop.set()
         self.breaker.stop()
+        if self.publisher is not None:
+            self.publisher.close()
         if self.writer is not None:
             self.writer.close()
         self.store.close()
@@ -471,8 +512,10 @@ class FraudScorer:
         self.metrics.breaker_transitions.labels("open" if is_open else "closed").inc()
 
     def _record(self, transactions: list[Transaction], scores: list[Score], seconds: float) -> None:
-        """After the batch's answers went out: metrics and the prediction log (``monitoring.predictions``)."""
+        """After the batch's answers went out: metrics, the prediction log (``monitoring.predictions``)
+        and the transaction stream (``RTML_STREAM_KEY``)."""
         from rtml.monitoring.predictions import PredictionRow
+        from rtml.streaming.events import TransactionEvent, to_us
 
         scored_at = datetime.now(UTC)
         latency_ms = seconds * 1000
@@ -510,6 +553,20 @@ class FraudScorer:
                         degraded=scored.degraded,
                         scored_at=scored_at,
                         latency_ms=latency_ms,
+                    )
+                )
+            if self.publisher is not None:  # put is O(1) too; a full queue drops and counts
+                self.publisher.put(
+                    TransactionEvent(
+                        transaction_id=txn.transaction_id,
+                        customer_id=txn.customer_id,
+                        merchant_id=txn.merchant_id,
+                        amount=txn.amount,
+                        event_ts_us=to_us(txn.timestamp),
+                        merchant_category=txn.merchant_category or "",
+                        currency=txn.currency,
+                        channel=txn.channel,
+                        country=txn.country or "",
                     )
                 )
         # counters once per batch: a multiprocess-mode increment writes to a shared file
@@ -599,6 +656,7 @@ class FraudScorer:
                 "limit": self.settings.serving_max_queue_rows,
             },
             "prediction_log": log_state,
+            "stream_publisher": None if self.publisher is None else self.publisher.status(),
         }
 
     # --- metadata (GET /metadata) ------------------------------------------------------------

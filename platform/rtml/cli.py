@@ -23,6 +23,7 @@ from rtml.live_cli import scenario_app, start_demo_traffic, traffic
 from rtml.services import dagster_processes, scoring_service
 from rtml.services.processes import Sessions, spawn
 from rtml.services.stack import LocalStack, StackError, StackInfo
+from rtml.stream_cli import stream_app
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -490,6 +491,7 @@ def settings_reference() -> str:
 # --- the live platform (rtml.live_cli) ------------------------------------------------------------
 app.command()(traffic)
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(stream_app, name="stream")
 
 if __name__ == "__main__":
     app()

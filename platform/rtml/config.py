@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -289,6 +289,63 @@ class Settings(BaseSettings):
     )
     predictions_flush_ms: float = Field(
         200.0, description="... or when the oldest unwritten row is this old (milliseconds)."
+    )
+
+    # --- the transaction stream (speed layer: `rtml.streaming.stream`) -----------------------------
+    stream_key: str = Field(
+        "rtml:transactions:v1",
+        description="Redis Stream (on `redis_url`) of authorised transactions, one entry per event "
+        "(`rtml.streaming.events`, schema version in field `v`). A new event schema gets a new key.",
+    )
+    stream_retention_hours: float = Field(
+        48.0,
+        gt=0,
+        description="How long entries stay in the stream: every publish trims entries older than this "
+        "(`XADD ... MINID ~`, by the entry id's arrival time; approximate, whole internal nodes). Trimming "
+        "ignores consumer groups: a consumer (the lander) down for longer loses the events trimmed meanwhile "
+        "(counted as `trimmed` when it claims them).",
+    )
+    stream_publish: bool = Field(
+        True,
+        description="The scoring service publishes every transaction it scored to the stream, after the "
+        "answer went out (a background thread; never in the request's latency path, never failing it).",
+    )
+    stream_publish_queue_max: int = Field(
+        100_000,
+        ge=2,
+        description="Events the scorer's publisher keeps in memory per worker while Redis is slow or away; "
+        "an event finding the queue full is dropped and counted (`rtml_stream_events_dropped_total`).",
+    )
+    stream_publish_batch: int = Field(
+        500,
+        ge=1,
+        description="Events per pipelined round trip of `XADD`s (publisher, `rtml stream publish`).",
+    )
+    transactions_feed: Literal["simulator", "stream"] = Field(
+        "simulator",
+        description="Which path feeds `raw.transactions`. `simulator` (the demo): the hourly ingestion "
+        "loads the simulator's rows; the scorer's published events feed only the speed layer and are not "
+        "landed (they are the same transactions: loading both would load each twice), and `rtml stream land` "
+        "refuses to run. `stream` (a deployment without the simulator): `rtml stream land` writes the "
+        "stream's events to `raw.transactions`.",
+    )
+    stream_lander_group: str = Field(
+        "lander", description="Consumer group of `rtml stream land` (its own: it acknowledges on its own)."
+    )
+    stream_lander_batch_events: int = Field(
+        5_000, ge=1, description="`rtml stream land` loads a micro-batch at this many events..."
+    )
+    stream_lander_batch_ms: float = Field(
+        1_000.0,
+        gt=0,
+        description="... or when its first event has waited this long (milliseconds): the time from XADD to "
+        "`raw.transactions` is about this plus one load.",
+    )
+    stream_claim_idle_ms: int = Field(
+        60_000,
+        ge=1,
+        description="A consumer takes over another consumer's pending events (read, never acknowledged) once "
+        "they have been idle this long (`XAUTOCLAIM`): the other consumer is taken to be dead.",
     )
 
     # --- monitoring ---------------------------------------------------------------------------------

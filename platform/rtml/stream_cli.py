@@ -1,0 +1,105 @@
+"""`rtml stream publish` and `rtml stream land`: events into the transaction stream, and the stream into
+`raw.transactions`. Registered on the `rtml` app by ``rtml.cli``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import redis
+import typer
+
+from rtml.config import Settings, get_settings, redact
+
+stream_app = typer.Typer(
+    help="The transaction stream (RTML_STREAM_KEY on RTML_REDIS_URL): publish events, land them.",
+    no_args_is_help=True,
+)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+
+    if not settings.redis_url:
+        raise typer.BadParameter("RTML_REDIS_URL is not set (the stream lives on the online store's Redis)")
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+
+
+@stream_app.command("publish")
+def publish_command(
+    file: Path | None = typer.Option(
+        None, "--file", help="CSV or Parquet file of transactions (the landing-file schema)."
+    ),
+    start: datetime | None = typer.Option(
+        None, "--start", help="The simulator's transactions from this time (UTC)..."
+    ),
+    end: datetime | None = typer.Option(None, "--end", help="... up to this time (UTC, excluded)."),
+) -> None:
+    """Publish transactions as events: rows of FILE, or the simulator's between --start and --end. Rows
+    that ingestion would quarantine are not published (counted by rule)."""
+    from datetime import UTC
+
+    from rtml.streaming import replay, stream
+
+    settings = get_settings()
+    if (file is None) == (start is None or end is None):
+        raise typer.BadParameter("give --file, or --start and --end (the simulator)")
+    if file is not None:
+        tables = replay.file_tables(file, settings.ingest_chunk_rows)
+    else:
+        assert start is not None and end is not None
+        tables = replay.simulator_tables(
+            settings, start.replace(tzinfo=start.tzinfo or UTC), end.replace(tzinfo=end.tzinfo or UTC)
+        )
+    client = _redis(settings)
+    invalid: Counter[str] = Counter()
+    published = 0
+    retention_s = settings.stream_retention_hours * 3600
+    for events in replay.valid_events(tables, settings, invalid):
+        for at in range(0, len(events), settings.stream_publish_batch):
+            chunk = events[at : at + settings.stream_publish_batch]
+            published += len(stream.publish(client, settings.stream_key, chunk, retention_s))
+    skipped = ", ".join(f"{rule} {n}" for rule, n in sorted(invalid.items())) or "none"
+    typer.echo(f"published {published} events to {settings.stream_key}; not published (invalid): {skipped}")
+
+
+@stream_app.command("land")
+def land_command(
+    consumer: str | None = typer.Option(
+        None,
+        "--consumer",
+        help="Consumer name in the lander's group (default: host name). A lander restarted under the "
+        "same name lands what it had read and not acknowledged first.",
+    ),
+) -> None:
+    """Write the stream's events to raw.transactions in micro-batches through the validated loader, until
+    Ctrl-C or SIGTERM. Only with RTML_TRANSACTIONS_FEED=stream: in the demo the simulator's hourly
+    ingestion loads the same transactions, and landing them too would load each twice."""
+    from rtml.streaming.lander import Lander
+
+    settings = get_settings()
+    if settings.transactions_feed != "stream":
+        typer.echo(
+            "RTML_TRANSACTIONS_FEED is 'simulator': raw.transactions is fed by the hourly ingestion, which "
+            "loads the same transactions the scorer publishes. Set RTML_TRANSACTIONS_FEED=stream in a "
+            "deployment where the stream is the source.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if not settings.database_url:
+        raise typer.BadParameter("RTML_DATABASE_URL is not set")
+    name = consumer or socket.gethostname() or f"lander-{os.getpid()}"
+    lander = Lander(_redis(settings), settings.database_url, settings, consumer=name, echo=typer.echo)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    typer.echo(
+        f"landing {settings.stream_key} (group {settings.stream_lander_group}, consumer {name}) into "
+        f"raw.transactions of {redact(settings.database_url)}"
+    )
+    counts = lander.run(stop)
+    typer.echo(f"stopped: {counts}")

@@ -1,0 +1,138 @@
+"""The transaction stream: a Redis Stream of ``TransactionEvent`` entries, and its consumer-group reads.
+
+Writing: ``publish`` appends events in one pipelined round trip (``XADD`` per event, fields from
+``TransactionEvent.to_fields``) and trims by time on the way: ``MINID ~ <now - retention>`` drops entries
+whose id (the Redis server's arrival time in milliseconds) is older than the retention. Time rather
+than ``MAXLEN``: what consumers need is expressed in time (how long a lander or worker may be down and
+still catch up; the speed layer's horizon), while the event rate swings several-fold between night and
+the evening peak, so a length would keep hours at night and far less at the peak. ``~`` trims whole
+internal nodes only: cheap on every append, and the stream keeps at most a node's worth beyond it.
+
+Delivery is at least once: a publisher retrying a batch whose connection broke, a replay, or a
+consumer reading again what it had not acknowledged may deliver an event twice. Consumers are
+idempotent by ``transaction_id`` (the speed layer's state counts an id once; the lander never loads an
+id twice).
+
+Reading (stream workers, the lander): a consumer group per kind of consumer (each group sees every
+entry; consumers of one group share them), ``XREADGROUP`` for new entries and for this consumer's own
+unacknowledged ones (after a restart under the same name), ``XAUTOCLAIM`` for the pending entries of a
+consumer that died, ``XACK`` once what an entry caused is durable. Nothing here imports BentoML or
+Dagster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from rtml.streaming.events import TransactionEvent
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+"""Redis away or hung: callers keep what they hold and try again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as read: its id and raw fields (parse with ``TransactionEvent.from_fields``)."""
+
+    id: str
+    fields: dict[bytes, bytes]
+
+
+def min_id(retention_s: float, now_ms: int | None = None) -> str:
+    """The ``MINID`` that keeps entries of the last ``retention_s`` seconds."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{max(0, now_ms - int(retention_s * 1000))}-0"
+
+
+def publish(
+    client: redis.Redis, key: str, events: Sequence[TransactionEvent], retention_s: float
+) -> list[str]:
+    """Append ``events`` in order (one pipelined round trip, not a transaction: a broken connection may
+    leave a prefix appended; publishing the batch again appends it twice, which consumers count once).
+    Returns the entry ids."""
+    if not events:
+        return []
+    trim_to = min_id(retention_s)
+    pipe = client.pipeline(transaction=False)
+    for event in events:
+        pipe.xadd(key, event.to_fields(), minid=trim_to, approximate=True)  # type: ignore[arg-type]
+    return [_text(entry_id) for entry_id in pipe.execute()]
+
+
+def ensure_group(client: redis.Redis, key: str, group: str, start: str = "0") -> bool:
+    """Create consumer group ``group`` (and the stream, if missing) reading from entry ``start`` ("0": all
+    that is retained; "$": only what comes next). True if created, False if it existed (idempotent)."""
+    try:
+        client.xgroup_create(key, group, id=start, mkstream=True)
+    except redis.exceptions.ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+    return True
+
+
+def read_new(
+    client: redis.Redis, key: str, group: str, consumer: str, count: int, block_ms: int | None
+) -> list[Entry]:
+    """Up to ``count`` entries never delivered to the group, now owned (pending) by ``consumer``;
+    waits up to ``block_ms`` for the first one (None: no wait)."""
+    return _entries(client.xreadgroup(group, consumer, {key: ">"}, count=count, block=block_ms))
+
+
+def read_own_pending(client: redis.Redis, key: str, group: str, consumer: str, count: int) -> list[Entry]:
+    """Entries delivered to ``consumer`` earlier and not acknowledged (a restart under the same name,
+    a load that failed). Entries trimmed away meanwhile come back without fields and are left out."""
+    return _entries(client.xreadgroup(group, consumer, {key: "0"}, count=count))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    entries: list[Entry]
+    trimmed: list[str]
+    """Ids that were pending but are no longer in the stream (trimmed by retention before anyone
+    acknowledged them): Redis removed them from the pending list; their events are lost to this group."""
+    next_start: str
+    """Where the next ``claim_idle`` continues; "0-0" once the whole pending list was scanned."""
+
+
+def claim_idle(
+    client: redis.Redis,
+    key: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    count: int,
+    start: str = "0-0",
+) -> Claimed:
+    """Take over up to ``count`` pending entries idle for ``min_idle_ms`` or more (their consumer is
+    taken to be dead): ``XAUTOCLAIM``, scanning the pending list from ``start``."""
+    reply = client.xautoclaim(key, group, consumer, min_idle_ms, start_id=start, count=count)
+    next_start, claimed = reply[0], reply[1]
+    trimmed = reply[2] if len(reply) > 2 else []
+    return Claimed(
+        [Entry(_text(i), dict(f)) for i, f in claimed if f is not None],
+        [_text(i) for i in trimmed],
+        _text(next_start),
+    )
+
+
+def ack(client: redis.Redis, key: str, group: str, ids: Iterable[str]) -> int:
+    """Acknowledge ``ids`` (removes them from the group's pending list); the number acknowledged."""
+    ids = list(ids)
+    return int(client.xack(key, group, *ids)) if ids else 0
+
+
+def _entries(reply: object) -> list[Entry]:
+    """XREADGROUP's reply (RESP2, redis-py's default) as entries, skipping deleted ones (no fields)."""
+    out: list[Entry] = []
+    for _key, items in reply or []:  # type: ignore[attr-defined]
+        out.extend(Entry(_text(entry_id), dict(fields)) for entry_id, fields in items if fields)
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
