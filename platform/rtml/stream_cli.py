@@ -103,3 +103,41 @@ def land_command(
     )
     counts = lander.run(stop)
     typer.echo(f"stopped: {counts}")
+
+
+@stream_app.command("run")
+def run_command(
+    consumer: str | None = typer.Option(
+        None,
+        "--consumer",
+        help="Consumer name in the workers' group (default: <host>-<pid>, unique per process). A worker "
+        "restarted under the same name applies what it had read and not acknowledged first.",
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Port of /metrics (default: RTML_STREAM_WORKER_METRICS_PORT; 0: none)."
+    ),
+) -> None:
+    """Apply the stream's events to the speed layer's per-customer state in Redis (a consumer-group worker;
+    run several to share the work) until Ctrl-C or SIGTERM, which finish the batch in hand first."""
+    import logging
+
+    from prometheus_client import start_http_server
+
+    from rtml.streaming.worker import StreamWorker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    name = consumer or f"{socket.gethostname() or 'worker'}-{os.getpid()}"
+    worker = StreamWorker(_redis(settings), settings, consumer=name)
+    port = settings.stream_worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        start_http_server(port, registry=worker.metrics.registry)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    typer.echo(
+        f"applying {settings.stream_key} to the speed layer (group {settings.stream_worker_group}, consumer "
+        f"{name}; metrics: {f'http://0.0.0.0:{port}/metrics' if port else 'off'})"
+    )
+    counts = worker.run(stop)
+    typer.echo(f"stopped: {counts}")

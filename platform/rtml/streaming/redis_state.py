@@ -161,6 +161,12 @@ class SpeedStore:
     def apply_many(self, events: Sequence[TransactionEvent], watermark_us: int) -> list[Outcome]:
         """Apply events in one round trip (in order); the outcome of each."""
         pipe = self.client.pipeline(transaction=False)
+        self.queue_apply(pipe, events, watermark_us)
+        return self.outcomes(pipe.execute())
+
+    def queue_apply(self, pipe: Any, events: Sequence[TransactionEvent], watermark_us: int) -> None:
+        """Queue the APPLY of each event on ``pipe`` (the stream worker adds its ``XACK`` behind them, so
+        both go in one round trip); ``outcomes`` reads the first ``len(events)`` replies."""
         for e in events:
             args: list[str | int] = [
                 e.transaction_id,
@@ -170,7 +176,10 @@ class SpeedStore:
                 watermark_us,
             ]
             self._apply(keys=[self.key(e.customer_id)], args=args, client=pipe)
-        return [Outcome(r.decode() if isinstance(r, bytes) else r) for r in pipe.execute()]
+
+    @staticmethod
+    def outcomes(replies: Iterable[Any]) -> list[Outcome]:
+        return [Outcome(r.decode() if isinstance(r, bytes) else r) for r in replies]
 
     def read(
         self, customer_ids: Sequence[str]

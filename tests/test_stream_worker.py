@@ -1,0 +1,253 @@
+"""The stream worker (``rtml stream run``, issue 16 items 2, 5, 6): the stream into the speed layer's state.
+
+Real Redis (the session's server). The drawn customer histories of tests/test_streaming_features.py are
+published shuffled, with duplicates, batch-era (late) events and malformed entries; whatever the workers
+do, the state in Redis must equal the in-process state (``rtml.streaming.state``) for the same events,
+every entry acknowledged once and counted by outcome. Exactness of the merged features against dbt is
+tests/test_streaming_features.py's; this file is about delivery.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtml.config import Settings, get_settings
+from rtml.services.processes import free_port
+from rtml.streaming import stream
+from rtml.streaming.events import TransactionEvent
+from rtml.streaming.redis_state import SpeedStore
+from rtml.streaming.worker import StreamWorker
+from tests.test_stream_io import client, key  # noqa: F401 (fixtures)
+from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, draw_histories
+
+MALFORMED = [{"v": "99", "transaction_id": "future"}, {"v": "1", "transaction_id": "broken"}]
+
+
+@pytest.fixture(scope="module")
+def arrivals() -> list[TransactionEvent]:
+    """Every drawn event (a quarter of them before the watermark W1: late), a tenth again (duplicates),
+    in a shuffled arrival order."""
+    events = [e for h in draw_histories()[:40] for e in h.events]
+    rng = random.Random(16)
+    out = events + rng.sample(events, k=len(events) // 10)
+    rng.shuffle(out)
+    return out
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> Iterator[SpeedStore]:  # noqa: F811
+    speed = SpeedStore(client, f"rtmltest-worker-{uuid.uuid4().hex[:8]}")
+    speed.push_snapshots([], W1_US, W1_US + 3 * HOUR_US)  # the newest snapshot's watermark: W1
+    yield speed
+    speed.purge()
+
+
+def worker_settings(key: str, store: SpeedStore, **update: Any) -> Settings:  # noqa: F811
+    values = {
+        "stream_key": key,
+        "online_key_prefix": store.prefix,
+        "stream_worker_batch_events": 64,
+        "stream_worker_block_ms": 20,
+        "stream_claim_idle_ms": 100,
+    }
+    return get_settings().model_copy(update=values | update)
+
+
+def publish(client: redis.Redis, key: str, arrivals: list[TransactionEvent]) -> int:  # noqa: F811
+    """The arrivals with the malformed entries among them; the number of entries."""
+    stream.publish(client, key, arrivals[:100], retention_s=3600)
+    for fields in MALFORMED:
+        client.xadd(key, fields)  # type: ignore[arg-type]
+    stream.publish(client, key, arrivals[100:], retention_s=3600)
+    return len(arrivals) + len(MALFORMED)
+
+
+def expected(arrivals: list[TransactionEvent]) -> tuple[MemoryBackend, Counter[str]]:
+    """The in-process state of the same arrivals, and the outcomes (they do not depend on the order)."""
+    memory = MemoryBackend()
+    memory.push({}, W1_US, W1_US + 3 * HOUR_US)
+    outcomes = Counter(o.value for o in memory.apply(arrivals))
+    outcomes["malformed"] = len(MALFORMED)
+    return memory, outcomes
+
+
+def assert_same_state(store: SpeedStore, memory: MemoryBackend) -> None:
+    customers = sorted(memory.states)
+    in_redis = {c: s for c, (_, s) in zip(customers, store.read(customers), strict=True)}
+    for customer in customers:
+        mine, theirs = in_redis[customer], memory.states[customer]
+        assert mine is not None, customer
+        assert (mine.watermark_us, mine.events) == (theirs.watermark_us, theirs.events), customer
+
+
+def drained(client: redis.Redis, key: str, group: str) -> bool:  # noqa: F811
+    info = next(g for g in client.xinfo_groups(key) if g["name"].decode() == group)
+    return bool(info["pending"] == 0 and info["lag"] == 0)
+
+
+def run_until_drained(client: redis.Redis, key: str, workers: list[StreamWorker]) -> None:  # noqa: F811
+    """Workers side by side (threads, as separate processes would be) until the group acknowledged all."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    try:
+        while not drained(client, key, workers[0].group):
+            assert time.monotonic() < deadline, "the workers did not drain the stream"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def outcome_counts(worker: StreamWorker) -> Counter[str]:
+    c = worker.counts
+    return Counter(applied=c.applied, duplicate=c.duplicate, late=c.late, malformed=c.malformed)
+
+
+def test_one_worker_gives_the_in_process_state_and_counts_every_outcome(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    arrivals: list[TransactionEvent],
+) -> None:
+    entries = publish(client, key, arrivals)
+    worker = StreamWorker(client, worker_settings(key, store), consumer="only")
+    run_until_drained(client, key, [worker])
+    memory, outcomes = expected(arrivals)
+    assert_same_state(store, memory)
+    assert outcome_counts(worker) == outcomes and sum(outcomes.values()) == entries
+    assert min(outcomes.values()) >= 2 and outcomes["late"] > 50, outcomes  # not a vacuous pass
+    registry = worker.metrics.registry
+    for outcome, n in outcomes.items():
+        assert registry.get_sample_value("rtml_stream_events_processed_total", {"outcome": outcome}) == n
+    assert registry.get_sample_value("rtml_stream_freshness_seconds_count") == outcomes["applied"]
+    assert registry.get_sample_value("rtml_stream_batch_seconds_count") == worker.counts.batches
+    assert worker.measure_lag() == (0, 0.0)
+    # a replay of everything: all duplicates or late, the state unchanged
+    stream.publish(client, key, arrivals, retention_s=3600)
+    run_until_drained(client, key, [worker])
+    assert worker.counts.applied == outcomes["applied"]
+    assert_same_state(store, memory)
+
+
+def test_two_workers_in_one_group_share_the_work_and_give_the_same_state(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    arrivals: list[TransactionEvent],
+) -> None:
+    settings = worker_settings(key, store, stream_worker_batch_events=16)
+    workers = [StreamWorker(client, settings, consumer=name) for name in ("a", "b")]
+    entries = publish(client, key, arrivals)
+    run_until_drained(client, key, workers)
+    memory, outcomes = expected(arrivals)
+    assert_same_state(store, memory)
+    assert outcome_counts(workers[0]) + outcome_counts(workers[1]) == outcomes
+    shares = [w.counts.processed for w in workers]
+    assert sum(shares) == entries and min(shares) > entries // 10, shares  # both took part
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    arrivals: list[TransactionEvent],
+) -> None:
+    settings = worker_settings(key, store)
+    entries = publish(client, key, arrivals)
+    StreamWorker(client, settings, consumer="dies")  # the group exists
+    # the dying worker read a batch and wrote part of it (its pipeline cut before the XACK)
+    batch = stream.read_new(client, key, settings.stream_worker_group, "dies", count=120, block_ms=None)
+    parsed = [TransactionEvent.from_fields(e.fields) for e in batch[:50] if e.fields[b"v"] == b"1"]
+    written_before = Counter(o.value for o in store.apply_many(parsed, W1_US))
+    assert client.xpending(key, settings.stream_worker_group)["pending"] == 120
+
+    survivor = StreamWorker(client, settings, consumer="survives")
+    run_until_drained(client, key, [survivor])
+    assert survivor.counts.claimed == 120  # after stream_claim_idle_ms, from the dead consumer
+    memory, outcomes = expected(arrivals)
+    assert_same_state(store, memory)
+    assert survivor.counts.processed == entries  # every entry once by the survivor ...
+    assert survivor.counts.applied + written_before["applied"] == outcomes["applied"]  # ... each id once
+    assert survivor.counts.duplicate == outcomes["duplicate"] + written_before["applied"]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_rtml_stream_run_serves_metrics_and_stops_cleanly_on_sigterm(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    redis_url: str,
+    arrivals: list[TransactionEvent],
+    tmp_path: Any,
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RTML_REDIS_URL": redis_url,
+        "RTML_STREAM_KEY": key,
+        "RTML_ONLINE_KEY_PREFIX": store.prefix,
+    }
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtml.cli", "stream", "run", "--metrics-port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        publish(client, key, arrivals)
+        _, outcomes = expected(arrivals)
+        applied = ("rtml_stream_events_processed_total", (("outcome", "applied"),))
+        deadline, samples = time.monotonic() + 60, {}
+        while samples.get(applied) != outcomes["applied"] or not drained(client, key, "features"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, (samples.get(applied), log.read_text())
+            time.sleep(0.2)
+            try:
+                samples = scrape(port)
+            except OSError:
+                continue
+        late = ("rtml_stream_events_processed_total", (("outcome", "late"),))
+        duplicate = ("rtml_stream_events_processed_total", (("outcome", "duplicate"),))
+        assert (samples[late], samples[duplicate]) == (outcomes["late"], outcomes["duplicate"])
+        time.sleep(1.2)  # the next lag measurement sees the group caught up
+        samples = scrape(port)
+        assert samples[("rtml_stream_consumer_lag_events", ())] == 0
+        assert samples[("rtml_stream_consumer_lag_seconds", ())] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopped: applied" in log.read_text()
