@@ -9,17 +9,14 @@ tests/test_streaming_features.py's; this file is about delivery.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +24,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.config import Settings, get_settings
-from rtml.services.processes import free_port
+from rtml.services.processes import Sessions, free_port
+from rtml.stream_cli import start_demo_worker
 from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent
 from rtml.streaming.redis_state import SpeedStore
@@ -201,29 +199,27 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_rtml_stream_run_serves_metrics_and_stops_cleanly_on_sigterm(
+def test_the_demo_starts_rtml_stream_run_which_serves_metrics_and_stops_cleanly_on_sigterm(
     client: redis.Redis,  # noqa: F811
     key: str,  # noqa: F811
     store: SpeedStore,
     redis_url: str,
     arrivals: list[TransactionEvent],
-    tmp_path: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """`rtml demo`'s worker (start_demo_worker): a child process of its own; the demo's stop (SIGTERM, as
+    on Ctrl-C) ends it cleanly, exit 0 with its summary line."""
     port = free_port()
-    env = {
-        **os.environ,
-        "RTML_REDIS_URL": redis_url,
-        "RTML_STREAM_KEY": key,
-        "RTML_ONLINE_KEY_PREFIX": store.prefix,
-    }
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rtml.cli", "stream", "run", "--metrics-port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    for name, value in (("STREAM_KEY", key), ("ONLINE_KEY_PREFIX", store.prefix)):
+        monkeypatch.setenv(f"RTML_{name}", value)
+    monkeypatch.setenv("RTML_STREAM_WORKER_METRICS_PORT", str(port))
+    children = Sessions()
+    start_demo_worker(
+        get_settings().model_copy(update={"stream_worker_metrics_port": port}), redis_url, tmp_path, children
+    )
+    (proc,) = children.leaders
+    log = tmp_path / "stream-worker.log"
     try:
         publish(client, key, arrivals)
         _, outcomes = expected(arrivals)
@@ -244,10 +240,10 @@ def test_rtml_stream_run_serves_metrics_and_stops_cleanly_on_sigterm(
         samples = scrape(port)
         assert samples[("rtml_stream_consumer_lag_events", ())] == 0
         assert samples[("rtml_stream_consumer_lag_seconds", ())] == 0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0, log.read_text()
+        began = time.monotonic()
+        assert children.stop(5) == []  # none had to be killed
+        assert time.monotonic() - began < 3
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "stopped: applied" in log.read_text()
+        children.stop(1)
+    assert proc.returncode == 0, log.read_text()
+    assert log.read_text().splitlines()[-1].startswith("stopped: applied")
