@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,8 @@ def assert_same_state(store: SpeedStore, memory: MemoryBackend) -> None:
 
 
 def drained(client: redis.Redis, key: str, group: str) -> bool:  # noqa: F811
-    info = next(g for g in client.xinfo_groups(key) if g["name"].decode() == group)
-    return bool(info["pending"] == 0 and info["lag"] == 0)
+    info = next((g for g in client.xinfo_groups(key) if g["name"].decode() == group), None)
+    return info is not None and info["pending"] == 0 and info["lag"] == 0
 
 
 def run_until_drained(client: redis.Redis, key: str, workers: list[StreamWorker]) -> None:  # noqa: F811
@@ -144,6 +145,15 @@ def test_one_worker_gives_the_in_process_state_and_counts_every_outcome(
     stream.publish(client, key, arrivals, retention_s=3600)
     run_until_drained(client, key, [worker])
     assert worker.counts.applied == outcomes["applied"]
+    assert_same_state(store, memory)
+    # the stream deleted under the worker (a flush, a restore): it makes its group again and goes on
+    client.delete(key)
+    fresh = [replace(e, transaction_id=f"{e.transaction_id}-new") for e in arrivals[:50]]
+    stream.publish(client, key, fresh, retention_s=3600)
+    processed = worker.counts.processed
+    run_until_drained(client, key, [worker])
+    assert worker.counts.processed == processed + 50
+    memory.apply(fresh)
     assert_same_state(store, memory)
 
 

@@ -153,6 +153,12 @@ class StreamWorker:
                 log.warning("stream worker: %s; retrying in %.1f s (nothing acknowledged)", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
+                # the stream was deleted (a flush, a restore): start over on what it holds from now on
+                log.warning("stream worker: %s; creating group %s again", exc, self.group)
+                stream.ensure_group(self.client, self.key, self.group, start="0")
         return self.counts
 
     def process_once(self, block_ms: int | None = None) -> int:
