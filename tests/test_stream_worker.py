@@ -10,6 +10,8 @@ tests/test_streaming_features.py's; this file is about delivery.
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -257,3 +259,84 @@ def test_the_demo_starts_rtml_stream_run_which_serves_metrics_and_stops_cleanly_
         children.stop(1)
     assert proc.returncode == 0, log.read_text()
     assert log.read_text().splitlines()[-1].startswith("stopped: applied")
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.RedisCluster]:
+    """Three masters on loopback: Debian's redis-server in cluster mode, joined by redis-cli."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server / redis-cli not found: apt-get install redis-server")
+    home = tmp_path_factory.mktemp("cluster")
+    ports = [free_port() for _ in range(3)]
+    nodes = [
+        subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(home), "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for port in ports
+    ]  # fmt: skip
+    try:
+        for port in ports:
+            wait_until(lambda p=port: redis.Redis(port=p).ping(), f"node {port} answers")  # type: ignore[misc]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
+        for port in ports:
+            wait_until(
+                lambda p=port: redis.Redis(port=p).cluster("info")["cluster_state"] == "ok",  # type: ignore[misc]
+                f"node {port} sees the cluster ok",
+            )
+        cluster = redis.RedisCluster(host="127.0.0.1", port=ports[0])
+        yield cluster
+        cluster.close()
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)
+
+
+def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.exceptions.RedisError:
+            pass
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
+    redis_cluster: redis.RedisCluster, arrivals: list[TransactionEvent]
+) -> None:
+    name = f"rtmltest:stream:{uuid.uuid4().hex[:8]}"
+    speed = SpeedStore(redis_cluster, f"rtmltest-worker-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
+    speed.push_snapshots([], W1_US, W1_US + 3 * HOUR_US)
+    # the customers' hashes are spread over the three masters (one slot per customer: the hash tag)
+    masters = {redis_cluster.get_node_from_key(speed.key(e.customer_id)).name for e in arrivals}
+    assert len(masters) == 3, masters
+    settings = worker_settings(name, speed, stream_worker_batch_events=16)
+    workers = [StreamWorker(redis_cluster, settings, consumer=n) for n in ("a", "b")]  # type: ignore[arg-type]
+    entries = publish(redis_cluster, name, arrivals)  # type: ignore[arg-type]
+    run_until_drained(redis_cluster, name, workers)  # type: ignore[arg-type]
+    memory, outcomes = expected(arrivals)
+    assert_same_state(speed, memory)
+    assert outcome_counts(workers[0]) + outcome_counts(workers[1]) == outcomes
+    shares = [w.counts.processed for w in workers]
+    assert sum(shares) == entries and min(shares) > 0, shares
+    # a worker dead mid-batch: its entries claimed by the other, duplicates where it had written
+    stream.publish(redis_cluster, name, arrivals[:40], retention_s=3600)  # type: ignore[arg-type]
+    stream.read_new(redis_cluster, name, settings.stream_worker_group, "dies", 40, None)  # type: ignore[arg-type]
+    run_until_drained(redis_cluster, name, workers[:1])  # type: ignore[arg-type]
+    assert workers[0].counts.claimed == 40
+    assert_same_state(speed, memory)

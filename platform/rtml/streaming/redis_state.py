@@ -120,6 +120,11 @@ class SpeedStore:
         self.prefix = prefix
         self._apply = client.register_script(APPLY_SCRIPT)
         self._push = client.register_script(PUSH_SCRIPT)
+        self._cluster = isinstance(client, redis.RedisCluster)
+        if self._cluster:
+            # a cluster pipeline sends EVALSHA without loading the script first: load it on every primary
+            for script in (APPLY_SCRIPT, PUSH_SCRIPT):
+                client.script_load(script)
 
     def key(self, customer_id: str) -> str:
         return f"{self.prefix}:speed:{{{customer_id}}}"
@@ -138,9 +143,7 @@ class SpeedStore:
                 raise ValueError(
                     f"snapshot of {snapshot.customer_id} is as of {snapshot.as_of_us}, not {as_of_us}"
                 )
-            self._push(
-                keys=[self.key(snapshot.customer_id)], args=[pack_snapshot(snapshot), as_of_us], client=pipe
-            )
+            self._queue(pipe, self._push, self.key(snapshot.customer_id), [pack_snapshot(snapshot), as_of_us])
             written += 1
             if written % 1_000 == 0:
                 pipe.execute()
@@ -175,7 +178,16 @@ class SpeedStore:
                 _cents(e.amount_numeric),
                 watermark_us,
             ]
-            self._apply(keys=[self.key(e.customer_id)], args=args, client=pipe)
+            self._queue(pipe, self._apply, self.key(e.customer_id), args)
+
+    def _queue(self, pipe: Any, script: Any, key: str, args: Sequence[str | int]) -> None:
+        """Queue one script call on ``pipe``. A cluster pipeline refuses ``Script`` objects (redis-py blocks
+        its ``evalsha``): there the raw ``EVALSHA`` (routed by its key; the script was loaded on every
+        primary in ``__init__``)."""
+        if self._cluster:
+            pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
+        else:
+            script(keys=[key], args=args, client=pipe)
 
     @staticmethod
     def outcomes(replies: Iterable[Any]) -> list[Outcome]:

@@ -16,6 +16,9 @@ An entry that is not a transaction event of a known schema version is acknowledg
 ``malformed`` with a log line saying what was wrong: it could never succeed, and left pending it
 would be claimed again and again.
 
+On a Redis Cluster the stream and the customers' hashes live on different nodes, whose replies come in
+no particular order: there the ``XACK`` is a second round trip, sent once every write was answered.
+
 One caveat of the one round trip: a Redis that refuses the APPLY writes (``maxmemory`` reached, a
 read-only replica) still runs the ``XACK`` behind them. The worker then logs the entries it could not
 apply and stops with an error (``StateWriteRefused``): a supervisor restarting it against the same
@@ -227,8 +230,16 @@ class StreamWorker:
         newest = self.store.watermark()  # None before the first snapshot push: nothing is late yet
         pipe = self.client.pipeline(transaction=False)
         self.store.queue_apply(pipe, events, newest[0] if newest else 0)
-        pipe.xack(self.key, self.group, *[entry.id for entry in entries])
-        replies = pipe.execute(raise_on_error=False)
+        ids = [entry.id for entry in entries]
+        if isinstance(self.client, redis.RedisCluster):
+            # the customers' slots and the stream's live on different nodes, whose replies come in no
+            # particular order: acknowledge in a second round trip, once every write was answered
+            replies = pipe.execute(raise_on_error=False) if events else []
+            if not any(isinstance(r, Exception) for r in replies):
+                replies.append(_reply(lambda: self.client.xack(self.key, self.group, *ids)))
+        else:
+            pipe.xack(self.key, self.group, *ids)
+            replies = pipe.execute(raise_on_error=False)
         written = time.time()
         refused = [(e, r) for e, r in zip(events, replies, strict=False) if isinstance(r, Exception)]
         if refused:
@@ -278,6 +289,14 @@ class StreamWorker:
         self.metrics.lag_events.set(lag)
         self.metrics.lag_seconds.set(age)
         return lag, age
+
+
+def _reply(command: Any) -> Any:
+    """A command's reply, or the error it raised (as a pipeline with ``raise_on_error=False`` gives it)."""
+    try:
+        return command()
+    except redis.exceptions.ResponseError as exc:
+        return exc
 
 
 def _text(value: bytes | str) -> str:
