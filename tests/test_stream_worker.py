@@ -270,9 +270,11 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Re
         pytest.skip("redis-server / redis-cli not found: apt-get install redis-server")
     home = tmp_path_factory.mktemp("cluster")
     ports = [free_port() for _ in range(3)]
+    # the bus port too (default: port + 10000, which may lie in the kernel's ephemeral range)
     nodes = [
         subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            [server, "--port", str(port), "--cluster-port", str(free_port()), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(home), "--save", "",
              "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
