@@ -32,7 +32,7 @@ from rtml.stream_cli import start_demo_worker
 from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent
 from rtml.streaming.redis_state import SpeedStore
-from rtml.streaming.worker import StreamWorker
+from rtml.streaming.worker import StateWriteRefused, StreamWorker
 from tests.test_stream_io import client, key  # noqa: F401 (fixtures)
 from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, draw_histories
 
@@ -342,3 +342,33 @@ def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
     run_until_drained(redis_cluster, name, workers[:1])  # type: ignore[arg-type]
     assert workers[0].counts.claimed == 40
     assert_same_state(speed, memory)
+
+
+def test_a_redis_refusing_writes_stops_the_worker_rather_than_losing_more(
+    tmp_path: Path, arrivals: list[TransactionEvent]
+) -> None:
+    """maxmemory reached (noeviction): the APPLYs are refused while their XACK went out in the same round
+    trip; the worker logs and raises instead of going on."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server not found: apt-get install redis-server")
+    port = free_port()
+    node = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        own = redis.Redis(port=port)
+        wait_until(own.ping, "redis answers")
+        speed = SpeedStore(own, "rtmltest-oom")
+        worker = StreamWorker(own, worker_settings("rtmltest:oom", speed), consumer="w")
+        publish(own, "rtmltest:oom", arrivals[:200])
+        own.config_set("maxmemory", 1)  # every write that may grow memory is refused from now on
+        with pytest.raises(StateWriteRefused, match="Redis refused"):
+            worker.process_once(block_ms=10)
+        assert worker.counts.processed == 0  # nothing counted as applied
+        own.close()
+    finally:
+        node.terminate()
+        node.wait(10)

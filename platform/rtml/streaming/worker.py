@@ -247,7 +247,8 @@ class StreamWorker:
                 log.error("stream worker: Redis refused event %s: %s", event.transaction_id, error)
             raise StateWriteRefused(
                 f"Redis refused {len(refused)} of {len(events)} state writes of a batch "
-                f"({entries[0].id}..{entries[-1].id}) whose acknowledgement went out with them"
+                f"({entries[0].id}..{entries[-1].id}); on a single Redis their acknowledgement went out "
+                "with them (on a cluster they stay pending)"
             )
         if isinstance(replies[-1], Exception):  # written, not acknowledged: read again later, duplicates
             log.warning("stream worker: acknowledging %d entries failed: %s", len(entries), replies[-1])
