@@ -340,7 +340,7 @@ def test_compose_runs_the_whole_stack() -> None:
     assert set(services()) >= {
         "postgres", "redis", "init", "dagster-code", "dagster-webserver", "dagster-daemon", "mlflow",
         "scorer", "prometheus", "alertmanager", "pushgateway", "grafana", "node-exporter",
-        "redis-exporter", "postgres-exporter",
+        "redis-exporter", "postgres-exporter", "stream-worker",
     }  # fmt: skip
 
 

@@ -115,6 +115,7 @@ def demo_env(
         "RTML_DAGSTER_PORT": str(free_port()),
         "RTML_DOCS_PORT": str(free_port()),
         "RTML_SERVING_PORT": str(free_port()),
+        "RTML_STREAM_WORKER_METRICS_PORT": str(free_port()),
         "RTML_RUN_MONITORING_INTERVAL_S": "2",
         "RTML_SIM_TRANSACTIONS_PER_DAY": "300000",  # a step busy for a while
         "RTML_SIM_START": "2026-11-01T00:00:00+00:00",  # pinned: the runs below load RUN_DAYS

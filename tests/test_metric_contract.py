@@ -4,7 +4,8 @@ dashboards (``monitoring/grafana/dashboards``) use is defined by the code. Stati
 Where the names and labels come from (read where they are defined, never copied here):
 * the pipeline's pushed metrics: ``rtml.monitoring.metrics.METRICS``, plus the Pushgateway group's labels;
 * the scorer's: the ``prometheus_client`` constructors in ``serving/service.py``, read from its source
-  (importing it needs BentoML), with the series each type exposes (``_bucket`` with ``le``, ...);
+  (importing it needs BentoML), with the series each type exposes (``_bucket`` with ``le``, ...); the
+  stream worker's the same way, from ``platform/rtml/streaming/worker.py``;
 * recording rules (``rtml:...``): the rules themselves, their labels derived from their expressions.
 
 PromQL is parsed by promql-parser, and labels are followed through each expression (selectors,
@@ -32,6 +33,7 @@ from rtml.monitoring import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = ROOT / "serving" / "service.py"
+STREAM_WORKER = ROOT / "platform" / "rtml" / "streaming" / "worker.py"
 RULE_FILES = sorted((ROOT / "monitoring" / "prometheus" / "rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "monitoring" / "grafana" / "dashboards").glob("*.json"))
 
@@ -92,7 +94,7 @@ def _literal_strings(node: ast.expr, metric: str) -> list[str]:
         isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts
     ):
         return [str(e.value) for e in node.elts]  # type: ignore[attr-defined]
-    raise AssertionError(f"{metric}: its label names must be a literal list in serving/service.py")
+    raise AssertionError(f"{metric}: its label names must be a literal list where it is defined")
 
 
 # --- following labels through PromQL ------------------------------------------------------------------------
@@ -248,8 +250,9 @@ def panels() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def contract() -> dict[str, frozenset[str]]:
-    series = {**pipeline_series(), **scorer_series(SERVICE.read_text())}
-    overlap = set(pipeline_series()) & set(scorer_series(SERVICE.read_text()))
+    scraped = {**scorer_series(SERVICE.read_text()), **scorer_series(STREAM_WORKER.read_text())}
+    series = {**pipeline_series(), **scraped}
+    overlap = set(pipeline_series()) & set(scraped)
     assert not overlap, f"defined both as pushed and as scraped metrics: {sorted(overlap)}"
     return series
 

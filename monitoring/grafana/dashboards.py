@@ -22,7 +22,8 @@ Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``serving/ser
   registered versions.
 * ``rtml-pipeline`` (Data pipeline): rows loaded / quarantined per materialization (hourly partition),
   quarantine share, feature freshness lag per view and store, drift share and drifted flag, per-feature
-  drift score, run durations, time since each asset's last success, last failure / success per job.
+  drift score, run durations, time since each asset's last success, last failure / success per job;
+  the stream workers' lag (age and events), events by outcome, freshness and batch time.
 * ``rtml-infrastructure`` (Infrastructure): node CPU and memory, Redis (up, memory, clients,
   commands/s, keys), PostgreSQL (up, backends, commits/s, cache hit ratio), scrape target health.
 
@@ -1043,12 +1044,92 @@ def pipeline_dashboard() -> dict[str, Any]:
                 ),
             ),
         )
+        # the speed layer's stream workers (`rtml stream run`, scraped): every worker reports the group's lag
+        .row(
+            8,
+            (
+                8,
+                timeseries_panel(
+                    "Stream consumer lag (age)",
+                    "Age of the oldest transaction event the stream workers' group has not applied yet "
+                    "(max of rtml_stream_consumer_lag_seconds over the workers, which all report the "
+                    "group's). StreamConsumerLagHigh fires above 60 s for 2 min.",
+                    "s",
+                    [query("max(rtml_stream_consumer_lag_seconds)", "oldest unapplied event")],
+                ),
+            ),
+            (
+                8,
+                timeseries_panel(
+                    "Stream consumer lag (events)",
+                    "Events of the stream the workers' group has not acknowledged (never delivered + "
+                    "pending; max of rtml_stream_consumer_lag_events over the workers).",
+                    "short",
+                    [query("max(rtml_stream_consumer_lag_events)", "unapplied events")],
+                ),
+            ),
+            (
+                8,
+                timeseries_panel(
+                    "Stream events by outcome",
+                    "Events/s the stream workers processed, by outcome "
+                    "(rtml_stream_events_processed_total): applied to the customer state, duplicate "
+                    "(transaction id seen before), late (before the batch watermark: the batch layer's), "
+                    "malformed (not an event; acknowledged and skipped).",
+                    "ops",
+                    [
+                        query(
+                            "sum by (outcome) (rate(rtml_stream_events_processed_total[5m]))",
+                            "{{outcome}}",
+                        )
+                    ],
+                    stack=True,
+                ),
+            ),
+        )
+        .row(
+            8,
+            (
+                12,
+                timeseries_panel(
+                    "Stream freshness p50 / p99",
+                    "Event time to the event written in the speed layer's state, per applied event "
+                    "(rtml_stream_freshness_seconds), over 5 min. Target: p99 at most 1 s.",
+                    "s",
+                    [
+                        query(
+                            f"histogram_quantile({q}, sum by (le) "
+                            "(rate(rtml_stream_freshness_seconds_bucket[5m])))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.99)
+                    ],
+                ),
+            ),
+            (
+                12,
+                timeseries_panel(
+                    "Stream batch time p50 / p99",
+                    "Time a worker takes per batch: parse, read the watermark, apply and acknowledge "
+                    "(rtml_stream_batch_seconds), over 5 min.",
+                    "s",
+                    [
+                        query(
+                            f"histogram_quantile({q}, sum by (le) "
+                            "(rate(rtml_stream_batch_seconds_bucket[5m])))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.99)
+                    ],
+                ),
+            ),
+        )
     )
     return new_dashboard(
         "rtml-pipeline",
         "rtml / Data pipeline",
         "Dagster asset figures pushed to the Pushgateway: rows and quarantine, feature freshness, drift, "
-        "run durations and failures.",
+        "run durations and failures; the speed layer's stream workers: lag, outcomes, freshness.",
         "pipeline",
         grid,
     )

@@ -23,7 +23,7 @@ from rtml.live_cli import scenario_app, start_demo_traffic, traffic
 from rtml.services import dagster_processes, scoring_service
 from rtml.services.processes import Sessions, spawn
 from rtml.services.stack import LocalStack, StackError, StackInfo
-from rtml.stream_cli import stream_app
+from rtml.stream_cli import start_demo_worker, stream_app
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -193,6 +193,7 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window (in t
             # The UIs first: they answer while the window loads (the bootstrap's runs show in Dagster's).
             webserver = children.add(dagster_processes.start_webserver(env, settings.dagster_port, log_dir))
             api, scorer = _start_scorer(settings, info, log_dir, children)
+            start_demo_worker(settings, info.redis_url, log_dir, children)  # the scorer's events → state
             bootstrap, began = None, time.perf_counter()
             if load:
                 bootstrap = start_bootstrap(demo_window(settings), env, log_dir / "demo-runs.log", children)

@@ -347,6 +347,30 @@ class Settings(BaseSettings):
         description="A consumer takes over another consumer's pending events (read, never acknowledged) once "
         "they have been idle this long (`XAUTOCLAIM`): the other consumer is taken to be dead.",
     )
+    stream_worker_group: str = Field(
+        "features",
+        description="Consumer group of `rtml stream run` (the speed layer's workers): workers of one group "
+        "share the stream's events, each applied to the per-customer state once.",
+    )
+    stream_worker_batch_events: int = Field(
+        500,
+        ge=1,
+        description="Events `rtml stream run` reads per `XREADGROUP` and applies (with their `XACK`) in one "
+        "pipelined round trip.",
+    )
+    stream_worker_block_ms: int = Field(
+        500,
+        ge=1,
+        description="How long `rtml stream run` waits for new events per read; also about how long a "
+        "SIGTERM waits for an idle worker to stop.",
+    )
+    stream_worker_metrics_port: int = Field(
+        9108,
+        ge=0,
+        description="Port of `rtml stream run`'s Prometheus metrics (`/metrics`: "
+        "`rtml_stream_events_processed_total`, `rtml_stream_consumer_lag_seconds`, ...), on all interfaces. "
+        "0: no metrics server.",
+    )
 
     # --- monitoring ---------------------------------------------------------------------------------
     pushgateway_url: str | None = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 from collections import Counter
 from datetime import datetime
@@ -15,6 +16,7 @@ import redis
 import typer
 
 from rtml.config import Settings, get_settings, redact
+from rtml.services.processes import Sessions, spawn
 
 stream_app = typer.Typer(
     help="The transaction stream (RTML_STREAM_KEY on RTML_REDIS_URL): publish events, land them.",
@@ -131,3 +133,58 @@ def status_command(
         if age is None or age > within:
             typer.echo(f"consumer {alive}: no heartbeat within {within:g} s", err=True)
             raise typer.Exit(1)
+
+
+@stream_app.command("run")
+def run_command(
+    consumer: str | None = typer.Option(
+        None,
+        "--consumer",
+        help="Consumer name in the workers' group (default: <host>-<pid>, unique per process). A worker "
+        "restarted under the same name applies what it had read and not acknowledged first.",
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Port of /metrics (default: RTML_STREAM_WORKER_METRICS_PORT; 0: none)."
+    ),
+) -> None:
+    """Apply the stream's events to the speed layer's per-customer state in Redis (a consumer-group worker;
+    run several to share the work) until Ctrl-C or SIGTERM, which finish the batch in hand first."""
+    import logging
+
+    from prometheus_client import start_http_server
+
+    from rtml.streaming.worker import StreamWorker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    name = consumer or f"{socket.gethostname() or 'worker'}-{os.getpid()}"
+    worker = StreamWorker(_redis(settings), settings, consumer=name)
+    port = settings.stream_worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        try:
+            start_http_server(port, registry=worker.metrics.registry)
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"metrics port {port}: {exc} (another worker on this host? give each its own "
+                "--metrics-port, or 0 for none)"
+            ) from exc
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    typer.echo(
+        f"applying {settings.stream_key} to the speed layer (group {settings.stream_worker_group}, consumer "
+        f"{name}; metrics: {f'http://0.0.0.0:{port}/metrics' if port else 'off'})"
+    )
+    counts = worker.run(stop)
+    typer.echo(f"stopped: {counts}")
+
+
+def start_demo_worker(settings: Settings, redis_url: str, log_dir: Path, children: Sessions) -> None:
+    """`rtml demo`: one `rtml stream run` as one of the demo's children (Ctrl-C stops it with the rest): the
+    events the scorer publishes reach the speed layer's state. Its log: ``log_dir/stream-worker.log``."""
+    command = [sys.executable, "-m", "rtml.cli", "stream", "run"]
+    env = {**os.environ, "RTML_REDIS_URL": redis_url}
+    children.add(spawn(command, env, log_dir / "stream-worker.log"))
+    port = settings.stream_worker_metrics_port
+    metrics = f"http://127.0.0.1:{port}/metrics" if port else "no metrics"
+    typer.echo(f"stream worker      {metrics} (log: {log_dir / 'stream-worker.log'})")

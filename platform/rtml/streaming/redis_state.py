@@ -120,6 +120,11 @@ class SpeedStore:
         self.prefix = prefix
         self._apply = client.register_script(APPLY_SCRIPT)
         self._push = client.register_script(PUSH_SCRIPT)
+        self._cluster = isinstance(client, redis.RedisCluster)
+        if self._cluster:
+            # a cluster pipeline sends EVALSHA without loading the script first: load it on every primary
+            for script in (APPLY_SCRIPT, PUSH_SCRIPT):
+                client.script_load(script)
 
     def key(self, customer_id: str) -> str:
         return f"{self.prefix}:speed:{{{customer_id}}}"
@@ -138,9 +143,7 @@ class SpeedStore:
                 raise ValueError(
                     f"snapshot of {snapshot.customer_id} is as of {snapshot.as_of_us}, not {as_of_us}"
                 )
-            self._push(
-                keys=[self.key(snapshot.customer_id)], args=[pack_snapshot(snapshot), as_of_us], client=pipe
-            )
+            self._queue(pipe, self._push, self.key(snapshot.customer_id), [pack_snapshot(snapshot), as_of_us])
             written += 1
             if written % 1_000 == 0:
                 pipe.execute()
@@ -161,6 +164,12 @@ class SpeedStore:
     def apply_many(self, events: Sequence[TransactionEvent], watermark_us: int) -> list[Outcome]:
         """Apply events in one round trip (in order); the outcome of each."""
         pipe = self.client.pipeline(transaction=False)
+        self.queue_apply(pipe, events, watermark_us)
+        return self.outcomes(pipe.execute())
+
+    def queue_apply(self, pipe: Any, events: Sequence[TransactionEvent], watermark_us: int) -> None:
+        """Queue the APPLY of each event on ``pipe`` (the stream worker adds its ``XACK`` behind them, so
+        both go in one round trip); ``outcomes`` reads the first ``len(events)`` replies."""
         for e in events:
             args: list[str | int] = [
                 e.transaction_id,
@@ -169,8 +178,20 @@ class SpeedStore:
                 _cents(e.amount_numeric),
                 watermark_us,
             ]
-            self._apply(keys=[self.key(e.customer_id)], args=args, client=pipe)
-        return [Outcome(r.decode() if isinstance(r, bytes) else r) for r in pipe.execute()]
+            self._queue(pipe, self._apply, self.key(e.customer_id), args)
+
+    def _queue(self, pipe: Any, script: Any, key: str, args: Sequence[str | int]) -> None:
+        """Queue one script call on ``pipe``. A cluster pipeline refuses ``Script`` objects (redis-py blocks
+        its ``evalsha``): there the raw ``EVALSHA`` (routed by its key; the script was loaded on every
+        primary in ``__init__``)."""
+        if self._cluster:
+            pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
+        else:
+            script(keys=[key], args=args, client=pipe)
+
+    @staticmethod
+    def outcomes(replies: Iterable[Any]) -> list[Outcome]:
+        return [Outcome(r.decode() if isinstance(r, bytes) else r) for r in replies]
 
     def read(
         self, customer_ids: Sequence[str]

@@ -1,0 +1,374 @@
+"""The stream worker (``rtml stream run``, issue 16 items 2, 5, 6): the stream into the speed layer's state.
+
+Real Redis (the session's server). The drawn customer histories of tests/test_streaming_features.py are
+published shuffled, with duplicates, batch-era (late) events and malformed entries; whatever the workers
+do, the state in Redis must equal the in-process state (``rtml.streaming.state``) for the same events,
+every entry acknowledged once and counted by outcome. Exactness of the merged features against dbt is
+tests/test_streaming_features.py's; this file is about delivery.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtml.config import Settings, get_settings
+from rtml.services.processes import Sessions, free_port
+from rtml.stream_cli import start_demo_worker
+from rtml.streaming import stream
+from rtml.streaming.events import TransactionEvent
+from rtml.streaming.redis_state import SpeedStore
+from rtml.streaming.worker import StateWriteRefused, StreamWorker
+from tests.test_stream_io import client, key  # noqa: F401 (fixtures)
+from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, draw_histories
+
+MALFORMED = [{"v": "99", "transaction_id": "future"}, {"v": "1", "transaction_id": "broken"}]
+
+
+@pytest.fixture(scope="module")
+def arrivals() -> list[TransactionEvent]:
+    """Every drawn event (a quarter of them before the watermark W1: late), a tenth again (duplicates),
+    in a shuffled arrival order."""
+    events = [e for h in draw_histories()[:40] for e in h.events]
+    rng = random.Random(16)
+    out = events + rng.sample(events, k=len(events) // 10)
+    rng.shuffle(out)
+    return out
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> Iterator[SpeedStore]:  # noqa: F811
+    speed = SpeedStore(client, f"rtmltest-worker-{uuid.uuid4().hex[:8]}")
+    speed.push_snapshots([], W1_US, W1_US + 3 * HOUR_US)  # the newest snapshot's watermark: W1
+    yield speed
+    speed.purge()
+
+
+def worker_settings(key: str, store: SpeedStore, **update: Any) -> Settings:  # noqa: F811
+    values = {
+        "stream_key": key,
+        "online_key_prefix": store.prefix,
+        "stream_worker_batch_events": 64,
+        "stream_worker_block_ms": 20,
+        "stream_claim_idle_ms": 100,
+    }
+    return get_settings().model_copy(update=values | update)
+
+
+def publish(client: redis.Redis, key: str, arrivals: list[TransactionEvent]) -> int:  # noqa: F811
+    """The arrivals with the malformed entries among them; the number of entries."""
+    stream.publish(client, key, arrivals[:100], retention_s=3600)
+    for fields in MALFORMED:
+        client.xadd(key, fields)  # type: ignore[arg-type]
+    stream.publish(client, key, arrivals[100:], retention_s=3600)
+    return len(arrivals) + len(MALFORMED)
+
+
+def expected(arrivals: list[TransactionEvent]) -> tuple[MemoryBackend, Counter[str]]:
+    """The in-process state of the same arrivals, and the outcomes (they do not depend on the order)."""
+    memory = MemoryBackend()
+    memory.push({}, W1_US, W1_US + 3 * HOUR_US)
+    outcomes = Counter(o.value for o in memory.apply(arrivals))
+    outcomes["malformed"] = len(MALFORMED)
+    return memory, outcomes
+
+
+def assert_same_state(store: SpeedStore, memory: MemoryBackend) -> None:
+    customers = sorted(memory.states)
+    in_redis = {c: s for c, (_, s) in zip(customers, store.read(customers), strict=True)}
+    for customer in customers:
+        mine, theirs = in_redis[customer], memory.states[customer]
+        assert mine is not None, customer
+        assert (mine.watermark_us, mine.events) == (theirs.watermark_us, theirs.events), customer
+
+
+def drained(client: redis.Redis, key: str, group: str) -> bool:  # noqa: F811
+    info = next((g for g in client.xinfo_groups(key) if g["name"].decode() == group), None)
+    return info is not None and info["pending"] == 0 and info["lag"] == 0
+
+
+def run_until_drained(client: redis.Redis, key: str, workers: list[StreamWorker]) -> None:  # noqa: F811
+    """Workers side by side (threads, as separate processes would be) until the group acknowledged all."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    try:
+        while not drained(client, key, workers[0].group):
+            assert time.monotonic() < deadline, "the workers did not drain the stream"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def outcome_counts(worker: StreamWorker) -> Counter[str]:
+    c = worker.counts
+    return Counter(applied=c.applied, duplicate=c.duplicate, late=c.late, malformed=c.malformed)
+
+
+def test_one_worker_gives_the_in_process_state_and_counts_every_outcome(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    arrivals: list[TransactionEvent],
+) -> None:
+    entries = publish(client, key, arrivals)
+    worker = StreamWorker(client, worker_settings(key, store), consumer="only")
+    run_until_drained(client, key, [worker])
+    memory, outcomes = expected(arrivals)
+    assert_same_state(store, memory)
+    assert outcome_counts(worker) == outcomes and sum(outcomes.values()) == entries
+    assert min(outcomes.values()) >= 2 and outcomes["late"] > 50, outcomes  # not a vacuous pass
+    registry = worker.metrics.registry
+    for outcome, n in outcomes.items():
+        assert registry.get_sample_value("rtml_stream_events_processed_total", {"outcome": outcome}) == n
+    assert registry.get_sample_value("rtml_stream_freshness_seconds_count") == outcomes["applied"]
+    assert registry.get_sample_value("rtml_stream_batch_seconds_count") == worker.counts.batches
+    assert worker.measure_lag() == (0, 0.0)
+    # a replay of everything: all duplicates or late, the state unchanged
+    stream.publish(client, key, arrivals, retention_s=3600)
+    run_until_drained(client, key, [worker])
+    assert worker.counts.applied == outcomes["applied"]
+    assert_same_state(store, memory)
+    # the stream deleted under the worker (a flush, a restore): it makes its group again and goes on
+    client.delete(key)
+    fresh = [replace(e, transaction_id=f"{e.transaction_id}-new") for e in arrivals[:50]]
+    stream.publish(client, key, fresh, retention_s=3600)
+    processed = worker.counts.processed
+    run_until_drained(client, key, [worker])
+    assert worker.counts.processed == processed + 50
+    memory.apply(fresh)
+    assert_same_state(store, memory)
+
+
+def test_two_workers_in_one_group_share_the_work_and_give_the_same_state(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    arrivals: list[TransactionEvent],
+) -> None:
+    settings = worker_settings(key, store, stream_worker_batch_events=16)
+    workers = [StreamWorker(client, settings, consumer=name) for name in ("a", "b")]
+    entries = publish(client, key, arrivals)
+    run_until_drained(client, key, workers)
+    memory, outcomes = expected(arrivals)
+    assert_same_state(store, memory)
+    assert outcome_counts(workers[0]) + outcome_counts(workers[1]) == outcomes
+    shares = [w.counts.processed for w in workers]
+    assert sum(shares) == entries and min(shares) > entries // 10, shares  # both took part
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    arrivals: list[TransactionEvent],
+) -> None:
+    settings = worker_settings(key, store)
+    entries = publish(client, key, arrivals)
+    StreamWorker(client, settings, consumer="dies")  # the group exists
+    # the dying worker read a batch and wrote part of it (its pipeline cut before the XACK)
+    batch = stream.read_new(client, key, settings.stream_worker_group, "dies", count=120, block_ms=None)
+    parsed = [TransactionEvent.from_fields(e.fields) for e in batch[:50] if e.fields[b"v"] == b"1"]
+    written_before = Counter(o.value for o in store.apply_many(parsed, W1_US))
+    assert client.xpending(key, settings.stream_worker_group)["pending"] == 120
+
+    survivor = StreamWorker(client, settings, consumer="survives")
+    run_until_drained(client, key, [survivor])
+    assert survivor.counts.claimed == 120  # after stream_claim_idle_ms, from the dead consumer
+    memory, outcomes = expected(arrivals)
+    assert_same_state(store, memory)
+    assert survivor.counts.processed == entries  # every entry once by the survivor ...
+    assert survivor.counts.applied + written_before["applied"] == outcomes["applied"]  # ... each id once
+    assert survivor.counts.duplicate == outcomes["duplicate"] + written_before["applied"]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_demo_starts_rtml_stream_run_which_serves_metrics_and_stops_cleanly_on_sigterm(
+    client: redis.Redis,  # noqa: F811
+    key: str,  # noqa: F811
+    store: SpeedStore,
+    redis_url: str,
+    arrivals: list[TransactionEvent],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`rtml demo`'s worker (start_demo_worker): a child process of its own; the demo's stop (SIGTERM, as
+    on Ctrl-C) ends it cleanly, exit 0 with its summary line."""
+    port = free_port()
+    for name, value in (("STREAM_KEY", key), ("ONLINE_KEY_PREFIX", store.prefix)):
+        monkeypatch.setenv(f"RTML_{name}", value)
+    monkeypatch.setenv("RTML_STREAM_WORKER_METRICS_PORT", str(port))
+    children = Sessions()
+    start_demo_worker(
+        get_settings().model_copy(update={"stream_worker_metrics_port": port}), redis_url, tmp_path, children
+    )
+    (proc,) = children.leaders
+    log = tmp_path / "stream-worker.log"
+    try:
+        publish(client, key, arrivals)
+        _, outcomes = expected(arrivals)
+        applied = ("rtml_stream_events_processed_total", (("outcome", "applied"),))
+        deadline, samples = time.monotonic() + 60, {}
+        while samples.get(applied) != outcomes["applied"] or not drained(client, key, "features"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, (samples.get(applied), log.read_text())
+            time.sleep(0.2)
+            try:
+                samples = scrape(port)
+            except OSError:
+                continue
+        late = ("rtml_stream_events_processed_total", (("outcome", "late"),))
+        duplicate = ("rtml_stream_events_processed_total", (("outcome", "duplicate"),))
+        assert (samples[late], samples[duplicate]) == (outcomes["late"], outcomes["duplicate"])
+        time.sleep(1.2)  # the next lag measurement sees the group caught up
+        samples = scrape(port)
+        assert samples[("rtml_stream_consumer_lag_events", ())] == 0
+        assert samples[("rtml_stream_consumer_lag_seconds", ())] == 0
+        began = time.monotonic()
+        assert children.stop(5) == []  # none had to be killed
+        assert time.monotonic() - began < 3
+    finally:
+        children.stop(1)
+    assert proc.returncode == 0, log.read_text()
+    assert log.read_text().splitlines()[-1].startswith("stopped: applied")
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.RedisCluster]:
+    """Three masters on loopback: Debian's redis-server in cluster mode, joined by redis-cli."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server / redis-cli not found: apt-get install redis-server")
+    home = tmp_path_factory.mktemp("cluster")
+    ports = [free_port() for _ in range(3)]
+    # the bus port too (default: port + 10000, which may lie in the kernel's ephemeral range)
+    nodes = [
+        subprocess.Popen(
+            [server, "--port", str(port), "--cluster-port", str(free_port()), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(home), "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for port in ports
+    ]  # fmt: skip
+    try:
+        for port in ports:
+            wait_until(lambda p=port: redis.Redis(port=p).ping(), f"node {port} answers")  # type: ignore[misc]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
+        for port in ports:
+            wait_until(
+                lambda p=port: redis.Redis(port=p).cluster("info")["cluster_state"] == "ok",  # type: ignore[misc]
+                f"node {port} sees the cluster ok",
+            )
+        cluster = redis.RedisCluster(host="127.0.0.1", port=ports[0])
+        yield cluster
+        cluster.close()
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)
+
+
+def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.exceptions.RedisError:
+            pass
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
+    redis_cluster: redis.RedisCluster, arrivals: list[TransactionEvent]
+) -> None:
+    name = f"rtmltest:stream:{uuid.uuid4().hex[:8]}"
+    speed = SpeedStore(redis_cluster, f"rtmltest-worker-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
+    speed.push_snapshots([], W1_US, W1_US + 3 * HOUR_US)
+    # the customers' hashes are spread over the three masters (one slot per customer: the hash tag)
+    masters = {redis_cluster.get_node_from_key(speed.key(e.customer_id)).name for e in arrivals}
+    assert len(masters) == 3, masters
+    settings = worker_settings(name, speed, stream_worker_batch_events=16)
+    workers = [StreamWorker(redis_cluster, settings, consumer=n) for n in ("a", "b")]  # type: ignore[arg-type]
+    entries = publish(redis_cluster, name, arrivals)  # type: ignore[arg-type]
+    run_until_drained(redis_cluster, name, workers)  # type: ignore[arg-type]
+    memory, outcomes = expected(arrivals)
+    assert_same_state(speed, memory)
+    assert outcome_counts(workers[0]) + outcome_counts(workers[1]) == outcomes
+    shares = [w.counts.processed for w in workers]
+    assert sum(shares) == entries and min(shares) > 0, shares
+    # a worker dead mid-batch: its entries claimed by the other, duplicates where it had written
+    stream.publish(redis_cluster, name, arrivals[:40], retention_s=3600)  # type: ignore[arg-type]
+    stream.read_new(redis_cluster, name, settings.stream_worker_group, "dies", 40, None)  # type: ignore[arg-type]
+    run_until_drained(redis_cluster, name, workers[:1])  # type: ignore[arg-type]
+    assert workers[0].counts.claimed == 40
+    assert_same_state(speed, memory)
+
+
+def test_a_redis_refusing_writes_stops_the_worker_rather_than_losing_more(
+    tmp_path: Path, arrivals: list[TransactionEvent]
+) -> None:
+    """maxmemory reached (noeviction): the APPLYs are refused while their XACK went out in the same round
+    trip; the worker logs and raises instead of going on."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server not found: apt-get install redis-server")
+    port = free_port()
+    node = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        own = redis.Redis(port=port)
+        wait_until(own.ping, "redis answers")
+        speed = SpeedStore(own, "rtmltest-oom")
+        worker = StreamWorker(own, worker_settings("rtmltest:oom", speed), consumer="w")
+        publish(own, "rtmltest:oom", arrivals[:200])
+        own.config_set("maxmemory", 1)  # every write that may grow memory is refused from now on
+        with pytest.raises(StateWriteRefused, match="Redis refused"):
+            worker.process_once(block_ms=10)
+        assert worker.counts.processed == 0  # nothing counted as applied
+        own.close()
+    finally:
+        node.terminate()
+        node.wait(10)
