@@ -344,11 +344,12 @@ def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
     assert_same_state(speed, memory)
 
 
-def test_a_redis_refusing_writes_stops_the_worker_rather_than_losing_more(
+def test_a_redis_refusing_writes_leaves_the_batch_pending_and_stops_the_worker(
     tmp_path: Path, arrivals: list[TransactionEvent]
 ) -> None:
-    """maxmemory reached (noeviction): the APPLYs are refused while their XACK went out in the same round
-    trip; the worker logs and raises instead of going on."""
+    """maxmemory reached (noeviction): the APPLYs are refused, so nothing of the batch is acknowledged; the
+    worker logs and raises instead of going on, and once Redis accepts writes again a worker restarted under
+    the same name applies the whole batch: nothing lost."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server not found: apt-get install redis-server")
@@ -368,6 +369,14 @@ def test_a_redis_refusing_writes_stops_the_worker_rather_than_losing_more(
         with pytest.raises(StateWriteRefused, match="Redis refused"):
             worker.process_once(block_ms=10)
         assert worker.counts.processed == 0  # nothing counted as applied
+        batch = own.xpending("rtmltest:oom", worker.group)["pending"]
+        assert batch == worker.settings.stream_worker_batch_events  # the batch read: none acknowledged
+        own.config_set("maxmemory", 0)
+        restarted = StreamWorker(own, worker_settings("rtmltest:oom", speed), consumer="w")
+        while restarted.process_once(block_ms=10):
+            pass
+        assert own.xpending("rtmltest:oom", worker.group)["pending"] == 0
+        assert restarted.counts.processed == own.xlen("rtmltest:oom")  # the refused batch and the rest, once
         own.close()
     finally:
         node.terminate()

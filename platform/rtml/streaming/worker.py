@@ -6,23 +6,19 @@ batch: this consumer's own unacknowledged entries after a restart under the same
 entries of a consumer idle for ``stream_claim_idle_ms`` (taken to be dead, ``XAUTOCLAIM``), else new
 entries (``XREADGROUP``, waiting up to ``stream_worker_block_ms``). The batch's events are applied with
 ``redis_state``'s APPLY script (idempotent by ``transaction_id``; an event before the batch watermark is
-``late``) and its ``XACK`` follows them in the same pipelined round trip: Redis runs a connection's
-commands in order, so an entry is acknowledged only after its event was written, and a worker that
-dies before the round trip leaves its batch pending for the others to claim. An event applied twice (a
-claim racing a slow worker, a replay) is a ``duplicate``, counted once, so the state is the same
-whoever applied what.
+``late``); its ``XACK`` follows in a second round trip, once every write was answered, so an entry is
+acknowledged only after its event was written, and a worker that dies before then leaves its batch
+pending for the others to claim. An event applied twice (a claim racing a slow worker, a replay, a
+batch written but not acknowledged) is a ``duplicate``, counted once, so the state is the same whoever
+applied what.
 
 An entry that is not a transaction event of a known schema version is acknowledged and counted as
 ``malformed`` with a log line saying what was wrong: it could never succeed, and left pending it
 would be claimed again and again.
 
-On a Redis Cluster the stream and the customers' hashes live on different nodes, whose replies come in
-no particular order: there the ``XACK`` is a second round trip, sent once every write was answered.
-
-One caveat of the one round trip: a Redis that refuses the APPLY writes (``maxmemory`` reached, a
-read-only replica) still runs the ``XACK`` behind them. The worker then logs the entries it could not
-apply and stops with an error (``StateWriteRefused``): a supervisor restarting it against the same
-Redis would lose more.
+A Redis that refuses the writes (``maxmemory`` reached, a read-only replica): nothing of the batch is
+acknowledged; the worker logs the refused events and stops with an error (``StateWriteRefused``), and the
+batch stays pending, applied again once Redis accepts writes (the part written meanwhile as duplicates).
 
 Metrics (a registry per worker; ``rtml stream run`` serves it over HTTP): events processed by outcome,
 the group's lag (entries not yet acknowledged, and the age of the oldest of them, from its entry id's
@@ -231,15 +227,12 @@ class StreamWorker:
         pipe = self.client.pipeline(transaction=False)
         self.store.queue_apply(pipe, events, newest[0] if newest else 0)
         ids = [entry.id for entry in entries]
-        if isinstance(self.client, redis.RedisCluster):
-            # the customers' slots and the stream's live on different nodes, whose replies come in no
-            # particular order: acknowledge in a second round trip, once every write was answered
-            replies = pipe.execute(raise_on_error=False) if events else []
-            if not any(isinstance(r, Exception) for r in replies):
-                replies.append(_reply(lambda: self.client.xack(self.key, self.group, *ids)))
-        else:
-            pipe.xack(self.key, self.group, *ids)
-            replies = pipe.execute(raise_on_error=False)
+        # The XACK is a second round trip, sent once every write was answered: behind the writes in one
+        # pipeline it would also run when Redis refused them (maxmemory, a read-only replica), and on a
+        # cluster the stream's node may answer before the customers' nodes.
+        replies = pipe.execute(raise_on_error=False) if events else []
+        if not any(isinstance(r, Exception) for r in replies):
+            replies.append(_reply(lambda: self.client.xack(self.key, self.group, *ids)))
         written = time.time()
         refused = [(e, r) for e, r in zip(events, replies, strict=False) if isinstance(r, Exception)]
         if refused:
@@ -247,8 +240,8 @@ class StreamWorker:
                 log.error("stream worker: Redis refused event %s: %s", event.transaction_id, error)
             raise StateWriteRefused(
                 f"Redis refused {len(refused)} of {len(events)} state writes of a batch "
-                f"({entries[0].id}..{entries[-1].id}); on a single Redis their acknowledgement went out "
-                "with them (on a cluster they stay pending)"
+                f"({entries[0].id}..{entries[-1].id}); the batch is not acknowledged: it stays pending and "
+                "is applied again (the written part as duplicates) once Redis accepts writes"
             )
         if isinstance(replies[-1], Exception):  # written, not acknowledged: read again later, duplicates
             log.warning("stream worker: acknowledging %d entries failed: %s", len(entries), replies[-1])
