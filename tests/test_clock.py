@@ -99,6 +99,11 @@ def _loaded(url: str, key: str) -> int:
     return int(row[0])
 
 
+def host_env() -> dict[str, str]:
+    """This process's environment without a faketime of its own (the suite itself may run under one)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FAKETIME") and k != "LD_PRELOAD"}
+
+
 def test_a_pin_overrides_a_host_clock_before_the_world() -> None:
     """Under ``faketime`` a day the session's world has not reached: unpinned, world time is the host's;
     pinned, the world's hours exist whatever the host's date."""
@@ -118,7 +123,7 @@ def test_a_pin_overrides_a_host_clock_before_the_world() -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "TZ": "UTC"},  # faketime's date is local time
+        env={**host_env(), "TZ": "UTC"},  # faketime's date is local time
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     host, pinned = proc.stdout.split("\n")[:2]
