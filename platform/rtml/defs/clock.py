@@ -18,7 +18,8 @@ the daemon or a CLI starts runs at the current time.
 
 Not taken: an ``end_date`` on the partitions definitions never extends them past the current time (it
 only ends them earlier); mocking Dagster's clock (``dagster._time``) would also move run timestamps and
-freshness checks, which are wall-clock; a setting with a frozen "now" would stop the daemon's schedules.
+freshness checks, which are wall-clock; a pinned "now" setting would not reach the partitions that the
+daemon and the webserver evaluate at their own current time, so partitions and validation could disagree.
 """
 
 from __future__ import annotations
