@@ -21,7 +21,7 @@ import pytest
 from rtml.config import Settings, get_settings
 from rtml.services.processes import free_port
 from rtml.services.stack import LocalStack, StackInfo
-from tests.isolation import NotDisposable, isolate
+from tests.isolation import TEST_NOW, NotDisposable, isolate
 
 AMBIENT: dict[str, str] = {}
 """What the developer had exported (removed for the session)."""
@@ -39,6 +39,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # rtml.config was imported above, before RTML_ENV_FILE was cleared: no .env in this process either
 Settings.model_config["env_file"] = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def world_clock() -> Iterator[datetime]:
+    """Dagster's partition clock pinned to ``TEST_NOW`` for the whole session, before any other fixture:
+    the fixed-date worlds' hours exist as partitions and their rows are not "in the future"
+    (``rtml.defs.clock``), whatever the host's date. It holds in this process's main thread, where the
+    tests run Dagster (``materialize``, ``execute_in_process``, sensors and schedules evaluated directly);
+    processes a test starts (the daemon, the ``dagster`` CLI) run at the host's time. A test needing
+    another time nests ``dg.partition_loading_context(effective_dt=...)``; wall-clock time (run
+    timestamps, freshness checks, files' modification times) is never pinned."""
+    import dagster as dg
+
+    with dg.partition_loading_context(effective_dt=TEST_NOW):
+        yield TEST_NOW
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@
 variable and MLflow's own ``MLFLOW_TRACKING_URI`` (an exported ``RTML_DATA_DIR`` made the session adopt
 — and stop — a developer's running stack, an exported tracking URI promoted toy models of the real
 ``fraud-detector``), switches the ``.env`` file off, and pins the simulator's start (the platform's
-default follows the current day; the tests' partitions and data are fixed dates).
+default follows the current day; the tests' partitions and data are fixed dates). The world time they are
+run at, :data:`TEST_NOW`, is pinned in the test process by ``tests/conftest.py``.
 
 Running against existing servers is an explicit opt-in, as CI's second pass does (``.ci/run``):
 ``RTML_TEST_DATABASE_URL``, ``RTML_TEST_REDIS_URL``, ``RTML_TEST_DAGSTER_DATABASE`` and
@@ -34,6 +35,10 @@ DISPOSABLE = re.compile(r"^rtml_(ci|test)_[a-z0-9_]+$")
 """Names of databases a test session may create, fill and drop on a shared server."""
 TEST_SIM_START = datetime(2026, 11, 1, tzinfo=UTC)
 """The simulated history the tests' partitions and fixtures are written for (``RTML_SIM_START``)."""
+TEST_NOW = datetime(2026, 12, 1, tzinfo=UTC)
+"""The world time the tests run their fixed-date worlds at, whatever the host's date (``tests/conftest.py``
+pins Dagster's partition clock to it, ``rtml.defs.clock``): after the newest day a test loads through
+Dagster (labels until 2026-11-20), so its partitions exist and its rows are not "in the future"."""
 ENV_FILE_OFF = ""
 """``RTML_ENV_FILE`` set empty: no ``.env`` (``rtml.config``), in this process and its subprocesses."""
 
@@ -80,4 +85,12 @@ def check_disposable(settings: dict[str, str]) -> None:
         )
 
 
-__all__ = ["DISPOSABLE", "OPT_IN", "TEST_SIM_START", "NotDisposable", "check_disposable", "isolate"]
+__all__ = [
+    "DISPOSABLE",
+    "OPT_IN",
+    "TEST_NOW",
+    "TEST_SIM_START",
+    "NotDisposable",
+    "check_disposable",
+    "isolate",
+]

@@ -31,9 +31,10 @@ from rtml.sources.landing import (
     list_landing_files,
 )
 from rtml.sources.schema import TRANSACTIONS
+from tests.isolation import TEST_NOW
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-NOW = T0 + timedelta(days=30)  # the load time passed in: after every event and label written here
+NOW = TEST_NOW  # the load time passed in (after every event and label written here); Dagster runs' too
 
 
 @pytest.fixture
@@ -331,12 +332,7 @@ def test_content_other_than_requested_stays_in_the_folder(settings: Settings, da
 
 
 # --- the sensor and the runs it requests (Dagster instance on PostgreSQL) --------------------------------
-def recent() -> datetime:
-    """Events of a day ago, for files loaded by Dagster runs: the landing asset validates against the run's
-    own clock (as in production), so fixed dates would be "in the future" on a host whose clock is behind."""
-    return datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-
-
+# The runs validate at the session's world time (TEST_NOW, tests/conftest.py), like the direct loads above.
 @pytest.fixture(scope="module")
 def instance(stack: StackInfo) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(stack.dagster_home))
@@ -384,7 +380,7 @@ class Ticks:
 def test_a_file_is_requested_only_once_it_stops_growing(
     platform_landing: Settings, instance: dg.DagsterInstance, database_url: str
 ) -> None:
-    table = transactions(40, uuid.uuid4().hex, start=recent())
+    table = transactions(40, uuid.uuid4().hex)
     lines = csv_bytes(table).splitlines(keepends=True)
     path = platform_landing.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
     path.write_bytes(b"".join(lines[:2]))
@@ -425,7 +421,7 @@ def test_a_corrected_file_dropped_again_under_its_name_is_ingested(
     platform_landing: Settings, instance: dg.DagsterInstance, database_url: str
 ) -> None:
     name = f"{uuid.uuid4().hex[:10]}.csv"
-    good = csv_bytes(transactions(7, uuid.uuid4().hex, start=recent()))
+    good = csv_bytes(transactions(7, uuid.uuid4().hex))
     landing = platform_landing.landing_dir
     tick = Ticks(instance)
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from rtml.config import get_settings
 from rtml.defs.automation.jobs import HOURLY_FEATURES, HOURLY_LATEST, HOURLY_RAW, hourly_refresh_job
 from rtml.defs.automation.sensors import ACTIVE, TRIGGER_TAG
+from rtml.defs.clock import world_now
 from rtml.defs.ingestion.partitions import transactions_partitions
 
 SENSOR_NAME = "incomplete_partitions_sensor"
@@ -44,13 +45,14 @@ RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_ra
     "one hourly_refresh_job run rebuilds them and the hours after them.",
 )
 def incomplete_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    return incomplete_partitions_request(context.instance, context.log, now=datetime.now(UTC))
+    return incomplete_partitions_request(context.instance, context.log, now=world_now())
 
 
 def incomplete_partitions_request(
     instance: dg.DagsterInstance, log: logging.Logger | dg.DagsterLogManager, *, now: datetime
 ) -> dg.RunRequest | dg.SkipReason:
-    """The sensor's decision at ``now`` (the clock passed in: tests evaluate a pinned world's hours)."""
+    """The sensor's decision at ``now``: the sensor passes world time (``rtml.defs.clock``), tests a time of
+    their pinned world."""
     lookback = get_settings().incomplete_partitions_lookback_hours
     active = instance.get_run_records(
         dg.RunsFilter(job_name=hourly_refresh_job.name, statuses=ACTIVE), limit=1

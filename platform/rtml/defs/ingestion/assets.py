@@ -9,6 +9,7 @@ import dagster as dg
 import pyarrow as pa
 
 from rtml.config import get_settings
+from rtml.defs.clock import world_now
 from rtml.defs.ingestion.checks import quarantine_share_check, raw_check_specs, row_count_checks
 from rtml.defs.ingestion.partitions import (
     labels_partitions,
@@ -106,13 +107,14 @@ def transactions_raw(
     settings = get_settings()
     simulator = Simulator(settings)
     url = postgres.database_url()
+    now = world_now()  # the time the partitions exist at: their rows are not "in the future" then
 
     def load_hour(key: str) -> LoadResult:
         window = transactions_partitions.time_window_for_partition_key(key)
         if settings.transactions_feed == "stream":  # the lander loads; loading the simulator too doubles
             return landed_between(url, window.start, window.end)
         rows: pa.Table = simulator.transactions(window.start, window.end)
-        return load_transactions(url, [rows], source=key, settings=settings)
+        return load_transactions(url, [rows], source=key, settings=settings, now=now)
 
     per_partition = dict(_load_each(context.partition_keys, load_hour))
     total = _total(list(per_partition.values()))
@@ -150,11 +152,12 @@ def labels_raw(
     settings = get_settings()
     simulator = Simulator(settings)
     url = postgres.database_url()
+    now = world_now()
 
     def load_day(key: str) -> LoadResult:
         window = labels_partitions.time_window_for_partition_key(key)
         labels = simulator.labels(window.start, window.end)
-        return load_labels(url, [labels], source=f"labels/{key}", settings=settings)
+        return load_labels(url, [labels], source=f"labels/{key}", settings=settings, now=now)
 
     total = _total([result for _, result in _load_each(context.partition_keys, load_day)])
     _publish("labels_raw", total, context.partition_keys)
@@ -182,6 +185,7 @@ def transactions_landing(
             postgres.database_url(),
             settings,
             expected_sha256=context.run.tags.get(LANDING_SHA256_TAG),
+            now=world_now(),
         )
     except (UnsafeLandingName, LandingFileChanged) as error:
         raise dg.Failure(str(error), allow_retries=False) from error
