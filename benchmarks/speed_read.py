@@ -67,18 +67,18 @@ def build_world(database_url: str, settings: Settings) -> None:
         raise SystemExit(proc.stdout[-5000:])
 
 
-def busiest_pair(database_url: str) -> tuple[str, str]:
-    """The customer with the most transactions in the 30 days before W (the largest snapshot to merge)
-    and a merchant it has used."""
+def busiest_pair(database_url: str) -> tuple[str, str, int, int]:
+    """The customer with the most transactions in the 30 days before W (the largest snapshot to merge),
+    a merchant it has used, its 30-day count and its number of known merchants."""
     import psycopg
 
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
-            "select customer_id, known_merchant_ids[1] from features.customer_stream_snapshot"
-            " order by txn_count_30d desc, customer_id limit 1"
+            "select customer_id, known_merchant_ids[1], txn_count_30d, cardinality(known_merchant_ids)"
+            " from features.customer_stream_snapshot order by txn_count_30d desc, customer_id limit 1"
         ).fetchone()
     assert row is not None
-    return str(row[0]), str(row[1])
+    return str(row[0]), str(row[1]), int(row[2]), int(row[3])
 
 
 def speed_reads(url: str) -> dict[str, float]:
@@ -134,7 +134,7 @@ def main() -> None:
         watermark = snapshot_watermark(url)
         assert pushed is not None and pushed.customers > 0 and watermark is not None and store.speed
         w_us = to_us(watermark[0])
-        customer, merchant = busiest_pair(url)
+        customer, merchant, txn_30d, known = busiest_pair(url)
         burst = [
             TransactionEvent(f"bench-burst-{i}", customer, f"bench-new-{i}", 20.0 + i, w_us + i * SECOND_US)
             for i in range(5)
@@ -195,6 +195,8 @@ def main() -> None:
         "seconds_per_server": args.seconds,
         "rounds": args.rounds,
         "snapshot_customers": pushed.customers,
+        "customer_txn_count_30d": txn_30d,
+        "customer_known_merchants": known,
         **{f"{label}_{key}": out[label][key] for label in out for key in ("p50_ms", "p99_ms", "errors")},
         "speed_on_merged_reads": reads["speed_on"].get("merged", 0),
         "p99_ratio": round(out["speed_on"]["p99_ms"] / out["speed_off"]["p99_ms"], 3),

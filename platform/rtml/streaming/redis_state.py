@@ -108,7 +108,7 @@ def unpack_snapshot(customer_id: str, packed: str) -> BatchSnapshot:
         edge_events=tuple((int(ts), _from_cents(c)) for ts, c in pairs(edges)),
         merchant_last_24h={m: int(ts) for m, ts in pairs(merchants)},
         last_txn_us=int(last) if last else None,
-        known_merchant_ids=frozenset(m for m in known.split(",") if m),
+        known_merchant_ids=frozenset(known.split(",")) if known else frozenset(),
     )
 
 
