@@ -15,13 +15,13 @@ server URL; ``--redis-url``); it builds everything it needs and removes it at th
 4. two ``service:FraudScorer`` servers (one worker each, ``RTML_SPEED_LAYER_ENABLED`` true / false,
    the stream publisher off for both), driven in turns (``--rounds``, order alternating, as
    ``benchmarks/serving.py`` does: this machine's speed drifts within minutes) at ``--rate`` requests/s
-   open loop; latencies pooled per server. The body is a transaction of that customer 10 minutes after
-   W, so every read of the "on" server merges (checked on its ``/metrics``:
-   ``rtml_speed_layer_reads_total{result="merged"}``).
+   open loop; latencies pooled per server. The body is a transaction of that customer (``--customer``:
+   the busiest, by default, or the median one) 10 minutes after W, so every read of the "on" server
+   merges (checked on its ``/metrics``: ``rtml_speed_layer_reads_total{result="merged"}``).
 
 Usage::
 
-    .venv/bin/python benchmarks/speed_read.py [--rate 100 --seconds 60 --rounds 6]
+    .venv/bin/python benchmarks/speed_read.py [--rate 100 --seconds 60 --rounds 6 --customer busiest]
 
 Ends with one JSON line (``speed_on_p99_ms``, ``speed_off_p99_ms``, ``p99_ratio``, ...).
 """
@@ -67,15 +67,20 @@ def build_world(database_url: str, settings: Settings) -> None:
         raise SystemExit(proc.stdout[-5000:])
 
 
-def busiest_pair(database_url: str) -> tuple[str, str, int, int]:
-    """The customer with the most transactions in the 30 days before W (the largest snapshot to merge),
-    a merchant it has used, its 30-day count and its number of known merchants."""
+def scored_pair(database_url: str, which: str) -> tuple[str, str, int, int]:
+    """The scored customer (``busiest``: the most transactions in the 30 days before W, the largest
+    snapshot to merge; ``median``: the median one by that count), a merchant it has used, its 30-day
+    count and its number of known merchants."""
     import psycopg
 
+    order = "txn_count_30d desc" if which == "busiest" else "txn_count_30d"
     with psycopg.connect(database_url) as conn:
+        customers = conn.execute("select count(*) from features.customer_stream_snapshot").fetchone()
+        offset = 0 if which == "busiest" or customers is None else int(customers[0]) // 2
         row = conn.execute(
             "select customer_id, known_merchant_ids[1], txn_count_30d, cardinality(known_merchant_ids)"
-            " from features.customer_stream_snapshot order by txn_count_30d desc, customer_id limit 1"
+            f" from features.customer_stream_snapshot order by {order}, customer_id"
+            f" offset {offset} limit 1"
         ).fetchone()
     assert row is not None
     return str(row[0]), str(row[1]), int(row[2]), int(row[3])
@@ -95,6 +100,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100)
     ap.add_argument("--seconds", type=float, default=60, help="per server, over all rounds")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--customer", choices=("busiest", "median"), default="busiest")
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-speed-read")
     args = ap.parse_args()
 
@@ -134,7 +140,7 @@ def main() -> None:
         watermark = snapshot_watermark(url)
         assert pushed is not None and pushed.customers > 0 and watermark is not None and store.speed
         w_us = to_us(watermark[0])
-        customer, merchant, txn_30d, known = busiest_pair(url)
+        customer, merchant, txn_30d, known = scored_pair(url, args.customer)
         burst = [
             TransactionEvent(f"bench-burst-{i}", customer, f"bench-new-{i}", 20.0 + i, w_us + i * SECOND_US)
             for i in range(5)
@@ -195,6 +201,7 @@ def main() -> None:
         "seconds_per_server": args.seconds,
         "rounds": args.rounds,
         "snapshot_customers": pushed.customers,
+        "customer": args.customer,
         "customer_txn_count_30d": txn_30d,
         "customer_known_merchants": known,
         **{f"{label}_{key}": out[label][key] for label in out for key in ("p50_ms", "p99_ms", "errors")},

@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 
 from rtml.defs.online.assets import online_features
 from rtml.defs.online.resources import RedisResource
+from rtml.defs.online.sensors import online_store_heal_sensor
 from rtml.defs.resources import PostgresResource
 from rtml.features import request_features
 from rtml.features.dbt import run_dbt
@@ -200,6 +201,20 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
         assert beyond.speed_layer == "beyond_horizon"
         batch = store.read(CARD, "m-home").customer
         assert all(same_value(beyond.customer[k], v) for k, v in batch.items())
+
+        # a run pushing a snapshot table older than the watermark (not rebuilt) never moves it back
+        shift = "update features.customer_stream_snapshot set as_of_ts = as_of_ts {} interval '1h'"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(shift.format("-"))  # type: ignore[arg-type]
+        try:
+            stale = hourly_push(url, redis_resource)
+            assert stale["speed_layer/customers"] == 0 and stale["speed_layer/skipped"].startswith("older")
+            assert store.speed.watermark() == (W2_US, W2_US + HORIZON_US)
+        finally:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    "update features.customer_stream_snapshot set as_of_ts = as_of_ts + interval '1h'"
+                )
     finally:
         store.close()
 
@@ -209,3 +224,35 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
         assert plain.speed_layer == "disabled" and off.push_speed_snapshot(url) is None
     finally:
         off.close()
+
+
+def test_the_heal_sensor_rebuilds_an_emptied_speed_layer(
+    burst_db: dict[str, Any], redis_resource: RedisResource
+) -> None:
+    """The batch views are there but the speed layer's state is gone (flushed): the self-heal sensor
+    requests its rebuild, whose push restores the snapshot and its watermark."""
+    url = burst_db["url"]
+    resources = {"postgres": PostgresResource(url=url), "redis": redis_resource}
+    store = redis_resource.online_store()
+    assert store.speed is not None
+    try:
+        hourly_push(url, redis_resource)
+        watermark = store.speed.watermark()
+        assert watermark is not None
+        with dg.DagsterInstance.ephemeral() as instance:
+
+            def tick() -> dg.SensorResult:
+                with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                    return online_store_heal_sensor(context)
+
+            assert not tick().run_requests  # everything present
+            assert store.speed.purge() > 0
+            [request] = tick().run_requests
+            assert request.tags["rtml/trigger"] == "online_store_heal_sensor: pointers of speed_layer gone"
+            rebuilt = dg.materialize(
+                [online_features], resources=resources, run_config=request.run_config, instance=instance
+            )
+            assert rebuilt.success and store.speed.watermark() == watermark
+            assert not tick().run_requests
+    finally:
+        store.close()
