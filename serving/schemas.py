@@ -103,6 +103,7 @@ class Score(BaseModel):
     # entity → why its features are missing (unknown_entity, view_missing, redis_unavailable): for the
     # service's metrics, not part of the response
     _missing_causes: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _speed_layer: str | None = PrivateAttr(default=None)  # the speed layer's answer; None: Redis not read
 
 
 class BatchScore(BaseModel):

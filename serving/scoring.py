@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,9 @@ class Lookup:
     """Defaults because of the store, not the entity: Redis unavailable, or a view's pointer gone."""
     causes: dict[str, str] = field(default_factory=dict)
     """Entity → why it is missing: ``unknown_entity``, ``view_missing`` or ``redis_unavailable``."""
+    speed_layer: str = "disabled"
+    """The speed layer's answer (``OnlineFeatures.speed_layer``): ``merged`` (the customer's features
+    exact at the transaction's time), ``beyond_horizon`` / ``not_exact`` (the batch values), ``disabled``."""
 
 
 ENTITY_VIEWS = (("customer", "customer_features"), ("merchant", "merchant_features"))
@@ -147,8 +151,10 @@ def lookup(
     *,
     fail_open: bool,
     breaker: Any = None,
+    at: Sequence[tuple[datetime, float]] | None = None,
 ) -> list[Lookup]:
-    """Online features of (customer, merchant) pairs in one round trip.
+    """Online features of (customer, merchant) pairs in one round trip; ``at``: each pair's transaction
+    (time, amount), for the speed layer's exact customer features (``OnlineStore.read_many``).
 
     The store cannot answer for these pairs — Redis down, a timeout, the circuit breaker open
     (``breaker.RedisBreaker``: answered without touching Redis), or a view whose pointer is gone
@@ -159,7 +165,7 @@ def lookup(
     if breaker is not None and breaker.is_open:
         return _unavailable(store, pairs, fail_open, "the circuit breaker is open (Redis did not answer)")
     try:
-        found = store.read_many(list(pairs))
+        found = store.read_many(list(pairs), at=at)
     except REDIS_ERRORS as exc:
         if breaker is not None:
             breaker.trip(exc)
@@ -182,6 +188,7 @@ def lookup(
             list(f.missing),
             bool(gone),
             {entity: "view_missing" if entity in gone else "unknown_entity" for entity in f.missing},
+            f.speed_layer,
         )
         for f in found
     ]

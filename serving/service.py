@@ -150,6 +150,17 @@ class Metrics:
             ["state"],
         )
         self.abandoned = abandoned_requests()
+        self.speed_layer_reads = Counter(
+            "rtml_speed_layer_reads_total",
+            "Customer-feature reads of scored transactions (Redis answered), by the speed layer's result: "
+            "merged (exact at the transaction's time: batch snapshot + stream events), beyond_horizon "
+            "(the snapshot is older than its horizon: no hourly push lately; batch values), not_exact "
+            "(no snapshot pushed yet, or the state moved past it; batch values), disabled "
+            "(RTML_SPEED_LAYER_ENABLED=false; batch values).",
+            ["result"],
+        )
+        for result in ("merged", "beyond_horizon", "not_exact", "disabled"):
+            self.speed_layer_reads.labels(result)
         # every label value now: a series that first appears at 1 hides that increment from increase()
         for entity in ("customer", "merchant"):
             for cause in ("unknown_entity", "view_missing", "redis_unavailable"):
@@ -480,8 +491,11 @@ class FraudScorer:
             self.metrics.unavailable.labels("no_model").inc(len(transactions))
             raise Unavailable("no model loaded yet (no version holds the production alias?)")
         pairs = [(t.customer_id, t.merchant_id) for t in transactions]
+        at = [(t.timestamp, t.amount) for t in transactions]  # the speed layer's exact features need both
         try:
-            found = lookup(self.store, pairs, fail_open=self.settings.serving_fail_open, breaker=self.breaker)
+            found = lookup(
+                self.store, pairs, fail_open=self.settings.serving_fail_open, breaker=self.breaker, at=at
+            )
         except FeatureStoreUnavailable as exc:
             self.metrics.unavailable.labels(exc.reason).inc(len(transactions))
             raise Unavailable(str(exc)) from exc
@@ -505,6 +519,8 @@ class FraudScorer:
                 request_id=uuid.uuid4().hex,
             )
             scored._missing_causes = features.causes  # for the metrics in _record, not the response
+            if "redis_unavailable" not in features.causes.values():
+                scored._speed_layer = features.speed_layer
             out.append(scored)
         return out
 
@@ -523,8 +539,11 @@ class FraudScorer:
         decisions: collections.Counter[tuple[str, str]] = collections.Counter()
         missing: collections.Counter[tuple[str, str]] = collections.Counter()
         degraded: collections.Counter[str] = collections.Counter()
+        speed_reads: collections.Counter[str] = collections.Counter()
         for txn, scored in zip(transactions, scores, strict=True):
             self.metrics.score.observe(scored.fraud_probability)
+            if scored._speed_layer is not None:
+                speed_reads[scored._speed_layer] += 1
             decisions[scored.decision, scored.model_version] += 1
             causes = scored._missing_causes
             missing.update(
@@ -577,6 +596,8 @@ class FraudScorer:
             self.metrics.features_missing.labels(entity, cause).inc(n)
         for reason, n in degraded.items():
             self.metrics.degraded.labels(reason).inc(n)
+        for result, n in speed_reads.items():
+            self.metrics.speed_layer_reads.labels(result).inc(n)
 
     async def _submit(self, transactions: list[Transaction]) -> list[Score]:
         try:

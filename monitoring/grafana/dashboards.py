@@ -597,6 +597,25 @@ def api_dashboard() -> dict[str, Any]:
                     ],
                 ),
             ),
+            (
+                12,
+                timeseries_panel(
+                    "Speed layer reads by result",
+                    "Share of scored transactions by the speed layer's answer, over 5 minutes "
+                    "(rtml_speed_layer_reads_total / its sum): merged (customer features exact at the "
+                    "transaction's time: the hourly snapshot plus the stream's events), beyond_horizon (no "
+                    "snapshot pushed within its horizon: the hourly refresh is late; batch values), "
+                    "not_exact (no snapshot yet; batch values), disabled (RTML_SPEED_LAYER_ENABLED=false).",
+                    "percentunit",
+                    [
+                        query(
+                            "sum by (result) (rate(rtml_speed_layer_reads_total[5m]))"
+                            " / scalar(sum(rate(rtml_speed_layer_reads_total[5m])))",
+                            "{{result}}",
+                        )
+                    ],
+                ),
+            ),
         )
     )
     return new_dashboard(

@@ -25,6 +25,12 @@ from typing import Any
 
 REQUEST_FEATURES = ("seconds_since_prev_txn", "amount_zscore_30d", "is_new_merchant")
 
+EXACT_AT = "request_features_at"
+"""Key of a customer state merged by the speed layer (``OnlineStore.read_many(at=...)``): the request
+time its values are exact for, the request features included (the z-score divided in numeric from the
+numeric mean and standard deviation, as dbt does: bit-identical, where dividing the doubles is not).
+For that time ``compute`` returns them as they are."""
+
 
 def seconds_since_prev_txn(event_ts: datetime, last_txn_ts: datetime | None) -> float:
     """``extract(epoch from event_ts - prev_event_ts)``; NaN without an earlier transaction."""
@@ -52,7 +58,10 @@ def compute(
     *, amount: float, event_ts: datetime, merchant_id: str, customer_state: Mapping[str, Any]
 ) -> dict[str, float | bool]:
     """The request features from the customer's stored state (``amount_mean_30d``, ``amount_std_30d``,
-    ``last_txn_ts``, ``known_merchant_ids``; absent keys mean "no history")."""
+    ``last_txn_ts``, ``known_merchant_ids``; absent keys mean "no history"), or the speed layer's exact
+    ones when the state was merged for this very time (``EXACT_AT``)."""
+    if customer_state.get(EXACT_AT) == event_ts:
+        return {name: customer_state[name] for name in REQUEST_FEATURES}
     return {
         "seconds_since_prev_txn": seconds_since_prev_txn(event_ts, customer_state.get("last_txn_ts")),
         "amount_zscore_30d": amount_zscore_30d(

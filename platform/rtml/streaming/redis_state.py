@@ -20,7 +20,7 @@ in them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -108,7 +108,7 @@ def unpack_snapshot(customer_id: str, packed: str) -> BatchSnapshot:
         edge_events=tuple((int(ts), _from_cents(c)) for ts, c in pairs(edges)),
         merchant_last_24h={m: int(ts) for m, ts in pairs(merchants)},
         last_txn_us=int(last) if last else None,
-        known_merchant_ids=frozenset(m for m in known.split(",") if m),
+        known_merchant_ids=frozenset(known.split(",")) if known else frozenset(),
     )
 
 
@@ -206,36 +206,64 @@ class SpeedStore:
         self, customer_id: str, *, event_ts_us: int, merchant_id: str, amount: float
     ) -> dict[str, Any]:
         """``customer_features``' exact row for a transaction at ``event_ts_us`` (one round trip); raises
-        ``NotExact`` (``BeyondHorizon`` past the snapshot's horizon; before the first snapshot push)."""
+        ``NotExact`` (``BeyondHorizon`` past the snapshot's horizon; before the first snapshot push).
+        The scorer reads the same within the online read's one script (``rtml.features.online``)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.key(customer_id))
         pipe.hmget(self.meta_key, ["as_of_us", "valid_until_us"])
         fields, meta = pipe.execute()
-        snapshot, state = self._decode(customer_id, fields)
-        if snapshot is None:  # no history before the watermark
-            if meta[0] is None:
-                raise NotExact("no batch snapshot was pushed yet")
-            snapshot = BatchSnapshot.empty(customer_id, int(meta[0]), int(meta[1]))
-        return customer_features_at(
-            snapshot, state, event_ts_us=event_ts_us, merchant_id=merchant_id, amount=amount
+        return exact_features(
+            customer_id,
+            {k.decode(): v.decode() for k, v in fields.items()},
+            None if meta[0] is None else (int(meta[0]), int(meta[1])),
+            event_ts_us=event_ts_us,
+            merchant_id=merchant_id,
+            amount=amount,
         )
 
     @staticmethod
     def _decode(
         customer: str, fields: dict[bytes, bytes]
     ) -> tuple[BatchSnapshot | None, CustomerStreamState | None]:
-        if not fields:
-            return None, None
-        text = {k.decode(): v.decode() for k, v in fields.items()}
-        snapshot = unpack_snapshot(customer, text["b"]) if "b" in text else None
-        events = {}
-        for name, value in text.items():
-            if name.startswith("e:"):
-                ts, merchant, cents = value.split("|")
-                events[name[2:]] = StreamedEvent(int(ts), merchant, _from_cents(cents))
-        return snapshot, CustomerStreamState(customer, int(text["w"]), events)
+        return decode_state(customer, {k.decode(): v.decode() for k, v in fields.items()})
 
     def purge(self) -> int:
         """Delete every key of this prefix's speed layer (tests, benchmarks)."""
         keys = list(self.client.scan_iter(match=f"{self.prefix}:speed:*", count=10_000))
         return int(self.client.unlink(*keys)) if keys else 0
+
+
+def decode_state(
+    customer: str, fields: Mapping[str, str]
+) -> tuple[BatchSnapshot | None, CustomerStreamState | None]:
+    """A customer's hash (field → value) as its snapshot and stream state; (None, None): nothing stored."""
+    if not fields:
+        return None, None
+    snapshot = unpack_snapshot(customer, fields["b"]) if "b" in fields else None
+    events = {}
+    for name, value in fields.items():
+        if name.startswith("e:"):
+            ts, merchant, cents = value.split("|")
+            events[name[2:]] = StreamedEvent(int(ts), merchant, _from_cents(cents))
+    return snapshot, CustomerStreamState(customer, int(fields["w"]), events)
+
+
+def exact_features(
+    customer: str,
+    fields: Mapping[str, str],
+    meta: tuple[int, int] | None,
+    *,
+    event_ts_us: int,
+    merchant_id: str,
+    amount: float,
+) -> dict[str, Any]:
+    """``customer_features``' exact row from the customer's hash and the newest snapshot's
+    (as_of_us, valid_until_us) (None: no snapshot pushed yet); raises ``NotExact`` / ``BeyondHorizon``."""
+    snapshot, state = decode_state(customer, fields)
+    if snapshot is None:  # no history before the watermark
+        if meta is None:
+            raise NotExact("no batch snapshot was pushed yet")
+        snapshot = BatchSnapshot.empty(customer, *meta)
+    return customer_features_at(
+        snapshot, state, event_ts_us=event_ts_us, merchant_id=merchant_id, amount=amount
+    )

@@ -86,7 +86,9 @@ def fetch_snapshots(database_url: str, customer_ids: Iterable[str] | None = None
 
 
 def snapshot_watermark(database_url: str) -> tuple[datetime, datetime] | None:
-    """(as_of_ts, valid_until) of the snapshot table; None when it is empty."""
+    """(as_of_ts, valid_until) of the snapshot table; None when it is empty or dbt never built it."""
     with psycopg.connect(database_url) as conn:
+        if conn.execute("select to_regclass(%s)", (RELATION,)).fetchone() == (None,):
+            return None
         row = conn.execute(f"select as_of_ts, valid_until from {RELATION} limit 1").fetchone()
     return None if row is None else (row[0], row[1])

@@ -10,20 +10,27 @@ from rtml.defs.ingestion.partitions import transactions_partitions
 
 # One run per hour does the whole chain, so an hour's features and the online store never lag its raw
 # data by more than the run: the hour's transactions, the incremental dbt models over the same hour,
-# the `*_latest` tables (full rebuilds) and the push of those to Redis. Their asset checks (dbt tests,
+# the `*_latest` tables and the speed layer's batch snapshot (full rebuilds) and the push of those to
+# Redis. Their asset checks (dbt tests,
 # online/offline parity, data freshness) run in the same run.
 HOURLY_RAW = dg.AssetKey("transactions_raw")
 HOURLY_FEATURES = tuple(sorted(dbt_incremental_features.keys))  # one partition per hour, like the raw data
 HOURLY_LATEST = tuple(
-    dg.AssetKey(name) for name in ("customer_features_latest", "merchant_features_latest", "online_features")
+    dg.AssetKey(name)
+    for name in (
+        "customer_features_latest",
+        "merchant_features_latest",
+        "customer_stream_snapshot",
+        "online_features",
+    )
 )  # unpartitioned: rebuilt whole by every run
 hourly_refresh_job = dg.define_asset_job(
     "hourly_refresh_job",
     selection=dg.AssetSelection.assets(HOURLY_RAW, *HOURLY_FEATURES, *HOURLY_LATEST),
     partitions_def=transactions_partitions,
-    description="An hour of transactions → its incremental features → the latest-feature tables → the "
-    "online store (Redis). Scheduled hourly; backfill ranges with `rtml backfill START END --job "
-    "hourly_refresh_job`.",
+    description="An hour of transactions → its incremental features → the latest-feature tables and the "
+    "speed layer's batch snapshot → the online store (Redis). Scheduled hourly; backfill ranges with "
+    "`rtml backfill START END --job hourly_refresh_job`.",
 )
 
 # Retraining starts from the newest labels: stg_labels and training_set are rebuilt first, then

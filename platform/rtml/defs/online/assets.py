@@ -7,6 +7,11 @@ it when the store was lost).
 
 A push that would remove more than ``online_max_removal_share`` of a view's entities fails before
 writing anything (an empty or truncated ``*_latest`` table); config ``allow_mass_removal`` overrides it.
+
+With the speed layer on (``speed_layer_enabled``), every materialization then pushes dbt's
+``customer_stream_snapshot`` into it (``OnlineStore.push_speed_snapshot``): each customer's snapshot first,
+then the watermark moves. A push that fails fails the run and leaves the previous snapshot and watermark
+valid (reads past its horizon fall back to the batch values, counted by the scorer).
 """
 
 import dagster as dg
@@ -30,7 +35,7 @@ class OnlinePushConfig(dg.Config):
 
 
 @dg.asset(
-    deps=["customer_features_latest", "merchant_features_latest"],
+    deps=["customer_features_latest", "merchant_features_latest", "customer_stream_snapshot"],
     group_name="online",
     kinds={"redis"},
 )
@@ -61,6 +66,7 @@ def online_features(
                 },
                 allow_retries=False,
             ) from error
+        speed = store.push_speed_snapshot(postgres.database_url())
         newest = {"online": online_newest(store), "offline": offline_newest(postgres.database_url())}
     finally:
         store.close()
@@ -94,6 +100,18 @@ def online_features(
             f"{name}/written": push.written,
             f"{name}/unchanged": push.unchanged,
             f"{name}/removed": push.removed,
+        }
+    if speed is not None:
+        context.log.info(
+            f"speed layer: {speed.customers} customer snapshots as of {speed.as_of} pushed in "
+            f"{speed.seconds:.2f} s" + (f" (skipped: {speed.skipped})" if speed.skipped else "")
+        )
+        metadata |= {
+            "speed_layer/customers": speed.customers,
+            "speed_layer/as_of": speed.as_of.isoformat() if speed.as_of else "",
+            "speed_layer/valid_until": speed.valid_until.isoformat() if speed.valid_until else "",
+            "speed_layer/seconds": round(speed.seconds, 3),
+            "speed_layer/skipped": speed.skipped or "",
         }
     for where, views in newest.items():
         metadata |= {f"{v}/newest_event_{where}": ts.isoformat() for v, ts in views.items() if ts is not None}

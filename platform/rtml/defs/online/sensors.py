@@ -1,7 +1,8 @@
 """Self-healing of the online store.
 
 ``online_store_heal_sensor`` (every ``online_heal_interval_seconds``) looks at the views' pointers in
-Redis. When one is gone (Redis restarted or flushed, the TTL lapsed) while the ``*_latest`` tables have
+Redis (and the speed layer's watermark, when it is on and dbt built its snapshot: the rebuild pushes it
+too). When one is gone (Redis restarted or flushed, the TTL lapsed) while the ``*_latest`` tables have
 rows, it requests ONE ``online_rebuild_job`` run (a full push into a new namespace) for that loss: the
 loss's id (Redis' run id and the detection time) is the run key and a run tag, and the cursor keeps it
 until the pointers are back, so later ticks skip while the rebuild is in flight, and say why. On every
@@ -26,7 +27,7 @@ from rtml.defs.automation.sensors import ACTIVE, TRIGGER_TAG, _run_materializati
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.features.online import OnlineStore
-from rtml.features.online.health import presence_samples, store_health, views_with_rows
+from rtml.features.online.health import SPEED_LAYER, presence_samples, store_health, views_with_rows
 from rtml.monitoring import metrics
 from rtml.monitoring.notify import notify
 
@@ -73,15 +74,19 @@ def _heal(context: dg.SensorEvaluationContext, store: OnlineStore, database_url:
     metrics.publish(SENSOR, presence_samples(list(store.views), health), gateway)
 
     loss: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    if not health.missing:
-        healed = f"; loss {loss['id']} healed" if loss else ""
-        return dg.SensorResult(skip_reason=f"every view's pointer is present{healed}", cursor="")
-    gone = ", ".join(health.missing)
+    missing = health.missing
     try:
-        sources = views_with_rows(database_url, store)
+        # the speed layer is missing only when there is a snapshot to rebuild it from
+        sources = views_with_rows(database_url, store) if missing else []
     except psycopg.Error as error:
+        gone = ", ".join(missing)
         reason = f"pointers of {gone} gone, but PostgreSQL is unreachable ({error}): cannot rebuild yet"
         return dg.SensorResult(skip_reason=reason, cursor=context.cursor)
+    missing = [m for m in missing if m != SPEED_LAYER or m in sources]
+    if not missing:
+        healed = f"; loss {loss['id']} healed" if loss else ""
+        return dg.SensorResult(skip_reason=f"every view's pointer is present{healed}", cursor="")
+    gone = ", ".join(missing)
     if not sources:
         reason = f"pointers of {gone} gone, but the *_latest tables are empty: nothing to rebuild from"
         return dg.SensorResult(skip_reason=reason, cursor=context.cursor)

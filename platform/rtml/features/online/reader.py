@@ -4,6 +4,10 @@ One Lua script (``EVALSHA``, loaded once) resolves each view's current namespace
 entity hashes. A script runs atomically, so a read never straddles a version switch. The hash keys
 are computed inside the script (they depend on the pointer), which is fine on a single Redis server;
 on Redis Cluster the views' keys would need one hash tag per view.
+
+With the speed layer (``read_script(..., speed=True)``) the same call also returns each customer's
+speed-layer hash (``rtml.streaming.redis_state``: batch snapshot, watermark, stream events) and the
+newest snapshot's watermark, so the scorer's exact read stays one round trip (docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ from typing import Any
 from rtml.features.online.schema import OnlineView
 
 READ_SCRIPT_TEMPLATE = """
--- KEYS: the customer view's and the merchant view's pointer keys.
+-- KEYS: the customer view's and the merchant view's pointer keys; with the speed layer, third, its
+-- meta key ``{prefix}:speed:meta`` (a customer's speed hash is ``{prefix}:speed:{<customer id>}``).
 -- ARGV: customer id, merchant id, customer id, merchant id, ... (one pair per scored transaction).
 -- The hash fields to read are part of the script (read_script()), so a call sends only the ids.
 -- Returns {customer namespace, merchant namespace, records}: one string for all entities (records
 -- separated by \\x1d, '+' and the values joined by \\x1e for a found entity, '-' for an unknown
 -- one). One bulk string instead of a nested array: redis-py's pure-Python parser would spend most
--- of a read on the array.
+-- of a read on the array. With the speed layer, two more: the meta's 'as_of_us|valid_until_us' (''
+-- before the first snapshot push) and, per customer, its speed hash's HGETALL joined by \\x1e
+-- (fields and values alternating; '' for none), customers separated by \\x1d.
 local fields = {FIELDS}
+local speed = {SPEED}
 local namespaces, out, records = {}, {}, {}
 for v = 1, 2 do
   namespaces[v] = redis.call('GET', KEYS[v])
@@ -40,19 +48,30 @@ for i = 1, #ARGV do
   end
 end
 out[3] = table.concat(records, '\\29')
+if speed then
+  local meta = redis.call('HMGET', KEYS[3], 'as_of_us', 'valid_until_us')
+  out[4] = meta[1] and (meta[1] .. '|' .. meta[2]) or ''
+  local base = string.sub(KEYS[3], 1, -5)  -- '{prefix}:speed:' (the meta key without 'meta')
+  local states = {}
+  for i = 1, #ARGV, 2 do
+    states[#states + 1] = table.concat(redis.call('HGETALL', base .. '{' .. ARGV[i] .. '}'), '\\30')
+  end
+  out[5] = table.concat(states, '\\29')
+end
 return out
 """
 
 
-def read_script(customer: OnlineView, merchant: OnlineView) -> str:
-    """The read script for these two views (their positional field ids written into it)."""
+def read_script(customer: OnlineView, merchant: OnlineView, *, speed: bool = False) -> str:
+    """The read script for these two views (their positional field ids written into it); ``speed``:
+    the speed layer's state too (a third key: its meta key)."""
 
     def lua_list(ids: list[str]) -> str:
         return "{" + ", ".join(f"'{field_id}'" for field_id in ids) + "}"
 
     return READ_SCRIPT_TEMPLATE.replace(
         "{FIELDS}", "{" + lua_list(customer.field_ids) + ", " + lua_list(merchant.field_ids) + "}"
-    )
+    ).replace("{SPEED}", "true" if speed else "false")
 
 
 RECORD_SEPARATOR = b"\x1d"
@@ -74,10 +93,11 @@ class OnlineFeatures:
     versions: dict[str, str] = field(default_factory=dict)
     """View name → namespace read (``rtml:customer_features:v1:<fingerprint>:<build>``; empty when
     the view was never pushed)."""
-    speed_layer: str = "off"
-    """``OnlineStore.read_at`` only: ``merged`` (the customer's features are exact at the request's
-    time), ``not_exact`` or ``beyond_horizon`` (the batch values: the speed layer could not answer
-    exactly), ``off`` (not asked or disabled)."""
+    speed_layer: str = "disabled"
+    """A read at the request's time (``OnlineStore.read_many(at=...)``, ``read_at``): ``merged`` (the
+    customer's features are exact at that time), ``not_exact`` or ``beyond_horizon`` (the batch values:
+    the speed layer could not answer exactly); ``disabled``: the speed layer is off, or no time was
+    given (the batch values). The label values of ``rtml_speed_layer_reads_total``."""
 
 
 def same_value(left: Any, right: Any) -> bool:

@@ -4,6 +4,7 @@
     feats = store.read("c000123", "m00042")           # one round trip
     feats = store.read_at("c000123", "m00042", event_ts=ts, amount=12.5)  # + the speed layer, if on
     store.push_from_postgres(database_url)            # *_latest tables → Redis
+    store.push_speed_snapshot(database_url)           # customer_stream_snapshot → the speed layer
 
 Redis connection and timeout errors propagate (``redis.exceptions.ConnectionError`` /
 ``TimeoutError``): the scoring service decides between failing open and closed.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,18 +27,39 @@ from redis.retry import Retry
 
 from rtml.config import get_settings
 from rtml.features.online.keys import Keys
-from rtml.features.online.reader import RECORD_SEPARATOR, OnlineFeatures, decode_entity, read_script
+from rtml.features.online.reader import (
+    RECORD_SEPARATOR,
+    VALUE_SEPARATOR,
+    OnlineFeatures,
+    decode_entity,
+    read_script,
+)
 from rtml.features.online.schema import OnlineView, online_views
 from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import OnlineWriter, PushResult
 from rtml.features.registry import FeatureRegistry, get_registry
+from rtml.features.request_features import EXACT_AT
 from rtml.streaming.events import from_us, to_us
 from rtml.streaming.features import BeyondHorizon, NotExact
-from rtml.streaming.redis_state import SpeedStore
+from rtml.streaming.redis_state import SpeedStore, exact_features
+from rtml.streaming.snapshot import fetch_snapshots, snapshot_watermark
 
 CUSTOMER_VIEW = "customer_features"
 MERCHANT_VIEW = "merchant_features"
 BULK_SOCKET_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class SpeedPush:
+    """What ``push_speed_snapshot`` wrote."""
+
+    customers: int
+    as_of: datetime | None
+    """The snapshot's watermark W (None: no snapshot table or rows)."""
+    valid_until: datetime | None
+    seconds: float
+    skipped: str | None = None
+    """Why nothing was written (None: pushed)."""
 
 
 class OnlineStore:
@@ -77,6 +101,9 @@ class OnlineStore:
             settings.online_max_removal_share if max_removal_share is None else max_removal_share
         )
         self._script = self.client.register_script(read_script(self.customer_view, self.merchant_view))
+        self._speed_script = self.client.register_script(
+            read_script(self.customer_view, self.merchant_view, speed=True)
+        )
         enabled = settings.speed_layer_enabled if speed_layer is None else speed_layer
         self.speed: SpeedStore | None = SpeedStore(self.client, self.keys.prefix) if enabled else None
         self._read_lock = threading.Lock()
@@ -84,6 +111,7 @@ class OnlineStore:
         self._pointer_keys = [
             self.keys.pointer(view.name) for view in (self.customer_view, self.merchant_view)
         ]
+        self._speed_keys = [*self._pointer_keys, SpeedStore(self.client, self.keys.prefix).meta_key]
         # probe(): no retries (redis-py retries 3 times by default), so a probe ends within one timeout
         self._probe_client = redis.Redis.from_url(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
@@ -94,11 +122,31 @@ class OnlineStore:
         """The customer's and the merchant's features, in one round trip."""
         return self.read_many([(customer_id, merchant_id)])[0]
 
-    def read_many(self, pairs: Sequence[tuple[str, str]]) -> list[OnlineFeatures]:
+    def read_at(
+        self, customer_id: str, merchant_id: str, *, event_ts: datetime, amount: float
+    ) -> OnlineFeatures:
+        """``read`` for a transaction at ``event_ts`` of ``amount`` (see ``read_many``'s ``at``)."""
+        return self.read_many([(customer_id, merchant_id)], at=[(event_ts, amount)])[0]
+
+    def read_many(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        at: Sequence[tuple[datetime, float]] | None = None,
+    ) -> list[OnlineFeatures]:
         """Features of many (customer, merchant) pairs, in one round trip. A view whose pointer is gone
         (Redis restarted or flushed, TTL lapsed) reads as an empty namespace in ``versions`` and every
-        entity of it as missing: the caller tells that apart from an unknown entity."""
-        reply = self._evalsha([entity_id for pair in pairs for entity_id in pair])
+        entity of it as missing: the caller tells that apart from an unknown entity.
+
+        ``at``: each pair's transaction (event time, amount). With the speed layer on, the same round
+        trip reads the customers' speed-layer state, and each customer's features are exactly
+        ``customer_features``' for that transaction (the windows at its time, the request-time features
+        with the z-score in numeric, ``last_txn_ts`` and ``known_merchant_ids`` including the stream's
+        earlier events); ``speed_layer`` says ``merged``, or why the batch values stay
+        (``beyond_horizon``, ``not_exact``; ``disabled`` without the speed layer or ``at``)."""
+        speed = self.speed is not None and at is not None
+        ids = [entity_id for pair in pairs for entity_id in pair]
+        reply = self._evalsha(self._speed_script if speed else self._script, ids)
         versions = {
             self.customer_view.name: reply[0].decode(),
             self.merchant_view.name: reply[1].decode(),
@@ -119,74 +167,52 @@ class OnlineStore:
                     versions=dict(versions),
                 )
             )
+        if at is not None and speed:
+            meta = reply[3].decode()
+            as_of, _, valid_until = meta.partition("|")
+            watermark = (int(as_of), int(valid_until)) if meta else None
+            states = reply[4].decode().split(RECORD_SEPARATOR.decode())
+            for features, (customer_id, merchant_id), (event_ts, amount), state in zip(
+                results, pairs, at, states, strict=True
+            ):
+                values = state.split(VALUE_SEPARATOR.decode()) if state else []
+                fields = dict(zip(values[::2], values[1::2], strict=True))
+                _merge(features, customer_id, merchant_id, event_ts, amount, fields, watermark)
+                if fields and features.speed_layer == "merged" and "customer" in features.missing:
+                    features.missing.remove("customer")  # a new card: the stream knows it, exactly
         return results
 
-    def read_at(
-        self, customer_id: str, merchant_id: str, *, event_ts: datetime, amount: float
-    ) -> OnlineFeatures:
-        """``read``, and with the speed layer on, the customer's features exactly as
-        ``customer_features`` defines them for this transaction (windows at ``event_ts``, the
-        request-time features, ``last_txn_ts`` and ``known_merchant_ids`` including the stream's
-        earlier events); ``speed_layer`` says which. Where the speed layer cannot answer exactly (past
-        its horizon, no snapshot yet) the batch values stay, as without it."""
-        features = self.read(customer_id, merchant_id)
-        if self.speed is None:
-            return features
-        t = to_us(event_ts)
-        try:
-            exact = self.speed.features_at(customer_id, event_ts_us=t, merchant_id=merchant_id, amount=amount)
-        except BeyondHorizon:
-            features.speed_layer = "beyond_horizon"
-            return features
-        except NotExact:
-            features.speed_layer = "not_exact"
-            return features
-        customer = features.customer
-        for name, value in exact.items():
-            customer[name] = (
-                value if isinstance(value, bool | int) else math.nan if value is None else float(value)
-            )
-        # the state the scorer derives the request-time features from, consistent with them (the batch
-        # values may be of another refresh than the speed layer's snapshot)
-        prev = exact["seconds_since_prev_txn"]
-        customer["last_txn_ts"] = None if prev is None else from_us(t - round(prev * 1_000_000))
-        known = frozenset(customer["known_merchant_ids"])
-        customer["known_merchant_ids"] = (
-            known - {merchant_id} if exact["is_new_merchant"] else known | {merchant_id}
-        )
-        features.speed_layer = "merged"
-        return features
-
-    def _evalsha(self, args: list[str]) -> Any:
-        """The read script on a connection of its own: redis-py's command path around it (connection
+    def _evalsha(self, script: Any, args: list[str]) -> Any:
+        """A read script on a connection of its own: redis-py's command path around it (connection
         pool, retry wrapper, reply callbacks) cost as much as the round trip (hot 70 → 39 us, cold
         480 → 340 us). A dropped connection (server restart, idle timeout) is reconnected and the read
         sent once more; a script the server lost (restart) is loaded again. Other errors propagate as
         from any redis-py command."""
-        command = ("EVALSHA", self._script.sha, 2, *self._pointer_keys, *args)
+        keys = self._speed_keys if script is self._speed_script else self._pointer_keys
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         with self._read_lock:
             if self._read_connection is None:
                 self._read_connection = self.client.connection_pool.make_connection()
             connection: Any = self._read_connection
             try:
-                return self._send(connection, command)
+                return self._send(connection, script, command)
             except redis.exceptions.TimeoutError:  # a slow server: no second wait
                 connection.disconnect()
                 raise
             except redis.exceptions.ConnectionError:
                 connection.disconnect()  # send_command connects again
             try:
-                return self._send(connection, command)
+                return self._send(connection, script, command)
             except redis.exceptions.RedisError:
                 connection.disconnect()
                 raise
 
-    def _send(self, connection: Any, command: tuple[Any, ...]) -> Any:
+    def _send(self, connection: Any, script: Any, command: tuple[Any, ...]) -> Any:
         try:
             connection.send_command(*command)
             return connection.read_response()
         except redis.exceptions.NoScriptError:
-            self.client.script_load(self._script.script)  # same script, same sha
+            self.client.script_load(script.script)  # same script, same sha
             connection.send_command(*command)
             return connection.read_response()
 
@@ -246,6 +272,29 @@ class OnlineStore:
         tables = {name: fetch_latest(database_url, view) for name, view in self.views.items()}
         return self.push_tables(tables, full=full, allow_mass_removal=allow_mass_removal)
 
+    def push_speed_snapshot(self, database_url: str) -> SpeedPush | None:
+        """``features.customer_stream_snapshot`` → the speed layer: every customer's snapshot row and
+        its watermark, the stream events it now holds dropped (per customer, in one script), then the
+        newest watermark recorded (docs/streaming.md, "Moving the watermark"). None with the speed layer
+        off. A failure part way leaves every customer exact: a customer's hash holds either its old
+        snapshot and events or its new ones, and the recorded watermark stays the old one until the end.
+        A table older than the watermark already pushed (a run that did not rebuild it) is not pushed
+        (``SpeedPush.skipped``)."""
+        if self.speed is None:
+            return None
+        started = time.perf_counter()
+        built = snapshot_watermark(database_url)
+        if built is None:
+            return SpeedPush(0, None, None, time.perf_counter() - started, "no snapshot built yet")
+        as_of, valid_until = built
+        speed = SpeedStore(self._bulk_client, self.keys.prefix)
+        current = speed.watermark()
+        if current is not None and current[0] > to_us(as_of):
+            skipped = f"older than the watermark pushed ({from_us(current[0]).isoformat()})"
+            return SpeedPush(0, as_of, valid_until, time.perf_counter() - started, skipped)
+        written = speed.push_snapshots(fetch_snapshots(database_url), to_us(as_of), to_us(valid_until))
+        return SpeedPush(written, as_of, valid_until, time.perf_counter() - started)
+
     def purge(self) -> int:
         """Delete every key under this store's prefix (tests, benchmarks). Returns keys deleted."""
         deleted = 0
@@ -265,3 +314,40 @@ class OnlineStore:
         self.client.close()
         self._bulk_client.close()
         self._probe_client.close()
+
+
+def _merge(
+    features: OnlineFeatures,
+    customer_id: str,
+    merchant_id: str,
+    event_ts: datetime,
+    amount: float,
+    fields: dict[str, str],
+    watermark: tuple[int, int] | None,
+) -> None:
+    """The speed layer's exact customer features over the batch values (``read_many``'s ``at``)."""
+    t = to_us(event_ts)
+    try:
+        exact = exact_features(
+            customer_id, fields, watermark, event_ts_us=t, merchant_id=merchant_id, amount=amount
+        )
+    except BeyondHorizon:
+        features.speed_layer = "beyond_horizon"
+        return
+    except NotExact:
+        features.speed_layer = "not_exact"
+        return
+    customer = features.customer
+    for name, value in exact.items():
+        typed = value if isinstance(value, bool | int) else math.nan if value is None else float(value)
+        customer[name] = typed
+    # the state the request-time features derive from, consistent with them (the batch values may be of
+    # another refresh than the speed layer's snapshot); EXACT_AT: the derived ones are these, as they are
+    prev = exact["seconds_since_prev_txn"]
+    customer["last_txn_ts"] = None if prev is None else from_us(t - round(prev * 1_000_000))
+    known = frozenset(customer["known_merchant_ids"])
+    customer["known_merchant_ids"] = (
+        known - {merchant_id} if exact["is_new_merchant"] else known | {merchant_id}
+    )
+    customer[EXACT_AT] = event_ts
+    features.speed_layer = "merged"
