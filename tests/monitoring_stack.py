@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -179,12 +180,19 @@ class MonitoringStack:
 
 @contextmanager
 def monitoring_stack(
-    *, scorer_urls: list[str], redis_url: str, database_url: str, work: Path, interval: str = "1s"
+    *,
+    scorer_urls: list[str],
+    redis_url: str,
+    database_url: str,
+    work: Path,
+    interval: str = "1s",
+    stream_worker_env: dict[str, str] | None = None,
 ) -> Iterator[MonitoringStack]:
     """Everything ``monitoring/prometheus/prometheus.yml`` scrapes, on this machine: the scorer, a
-    Pushgateway, node/redis/postgres exporters; Prometheus evaluating the repository's rules every
-    ``interval`` and sending alerts to an Alertmanager whose route is the repository's, with the webhook
-    URL pointed at the test's receiver."""
+    Pushgateway, node/redis/postgres exporters, and with ``stream_worker_env`` a stream worker (``rtml
+    stream run`` in that environment, applying what the scorers publish); Prometheus evaluating the
+    repository's rules every ``interval`` and sending alerts to an Alertmanager whose route is the
+    repository's, with the webhook URL pointed at the test's receiver."""
     started: list[Process] = []
     with webhook_receiver() as hook:
         try:
@@ -252,6 +260,18 @@ def monitoring_stack(
                 "pushgateway": [pushgateway.url],
                 **{e.name: [e.url] for e in exporters},
             }
+            if stream_worker_env is not None:
+                port = free_port()
+                worker = start(
+                    "stream-worker",
+                    [sys.executable, "-m", "rtml.cli", "stream", "run", "--metrics-port", str(port)],
+                    f"http://127.0.0.1:{port}",
+                    "/metrics",
+                    work,
+                    stream_worker_env,
+                )
+                started.append(worker)
+                targets["stream-worker"] = [worker.url]
             config = {
                 "global": {"scrape_interval": interval, "evaluation_interval": interval},
                 "rule_files": [str(MONITORING / "prometheus" / "rules" / "*.yml")],

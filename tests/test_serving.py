@@ -1170,10 +1170,12 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
     online: OnlineStore,
     latest_db: str,
     model: Registered,
+    key_prefix: str,
     tmp_path: Path,
 ) -> None:
-    """``monitoring/`` against the real thing: Prometheus scrapes both scorers, a Pushgateway fed by the
-    platform's publisher and the node/Redis/PostgreSQL exporters, and evaluates the repository's rules;
+    """``monitoring/`` against the real thing: Prometheus scrapes both scorers, a stream worker applying
+    what they publish, a Pushgateway fed by the platform's publisher and the node/Redis/PostgreSQL
+    exporters, and evaluates the repository's rules;
     stopping Redis makes ``ScoringDegraded`` fire, and Alertmanager (the repository's route) delivers it to
     the webhook; afterwards every Grafana panel's query returns data."""
     from tests.monitoring_stack import monitoring_stack, panel_queries
@@ -1187,6 +1189,7 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
         redis_url=valkey.url,
         database_url=latest_db,
         work=tmp_path,
+        stream_worker_env=_env(RTML_REDIS_URL=valkey.url, RTML_ONLINE_KEY_PREFIX=key_prefix),
     ) as stack:
         served = httpx.get(f"{fail_open.url}/metadata", timeout=10).json()["model"]["version"]
         push_pipeline_figures(stack.pushgateway.url, model, served)
