@@ -97,7 +97,11 @@ def test_a_dead_consumers_pending_entries_are_claimed(client: redis.Redis, key: 
     assert stream.claim_idle(client, key, "g", "alive", min_idle_ms=60_000, count=10).entries == []
     status = stream.group_status(client, key, "g")
     assert status is not None and (status["lag"], status["pending"]) == (0, 4)
-    assert {name: c["pending"] for name, c in status["consumers"].items()} == {"dead": 4, "alive": 0}
+    # Redis 7.0 lists "alive" only once entries were delivered to it; Valkey 8 lists it from the claim on
+    assert {name: c["pending"] for name, c in status["consumers"].items()} in (
+        {"dead": 4},
+        {"dead": 4, "alive": 0},
+    )
     assert stream.group_status(client, key, "nope") is None
     client.xdel(key, ids[1])  # one pending entry trimmed before anyone landed it
     time.sleep(0.02)
@@ -331,7 +335,8 @@ def test_land_refuses_to_run_when_the_simulator_feeds_raw_transactions_and_statu
     finally:
         get_settings.cache_clear()
     assert refused.exit_code == 2 and "RTML_TRANSACTIONS_FEED" in refused.output
-    assert alive.exit_code == 0 and '"running"' in alive.output, alive.output
+    # exit codes, not the listing: Redis 7.0 lists a consumer only once entries were delivered to it
+    assert alive.exit_code == 0 and '"group": "lander"' in alive.output, alive.output
     assert silent.exit_code == 1 and "silent: no heartbeat" in silent.output, silent.output
 
 

@@ -124,12 +124,11 @@ def status_command(
     from rtml.streaming import stream
 
     settings = get_settings()
-    found = stream.group_status(_redis(settings), settings.stream_key, group or settings.stream_lander_group)
+    client, group = _redis(settings), group or settings.stream_lander_group
+    found = stream.group_status(client, settings.stream_key, group)
     typer.echo(json.dumps(found, indent=2))
     if alive is not None:
-        consumers = found["consumers"] if found else {}
-        seen = consumers.get(alive) if isinstance(consumers, dict) else None
-        age = None if seen is None else seen["heartbeat_age_s"]
+        age = stream.heartbeat_age_s(client, settings.stream_key, group, alive)
         if age is None or age > within:
             typer.echo(f"consumer {alive}: no heartbeat within {within:g} s", err=True)
             raise typer.Exit(1)

@@ -137,6 +137,14 @@ def heartbeat(client: redis.Redis, key: str, group: str, consumer: str, ttl_s: i
     client.set(heartbeat_key(key, group, consumer), int(time.time() * 1000), ex=ttl_s)
 
 
+def heartbeat_age_s(client: redis.Redis, key: str, group: str, consumer: str) -> float | None:
+    """Seconds since ``consumer`` last said it runs; None: never (or a day ago). Read from its heartbeat
+    key alone: Redis 7.0 lists a consumer in ``XINFO CONSUMERS`` only once entries were delivered to it,
+    so a lander waiting on an empty stream is not listed there yet."""
+    beat = client.get(heartbeat_key(key, group, consumer))
+    return None if beat is None else round(time.time() - int(beat) / 1000, 3)
+
+
 def group_status(client: redis.Redis, key: str, group: str) -> dict[str, object] | None:
     """The group's ``lag`` (entries not yet delivered to it; None when Redis cannot tell), ``pending``
     (delivered, not acknowledged), and each consumer's pending entries, ``idle_ms`` (since entries were
