@@ -34,6 +34,7 @@ import dagster as dg
 import psycopg
 import pyarrow.csv as pa_csv
 import pytest
+import redis
 
 from rtml.config import get_settings
 from rtml.definitions import defs
@@ -447,12 +448,19 @@ def production(world_db: str, mlflow_resource: MlflowResource) -> str:
 
 
 @pytest.fixture(scope="module")
-def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) -> dict[str, Any]:
-    return {
+def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) -> Iterator[dict[str, Any]]:
+    prefix = f"rtml-auto-{uuid.uuid4().hex[:6]}"
+    yield {
         "postgres": PostgresResource(url=world_db),
         "mlflow": mlflow_resource,
-        "redis": RedisResource(url=redis_url, key_prefix=f"rtml-auto-{uuid.uuid4().hex[:6]}"),
+        "redis": RedisResource(url=redis_url, key_prefix=prefix),
     }
+    # CI's integration pass runs on the machine's shared Redis: leave none of the world's keys behind
+    # (the speed layer's hashes have no TTL)
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
+        for start in range(0, len(keys), 1_000):
+            client.unlink(*keys[start : start + 1_000])
 
 
 @pytest.fixture(scope="module")
