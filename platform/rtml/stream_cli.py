@@ -96,15 +96,21 @@ def land_command(
         raise typer.BadParameter("RTML_DATABASE_URL is not set")
     name = consumer or socket.gethostname() or f"lander-{os.getpid()}"
     lander = Lander(_redis(settings), settings.database_url, settings, consumer=name, echo=typer.echo)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
     typer.echo(
         f"landing {settings.stream_key} (group {settings.stream_lander_group}, consumer {name}) into "
         f"raw.transactions of {redact(settings.database_url)}"
     )
     counts = lander.run(stop)
     typer.echo(f"stopped: {counts}")
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM: the long-running consumers finish the batch in hand and return."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 @stream_app.command("status")
@@ -167,9 +173,7 @@ def run_command(
                 f"metrics port {port}: {exc} (another worker on this host? give each its own "
                 "--metrics-port, or 0 for none)"
             ) from exc
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
     typer.echo(
         f"applying {settings.stream_key} to the speed layer (group {settings.stream_worker_group}, consumer "
         f"{name}; metrics: {f'http://0.0.0.0:{port}/metrics' if port else 'off'})"
