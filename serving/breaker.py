@@ -34,7 +34,12 @@ import redis
 
 log = logging.getLogger("rtml.serving")
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# a cluster without a reachable primary for a slot raises ClusterError (ClusterDownError, "TTL exhausted")
+REDIS_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,
+)
 
 
 class RedisBreaker:

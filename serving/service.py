@@ -292,7 +292,9 @@ class FraudScorer:
 
         self.settings = get_settings()
         self.metrics = Metrics()
-        self.store = OnlineStore(self.settings.redis_url or "redis://127.0.0.1:6379/0")
+        self.store = OnlineStore(
+            self.settings.redis_url or "redis://127.0.0.1:6379/0", cluster=self.settings.redis_cluster
+        )
         spec = feature_spec(self.store.registry)
         self.numeric, self.categorical = list(spec.numeric), list(spec.categorical)
         self.model: Any = None  # scoring.ServedModel; replaced as one reference
@@ -345,13 +347,13 @@ class FraudScorer:
         online read's breaker is open; None when ``RTML_STREAM_PUBLISH`` is false."""
         if not self.settings.stream_publish:
             return None
-        import redis
-
+        from rtml.redis_client import connect
         from rtml.streaming.publisher import EventPublisher, no_retries
 
         timeout = max(1.0, self.settings.redis_socket_timeout_ms / 1000)  # off the request path
-        client = redis.Redis.from_url(
+        client = connect(
             self.settings.redis_url or "redis://127.0.0.1:6379/0",
+            cluster=self.settings.redis_cluster,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=no_retries(),  # the publisher retries, with its own back-off

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from rtml.config import Settings, get_settings
 from rtml.services.processes import free_port
@@ -153,6 +154,22 @@ def training_db(
         proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return url
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster of three masters on loopback, for the module (``tests/redis_cluster.py``)."""
+    from tests.redis_cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(redis_cluster_url: str) -> Iterator[redis.RedisCluster]:
+    cluster = redis.RedisCluster.from_url(redis_cluster_url)
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from rtml.features.online import OnlineStore
 from rtml.features.online.keys import Keys
 from rtml.features.online.parity import check_parity
 from rtml.features.online.source import fetch_latest
-from rtml.features.online.writer import MassRemovalError
+from rtml.features.online.writer import MassRemovalError, OnlineWriter
 from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.features.sample_data import load_sample, make_labels, make_transactions
 
@@ -77,10 +77,16 @@ def registry(latest_db: str) -> FeatureRegistry:
     return load_registry()  # the manifest of the module's own dbt target
 
 
-@pytest.fixture
-def store(redis_url: str, registry: FeatureRegistry) -> Iterator[OnlineStore]:
+@pytest.fixture(params=["server", "cluster"])
+def store(request: pytest.FixtureRequest, redis_url: str, registry: FeatureRegistry) -> Iterator[OnlineStore]:
+    """The store on the session's Redis, and on a real Redis Cluster of three masters."""
+    cluster = request.param == "cluster"
     store = OnlineStore(
-        redis_url, registry, ttl_seconds=3_600, key_prefix=f"rtmltest-online-{uuid.uuid4().hex[:8]}"
+        request.getfixturevalue("redis_cluster_url") if cluster else redis_url,
+        registry,
+        ttl_seconds=3_600,
+        key_prefix=f"rtmltest-online-{uuid.uuid4().hex[:8]}",
+        cluster=cluster,
     )
     try:
         yield store
@@ -212,9 +218,10 @@ def test_incremental_push_writes_only_changed_rows(store: OnlineStore, latest_db
     assert store.client.ttl(store.keys.pointer("customer_features")) > 3_000  # the push refreshed the TTL
 
 
-def test_version_switch_is_atomic_for_concurrent_readers(store: OnlineStore, redis_url: str) -> None:
+def test_version_switch_is_atomic_for_concurrent_readers(store: OnlineStore) -> None:
     """Readers during a full push see the old complete set or the new complete set, never a mix: not
-    across entities of one read, not across the two views, and never a missing entity."""
+    across entities of one read, not across the two views (on a cluster: within each view, the views
+    switch one after the other), and never a missing entity."""
     n_customers, n_merchants = 120_000, 20_000
     customer_ids = [f"c{i:06d}" for i in range(n_customers)]
     merchant_ids = [f"m{i:05d}" for i in range(n_merchants)]
@@ -243,7 +250,9 @@ def test_version_switch_is_atomic_for_concurrent_readers(store: OnlineStore, red
     stop = threading.Event()
 
     def reader() -> None:
-        reading = OnlineStore(redis_url, store.registry, key_prefix=store.keys.prefix)
+        reading = OnlineStore(
+            store.redis_url, store.registry, key_prefix=store.keys.prefix, cluster=store.cluster
+        )
         while not stop.is_set():
             picks = [
                 (customer_ids[i], merchant_ids[j])
@@ -252,12 +261,12 @@ def test_version_switch_is_atomic_for_concurrent_readers(store: OnlineStore, red
                 )
             ]
             features = reading.read_many(picks)
-            markers = {f.customer["txn_count_1h"] for f in features} | {
-                f.merchant["merchant_txn_count_7d"] for f in features
-            }
-            if any(f.missing for f in features) or len(markers) != 1:
-                errors.append(f"mixed or missing read: markers={markers}")
-            seen.append((time.perf_counter(), markers.pop(), features[0].versions))
+            customers = {f.customer["txn_count_1h"] for f in features}
+            merchants = {f.merchant["merchant_txn_count_7d"] for f in features}
+            views_apart = store.cluster and len(customers) == len(merchants) == 1
+            if any(f.missing for f in features) or (len(customers | merchants) != 1 and not views_apart):
+                errors.append(f"mixed or missing read: markers={customers}, {merchants}")
+            seen.append((time.perf_counter(), merchants.pop(), features[0].versions))
         reading.close()
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
@@ -286,13 +295,18 @@ def test_version_switch_is_atomic_for_concurrent_readers(store: OnlineStore, red
 
 
 def test_new_feature_version_is_written_to_a_new_namespace(
-    store: OnlineStore, latest_db: str, redis_url: str, registry: FeatureRegistry
+    store: OnlineStore, latest_db: str, registry: FeatureRegistry
 ) -> None:
     store.push_from_postgres(latest_db)
     old = store.current_namespaces()
     views = dict(registry.views)
     views["customer_features"] = dataclasses.replace(views["customer_features"], version=2)
-    bumped = OnlineStore(redis_url, dataclasses.replace(registry, views=views), key_prefix=store.keys.prefix)
+    bumped = OnlineStore(
+        store.redis_url,
+        dataclasses.replace(registry, views=views),
+        key_prefix=store.keys.prefix,
+        cluster=store.cluster,
+    )
     result = bumped.push_from_postgres(latest_db)  # no `full`: the new version alone forces it
     assert result.views["customer_features"].mode == "full"
     assert result.views["merchant_features"].mode == "incremental"
@@ -342,8 +356,13 @@ def test_reader_survives_a_flushed_script_cache_and_a_killed_connection(
     customer_id = str(_scalar(latest_db, "select customer_id from features.customer_features_latest limit 1"))
     assert store.read(customer_id, "m").missing == ["merchant"]
 
-    store.client.script_flush()
+    store.client.script_flush()  # on a cluster: on every primary
     assert store.read(customer_id, "m").missing == ["merchant"]
+    if store.cluster:  # every connection killed: redis-py's cluster client reconnects and sends again
+        for node in store.client.get_primaries():
+            assert node.redis_connection.client_kill_filter(_type="normal", skipme=True) >= 1
+        assert store.read(customer_id, "m").missing == ["merchant"]
+        return
 
     reader = store._read_connection
     reader.send_command("CLIENT", "ID")
@@ -413,3 +432,37 @@ def test_parity_over_zero_sampled_rows_fails_and_says_why(store: OnlineStore, la
         report = check_parity(latest_db, store, sample=50)
     assert not report.passed and report.empty == ["customer_features", "merchant_features"]
     assert report.checked == {}
+
+
+def test_a_push_deletes_what_the_layout_before_the_view_hash_tags_left_behind(
+    redis_url: str, registry: FeatureRegistry, latest_db: str
+) -> None:
+    """A store written with the keys of before (``rtml:customer_features:...``, no hash tag): the first push
+    of this version deletes those namespaces, their pointer and their set, so an upgrade leaks nothing."""
+
+    class KeysBefore(Keys):
+        def view(self, view: str) -> str:
+            return f"{self.prefix}:{view}"
+
+        def legacy(self, view: str) -> tuple[str, str]:  # nothing came before it
+            return f"{self.prefix}:none:{view}", f"{self.prefix}:none:{view}:namespaces"
+
+    store = OnlineStore(redis_url, registry, key_prefix=f"rtmltest-legacy-{uuid.uuid4().hex[:8]}")
+    try:
+        tables = {name: fetch_latest(latest_db, view) for name, view in store.views.items()}
+        before = OnlineWriter(store.client, KeysBefore(store.keys.prefix), ttl_seconds=None)
+        old = before.push({name: (store.views[name], table) for name, table in tables.items()})
+        old_namespaces = sorted(push.namespace for push in old.views.values())
+        assert all("{" not in ns for ns in old_namespaces)
+        legacy_keys = [k for v in store.views for k in store.keys.legacy(v)]
+        assert store.client.exists(*legacy_keys) == 4
+
+        result = store.push_tables(tables)
+        assert sorted(result.deleted_namespaces) == old_namespaces
+        assert store.client.exists(*legacy_keys) == 0
+        for view in store.views:
+            assert not list(store.client.scan_iter(match=f"{store.keys.prefix}:{view}:*", count=10_000))
+        assert check_parity(latest_db, store, sample=50).passed
+    finally:
+        store.purge()
+        store.close()

@@ -447,6 +447,59 @@ def test_score_matches_model_on_offline_features(
         assert s["decision"] == ("decline" if p >= decline else "review" if p >= review else "approve")
 
 
+def test_a_scorer_on_a_redis_cluster_scores_with_the_offline_features(
+    latest_db: str,
+    registry: FeatureRegistry,
+    model: Registered,
+    dbt_target: Path,
+    redis_cluster_url: str,
+    valkey: Valkey,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``RTML_REDIS_CLUSTER``: the online store pushed to a real Redis Cluster (three masters) and a real
+    scorer reading it there (its stream publisher too) answer exactly as on one server."""
+    prefix = f"rtmltest-serving-cluster-{uuid.uuid4().hex[:8]}"
+    store = OnlineStore(redis_cluster_url, registry, ttl_seconds=0, key_prefix=prefix, cluster=True)
+    store.push_from_postgres(latest_db, full=True)
+    env = service_env(
+        valkey=valkey,
+        database_url=latest_db,
+        model=model,
+        dbt_target=dbt_target,
+        key_prefix=prefix,
+        bentoml_home=tmp_path_factory.mktemp("bentoml-home-cluster"),
+        fail_open=False,
+    )
+    stream_key = f"{prefix}:transactions"
+    env.update(RTML_REDIS_URL=redis_cluster_url, RTML_REDIS_CLUSTER="true", RTML_STREAM_KEY=stream_key)
+    server = start_server(
+        "scorer-cluster", "service:FraudScorer", env, tmp_path_factory.mktemp("cluster-logs")
+    )
+    try:
+        pairs = sample_pairs(latest_db, 8)
+        requests = [
+            transaction(
+                p["customer"], p["merchant"], p["as_of"] + timedelta(minutes=5 + i), amount=20.5 + 11 * i
+            )
+            for i, p in enumerate(pairs)
+        ]
+        response = server.post("/score_batch", {"transactions": requests})
+        assert response.status_code == 200, response.text
+        scores = response.json()["scores"]
+        assert all(s["features_missing"] == [] and s["degraded"] is False for s in scores), scores
+        pipeline = load_pipeline(f"models:/{MODEL}/{model.first}")
+        expected = model_score(pipeline, offline_frame(latest_db, requests))
+        got = np.array([s["fraud_probability"] for s in scores])
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+        assert _health(server)["status"] == "ok", _health(server)
+        _wait_for(lambda: store.client.xlen(stream_key) == len(requests), 10, "the scored events published")
+    finally:
+        server.stop()
+        store.client.delete(stream_key)
+        store.purge()
+        store.close()
+
+
 def test_unknown_entities_score_with_defaults(servers: dict[str, Server]) -> None:
     response = servers["open"].post(
         "/score", {"transaction": transaction("c-nobody", "m-nowhere", datetime.now(UTC))}

@@ -104,9 +104,15 @@ def burst_db(scratch_database: Callable[[str], str], separate_dbt_target: Path) 
     get_registry.cache_clear()
 
 
-@pytest.fixture
-def redis_resource(redis_url: str) -> Iterator[RedisResource]:
-    resource = RedisResource(url=redis_url, key_prefix=f"rtmltest-speedread-{uuid.uuid4().hex[:8]}")
+@pytest.fixture(params=["server", "cluster"])
+def redis_resource(request: pytest.FixtureRequest, redis_url: str) -> Iterator[RedisResource]:
+    """The session's Redis, or a real Redis Cluster of three masters (``redis_cluster_url``)."""
+    cluster = request.param == "cluster"
+    resource = RedisResource(
+        url=request.getfixturevalue("redis_cluster_url") if cluster else redis_url,
+        key_prefix=f"rtmltest-speedread-{uuid.uuid4().hex[:8]}",
+        cluster=cluster,
+    )
     yield resource
     store = resource.online_store()
     store.purge()
@@ -134,6 +140,7 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
     burst_db: dict[str, Any], redis_resource: RedisResource
 ) -> None:
     url, burst, dbt = burst_db["url"], burst_db["burst"], burst_db["dbt"]
+    build_snapshot(url, W1_US, "customer_stream_snapshot")  # an earlier run moved it on to W2
     store = redis_resource.online_store()
     assert store.speed is not None  # on by default (speed_layer_enabled)
     spec = feature_spec(store.registry)
@@ -146,6 +153,13 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
         assert first["speed_layer/customers"] == customers[0] == 6  # type: ignore[index]
         assert first["speed_layer/as_of"] == from_us(W1_US).isoformat()
         assert store.speed.watermark() == (W1_US, W1_US + HORIZON_US)
+        if redis_resource.cluster:  # a view's keys in its own slot; the customers' hashes spread
+            namespace = store.current_namespaces()["customer_features"]
+            assert namespace is not None
+            slots = {store.client.keyslot(k) for k in (store.keys.pointer("customer_features"), namespace)}
+            assert len(slots) == 1
+            hashes = [store.speed.key(c) for c in [CARD, *(f"other-{c}" for c in range(5))]]
+            assert len({store.client.get_node_from_key(k).name for k in hashes}) > 1
 
         rows, float_zscore_differs = [], 0
         for index, payment in enumerate(burst):
@@ -218,7 +232,12 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
     finally:
         store.close()
 
-    off = OnlineStore(redis_resource.redis_url(), key_prefix=redis_resource.key_prefix, speed_layer=False)
+    off = OnlineStore(
+        redis_resource.redis_url(),
+        key_prefix=redis_resource.key_prefix,
+        speed_layer=False,
+        cluster=redis_resource.cluster,
+    )
     try:
         [plain] = lookup(off, [(CARD, "m-home")], fail_open=False, at=[(burst[-1].event_ts, 5.0)])
         assert plain.speed_layer == "disabled" and off.push_speed_snapshot(url) is None

@@ -9,9 +9,13 @@ tests/test_streaming_features.py's; this file is about delivery.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -33,6 +37,7 @@ from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent
 from rtml.streaming.redis_state import SpeedStore
 from rtml.streaming.worker import StateWriteRefused, StreamWorker
+from tests.redis_cluster import wait_until
 from tests.test_stream_io import client, key  # noqa: F401 (fixtures)
 from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, draw_histories
 
@@ -261,63 +266,7 @@ def test_the_demo_starts_rtml_stream_run_which_serves_metrics_and_stops_cleanly_
     assert log.read_text().splitlines()[-1].startswith("stopped: applied")
 
 
-# --- Redis Cluster ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.RedisCluster]:
-    """Three masters on loopback: Debian's redis-server in cluster mode, joined by redis-cli."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if server is None or cli is None:
-        pytest.skip("redis-server / redis-cli not found: apt-get install redis-server")
-    home = tmp_path_factory.mktemp("cluster")
-    ports = [free_port() for _ in range(3)]
-    # the bus port too (default: port + 10000, which may lie in the kernel's ephemeral range)
-    nodes = [
-        subprocess.Popen(
-            [server, "--port", str(port), "--cluster-port", str(free_port()), "--bind", "127.0.0.1",
-             "--cluster-enabled", "yes",
-             "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(home), "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        for port in ports
-    ]  # fmt: skip
-    try:
-        for port in ports:
-            wait_until(lambda p=port: redis.Redis(port=p).ping(), f"node {port} answers")  # type: ignore[misc]
-        created = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-             "--cluster-yes"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert created.returncode == 0, created.stdout + created.stderr
-        for port in ports:
-            wait_until(
-                lambda p=port: redis.Redis(port=p).cluster("info")["cluster_state"] == "ok",  # type: ignore[misc]
-                f"node {port} sees the cluster ok",
-            )
-        cluster = redis.RedisCluster(host="127.0.0.1", port=ports[0])
-        yield cluster
-        cluster.close()
-    finally:
-        for node in nodes:
-            node.terminate()
-        for node in nodes:
-            node.wait(10)
-
-
-def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except redis.exceptions.RedisError:
-            pass
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
+# --- Redis Cluster (the fixture: conftest, tests/redis_cluster.py) -----------------------------------------
 def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
     redis_cluster: redis.RedisCluster, arrivals: list[TransactionEvent]
 ) -> None:
@@ -381,3 +330,43 @@ def test_a_redis_refusing_writes_leaves_the_batch_pending_and_stops_the_worker(
     finally:
         node.terminate()
         node.wait(10)
+
+
+def test_rtml_stream_run_and_status_on_a_redis_cluster(
+    redis_cluster: redis.RedisCluster,
+    redis_cluster_url: str,
+    arrivals: list[TransactionEvent],
+    tmp_path: Path,
+) -> None:
+    """The command itself on a cluster (``RTML_REDIS_CLUSTER``): `rtml stream run` applies what was published
+    and stops cleanly; `rtml stream status` reads the group there."""
+    name = f"rtmltest:stream:{uuid.uuid4().hex[:8]}"
+    speed = SpeedStore(redis_cluster, f"rtmltest-cli-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
+    speed.push_snapshots([], W1_US, W1_US + 3 * HOUR_US)
+    env = {
+        **os.environ,
+        "RTML_REDIS_URL": redis_cluster_url,
+        "RTML_REDIS_CLUSTER": "true",
+        "RTML_STREAM_KEY": name,
+        "RTML_ONLINE_KEY_PREFIX": speed.prefix,
+        "RTML_STREAM_WORKER_METRICS_PORT": "0",
+    }
+    rtml = [sys.executable, "-m", "rtml.cli", "stream"]
+    entries = publish(redis_cluster, name, arrivals)  # type: ignore[arg-type]
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([*rtml, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: drained(redis_cluster, name, "features"), "the worker drained the stream", 60)  # type: ignore[arg-type]
+        status = subprocess.run(
+            [*rtml, "status", "--group", "features"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        found = json.loads(status.stdout)
+        assert (found["length"], found["lag"], found["pending"]) == (entries, 0, 0), found
+        assert len(found["consumers"]) == 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+    memory, _ = expected(arrivals)
+    assert_same_state(speed, memory)

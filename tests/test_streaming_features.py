@@ -7,12 +7,16 @@ each drawn example is one customer, so all examples share ONE database and two d
 else; dbt builds ``customer_features`` over all rows and ``customer_stream_snapshot`` at W1, then at W2
 (the watermark moving mid-stream). The stream era arrives out of order, with duplicates and late replays,
 in two phases around the move; the merged features at every stream transaction's time must equal
-dbt's row for that transaction in every column, exactly (NULL for NULL).
+dbt's row for that transaction in every column, exactly (NULL for NULL). Three ways the arrivals reach
+the state: in process, through Redis (the Lua APPLY), and through a real stream and consumer group where
+a worker dies mid-batch every time and a surviving ``StreamWorker`` claims its batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,16 +34,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from rtml.config import Settings
+from rtml.config import Settings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.ingest.loader import load_transactions
 from rtml.sources.schema import TRANSACTIONS
-from rtml.streaming import numeric
+from rtml.streaming import numeric, stream
 from rtml.streaming.events import DAY_US, HOUR_US, SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.features import FEATURE_COLUMNS, BeyondHorizon, NotExact, customer_features_at
 from rtml.streaming.redis_state import SpeedStore, pack_snapshot, unpack_snapshot
 from rtml.streaming.snapshot import WINDOWS_US, BatchSnapshot, fetch_snapshots
 from rtml.streaming.state import CustomerStreamState, Outcome
+from rtml.streaming.worker import StreamWorker
 
 # W1 just after 04:00 UTC: the 7-day edges and the stream both cross the night boundary (06:00)
 W1 = datetime(2026, 10, 20, 4, 17, 23, 500, tzinfo=UTC)
@@ -212,6 +217,53 @@ class RedisBackend:
         )
 
 
+class WorkerBackend(RedisBackend):
+    """The arrivals through a real stream and consumer group: each time, a worker reads half of them and
+    dies having written part of its batch (never acknowledged), and a surviving ``StreamWorker`` claims
+    that batch and processes the rest. Only counts come back from a worker, so ``apply`` returns the
+    outcomes as a multiset (sorted): the effective outcome of each arrival, what was written once."""
+
+    def __init__(self, store: SpeedStore, client: redis.Redis) -> None:
+        super().__init__(store)
+        self.client, self.key, self.deaths = client, f"{store.prefix}:stream", 0
+        self.settings = get_settings().model_copy(
+            update={
+                "stream_key": self.key,
+                "online_key_prefix": store.prefix,
+                "stream_worker_batch_events": 32,
+                "stream_claim_idle_ms": 1,
+            }
+        )
+        self.survivor = StreamWorker(client, self.settings, consumer="survives")
+
+    def apply(self, events: list[TransactionEvent]) -> list[Outcome]:
+        stream.publish(self.client, self.key, events, retention_s=3600)
+        group, self.deaths = self.settings.stream_worker_group, self.deaths + 1
+        dying = f"dies-{self.deaths}"
+        batch = stream.read_new(self.client, self.key, group, dying, max(1, len(events) // 2), None)
+        parsed = [TransactionEvent.from_fields(entry.fields) for entry in batch]
+        watermark = self.store.watermark()
+        assert watermark is not None
+        written = Counter(self.store.apply_many(parsed[: len(parsed) // 2 + 1], watermark[0]))
+        before = dataclasses.replace(self.survivor.counts)
+        time.sleep(0.002)  # idle past stream_claim_idle_ms: the dead consumer's batch is claimable
+        while not drained(self.client, self.key, group):
+            self.survivor.process_once(block_ms=5)
+        counts = self.survivor.counts
+        assert counts.claimed - before.claimed == len(batch)
+        # the survivor processed every entry once; what the dead worker had applied came back duplicate
+        applied = counts.applied - before.applied + written[Outcome.APPLIED]
+        duplicate = counts.duplicate - before.duplicate - written[Outcome.APPLIED]
+        late = counts.late - before.late
+        assert applied + duplicate + late == len(events)
+        return sorted([Outcome.APPLIED] * applied + [Outcome.DUPLICATE] * duplicate + [Outcome.LATE] * late)
+
+
+def drained(client: redis.Redis, key: str, group: str) -> bool:
+    info = next((g for g in client.xinfo_groups(key) if g["name"].decode() == group), None)
+    return info is not None and info["pending"] == 0 and info["lag"] == 0
+
+
 Backend = MemoryBackend | RedisBackend
 
 
@@ -249,7 +301,7 @@ def parity_world(scratch_database: Callable[[str], str], separate_dbt_target: Pa
     return {"worlds": worlds, "first": first, "second": second, "dbt": dbt}
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "workers"])
 def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
@@ -257,9 +309,10 @@ def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]
     client = redis.Redis.from_url(redis_url)
     store = SpeedStore(client, f"rtmltest-speed-{uuid.uuid4().hex[:8]}")
     try:
-        yield RedisBackend(store)
+        yield RedisBackend(store) if request.param == "redis" else WorkerBackend(store, client)
     finally:
         store.purge()
+        client.delete(f"{store.prefix}:stream")
         client.close()
 
 
@@ -284,7 +337,8 @@ def test_stream_features_equal_dbt_across_a_moving_watermark(
             else:
                 expected.append(Outcome.APPLIED)
                 seen.add(event.transaction_id)
-        assert backend.apply(arrivals) == expected
+        got = backend.apply(arrivals)
+        assert got == (sorted(expected) if isinstance(backend, WorkerBackend) else expected)
         outcomes.update(expected)
 
     def check(events: list[TransactionEvent], phase: str) -> None:

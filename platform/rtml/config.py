@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         description="Redis URL of the online feature store (for example `redis://127.0.0.1:6379/0`). "
         "Unset: `rtml up` starts an embedded Redis-compatible server (Valkey) under the data directory.",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="`redis_url` names a node of a Redis Cluster: the online store, the speed layer, the "
+        "stream and its workers connect with redis-py's cluster client (each view's keys share one hash "
+        'slot, each customer\'s speed-layer hash another; README, "Scaling out").',
+    )
 
     dagster_database: str = Field("dagster", description="Database for Dagster's run and event storage.")
     mlflow_database: str = Field(
@@ -164,8 +170,10 @@ class Settings(BaseSettings):
     # --- online feature store -----------------------------------------------------------------------
     online_key_prefix: str = Field(
         "rtml",
-        description="Prefix of every Redis key of the online store (`{prefix}:{view}:current` points at "
-        "the current namespace `{prefix}:{view}:v{version}:{fingerprint}:{build}`).",
+        description="Prefix of every Redis key of the online store (`{prefix}:{<view>}:current` points at "
+        "the current namespace `{prefix}:{<view>}:v{version}:{fingerprint}:{build}`; the braces are "
+        "literal: the view's hash tag on a Redis Cluster). No braces in the prefix itself.",
+        pattern=r"^[^{}]+$",
     )
     online_ttl_seconds: int = Field(
         7 * 86_400,

@@ -52,15 +52,18 @@ def traffic(
     settings = get_settings()
     publisher = None
     if publish:
-        import redis
-
+        from rtml.redis_client import connect
         from rtml.streaming.publisher import EventPublisher, no_retries
 
         if not settings.redis_url:
             raise typer.BadParameter("--publish needs RTML_REDIS_URL (the stream's Redis)")
         publisher = EventPublisher(
-            redis.Redis.from_url(
-                settings.redis_url, socket_timeout=5, socket_connect_timeout=5, retry=no_retries()
+            connect(
+                settings.redis_url,
+                cluster=settings.redis_cluster,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+                retry=no_retries(),
             ),
             settings.stream_key,
             retention_s=settings.stream_retention_hours * 3600,

@@ -11,11 +11,12 @@ import threading
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import redis
 import typer
 
 from rtml.config import Settings, get_settings, redact
+from rtml.redis_client import connect
 from rtml.services.processes import Sessions, spawn
 
 stream_app = typer.Typer(
@@ -24,11 +25,13 @@ stream_app = typer.Typer(
 )
 
 
-def _redis(settings: Settings) -> redis.Redis:
+def _redis(settings: Settings) -> Any:
 
     if not settings.redis_url:
         raise typer.BadParameter("RTML_REDIS_URL is not set (the stream lives on the online store's Redis)")
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return connect(
+        settings.redis_url, cluster=settings.redis_cluster, socket_timeout=10, socket_connect_timeout=5
+    )
 
 
 @stream_app.command("publish")

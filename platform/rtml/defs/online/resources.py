@@ -16,12 +16,14 @@ class RedisResource(dg.ConfigurableResource):
     url: str | None = None
     key_prefix: str | None = None
     """Unset: ``online_key_prefix``."""
+    cluster: bool | None = None
+    """``url`` is a node of a Redis Cluster (unset: ``redis_cluster``)."""
 
     def redis_url(self) -> str:
         return self.url or LocalStack(get_settings()).info().redis_url
 
     def online_store(self) -> OnlineStore:
-        return OnlineStore(self.redis_url(), key_prefix=self.key_prefix)
+        return OnlineStore(self.redis_url(), key_prefix=self.key_prefix, cluster=self.cluster)
 
 
 defs = dg.Definitions(resources={"redis": RedisResource()})

@@ -58,7 +58,7 @@ class Digests:
         return pd.Index(self.ids.to_numpy(zero_copy_only=False))
 
 
-def load_digests(client: redis.Redis, namespace: str) -> Digests:
+def load_digests(client: redis.Redis | redis.RedisCluster, namespace: str) -> Digests:
     chunks = client.lrange(Keys.digests(namespace), 0, -1)
     if not chunks:
         return Digests.empty()
@@ -67,7 +67,9 @@ def load_digests(client: redis.Redis, namespace: str) -> Digests:
     return Digests(table.column("id").combine_chunks(), table.column("digest").to_numpy())
 
 
-def store_digests(client: redis.Redis, namespace: str, ids: pa.Array, digests: np.ndarray) -> None:
+def store_digests(
+    client: redis.Redis | redis.RedisCluster, namespace: str, ids: pa.Array, digests: np.ndarray
+) -> None:
     """Replace the namespace's digests (one transaction)."""
     key = Keys.digests(namespace)
     pipe = client.pipeline(transaction=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from rtml.features.online.source import has_rows
 from rtml.features.online.store import OnlineStore
 from rtml.monitoring.metrics import Sample
@@ -24,7 +26,7 @@ class StoreHealth:
     pointers: dict[str, str | None]
     """View → the namespace its pointer names (None: gone)."""
     redis_run_id: str
-    """Redis' ``run_id`` (INFO server): a new one after every restart."""
+    """Redis' ``run_id`` (INFO server): a new one after every restart (a cluster: its primaries')."""
     speed_layer_present: bool | None = None
     """Whether the speed layer's newest watermark is there (None: the speed layer is off)."""
 
@@ -38,9 +40,13 @@ class StoreHealth:
 def store_health(store: OnlineStore) -> StoreHealth:
     """The views' pointers and the server's run id (``redis.exceptions.RedisError`` when Redis does not
     answer)."""
-    info: dict[str, Any] = store.client.info("server")
+    if store.cluster:
+        primaries: dict[str, Any] = store.client.info("server", target_nodes=redis.RedisCluster.PRIMARIES)
+        run_id = ",".join(sorted(str(info.get("run_id", "")) for info in primaries.values()))
+    else:
+        run_id = str(store.client.info("server").get("run_id", ""))
     speed = None if store.speed is None else store.speed.watermark() is not None
-    return StoreHealth(store.current_namespaces(), str(info.get("run_id", "")), speed)
+    return StoreHealth(store.current_namespaces(), run_id, speed)
 
 
 def views_with_rows(database_url: str, store: OnlineStore) -> list[str]:

@@ -2,12 +2,13 @@
 
 One Lua script (``EVALSHA``, loaded once) resolves each view's current namespace and ``HMGET``s the
 entity hashes. A script runs atomically, so a read never straddles a version switch. The hash keys
-are computed inside the script (they depend on the pointer), which is fine on a single Redis server;
-on Redis Cluster the views' keys would need one hash tag per view.
+are computed inside the script (they depend on the pointer): each lies in its view's hash slot
+(``keys``), so on a Redis Cluster a script per view does the same (``OnlineStore`` pipelines them).
 
 With the speed layer (``read_script(..., speed=True)``) the same call also returns each customer's
 speed-layer hash (``rtml.streaming.redis_state``: batch snapshot, watermark, stream events) and the
-newest snapshot's watermark, so the scorer's exact read stays one round trip (docs/streaming.md).
+newest snapshot's watermark, so the scorer's exact read stays one round trip (docs/streaming.md). On a
+cluster those hashes (a slot per customer) are read by ``HGETALL``s in the same pipeline.
 """
 
 from __future__ import annotations
@@ -19,25 +20,27 @@ from typing import Any
 from rtml.features.online.schema import OnlineView
 
 READ_SCRIPT_TEMPLATE = """
--- KEYS: the customer view's and the merchant view's pointer keys; with the speed layer, third, its
--- meta key ``{prefix}:speed:meta`` (a customer's speed hash is ``{prefix}:speed:{<customer id>}``).
--- ARGV: customer id, merchant id, customer id, merchant id, ... (one pair per scored transaction).
+-- KEYS: each view's pointer key (customer, merchant; on a Redis Cluster one view per script); with the
+-- speed layer, next, its meta key ``{prefix}:speed:meta`` (a customer's speed hash is
+-- ``{prefix}:speed:{<customer id>}``).
+-- ARGV: one id per view in turn (customer id, merchant id, customer id, ...: one pair per transaction).
 -- The hash fields to read are part of the script (read_script()), so a call sends only the ids.
--- Returns {customer namespace, merchant namespace, records}: one string for all entities (records
--- separated by \\x1d, '+' and the values joined by \\x1e for a found entity, '-' for an unknown
--- one). One bulk string instead of a nested array: redis-py's pure-Python parser would spend most
--- of a read on the array. With the speed layer, two more: the meta's 'as_of_us|valid_until_us' (''
+-- Returns {one namespace per view, records}: one string for all entities (records separated by
+-- \\x1d, '+' and the values joined by \\x1e for a found entity, '-' for an unknown one). One bulk
+-- string instead of a nested array: redis-py's pure-Python parser would spend most of a read on the
+-- array. With the speed layer, two more: the meta's 'as_of_us|valid_until_us' (''
 -- before the first snapshot push) and, per customer, its speed hash's HGETALL joined by \\x1e
 -- (fields and values alternating; '' for none), customers separated by \\x1d.
 local fields = {FIELDS}
 local speed = {SPEED}
+local views = #fields
 local namespaces, out, records = {}, {}, {}
-for v = 1, 2 do
+for v = 1, views do
   namespaces[v] = redis.call('GET', KEYS[v])
   out[v] = namespaces[v] or ''
 end
 for i = 1, #ARGV do
-  local v = 2 - (i % 2)
+  local v = (i - 1) % views + 1
   local ns = namespaces[v]
   local values = ns and redis.call('HMGET', ns .. ':e:' .. ARGV[i], unpack(fields[v]))
   if values and values[1] then
@@ -47,30 +50,31 @@ for i = 1, #ARGV do
     records[#records + 1] = '-'
   end
 end
-out[3] = table.concat(records, '\\29')
+out[views + 1] = table.concat(records, '\\29')
 if speed then
-  local meta = redis.call('HMGET', KEYS[3], 'as_of_us', 'valid_until_us')
-  out[4] = meta[1] and (meta[1] .. '|' .. meta[2]) or ''
-  local base = string.sub(KEYS[3], 1, -5)  -- '{prefix}:speed:' (the meta key without 'meta')
+  local meta = redis.call('HMGET', KEYS[views + 1], 'as_of_us', 'valid_until_us')
+  out[views + 2] = meta[1] and (meta[1] .. '|' .. meta[2]) or ''
+  local base = string.sub(KEYS[views + 1], 1, -5)  -- '{prefix}:speed:' (the meta key without 'meta')
   local states = {}
-  for i = 1, #ARGV, 2 do
+  for i = 1, #ARGV, views do
     states[#states + 1] = table.concat(redis.call('HGETALL', base .. '{' .. ARGV[i] .. '}'), '\\30')
   end
-  out[5] = table.concat(states, '\\29')
+  out[views + 3] = table.concat(states, '\\29')
 end
 return out
 """
 
 
-def read_script(customer: OnlineView, merchant: OnlineView, *, speed: bool = False) -> str:
-    """The read script for these two views (their positional field ids written into it); ``speed``:
-    the speed layer's state too (a third key: its meta key)."""
+def read_script(*views: OnlineView, speed: bool = False) -> str:
+    """The read script for these views (their positional field ids written into it), read in this
+    order; ``speed``: the speed layer's state too (its meta key after the pointers; the first view's
+    ids are the customers)."""
 
     def lua_list(ids: list[str]) -> str:
         return "{" + ", ".join(f"'{field_id}'" for field_id in ids) + "}"
 
     return READ_SCRIPT_TEMPLATE.replace(
-        "{FIELDS}", "{" + lua_list(customer.field_ids) + ", " + lua_list(merchant.field_ids) + "}"
+        "{FIELDS}", "{" + ", ".join(lua_list(view.field_ids) for view in views) + "}"
     ).replace("{SPEED}", "true" if speed else "false")
 
 

@@ -7,7 +7,8 @@
     store.push_speed_snapshot(database_url)           # customer_stream_snapshot → the speed layer
 
 Redis connection and timeout errors propagate (``redis.exceptions.ConnectionError`` /
-``TimeoutError``): the scoring service decides between failing open and closed.
+``TimeoutError``; on a cluster also ``ClusterError``): the scoring service decides between failing open
+and closed. With ``redis_cluster`` the store works on a Redis Cluster (README, "Scaling out").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import OnlineWriter, PushResult
 from rtml.features.registry import FeatureRegistry, get_registry
 from rtml.features.request_features import EXACT_AT
+from rtml.redis_client import connect, load_scripts
 from rtml.streaming.events import from_us, to_us
 from rtml.streaming.features import BeyondHorizon, NotExact
 from rtml.streaming.redis_state import SpeedStore, exact_features
@@ -74,6 +76,7 @@ class OnlineStore:
         batch_entities: int | None = None,
         max_removal_share: float | None = None,
         speed_layer: bool | None = None,
+        cluster: bool | None = None,
     ) -> None:
         """``ttl_seconds``: how long a push stays readable without the next one (the views' pointers
         expire; unset: ``online_ttl_seconds``; 0: never).
@@ -81,8 +84,11 @@ class OnlineStore:
         ``redis_socket_timeout_ms``).
         ``max_removal_share``: the largest share of a view's entities a push may remove (unset:
         ``online_max_removal_share``; see ``writer``).
-        ``speed_layer``: merge the stream's state in ``read_at`` (unset: ``speed_layer_enabled``)."""
+        ``speed_layer``: merge the stream's state in ``read_at`` (unset: ``speed_layer_enabled``).
+        ``cluster``: ``redis_url`` is a node of a Redis Cluster (unset: ``redis_cluster``)."""
         settings = get_settings()
+        self.redis_url = redis_url
+        self.cluster = settings.redis_cluster if cluster is None else cluster
         self.registry = registry or get_registry()
         self.views: dict[str, OnlineView] = online_views(self.registry)
         self.customer_view = self.views[CUSTOMER_VIEW]
@@ -93,9 +99,11 @@ class OnlineStore:
         timeout = (
             socket_timeout_ms if socket_timeout_ms is not None else settings.redis_socket_timeout_ms
         ) / 1000
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.client = connect(
+            redis_url, cluster=self.cluster, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         # bulk writes wait long for a busy server, but not forever for a dead one
-        self._bulk_client = redis.Redis.from_url(redis_url, socket_timeout=BULK_SOCKET_TIMEOUT_S)
+        self._bulk_client = connect(redis_url, cluster=self.cluster, socket_timeout=BULK_SOCKET_TIMEOUT_S)
         self._batch_entities = batch_entities or settings.online_push_batch_entities
         self.max_removal_share = (
             settings.online_max_removal_share if max_removal_share is None else max_removal_share
@@ -104,17 +112,27 @@ class OnlineStore:
         self._speed_script = self.client.register_script(
             read_script(self.customer_view, self.merchant_view, speed=True)
         )
+        # on a cluster: one read script per view (a view's keys share its slot), pipelined
+        views = (self.customer_view, self.merchant_view)
+        self._view_scripts = [self.client.register_script(read_script(view)) for view in views]
         enabled = settings.speed_layer_enabled if speed_layer is None else speed_layer
-        self.speed: SpeedStore | None = SpeedStore(self.client, self.keys.prefix) if enabled else None
+        speed_store = SpeedStore(self.client, self.keys.prefix)
+        self.speed: SpeedStore | None = speed_store if enabled else None
         self._read_lock = threading.Lock()
         self._read_connection: Any = None  # a redis-py Connection, made on the first read
         self._pointer_keys = [
             self.keys.pointer(view.name) for view in (self.customer_view, self.merchant_view)
         ]
-        self._speed_keys = [*self._pointer_keys, SpeedStore(self.client, self.keys.prefix).meta_key]
+        self._speed_keys = [*self._pointer_keys, speed_store.meta_key]
+        if self.cluster:
+            self._load_view_scripts()
         # probe(): no retries (redis-py retries 3 times by default), so a probe ends within one timeout
-        self._probe_client = redis.Redis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        self._probe_client = connect(
+            redis_url,
+            cluster=self.cluster,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
 
     # --- reading --------------------------------------------------------------------------------
@@ -145,17 +163,13 @@ class OnlineStore:
         earlier events); ``speed_layer`` says ``merged``, or why the batch values stay
         (``beyond_horizon``, ``not_exact``; ``disabled`` without the speed layer or ``at``)."""
         speed = self.speed is not None and at is not None
-        ids = [entity_id for pair in pairs for entity_id in pair]
-        reply = self._evalsha(self._speed_script if speed else self._script, ids)
-        versions = {
-            self.customer_view.name: reply[0].decode(),
-            self.merchant_view.name: reply[1].decode(),
-        }
-        records = reply[2].split(RECORD_SEPARATOR)
+        reply = self._read_cluster(pairs, speed) if self.cluster else self._read_server(pairs, speed)
+        names = (self.customer_view.name, self.merchant_view.name)
+        versions = dict(zip(names, reply.namespaces, strict=True))
         results = []
         for index in range(len(pairs)):
-            customer = decode_entity(self.customer_view, records[2 * index])
-            merchant = decode_entity(self.merchant_view, records[2 * index + 1])
+            customer = decode_entity(self.customer_view, reply.records[2 * index])
+            merchant = decode_entity(self.merchant_view, reply.records[2 * index + 1])
             missing = [
                 name for name, found in (("customer", customer), ("merchant", merchant)) if found is None
             ]
@@ -168,19 +182,75 @@ class OnlineStore:
                 )
             )
         if at is not None and speed:
-            meta = reply[3].decode()
-            as_of, _, valid_until = meta.partition("|")
-            watermark = (int(as_of), int(valid_until)) if meta else None
-            states = reply[4].decode().split(RECORD_SEPARATOR.decode())
-            for features, (customer_id, merchant_id), (event_ts, amount), state in zip(
-                results, pairs, at, states, strict=True
+            for features, (customer_id, merchant_id), (event_ts, amount), fields in zip(
+                results, pairs, at, reply.speed_states, strict=True
             ):
-                values = state.split(VALUE_SEPARATOR.decode()) if state else []
-                fields = dict(zip(values[::2], values[1::2], strict=True))
-                _merge(features, customer_id, merchant_id, event_ts, amount, fields, watermark)
+                _merge(features, customer_id, merchant_id, event_ts, amount, fields, reply.watermark)
                 if fields and features.speed_layer == "merged" and "customer" in features.missing:
                     features.missing.remove("customer")  # a new card: the stream knows it, exactly
         return results
+
+    def _read_server(self, pairs: Sequence[tuple[str, str]], speed: bool) -> _Reply:
+        """One server: the read script over both views (and the speed layer), one ``EVALSHA``."""
+        ids = [entity_id for pair in pairs for entity_id in pair]
+        reply = self._evalsha(self._speed_script if speed else self._script, ids)
+        result = _Reply([reply[0].decode(), reply[1].decode()], reply[2].split(RECORD_SEPARATOR))
+        if speed:
+            meta = reply[3].decode()
+            as_of, _, valid_until = meta.partition("|")
+            result.watermark = (int(as_of), int(valid_until)) if meta else None
+            for state in reply[4].split(RECORD_SEPARATOR):
+                values = state.decode().split(VALUE_SEPARATOR.decode()) if state else []
+                result.speed_states.append(dict(zip(values[::2], values[1::2], strict=True)))
+        return result
+
+    def _read_cluster(self, pairs: Sequence[tuple[str, str]], speed: bool) -> _Reply:
+        """A Redis Cluster: the read script of each view (pointer and entities in the view's slot) and,
+        with the speed layer, the meta and each customer's hash (a slot per customer), in ONE cluster
+        pipeline (redis-py sends to every node concerned, then reads the replies). Each view is read
+        atomically; the two views apart (a push switches them one after the other there)."""
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", script.sha, 1, key, *ids)
+            for script, key, ids in zip(
+                self._view_scripts, self._pointer_keys, zip(*pairs, strict=True), strict=True
+            )
+        ]
+        if speed:
+            assert self.speed is not None
+            commands.append(("HMGET", self.speed.meta_key, "as_of_us", "valid_until_us"))
+            commands += [("HGETALL", self.speed.key(customer_id)) for customer_id, _ in pairs]
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            try:
+                replies = pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:  # a primary restarted or failed over: load again
+                if attempt == 2:
+                    raise
+                self._load_view_scripts()
+        (customer_ns, customer_records), (merchant_ns, merchant_records) = replies[0], replies[1]
+        records = [
+            record
+            for pair in zip(
+                customer_records.split(RECORD_SEPARATOR),
+                merchant_records.split(RECORD_SEPARATOR),
+                strict=True,
+            )
+            for record in pair
+        ]
+        result = _Reply([customer_ns.decode(), merchant_ns.decode()], records)
+        if speed:
+            as_of, valid_until = replies[2]
+            result.watermark = None if as_of is None else (int(as_of), int(valid_until))
+            result.speed_states = [
+                {key.decode(): value.decode() for key, value in state.items()} for state in replies[3:]
+            ]
+        return result
+
+    def _load_view_scripts(self) -> None:
+        load_scripts(self.client, *(script.script for script in self._view_scripts))
 
     def _evalsha(self, script: Any, args: list[str]) -> Any:
         """A read script on a connection of its own: redis-py's command path around it (connection
@@ -221,14 +291,14 @@ class OnlineStore:
         connection of its own with no retry: the scoring service's health probe, off the request path.
         Raises redis-py's ``ConnectionError`` / ``TimeoutError`` as a read would."""
         views = (self.customer_view.name, self.merchant_view.name)
-        values = self._probe_client.mget(self._pointer_keys)
+        values = _mget(self._probe_client, self._pointer_keys)
         return {
             view: value.decode() if isinstance(value, bytes) else value
             for view, value in zip(views, values, strict=True)
         }
 
     def current_namespaces(self) -> dict[str, str | None]:
-        values = self.client.mget([self.keys.pointer(name) for name in self.views])
+        values = _mget(self.client, [self.keys.pointer(name) for name in self.views])
         return {
             name: value.decode() if isinstance(value, bytes) else value
             for name, value in zip(self.views, values, strict=True)
@@ -240,7 +310,7 @@ class OnlineStore:
         if not namespace:
             return {}
         raw = self.client.hgetall(Keys.meta(namespace))
-        return {key.decode(): value.decode() for key, value in raw.items()}  # type: ignore[union-attr]
+        return {key.decode(): value.decode() for key, value in raw.items()}
 
     # --- writing --------------------------------------------------------------------------------
     def writer(self) -> OnlineWriter:
@@ -314,6 +384,26 @@ class OnlineStore:
         self.client.close()
         self._bulk_client.close()
         self._probe_client.close()
+
+
+@dataclass
+class _Reply:
+    """A read's reply, from one server or a cluster."""
+
+    namespaces: list[str]
+    """Per view (customer, merchant): the namespace read ('' without a pointer)."""
+    records: list[bytes]
+    """The entities' records, customer and merchant of each pair in turn (``reader.decode_entity``)."""
+    watermark: tuple[int, int] | None = None
+    speed_states: list[dict[str, str]] = field(default_factory=list)
+    """Per pair: the customer's speed-layer hash (empty: none)."""
+
+
+def _mget(client: Any, keys: list[str]) -> list[Any]:
+    """``MGET`` of keys that may lie in different slots of a cluster (there: one ``GET`` per slot)."""
+    if isinstance(client, redis.RedisCluster):
+        return list(client.mget_nonatomic(keys))
+    return list(client.mget(keys))
 
 
 def _merge(

@@ -3,7 +3,9 @@
 Full push (first push, a new shape, or asked for): every entity is written into a NEW namespace, then
 the views' pointers are switched in one ``MULTI``/``EXEC`` (atomic), then the old namespaces are deleted.
 Readers resolve the pointer and read the hashes inside one Lua script (``reader``), so they see the
-old complete set or the new complete set, never a mix.
+old complete set or the new complete set, never a mix. On a Redis Cluster each view's keys share a slot
+(``keys``): a view's bulk writes go to its primary, and the views switch one after the other (a read
+between sees each view complete, the customer view of the new push and the merchant view of the old).
 
 Incremental push (same shape as the current namespace): each entity's digest of its stored values is
 compared with the digest kept in ``{ns}:digests`` (see ``digests``); only changed entities are
@@ -45,6 +47,7 @@ from rtml.features.online import resp
 from rtml.features.online.digests import Digests, digests_of, load_digests, store_digests
 from rtml.features.online.keys import Keys
 from rtml.features.online.schema import OnlineView
+from rtml.redis_client import is_cluster
 
 Mode = Literal["full", "incremental"]
 LOCK_SECONDS = 3600
@@ -146,7 +149,7 @@ class _Plan:
 class OnlineWriter:
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.RedisCluster,
         keys: Keys,
         *,
         ttl_seconds: int | None,
@@ -203,8 +206,9 @@ class OnlineWriter:
                 push.previous_namespace = plan.current
                 self._write_meta(push, table, view, manifest_hash)
                 result.views[name] = push
-            # the switch (and TTL refresh): one MULTI/EXEC, atomic for all views at once
-            switch = self.client.pipeline(transaction=True)
+            # the switch (and TTL refresh): one MULTI/EXEC, atomic for all views at once; on a cluster
+            # the views' pointers lie in different slots: one after the other (each view is complete)
+            switch = self.client.pipeline(transaction=not is_cluster(self.client))
             for pointer, namespace in pointers.items():
                 switch.set(pointer, namespace, ex=self.ttl_seconds)
             switch.execute()
@@ -240,7 +244,7 @@ class OnlineWriter:
         push = ViewPush(view.name, namespace, "full", table.num_rows)
         digests: list[np.ndarray] = []
         push.bytes_sent = self._send_batches(
-            self._entity_batches(view, table, namespace, None, push, digests)
+            namespace, self._entity_batches(view, table, namespace, None, push, digests)
         )
         self._store_digests(view, table, namespace, digests)
         push.seconds = time.perf_counter() - started
@@ -252,11 +256,13 @@ class OnlineWriter:
         push = ViewPush(view.name, namespace, "incremental", table.num_rows)
         digests: list[np.ndarray] = []
         push.bytes_sent = self._send_batches(
-            self._entity_batches(view, table, namespace, previous, push, digests)
+            namespace, self._entity_batches(view, table, namespace, previous, push, digests)
         )
         if len(plan.vanished):
             keys = pc.binary_join_element_wise(Keys.entity_prefix(namespace), plan.vanished, "")
-            push.bytes_sent += self._send_batches(iter([(resp.variadic_command("UNLINK", [], [keys]), 1)]))
+            push.bytes_sent += self._send_batches(
+                namespace, iter([(resp.variadic_command("UNLINK", [], [keys]), 1)])
+            )
         self._store_digests(view, table, namespace, digests)
         push.seconds = time.perf_counter() - started
         return push
@@ -317,11 +323,15 @@ class OnlineWriter:
                 push.written += len(batch_ids)
                 yield resp.concatenated(resp.hset_commands(keys, len(view.fields), bodies)), len(batch_ids)
 
-    def _send_batches(self, batches: Iterator[tuple[bytes, int]]) -> int:
-        """Send each batch and wait for its replies in a background thread while the caller's thread
-        encodes the next batch: Redis's work on batch k overlaps the encoding of batch k + 1 (socket
-        I/O and the pyarrow kernels release the GIL)."""
-        pool = self.client.connection_pool  # a connection of its own, outside the pool
+    def _send_batches(self, namespace: str, batches: Iterator[tuple[bytes, int]]) -> int:
+        """Send each batch (commands on keys of ``namespace``) and wait for its replies in a background
+        thread while the caller's thread encodes the next batch: Redis's work on batch k overlaps the
+        encoding of batch k + 1 (socket I/O and the pyarrow kernels release the GIL). On a cluster, to
+        the primary of the namespace's slot (every key of a view shares it)."""
+        if isinstance(self.client, redis.RedisCluster):
+            pool = self.client.get_node_from_key(namespace).redis_connection.connection_pool
+        else:
+            pool = self.client.connection_pool  # a connection of its own, outside the pool
         channel = resp.BulkChannel(pool.connection_class(**pool.connection_kwargs))
         sent = 0
         try:
@@ -340,13 +350,20 @@ class OnlineWriter:
 
     # --- clean-up -------------------------------------------------------------------------------
     def delete_stale_namespaces(self, view: str) -> list[str]:
-        """Delete every namespace of ``view`` but the current one (old builds, failed builds)."""
+        """Delete every namespace of ``view`` but the current one (old builds, failed builds), and those of
+        the layout before the views' hash tags (``Keys.legacy``)."""
         current = self._current(view)
         members = {m.decode() for m in self.client.smembers(self.keys.namespaces(view))}  # type: ignore[union-attr]
         stale = sorted(members - {current} if current else members)
         for namespace in stale:
             self.delete_namespace(view, namespace)
-        return stale
+        legacy_pointer, legacy_set = self.keys.legacy(view)
+        legacy = sorted(m.decode() for m in self.client.smembers(legacy_set))  # type: ignore[union-attr]
+        for namespace in legacy:
+            self.delete_namespace(view, namespace)
+        if legacy:
+            self.client.unlink(legacy_pointer, legacy_set)
+        return stale + legacy
 
     def delete_namespace(self, view: str, namespace: str) -> None:
         ids = load_digests(self.client, namespace).ids
@@ -356,6 +373,6 @@ class OnlineWriter:
             (resp.variadic_command("UNLINK", [], [keys.slice(start, step)]), 1)
             for start in range(0, len(keys), step)
         )
-        self._send_batches(batches)
+        self._send_batches(namespace, batches)
         self.client.unlink(Keys.digests(namespace), Keys.meta(namespace))
         self.client.srem(self.keys.namespaces(view), namespace)
