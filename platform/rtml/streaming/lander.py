@@ -95,8 +95,8 @@ class LanderMetrics:
         )
         self.batches = Counter(
             "rtml_stream_lander_batches_total",
-            "Micro-batches by result: committed (loaded and acknowledged), failed (rolled back, not "
-            "acknowledged: landed again on the next attempt).",
+            "Micro-batches by result: committed (loaded and acknowledged), failed (rolled back, or "
+            "committed and not acknowledged: landed again on the next attempt).",
             ["result"],
             registry=self.registry,
         )
