@@ -187,10 +187,13 @@ def monitoring_stack(
     work: Path,
     interval: str = "1s",
     stream_worker_env: dict[str, str] | None = None,
+    stream_lander_env: dict[str, str] | None = None,
 ) -> Iterator[MonitoringStack]:
     """Everything ``monitoring/prometheus/prometheus.yml`` scrapes, on this machine: the scorer, a
-    Pushgateway, node/redis/postgres exporters, and with ``stream_worker_env`` a stream worker (``rtml
-    stream run`` in that environment, applying what the scorers publish); Prometheus evaluating the
+    Pushgateway, node/redis/postgres exporters, with ``stream_worker_env`` a stream worker (``rtml
+    stream run`` in that environment, applying what the scorers publish) and with ``stream_lander_env`` a
+    lander (``rtml stream land``, landing it; the environment sets ``RTML_TRANSACTIONS_FEED=stream`` and
+    its database); Prometheus evaluating the
     repository's rules every ``interval`` and sending alerts to an Alertmanager whose route is the
     repository's, with the webhook URL pointed at the test's receiver."""
     started: list[Process] = []
@@ -272,6 +275,18 @@ def monitoring_stack(
                 )
                 started.append(worker)
                 targets["stream-worker"] = [worker.url]
+            if stream_lander_env is not None:
+                port = free_port()
+                lander = start(
+                    "stream-lander",
+                    [sys.executable, "-m", "rtml.cli", "stream", "land", "--metrics-port", str(port)],
+                    f"http://127.0.0.1:{port}",
+                    "/metrics",
+                    work,
+                    stream_lander_env,
+                )
+                started.append(lander)
+                targets["stream-lander"] = [lander.url]
             config = {
                 "global": {"scrape_interval": interval, "evaluation_interval": interval},
                 "rule_files": [str(MONITORING / "prometheus" / "rules" / "*.yml")],

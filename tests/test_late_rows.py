@@ -10,6 +10,9 @@ tables) must give exactly what a full refresh of the same raw data gives.
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,10 +20,19 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import psycopg
+import pytest
+import redis
 
 from rtml.config import get_settings
 from rtml.definitions import defs
-from rtml.defs.features.sensors import LATE_ROWS_FILES_TAG, RANGE_TAGS, late_rows_job, late_rows_sensor
+from rtml.defs.features.sensors import (
+    LATE_ROWS_FILES_TAG,
+    LATE_ROWS_STREAM_TAG,
+    RANGE_TAGS,
+    LateRowsCursor,
+    late_rows_job,
+    late_rows_sensor,
+)
 from rtml.defs.ingestion.assets import transactions_landing
 from rtml.defs.ingestion.partitions import landing_file_partitions
 from rtml.defs.resources import PostgresResource
@@ -28,6 +40,10 @@ from rtml.features.dbt import run_dbt, window_env
 from rtml.features.late_rows import rebuild_window
 from rtml.features.sample_data import load_sample, simulated_frames
 from rtml.sources.schema import TRANSACTIONS
+from rtml.streaming import lander as lander_module
+from rtml.streaming import stream
+from rtml.streaming.events import TransactionEvent, to_us
+from rtml.streaming.lander import Lander
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 4
@@ -178,3 +194,142 @@ def test_landing_file_of_a_past_day_reaches_its_features_and_later_windows(
     full = _snapshot(url)
     for table in TABLES:
         pd.testing.assert_frame_equal(rebuilt[table], full[table], obj=table)
+
+
+# --- late rows of the stream's lander (transactions_feed=stream) --------------------------------------------
+def _stream_event(n: int, at: datetime, prefix: str) -> TransactionEvent:
+    return TransactionEvent(
+        transaction_id=f"{prefix}{n:04d}",
+        customer_id=f"c{n % 5}",
+        merchant_id=f"m{n % 3}",
+        amount=10.0 + n,
+        event_ts_us=to_us(at),
+        merchant_category="grocery",
+        currency="EUR",
+        channel="pos",
+        country="DE",
+    )
+
+
+def test_late_rows_cursor_reads_the_integer_cursor_of_earlier_versions() -> None:
+    assert LateRowsCursor.parse(None) == LateRowsCursor()
+    assert LateRowsCursor.parse("42") == LateRowsCursor(42, None)
+    position = LateRowsCursor(42, datetime(2026, 12, 5, 23, 1, 2, 345678, tzinfo=UTC))
+    assert LateRowsCursor.parse(str(position)) == position
+
+
+def test_stream_rows_landed_after_their_hour_was_built_request_one_rebuild(
+    scratch_database: Callable[[str], str],
+    separate_dbt_target: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream-fed world: a real lander lands the stream's events into raw.transactions, dbt builds
+    ``stg_transactions`` over them (hours 09:00-11:00 built). Then the late-rows sensor, on the lander's
+    receipts in ``raw.loads``: rows for a built hour → one run over that hour and the later built ones;
+    rows for an unbuilt hour → nothing; rows the build saw → nothing; a micro-batch whose load is still
+    open while the sensor looks is not passed over."""
+    url = scratch_database("late_stream")
+    client = redis.Redis.from_url(redis_url)
+    key = f"rtmltest:late:{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RTML_TRANSACTIONS_FEED", "stream")
+    get_settings.cache_clear()
+    settings = get_settings().model_copy(
+        update={"stream_key": key, "database_url": url, "stream_lander_batch_ms": 50.0}
+    )
+    lander = Lander(client, url, settings, consumer="late")
+    resources = {"postgres": PostgresResource(url=url)}
+    instance = dg.DagsterInstance.ephemeral()
+    cursor: str | None = None
+
+    def land(events: list[TransactionEvent]) -> None:
+        stream.publish(client, key, events, retention_s=3600)
+        while lander.land_once(block_ms=50).read:
+            pass
+
+    def tick() -> dg.SensorResult | dg.SkipReason:
+        nonlocal cursor
+        result = late_rows_sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        )
+        assert isinstance(result, (dg.SensorResult, dg.SkipReason))
+        if isinstance(result, dg.SensorResult) and result.cursor is not None:
+            cursor = result.cursor
+        return result
+
+    def requests(result: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
+        return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+    try:
+        day = datetime(2026, 11, 1, tzinfo=UTC)
+        land([_stream_event(n, day + timedelta(hours=9, minutes=n), "on-time-") for n in range(0, 180, 7)])
+        run_dbt(["run", "--select", "stg_transactions", "--full-refresh"], url)
+        with psycopg.connect(url) as conn:
+            built = conn.execute("select max(event_ts) from staging.stg_transactions").fetchone()
+        assert built is not None and built[0] < day + timedelta(hours=12)
+
+        # the receipts of rows the build saw: nothing to rebuild
+        assert requests(tick()) == []
+        # the next tick reads from the cursor: nothing new
+        assert isinstance(tick(), dg.SkipReason)
+
+        # rows of 10:xx, landed after the build: one run from 10:00 up to the newest built hour (11:00)
+        late = [_stream_event(n, day + timedelta(hours=10, minutes=n), "late-") for n in (3, 17, 44)]
+        land(late)
+        [request] = requests(tick())
+        assert (request.tags[RANGE_TAGS[0]], request.tags[RANGE_TAGS[1]]) == (
+            "2026-11-01-10:00",
+            "2026-11-01-11:00",
+        )
+        assert request.tags[LATE_ROWS_STREAM_TAG] == "3 rows of 1 stream micro-batches"
+        assert request.tags["rtml/trigger"] == "late_rows_sensor"
+        assert LATE_ROWS_FILES_TAG not in request.tags
+        assert isinstance(tick(), dg.SkipReason)  # the same receipts are never requested twice
+
+        # rows of 12:xx, an hour not built yet: the schedule builds it, nothing requested
+        land([_stream_event(n, day + timedelta(hours=12, minutes=n), "next-") for n in range(5)])
+        assert requests(tick()) == []
+
+        # a micro-batch whose load is still open while the sensor reads a later one: the open load's
+        # receipt will carry its transaction's start, before that tick; the cursor must not pass it
+        land([_stream_event(n, day + timedelta(hours=12, minutes=30 + n), "next2-") for n in range(3)])
+        held = [_stream_event(n, day + timedelta(hours=9, minutes=n), "held-") for n in (1, 2)]
+        stream.publish(client, key, held, retention_s=3600)
+        entries = stream.read_new(client, key, settings.stream_lander_group, "late", count=10, block_ms=100)
+        source = lander_module.source_name(entries)
+        with psycopg.connect(url, autocommit=True) as blocker:
+            with blocker.transaction():  # the loader takes this lock first thing for its source
+                blocker.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"raw.transactions:{source}",))
+                landing = threading.Thread(target=lander.land, args=(entries,))
+                landing.start()
+                deadline = time.monotonic() + 20
+                while (started := _lander_waiting(url)) is None:
+                    assert time.monotonic() < deadline, "the lander's load never started"
+                    time.sleep(0.05)
+                result = tick()  # reads the 12:xx batch (nothing to rebuild), not the open one
+                assert isinstance(result, dg.SensorResult) and requests(result) == []
+                position = LateRowsCursor.parse(cursor).loaded_at
+                assert position is not None and position <= started
+            landing.join(20)
+        assert not landing.is_alive()
+        [request] = requests(tick())
+        assert (request.tags[RANGE_TAGS[0]], request.tags[RANGE_TAGS[1]]) == (
+            "2026-11-01-09:00",
+            "2026-11-01-11:00",
+        )
+        assert request.tags[LATE_ROWS_STREAM_TAG] == "2 rows of 1 stream micro-batches"
+    finally:
+        get_settings.cache_clear()
+        client.delete(key, *client.scan_iter(f"{key}:*"))
+        client.close()
+
+
+def _lander_waiting(url: str) -> datetime | None:
+    """The start of a lander session's transaction waiting for a lock (the one the test holds)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select min(xact_start) from pg_stat_activity where application_name = %s "
+            "and wait_event_type = 'Lock'",
+            (lander_module.LANDER_APPLICATION_NAME,),
+        ).fetchone()
+    return row[0] if row else None

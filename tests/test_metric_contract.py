@@ -5,7 +5,7 @@ Where the names and labels come from (read where they are defined, never copied 
 * the pipeline's pushed metrics: ``rtml.monitoring.metrics.METRICS``, plus the Pushgateway group's labels;
 * the scorer's: the ``prometheus_client`` constructors in ``serving/service.py``, read from its source
   (importing it needs BentoML), with the series each type exposes (``_bucket`` with ``le``, ...); the
-  stream worker's the same way, from ``platform/rtml/streaming/worker.py``;
+  stream worker's and the lander's the same way, from ``platform/rtml/streaming/{worker,lander}.py``;
 * recording rules (``rtml:...``): the rules themselves, their labels derived from their expressions.
 
 PromQL is parsed by promql-parser, and labels are followed through each expression (selectors,
@@ -34,6 +34,7 @@ from rtml.monitoring import metrics
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = ROOT / "serving" / "service.py"
 STREAM_WORKER = ROOT / "platform" / "rtml" / "streaming" / "worker.py"
+STREAM_LANDER = ROOT / "platform" / "rtml" / "streaming" / "lander.py"
 RULE_FILES = sorted((ROOT / "monitoring" / "prometheus" / "rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "monitoring" / "grafana" / "dashboards").glob("*.json"))
 
@@ -250,7 +251,11 @@ def panels() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def contract() -> dict[str, frozenset[str]]:
-    scraped = {**scorer_series(SERVICE.read_text()), **scorer_series(STREAM_WORKER.read_text())}
+    scraped = {
+        name: labels
+        for path in (SERVICE, STREAM_WORKER, STREAM_LANDER)
+        for name, labels in scorer_series(path.read_text()).items()
+    }
     series = {**pipeline_series(), **scraped}
     overlap = set(pipeline_series()) & set(scraped)
     assert not overlap, f"defined both as pushed and as scraped metrics: {sorted(overlap)}"

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1225,9 +1225,11 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
     model: Registered,
     key_prefix: str,
     tmp_path: Path,
+    scratch_database: Callable[[str], str],
 ) -> None:
     """``monitoring/`` against the real thing: Prometheus scrapes both scorers, a stream worker applying
-    what they publish, a Pushgateway fed by the platform's publisher and the node/Redis/PostgreSQL
+    what they publish, a lander landing it (into a database of its own), a Pushgateway fed by the
+    platform's publisher and the node/Redis/PostgreSQL
     exporters, and evaluates the repository's rules;
     stopping Redis makes ``ScoringDegraded`` fire, and Alertmanager (the repository's route) delivers it to
     the webhook; afterwards every Grafana panel's query returns data."""
@@ -1243,6 +1245,11 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
         database_url=latest_db,
         work=tmp_path,
         stream_worker_env=_env(RTML_REDIS_URL=valkey.url, RTML_ONLINE_KEY_PREFIX=key_prefix),
+        stream_lander_env=_env(
+            RTML_REDIS_URL=valkey.url,
+            RTML_TRANSACTIONS_FEED="stream",
+            RTML_DATABASE_URL=scratch_database("monitoring_lander"),
+        ),
     ) as stack:
         served = httpx.get(f"{fail_open.url}/metadata", timeout=10).json()["model"]["version"]
         push_pipeline_figures(stack.pushgateway.url, model, served)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,10 +23,11 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.config import Settings, get_settings
 from rtml.services import redis as redis_service
-from rtml.services.processes import free_port, stop_pid
+from rtml.services.processes import free_port, spawn, stop_pid
 from rtml.streaming import lander as lander_module
 from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent, to_us
@@ -383,3 +388,103 @@ def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_
             row["currency"],
         )
         assert e.amount > 0 and e.currency in settings.currencies  # invalid rows are not published
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_rtml_stream_land_serves_metrics_that_count_what_it_landed(
+    client: redis.Redis, key: str, lander_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    """`rtml stream land` as its own process, against the session's PostgreSQL and Redis: its /metrics
+    count each outcome as raw.transactions and the quarantine hold it, its group's lag (backlog first,
+    caught up after), the batches, and each committed event's freshness; SIGTERM stops it, exit 0."""
+    prefix = f"{key[-8:]}-m-"
+    good = [event(i, prefix=prefix) for i in range(40)]
+    # a backlog 5 s old before the lander starts: its lag (age) is at least that
+    old_ms = int(time.time() * 1000) - 5000
+    client.xadd(key, good[0].to_fields(), id=f"{old_ms}-0")  # type: ignore[arg-type]
+    refused = event(950, prefix=prefix, amount=-1.0)  # ingestion's rules quarantine it
+    stream.publish(client, key, [*good[1:], good[7], refused], retention_s=3600)
+    client.xadd(key, {"v": "1", "transaction_id": f"{prefix}broken"})  # not an event
+    settings = lander_settings(key, lander_db)
+    backlog = Lander(client, lander_db, settings, consumer="metrics")  # creates the group, lands nothing
+    lag_events, lag_age = backlog.measure_lag()
+    assert lag_events == 43 and lag_age >= 5
+    assert backlog.metrics.registry.get_sample_value("rtml_stream_lander_lag_seconds") == lag_age
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RTML_TRANSACTIONS_FEED": "stream",
+        "RTML_DATABASE_URL": lander_db,
+        "RTML_REDIS_URL": redis_url,
+        "RTML_STREAM_KEY": key,
+        "RTML_STREAM_LANDER_BATCH_EVENTS": "20",
+        "RTML_STREAM_LANDER_BATCH_MS": "100",
+    }
+    log = tmp_path / "stream-lander.log"
+    command = [sys.executable, "-m", "rtml.cli", "stream", "land", "--consumer", "metrics"]
+    proc = spawn([*command, "--metrics-port", str(port)], env, log)
+    outcomes = [("rtml_stream_lander_events_total", (("outcome", o),)) for o in lander_module.OUTCOMES]
+    try:
+        deadline = time.monotonic() + 60
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while sum(samples.get(outcome, 0) for outcome in outcomes) != 43:  # every entry landed
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, (samples, log.read_text())
+            time.sleep(0.2)
+            try:
+                samples = scrape(port)
+            except OSError:
+                continue
+        counted = {labels[0][1]: samples[(name, labels)] for name, labels in outcomes}
+        assert counted == {"loaded": 40, "quarantined": 1, "duplicate": 1, "malformed": 1}
+        # what the tables hold, by the metrics' own definitions
+        with psycopg.connect(lander_db) as conn:
+            rows = conn.execute(
+                "select count(*) from raw.transactions where transaction_id like %s", (f"{prefix}%",)
+            ).fetchone()
+            rules = conn.execute(
+                "select rule, count(*) from raw.transactions_quarantine where transaction_id like %s "
+                "group by 1 order by 1",
+                (f"{prefix}%",),
+            ).fetchall()
+        assert rows == (40,)
+        assert rules == [("amount_not_positive", 1), ("event_malformed", 1)]
+        committed = samples[("rtml_stream_lander_batches_total", (("result", "committed"),))]
+        assert committed >= 3  # 43 entries in batches of at most 20
+        assert samples[("rtml_stream_lander_batches_total", (("result", "failed"),))] == 0
+        assert samples[("rtml_stream_lander_batch_seconds_count", ())] == committed
+        # freshness per committed event (loaded + quarantined by the loader's rules): the events are an
+        # hour old (T0), so all of them lie between the 900 s and 4 h buckets
+        fresh = samples[("rtml_stream_lander_freshness_seconds_count", ())]
+        assert fresh == 41
+        assert samples[("rtml_stream_lander_freshness_seconds_bucket", (("le", "900.0"),))] == 0
+        assert samples[("rtml_stream_lander_freshness_seconds_bucket", (("le", "14400.0"),))] == fresh
+        time.sleep(1.2)  # the next lag measurement sees the group caught up
+        samples = scrape(port)
+        assert samples[("rtml_stream_lander_lag_events", ())] == 0
+        assert samples[("rtml_stream_lander_lag_seconds", ())] == 0
+        # Redis lost the stream (restarted without persistence): the lander makes its group again and
+        # lands what is published from then on
+        client.delete(key)
+        stream.publish(client, key, [event(i, prefix=prefix) for i in range(60, 65)], retention_s=3600)
+        while samples[outcomes[0]] != 45:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, (samples, log.read_text())
+            time.sleep(0.2)
+            samples = scrape(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            stop_pid(proc.pid)
+    assert log.read_text().splitlines()[-1].startswith("stopped: 48 events read: 45 loaded")

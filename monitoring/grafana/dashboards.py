@@ -23,7 +23,8 @@ Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``serving/ser
 * ``rtml-pipeline`` (Data pipeline): rows loaded / quarantined per materialization (hourly partition),
   quarantine share, feature freshness lag per view and store, drift share and drifted flag, per-feature
   drift score, run durations, time since each asset's last success, last failure / success per job;
-  the stream workers' lag (age and events), events by outcome, freshness and batch time.
+  the stream workers' lag (age and events), events by outcome, freshness and batch time; the lander's
+  (stream-fed deployments) lag, events by outcome, micro-batches, freshness and batch time.
 * ``rtml-infrastructure`` (Infrastructure): node CPU and memory, Redis (up, memory, clients,
   commands/s, keys), PostgreSQL (up, backends, commits/s, cache hit ratio), scrape target health.
 
@@ -1143,12 +1144,100 @@ def pipeline_dashboard() -> dict[str, Any]:
                 ),
             ),
         )
+        # the lander (`rtml stream land`, scraped as stream-lander; only where RTML_TRANSACTIONS_FEED=stream)
+        .row(
+            8,
+            (
+                6,
+                timeseries_panel(
+                    "Lander lag (age)",
+                    "Age of the oldest transaction event the lander's group has not landed in "
+                    "raw.transactions yet (max of rtml_stream_lander_lag_seconds over the landers). "
+                    "StreamLanderLagHigh fires above 5 min for 5 min. Only where the stream feeds "
+                    "raw.transactions (RTML_TRANSACTIONS_FEED=stream).",
+                    "s",
+                    [query("max(rtml_stream_lander_lag_seconds)", "oldest unlanded event")],
+                ),
+            ),
+            (
+                6,
+                timeseries_panel(
+                    "Lander lag (events)",
+                    "Events of the stream the lander's group has not acknowledged (never delivered + "
+                    "pending; max of rtml_stream_lander_lag_events over the landers).",
+                    "short",
+                    [query("max(rtml_stream_lander_lag_events)", "unlanded events")],
+                ),
+            ),
+            (
+                6,
+                timeseries_panel(
+                    "Lander events by outcome",
+                    "Events/s the lander landed, by outcome (rtml_stream_lander_events_total): loaded into "
+                    "raw.transactions, quarantined by the loader's rules, duplicate (transaction id loaded "
+                    "already: skipped), malformed (not an event: quarantined as event_malformed).",
+                    "ops",
+                    [query("sum by (outcome) (rate(rtml_stream_lander_events_total[5m]))", "{{outcome}}")],
+                    stack=True,
+                ),
+            ),
+            (
+                6,
+                timeseries_panel(
+                    "Lander micro-batches",
+                    "Micro-batches/s by result (rtml_stream_lander_batches_total): committed (loaded and "
+                    "acknowledged) or failed (rolled back, not acknowledged: landed again on the next "
+                    "attempt; a database outage).",
+                    "ops",
+                    [query("sum by (result) (rate(rtml_stream_lander_batches_total[5m]))", "{{result}}")],
+                ),
+            ),
+        )
+        .row(
+            8,
+            (
+                12,
+                timeseries_panel(
+                    "Lander freshness p50 / p99",
+                    "Event time to the micro-batch's commit in PostgreSQL, per event committed "
+                    "(rtml_stream_lander_freshness_seconds), over 5 min: about the batch interval "
+                    "(RTML_STREAM_LANDER_BATCH_MS) plus one load when the lander keeps up.",
+                    "s",
+                    [
+                        query(
+                            f"histogram_quantile({q}, sum by (le) "
+                            "(rate(rtml_stream_lander_freshness_seconds_bucket[5m])))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.99)
+                    ],
+                ),
+            ),
+            (
+                12,
+                timeseries_panel(
+                    "Lander batch time p50 / p99",
+                    "Time to land one committed micro-batch: parse, look up ids, load through the validated "
+                    "loader, commit and acknowledge (rtml_stream_lander_batch_seconds), over 5 min.",
+                    "s",
+                    [
+                        query(
+                            f"histogram_quantile({q}, sum by (le) "
+                            "(rate(rtml_stream_lander_batch_seconds_bucket[5m])))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.99)
+                    ],
+                ),
+            ),
+        )
     )
     return new_dashboard(
         "rtml-pipeline",
         "rtml / Data pipeline",
         "Dagster asset figures pushed to the Pushgateway: rows and quarantine, feature freshness, drift, "
-        "run durations and failures; the speed layer's stream workers: lag, outcomes, freshness.",
+        "run durations and failures; the speed layer's stream workers and the stream's lander: lag, "
+        "outcomes, freshness.",
         "pipeline",
         grid,
     )

@@ -354,6 +354,13 @@ class Settings(BaseSettings):
         description="... or when its first event has waited this long (milliseconds): the time from XADD to "
         "`raw.transactions` is about this plus one load.",
     )
+    stream_lander_metrics_port: int = Field(
+        9109,
+        ge=0,
+        description="Port of `rtml stream land`'s Prometheus metrics (`/metrics`: "
+        "`rtml_stream_lander_events_total`, `rtml_stream_lander_lag_seconds`, ...), on all interfaces. "
+        "0: no metrics server.",
+    )
     stream_claim_idle_ms: int = Field(
         60_000,
         ge=1,

@@ -11,13 +11,16 @@ import threading
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from rtml.config import Settings, get_settings, redact
 from rtml.redis_client import connect
 from rtml.services.processes import Sessions, spawn
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 stream_app = typer.Typer(
     help="The transaction stream (RTML_STREAM_KEY on RTML_REDIS_URL): publish events, land them.",
@@ -80,6 +83,9 @@ def land_command(
         help="Consumer name in the lander's group (default: host name). A lander restarted under the "
         "same name lands what it had read and not acknowledged first.",
     ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Port of /metrics (default: RTML_STREAM_LANDER_METRICS_PORT; 0: none)."
+    ),
 ) -> None:
     """Write the stream's events to raw.transactions in micro-batches through the validated loader, until
     Ctrl-C or SIGTERM. Only with RTML_TRANSACTIONS_FEED=stream: in the demo the simulator's hourly
@@ -99,10 +105,13 @@ def land_command(
         raise typer.BadParameter("RTML_DATABASE_URL is not set")
     name = consumer or socket.gethostname() or f"lander-{os.getpid()}"
     lander = Lander(_redis(settings), settings.database_url, settings, consumer=name, echo=typer.echo)
+    port = settings.stream_lander_metrics_port if metrics_port is None else metrics_port
+    _serve_metrics(port, lander.metrics.registry, "lander")
     stop = _stop_on_signals()
     typer.echo(
         f"landing {settings.stream_key} (group {settings.stream_lander_group}, consumer {name}) into "
-        f"raw.transactions of {redact(settings.database_url)}"
+        f"raw.transactions of {redact(settings.database_url)} "
+        f"(metrics: {f'http://0.0.0.0:{port}/metrics' if port else 'off'})"
     )
     counts = lander.run(stop)
     typer.echo(f"stopped: {counts}")
@@ -159,8 +168,6 @@ def run_command(
     run several to share the work) until Ctrl-C or SIGTERM, which finish the batch in hand first."""
     import logging
 
-    from prometheus_client import start_http_server
-
     from rtml.streaming.worker import StreamWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -168,14 +175,7 @@ def run_command(
     name = consumer or f"{socket.gethostname() or 'worker'}-{os.getpid()}"
     worker = StreamWorker(_redis(settings), settings, consumer=name)
     port = settings.stream_worker_metrics_port if metrics_port is None else metrics_port
-    if port:
-        try:
-            start_http_server(port, registry=worker.metrics.registry)
-        except OSError as exc:
-            raise typer.BadParameter(
-                f"metrics port {port}: {exc} (another worker on this host? give each its own "
-                "--metrics-port, or 0 for none)"
-            ) from exc
+    _serve_metrics(port, worker.metrics.registry, "worker")
     stop = _stop_on_signals()
     typer.echo(
         f"applying {settings.stream_key} to the speed layer (group {settings.stream_worker_group}, consumer "
@@ -183,6 +183,21 @@ def run_command(
     )
     counts = worker.run(stop)
     typer.echo(f"stopped: {counts}")
+
+
+def _serve_metrics(port: int, registry: CollectorRegistry, kind: str) -> None:
+    """``/metrics`` of ``registry`` on ``port`` (all interfaces) in a background thread; 0: none."""
+    from prometheus_client import start_http_server
+
+    if not port:
+        return
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"metrics port {port}: {exc} (another {kind} on this host? give each its own --metrics-port, "
+            "or 0 for none)"
+        ) from exc
 
 
 def start_demo_worker(settings: Settings, redis_url: str, log_dir: Path, children: Sessions) -> None:

@@ -12,6 +12,14 @@ merchant windows are whole days), but never past the newest hour already built: 
 by the schedule anyway, and with the late rows. :func:`rebuild_window` computes that window;
 ``rtml.defs.features.sensors`` requests it as one single-run backfill of the incremental dbt models,
 then the online tables.
+
+Late rows arrive two ways: landing files (the sensor reads the event-time range the landing asset
+records), and, where the stream feeds ``raw.transactions`` (``transactions_feed=stream``), the lander's
+micro-batches, whose receipts in ``raw.loads`` (sources ``stream:...``, with the loaded rows' event-time
+range) :func:`stream_loads_since` and :func:`late_stream_rows` read. A stream row is late when its hour
+is built (before ``features_built_until``) and ``staging.stg_transactions`` does not hold it: exact
+whenever the sensor looks, so a receipt read after the refresh of its hour (the sensor waits while a
+refresh runs) is late only if that refresh did not see its rows.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+
+from rtml.streaming.lander import LANDER_APPLICATION_NAME
 
 HOUR = timedelta(hours=1)
 DEPENDENT_WINDOW = timedelta(days=31)
@@ -89,3 +99,85 @@ def features_built_until(database_url: str) -> datetime | None:
     if row is None or row[0] is None:
         return None
     return floor_hour(row[0]) + HOUR
+
+
+@dataclass(frozen=True)
+class StreamLoads:
+    """The lander's receipts in ``raw.loads`` with ``loaded_at`` in [since, cutoff)."""
+
+    cutoff: datetime | None
+    """Every receipt with ``loaded_at`` before it is visible now: the next read starts here (None: not
+    read)."""
+    loads: int
+    """Receipts in the range with loaded rows."""
+
+
+def stream_loads_since(database_url: str, since: datetime | None) -> StreamLoads:
+    """How many lander receipts (sources ``stream:...``) were written since ``since`` (None: ever), up to a
+    cutoff before which none can still appear.
+
+    A receipt's ``loaded_at`` is its transaction's start (``now()``), and it becomes visible at the
+    commit: a receipt read later may carry an older ``loaded_at`` than one read now. So the cutoff is the
+    start of the oldest lander transaction still open (sessions with ``application_name`` =
+    ``LANDER_APPLICATION_NAME``), or now, read in a statement BEFORE the receipts' own: every
+    transaction that started before the cutoff has ended by then, so its receipt is visible to the
+    second statement's snapshot. (The sensor's role must see the lander sessions' ``xact_start`` in
+    ``pg_stat_activity``: the same role, or ``pg_read_all_stats``.)"""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "select least(clock_timestamp(), min(xact_start)) from pg_stat_activity "
+            "where application_name = %s and datname = current_database() and pid <> pg_backend_pid()",
+            (LANDER_APPLICATION_NAME,),
+        ).fetchone()
+        assert row is not None
+        cutoff: datetime = row[0]
+        exists = conn.execute("select to_regclass('raw.loads')").fetchone()
+        if exists is None or exists[0] is None:
+            return StreamLoads(cutoff, 0)
+        counted = conn.execute(
+            "select count(*) from raw.loads where kind = 'transactions' and source like 'stream:%%' "
+            "and min_ts is not null and loaded_at >= %s and loaded_at < %s",
+            (since or datetime.min.replace(tzinfo=UTC), cutoff),
+        ).fetchone()
+    return StreamLoads(cutoff, int(counted[0]) if counted else 0)
+
+
+@dataclass(frozen=True)
+class LateStreamRows:
+    rows: int
+    first_event: datetime
+    last_event: datetime
+    loads: int
+    """Receipts (micro-batches) the late rows came with."""
+
+
+def late_stream_rows(
+    database_url: str, since: datetime | None, cutoff: datetime, built_until: datetime | None
+) -> LateStreamRows | None:
+    """Rows of the lander's receipts with ``loaded_at`` in [since, cutoff) that lie in built hours (before
+    ``built_until``) and are missing from ``staging.stg_transactions``: landed after their hour was
+    built. None when there are none. The rows are found as the loader finds a source's rows (source and
+    its receipt's time range, through the time index), over the receipts' time range only."""
+    if built_until is None:
+        return None
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            """
+            with receipts as (
+                select source, min_ts, max_ts from raw.loads
+                where kind = 'transactions' and source like 'stream:%%' and min_ts is not null
+                  and loaded_at >= %(since)s and loaded_at < %(cutoff)s and min_ts < %(built)s
+            )
+            select count(*), min(t.event_ts), max(t.event_ts), count(distinct t.source)
+            from raw.transactions t
+            join receipts r on r.source = t.source and t.event_ts between r.min_ts and r.max_ts
+            where t.event_ts >= (select min(min_ts) from receipts) and t.event_ts < %(built)s
+              and not exists (
+                  select 1 from staging.stg_transactions s where s.transaction_id = t.transaction_id
+              )
+            """,
+            {"since": since or datetime.min.replace(tzinfo=UTC), "cutoff": cutoff, "built": built_until},
+        ).fetchone()
+    if row is None or not row[0]:
+        return None
+    return LateStreamRows(int(row[0]), row[1], row[2], int(row[3]))

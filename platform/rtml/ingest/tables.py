@@ -106,6 +106,8 @@ CREATE TABLE IF NOT EXISTS {LOADS_TABLE} (
     loaded_at timestamptz not null default now(),
     primary key (kind, source)
 );
+-- the late-rows sensor reads the lander's receipts since its cursor (one a second in a stream-fed deployment)
+CREATE INDEX IF NOT EXISTS loads_loaded_at_idx ON {LOADS_TABLE} (loaded_at);
 """
 
 # Serializes concurrent DDL runs (CREATE ... IF NOT EXISTS is not race-free on its own).

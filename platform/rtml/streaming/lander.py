@@ -25,7 +25,18 @@ Each event read ends in exactly one of (the counting invariant, checked for ever
 The existing ids are looked up in the load's own transaction. A batch delivered again with exactly the
 same entries has the same source, so its ids already loaded *by that source* are not skipped: the
 loader replaces the source with the same rows (as it does for any source loaded again), rather than
-deleting the earlier load's rows and loading nothing. Nothing here imports Dagster.
+deleting the earlier load's rows and loading nothing.
+
+Metrics (a registry per lander; ``rtml stream land`` serves it over HTTP on
+``stream_lander_metrics_port``): events by outcome (``loaded``, ``quarantined`` by the loader's rules,
+``duplicate``, ``malformed``: quarantined as ``event_malformed``), batches committed or failed (rolled
+back, not acknowledged) and the time per committed batch, the lander group's lag (entries not
+acknowledged and the age of the oldest, ``stream.group_lag`` as the stream workers measure theirs) and
+the freshness of each committed event (event time to the load's commit). Nothing here imports Dagster.
+
+The lander's connections carry ``application_name`` = ``LANDER_APPLICATION_NAME``: the late-rows sensor
+reads ``raw.loads`` receipts up to the start of the oldest lander transaction still open (its receipt
+is not visible yet and carries that start as ``loaded_at``), so none is passed over.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from datetime import datetime
 import psycopg
 import pyarrow as pa
 import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rtml.config import Settings
 from rtml.ingest.errors import TransientDatabaseError
@@ -50,11 +62,71 @@ from rtml.ingest.tables import TRANSACTIONS_TABLE, ensure_tables
 from rtml.ingest.validation import TRANSACTIONS_QUARANTINE
 from rtml.sources.schema import TRANSACTIONS
 from rtml.streaming import stream
-from rtml.streaming.events import EventSchemaError, TransactionEvent
+from rtml.streaming.events import SECOND_US, EventSchemaError, TransactionEvent
 
 log = logging.getLogger(__name__)
 
 MALFORMED_RULE = "event_malformed"
+OUTCOMES = ("loaded", "quarantined", "duplicate", "malformed")
+LAG_INTERVAL_S = 1.0
+"""How often the lander records its heartbeat and measures its group's lag."""
+LANDER_APPLICATION_NAME = "rtml-stream-lander"
+"""``application_name`` of the lander's database sessions (``rtml.defs.features.sensors`` looks for their
+open transactions)."""
+
+
+class LanderMetrics:
+    """The lander's Prometheus metrics, in a registry of their own (several landers in one test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "rtml_stream_lander_events_total",
+            "Stream entries the lander landed, by outcome: loaded into raw.transactions, quarantined by the "
+            "loader's rules, duplicate (transaction id loaded already: skipped), malformed (not a "
+            "transaction event: quarantined as event_malformed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.trimmed = Counter(
+            "rtml_stream_lander_trimmed_total",
+            "Pending entries that retention trimmed before the lander landed them (lost).",
+            registry=self.registry,
+        )
+        self.batches = Counter(
+            "rtml_stream_lander_batches_total",
+            "Micro-batches by result: committed (loaded and acknowledged), failed (rolled back, or "
+            "committed and not acknowledged: landed again on the next attempt).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "rtml_stream_lander_batch_seconds",
+            "Time to land one committed micro-batch: parse, look up ids, load, commit and acknowledge.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.lag_events = Gauge(
+            "rtml_stream_lander_lag_events",
+            "Entries of the stream the lander group has not acknowledged yet (never delivered + pending).",
+            registry=self.registry,
+        )
+        self.lag_seconds = Gauge(
+            "rtml_stream_lander_lag_seconds",
+            "Age of the oldest entry the lander group has not acknowledged (its arrival in the stream); "
+            "0 when the group is caught up.",
+            registry=self.registry,
+        )
+        self.freshness = Histogram(
+            "rtml_stream_lander_freshness_seconds",
+            "Event time to the load's commit, per event committed (loaded or quarantined by the loader).",
+            buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400),
+            registry=self.registry,
+        )
+        for outcome in OUTCOMES:  # every series from the start: rate() sees the first increase
+            self.events.labels(outcome)
+        for result in ("committed", "failed"):
+            self.batches.labels(result)
 
 
 @dataclass
@@ -65,19 +137,22 @@ class LandCounts:
     loaded: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    malformed: int = 0
+    """Of ``quarantined``: entries that are not transaction events (rule ``event_malformed``)."""
     trimmed: int = 0
     """Pending entries that retention trimmed before they were landed (lost; not among ``read``)."""
     batches: int = 0
     sources: list[str] = field(default_factory=list)
 
     def add(self, other: LandCounts) -> None:
-        for name in ("read", "loaded", "quarantined", "duplicates", "trimmed", "batches"):
+        for name in ("read", "loaded", "quarantined", "duplicates", "malformed", "trimmed", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.sources.extend(other.sources)
 
     def __str__(self) -> str:
         return (
-            f"{self.read} events read: {self.loaded} loaded, {self.quarantined} quarantined, "
+            f"{self.read} events read: {self.loaded} loaded, {self.quarantined} quarantined "
+            f"({self.malformed} malformed), "
             f"{self.duplicates} duplicates (skipped); {self.trimmed} trimmed before landing; "
             f"{self.batches} batches"
         )
@@ -96,10 +171,12 @@ class Lander:
         *,
         consumer: str,
         echo: Callable[[str], None] | None = None,
+        metrics: LanderMetrics | None = None,
     ) -> None:
         self.client, self.database_url, self.settings = client, database_url, settings
         self.key, self.group, self.consumer = settings.stream_key, settings.stream_lander_group, consumer
         self.echo = echo
+        self.metrics = metrics or LanderMetrics()
         self.counts = LandCounts()
         self._claim_from = "0-0"
         self._recovered = False
@@ -119,21 +196,32 @@ class Lander:
                 log.warning("lander: %s; retrying in %.1f s (nothing acknowledged)", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
+                # the stream was deleted (a Redis restarted without persistence, a flush): start over on
+                # what it holds from now on, as the stream workers do
+                log.warning("lander: %s; creating group %s again", exc, self.group)
+                stream.ensure_group(self.client, self.key, self.group, start="0")
+                self._recovered, self._claim_from = False, "0-0"
         return self.counts
 
     def land_once(self, block_ms: int = 200, stop: threading.Event | None = None) -> LandCounts:
         """Collect one micro-batch (this consumer's own pending entries first, then a dead consumer's,
         then new ones until the batch is full or ``stream_lander_batch_ms`` passed) and land it."""
-        if time.monotonic() - self._beat_at >= 1.0:  # for `rtml stream status --alive`
-            stream.heartbeat(self.client, self.key, self.group, self.consumer)
+        if time.monotonic() - self._beat_at >= LAG_INTERVAL_S:
+            stream.heartbeat(self.client, self.key, self.group, self.consumer)  # `rtml stream status --alive`
             self._beat_at = time.monotonic()
+            self.measure_lag()
         entries, trimmed = self._collect(block_ms, stop)
         try:
             batch = self.land(entries) if entries else LandCounts()
         except BaseException:
             self._recovered = False  # the next attempt takes these (now pending) entries first
+            self.metrics.batches.labels("failed").inc()
             raise
         batch.trimmed += trimmed
+        self.metrics.trimmed.inc(trimmed)
         self.counts.add(batch)
         if self.echo is not None and (batch.read or batch.trimmed):
             self.echo(f"landed {batch} ({', '.join(batch.sources)})")
@@ -178,9 +266,17 @@ class Lander:
             entries.extend(new)
         return entries, len(claimed.trimmed)
 
+    def measure_lag(self) -> tuple[int, float]:
+        """The lander group's entries not acknowledged yet and the age (s) of the oldest; sets the gauges."""
+        lag, age = stream.group_lag(self.client, self.key, self.group)
+        self.metrics.lag_events.set(lag)
+        self.metrics.lag_seconds.set(age)
+        return lag, age
+
     # --- one micro-batch ---------------------------------------------------------------------------------
     def land(self, entries: Sequence[stream.Entry]) -> LandCounts:
         """Load ``entries`` as one source, then acknowledge them (only after the commit)."""
+        started = time.perf_counter()
         source = source_name(entries)
         events: list[TransactionEvent] = []
         malformed: list[tuple[int, stream.Entry, str]] = []
@@ -190,7 +286,9 @@ class Lander:
             except EventSchemaError as exc:
                 malformed.append((position, entry, str(exc)))
         unique, repeats = first_of_each_id(events)
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with psycopg.connect(
+            self.database_url, autocommit=True, application_name=LANDER_APPLICATION_NAME
+        ) as conn:
             if not self._tables_ready:  # the id lookup needs raw.transactions before the loader creates it
                 ensure_tables(conn)
                 self._tables_ready = True
@@ -209,13 +307,29 @@ class Lander:
                     loaded=result.rows_loaded,
                     quarantined=result.rows_quarantined,
                     duplicates=repeats + len(unique) - len(fresh),
+                    malformed=len(malformed),
                     batches=1,
                     sources=[source],
                 )
                 if counts.loaded + counts.quarantined + counts.duplicates != counts.read:
                     raise CountingInvariantBroken(f"{source}: {counts} (rolled back, not acknowledged)")
+        committed = time.time()
         stream.ack(self.client, self.key, self.group, [entry.id for entry in entries])
+        self._observe(counts, fresh, committed, time.perf_counter() - started)
         return counts
+
+    def _observe(
+        self, counts: LandCounts, committed: Sequence[TransactionEvent], at: float, seconds: float
+    ) -> None:
+        metrics = self.metrics
+        metrics.events.labels("loaded").inc(counts.loaded)
+        metrics.events.labels("quarantined").inc(counts.quarantined - counts.malformed)
+        metrics.events.labels("duplicate").inc(counts.duplicates)
+        metrics.events.labels("malformed").inc(counts.malformed)
+        metrics.batches.labels("committed").inc()
+        metrics.batch_seconds.observe(seconds)
+        for event in committed:
+            metrics.freshness.observe(max(0.0, at - event.event_ts_us / SECOND_US))
 
 
 def landed_between(database_url: str, start: datetime, end: datetime) -> LoadResult:

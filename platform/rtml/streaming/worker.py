@@ -50,8 +50,6 @@ MALFORMED = "malformed"
 OUTCOMES = (*(o.value for o in Outcome), MALFORMED)
 LAG_INTERVAL_S = 1.0
 """How often a worker measures the group's lag (two or three commands)."""
-LAG_COUNT_CAP = 100_000
-"""When Redis cannot tell the group's lag (entries deleted in between), it is counted up to this."""
 
 
 class StateWriteRefused(RuntimeError):
@@ -262,24 +260,7 @@ class StreamWorker:
     def measure_lag(self) -> tuple[int, float]:
         """The group's entries not acknowledged yet and the age (s) of the oldest of them; sets the gauges."""
         self._next_lag = time.monotonic() + LAG_INTERVAL_S
-        info: dict[str, Any] = next(
-            g for g in self.client.xinfo_groups(self.key) if _text(g["name"]) == self.group
-        )
-        last_delivered = _text(info["last-delivered-id"])
-        undelivered = info.get("lag")
-        if undelivered is None:  # Redis cannot tell (entries deleted since): count them
-            undelivered = len(
-                self.client.xrange(self.key, f"({last_delivered}", "+", count=LAG_COUNT_CAP) or []
-            )
-        pending = int(info["pending"])
-        oldest: str | None = None
-        if pending:
-            oldest = _text(self.client.xpending(self.key, self.group)["min"])
-        elif undelivered:
-            first: Any = self.client.xrange(self.key, f"({last_delivered}", "+", count=1)
-            oldest = _text(first[0][0]) if first else None
-        age = 0.0 if oldest is None else max(0.0, time.time() - int(oldest.split("-")[0]) / 1000)
-        lag = pending + int(undelivered)
+        lag, age = stream.group_lag(self.client, self.key, self.group)
         self.metrics.lag_events.set(lag)
         self.metrics.lag_seconds.set(age)
         return lag, age
@@ -291,7 +272,3 @@ def _reply(command: Any) -> Any:
         return command()
     except redis.exceptions.ResponseError as exc:
         return exc
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
