@@ -39,6 +39,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, Result, Service, drive, load_average, merge, score_body
@@ -93,18 +94,19 @@ def speed_reads(url: str) -> dict[str, float]:
     return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    ap.add_argument("--rate", type=float, default=100)
-    ap.add_argument("--seconds", type=float, default=60, help="per server, over all rounds")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--customer", choices=("busiest", "median"), default="busiest")
-    ap.add_argument("--log-dir", default="/tmp/rtml-bench-speed-read")
-    args = ap.parse_args()
-
-    log_dir = Path(args.log_dir)
+def measure(
+    *,
+    database_url: str,
+    redis_url: str,
+    rate: float = 100,
+    seconds: float = 60,
+    rounds: int = 6,
+    customer: str = "busiest",
+    log_dir: Path = Path("/tmp/rtml-bench-speed-read"),
+) -> dict[str, Any]:
+    """Steps 1-4 of the module's docstring against the server ``database_url`` and ``redis_url``; the
+    result (the JSON line's fields). Everything it built is removed before it returns.
+    ``benchmarks/streaming.py`` runs it too (its ``/score`` figure)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     name = f"rtml_bench_speed_read_{os.getpid()}"
     prefix = f"rtml-bench-speed-read-{os.getpid()}"
@@ -115,8 +117,8 @@ def main() -> None:
             data_dir=tmp / "data", sim_start=START, sim_customers=2_000, sim_transactions_per_day=8_000
         )
         started = time.perf_counter()
-        url = create_database(args.database_url, name)
-        stack.callback(_drop_database, args.database_url, name)
+        url = create_database(database_url, name)
+        stack.callback(drop_database, database_url, name)
         build_world(url, settings)
         print(f"world built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -132,7 +134,7 @@ def main() -> None:
         )
         print(f"model v{trained.model_version} in production", file=sys.stderr)
 
-        store = OnlineStore(args.redis_url, ttl_seconds=0, key_prefix=prefix, speed_layer=True)
+        store = OnlineStore(redis_url, ttl_seconds=0, key_prefix=prefix, speed_layer=True)
         stack.callback(store.close)
         stack.callback(store.purge)
         store.push_from_postgres(url, full=True)
@@ -140,16 +142,16 @@ def main() -> None:
         watermark = snapshot_watermark(url)
         assert pushed is not None and pushed.customers > 0 and watermark is not None and store.speed
         w_us = to_us(watermark[0])
-        customer, merchant, txn_30d, known = scored_pair(url, args.customer)
+        scored, merchant, txn_30d, known = scored_pair(url, customer)
         burst = [
-            TransactionEvent(f"bench-burst-{i}", customer, f"bench-new-{i}", 20.0 + i, w_us + i * SECOND_US)
+            TransactionEvent(f"bench-burst-{i}", scored, f"bench-new-{i}", 20.0 + i, w_us + i * SECOND_US)
             for i in range(5)
         ]
         store.speed.apply_many(burst, w_us)
         body = score_body(
             {
                 "transaction_id": "bench-speed-read",
-                "customer_id": customer,
+                "customer_id": scored,
                 "merchant_id": merchant,
                 "amount": 42.5,
                 "currency": "EUR",
@@ -159,7 +161,7 @@ def main() -> None:
         )
 
         common = {
-            "RTML_REDIS_URL": args.redis_url,
+            "RTML_REDIS_URL": redis_url,
             "RTML_DATABASE_URL": url,
             "RTML_MLFLOW_TRACKING_URI": server.url,
             "RTML_MODEL_NAME": MODEL,
@@ -184,10 +186,10 @@ def main() -> None:
                 raise SystemExit(f"{label}: {warm.errors} errors in warm-up: {warm.statuses}")
         load_start = load_average()
         runs: dict[str, list[Result]] = {label: [] for label in services}
-        for round_ in range(args.rounds):
+        for round_ in range(rounds):
             order = list(services.items()) if round_ % 2 == 0 else list(services.items())[::-1]
             for label, service in order:
-                runs[label].append(drive(service.url, args.rate, args.seconds / args.rounds, body=body))
+                runs[label].append(drive(service.url, rate, seconds / rounds, body=body))
         out = {label: merge(results).summary() for label, results in runs.items()}
         reads = {label: speed_reads(service.url) for label, service in services.items()}
         for label in services:
@@ -195,13 +197,13 @@ def main() -> None:
         assert reads["speed_on"].get("merged", 0) > 0 and reads["speed_on"].get("not_exact", 0) == 0, reads
         assert reads["speed_off"].get("merged", 0) == 0, reads
 
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "speed_read",
-        "rate_rps": args.rate,
-        "seconds_per_server": args.seconds,
-        "rounds": args.rounds,
+        "rate_rps": rate,
+        "seconds_per_server": seconds,
+        "rounds": rounds,
         "snapshot_customers": pushed.customers,
-        "customer": args.customer,
+        "customer": customer,
         "customer_txn_count_30d": txn_30d,
         "customer_known_merchants": known,
         **{f"{label}_{key}": out[label][key] for label in out for key in ("p50_ms", "p99_ms", "errors")},
@@ -211,10 +213,32 @@ def main() -> None:
         "load_average_end": load_average()[0],
     }
     result["target_met"] = result["p99_ratio"] <= 1.1 and not result["speed_on_errors"]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--rate", type=float, default=100)
+    ap.add_argument("--seconds", type=float, default=60, help="per server, over all rounds")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--customer", choices=("busiest", "median"), default="busiest")
+    ap.add_argument("--log-dir", default="/tmp/rtml-bench-speed-read")
+    args = ap.parse_args()
+    result = measure(
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        rate=args.rate,
+        seconds=args.seconds,
+        rounds=args.rounds,
+        customer=args.customer,
+        log_dir=Path(args.log_dir),
+    )
     print(json.dumps(result))
 
 
-def _drop_database(server_url: str, name: str) -> None:
+def drop_database(server_url: str, name: str) -> None:
     import psycopg
 
     with psycopg.connect(server_url, autocommit=True) as conn:
