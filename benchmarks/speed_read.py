@@ -21,7 +21,7 @@ server URL; ``--redis-url``); it builds everything it needs and removes it at th
 
 Usage::
 
-    .venv/bin/python benchmarks/speed_read.py [--rate 100 --seconds 60 --rounds 6 --customer busiest]
+    .venv/bin/python benchmarks/speed_read.py [--rate 100 --seconds 60 --rounds 30 --customer busiest]
 
 Ends with one JSON line (``speed_on_p99_ms``, ``speed_off_p99_ms``, ``p99_ratio``, ...).
 """
@@ -100,7 +100,7 @@ def measure(
     redis_url: str,
     rate: float = 100,
     seconds: float = 60,
-    rounds: int = 6,
+    rounds: int = 30,
     customer: str = "busiest",
     log_dir: Path = Path("/tmp/rtml-bench-speed-read"),
 ) -> dict[str, Any]:
@@ -222,7 +222,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--rate", type=float, default=100)
     ap.add_argument("--seconds", type=float, default=60, help="per server, over all rounds")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--customer", choices=("busiest", "median"), default="busiest")
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-speed-read")
     args = ap.parse_args()

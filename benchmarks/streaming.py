@@ -469,7 +469,7 @@ def main() -> None:
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--serving-rate", type=float, default=100, help="requests/s per server")
     parser.add_argument("--serving-seconds", type=float, default=60, help="per server, over all rounds")
-    parser.add_argument("--serving-rounds", type=int, default=6)
+    parser.add_argument("--serving-rounds", type=int, default=30)
     parser.add_argument("--serving-customer", choices=("busiest", "median"), default="busiest")
     args = parser.parse_args()
     if args.horizon_hours < args.watermark_every_hours:
