@@ -39,7 +39,7 @@ from rtml.streaming.redis_state import SpeedStore
 from rtml.streaming.worker import StateWriteRefused, StreamWorker
 from tests.redis_cluster import wait_until
 from tests.test_stream_io import client, key  # noqa: F401 (fixtures)
-from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, draw_histories
+from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, drained, draw_histories
 
 MALFORMED = [{"v": "99", "transaction_id": "future"}, {"v": "1", "transaction_id": "broken"}]
 
@@ -99,11 +99,6 @@ def assert_same_state(store: SpeedStore, memory: MemoryBackend) -> None:
         mine, theirs = in_redis[customer], memory.states[customer]
         assert mine is not None, customer
         assert (mine.watermark_us, mine.events) == (theirs.watermark_us, theirs.events), customer
-
-
-def drained(client: redis.Redis, key: str, group: str) -> bool:  # noqa: F811
-    info = next((g for g in client.xinfo_groups(key) if g["name"].decode() == group), None)
-    return info is not None and info["pending"] == 0 and info["lag"] == 0
 
 
 def run_until_drained(client: redis.Redis, key: str, workers: list[StreamWorker]) -> None:  # noqa: F811
