@@ -10,18 +10,19 @@ for three hours.
 
 Each hour goes through the hourly check's comparison as ``recent_drift_report`` makes it, by the same
 library calls (``drift.fetch_windows`` with the same-hour, same-kind-of-day reference, ``drift.compare``
-with distances, ``drift.reasons``): the whole hour and its newest ``--tails`` minutes. A switch at minute
+with the hourly rule's p-values: the two-sample KS test of every numeric column, ``drift.reasons``): the
+whole hour and its newest ``--tails`` minutes. A switch at minute
 MM is emulated by a current window ending 60 - MM minutes after the switch (the hour the check sees at :05
 holds 60 - MM drifted minutes); windows ending 120 and 180 minutes after it are whole drifted hours.
 
-Printed: per window length, the largest per-column score over the undrifted week (and where), the
-undrifted share's maximum, the scores of the drifted cases, and the false alarms / detections at the
-settings in force (``RTML_DRIFT_RECENT_COLUMN_SCORE``, ``RTML_DRIFT_RECENT_TAIL_MINUTES``,
-``RTML_DRIFT_RECENT_THRESHOLD``, ``RTML_DRIFT_RECENT_TAIL_MIN_ROWS``). Every hour's figures are written to
-``--out`` (JSON) for other settings to be judged without a new run.
+Printed: per window length, the smallest p-value over the undrifted week (and where), the p-values of
+the drifted cases, the false alarms / detections at the settings in force (``RTML_DRIFT_RECENT_PVALUE``,
+``RTML_DRIFT_RECENT_TAIL_MINUTES``, ``RTML_DRIFT_RECENT_TAIL_MIN_ROWS``), and at other p-values for each
+tail length. Every hour's figures are written to ``--out`` (JSON) for other settings to be judged without
+a new run.
 
-Usage: ``.venv/bin/python benchmarks/drift_calibration.py [--tails 10 15 20] [--hours 168]``. Ends with
-one JSON line.
+Usage: ``.venv/bin/python benchmarks/drift_calibration.py [--tails 15 20] [--hours 168]``. Ends with one
+JSON line.
 """
 
 from __future__ import annotations
@@ -49,13 +50,7 @@ def main() -> None:
     parser.add_argument("--transactions-per-day", type=int, default=20_000)
     parser.add_argument("--history-days", type=int, default=38)
     parser.add_argument("--hours", type=int, default=168, help="undrifted hours after the reference")
-    parser.add_argument("--tails", type=int, nargs="+", default=[10, 15, 20], help="tail minutes")
-    parser.add_argument(
-        "--methods",
-        choices=["auto", "distances"],
-        default="distances",
-        help="Evidently's own per-column tests (by sample size) or distances for every column",
-    )
+    parser.add_argument("--tails", type=int, nargs="+", default=[15, 20], help="tail minutes")
     parser.add_argument("--out", type=Path, default=Path("/tmp/drift-rule-calibration.json"))
     args = parser.parse_args()
 
@@ -119,15 +114,10 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
             if frame.empty:
                 figures[name] = {"rows": 0}
                 continue
-            found = drift.compare(
-                rows.reference,
-                frame,
-                rows.spec,
-                base.drift_recent_threshold,
-                distances=args.methods == "distances",
-            )
-            scores = {c.column: round(c.score, 4) for c in found.columns.values()}
-            top = max(scores, key=lambda column: scores[column])
+            found = drift.compare(rows.reference, frame, rows.spec, 0.0, base.drift_recent_pvalue)
+            # 4 significant digits: p-values of 1e-12 must not round to 0
+            scores = {c.column: float(f"{c.score:.4g}") for c in found.columns.values()}
+            top = min(scores, key=lambda column: scores[column])
             figures[name] = {
                 "rows": len(frame),
                 "share": round(found.drifted_share, 4),
@@ -166,28 +156,27 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
     report(args, base, undrifted, drifted, checked - built, args.out)
 
 
-def verdict(figures: dict[str, Any], base: Any, share_on_tail: bool = True) -> list[str]:
-    """``drift.reasons`` at the settings in force over the hour and the configured tail."""
+def fired(figures: dict[str, Any], tail: str | None, pvalue: float, min_rows: int) -> list[str]:
+    """The hourly rule over one case's hour and ``tail`` (compared when it holds ``min_rows``): any
+    numeric column's p-value below ``pvalue`` (``drift.reasons`` at share 0)."""
     from rtml.monitoring.drift import ColumnDrift, reasons
 
-    fired = []
-    windows = ["hour"]
-    if base.drift_recent_tail_minutes:
-        windows.append(f"tail{base.drift_recent_tail_minutes}")
-    for name in windows:
+    found = []
+    for name in ("hour", *([tail] if tail else [])):
         window = figures.get(name)
         if window is None:
             raise SystemExit(f"no figures for {name}: add it to --tails")
-        if not window["rows"] or (name != "hour" and window["rows"] < base.drift_recent_tail_min_rows):
+        if not window["rows"] or (name != "hour" and window["rows"] < min_rows):
             continue
-        columns = {c: ColumnDrift(c, "", 0.1, s, c in window["drifted"]) for c, s in window["scores"].items()}
-        fired += [
-            f"{name}: {why}"
-            for why in reasons(
-                window["share"], base.drift_recent_threshold, columns, base.drift_recent_column_score
-            )
-        ]
-    return fired
+        columns = {
+            c: ColumnDrift(c, "K-S p_value", pvalue, p, p < pvalue) for c, p in window["scores"].items()
+        }
+        share = sum(column.drifted for column in columns.values()) / len(columns)
+        found += [f"{name}: {why}" for why in reasons(share, 0.0, columns)]
+    return found
+
+
+ALPHAS = (1e-4, 1e-6, 1e-8)
 
 
 def report(
@@ -203,51 +192,57 @@ def report(
         f"\n{len(undrifted)} undrifted hours, {len(drifted)} drifted cases, {seconds:.0f} s; figures: {out}"
     )
     print(
-        "| window | rows (min-max) | largest undrifted column score (where) | 2nd | largest undrifted share "
-        "| drifted cases: largest column score (" + ", ".join(drifted) + ") |"
+        "| window | rows (min-max) | smallest undrifted p-value (where) | 2nd "
+        "| drifted cases: smallest p-value (" + ", ".join(drifted) + ") |"
     )
-    largest: dict[str, float] = {}
+    smallest: dict[str, float] = {}
     for name in windows:
-        seen = [
+        seen = sorted(
             (h[name]["top_score"], h[name]["top"], h["end"], h[name]["rows"])
             for h in undrifted
             if h[name]["rows"]
-        ]
-        seen.sort(reverse=True)
+        )
         rows = [h[name]["rows"] for h in undrifted]
-        largest[name] = seen[0][0]
-        shares = max(h[name].get("share", 0) for h in undrifted)
+        smallest[name] = seen[0][0]
         cases = ", ".join(
-            f"{d[name].get('top_score', 0):.3f} {d[name].get('top', '')}" for d in drifted.values()
+            f"{d[name].get('top_score', 1):.2g} {d[name].get('top', '')}" for d in drifted.values()
         )
         print(
-            f"| {name} | {min(rows)}-{max(rows)} | {seen[0][0]:.3f} {seen[0][1]} ({seen[0][2][5:16]}, "
-            f"{seen[0][3]} rows) | {seen[1][0]:.3f} {seen[1][1]} ({seen[1][2][5:16]}) | {shares:.3f} "
-            f"| {cases} |"
+            f"| {name} | {min(rows)}-{max(rows)} | {seen[0][0]:.2g} {seen[0][1]} ({seen[0][2][5:16]}, "
+            f"{seen[0][3]} rows) | {seen[1][0]:.2g} {seen[1][1]} ({seen[1][2][5:16]}) | {cases} |"
         )
-    alarms = {h["end"]: verdict(h, base) for h in undrifted}
-    alarms = {end: why for end, why in alarms.items() if why}
-    detections = {case: verdict(d, base) for case, d in drifted.items()}
+    tail = f"tail{base.drift_recent_tail_minutes}" if base.drift_recent_tail_minutes else None
+    pvalue, min_rows = base.drift_recent_pvalue, base.drift_recent_tail_min_rows
+    alarms = {h["end"]: why for h in undrifted if (why := fired(h, tail, pvalue, min_rows))}
+    detections = {case: fired(d, tail, pvalue, min_rows) for case, d in drifted.items()}
     print(
-        f"\nat the settings in force (column score {base.drift_recent_column_score}, tail "
-        f"{base.drift_recent_tail_minutes} min with >= {base.drift_recent_tail_min_rows} rows, share "
-        f"{base.drift_recent_threshold}): {len(alarms)} false alarms of {len(undrifted)} undrifted hours"
+        f"\nat the settings in force (p-value {pvalue:g}, tail {base.drift_recent_tail_minutes} min with >= "
+        f"{min_rows} rows): {len(alarms)} false alarms of {len(undrifted)} undrifted hours"
     )
     for end, why in alarms.items():
         print(f"  false alarm, window ending {end}: {'; '.join(why)}")
     for case, why in detections.items():
         print(f"  {case}: {'detected: ' + '; '.join(why[:3]) if why else 'NOT detected'}")
+    print("\nother p-values (hour, or a tail with >= the minimum rows):")
+    others: dict[str, Any] = {}
+    for name in windows[1:]:
+        for alpha in ALPHAS:
+            missed = [case for case, d in drifted.items() if not fired(d, name, alpha, min_rows)]
+            false = [h["end"][5:16] for h in undrifted if fired(h, name, alpha, min_rows)]
+            print(f"  {name}, p-value {alpha:g}: {len(false)} false alarms {false}; not detected {missed}")
+            others[f"{name}_{alpha:g}"] = {"false_alarms": len(false), "undetected": missed}
     print(
         json.dumps(
             {
                 "transactions_per_day": args.transactions_per_day,
                 "undrifted_hours": len(undrifted),
                 "check_seconds": round(seconds, 1),
-                **{f"largest_undrifted_score_{name}": round(value, 4) for name, value in largest.items()},
-                "column_score": base.drift_recent_column_score,
+                **{f"smallest_undrifted_pvalue_{name}": value for name, value in smallest.items()},
+                "pvalue": pvalue,
                 "tail_minutes": base.drift_recent_tail_minutes,
                 "false_alarms": len(alarms),
                 "undetected_cases": [case for case, why in detections.items() if not why],
+                "other_pvalues": others,
             }
         )
     )

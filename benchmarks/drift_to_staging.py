@@ -193,7 +193,7 @@ def column_scores(
         ).fetchone()
     assert row is not None, f"no drift report {report_id}"
     columns = row[0]["columns"]
-    drifted = {name: round(c["score"], 3) for name, c in columns.items() if c["drifted"]}
+    drifted = {name: float(f"{c['score']:.3g}") for name, c in columns.items() if c["drifted"]}
     return drifted, columns.get("amount", {})
 
 

@@ -82,8 +82,8 @@ METRICS: dict[str, Metric] = {
         ("report",),
     ),
     "rtml_drift_detected": Metric(
-        "1 when the latest drift report detects drift: its drifted share above the threshold or, for the "
-        "hourly check, a column's distance at drift_recent_column_score.",
+        "1 when the latest drift report detects drift: its drifted share above the threshold (for the "
+        "hourly check's features: any numeric column's KS p-value below drift_recent_pvalue).",
         ("report",),
     ),
     "rtml_drift_feature_score": Metric(

@@ -46,10 +46,9 @@ def recent_drift_report(
     """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours and
     their newest ``drift_recent_tail_minutes``, at most ``drift_recent_max_rows`` rows per window, against
     the reference's rows of the same hours of the day and kind of day (UTC; a night or a Saturday is not a
-    drift). Every column by a distance; drift when the share of drifted columns is above
-    ``drift_recent_threshold`` or one column's distance reaches ``drift_recent_column_score``, in the hour
-    or in its tail. Materialized after every hourly refresh (``hourly_drift_sensor``); a separate asset, so
-    the daily full report stays as it was."""
+    drift). Every numeric column by the two-sample KS test; drift when one p-value is below
+    ``drift_recent_pvalue``, in the hour or in its tail. Materialized after every hourly refresh
+    (``hourly_drift_sensor``); a separate asset, so the daily full report stays as it was."""
     settings = get_settings()
     return _drift(
         context,
@@ -120,7 +119,7 @@ def _drift(
     }
     if hourly:
         detected, description = drift.verdict(result.named_reports)
-        metadata |= {"verdict": description, "column_score": features.column_score}
+        metadata |= {"verdict": description, "pvalue": settings.drift_recent_pvalue}
         metadata["detected"] = detected
         tail = result.tail
         if tail is None:
@@ -154,8 +153,7 @@ def _hourly_rule(settings: Settings) -> dict[str, Any]:
     """``run_drift``'s arguments of the hourly check's rule."""
     return {
         "same_hours_of_day": True,
-        "threshold": settings.drift_recent_threshold,
-        "column_score": settings.drift_recent_column_score,
+        "pvalue": settings.drift_recent_pvalue,
         "tail_minutes": settings.drift_recent_tail_minutes,
         "tail_min_rows": settings.drift_recent_tail_min_rows,
     }

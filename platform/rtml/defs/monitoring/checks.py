@@ -1,8 +1,8 @@
 """``drift_within_threshold`` (on ``drift_report``, daily) and ``recent_drift_within_threshold`` (on
 ``recent_drift_report``, hourly): the reports of the asset's latest materialization (read back from
 ``monitoring.drift_reports`` by the ids in its metadata) stay within their rules (``drift.verdict``: the
-share of drifted columns within the threshold; for the hourly check also no column's distance at
-``drift_recent_column_score``, in the hour or its tail). A failure names the rules that fired and the
+share of drifted columns within the threshold; for the hourly check no numeric column's KS p-value
+below ``drift_recent_pvalue``, in the hour or its tail). A failure names the rules that fired and the
 drifted columns; the retraining automation reacts to it (``drift_retraining_sensor``)."""
 
 import dagster as dg
@@ -19,8 +19,8 @@ def _threshold_check(asset: dg.AssetKey, name: str) -> dg.AssetChecksDefinition:
         asset=asset,
         name=name,
         description="The drift reports stay within their rules: the share of drifted columns (features; "
-        "served scores) at most the threshold and, for the hourly check, no column's distance at "
-        "`drift_recent_column_score` (in the hour or its tail); fails naming the rules that fired.",
+        "served scores) at most the threshold; for the hourly check's features, no numeric column's KS "
+        "p-value below `drift_recent_pvalue` (in the hour or its tail); fails naming the rules that fired.",
     )
     def check(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
         return _evaluate(context, postgres, asset)
