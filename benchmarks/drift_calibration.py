@@ -176,7 +176,7 @@ def fired(figures: dict[str, Any], tail: str | None, pvalue: float, min_rows: in
     return found
 
 
-ALPHAS = (1e-4, 1e-6, 1e-8)
+ALPHAS = (1e-4, 1e-6, 1e-7, 1e-8)
 
 
 def report(
