@@ -375,7 +375,6 @@ WORLD_ENV = {
     "RTML_SIM_DRIFT_START": (START + timedelta(days=DRIFT_DAY)).isoformat(),
     "RTML_DRIFT_THRESHOLD": str(THRESHOLD),
     "RTML_DRIFT_RECENT_HOURS": "6",  # about 500 rows at the world's 2,000 transactions a day
-    "RTML_DRIFT_RECENT_THRESHOLD": str(THRESHOLD),
 }
 WEAK = {"max_iter": 5, "max_depth": 2}  # test_training's weakened model: production to beat
 
