@@ -7,6 +7,7 @@ derives them from the platform's psycopg URL, including the embedded PostgreSQL'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -136,9 +137,17 @@ def ensure_manifest(database_url: str | None = None, *, force: bool = False) -> 
     """``target/manifest.json``, running ``dbt parse`` first when it is missing or older than a project
     file (or ``force``).
 
-    Parsing needs no database connection; a placeholder URL is used when none is given.
+    Parsing needs no database connection; a placeholder URL is used when none is given. One process
+    at a time (a lock file in ``target/``): processes loading the definitions together (test workers, a
+    code server beside a CLI) would otherwise each parse, and one could read the manifest while another
+    writes it. The check is repeated under the lock, so the others find it fresh and do not parse again.
     """
     path = manifest_path()
-    if force or not path.exists() or manifest_is_stale(path):
-        run_dbt(["parse"], database_url or "postgresql://postgres@127.0.0.1:5432/rtml")
+    if not force and path.exists() and not manifest_is_stale(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".rtml-parse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if force or not path.exists() or manifest_is_stale(path):
+            run_dbt(["parse"], database_url or "postgresql://postgres@127.0.0.1:5432/rtml")
     return path

@@ -47,7 +47,7 @@ dbt_project = DbtProject(project_dir=project_dir(), profiles_dir=project_dir())
 dbt_project.prepare_if_dev()  # `dagster dev`: re-parse on load
 MANIFEST = dbt_project.manifest_path
 if not MANIFEST.exists() or manifest_is_stale(MANIFEST):  # a stale one lacks new models and tests
-    MANIFEST = ensure_manifest(force=True)
+    MANIFEST = ensure_manifest()  # parses, unless another process did meanwhile
 
 PARTITIONED = "config.materialized:incremental"
 GROUPS = {"staging": "staging", "features": "features", "training": "training"}
