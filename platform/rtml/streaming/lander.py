@@ -197,7 +197,7 @@ class Lander:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                if not stream.stream_gone(exc):
                     raise
                 # the stream was deleted (a Redis restarted without persistence, a flush): start over on
                 # what it holds from now on, as the stream workers do

@@ -217,3 +217,11 @@ def _entries(reply: object) -> list[Entry]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def stream_gone(exc: redis.exceptions.ResponseError) -> bool:
+    """Whether a reply says the stream or its group is gone (a Redis restarted without persistence, a
+    flush, a deletion): ``NOGROUP``, "no such key", or, to a read blocked at that moment on Redis before
+    7.2, "UNBLOCKED the stream key no longer exists". Consumers then create their group again."""
+    text = str(exc)
+    return "NOGROUP" in text or "no such key" in text or "no longer exists" in text

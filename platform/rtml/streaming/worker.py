@@ -151,7 +151,7 @@ class StreamWorker:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                if not stream.stream_gone(exc):
                     raise
                 # the stream was deleted (a flush, a restore): start over on what it holds from now on
                 log.warning("stream worker: %s; creating group %s again", exc, self.group)
