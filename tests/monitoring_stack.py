@@ -263,30 +263,24 @@ def monitoring_stack(
                 "pushgateway": [pushgateway.url],
                 **{e.name: [e.url] for e in exporters},
             }
-            if stream_worker_env is not None:
+            # the stream's consumers, each serving its metrics on a port of its own
+            for job, command, env in (
+                ("stream-worker", "run", stream_worker_env),
+                ("stream-lander", "land", stream_lander_env),
+            ):
+                if env is None:
+                    continue
                 port = free_port()
-                worker = start(
-                    "stream-worker",
-                    [sys.executable, "-m", "rtml.cli", "stream", "run", "--metrics-port", str(port)],
+                consumer = start(
+                    job,
+                    [sys.executable, "-m", "rtml.cli", "stream", command, "--metrics-port", str(port)],
                     f"http://127.0.0.1:{port}",
                     "/metrics",
                     work,
-                    stream_worker_env,
+                    env,
                 )
-                started.append(worker)
-                targets["stream-worker"] = [worker.url]
-            if stream_lander_env is not None:
-                port = free_port()
-                lander = start(
-                    "stream-lander",
-                    [sys.executable, "-m", "rtml.cli", "stream", "land", "--metrics-port", str(port)],
-                    f"http://127.0.0.1:{port}",
-                    "/metrics",
-                    work,
-                    stream_lander_env,
-                )
-                started.append(lander)
-                targets["stream-lander"] = [lander.url]
+                started.append(consumer)
+                targets[job] = [consumer.url]
             config = {
                 "global": {"scrape_interval": interval, "evaluation_interval": interval},
                 "rule_files": [str(MONITORING / "prometheus" / "rules" / "*.yml")],

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.config import Settings, get_settings
 from rtml.services.processes import Sessions, free_port
@@ -38,7 +36,7 @@ from rtml.streaming.events import TransactionEvent
 from rtml.streaming.redis_state import SpeedStore
 from rtml.streaming.worker import StateWriteRefused, StreamWorker
 from tests.redis_cluster import wait_until
-from tests.test_stream_io import client, key  # noqa: F401 (fixtures)
+from tests.test_stream_io import client, key, scrape  # noqa: F401 (fixtures)
 from tests.test_streaming_features import HOUR_US, W1_US, MemoryBackend, drained, draw_histories
 
 MALFORMED = [{"v": "99", "transaction_id": "future"}, {"v": "1", "transaction_id": "broken"}]
@@ -199,16 +197,6 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     assert survivor.counts.processed == entries  # every entry once by the survivor ...
     assert survivor.counts.applied + written_before["applied"] == outcomes["applied"]  # ... each id once
     assert survivor.counts.duplicate == outcomes["duplicate"] + written_before["applied"]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_the_demo_starts_rtml_stream_run_which_serves_metrics_and_stops_cleanly_on_sigterm(
