@@ -447,19 +447,20 @@ def test_numeric_mirror_is_bit_for_bit_postgres(database_url: str) -> None:
         ).fetchall()
     mismatched = []
     for g, mean, std, zscore, night_share in rows:
-        xs = groups[g]
-        m = numeric.avg(len(xs), sum(xs, Decimal(0)))
-        s = numeric.stddev_samp(len(xs), sum(xs, Decimal(0)), sum((x * x for x in xs), Decimal(0)))
+        cents = [numeric.Num.of(x).unscaled for x in groups[g]]
+        total, squares = numeric.Num(sum(cents), 2), numeric.Num(sum(c * c for c in cents), 4)
+        m = numeric.avg(len(cents), total)
+        s = numeric.stddev_samp(len(cents), total, squares)
         z = (
-            numeric.to_double(numeric.divide(xs[0] - m, s))
-            if m is not None and s is not None and s > 0
+            numeric.to_double(numeric.divide(numeric.subtract(numeric.Num(cents[0], 2), m), s))
+            if m is not None and s is not None and s.unscaled > 0
             else None
         )
         ours = (
             numeric.to_double(m),
             numeric.to_double(s),
             z,
-            numeric.to_double(numeric.avg(len(xs), Decimal(sum(nights[g])))),
+            numeric.to_double(numeric.avg(len(cents), numeric.Num(sum(nights[g]), 0))),
         )
         if ours != (mean, std, zscore, night_share):
             mismatched.append((g, ours, (mean, std, zscore, night_share)))

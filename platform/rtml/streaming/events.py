@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from rtml.streaming.numeric import amount_numeric
+from rtml.streaming.numeric import amount_cents, amount_numeric
 
 SCHEMA_VERSION = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -61,6 +61,11 @@ class TransactionEvent:
     def amount_numeric(self) -> Decimal:
         """``round(amount::numeric, 2)``: the amount as ``stg_transactions`` keeps it."""
         return amount_numeric(self.amount)
+
+    @property
+    def amount_cents(self) -> int:
+        """``amount_numeric`` in cents."""
+        return amount_cents(self.amount)
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""

@@ -9,7 +9,7 @@ dbt's rows. For each window w (rows of the customer in [t - w, t), strictly earl
              - edge events in [W - w, min(t - w, W))      (batch-era rows that left the window)
              + stream events in [max(W, t - w), t)
 
-Counts and numeric sums are exact (``Decimal``); mean and standard deviation are PostgreSQL's numeric
+Counts and numeric sums are exact (integer cents); mean and standard deviation are PostgreSQL's numeric
 ``avg`` / ``stddev_samp`` from the exact count, sum and sum of squares (``rtml.streaming.numeric``),
 then cast to double as dbt does. Distinct merchants come from each merchant's newest time in the
 snapshot's 24 hours plus the stream's; the previous transaction and the known merchants from the
@@ -27,6 +27,7 @@ from typing import Any
 
 from rtml.streaming import numeric
 from rtml.streaming.events import HOUR_US
+from rtml.streaming.numeric import Num
 from rtml.streaming.snapshot import WINDOWS_US, BatchSnapshot
 from rtml.streaming.state import CustomerStreamState, StreamedEvent
 
@@ -48,7 +49,6 @@ FEATURE_COLUMNS = (
 )
 """The feature columns of ``customer_features``, as this module returns them."""
 
-_CENT = Decimal("0.01")
 _DAY_US = 24 * HOUR_US
 
 
@@ -93,32 +93,32 @@ def customer_features_at(
         stream = [e for e in state.events.values() if w0 <= e.event_ts_us < t]
 
     out: dict[str, Any] = {}
-    night_7d = 0
-    sumsq_30d = Decimal(0)
+    night_7d = sumsq_30d = count_30d = 0
+    sum_30d = Num(0, 2)
     for name, width in WINDOWS_US.items():
         lo = t - width
-        leaving = [(ts, a) for ts, a in snapshot.edge_events if w0 - width <= ts < min(lo, w0)]
+        leaving = [(ts, c) for ts, c in snapshot.edge_events if w0 - width <= ts < min(lo, w0)]
         entered = [e for e in stream if e.event_ts_us >= lo]
         count = snapshot.txn_count[name] - len(leaving) + len(entered)
-        total = snapshot.amount_sum[name] - sum((a for _, a in leaving), Decimal(0))
-        total += sum((e.amount for e in entered), Decimal(0))
+        cents = snapshot.amount_cents[name] - sum(c for _, c in leaving) + sum(e.cents for e in entered)
         out[f"txn_count_{name}"] = count
-        out[f"amount_sum_{name}"] = total.quantize(_CENT)
+        out[f"amount_sum_{name}"] = Decimal(cents).scaleb(-2)
         if name == "7d":
             night_7d = snapshot.night_count_7d - sum(_is_night(ts) for ts, _ in leaving)
             night_7d += sum(_is_night(e.event_ts_us) for e in entered)
         if name == "30d":
-            sumsq_30d = snapshot.amount_sumsq_30d - sum((a * a for _, a in leaving), Decimal(0))
-            sumsq_30d += sum((e.amount * e.amount for e in entered), Decimal(0))
+            count_30d, sum_30d = count, Num(cents, 2)
+            sumsq_30d = snapshot.amount_sumsq_30d - sum(c * c for _, c in leaving)
+            sumsq_30d += sum(e.cents * e.cents for e in entered)
 
-    count_30d, sum_30d = out["txn_count_30d"], out["amount_sum_30d"]
     mean = numeric.avg(count_30d, sum_30d)
-    std = numeric.stddev_samp(count_30d, sum_30d, sumsq_30d)
+    std = numeric.stddev_samp(count_30d, sum_30d, Num(sumsq_30d, 4))
     out["amount_mean_30d"] = numeric.to_double(mean)
     out["amount_std_30d"] = numeric.to_double(std)
     zscore = None
-    if mean is not None and std is not None and std > 0:
-        zscore = numeric.to_double(numeric.divide(numeric.amount_numeric(amount) - mean, std))
+    if mean is not None and std is not None and std.unscaled > 0:
+        deviation = numeric.subtract(Num(numeric.amount_cents(amount), 2), mean)
+        zscore = numeric.to_double(numeric.divide(deviation, std))
     out["amount_zscore_30d"] = zscore
 
     day_lo = t - _DAY_US
@@ -132,7 +132,7 @@ def customer_features_at(
     # extract(epoch from t - prev): exact microseconds, then the nearest double
     out["seconds_since_prev_txn"] = (t - max(previous)) / 1_000_000 if previous else None
 
-    out["night_share_7d"] = numeric.to_double(numeric.avg(out["txn_count_7d"], Decimal(night_7d)))
+    out["night_share_7d"] = numeric.to_double(numeric.avg(out["txn_count_7d"], Num(night_7d, 0)))
     out["is_new_merchant"] = merchant_id not in snapshot.known_merchant_ids and all(
         e.merchant_id != merchant_id for e in stream
     )

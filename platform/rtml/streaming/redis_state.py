@@ -20,8 +20,8 @@ in them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import redis
@@ -65,14 +65,6 @@ return 1
 _WINDOWS = tuple(WINDOWS_US)
 
 
-def _cents(amount: Decimal) -> int:
-    return int(amount.scaleb(2))
-
-
-def _from_cents(cents: int | str, scale: int = 2) -> Decimal:
-    return Decimal(int(cents)).scaleb(-scale)
-
-
 def pack_snapshot(s: BatchSnapshot) -> str:
     """``as_of|valid_until|counts|sums (cents)|night 7d|sum of squares (cents²)|last|edges|merchants 24h|
     known merchants`` (lists comma-separated; edges ``ts=cents``; merchants ``id=ts``)."""
@@ -80,11 +72,11 @@ def pack_snapshot(s: BatchSnapshot) -> str:
         str(s.as_of_us),
         str(s.valid_until_us),
         ",".join(str(s.txn_count[w]) for w in _WINDOWS),
-        ",".join(str(_cents(s.amount_sum[w])) for w in _WINDOWS),
+        ",".join(str(s.amount_cents[w]) for w in _WINDOWS),
         str(s.night_count_7d),
-        str(int(s.amount_sumsq_30d.scaleb(4))),
+        str(s.amount_sumsq_30d),
         "" if s.last_txn_us is None else str(s.last_txn_us),
-        ",".join(f"{ts}={_cents(a)}" for ts, a in s.edge_events),
+        ",".join(f"{ts}={c}" for ts, c in s.edge_events),
         ",".join(f"{m}={ts}" for m, ts in sorted(s.merchant_last_24h.items())),
         ",".join(sorted(s.known_merchant_ids)),
     ]
@@ -92,24 +84,49 @@ def pack_snapshot(s: BatchSnapshot) -> str:
 
 
 def unpack_snapshot(customer_id: str, packed: str) -> BatchSnapshot:
+    """``pack_snapshot``'s text as the snapshot (on every merged read: each part parsed in one pass)."""
     (as_of, valid_until, counts, sums, night, sumsq, last, edges, merchants, known) = packed.split("|")
-
-    def pairs(text: str) -> list[tuple[str, str]]:
-        return [tuple(item.rsplit("=", 1)) for item in text.split(",") if item]  # type: ignore[misc]
-
+    edge_items = edges.replace("=", ",").split(",") if edges else []
+    merchant_items = merchants.replace("=", ",").split(",") if merchants else []
     return BatchSnapshot(
         customer_id=customer_id,
         as_of_us=int(as_of),
         valid_until_us=int(valid_until),
         txn_count=dict(zip(_WINDOWS, map(int, counts.split(",")), strict=True)),
-        amount_sum=dict(zip(_WINDOWS, map(_from_cents, sums.split(",")), strict=True)),
+        amount_cents=dict(zip(_WINDOWS, map(int, sums.split(",")), strict=True)),
         night_count_7d=int(night),
-        amount_sumsq_30d=_from_cents(sumsq, 4),
-        edge_events=tuple((int(ts), _from_cents(c)) for ts, c in pairs(edges)),
-        merchant_last_24h={m: int(ts) for m, ts in pairs(merchants)},
+        amount_sumsq_30d=int(sumsq),
+        edge_events=tuple(zip(map(int, edge_items[::2]), map(int, edge_items[1::2]), strict=True)),
+        merchant_last_24h=dict(zip(merchant_items[::2], map(int, merchant_items[1::2]), strict=True)),
         last_txn_us=int(last) if last else None,
-        known_merchant_ids=frozenset(known.split(",")) if known else frozenset(),
+        known_merchant_ids=PackedIds(known),
     )
+
+
+class PackedIds(Collection[str]):
+    """Comma-separated ids as a read-only set: a membership test searches the text. A busy customer knows
+    a few hundred merchants, and building their set cost more than the rest of a merged read; the read
+    asks about one merchant."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        self._text = f",{text}," if text else ","
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str) and "," not in item and f",{item}," in self._text
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._text[1:-1].split(",") if len(self._text) > 1 else ())
+
+    def __len__(self) -> int:
+        return self._text.count(",") - 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AbstractSet | PackedIds) and frozenset(self) == frozenset(other)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self))
 
 
 class SpeedStore:
@@ -175,7 +192,7 @@ class SpeedStore:
                 e.transaction_id,
                 e.event_ts_us,
                 e.merchant_id,
-                _cents(e.amount_numeric),
+                e.amount_cents,
                 watermark_us,
             ]
             self._queue(pipe, self._apply, self.key(e.customer_id), args)
@@ -244,7 +261,7 @@ def decode_state(
     for name, value in fields.items():
         if name.startswith("e:"):
             ts, merchant, cents = value.split("|")
-            events[name[2:]] = StreamedEvent(int(ts), merchant, _from_cents(cents))
+            events[name[2:]] = StreamedEvent(int(ts), merchant, int(cents))
     return snapshot, CustomerStreamState(customer, int(fields["w"]), events)
 
 

@@ -7,7 +7,7 @@ the all-time state (newest transaction, known merchants).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -33,15 +33,19 @@ class BatchSnapshot:
     valid_until_us: int
     """W + horizon: the edge events cover every window's trailing edge up to here."""
     txn_count: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(WINDOWS_US, 0))
-    amount_sum: Mapping[str, Decimal] = field(default_factory=lambda: dict.fromkeys(WINDOWS_US, Decimal(0)))
+    amount_cents: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(WINDOWS_US, 0))
+    """Each window's amount sum, in cents (numeric(14,2) as an integer)."""
     night_count_7d: int = 0
-    amount_sumsq_30d: Decimal = Decimal(0)
-    edge_events: tuple[tuple[int, Decimal], ...] = ()
-    """(event time, amount) of the events in [W - w, min(W, W - w + horizon)) for some window w."""
+    amount_sumsq_30d: int = 0
+    """The sum of the squared amounts over 30 days, in cents² (numeric scale 4 as an integer)."""
+    edge_events: tuple[tuple[int, int], ...] = ()
+    """(event time, amount in cents) of the events in [W - w, min(W, W - w + horizon)) for some window
+    w."""
     merchant_last_24h: Mapping[str, int] = field(default_factory=dict)
     """Merchant → newest event time within [W - 24 h, W)."""
     last_txn_us: int | None = None
-    known_merchant_ids: frozenset[str] = frozenset()
+    known_merchant_ids: Collection[str] = frozenset()
+    """Every merchant of the customer's transactions before W (a set, or ``PackedIds``)."""
 
     @classmethod
     def empty(cls, customer_id: str, as_of_us: int, valid_until_us: int) -> BatchSnapshot:
@@ -56,11 +60,11 @@ class BatchSnapshot:
             as_of_us=to_us(row["as_of_ts"]),
             valid_until_us=to_us(row["valid_until"]),
             txn_count={w: int(row[f"txn_count_{w}"]) for w in WINDOWS_US},
-            amount_sum={w: Decimal(row[f"amount_sum_{w}"]) for w in WINDOWS_US},
+            amount_cents={w: _scaled(row[f"amount_sum_{w}"], 2) for w in WINDOWS_US},
             night_count_7d=int(row["night_count_7d"]),
-            amount_sumsq_30d=Decimal(row["amount_sumsq_30d"]),
+            amount_sumsq_30d=_scaled(row["amount_sumsq_30d"], 4),
             edge_events=tuple(
-                (to_us(ts), Decimal(amount))
+                (to_us(ts), _scaled(amount, 2))
                 for ts, amount in zip(row["edge_ts"], row["edge_amounts"], strict=True)
             ),
             merchant_last_24h={
@@ -70,6 +74,14 @@ class BatchSnapshot:
             last_txn_us=None if row["last_txn_ts"] is None else to_us(row["last_txn_ts"]),
             known_merchant_ids=frozenset(row["known_merchant_ids"] or ()),
         )
+
+
+def _scaled(value: Decimal | int, scale: int) -> int:
+    """``value * 10**scale`` as an integer; a value with more digits is refused (never rounded)."""
+    scaled = Decimal(value).scaleb(scale)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{value} has more than {scale} decimal places")
+    return int(scaled)
 
 
 def fetch_snapshots(database_url: str, customer_ids: Iterable[str] | None = None) -> Iterator[BatchSnapshot]:

@@ -18,7 +18,6 @@ here depends on arrival order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import StrEnum
 
 from rtml.streaming.events import TransactionEvent
@@ -32,11 +31,12 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class StreamedEvent:
-    """What the features need of one event: time, merchant, amount as stg_transactions keeps it."""
+    """What the features need of one event: time, merchant, amount as stg_transactions keeps it (in
+    cents)."""
 
     event_ts_us: int
     merchant_id: str
-    amount: Decimal
+    cents: int
 
 
 @dataclass
@@ -55,7 +55,7 @@ class CustomerStreamState:
         if event.transaction_id in self.events:
             return Outcome.DUPLICATE
         self.events[event.transaction_id] = StreamedEvent(
-            event.event_ts_us, event.merchant_id, event.amount_numeric
+            event.event_ts_us, event.merchant_id, event.amount_cents
         )
         return Outcome.APPLIED
 
