@@ -9,7 +9,7 @@ ending at day 37 10:00), built once, on the machine's PostgreSQL in a database o
 for three hours.
 
 Each hour goes through the hourly check's comparison as ``recent_drift_report`` makes it, by the same
-library calls (``drift.fetch_windows`` with the same-hour, same-kind-of-day reference, ``drift.compare``
+library calls (``drift.fetch_windows`` with the same-hour, same-day-of-the-week reference, ``drift.compare``
 with the hourly rule's p-values: the two-sample KS test of every numeric column, ``drift.reasons``): the
 whole hour and its newest ``--tails`` minutes. A switch at minute
 MM is emulated by a current window ending 60 - MM minutes after the switch (the hour the check sees at :05

@@ -27,7 +27,7 @@ retraining. Each Dagster run executes in process (the daemon's scheduling is not
 processing time is the sum of the steps after the detecting hour closes. The wall time from the switch
 adds what the daemon adds: the wait from the switch until the detecting hour closes (60 - minute, plus
 60 if the check of the hour holding the switch does not fire), the schedule's 5 min offset, and the
-sensors' intervals (hourly drift sensor 30 s, drift sensor 60 s, retraining notifier 30 s).
+sensors' intervals (hourly drift sensor 30 s, drift sensor 30 s, retraining notifier 30 s).
 
 Several ``--switch-minute`` values run one after the other, each in a world of its own (the same seeded
 history, a fresh stack); the JSON line gives each run and the worst case over them.
@@ -61,7 +61,7 @@ import dagster as dg  # noqa: E402
 from rtml.definitions import defs  # noqa: E402  (before DBT_TARGET_PATH moves: it reads the project's)
 from rtml.services.processes import free_port  # noqa: E402
 
-SENSOR_INTERVALS_S = {"hourly_drift_sensor": 30, "drift_retraining_sensor": 60, "retraining_notifier": 30}
+SENSOR_INTERVALS_S = {"hourly_drift_sensor": 30, "drift_retraining_sensor": 30, "retraining_notifier": 30}
 WEAK = {"max_iter": 5, "max_depth": 2}
 
 

@@ -124,26 +124,36 @@ class Window:
         return tuple(sorted(set(hours)))
 
     def hour_slots(self) -> tuple[int, ...]:
-        """The kinds of hour the window touches: the UTC hour of the day, plus 24 on a weekend day (the
-        simulator's and real traffic's hourly profile differs between weekdays and weekends)."""
+        """The hours of the week the window touches: the UTC hour of the day + 24 x the day of the week
+        (Monday 0): traffic differs by weekday, not only between weekdays and weekends (the simulator's
+        Friday has 12 % more payments than a Monday, its Saturday 30 % more than its Sunday)."""
         hour = self.start.replace(minute=0, second=0, microsecond=0)
         slots = set()
         while hour < self.end:
-            slots.add(hour.hour + (24 if hour.weekday() >= 5 else 0))
+            slots.add(hour.hour + 24 * hour.weekday())
             hour += timedelta(hours=1)
         return tuple(sorted(slots))
+
+
+_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_KINDS = {"weekday": range(5), "weekend": range(5, 7)}
+
+
+def _kind(slot: int) -> str:
+    return "weekend" if slot // 24 >= 5 else "weekday"
 
 
 @dataclass(frozen=True)
 class ReferenceHours:
     """Which rows of the reference window the hourly check keeps: those of the current window's hours
-    of the day, on the same kind of day (weekday or weekend) when the reference window has such days."""
+    of the day on the same day of the week; on the same kind of day (weekday or weekend) when the
+    reference window has no such day; on any day when it has no such kind of day either."""
 
     hours_of_day: tuple[int, ...]
     slots: tuple[int, ...] | None
-    """Hour of the day + 24 on weekends (:meth:`Window.hour_slots`); None: the hours on any day."""
+    """Hours of the week (:meth:`Window.hour_slots`); None: the hours on any day."""
     days: str
-    """``weekday``, ``weekend``, ``weekday and weekend``, or why any day (a fallback)."""
+    """``Friday``, ``Sunday and Monday``, ``weekday (fallback: ...)``, or ``any (fallback: ...)``."""
 
 
 def reference_hours(reference: Window, current: Window) -> ReferenceHours | None:
@@ -151,10 +161,17 @@ def reference_hours(reference: Window, current: Window) -> ReferenceHours | None
     hours = current.hours_of_day()
     if hours is None:
         return None
-    wanted = current.hour_slots()
-    kinds = sorted({"weekend" if slot >= 24 else "weekday" for slot in wanted}, reverse=True)
-    if set(wanted) <= set(reference.hour_slots()):
-        return ReferenceHours(hours, wanted, " and ".join(kinds))
+    wanted, present = current.hour_slots(), set(reference.hour_slots())
+    if set(wanted) <= present:
+        days = " and ".join(dict.fromkeys(_DAY_NAMES[slot // 24] for slot in wanted))
+        return ReferenceHours(hours, wanted, days)
+    missing = " or ".join(dict.fromkeys(_DAY_NAMES[slot // 24] for slot in wanted if slot not in present))
+    kinds = sorted({_kind(slot) for slot in wanted}, reverse=True)
+    alike = {slot: {slot % 24 + 24 * day for day in _KINDS[_kind(slot)]} & present for slot in wanted}
+    if all(alike.values()):
+        same_kind = set().union(*alike.values())
+        fallback = f"(fallback: the reference window has no {missing} at these hours)"
+        return ReferenceHours(hours, tuple(sorted(same_kind)), f"{' and '.join(kinds)} {fallback}")
     return ReferenceHours(
         hours, None, f"any (fallback: the reference window has no {' or '.join(kinds)} day at these hours)"
     )
@@ -330,10 +347,12 @@ def feature_query(
     registry: FeatureRegistry | None = None,
     hours_of_day: tuple[int, ...] | None = None,
     hour_slots: tuple[int, ...] | None = None,
+    warm_from: dict[str, datetime] | None = None,
 ) -> tuple[sql.Composed, FeatureSpec]:
     """The COPY of a window's feature rows (at most ``max_rows``, seeded sample), with the columns of
     ``feature_spec()`` in its order, and that spec; only rows of the given UTC ``hours_of_day`` if any,
-    or of the given ``hour_slots`` (:meth:`Window.hour_slots`: hour and kind of day) if any."""
+    or of the given ``hour_slots`` (:meth:`Window.hour_slots`: hours of the week) if any. A column of
+    ``warm_from`` is NULL on the rows before its time (:func:`warm_from`)."""
     registry = registry or load_registry()
     if max_rows <= 0:
         raise DriftError(f"drift_max_rows must be positive, not {max_rows}")
@@ -351,8 +370,13 @@ def feature_query(
         if name in spec.categorical:
             selected.append(sql.SQL("{} as {}").format(ident, label))
         else:  # numbers and booleans as float64, the model's dtype (NaN when missing)
-            cast = "{}::int::double precision as {}" if dtype == "bool" else "{}::double precision as {}"
-            selected.append(sql.SQL(cast).format(ident, label))
+            cast = "{}::int::double precision" if dtype == "bool" else "{}::double precision"
+            value: sql.Composable = sql.SQL(cast).format(ident)
+            if warm_from and name in warm_from:
+                value = sql.SQL("case when t.event_ts >= {} then {} end").format(
+                    sql.Literal(warm_from[name]), value
+                )
+            selected.append(sql.SQL("{} as {}").format(value, label))
     query = sql.SQL(
         """copy (
         with picked as (
@@ -385,12 +409,46 @@ def feature_query(
 def _hours_filter(hours_of_day: tuple[int, ...] | None, hour_slots: tuple[int, ...] | None) -> sql.Composable:
     hour = sql.SQL("extract(hour from event_ts at time zone 'UTC')::int")
     if hour_slots is not None:
-        weekend = sql.SQL("extract(isodow from event_ts at time zone 'UTC') >= 6")
-        slot = sql.SQL("{} + case when {} then 24 else 0 end").format(hour, weekend)
+        day = sql.SQL("(extract(isodow from event_ts at time zone 'UTC')::int - 1)")  # Monday 0
+        slot = sql.SQL("{} + 24 * {}").format(hour, day)
         return sql.SQL(" and {} = any({})").format(slot, sql.Literal(list(hour_slots)))
     if hours_of_day is not None:
         return sql.SQL(" and {} = any({})").format(hour, sql.Literal(list(hours_of_day)))
     return sql.SQL("")
+
+
+_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1)}
+
+
+def warm_from(registry: FeatureRegistry, history_start: datetime | None) -> dict[str, datetime]:
+    """Per windowed feature, the first event time whose window lies wholly after ``history_start`` (the
+    oldest transaction): before it the feature counts a part of its window (a 7-day count on the second
+    day of history is about a seventh of a full one), so it differs from any later row without any
+    drift. The demo's seven days of history are a production model's whole training window: without
+    this, 75-80 % of the columns "drifted" in every hour after it (docs/benchmarks.md). A feature of an
+    ``unbounded`` window (the previous transaction, known merchants) is taken as warm after the longest
+    bounded one."""
+    if history_start is None:
+        return {}
+    windows = {f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window}
+    lengths = {
+        name: int(window[:-1]) * _UNITS[window[-1]]
+        for name, window in windows.items()
+        if window[-1:] in _UNITS and window[:-1].isdigit()
+    }
+    longest = max(lengths.values(), default=timedelta(0))
+    return {
+        name: history_start + lengths.get(name, longest)
+        for name, window in windows.items()
+        if name in lengths or window == "unbounded"
+    }
+
+
+def history_start(database_url: str) -> datetime | None:
+    """The oldest transaction's event time (``stg_transactions``, indexed); None without any."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql.SQL("select min(event_ts) from {}").format(sql.SQL(TRANSACTIONS))).fetchone()
+    return None if row is None else row[0]
 
 
 def load_features(
@@ -401,9 +459,10 @@ def load_features(
     registry: FeatureRegistry | None = None,
     hours_of_day: tuple[int, ...] | None = None,
     hour_slots: tuple[int, ...] | None = None,
+    warm: dict[str, datetime] | None = None,
 ) -> tuple[pd.DataFrame, FeatureSpec]:
     """A window's feature rows (model dtypes: float64 with NaN, strings with None) and their spec."""
-    query, spec = feature_query(window, max_rows, seed, registry, hours_of_day, hour_slots)
+    query, spec = feature_query(window, max_rows, seed, registry, hours_of_day, hour_slots, warm)
     types = {name: pa.float64() for name in spec.numeric} | {name: pa.string() for name in spec.categorical}
     return _copy_frame(database_url, query, types), spec
 
@@ -555,17 +614,19 @@ def fetch_windows(
     tails: Sequence[Window] = (),
 ) -> Fetched:
     """The reference's rows (with ``same_hours_of_day`` and a current window shorter than a day: only
-    those of the current window's hours of the day, on the same kind of day when the reference has such
-    days, :func:`reference_hours`), the current window's and each tail window's, on parallel
-    connections (the server's work and pyarrow's parsing release the GIL)."""
+    those of the current window's hours of the day, on the same day of the week when the reference has
+    it, :func:`reference_hours`), the current window's and each tail window's, on parallel connections
+    (the server's work and pyarrow's parsing release the GIL); windowed features NULL where their window
+    is not filled yet (:func:`warm_from`)."""
     registry = load_registry()
     hours = reference_hours(reference, current) if same_hours_of_day else None
     only = (hours.hours_of_day, hours.slots) if hours else (None, None)
     windows = [(reference, only), (current, (None, None)), *((tail, (None, None)) for tail in tails)]
+    warm = warm_from(registry, history_start(database_url))
     with ThreadPoolExecutor(max_workers=2) as pool:
         fetches = [
-            pool.submit(load_features, database_url, window, max_rows, seed, registry, *filters)
-            for window, filters in windows
+            pool.submit(load_features, database_url, window, max_rows, seed, registry, of_day, slots, warm)
+            for window, (of_day, slots) in windows
         ]
         frames = [fetch.result() for fetch in fetches]
     for name, window, (rows, _) in (("reference", reference, frames[0]), ("current", current, frames[1])):
@@ -594,9 +655,9 @@ def run_drift(
     is the reference (``tracking_uri`` needed); the predictions report needs a production version.
     At most ``max_rows`` (default ``drift_max_rows``) rows are sampled from each window. With
     ``same_hours_of_day`` and a current window shorter than a day, the reference keeps only the rows of
-    the current window's hours of the day (UTC) and kind of day (weekday, weekend): a few night hours
-    are not "drifted" from a whole day only because fewer customers pay at night, nor a Saturday night
-    from weekday nights. A report detects drift when the share of drifted columns exceeds
+    the current window's hours of the day (UTC) on the same day of the week (:func:`reference_hours`): a
+    few night hours are not "drifted" from a whole day only because fewer customers pay at night, nor a
+    Friday evening from other evenings. A report detects drift when the share of drifted columns exceeds
     ``drift_threshold``.
 
     The hourly check's rule (``pvalue`` given): the features reports compare the numeric columns by the

@@ -45,8 +45,9 @@ def recent_drift_report(
 ) -> dg.MaterializeResult:
     """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours and
     their newest ``drift_recent_tail_minutes``, at most ``drift_recent_max_rows`` rows per window, against
-    the reference's rows of the same hours of the day and kind of day (UTC; a night or a Saturday is not a
-    drift). Every numeric column by the two-sample KS test; drift when one p-value is below
+    the reference's rows of the same hours of the day on the same day of the week (UTC; a night or a
+    Friday is not a drift), windowed features only where their window is filled (``drift.warm_from``).
+    Every numeric column by the two-sample KS test; drift when one p-value is below
     ``drift_recent_pvalue``, in the hour or in its tail. Materialized after every hourly refresh
     (``hourly_drift_sensor``); a separate asset, so the daily full report stays as it was."""
     settings = get_settings()
