@@ -447,7 +447,7 @@ def test_numeric_mirror_is_bit_for_bit_postgres(database_url: str) -> None:
         ).fetchall()
     mismatched = []
     for g, mean, std, zscore, night_share in rows:
-        cents = [numeric.Num.of(x).unscaled for x in groups[g]]
+        cents = [int(x.scaleb(2)) for x in groups[g]]
         total, squares = numeric.Num(sum(cents), 2), numeric.Num(sum(c * c for c in cents), 4)
         m = numeric.avg(len(cents), total)
         s = numeric.stddev_samp(len(cents), total, squares)

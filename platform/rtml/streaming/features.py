@@ -22,7 +22,6 @@ values, as before the speed layer, and counts it).
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from rtml.streaming import numeric
@@ -102,7 +101,7 @@ def customer_features_at(
         count = snapshot.txn_count[name] - len(leaving) + len(entered)
         cents = snapshot.amount_cents[name] - sum(c for _, c in leaving) + sum(e.cents for e in entered)
         out[f"txn_count_{name}"] = count
-        out[f"amount_sum_{name}"] = Decimal(cents).scaleb(-2)
+        out[f"amount_sum_{name}"] = Num(cents, 2).to_decimal()
         if name == "7d":
             night_7d = snapshot.night_count_7d - sum(_is_night(ts) for ts, _ in leaving)
             night_7d += sum(_is_night(e.event_ts_us) for e in entered)

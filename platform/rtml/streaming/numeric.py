@@ -30,18 +30,6 @@ class Num(NamedTuple):
     unscaled: int
     scale: int
 
-    @classmethod
-    def of(cls, value: Decimal | int) -> Num:
-        """The value of a ``Decimal`` (its exponent is the display scale) or an integer."""
-        if isinstance(value, int):
-            return cls(value, 0)
-        sign, digits, exponent = value.as_tuple()
-        assert isinstance(exponent, int), value  # finite
-        integer = int("".join(map(str, digits)) or "0")
-        if exponent > 0:
-            integer, exponent = integer * 10**exponent, 0
-        return cls(-integer if sign else integer, -exponent)
-
     def to_decimal(self) -> Decimal:
         return Decimal(self.unscaled).scaleb(-self.scale)
 

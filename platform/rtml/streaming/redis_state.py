@@ -125,9 +125,6 @@ class PackedIds(Collection[str]):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AbstractSet | PackedIds) and frozenset(self) == frozenset(other)
 
-    def __hash__(self) -> int:
-        return hash(frozenset(self))
-
 
 class SpeedStore:
     """The speed layer's Redis state (see the module docstring)."""
