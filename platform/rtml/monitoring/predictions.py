@@ -67,6 +67,33 @@ create table if not exists monitoring.predictions (
 );
 create index if not exists predictions_scored_at_idx on monitoring.predictions (scored_at);
 create index if not exists predictions_transaction_id_idx on monitoring.predictions (transaction_id);
+-- the staged version's score of the same request (shadow scoring, after production's answer went out):
+-- joined with production's row on request_id, and with the label on transaction_id
+create table if not exists monitoring.shadow_predictions (
+    request_id     text not null,
+    transaction_id text not null,
+    model_version  text not null,
+    probability    double precision not null,
+    decision       text not null,
+    scored_at      timestamptz not null,
+    primary key (request_id, model_version)
+);
+create index if not exists shadow_predictions_scored_at_idx on monitoring.shadow_predictions (scored_at);
+-- the exact model input row each logged request was scored with (all requests, or a sample), for the
+-- training-serving skew check: features = {column: value} (NaN as null), feature_versions = the online
+-- views' build versions the values came from, speed_layer = the speed layer's result for the read
+create table if not exists monitoring.served_features (
+    request_id       text primary key,
+    transaction_id   text not null,
+    model_version    text not null,
+    event_ts         timestamptz not null,
+    scored_at        timestamptz not null,
+    speed_layer      text not null,
+    feature_versions jsonb not null,
+    features         jsonb not null
+);
+create index if not exists served_features_scored_at_idx on monitoring.served_features (scored_at);
+create index if not exists served_features_transaction_id_idx on monitoring.served_features (transaction_id);
 """
 
 
