@@ -22,6 +22,8 @@ values, as before the speed layer, and counts it).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from operator import itemgetter
 from typing import Any
 
 from rtml.streaming import numeric
@@ -49,6 +51,7 @@ FEATURE_COLUMNS = (
 """The feature columns of ``customer_features``, as this module returns them."""
 
 _DAY_US = 24 * HOUR_US
+_event_time = itemgetter(0)
 
 
 class NotExact(ValueError):
@@ -94,9 +97,11 @@ def customer_features_at(
     out: dict[str, Any] = {}
     night_7d = sumsq_30d = count_30d = 0
     sum_30d = Num(0, 2)
+    edges = snapshot.edge_events  # in time order: each window's leaving events are one slice
     for name, width in WINDOWS_US.items():
         lo = t - width
-        leaving = [(ts, c) for ts, c in snapshot.edge_events if w0 - width <= ts < min(lo, w0)]
+        start = bisect_left(edges, w0 - width, key=_event_time)
+        leaving = edges[start : max(start, bisect_left(edges, min(lo, w0), key=_event_time))]
         entered = [e for e in stream if e.event_ts_us >= lo]
         count = snapshot.txn_count[name] - len(leaving) + len(entered)
         cents = snapshot.amount_cents[name] - sum(c for _, c in leaving) + sum(e.cents for e in entered)

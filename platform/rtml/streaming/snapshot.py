@@ -40,7 +40,7 @@ class BatchSnapshot:
     """The sum of the squared amounts over 30 days, in cents² (numeric scale 4 as an integer)."""
     edge_events: tuple[tuple[int, int], ...] = ()
     """(event time, amount in cents) of the events in [W - w, min(W, W - w + horizon)) for some window
-    w."""
+    w, in time order (the merge finds each window's leaving events by bisection)."""
     merchant_last_24h: Mapping[str, int] = field(default_factory=dict)
     """Merchant → newest event time within [W - 24 h, W)."""
     last_txn_us: int | None = None
@@ -64,8 +64,10 @@ class BatchSnapshot:
             night_count_7d=int(row["night_count_7d"]),
             amount_sumsq_30d=_scaled(row["amount_sumsq_30d"], 4),
             edge_events=tuple(
-                (to_us(ts), _scaled(amount, 2))
-                for ts, amount in zip(row["edge_ts"], row["edge_amounts"], strict=True)
+                sorted(
+                    (to_us(ts), _scaled(amount, 2))
+                    for ts, amount in zip(row["edge_ts"], row["edge_amounts"], strict=True)
+                )
             ),
             merchant_last_24h={
                 m: to_us(ts)
