@@ -3,13 +3,18 @@
 #
 #   docker/deploy.sh up TAG           copy docker-compose.yaml and the files it mounts to the host, pull the
 #                                     images tagged TAG (the git commit that build.yaml pushed), start the
-#                                     stack and wait for its healthchecks; TAG is appended to <path>/releases
-#   docker/deploy.sh rollback [TAG]   the same for TAG, by default the release before the current one; the
-#                                     releases after it are dropped from <path>/releases (a second rollback
-#                                     goes further back)
+#                                     stack and wait for its healthchecks
+#   docker/deploy.sh rollback [TAG]   the same for TAG, by default the newest good release other than the
+#                                     current one; the current one is marked rolled-back (a second rollback
+#                                     goes further back); refused when there is no such release
 #   docker/deploy.sh run CMD...       CMD in a one-off platform container on the host, with the stack's
 #                                     settings, e.g. `rtml rollback --approver NAME --reason TEXT`
 #   docker/deploy.sh releases | current | previous
+#
+# <path>/releases records every attempt, one line each: `TAG OUTCOME UTC-TIME`, OUTCOME one of attempted,
+# ok, failed, rolled-back. The current release is the last one attempted (what the host runs, maybe half
+# started); a good release is one whose newest outcome is ok; `previous` is the newest good release other
+# than the current one (a tag deployed twice counts once; a failed deploy is never a rollback target).
 #
 # Environment: DEPLOY_HOST (required), DEPLOY_USER, DEPLOY_PATH (default /opt/rtml), DEPLOY_SSH_KEY and
 # DEPLOY_KNOWN_HOSTS (else ssh's own configuration), IMAGE_PREFIX (e.g. ghcr.io/OWNER: the images are
@@ -21,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  sed -n '2,13p' "$0" >&2
+  sed -n '2,18p' "$0" >&2
   exit 2
 }
 
@@ -31,7 +36,8 @@ target=${DEPLOY_USER:+$DEPLOY_USER@}$host
 compose='docker compose --env-file .env --env-file release.env'
 
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+attempt='' # the release being deployed: recorded as failed if the script stops before it is up
+trap on_exit EXIT
 ssh_options=(-o BatchMode=yes -o ConnectTimeout=20)
 if [[ -n ${DEPLOY_SSH_KEY:-} ]]; then
   printf '%s\n' "$DEPLOY_SSH_KEY" >"$scratch/key"
@@ -50,14 +56,48 @@ in_path() { remote "cd $(q "$path") && $1"; }              # ... in the deploy f
 
 releases() { in_path 'cat releases 2>/dev/null || true'; }
 
-copy_files() {
+record() { in_path "echo $(q "$1 $2 $(date -u +%Y-%m-%dT%H:%M:%SZ)") >>releases"; }
+
+# the current release: the tag of the last line (a line of an older layout is a bare tag: deployed, ok)
+current() { releases | awk 'NF { tag = $1 } END { print tag }'; }
+
+# the newest good release other than the current one (empty: none)
+previous() {
+  releases | awk '
+    NF { tag = $1; outcome[$1] = (NF == 1 ? "ok" : $2); newest[$1] = NR; last = $1 }
+    END {
+      best = 0
+      for (t in outcome) if (t != last && outcome[t] == "ok" && newest[t] > best) { best = newest[t]; found = t }
+      print found
+    }'
+}
+
+# deploy TAG, recording the attempt and its outcome (failed also when the script stops half-way)
+on_exit() {
+  local status=$?
+  if [[ $status -ne 0 && -n $attempt ]]; then record "$attempt" failed || true; fi
+  rm -rf "$scratch"
+}
+
+deploy_tag() {
+  check_host # before the first record: a host that cannot take a release has not attempted one
+  record "$1" attempted
+  attempt=$1
+  copy_files
+  start "$1"
+  attempt=''
+  record "$1" ok
+}
+
+check_host() {
   remote "mkdir -p $(q "$path")"
-  tar -czf - docker-compose.yaml .env.example docker monitoring | in_path 'tar -xzf -'
   if ! in_path 'test -f .env'; then
     echo "deploy: $path/.env is missing on $host: create it from .env.example with the real secrets" >&2
     exit 1
   fi
 }
+
+copy_files() { tar -czf - docker-compose.yaml .env.example docker monitoring | in_path 'tar -xzf -'; }
 
 start() {
   local tag=$1 prefix=${IMAGE_PREFIX:?IMAGE_PREFIX is not set (e.g. ghcr.io/OWNER)}
@@ -75,48 +115,39 @@ command=${1:-}
 case $command in
   up)
     [[ $# -eq 1 && -n $1 ]] || usage
-    copy_files
-    start "$1"
-    in_path "echo $(q "$1") >>releases"
+    deploy_tag "$1"
     echo "deployed $1 to $host"
     ;;
   rollback)
     [[ $# -le 1 ]] || usage
-    mapfile -t history < <(releases)
-    if [[ -n ${1:-} ]]; then
-      tag=$1
-    elif [[ ${#history[@]} -ge 2 ]]; then
-      tag=${history[-2]}
-    else
-      echo "deploy: no release before the current one on $host; name the tag to restore" >&2
+    from=$(current)
+    tag=${1:-$(previous)}
+    if [[ -z $tag ]]; then
+      echo "deploy: no good release other than the current one (${from:-none}) on $host; name the tag to restore" >&2
       exit 1
     fi
-    kept=()
-    for ((i = ${#history[@]} - 1; i >= 0; i--)); do
-      if [[ ${history[i]} == "$tag" ]]; then
-        kept=("${history[@]:0:i+1}")
-        break
-      fi
-    done
-    [[ ${#kept[@]} -gt 0 ]] || kept=("${history[@]}" "$tag")
-    copy_files
-    start "$tag"
-    printf '%s\n' "${kept[@]}" | in_path 'cat >releases'
-    echo "rolled back $host to $tag"
+    if [[ $tag == "$from" ]]; then
+      echo "deploy: $tag is the current release on $host already: nothing to roll back to" >&2
+      exit 1
+    fi
+    check_host
+    [[ -z $from ]] || record "$from" rolled-back
+    deploy_tag "$tag"
+    echo "rolled back $host from ${from:-nothing} to $tag"
     ;;
   run)
     [[ $# -gt 0 ]] || usage
     in_path "$compose run --rm --no-deps -T dagster-code $(q "$@")"
     ;;
   releases) releases ;;
-  current) releases | tail -n 1 ;;
+  current) current ;;
   previous)
-    mapfile -t history < <(releases)
-    if [[ ${#history[@]} -lt 2 ]]; then
-      echo "deploy: no release before the current one on $host" >&2
+    tag=$(previous)
+    if [[ -z $tag ]]; then
+      echo "deploy: no good release other than the current one on $host" >&2
       exit 1
     fi
-    echo "${history[-2]}"
+    echo "$tag"
     ;;
   *) usage ;;
 esac

@@ -504,8 +504,9 @@ def fake_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, Path]]:
     host.mkdir()
     (host / ".env").write_text("POSTGRES_PASSWORD=x\n")
     (bin_dir / "ssh").write_text('#!/usr/bin/env bash\nexec bash -c "${@: -1}"\n')
-    (bin_dir / "docker").write_text(
+    (bin_dir / "docker").write_text(  # DOCKER_FAIL=1: every docker command fails (a broken release)
         '#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >>"$DOCKER_LOG"; echo >>"$DOCKER_LOG"\n'
+        '[[ -z ${DOCKER_FAIL:-} ]]\n'
     )
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
@@ -525,6 +526,11 @@ def deploy(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return run(["bash", str(DEPLOY_SCRIPT), *args], env=env)
 
 
+def releases(host: Path) -> list[tuple[str, str]]:
+    """(tag, outcome) of each line of the host's release record."""
+    return [tuple(line.split()[:2]) for line in (host / "releases").read_text().splitlines()]  # type: ignore[misc]
+
+
 def test_deploy_script_rolls_back_to_the_previous_release(
     fake_host: tuple[dict[str, str], Path, Path],
 ) -> None:
@@ -536,14 +542,18 @@ def test_deploy_script_rolls_back_to_the_previous_release(
     assert (host / "docker-compose.yaml").read_text() == COMPOSE.read_text()
     assert (host / "monitoring/alertmanager/alertmanager.yml").is_file()
     assert (host / ".env").read_text() == "POSTGRES_PASSWORD=x\n"  # the host's secrets are left alone
+    assert releases(host)[-2:] == [("ccc", "attempted"), ("ccc", "ok")]
+    assert deploy(env, "current").stdout.strip() == "ccc"
     assert deploy(env, "previous").stdout.strip() == "bbb"
     proc = deploy(env, "rollback")
     assert proc.returncode == 0, output(proc)
-    assert (host / "releases").read_text().split() == ["aaa", "bbb"]
+    assert releases(host)[-3:] == [("ccc", "rolled-back"), ("bbb", "attempted"), ("bbb", "ok")]
     assert "IMAGE_TAG=bbb\nPLATFORM_IMAGE=ghcr.io/owner/rtml-platform\n" in (host / "release.env").read_text()
-    assert deploy(env, "rollback").returncode == 0  # a second rollback goes further back
-    assert (host / "releases").read_text().split() == ["aaa"]
-    assert deploy(env, "rollback").returncode != 0  # nothing before the first release
+    assert deploy(env, "rollback").returncode == 0  # a second rollback goes further back, not to ccc
+    assert deploy(env, "current").stdout.strip() == "aaa"
+    proc = deploy(env, "rollback")  # nothing good before the first release
+    assert proc.returncode != 0 and "no good release other than the current one (aaa)" in proc.stderr
+    assert deploy(env, "current").stdout.strip() == "aaa"
     proc = deploy(
         env, "run", "rtml", "rollback", "--approver", "github:someone", "--reason", "bad p99, it's v3"
     )
@@ -562,12 +572,52 @@ def test_deploy_script_rolls_back_to_the_previous_release(
     assert any("--wait" in call and "--no-build" in call for call in calls)
 
 
+def test_deploy_script_rolls_back_over_a_failed_release_to_the_last_good_one(
+    fake_host: tuple[dict[str, str], Path, Path],
+) -> None:
+    """Issue 19: the old record kept successful deploys only, so after a failed deploy the default
+    rollback went to the release before the last good one."""
+    env, host, _ = fake_host
+    for tag in ("aaa", "bbb"):
+        assert deploy(env, "up", tag).returncode == 0
+    proc = deploy({**env, "DOCKER_FAIL": "1"}, "up", "ccc")
+    assert proc.returncode != 0
+    assert releases(host)[-2:] == [("ccc", "attempted"), ("ccc", "failed")]
+    assert deploy(env, "current").stdout.strip() == "ccc"  # what the host half runs
+    assert deploy(env, "previous").stdout.strip() == "bbb"
+    assert deploy(env, "rollback").returncode == 0
+    assert "IMAGE_TAG=bbb\n" in (host / "release.env").read_text()
+
+
+def test_deploy_script_refuses_to_roll_back_onto_the_current_release(
+    fake_host: tuple[dict[str, str], Path, Path],
+) -> None:
+    """Issue 19: the same commit deployed twice made "previous" the current release; the app rollback did
+    nothing while the workflow went on to move the model's production alias back."""
+    env, host, log = fake_host
+    for tag in ("aaa", "bbb", "bbb"):
+        assert deploy(env, "up", tag).returncode == 0
+    assert deploy(env, "previous").stdout.strip() == "aaa"
+    proc = deploy(env, "rollback", "bbb")
+    assert proc.returncode != 0 and "bbb is the current release" in proc.stderr
+    assert releases(host)[-1] == ("bbb", "ok")  # nothing recorded, nothing started
+    only_aaa = deploy(env, "up", "aaa")
+    assert only_aaa.returncode == 0
+    assert deploy(env, "rollback").returncode == 0  # to bbb, the newest good one other than aaa
+    assert deploy(env, "current").stdout.strip() == "bbb"
+    assert deploy(env, "rollback").returncode != 0  # aaa was rolled back from: no good release is left
+    # a host with the older record (one bare tag per line, successful deploys only) reads as all good
+    (host / "releases").write_text("aaa\nbbb\n")
+    assert deploy(env, "previous").stdout.strip() == "aaa"
+    assert log.exists()
+
+
 def test_deploy_script_refuses_a_host_without_env_file(fake_host: tuple[dict[str, str], Path, Path]) -> None:
     env, host, _ = fake_host
     (host / ".env").unlink()
     proc = deploy(env, "up", "aaa")
     assert proc.returncode != 0 and ".env is missing" in proc.stderr
-    assert not (host / "releases").exists()
+    assert not (host / "releases").exists()  # refused before anything was attempted
 
 
 def test_webhook_receiver_prints_each_notice() -> None:
