@@ -32,6 +32,7 @@ lint: $(VENV)/.synced
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/actionlint
+	$(BIN)/zizmor --offline --no-progress .github/workflows
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yaml
 
 docs-config: $(VENV)/.synced

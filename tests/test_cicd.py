@@ -3,7 +3,7 @@ file validates against the Compose Specification (check-jsonschema's vendored sc
 workflows and the compose services run or mount exists in the project, and the deploy script's rollback
 restores the previous release (run against stand-ins for ssh and docker).
 
-actionlint and check-jsonschema are dev dependencies; a missing one skips its test (and so fails CI).
+actionlint, zizmor and check-jsonschema are dev dependencies; a missing one skips its test (and so fails CI).
 """
 
 from __future__ import annotations
@@ -59,9 +59,8 @@ def tool(name: str) -> str:
 
 
 def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, **kwargs
-    )
+    kwargs.setdefault("cwd", ROOT)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, **kwargs)
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:
@@ -190,15 +189,42 @@ def test_actionlint_passes_on_every_workflow() -> None:
     assert proc.returncode == 0, output(proc)
 
 
-def test_actions_are_pinned_by_major_version() -> None:
+def test_actions_are_pinned_by_commit_sha_with_their_version() -> None:
+    """Issue 19: a tag can be moved to other code; a commit cannot. The version stays readable beside it
+    (Dependabot and zizmor read the same comment)."""
     loose = []
     for name in WORKFLOW_NAMES:
-        for job_id, job in workflow(name)["jobs"].items():
-            for step in job.get("steps", []):
-                uses = step.get("uses")
-                if uses and not re.fullmatch(r"[\w.-]+/[\w./-]+@v\d+", uses):
-                    loose.append(f"{name}.yaml {job_id}: {uses}")
+        text = (WORKFLOWS / f"{name}.yaml").read_text()
+        for line in text.splitlines():
+            if re.match(r"\s*(- )?uses:", line) and not re.fullmatch(
+                r"\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40}  # v\d+\.\d+\.\d+", line
+            ):
+                loose.append(f"{name}.yaml: {line.strip()}")
     assert not loose, loose
+
+
+def test_checkouts_keep_no_credentials_and_each_job_names_its_permissions() -> None:
+    write_scopes = {}
+    for name in WORKFLOW_NAMES:
+        data = workflow(name)
+        assert data["permissions"] == {}, f"{name}.yaml: workflow-wide permissions"
+        for job_id, job in data["jobs"].items():
+            assert "permissions" in job, f"{name}.yaml {job_id}: no permissions of its own"
+            write_scopes.update(
+                {(name, job_id, scope): 1 for scope, level in job["permissions"].items() if level == "write"}
+            )
+            for step in job.get("steps", []):
+                if str(step.get("uses", "")).startswith("actions/checkout@"):
+                    assert step["with"]["persist-credentials"] is False, f"{name}.yaml {job_id}"
+    # packages: write only where images are pushed, pull-requests: write only where the comment is made
+    assert set(write_scopes) == {("build", "image", "packages"), ("train", "comment", "pull-requests")}
+    comment = workflow("train")["jobs"]["comment"]
+    assert not any("run" in step for step in comment["steps"])  # it runs nothing from the pull request
+
+
+def test_zizmor_finds_nothing_in_the_workflows() -> None:
+    proc = run([tool("zizmor"), "--offline", "--no-progress", str(WORKFLOWS)])
+    assert proc.returncode == 0, output(proc)
 
 
 def test_every_command_the_workflows_run_exists() -> None:
@@ -264,7 +290,7 @@ def test_test_workflow_lints_and_runs_the_suite_like_make_test() -> None:
 def test_build_pushes_both_images_tagged_with_the_commit_on_main() -> None:
     data = workflow("build")
     assert data["on"]["push"]["branches"] == ["main"]
-    assert data["permissions"]["packages"] == "write"
+    assert data["jobs"]["image"]["permissions"]["packages"] == "write"
     job = data["jobs"]["image"]
     targets = {entry["target"] for entry in job["strategy"]["matrix"]["include"]}
     assert targets == {"platform", "scorer"} <= dockerfile_targets()
@@ -288,7 +314,7 @@ def test_deploy_goes_to_staging_then_to_production_through_an_environment() -> N
     assert production["environment"]["name"] == "production"  # required reviewers are configured there
     assert production["needs"] == "staging"
     for job in ("staging", "production"):
-        assert 'docker/deploy.sh up "$TAG"' in all_run_text({"jobs": {job: jobs[job]}})
+        assert 'docker/deploy.sh up "$commit"' in all_run_text({"jobs": {job: jobs[job]}})
 
 
 def test_deploy_has_a_rollback_path() -> None:
@@ -298,8 +324,8 @@ def test_deploy_has_a_rollback_path() -> None:
     rollback = data["jobs"]["rollback"]
     assert "workflow_dispatch" in rollback["if"] and "rollback" in rollback["if"]
     text = all_run_text({"jobs": {"rollback": rollback}})
-    assert "docker/deploy.sh previous" in text  # the image before the current one ...
-    assert 'docker/deploy.sh rollback "$TAG"' in text  # ... redeployed
+    assert "docker/deploy.sh previous" in text  # the newest good release before the current one ...
+    assert 'docker/deploy.sh rollback "$commit"' in text  # ... checked (release-tag.sh) and redeployed
     assert "rtml rollback --approver" in text  # and the model's production alias moved back
 
 
@@ -316,8 +342,9 @@ def test_train_workflow_reproduces_the_dvc_pipeline_and_reports_metrics() -> Non
                 )
     text = all_run_text(data)
     assert "dvc repro" in text and 'dvc metrics diff "$BASE"' in text
-    assert data["permissions"]["pull-requests"] == "write"
-    steps = data["jobs"]["repro"]["steps"]
+    assert data["jobs"]["comment"]["permissions"] == {"pull-requests": "write"}
+    assert data["jobs"]["comment"]["needs"] == "repro"
+    steps = data["jobs"]["comment"]["steps"]
     assert any(str(s.get("uses", "")).startswith("actions/github-script@") for s in steps)
 
 
@@ -326,7 +353,8 @@ def test_make_lint_runs_actionlint_and_the_compose_validation() -> None:
     recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", text, re.MULTILINE)
     assert recipe, "no lint target"
     lines = recipe.group(1)
-    for command in ("ruff check", "ruff format --check", "mypy", "actionlint", "vendor.compose-spec"):
+    commands = ("ruff check", "ruff format --check", "mypy", "actionlint", "zizmor", "vendor.compose-spec")
+    for command in commands:
         assert command in lines, f"make lint does not run {command}"
 
 
@@ -506,7 +534,7 @@ def fake_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, Path]]:
     (bin_dir / "ssh").write_text('#!/usr/bin/env bash\nexec bash -c "${@: -1}"\n')
     (bin_dir / "docker").write_text(  # DOCKER_FAIL=1: every docker command fails (a broken release)
         '#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >>"$DOCKER_LOG"; echo >>"$DOCKER_LOG"\n'
-        '[[ -z ${DOCKER_FAIL:-} ]]\n'
+        "[[ -z ${DOCKER_FAIL:-} ]]\n"
     )
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
@@ -618,6 +646,52 @@ def test_deploy_script_refuses_a_host_without_env_file(fake_host: tuple[dict[str
     proc = deploy(env, "up", "aaa")
     assert proc.returncode != 0 and ".env is missing" in proc.stderr
     assert not (host / "releases").exists()  # refused before anything was attempted
+
+
+def test_release_tag_accepts_only_commits_of_main_and_release_tags(tmp_path: Path) -> None:
+    """Issue 19: the deploy workflow's free-text tag input was checked out as given."""
+    repo = tmp_path / "repo"
+
+    def git(*args: str) -> str:
+        proc = run(["git", "-C", str(repo), *args])
+        assert proc.returncode == 0, output(proc)
+        return proc.stdout.strip()
+
+    repo.mkdir()
+    git("init", "-q", "-b", "main")
+    git("-c", "user.name=t", "-c", "user.email=t@example", "commit", "-q", "--allow-empty", "-m", "one")
+    on_main = git("rev-parse", "HEAD")
+    git("tag", "v1.2.0")
+    git("checkout", "-q", "-b", "feature")
+    git("-c", "user.name=t", "-c", "user.email=t@example", "commit", "-q", "--allow-empty", "-m", "two")
+    off_main = git("rev-parse", "HEAD")
+    git("tag", "v9")  # a release tag on a commit that is not on main
+
+    def release_tag(tag: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MAIN_REF": "main"}
+        return run(["bash", str(ROOT / "docker" / "release-tag.sh"), tag], env=env, cwd=repo)
+
+    assert release_tag(on_main).stdout.strip() == on_main
+    assert release_tag("v1.2.0").stdout.strip() == on_main
+    for bad, message in [
+        (off_main, "is not on main"),
+        ("v9", "is not on main"),
+        (on_main[:12], "neither a full commit SHA"),
+        ("main", "neither a full commit SHA"),
+        ("feature", "neither a full commit SHA"),
+        ("v1.2.0; rm -rf /", "neither a full commit SHA"),
+        ("--upload-pack=touch", "neither a full commit SHA"),
+        ("0" * 40, "not a commit of this repository"),
+        ("v3", "no release tag v3"),
+        ("", "neither a full commit SHA"),
+    ]:
+        proc = release_tag(bad)
+        assert proc.returncode != 0 and message in proc.stderr, (bad, output(proc))
+    deploy_text = (WORKFLOWS / "deploy.yaml").read_text()
+    assert deploy_text.count("docker/release-tag.sh") == 3  # staging, production, rollback
+    for job in workflow("deploy")["jobs"].values():
+        checkout = job["steps"][0]
+        assert checkout["with"]["ref"] == "main" and "TAG" not in json.dumps(checkout)
 
 
 def test_webhook_receiver_prints_each_notice() -> None:
