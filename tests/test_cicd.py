@@ -430,6 +430,53 @@ def test_compose_services_talk_on_an_internal_network() -> None:
         assert ("frontend" in networks) == bool(service.get("ports")), f"{name}: frontend only to publish"
 
 
+def test_only_the_senders_of_alerts_and_notices_have_a_route_out() -> None:
+    """Issue 19: Alertmanager and the Dagster processes were on the internal network only, so the webhook
+    the README says to configure was unreachable."""
+    data = compose()
+    assert data["networks"]["egress"].get("internal") is not True
+    on_egress = {name for name, service in services().items() if "egress" in service.get("networks", [])}
+    assert on_egress == {"alertmanager", "dagster-code", "dagster-daemon"}
+    assert not any(services()[name].get("ports") for name in on_egress)  # a way out, not in
+
+
+def test_alertmanager_receiver_url_comes_from_the_env_file(tmp_path: Path) -> None:
+    """The receiver's URL is a secret: rendered from .env by the alertmanager-config service, never
+    committed, and valid for Alertmanager (amtool, when installed)."""
+    script = ROOT / "docker" / "alertmanager_config.py"
+    template = ROOT / "monitoring" / "alertmanager" / "alertmanager.yml"
+    assert "ALERTMANAGER_WEBHOOK_URL" in env_example()
+    assert "ALERTMANAGER_WEBHOOK_URL" in services()["alertmanager-config"]["environment"]
+    assert "ALERTMANAGER_WEBHOOK_URL: ${ALERTMANAGER_WEBHOOK_URL:-}" in COMPOSE.read_text()
+    secret = "https://hooks.example.com/services/T000/B000/XXXXSECRET"
+    rendered = tmp_path / "out" / "alertmanager.yml"
+    proc = run(
+        [sys.executable, str(script), str(template), str(rendered)],
+        env={**os.environ, "ALERTMANAGER_WEBHOOK_URL": secret},
+    )
+    assert proc.returncode == 0, output(proc)
+    config = yaml.safe_load(rendered.read_text())
+    urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    assert urls == [secret]
+    assert config["route"] == yaml.safe_load(template.read_text())["route"]
+    assert secret not in template.read_text()
+    if shutil.which("amtool"):
+        check = run(["amtool", "check-config", str(rendered)])
+        assert check.returncode == 0, output(check)
+    unset = run(
+        [sys.executable, str(script), str(template), str(rendered)],
+        env={**os.environ, "ALERTMANAGER_WEBHOOK_URL": ""},
+    )
+    assert unset.returncode == 0 and yaml.safe_load(rendered.read_text()) == yaml.safe_load(
+        template.read_text()
+    )
+    bad = run(
+        [sys.executable, str(script), str(template), str(rendered)],
+        env={**os.environ, "ALERTMANAGER_WEBHOOK_URL": "hooks.example.com/no-scheme"},
+    )
+    assert bad.returncode != 0 and "not an http(s) URL" in bad.stderr
+
+
 def test_compose_mounts_the_monitoring_files() -> None:
     stack = services()
 
@@ -441,9 +488,11 @@ def test_compose_mounts_the_monitoring_files() -> None:
         "/etc/prometheus/rules": "./monitoring/prometheus/rules",
     }
     assert "--config.file=/etc/prometheus/prometheus.yml" in stack["prometheus"]["command"]
-    assert mounts("alertmanager") == {
-        "/etc/alertmanager/alertmanager.yml": "./monitoring/alertmanager/alertmanager.yml"
+    # Alertmanager reads the rendered copy (the receiver's URL from .env); git's file is the template
+    assert mounts("alertmanager-config") == {
+        "/etc/alertmanager-template/alertmanager.yml": "./monitoring/alertmanager/alertmanager.yml"
     }
+    assert "alertmanager-config:/etc/alertmanager:ro" in stack["alertmanager"]["volumes"]
     assert mounts("grafana") == {
         "/etc/grafana/provisioning": "./monitoring/grafana/provisioning",
         "/var/lib/grafana/dashboards": "./monitoring/grafana/dashboards",
