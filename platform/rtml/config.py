@@ -187,6 +187,19 @@ class Settings(BaseSettings):
     online_parity_sample: int = Field(
         200, description="Asset check: entities per view compared between PostgreSQL and Redis."
     )
+    skew_sample_size: int = Field(
+        2_000,
+        ge=1,
+        description="Asset check `training_serving_skew`: the newest logged requests "
+        "(`monitoring.served_features`) whose transactions are ingested, compared feature by feature "
+        "with the offline store.",
+    )
+    skew_lookback_hours: float = Field(
+        48.0,
+        gt=0,
+        description="Asset check `training_serving_skew`: only requests scored within this many hours are "
+        "sampled (and only the online pushes since, plus the one before, are looked up).",
+    )
     online_max_removal_share: float = Field(
         0.5,
         description="Push guard: a push of the online store that would remove more than this share of a "

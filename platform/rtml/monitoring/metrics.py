@@ -95,6 +95,16 @@ METRICS: dict[str, Metric] = {
         "The served model's performance on labelled predictions (roc_auc, precision, recall, pr_auc).",
         ("model_version", "metric", "window"),
     ),
+    "rtml_training_serving_skew_mismatch_share": Metric(
+        "Training-serving skew check: share of the compared logged requests whose served value of the "
+        "feature differed from the offline store's for the same transaction (0 when it matches).",
+        ("feature",),
+    ),
+    "rtml_training_serving_skew_requests": Metric(
+        "Training-serving skew check: logged requests of its sample by outcome (compared; degraded: scored "
+        "without Redis, skipped; unverifiable: served from a build it has no record of).",
+        ("outcome",),
+    ),
     "rtml_live_labelled_predictions": Metric(
         "Predictions with a label in the live-performance window.", ("model_version", "window")
     ),
