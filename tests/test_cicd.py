@@ -269,8 +269,8 @@ def test_test_workflow_lints_and_runs_the_suite_like_make_test() -> None:
     jobs = data["jobs"]
     assert "make lint" in all_run_text({"jobs": {"lint": jobs["lint"]}})
     suite = jobs["test"]
-    assert suite["services"]["postgres"]["image"] == "postgres:15"
-    assert suite["services"]["redis"]["image"] == "redis:7"
+    assert suite["services"]["postgres"]["image"] == "postgres:15.10-bookworm"
+    assert suite["services"]["redis"]["image"] == "redis:7.4.1-bookworm"
     # the services through the test session's explicit opt-in (tests/isolation.py), disposable names only
     assert suite["env"]["RTML_TEST_DATABASE_URL"].startswith("postgresql://")
     assert suite["env"]["RTML_TEST_REDIS_URL"].startswith("redis://")
@@ -475,6 +475,40 @@ def test_alertmanager_receiver_url_comes_from_the_env_file(tmp_path: Path) -> No
         env={**os.environ, "ALERTMANAGER_WEBHOOK_URL": "hooks.example.com/no-scheme"},
     )
     assert bad.returncode != 0 and "not an http(s) URL" in bad.stderr
+
+
+def test_every_service_has_limits_rotated_logs_and_an_exact_image() -> None:
+    """Issue 19: memory and CPU limits, log rotation, images that cannot change under a deploy (ours are
+    tagged with the commit)."""
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]  # before interpolation: ${...} is ours
+    raw_anchor_image = yaml.safe_load(COMPOSE.read_text())["x-platform"]["image"]
+    problems = []
+    for name, service in services().items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        if not limits.get("memory") or not limits.get("cpus"):
+            problems.append(f"{name}: no memory and CPU limits")
+        logging = service.get("logging", {})
+        if logging.get("driver") != "json-file" or not logging.get("options", {}).get("max-size"):
+            problems.append(f"{name}: logs not rotated")
+        image = str(raw[name].get("image") or raw_anchor_image)
+        if "${" not in image and not re.search(r":v?\d+\.\d+", image):
+            problems.append(f"{name}: image {image} is not pinned to an exact version")
+    assert not problems, problems
+    for data in (workflow("test"),):
+        for job in data["jobs"].values():
+            for container in job.get("services", {}).values():
+                assert re.search(r":v?\d+\.\d+", container["image"]), container["image"]
+
+
+def test_compose_stores_keep_their_data_and_never_evict_features() -> None:
+    stack = services()
+    assert stack["postgres"]["shm_size"]  # Docker's 64 MB /dev/shm fails PostgreSQL's parallel queries
+    redis_command = " ".join(stack["redis"]["command"])
+    assert "--maxmemory-policy noeviction" in redis_command and "--maxmemory " in redis_command
+    assert "REDIS_MAXMEMORY" in env_example()
+    # the Pushgateway's figures survive a restart (a failure pushed once keeps its alert firing)
+    assert "--persistence.file=/pushgateway/metrics" in stack["pushgateway"]["command"]
+    assert "pushgateway-data:/pushgateway" in stack["pushgateway"]["volumes"]
 
 
 def test_compose_mounts_the_monitoring_files() -> None:
