@@ -20,7 +20,8 @@
 # DEPLOY_KNOWN_HOSTS (else ssh's own configuration), IMAGE_PREFIX (e.g. ghcr.io/OWNER: the images are
 # <prefix>/rtml-platform and <prefix>/rtml-scorer; required by up and rollback), REGISTRY_USER and
 # REGISTRY_TOKEN (docker login before pulling; optional).
-# The host keeps its own .env (the secrets, made from .env.example); this script never copies or reads it.
+# The host keeps its own .env (the secrets, made from .env.example); this script never copies it, and refuses
+# a host whose .env still holds a placeholder (it prints the names only).
 # On the host: docker compose --env-file .env --env-file release.env ps|logs|...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +94,14 @@ check_host() {
   remote "mkdir -p $(q "$path")"
   if ! in_path 'test -f .env'; then
     echo "deploy: $path/.env is missing on $host: create it from .env.example with the real secrets" >&2
+    exit 1
+  fi
+  # the placeholders of .env.example are public: a host must never run with one (only names are printed)
+  local placeholders
+  placeholders=$(in_path "grep -E '^[A-Z_]+=local-only-change-me\$' .env | cut -d= -f1 | tr '\n' ' '" || true)
+  if [[ -n $placeholders ]]; then
+    echo "deploy: $path/.env on $host still holds the placeholder of .env.example for: ${placeholders% }" \
+      "- set real secrets there" >&2
     exit 1
   fi
 }

@@ -731,6 +731,18 @@ def test_deploy_script_refuses_a_host_without_env_file(fake_host: tuple[dict[str
     assert not (host / "releases").exists()  # refused before anything was attempted
 
 
+def test_deploy_script_refuses_the_placeholder_secrets_of_the_env_example(
+    fake_host: tuple[dict[str, str], Path, Path],
+) -> None:
+    env, host, log = fake_host
+    placeholder = env_example()["REDIS_PASSWORD"]
+    (host / ".env").write_text(f"POSTGRES_PASSWORD=s3cret-Value\nREDIS_PASSWORD={placeholder}\n")
+    proc = deploy(env, "up", "aaa")
+    assert proc.returncode != 0 and "placeholder of .env.example for: REDIS_PASSWORD -" in proc.stderr
+    assert "s3cret" not in proc.stderr  # names only, never values
+    assert not (host / "releases").exists() and not log.exists()  # nothing attempted, nothing pulled
+
+
 def test_release_tag_accepts_only_commits_of_main_and_release_tags(tmp_path: Path) -> None:
     """Issue 19: the deploy workflow's free-text tag input was checked out as given."""
     repo = tmp_path / "repo"
