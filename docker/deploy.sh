@@ -19,7 +19,8 @@
 # Environment: DEPLOY_HOST (required), DEPLOY_USER, DEPLOY_PATH (default /opt/rtml), DEPLOY_SSH_KEY and
 # DEPLOY_KNOWN_HOSTS (else ssh's own configuration), IMAGE_PREFIX (e.g. ghcr.io/OWNER: the images are
 # <prefix>/rtml-platform and <prefix>/rtml-scorer; required by up and rollback), REGISTRY_USER and
-# REGISTRY_TOKEN (docker login before pulling; optional).
+# REGISTRY_TOKEN (docker login before pulling; optional), DEPLOY_DRAIN_SECONDS (how long a deploy waits for
+# Dagster runs in progress, default 900).
 # The host keeps its own .env (the secrets, made from .env.example); this script never copies it, and refuses
 # a host whose .env still holds a placeholder (it prints the names only).
 # On the host: docker compose --env-file .env --env-file release.env ps|logs|...
@@ -116,7 +117,23 @@ start() {
   fi
   printf 'IMAGE_TAG=%s\nPLATFORM_IMAGE=%s\nSCORER_IMAGE=%s\n' "$tag" "$prefix/rtml-platform" "$prefix/rtml-scorer" |
     in_path 'cat >release.env'
-  in_path "$compose pull --quiet && $compose up --detach --no-build --remove-orphans --wait --wait-timeout 900"
+  in_path "$compose pull --quiet"
+  drain_runs
+  in_path "$compose up --detach --no-build --remove-orphans --wait --wait-timeout 900"
+}
+
+# Runs execute inside dagster-code, which `up` recreates: stop the daemon (no new run starts from the
+# queue; queued runs wait in the database) and let the runs in progress finish, at most DEPLOY_DRAIN_SECONDS
+# (default 900). Runs still going then are killed with the container and marked failed by Dagster's run
+# monitoring (docker/dagster.yaml), so none holds a slot of max_concurrent_runs.
+drain_runs() {
+  if [[ -z $(in_path "$compose ps --quiet --status running dagster-code" || true) ]]; then
+    return 0 # first deploy, or the code server is down: nothing runs
+  fi
+  in_path "$compose stop dagster-daemon"
+  if ! in_path "$compose exec -T dagster-code rtml runs wait --timeout $(q "${DEPLOY_DRAIN_SECONDS:-900}")"; then
+    echo "deploy: Dagster runs still in progress after ${DEPLOY_DRAIN_SECONDS:-900} s: recreating the code server anyway (run monitoring marks them failed)" >&2
+  fi
 }
 
 command=${1:-}

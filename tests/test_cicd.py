@@ -617,7 +617,9 @@ def fake_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, Path]]:
     (bin_dir / "ssh").write_text('#!/usr/bin/env bash\nexec bash -c "${@: -1}"\n')
     (bin_dir / "docker").write_text(  # DOCKER_FAIL=1: every docker command fails (a broken release)
         '#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >>"$DOCKER_LOG"; echo >>"$DOCKER_LOG"\n'
-        "[[ -z ${DOCKER_FAIL:-} ]]\n"
+        "[[ -z ${DOCKER_FAIL:-} ]] || exit 1\n"
+        # DOCKER_RUNNING=1: `compose ps` lists a container (a stack is up)
+        'if [[ -n ${DOCKER_RUNNING:-} && " $* " == *" ps "* ]]; then echo 0123abcd; fi\n'
     )
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
@@ -741,6 +743,42 @@ def test_deploy_script_refuses_the_placeholder_secrets_of_the_env_example(
     assert proc.returncode != 0 and "placeholder of .env.example for: REDIS_PASSWORD -" in proc.stderr
     assert "s3cret" not in proc.stderr  # names only, never values
     assert not (host / "releases").exists() and not log.exists()  # nothing attempted, nothing pulled
+
+
+def test_deploy_lets_dagster_runs_finish_before_recreating_the_code_server(
+    fake_host: tuple[dict[str, str], Path, Path],
+) -> None:
+    """Issue 19: each deploy recreated dagster-code and killed the runs executing in it."""
+    env, _, log = fake_host
+    assert deploy({**env, "DOCKER_RUNNING": "1", "DEPLOY_DRAIN_SECONDS": "60"}, "up", "aaa").returncode == 0
+    calls = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+    stop = next(i for i, c in enumerate(calls) if c[-2:] == ["stop", "dagster-daemon"])
+    drain = ["dagster-code", "rtml", "runs", "wait", "--timeout", "60"]
+    wait = next(i for i, c in enumerate(calls) if c[-6:] == drain)
+    up = next(i for i, c in enumerate(calls) if "up" in c and "--wait" in c)
+    assert stop < wait < up  # no new run from the queue, the running ones finish, then the new containers
+    log.unlink()
+    assert deploy(env, "up", "bbb").returncode == 0  # no stack running (a first deploy): nothing to drain
+    assert not any("dagster-daemon" in line for line in log.read_text().splitlines())
+
+
+def test_rtml_runs_wait_returns_once_no_run_is_in_progress(tmp_path: Path) -> None:
+    import dagster as dg
+    from typer.testing import CliRunner
+
+    from rtml.cli import app
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {"DAGSTER_HOME": str(home)}
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        runner = CliRunner()
+        assert runner.invoke(app, ["runs", "wait", "--timeout", "0"], env=env).exit_code == 0
+        run = instance.add_run(dg.DagsterRun(job_name="hourly_ingestion", status=dg.DagsterRunStatus.STARTED))
+        busy = runner.invoke(app, ["runs", "wait", "--timeout", "0.3", "--poll", "0.1"], env=env)
+        assert busy.exit_code == 1 and "hourly_ingestion STARTED" in busy.output
+        instance.report_run_failed(run)
+        assert runner.invoke(app, ["runs", "wait", "--timeout", "0"], env=env).exit_code == 0
 
 
 def test_release_tag_accepts_only_commits_of_main_and_release_tags(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import typer
 from rtml.config import Settings, floor_hour, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.live_cli import scenario_app, start_demo_traffic, traffic
+from rtml.runs_cli import runs_app
 from rtml.services import dagster_processes, scoring_service
 from rtml.services.processes import Sessions, spawn
 from rtml.services.stack import LocalStack, StackError, StackInfo
@@ -493,6 +494,7 @@ def settings_reference() -> str:
 app.command()(traffic)
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(stream_app, name="stream")
+app.add_typer(runs_app, name="runs")
 
 if __name__ == "__main__":
     app()
