@@ -20,7 +20,7 @@
 # DEPLOY_KNOWN_HOSTS (else ssh's own configuration), IMAGE_PREFIX (e.g. ghcr.io/OWNER: the images are
 # <prefix>/rtml-platform and <prefix>/rtml-scorer; required by up and rollback), REGISTRY_USER and
 # REGISTRY_TOKEN (docker login before pulling; optional), DEPLOY_DRAIN_SECONDS (how long a deploy waits for
-# Dagster runs in progress, default 900).
+# Dagster runs in progress, default 900), DEPLOY_BACKUPS_KEEP (PostgreSQL backups kept on the host, default 5).
 # The host keeps its own .env (the secrets, made from .env.example); this script never copies it, and refuses
 # a host whose .env still holds a placeholder (it prints the names only).
 # On the host: docker compose --env-file .env --env-file release.env ps|logs|...
@@ -119,7 +119,31 @@ start() {
     in_path 'cat >release.env'
   in_path "$compose pull --quiet"
   drain_runs
+  backup_postgres "$tag"
+  migrate
   in_path "$compose up --detach --no-build --remove-orphans --wait --wait-timeout 900"
+}
+
+# PostgreSQL (rtml, dagster, mlflow) dumped before the new images start, kept in <path>/backups (the newest
+# DEPLOY_BACKUPS_KEEP, default 5). Restore: docs/deploy.md.
+backup_postgres() {
+  if [[ -z $(in_path "$compose ps --quiet --status running postgres" || true) ]]; then
+    return 0 # first deploy: nothing to back up
+  fi
+  local file
+  file="backups/$(date -u +%Y%m%dT%H%M%SZ)-before-$1.sql"
+  in_path "mkdir -p backups && $compose exec -T postgres pg_dumpall -U postgres --clean --if-exists >$(q "$file") && gzip $(q "$file")"
+  in_path "ls -1t backups/*.sql.gz | tail -n +$(q "$((${DEPLOY_BACKUPS_KEEP:-5} + 1))") | xargs -r rm --"
+  echo "deploy: PostgreSQL backed up to $path/$file.gz"
+}
+
+# Schema migrations as their own step, with the stores up and nothing else yet: the databases (rtml up),
+# Dagster's instance and MLflow's tracking store, each with the new release's code.
+migrate() {
+  in_path "$compose up --detach --no-build --wait postgres redis"
+  in_path "$compose run --rm --no-deps -T init"
+  in_path "$compose run --rm --no-deps -T dagster-code dagster instance migrate"
+  in_path "$compose run --rm --no-deps -T mlflow sh -c 'mlflow db upgrade \"\$MLFLOW_BACKEND_STORE_URI\"'"
 }
 
 # Runs execute inside dagster-code, which `up` recreates: stop the daemon (no new run starts from the

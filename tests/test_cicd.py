@@ -745,21 +745,32 @@ def test_deploy_script_refuses_the_placeholder_secrets_of_the_env_example(
     assert not (host / "releases").exists() and not log.exists()  # nothing attempted, nothing pulled
 
 
-def test_deploy_lets_dagster_runs_finish_before_recreating_the_code_server(
+def test_deploy_drains_runs_backs_up_and_migrates_before_the_new_containers(
     fake_host: tuple[dict[str, str], Path, Path],
 ) -> None:
-    """Issue 19: each deploy recreated dagster-code and killed the runs executing in it."""
-    env, _, log = fake_host
+    """Issue 19: each deploy recreated dagster-code and killed the runs executing in it; nothing backed up
+    PostgreSQL or ran the migrations."""
+    env, host, log = fake_host
     assert deploy({**env, "DOCKER_RUNNING": "1", "DEPLOY_DRAIN_SECONDS": "60"}, "up", "aaa").returncode == 0
     calls = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
     stop = next(i for i, c in enumerate(calls) if c[-2:] == ["stop", "dagster-daemon"])
     drain = ["dagster-code", "rtml", "runs", "wait", "--timeout", "60"]
     wait = next(i for i, c in enumerate(calls) if c[-6:] == drain)
-    up = next(i for i, c in enumerate(calls) if "up" in c and "--wait" in c)
+    up = next(i for i, c in enumerate(calls) if "up" in c and "--remove-orphans" in c)
     assert stop < wait < up  # no new run from the queue, the running ones finish, then the new containers
+    # before the new images start: a backup of PostgreSQL, then the migrations as their own step
+    dump = next(i for i, c in enumerate(calls) if "pg_dumpall" in c)
+    stores = next(i for i, c in enumerate(calls) if c[-2:] == ["postgres", "redis"] and "up" in c)
+    init = next(i for i, c in enumerate(calls) if c[-1:] == ["init"] and "run" in c)
+    dagster = next(i for i, c in enumerate(calls) if c[-3:] == ["dagster", "instance", "migrate"])
+    mlflow = next(i for i, c in enumerate(calls) if "mlflow db upgrade" in " ".join(c))
+    assert wait < dump < stores < init < dagster < mlflow < up
+    (backup,) = (host / "backups").iterdir()
+    assert re.fullmatch(r"\d{8}T\d{6}Z-before-aaa\.sql\.gz", backup.name)
     log.unlink()
     assert deploy(env, "up", "bbb").returncode == 0  # no stack running (a first deploy): nothing to drain
-    assert not any("dagster-daemon" in line for line in log.read_text().splitlines())
+    assert not any("dagster-daemon" in line or "pg_dumpall" in line for line in log.read_text().splitlines())
+    assert any("migrate" in line for line in log.read_text().splitlines())  # migrations always run
 
 
 def test_rtml_runs_wait_returns_once_no_run_is_in_progress(tmp_path: Path) -> None:
