@@ -20,7 +20,8 @@
 # DEPLOY_KNOWN_HOSTS (else ssh's own configuration), IMAGE_PREFIX (e.g. ghcr.io/OWNER: the images are
 # <prefix>/rtml-platform and <prefix>/rtml-scorer; required by up and rollback), REGISTRY_USER and
 # REGISTRY_TOKEN (docker login before pulling; optional), DEPLOY_DRAIN_SECONDS (how long a deploy waits for
-# Dagster runs in progress, default 900), DEPLOY_BACKUPS_KEEP (PostgreSQL backups kept on the host, default 5).
+# Dagster runs in progress, default 900), DEPLOY_BACKUPS_KEEP (PostgreSQL backups kept on the host, default 5),
+# DEPLOY_RELEASES_KEEP (release folders kept on the host, default 10).
 # The host keeps its own .env (the secrets, made from .env.example); this script never copies it, and refuses
 # a host whose .env still holds a placeholder (it prints the names only).
 # On the host: docker compose --env-file .env --env-file release.env ps|logs|...
@@ -85,7 +86,7 @@ deploy_tag() {
   check_host # before the first record: a host that cannot take a release has not attempted one
   record "$1" attempted
   attempt=$1
-  copy_files
+  copy_files "$1"
   start "$1"
   attempt=''
   record "$1" ok
@@ -107,7 +108,21 @@ check_host() {
   fi
 }
 
-copy_files() { tar -czf - docker-compose.yaml .env.example docker monitoring | in_path 'tar -xzf -'; }
+# Each release's files in a folder of their own (<path>/releases.d/TAG: a file removed in git is gone from
+# it), then switched in one rename each: `monitoring` (a symlink to the release's monitoring/) and
+# docker-compose.yaml. The monitoring containers are recreated after the stack is up (start), so they
+# read the new files; the newest DEPLOY_RELEASES_KEEP (10) folders stay for rollbacks and diffs.
+copy_files() {
+  local dir="releases.d/$1"
+  in_path "rm -rf $(q "$dir.new") && mkdir -p $(q "$dir.new")"
+  tar -czf - docker-compose.yaml .env.example docker monitoring | in_path "tar -xzf - -C $(q "$dir.new")"
+  in_path "rm -rf $(q "$dir") && mv $(q "$dir.new") $(q "$dir")"
+  in_path "if [ -d monitoring ] && [ ! -L monitoring ]; then rm -rf monitoring; fi" # a host of the older layout
+  in_path "ln -sfn $(q "$dir/monitoring") monitoring.next && mv -Tf monitoring.next monitoring"
+  in_path "cp $(q "$dir/docker-compose.yaml") docker-compose.yaml.next && mv -f docker-compose.yaml.next docker-compose.yaml"
+  in_path "cp $(q "$dir/.env.example") .env.example"
+  in_path "ls -1td releases.d/*/ | tail -n +$(q "$((${DEPLOY_RELEASES_KEEP:-10} + 1))") | xargs -r rm -rf --"
+}
 
 start() {
   local tag=$1 prefix=${IMAGE_PREFIX:?IMAGE_PREFIX is not set (e.g. ghcr.io/OWNER)}
@@ -122,6 +137,8 @@ start() {
   backup_postgres "$tag"
   migrate
   in_path "$compose up --detach --no-build --remove-orphans --wait --wait-timeout 900"
+  # their configuration is bind-mounted from the release's folder: recreated, they read this release's
+  in_path "$compose up --detach --no-build --no-deps --force-recreate --wait alertmanager-config alertmanager prometheus grafana"
 }
 
 # PostgreSQL (rtml, dagster, mlflow) dumped before the new images start, kept in <path>/backups (the newest

@@ -792,6 +792,35 @@ def test_rtml_runs_wait_returns_once_no_run_is_in_progress(tmp_path: Path) -> No
         assert runner.invoke(app, ["runs", "wait", "--timeout", "0"], env=env).exit_code == 0
 
 
+def test_each_release_ships_its_monitoring_configuration_and_applies_it(
+    fake_host: tuple[dict[str, str], Path, Path],
+) -> None:
+    """Issue 19: Prometheus and Alertmanager mounted single files that tar replaced under them, nothing
+    reloaded them, and files removed in git stayed on the host."""
+    env, host, log = fake_host
+    (host / "monitoring" / "prometheus").mkdir(parents=True)  # a host of the older layout: a real folder
+    (host / "monitoring" / "prometheus" / "old.yml").write_text("stale")
+    assert deploy(env, "up", "aaa").returncode == 0
+    stale = host / "releases.d" / "aaa" / "monitoring" / "prometheus" / "rules" / "removed-in-git.yml"
+    stale.write_text("groups: []\n")
+    assert deploy(env, "up", "bbb").returncode == 0
+    assert (host / "monitoring").is_symlink()
+    assert (host / "monitoring").resolve() == (host / "releases.d" / "bbb" / "monitoring").resolve()
+    folder = (host / "monitoring").resolve()
+    shipped = {p.relative_to(folder) for p in folder.rglob("*")}
+    in_git = {p.relative_to(ROOT / "monitoring") for p in (ROOT / "monitoring").rglob("*")}
+    assert shipped == in_git  # nothing stale, nothing missing
+    assert (host / "docker-compose.yaml").read_text() == COMPOSE.read_text()
+    calls = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+    up = max(i for i, c in enumerate(calls) if "--remove-orphans" in c)
+    recreate = max(i for i, c in enumerate(calls) if "--force-recreate" in c)
+    assert recreate > up
+    assert {"alertmanager-config", "alertmanager", "prometheus", "grafana"} <= set(calls[recreate])
+    for tag in ("ccc", "ddd", "eee"):
+        assert deploy({**env, "DEPLOY_RELEASES_KEEP": "2"}, "up", tag).returncode == 0
+    assert sorted(p.name for p in (host / "releases.d").iterdir()) == ["ddd", "eee"]
+
+
 def test_release_tag_accepts_only_commits_of_main_and_release_tags(tmp_path: Path) -> None:
     """Issue 19: the deploy workflow's free-text tag input was checked out as given."""
     repo = tmp_path / "repo"
