@@ -592,10 +592,13 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     ours, theirs = float(tags["gate_pr_auc"]), float(tags["gate_production_pr_auc"])
     assert ours > theirs
     name = mlflow_resource.model_name
-    assert row["text"] == (
+    text, live = row["text"].split("\nLive: ")
+    assert text == (
         f"{name} v{version}: PR AUC {ours:.4f} vs production v{production} {theirs:.4f}; staged; "
         f"approve with `rtml promote {version} --approver NAME --reason TEXT`"
     )
+    # nothing was shadow-scored in this world: the notice says that there is no live comparison yet
+    assert live.startswith("no live comparison yet") and row["fields"]["live_comparison"] == live
     assert row["delivered"] and row["fields"]["trigger"] == recent
     [body] = bodies_mentioning(webhook, f"rtml promote {version}")
     assert body["blocks"][0]["text"]["text"] == f"{name} v{version} staged"

@@ -29,6 +29,7 @@ SCHEDULES = {
     "hourly_refresh_schedule": ("5 * * * *", "hourly_refresh_job", RUNNING),
     "daily_retraining_schedule": (get_settings().retraining_cron, "retraining_job", RUNNING),
     "daily_drift_schedule": (get_settings().drift_report_cron, "drift_job", RUNNING),
+    "daily_challenger_schedule": (get_settings().challenger_cron, "challenger_job", RUNNING),
     "labels_job_schedule": ("15 0 * * *", "labels_job", RUNNING),
     "ingestion_job_schedule": ("5 * * * *", "ingestion_job", STOPPED),
 }

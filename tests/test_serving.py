@@ -1202,6 +1202,20 @@ def push_pipeline_figures(gateway: str, model: Registered, served: str) -> None:
             ),
             metrics.Sample("rtml_live_labelled_predictions", 800, {"model_version": served, "window": "1d"}),
         ],
+        "challenger_comparison": [
+            metrics.Sample("rtml_challenger_labelled_requests", 1_200, {"model_version": "99"}),
+            metrics.Sample("rtml_challenger_decision_agreement", 0.97, {"model_version": "99"}),
+            metrics.Sample("rtml_challenger_worse", 0, {"model_version": "99"}),
+            *(
+                metrics.Sample(
+                    "rtml_challenger_metric",
+                    value,
+                    {"role": role, "model_version": version, "metric": metric},
+                )
+                for role, version, value in (("challenger", "99", 0.81), ("production", served, 0.78))
+                for metric in ("pr_auc", "recall_at_decline_rate")
+            ),
+        ],
         "run_success_training_job": [
             metrics.Sample(
                 "rtml_pipeline_run_success_timestamp_seconds", now - 60, {"dagster_job": "training_job"}

@@ -19,7 +19,8 @@ Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``serving/ser
 * ``rtml-model`` (Model): served version (per worker), model swaps, score distribution (heatmap and
   last-hour histogram), mean score, decision mix, transactions by model version, missing-feature share
   by entity, live ROC AUC / precision / recall, live vs training ROC AUC, training metrics of the
-  registered versions.
+  registered versions, and the staged version against production on live requests (PR AUC and recall at
+  production's decline rate of both, the verdict, labelled sample and decision agreement).
 * ``rtml-pipeline`` (Data pipeline): rows loaded / quarantined per materialization (hourly partition),
   quarantine share, feature freshness lag per view and store, drift share and drifted flag, per-feature
   drift score, run durations, time since each asset's last success, last failure / success per job;
@@ -869,11 +870,70 @@ def model_dashboard() -> dict[str, Any]:
                 ),
             ),
         )
+        .row(
+            8,
+            (
+                12,
+                timeseries_panel(
+                    "Challenger vs production (live)",
+                    "The staged version (role=challenger) and production on the same labelled requests "
+                    "of the comparison window (rtml_challenger_metric, asset challenger_comparison, daily): "
+                    "PR AUC (the verdict's metric) and recall at production's decline rate (the "
+                    "challenger's threshold set to decline the same share of requests).",
+                    "none",
+                    [
+                        query(
+                            "max by (role, model_version, metric)"
+                            ' (rtml_challenger_metric{metric=~"pr_auc|recall_at_decline_rate"})',
+                            "{{role}} v{{model_version}} {{metric}}",
+                        )
+                    ],
+                    points=True,
+                    max_val=1,
+                    decimals=3,
+                ),
+            ),
+            (
+                6,
+                stat_panel(
+                    "Challenger verdict (live)",
+                    "Whether the staged version is worse live than production on PR AUC "
+                    "(rtml_challenger_worse: 1 worse, 0 better); no value while there are too few labelled "
+                    "requests (RTML_CHALLENGER_MIN_LABELLED). `rtml promote` warns about a worse one.",
+                    "none",
+                    [query("max by (model_version) (rtml_challenger_worse)", "v{{model_version}}")],
+                    mappings={"0": ("better", "green"), "1": ("worse", "red")},
+                    text_mode=common.BigValueTextMode.VALUE_AND_NAME,
+                ),
+            ),
+            (
+                6,
+                stat_panel(
+                    "Challenger sample and agreement",
+                    "Labelled requests behind the comparison (rtml_challenger_labelled_requests) and the "
+                    "share of all compared requests both versions decided alike "
+                    "(rtml_challenger_decision_agreement, as a fraction).",
+                    "none",
+                    [
+                        query(
+                            "max by (model_version) (rtml_challenger_labelled_requests)",
+                            "labelled v{{model_version}}",
+                        ),
+                        query(
+                            "max by (model_version) (rtml_challenger_decision_agreement)",
+                            "agreement v{{model_version}}",
+                        ),
+                    ],
+                    text_mode=common.BigValueTextMode.VALUE_AND_NAME,
+                ),
+            ),
+        )
     )
     return new_dashboard(
         "rtml-model",
         "rtml / Model",
-        "The served fraud model: version, swaps, score distribution, decisions, live and training metrics.",
+        "The served fraud model: version, swaps, score distribution, decisions, live and training metrics, "
+        "and the staged version against it on live requests.",
         "model",
         grid,
     )

@@ -400,7 +400,8 @@ def _registry_action(action: Callable[[], object]) -> None:
 
 @app.command()
 def models() -> None:
-    """Versions of fraud-detector: aliases, status, test metrics, lineage."""
+    """Versions of fraud-detector: aliases, status, test metrics, lineage, live comparison."""
+    from rtml.monitoring import challenger
     from rtml.training.registry import versions
 
     name = get_settings().model_name
@@ -408,8 +409,12 @@ def models() -> None:
     if not found:
         typer.echo(f"{name} has no versions yet: materialize fraud_model (training_job)")
         return
-    row = "{:>7}  {:<11} {:<20} {:>7} {:>7}  {:<16}  {:<7}  {}"
-    typer.echo(row.format("version", "status", "aliases", "ROC AUC", "PR AUC", "created", "git", "snapshot"))
+    row = "{:>7}  {:<11} {:<20} {:>7} {:>7}  {:<16}  {:<7}  {:<12}  {}"
+    typer.echo(
+        row.format(
+            "version", "status", "aliases", "ROC AUC", "PR AUC", "created", "git", "snapshot", "live (PR AUC)"
+        )
+    )
     for info in found:
         typer.echo(
             row.format(
@@ -421,6 +426,7 @@ def models() -> None:
                 f"{info.created:%Y-%m-%d %H:%M}",
                 info.tags.get("git_commit", "?")[:7],
                 info.tags.get("dvc_snapshot_md5", "?")[:12],
+                challenger.column(info.tags),
             )
         )
         if info.status == "rejected":
@@ -438,13 +444,33 @@ def promote(
     from rtml.training.registry import promote as promote_version
 
     def run() -> None:
-        promoted = promote_version(
-            _registry_client(), version, approver, reason, allow_rejected=allow_rejected
-        )
+        client, name = _registry_client(), get_settings().model_name
+        _show_live_comparison(client, version)
+        promoted = promote_version(client, version, approver, reason, name, allow_rejected=allow_rejected)
         previous = promoted.tags.get("previous_production_version", "none")
-        typer.echo(f"fraud-detector v{promoted.version} is in production (was: {previous})")
+        typer.echo(f"{name} v{promoted.version} is in production (was: {previous})")
 
     _registry_action(run)
+
+
+def _show_live_comparison(client: MlflowClient, version: str) -> None:
+    """The version's live comparison with production, before the promotion acts (a warning on stderr
+    when it was worse live); nothing when the version does not exist (``promote`` says so)."""
+    from mlflow.exceptions import MlflowException
+
+    from rtml.monitoring import challenger
+    from rtml.training.registry import PRODUCTION, version_with_alias
+
+    name = get_settings().model_name
+    try:
+        tags = dict(client.get_model_version(name, version).tags)
+    except MlflowException:
+        return
+    production = version_with_alias(client, PRODUCTION, name)
+    line, warning = challenger.before_promotion(tags, version, production.version if production else None)
+    typer.echo(line)
+    if warning:
+        typer.secho(warning, err=True, fg=typer.colors.YELLOW, bold=True)
 
 
 @app.command()

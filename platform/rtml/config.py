@@ -475,6 +475,32 @@ class Settings(BaseSettings):
     live_metrics_days: int = Field(
         7, description="Live model performance: days of labelled predictions evaluated (one figure per day)."
     )
+    challenger_window_days: int = Field(
+        7,
+        ge=1,
+        description="Live challenger comparison (`challenger_comparison`): the staged version's shadow "
+        "scores of the last this many days (up to its newest one) against production's answers to the same "
+        "requests.",
+    )
+    challenger_min_labelled: int = Field(
+        1000,
+        ge=1,
+        description="Live challenger comparison: labelled requests (both classes among them) needed before "
+        "it gives a verdict (better / worse on PR AUC); below it the verdict is `too_few_labelled` and the "
+        "figures are shown as preliminary. At the simulator's 1 % fraud rate, 1,000 labelled requests hold "
+        "about 10 frauds: fewer make a PR AUC difference noise.",
+    )
+    challenger_max_rows: int = Field(
+        100_000,
+        ge=100,
+        description="Live challenger comparison: requests sampled (seeded) for the Evidently comparison of "
+        "the two score distributions at most (the figures use every request).",
+    )
+    challenger_cron: str = Field(
+        "30 12 * * *",
+        description="Cron expression (UTC) of the daily live challenger comparison (`challenger_job`), after "
+        "the day's labels and the drift report.",
+    )
     alert_webhook_url: str | None = Field(
         None,
         description="Webhook that notifications are POSTed to (JSON): Alertmanager's receiver and the "

@@ -108,6 +108,26 @@ METRICS: dict[str, Metric] = {
     "rtml_live_labelled_predictions": Metric(
         "Predictions with a label in the live-performance window.", ("model_version", "window")
     ),
+    "rtml_challenger_metric": Metric(
+        "The live challenger comparison: a figure (pr_auc, roc_auc, precision, recall, "
+        "recall_at_decline_rate, precision_at_decline_rate) of the staged version (role=challenger) or of "
+        "production (role=production) on the same labelled requests.",
+        ("role", "model_version", "metric"),
+    ),
+    "rtml_challenger_labelled_requests": Metric(
+        "Labelled requests both the staged version (model_version) and production scored, in the "
+        "comparison window.",
+        ("model_version",),
+    ),
+    "rtml_challenger_decision_agreement": Metric(
+        "Share of the compared requests on which the staged version (model_version) decided as production.",
+        ("model_version",),
+    ),
+    "rtml_challenger_worse": Metric(
+        "1 when the staged version (model_version) is worse live than production on PR AUC, 0 when better; "
+        "absent while there are too few labelled requests (challenger_min_labelled).",
+        ("model_version",),
+    ),
 }
 
 

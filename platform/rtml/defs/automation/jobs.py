@@ -50,6 +50,15 @@ drift_job = dg.define_asset_job(
     "`drift_within_threshold`; a failure requests the retraining job.",
 )
 
+# The staged version against production on the same live requests; on demand too (the asset in the UI).
+challenger_job = dg.define_asset_job(
+    "challenger_job",
+    selection=dg.AssetSelection.assets("challenger_comparison"),
+    description="The staged version's shadow scores against production's on the same requests (live "
+    "PR AUC, recall at production's decline rate, decision agreement, score distributions): the verdict "
+    "`rtml promote` shows.",
+)
+
 bento_job = dg.define_asset_job(
     "bento_job",
     selection=dg.AssetSelection.assets("fraud_scorer_bento"),

@@ -1,4 +1,5 @@
-"""Schedules: the hourly refresh, the daily retraining and the daily drift report. All start RUNNING, so
+"""Schedules: the hourly refresh, the daily retraining, the daily drift report and the daily live
+challenger comparison. All start RUNNING, so
 the daemon of ``rtml demo`` ticks them."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 import dagster as dg
 
 from rtml.config import get_settings
-from rtml.defs.automation.jobs import drift_job, hourly_refresh_job, retraining_job
+from rtml.defs.automation.jobs import challenger_job, drift_job, hourly_refresh_job, retraining_job
 from rtml.defs.automation.tags import TRIGGER_TAG
 
 # At :05 the hour that just closed: its transactions, features and the online store. (The ingestion
@@ -41,4 +42,16 @@ daily_drift_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     tags={TRIGGER_TAG: "daily_drift_schedule"},
     description="The drift report and its check, daily (cron: RTML_DRIFT_REPORT_CRON).",
+)
+
+# Daily, after the day's labels (labels_job at 00:15) and the drift report: one more day of labelled
+# shadow scores for the staged version's verdict.
+daily_challenger_schedule = dg.ScheduleDefinition(
+    name="daily_challenger_schedule",
+    job=challenger_job,
+    cron_schedule=get_settings().challenger_cron,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    tags={TRIGGER_TAG: "daily_challenger_schedule"},
+    description="The staged version against production on live requests, daily (cron: RTML_CHALLENGER_CRON).",
 )

@@ -18,7 +18,8 @@ Run reactions:
 
 * ``run_failure_notifier``: any failed run → a notification with job, run id and error;
 * ``retraining_notifier``: a successful ``retraining_job`` / ``training_job`` run → a notification with
-  the evaluation gate's comparison ("v7: PR AUC 0.81 vs production v6 0.74; staged; ...");
+  the evaluation gate's comparison ("v7: PR AUC 0.81 vs production v6 0.74; staged; ...") and the latest
+  live challenger comparison (or that there are too few labelled requests for one);
 * ``promotion_sensor``: a successful ``promote_model`` run → a notification, and ``bento_job`` builds the
   bento of the new production version (the running scorer swaps it in by itself, polling the registry).
 """
@@ -41,6 +42,7 @@ from rtml.defs.automation.tags import TRIGGER_TAG as TRIGGER_TAG  # re-exported:
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
+from rtml.monitoring import challenger
 from rtml.monitoring.notify import notify
 
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_within_threshold")
@@ -282,10 +284,11 @@ def retraining_notifier(
         outcome = f"staged; approve with `rtml promote {version} --approver NAME --reason TEXT`"
     else:
         outcome = f"rejected: {metadata.get('gate_reason', 'see the evaluation gate')}"
+    live = challenger.notice(postgres.database_url(), get_settings().challenger_min_labelled)
     notify(
         "retraining",
         f"{name} v{version} {'staged' if staged else 'rejected'}",
-        f"{name} v{version}: {comparison}; {outcome}",
+        f"{name} v{version}: {comparison}; {outcome}\nLive: {live}",
         {
             "model": name,
             "version": version,
@@ -295,6 +298,7 @@ def retraining_notifier(
             "job": run.job_name,
             "run_id": run.run_id,
             "mlflow": metadata.get("mlflow_url", ""),
+            "live_comparison": live,
         },
         get_settings(),
         database_url=postgres.database_url(),

@@ -1,6 +1,7 @@
-"""Monitoring assets: ``drift_report`` (Evidently, reference = the production version's training window)
-and ``live_model_performance`` (the served model on predictions whose labels have arrived). Both push
-their figures to the Pushgateway when one is configured (``rtml.monitoring.metrics``)."""
+"""Monitoring assets: ``drift_report`` (Evidently, reference = the production version's training window),
+``live_model_performance`` (the served model on predictions whose labels have arrived) and
+``challenger_comparison`` (the staged version's shadow scores against production's on the same
+requests). All push their figures to the Pushgateway when one is configured (``rtml.monitoring.metrics``)."""
 
 import time
 from datetime import datetime
@@ -11,7 +12,9 @@ import dagster as dg
 from rtml.config import Settings, get_settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
-from rtml.monitoring import drift, live, metrics
+from rtml.monitoring import challenger, drift, live, metrics
+from rtml.monitoring.notify import notify
+from rtml.training import registry
 
 
 class DriftConfig(dg.Config):
@@ -252,3 +255,122 @@ def _days_table(performance: live.LivePerformance) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(
         records=records, schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns])
     )
+
+
+class ChallengerConfig(dg.Config):
+    version: str | None = None
+    """The challenger to compare; unset: the version holding ``staging``."""
+
+
+@dg.asset(deps=["stg_labels"], group_name="monitoring", kinds={"evidently", "postgres", "mlflow"})
+def challenger_comparison(
+    context: dg.AssetExecutionContext,
+    config: ChallengerConfig,
+    postgres: PostgresResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """The staged version (shadow-scoring every request) against production on the same requests of the
+    last ``challenger_window_days``: PR AUC, ROC AUC, precision, recall and recall at production's
+    decline rate on labelled requests, decision agreement and an Evidently comparison of the two score
+    distributions on all; a verdict (better / worse / too_few_labelled below
+    ``challenger_min_labelled``) in ``monitoring.challenger_comparisons`` and as ``live_*`` tags of the
+    version, shown by ``rtml models`` and ``rtml promote``. A new verdict is a ``retraining``
+    notification. Daily (``challenger_job``) and on demand; nothing staged is no failure."""
+    settings = get_settings()
+    started = time.perf_counter()
+    client = mlflow.client()
+    version = config.version
+    if version is None:
+        staged = registry.version_with_alias(client, registry.STAGING, mlflow.model_name)
+        if staged is None:
+            note = f"nothing to compare: no version of {mlflow.model_name} holds `staging`"
+            context.log.info(note)
+            return dg.MaterializeResult(metadata={"verdict": "nothing_staged", "summary": note})
+        version = str(staged.version)
+    url = postgres.database_url()
+    previous = challenger.latest(url, version)
+    try:
+        result = challenger.run(
+            url,
+            version,
+            days=settings.challenger_window_days,
+            min_labelled=settings.challenger_min_labelled,
+            reports_dir=settings.home / "reports" / "challenger",
+            drift_threshold=settings.drift_threshold,
+            max_rows=settings.challenger_max_rows,
+        )
+    except challenger.ChallengerError as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+    for key, value in challenger.tags(result).items():
+        client.set_model_version_tag(mlflow.model_name, version, key, value)
+    seconds = time.perf_counter() - started
+    samples = [*challenger.samples(result), *metrics.run_samples("challenger_comparison", seconds)]
+    pushed = metrics.publish("challenger_comparison", samples, settings.pushgateway_url)
+    context.log.info(result.summary)
+    if result.decided and (previous is None or previous.verdict != result.verdict):
+        _notify_verdict(result, mlflow, url)
+    return dg.MaterializeResult(metadata=_challenger_metadata(result, seconds, pushed))
+
+
+def _notify_verdict(result: challenger.Comparison, mlflow: MlflowResource, database_url: str) -> None:
+    """A ``retraining`` notice when a challenger gets its first verdict, or a different one: what the
+    person deciding on ``rtml promote`` waits for (the retraining notice itself comes before any
+    shadow score)."""
+    version = result.challenger_version
+    worse = result.verdict == challenger.WORSE
+    action = "think twice before" if worse else "approve with"
+    notify(
+        "retraining",
+        f"{mlflow.model_name} v{version} is {result.verdict} live than production",
+        f"{result.summary}; {action} `rtml promote {version} --approver NAME --reason TEXT`",
+        {
+            "model": mlflow.model_name,
+            "version": version,
+            "live_verdict": result.verdict,
+            "compared_with": result.production_version or "none",
+            "labelled": result.labelled,
+            "report": str(result.scores.html_path) if result.scores else "none",
+            "mlflow": mlflow.version_url(version),
+        },
+        get_settings(),
+        database_url=database_url,
+    )
+
+
+def _challenger_metadata(
+    result: challenger.Comparison, seconds: float, pushed: bool
+) -> "dict[str, dg.RawMetadataValue]":
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "verdict": result.verdict,
+        "summary": result.summary,
+        "challenger_version": result.challenger_version,
+        "production_version": result.production_version or "none",
+        "window": f"{result.window_start.isoformat()} / {result.window_end.isoformat()}",
+        "requests": result.requests,
+        "labelled": result.labelled,
+        "frauds": result.frauds,
+        "min_labelled": result.min_labelled,
+        "decision_pairs": dg.MetadataValue.json(result.decision_pairs),
+        "seconds": round(seconds, 2),
+        "pushed": pushed,
+    }
+    if result.agreement is not None:
+        metadata["decision_agreement"] = round(result.agreement, 5)
+    if result.decline_rate is not None:
+        metadata["production_decline_rate"] = round(result.decline_rate, 5)
+    for role, figures in (("challenger", result.challenger), ("production", result.production)):
+        for name, value in (figures.defined() if figures else {}).items():
+            metadata[f"{role}/{name}"] = round(value, 5)  # numeric: the UI plots them across runs
+    scores = result.scores
+    if scores is None:
+        metadata["scores"] = "not compared: no request in the window"
+    else:
+        metadata |= {
+            "scores/method": scores.method,
+            "scores/score": round(scores.score, 5),
+            "scores/differ": scores.differ,
+            "scores/production_mean": round(scores.production_mean, 5),
+            "scores/challenger_mean": round(scores.challenger_mean, 5),
+            "scores/html": dg.MetadataValue.path(str(scores.html_path)),
+        }
+    return metadata
