@@ -23,6 +23,18 @@ The real service takes its settings from the environment (``RTML_*``, as ``bento
 ``--transaction`` overrides fields of the default body (ids that exist in Redis, so the lookup finds
 features). Targets: at 100 rps p99 ≤ 15 ms and ≤ 1.5 x the floor's p99, throughput ≥ 0.7 x the
 floor's, zero errors. Ends with one JSON line.
+
+Shadow scoring and the served-features log (issue 17), ``--shadow``: the real service runs three times,
+interleaved like the rest — ``service`` (shadow scoring of the staged version and the feature log on,
+the defaults), ``shadow_off`` (``RTML_SERVING_SHADOW=false``) and ``log_off`` (shadow off and
+``RTML_SERVING_FEATURE_LOG_SAMPLE=0``) — and the JSON line gets ``shadow_p99_ratio`` (service /
+shadow_off, target ≤ 1.1), ``feature_log_p99_ratio`` (shadow_off / log_off, target ≤ 1.1) and the
+tables' size per million rows (``pg_total_relation_size`` with indexes / rows:
+``served_features_bytes_per_million``, ``shadow_predictions_bytes_per_million``). ``--world`` builds
+everything it needs (``_world.py``: a simulated world, an MLflow server, a production and a staged
+version, the online store) on the machine's PostgreSQL and Redis and removes it at the end::
+
+    .venv/bin/python benchmarks/serving.py --world --shadow --rates 100
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ import os
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,7 +67,70 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--workers", type=int, default=int(os.environ.get("RTML_SERVING_WORKERS", "1")))
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-serving")
+    ap.add_argument("--shadow", action="store_true", help="the service with shadow / feature log on and off")
+    ap.add_argument("--world", action="store_true", help="build a world of its own (_world.py)")
+    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
+    if args.shadow or args.world:
+        args.service = args.service or "service:FraudScorer"
+    with contextlib.ExitStack() as stack:
+        if args.world:
+            from _world import scoring_world
+
+            log_dir = Path(args.log_dir)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            env, known = stack.enter_context(
+                scoring_world(args.database_url, args.redis_url, log_dir, staged=args.shadow)
+            )
+            os.environ.update(env)
+            args.transaction = json.dumps({**json.loads(args.transaction), **known})
+        run(args)
+
+
+VARIANTS = {
+    "service": {},
+    "shadow_off": {"RTML_SERVING_SHADOW": "false"},
+    "log_off": {"RTML_SERVING_SHADOW": "false", "RTML_SERVING_FEATURE_LOG_SAMPLE": "0"},
+}
+"""``--shadow``: the real service's three configurations."""
+
+
+def metadata(url: str) -> dict:
+    with urllib.request.urlopen(url + "/metadata", timeout=5) as response:
+        return dict(json.loads(response.read()))
+
+
+def wait_for_shadow(url: str, timeout: float = 120) -> str:
+    """The shadow version, once loaded (the poller loads it after the service is ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shadow = metadata(url)["shadow"]
+        if shadow["model"]:
+            return str(shadow["model"]["version"])
+        if shadow["refused"]:
+            raise SystemExit(f"the staged version was refused: {shadow['refused']}")
+        time.sleep(0.5)
+    raise SystemExit("no staged version loaded: does a gated version hold the staging alias?")
+
+
+def bytes_per_million(database_url: str) -> dict[str, float]:
+    """Each log table's size with its indexes per million rows."""
+    import psycopg
+
+    out = {}
+    with psycopg.connect(database_url) as conn:
+        for table in ("predictions", "shadow_predictions", "served_features"):
+            row = conn.execute(
+                f"select pg_total_relation_size('monitoring.{table}'), count(*) from monitoring.{table}"
+            ).fetchone()
+            if row and row[1]:
+                out[f"{table}_bytes_per_million"] = round(row[0] / row[1] * 1e6)
+                out[f"{table}_rows"] = row[1]
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
 
     rates = [float(x) for x in args.rates.split(",")]
     body = score_body({**TRANSACTION, **json.loads(args.transaction)})
@@ -65,7 +142,19 @@ def main() -> None:
         floor_env = {**env, "BENTOML_HOME": stack.enter_context(tempfile.TemporaryDirectory())}
         services = {"floor": Service(args.floor, ROOT, floor_env, log_dir / "floor.log")}
         if args.service:
-            services["service"] = Service(args.service, ROOT / args.service_cwd, env, log_dir / "service.log")
+            for name, overrides in VARIANTS.items() if args.shadow else [("service", {})]:
+                # a home of its own each: no packaged model, its own Prometheus multiprocess folder
+                home = (
+                    {"BENTOML_HOME": stack.enter_context(tempfile.TemporaryDirectory())}
+                    if args.shadow
+                    else {}
+                )
+                services[name] = Service(
+                    args.service,
+                    ROOT / args.service_cwd,
+                    {**env, **overrides, **home},
+                    log_dir / f"{name}.log",
+                )
         out: dict[str, dict] = {name: {"load_average_start": load_average()} for name in services}
         for name, service in services.items():
             stack.enter_context(service)
@@ -73,6 +162,8 @@ def main() -> None:
             if warm.errors:
                 raise SystemExit(f"{service.target}: {warm.errors} errors in warm-up: {warm.statuses}")
             out[name]["rss_mib_start"] = round(service.rss_mib(), 1)
+        if args.shadow:
+            out["service"]["shadow_version"] = wait_for_shadow(services["service"].url)
 
         def turns(round_: int) -> list[tuple[str, Service]]:
             order = list(services.items())
@@ -103,6 +194,10 @@ def main() -> None:
             }
             out[name]["rss_mib_end"] = round(service.rss_mib(), 1)
             out[name]["load_average_end"] = load_average()
+        if args.shadow:
+            shadow = metadata(services["service"].url)["shadow"]
+            out["service"]["shadow"] = {k: shadow[k] for k in ("scored", "errors", "dropped")}
+            time.sleep(1.0)  # the writer's last batch
 
     result: dict = {"benchmark": "serving", "workers": args.workers, "rounds": args.rounds, **out}
     floor = out["floor"]
@@ -130,6 +225,17 @@ def main() -> None:
     for key in ("p99_ratio", "rps_ratio", "targets_met"):
         if key in result:
             flat[key] = result[key]
+    if args.shadow:
+        first = f"at_{rates[0]:g}"
+        p99 = {name: out[name][first]["p99_ms"] for name in VARIANTS}
+        flat["shadow_p99_ratio"] = round(p99["service"] / p99["shadow_off"], 3)
+        flat["feature_log_p99_ratio"] = round(p99["shadow_off"] / p99["log_off"], 3)
+        flat["shadow_and_log_p99_ratio"] = round(p99["service"] / p99["log_off"], 3)
+        flat["shadow_version"] = out["service"]["shadow_version"]
+        flat.update({f"shadow_{k}": v for k, v in out["service"]["shadow"].items()})
+        if os.environ.get("RTML_DATABASE_URL"):
+            flat.update(bytes_per_million(os.environ["RTML_DATABASE_URL"]))
+        flat["shadow_targets_met"] = flat["shadow_p99_ratio"] <= 1.1 and flat["feature_log_p99_ratio"] <= 1.1
     print(json.dumps(result, indent=1), file=sys.stderr)
     print(json.dumps(flat))
 

@@ -104,6 +104,10 @@ class Score(BaseModel):
     # service's metrics, not part of the response
     _missing_causes: dict[str, Any] = PrivateAttr(default_factory=dict)
     _speed_layer: str | None = PrivateAttr(default=None)  # the speed layer's answer; None: Redis not read
+    # the model input row scored and the views' builds it was read from: for the served-features log and
+    # the shadow model (the same row, built once)
+    _row: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _feature_versions: dict[str, str] = PrivateAttr(default_factory=dict)
 
 
 class BatchScore(BaseModel):

@@ -8,15 +8,17 @@
   as skops with the project's trusted types (``rtml.training.loading``); otherwise ``ModelRefused``;
 * ``lookup``: the online-feature read with the fail-open / fail-closed policy and the circuit breaker
   (``breaker.py``);
-* ``score_rows``: request-time features (``rtml.features.request_features``) + the model, compiled
-  for latency (``rtml.training.compiled``: the same probabilities as the sklearn Pipeline, checked at
-  load; the Pipeline itself when it cannot be compiled exactly).
+* ``model_rows`` + ``predict`` (``score_rows``: both): request-time features
+  (``rtml.features.request_features``) into the model's input rows, then the model, compiled for
+  latency (``rtml.training.compiled``: the same probabilities as the sklearn Pipeline, checked at load;
+  the Pipeline itself when it cannot be compiled exactly). The rows are built once per batch: the
+  production model, the shadow model and the served-features log all take the same rows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +30,7 @@ from breaker import REDIS_ERRORS
 from rtml.features.request_features import model_row
 from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
 from rtml.training.loading import ModelRefused, load_pipeline
-from rtml.training.registry import check_approved, client_for, version_with_alias
+from rtml.training.registry import check_approved, check_gated, client_for, version_with_alias
 from rtml.training.train import score
 
 log = logging.getLogger("rtml.serving")
@@ -79,15 +81,28 @@ def thresholds_from_tags(tags: dict[str, str], label: str) -> tuple[float, float
         ) from exc
 
 
-def load_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> ServedModel:
-    """``ModelRefused`` unless the version is approved, has thresholds and loads safely (the tags are
-    checked first: they cost no download)."""
+def load_version(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    tags: dict[str, str],
+    check: Callable[[dict[str, str], str], None] = check_approved,
+) -> ServedModel:
+    """``ModelRefused`` unless the version passes ``check`` (production: gated and approved; the shadow:
+    ``load_shadow``), has thresholds and loads safely (the tags are checked first: they cost no
+    download)."""
     label = f"{name} v{version}"
-    check_approved(tags, label)
+    check(tags, label)
     review, decline = thresholds_from_tags(tags, label)
     client_for(tracking_uri)  # models:/ URIs resolve against the global tracking URI
     pipeline = load_pipeline(f"models:/{name}/{version}")
     return ServedModel(name, version, pipeline, review, decline, "registry", tags, compiled_or_none(pipeline))
+
+
+def load_shadow(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> ServedModel:
+    """The staged version for shadow scoring: through the gate (``check_gated``; no approval yet: it
+    answers nobody), with thresholds, loaded as safely as production (skops, trusted types)."""
+    return load_version(tracking_uri, name, version, tags, check=check_gated)
 
 
 def compiled_or_none(pipeline: Any) -> CompiledModel | None:
@@ -140,6 +155,8 @@ class Lookup:
     speed_layer: str = "disabled"
     """The speed layer's answer (``OnlineFeatures.speed_layer``): ``merged`` (the customer's features
     exact at the transaction's time), ``beyond_horizon`` / ``not_exact`` (the batch values), ``disabled``."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """View → the namespace (build) read (``OnlineFeatures.versions``); empty when Redis was not read."""
 
 
 ENTITY_VIEWS = (("customer", "customer_features"), ("merchant", "merchant_features"))
@@ -189,6 +206,7 @@ def lookup(
             bool(gone),
             {entity: "view_missing" if entity in gone else "unknown_entity" for entity in f.missing},
             f.speed_layer,
+            f.versions,
         )
         for f in found
     ]
@@ -215,10 +233,27 @@ def score_rows(
     numeric: Sequence[str],
     categorical: Sequence[str],
 ) -> np.ndarray:
-    rows = [
+    return predict(model, model_rows(transactions, lookups, numeric, categorical), numeric, categorical)
+
+
+def model_rows(
+    transactions: Sequence[Mapping[str, Any]],
+    lookups: Sequence[Lookup],
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The model input rows (``model_row``: {column: value}) of a batch: what production scores, the
+    shadow model scores and the served-features log keeps — built once."""
+    return [
         model_row(txn, found.customer, found.merchant, numeric, categorical)
         for txn, found in zip(transactions, lookups, strict=True)
     ]
+
+
+def predict(
+    model: ServedModel, rows: Sequence[Mapping[str, Any]], numeric: Sequence[str], categorical: Sequence[str]
+) -> np.ndarray:
+    """Fraud probabilities of ``model_rows`` (not modified)."""
     if model.compiled is not None:
         return model.compiled.predict(rows)
     frame = pd.DataFrame(rows, columns=[*categorical, *numeric])

@@ -21,6 +21,13 @@ counts it (``rtml_scoring_model_refused_total``) and shows it in ``/metadata`` u
 moves again. The served version and its scoring path (compiled or sklearn) are in the
 ``X-Model-Version`` response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
 
+Shadow scoring (``shadow.py``): the version holding ``staging`` (``RTML_SERVING_SHADOW_ALIAS``) is loaded
+beside production and scores every request on a thread of its own after the answer went out; its scores
+go to ``monitoring.shadow_predictions``. Its failures are its own (``rtml_scoring_shadow_*``,
+``/health``'s ``shadow``). The model input row of every request (or a sample,
+``RTML_SERVING_FEATURE_LOG_SAMPLE``) goes to ``monitoring.served_features``; both tables are trimmed
+hourly (``rtml.monitoring.retention``).
+
 Heavy imports (mlflow, sklearn, prometheus_client, rtml's online store) happen in ``__init__``:
 BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker after importing this module, and
 ``prometheus_client`` must not be imported before that (metrics would stay invisible on /metrics).
@@ -37,6 +44,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -230,6 +238,45 @@ class Metrics:
                 "refused by Redis.",
             ),
         }
+        # shadow scoring (shadow.py): never part of production's answers
+        self.shadow = {
+            "scored": Counter(
+                "rtml_scoring_shadow_scored_total",
+                "Transactions scored by the shadow model (the version holding RTML_SERVING_SHADOW_ALIAS) "
+                "after production answered them.",
+            ),
+            "errors": Counter(
+                "rtml_scoring_shadow_errors_total",
+                "Transactions the shadow model failed to score (it raised); production is not affected.",
+            ),
+            "dropped": Counter(
+                "rtml_scoring_shadow_dropped_total",
+                "Transactions not shadow-scored because the shadow's queue was full "
+                "(RTML_SERVING_SHADOW_QUEUE_MAX: the shadow is slower than the traffic).",
+            ),
+        }
+        self.shadow_model_info = Gauge(
+            "rtml_scoring_shadow_model_info",
+            "The shadow model version loaded (1) by each worker; 0 for versions unloaded.",
+            ["model_name", "model_version", "path"],
+            multiprocess_mode="liveall",
+        )
+        self.shadow_refused = Counter(
+            "rtml_scoring_shadow_refused_total",
+            "Shadow model versions refused (not loaded) once each, by reason: format, untrusted_types, "
+            "invalid, not_gated, gate_rejected (rtml.training.loading).",
+            ["reason"],
+        )
+        self.prediction_log_rows = Counter(
+            "rtml_prediction_log_rows_total",
+            "Rows of monitoring.shadow_predictions and monitoring.served_features through the prediction "
+            "log, by table and outcome: written, spilled, drained, dropped, rejected (as the "
+            "rtml_predictions_* counters for monitoring.predictions).",
+            ["table", "outcome"],
+        )
+        for table in ("shadow_predictions", "served_features"):
+            for log_outcome in ("written", "spilled", "drained", "dropped", "rejected"):
+                self.prediction_log_rows.labels(table, log_outcome)
         self.production_refused = Gauge(
             "rtml_scoring_production_refused",
             "1 while the version holding the production alias is refused (the worker serves an older "
@@ -288,7 +335,9 @@ class FraudScorer:
     def __init__(self) -> None:
         from rtml.features.online import OnlineStore
         from rtml.monitoring.predictions import PredictionWriter
+        from rtml.monitoring.retention import Retention
         from rtml.training.dataset import feature_spec
+        from shadow import Shadow
 
         self.settings = get_settings()
         self.metrics = Metrics()
@@ -301,6 +350,7 @@ class FraudScorer:
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self.last_poll_error: str | None = None
+        self.last_shadow_error: str | None = None
         self.refused: dict[str, str] | None = None  # the production version refused last, and why
         self._refused_key: tuple[str, frozenset[tuple[str, str]]] | None = None
         self.writer = None
@@ -313,11 +363,31 @@ class FraudScorer:
                 queue_max=self.settings.predictions_queue_max,
                 flush_rows=self.settings.predictions_flush_rows,
                 flush_ms=self.settings.predictions_flush_ms,
-                on_count=lambda outcome, rows: self.metrics.predictions[outcome].inc(rows),
+                on_count=self._count_log_rows,
                 on_spill_bytes=self.metrics.predictions_spill_bytes.set,
             )
         else:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
+        self.retention = (
+            None
+            if not self.settings.database_url
+            else Retention(
+                self.settings.database_url,
+                {
+                    "monitoring.served_features": self.settings.served_features_retention_days,
+                    "monitoring.shadow_predictions": self.settings.shadow_predictions_retention_days,
+                },
+            )
+        )
+        self.feature_log_cut = int(self.settings.serving_feature_log_sample * 2**32)
+        """A transaction's row is logged when crc32(transaction_id) < this: the same answer on a retry."""
+        self.shadow = Shadow(
+            self.numeric,
+            self.categorical,
+            queue_max=self.settings.serving_shadow_queue_max,
+            put_row=None if self.writer is None else self.writer.put,
+            metrics=self.metrics,
+        )
         self.batcher: MicroBatcher[Transaction, Score] = MicroBatcher(
             self._score,
             self.settings.serving_max_batch,
@@ -332,7 +402,7 @@ class FraudScorer:
         self.publisher = self._start_publisher()
         self._load_initial()
         self._poller: threading.Thread | None = None
-        if self.settings.mlflow_tracking_uri and self.settings.serving_model_poll_seconds > 0:
+        if self.settings.mlflow_tracking_uri:  # with a poll interval of 0: the shadow's one look
             self._poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
             self._poller.start()
         # Start-up leaves ~380k long-lived objects (mlflow, sklearn, pandas, the model). Every full
@@ -367,6 +437,12 @@ class FraudScorer:
             available=lambda: not self.breaker.is_open,
             on_count=lambda outcome, events: self.metrics.stream_events[outcome].inc(events),
         )
+
+    def _count_log_rows(self, kind: str, outcome: str, rows: int) -> None:
+        if kind == "predictions":
+            self.metrics.predictions[outcome].inc(rows)
+        else:
+            self.metrics.prediction_log_rows.labels(kind, outcome).inc(rows)
 
     # --- model --------------------------------------------------------------------------------
     def _load_initial(self) -> None:
@@ -460,8 +536,38 @@ class FraudScorer:
         self._clear_refusal()
         log.info("serving %s v%s (%s, %s)", served.name, served.version, served.source, served.path)
 
+    def _check_shadow(self) -> None:
+        """Load, swap or unload the shadow model as its alias says (``shadow.Shadow.update``). On the
+        poller's thread, after production's check: a shadow that loads slowly or not at all delays
+        neither production's start nor its swaps."""
+        from scoring import load_shadow, production_version
+
+        assert self.settings.mlflow_tracking_uri
+        if not self.settings.serving_shadow:
+            self.shadow.unload()
+            return
+        uri, name = self.settings.mlflow_tracking_uri, self.settings.model_name
+        found = production_version(uri, name, self.settings.serving_shadow_alias)
+        production = self.model
+
+        def load(version: str, tags: dict[str, str]) -> Any:
+            served = load_shadow(uri, name, version, tags)
+            self._warm(served)
+            return served
+
+        self.shadow.update(found, None if production is None else production.version, load)
+
     def _poll(self) -> None:
-        while not self._stop.wait(self.settings.serving_model_poll_seconds):
+        interval = self.settings.serving_model_poll_seconds
+        while True:
+            try:
+                self._check_shadow()
+                self.last_shadow_error = None
+            except Exception as exc:  # the shadow's trouble is the shadow's: production goes on
+                self.last_shadow_error = f"{type(exc).__name__}: {exc}"
+                log.warning("shadow model check failed: %s", exc)
+            if interval <= 0 or self._stop.wait(interval):
+                return
             try:
                 self._check_registry()
                 self.last_poll_error = None
@@ -475,6 +581,9 @@ class FraudScorer:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self._stop.set()
+        self.shadow.close()
+        if self.retention is not None:
+            self.retention.close()
         self.breaker.stop()
         if self.publisher is not None:
             self.publisher.close()
@@ -485,7 +594,7 @@ class FraudScorer:
     # --- scoring --------------------------------------------------------------------------------
     def _score(self, transactions: list[Transaction]) -> list[Score]:
         """Score a micro-batch (``batching.MicroBatcher``): one Redis round trip, one model call."""
-        from scoring import FeatureStoreUnavailable, lookup, score_rows
+        from scoring import FeatureStoreUnavailable, lookup, model_rows, predict
 
         started = time.perf_counter()
         model = self.model  # one model for the whole batch, whatever the poller does meanwhile
@@ -504,12 +613,13 @@ class FraudScorer:
         looked_up = time.perf_counter()
         # a pydantic model's __dict__ is its field values: the mapping model_row reads, without a copy
         records = [t.__dict__ for t in transactions]
-        probabilities = score_rows(model, records, found, self.numeric, self.categorical)
+        rows = model_rows(records, found, self.numeric, self.categorical)  # kept for the logs and shadow
+        probabilities = predict(model, rows, self.numeric, self.categorical)
         done = time.perf_counter()
         self.metrics.stage_seconds.labels("feature_lookup").observe(looked_up - started)
         self.metrics.stage_seconds.labels("inference").observe(done - looked_up)
         out = []
-        for txn, features, probability in zip(transactions, found, probabilities, strict=True):
+        for txn, features, row, probability in zip(transactions, found, rows, probabilities, strict=True):
             p = float(probability) if math.isfinite(probability) else 1.0
             scored = Score(
                 transaction_id=txn.transaction_id,
@@ -523,6 +633,7 @@ class FraudScorer:
             scored._missing_causes = features.causes  # for the metrics in _record, not the response
             if "redis_unavailable" not in features.causes.values():
                 scored._speed_layer = features.speed_layer
+            scored._row, scored._feature_versions = row, features.versions
             out.append(scored)
         return out
 
@@ -531,10 +642,12 @@ class FraudScorer:
         self.metrics.breaker_transitions.labels("open" if is_open else "closed").inc()
 
     def _record(self, transactions: list[Transaction], scores: list[Score], seconds: float) -> None:
-        """After the batch's answers went out: metrics, the prediction log (``monitoring.predictions``)
-        and the transaction stream (``RTML_STREAM_KEY``)."""
-        from rtml.monitoring.predictions import PredictionRow
+        """After the batch's answers went out: metrics, the prediction log (``monitoring.predictions``,
+        ``monitoring.served_features``), the shadow model's queue and the transaction stream
+        (``RTML_STREAM_KEY``)."""
+        from rtml.monitoring.predictions import ServedFeaturesRow, prediction_row
         from rtml.streaming.events import TransactionEvent, to_us
+        from shadow import Job
 
         scored_at = datetime.now(UTC)
         latency_ms = seconds * 1000
@@ -557,17 +670,9 @@ class FraudScorer:
                 ] += 1
             if self.writer is not None:  # put is O(1) and counts what it cannot keep (dropped)
                 self.writer.put(
-                    PredictionRow(
+                    prediction_row(
+                        txn.__dict__,
                         request_id=scored.request_id,
-                        transaction_id=txn.transaction_id,
-                        customer_id=txn.customer_id,
-                        merchant_id=txn.merchant_id,
-                        amount=txn.amount,
-                        currency=txn.currency,
-                        channel=txn.channel,
-                        merchant_category=txn.merchant_category,
-                        country=txn.country,
-                        event_ts=txn.timestamp,
                         model_version=scored.model_version,
                         probability=scored.fraud_probability,
                         decision=scored.decision,
@@ -577,6 +682,19 @@ class FraudScorer:
                         latency_ms=latency_ms,
                     )
                 )
+                if self._log_features(txn.transaction_id):
+                    self.writer.put(
+                        ServedFeaturesRow(
+                            request_id=scored.request_id,
+                            transaction_id=txn.transaction_id,
+                            model_version=scored.model_version,
+                            event_ts=txn.timestamp,
+                            scored_at=scored_at,
+                            speed_layer=scored._speed_layer or "redis_unavailable",
+                            feature_versions=scored._feature_versions,
+                            features=scored._row,  # the row as scored (NaN → null when written)
+                        )
+                    )
             if self.publisher is not None:  # put is O(1) too; a full queue drops and counts
                 self.publisher.put(
                     TransactionEvent(
@@ -591,6 +709,15 @@ class FraudScorer:
                         country=txn.country or "",
                     )
                 )
+        if self.shadow.model is not None:  # one O(1) append; scored on the shadow's thread
+            self.shadow.submit(
+                Job(
+                    scores[0].model_version,
+                    [scored._row for scored in scores],
+                    [scored.request_id for scored in scores],
+                    [scored.transaction_id for scored in scores],
+                )
+            )
         # counters once per batch: a multiprocess-mode increment writes to a shared file
         for (decision, version), n in decisions.items():
             self.metrics.decisions.labels(decision, version).inc(n)
@@ -600,6 +727,14 @@ class FraudScorer:
             self.metrics.degraded.labels(reason).inc(n)
         for result, n in speed_reads.items():
             self.metrics.speed_layer_reads.labels(result).inc(n)
+
+    def _log_features(self, transaction_id: str) -> bool:
+        """Whether this transaction's model row is logged (``RTML_SERVING_FEATURE_LOG_SAMPLE``), by a
+        hash of its id: a retry is logged, or not, as the first attempt was."""
+        cut = self.feature_log_cut
+        if cut >= 2**32:
+            return True
+        return cut > 0 and zlib.crc32(transaction_id.encode()) < cut
 
     async def _submit(self, transactions: list[Transaction]) -> list[Score]:
         try:
@@ -657,6 +792,12 @@ class FraudScorer:
                 f"production version {self.refused['version']} refused ({self.refused['reason']}): "
                 "still serving the version before"
             )
+        shadow = self.shadow.status()
+        if shadow["refused"] is not None:  # production is not affected: the status stays as it is
+            problems.append(
+                f"shadow version {shadow['refused']['version']} refused ({shadow['refused']['reason']}): "
+                "not shadow-scored; production is not affected"
+            )
         log_state = None if self.writer is None else self.writer.status()
         if log_state is not None and log_state["database"] != "ok":
             problems.append(
@@ -681,6 +822,7 @@ class FraudScorer:
             },
             "prediction_log": log_state,
             "stream_publisher": None if self.publisher is None else self.publisher.status(),
+            "shadow": {"enabled": self.settings.serving_shadow, **shadow},
         }
 
     # --- metadata (GET /metadata) ------------------------------------------------------------
@@ -712,6 +854,16 @@ class FraudScorer:
             "max_batch": self.settings.serving_max_batch,
             "features": {"numeric": self.numeric, "categorical": self.categorical},
             "predictions_log": None if self.writer is None else self.writer.status(),
+            "shadow": {
+                "enabled": self.settings.serving_shadow,
+                "alias": self.settings.serving_shadow_alias,
+                "last_error": self.last_shadow_error,
+                **self.shadow.status(),
+            },
+            "feature_log": {
+                "sample": self.settings.serving_feature_log_sample,
+                "retention_days": self.settings.served_features_retention_days,
+            },
         }
 
 

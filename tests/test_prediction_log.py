@@ -6,6 +6,7 @@ limit, or an unreadable spilled line)."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -14,14 +15,23 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from rtml.monitoring.predictions import PredictionRow, PredictionWriter, ensure_table, write_rows
+from rtml.monitoring import retention
+from rtml.monitoring.predictions import (
+    PredictionRow,
+    PredictionWriter,
+    ServedFeaturesRow,
+    ShadowRow,
+    ensure_table,
+    prediction_row,
+    write_rows,
+)
 from tests.own_postgres import OwnPostgres
 
 
@@ -34,11 +44,49 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgr
         server.stop()
 
 
+TRANSACTION = {
+    "transaction_id": "t",
+    "customer_id": "c",
+    "merchant_id": "m",
+    "amount": 1.0,
+    "currency": "EUR",
+    "channel": "pos",
+}
+
+
 def prediction(request_id: str, now: datetime, probability: float = 0.1, **fields: Any) -> PredictionRow:
     """A prediction-log row for a constant transaction."""
-    return PredictionRow(
-        request_id, "t", "c", "m", 1.0, "EUR", "pos", None, None, now, "1", probability, "approve", **fields
+    return prediction_row(
+        {**TRANSACTION, "timestamp": now},
+        request_id=request_id,
+        model_version="1",
+        probability=probability,
+        decision="approve",
+        **fields,
     )
+
+
+def shadow_and_features(request_id: str, now: datetime) -> tuple[ShadowRow, ServedFeaturesRow]:
+    """The staged version's score of ``request_id`` and its logged model row (a NaN, a None)."""
+    return (
+        ShadowRow(request_id, "t", "2", 0.5, "review", now),
+        ServedFeaturesRow(
+            request_id,
+            "t",
+            "1",
+            now,
+            now,
+            "merged",
+            {"customer_features": "ns:c:1"},
+            {"amount": 1.0, "amount_zscore_30d": math.nan, "channel": "pos", "country": None},
+        ),
+    )
+
+
+def count_in(database_url: str, table: str, ids: list[str]) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(f"select count(*) from {table} where request_id = any(%s)", (ids,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def in_table(database_url: str, ids: list[str]) -> int:
@@ -248,3 +296,63 @@ def test_a_killed_writers_spill_is_drained_by_the_next(own_postgres: OwnPostgres
         ).fetchone()
     assert row == (1000,)
     assert writer.dropped == 1 and not list(spill.glob("*.jsonl"))
+
+
+def test_shadow_and_feature_rows_share_the_writer_spill_and_transaction(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """The three kinds of rows, spilled while PostgreSQL is down, drained once it is back: each in its
+    table once (retried: still once), counted per table; NaN stored as JSON null."""
+    own_postgres.stop()
+    writer = PredictionWriter(own_postgres.url, spill_dir=tmp_path, flush_ms=50)
+    now = datetime.now(UTC)
+    ids = [uuid.uuid4().hex for _ in range(100)]
+    try:
+        for request_id in ids:
+            writer.put(prediction(request_id, now, scored_at=now))
+            for row in shadow_and_features(request_id, now):
+                writer.put(row)
+        wait_until(lambda: writer.pending == 0, f"rows left in memory: {writer.status()}")
+        status = writer.status()
+        assert status["spilled"] == 100 and status["shadow_predictions"]["spilled"] == 100, status
+        assert status["served_features"]["spilled"] == 100, status
+        own_postgres.start()
+        wait_until(
+            lambda: writer.counts["served_features"]["drained"] == 100, f"not drained: {writer.status()}"
+        )
+    finally:
+        writer.close()
+    assert writer.drained == 100 and writer.counts["shadow_predictions"]["drained"] == 100
+    assert sum(writer.counts[kind]["dropped"] for kind in writer.counts) == 0
+    with psycopg.connect(own_postgres.url) as conn:
+        rows = [shadow_and_features(ids[0], now)[0], *shadow_and_features(ids[1], now)]
+        write_rows(conn, rows)  # a retried batch: written once
+        features = conn.execute(
+            "select features, feature_versions, speed_layer from monitoring.served_features "
+            "where request_id = %s",
+            (ids[0],),
+        ).fetchone()
+    for table in ("monitoring.predictions", "monitoring.shadow_predictions", "monitoring.served_features"):
+        assert count_in(own_postgres.url, table, ids) == 100, table
+    assert features == (
+        {"amount": 1.0, "amount_zscore_30d": None, "channel": "pos", "country": None},
+        {"customer_features": "ns:c:1"},
+        "merged",
+    )
+
+
+def test_retention_deletes_only_rows_past_it(database_url: str) -> None:
+    ensure_table(database_url)
+    now = datetime.now(UTC)
+    old, recent = uuid.uuid4().hex, uuid.uuid4().hex
+    with psycopg.connect(database_url) as conn:
+        write_rows(conn, [*shadow_and_features(old, now - timedelta(days=20))])
+        write_rows(conn, [*shadow_and_features(recent, now - timedelta(days=5))])
+    deleted = retention.purge_all(
+        database_url, {"monitoring.served_features": 14, "monitoring.shadow_predictions": 30}
+    )
+    assert deleted["monitoring.served_features"] >= 1 and deleted["monitoring.shadow_predictions"] >= 0
+    assert count_in(database_url, "monitoring.served_features", [old, recent]) == 1
+    assert count_in(database_url, "monitoring.shadow_predictions", [old, recent]) == 2
+    with psycopg.connect(database_url, autocommit=True) as conn, pytest.raises(ValueError):
+        retention.purge(conn, "monitoring.predictions", 1)

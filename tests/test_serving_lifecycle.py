@@ -1,13 +1,18 @@
 """The scorer's life without its dependencies, as a real ``bentoml serve`` process: it starts with no
 production version and with its prediction-log PostgreSQL stopped (a server of this module's own, never
 the session's), answers 503 until a version is promoted, shows which scoring path serves (compiled or
-sklearn), and loses no prediction-log row while PostgreSQL is down."""
+sklearn), and loses no prediction-log row while PostgreSQL is down. Then shadow scoring (issue 17): a
+staged version scores every request after production answered it (``monitoring.shadow_predictions``)
+and every request's model row is logged (``monitoring.served_features``); a broken staged version leaves
+production untouched; with the setting off there is no shadow, and a feature-log sample is chosen by
+the transaction id."""
 
 from __future__ import annotations
 
 import signal
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +29,9 @@ from sklearn.preprocessing import StandardScaler
 from rtml.services.processes import free_port
 from rtml.training import registry
 from rtml.training.dataset import FeatureSpec, feature_spec
+from rtml.training.loading import load_pipeline
 from rtml.training.model import build_pipeline
+from rtml.training.train import score as pipeline_score
 from tests.model_versions import gated, log_version, promote
 from tests.own_postgres import OwnPostgres
 from tests.test_serving import Server, Valkey, _env, _metadata, _metric, _samples, start_server, transaction
@@ -38,6 +45,9 @@ class Scorer:
     name: str
     tracking_uri: str
     postgres: OwnPostgres
+    valkey: Valkey
+    env: dict[str, str]
+    work: Any
 
     @property
     def request_ids(self) -> list[str]:
@@ -80,7 +90,7 @@ def scorer(mlflow_tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -
     )
     server = start_server("scorer-lifecycle", "service:FraudScorer", env, work, probe="/livez")
     try:
-        yield Scorer(server, name, mlflow_tracking_uri, postgres)
+        yield Scorer(server, name, mlflow_tracking_uri, postgres, valkey, env, work)
     finally:
         server.stop()
         valkey.stop()
@@ -167,4 +177,146 @@ def test_no_prediction_is_lost_while_postgres_is_down(scorer: Scorer) -> None:
     assert _metric(text, "rtml_predictions_drained_total") == len(scorer.request_ids) - 10
     assert _metric(text, "rtml_predictions_dropped_total") == 0
     assert _metric(text, "rtml_predictions_spill_bytes") == 0
+
+
+# --- shadow scoring and the served-features log (issue 17) -------------------------------------------
+SHADOW_THRESHOLDS = {"threshold_review": "0.2", "threshold_decline": "0.9"}  # its own, not production's
+
+
+def stage(scorer: Scorer, version: str) -> None:
+    registry.client_for(scorer.tracking_uri).set_registered_model_alias(scorer.name, "staging", version)
+
+
+def score_many(scorer: Scorer, n: int, server: Server | None = None) -> list[dict[str, Any]]:
+    """``n`` transactions of distinct ids, answered 200 by ``server`` (the scorer's by default)."""
+    answers = []
+    for i in range(n):
+        txn = transaction("c-shadow", f"m-shadow-{i % 3}", datetime(2026, 11, 21, i, tzinfo=UTC), 10.0 + i)
+        response = (server or scorer.server).post("/score", {"transaction": txn})
+        assert response.status_code == 200, response.text
+        answers.append({**response.json(), "header": response.headers["x-model-version"]})
+    return answers
+
+
+def rows_of(scorer: Scorer, table: str, request_ids: list[str], want: int, timeout: float = 20) -> list[Any]:
+    """The rows of ``table`` for ``request_ids`` once there are ``want`` of them (ordered by request)."""
+    query = f"select * from monitoring.{table} where request_id = any(%s) order by request_id"
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(scorer.postgres.url) as conn:
+            cur = conn.execute(query, (request_ids,))
+            names = [c.name for c in cur.description or ()]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def rescore(scorer: Scorer, version: str, features: list[dict[str, Any]]) -> list[float]:
+    """The registered Pipeline of ``version`` on logged model rows (JSON null → NaN / missing)."""
+    spec = feature_spec()
+    frame = pd.DataFrame(features, columns=spec.columns)
+    for name in spec.numeric:
+        frame[name] = frame[name].astype(float)
+    for name in spec.categorical:
+        frame[name] = frame[name].astype(object)
+    return [float(p) for p in pipeline_score(load_pipeline(f"models:/{scorer.name}/{version}"), frame)]
+
+
+def test_a_staged_version_is_shadow_scored_and_logged_while_production_answers(scorer: Scorer) -> None:
+    production = _metadata(scorer.server)["model"]["version"]
+    staged = log_version(fitted(feature_spec(), compilable=True), scorer.name, gated(SHADOW_THRESHOLDS))
+    stage(scorer, staged)  # gated, not approved: enough for a shadow, not for production
+    wait_for(scorer.server, lambda meta: (meta["shadow"]["model"] or {}).get("version") == staged)
+    assert _metadata(scorer.server)["model"]["version"] == production
+
+    answers = score_many(scorer, 6)
+    assert {(a["model_version"], a["header"]) for a in answers} == {(production, production)}
+    ids = [a["request_id"] for a in answers]
+    by_id = {a["request_id"]: a for a in answers}
+    shadow = rows_of(scorer, "shadow_predictions", ids, len(ids))
+    logged = rows_of(scorer, "served_features", ids, len(ids))
+    assert [r["request_id"] for r in shadow] == sorted(ids) == [r["request_id"] for r in logged]
+    # what production scored: its Pipeline on the logged rows gives the probabilities it answered
+    assert rescore(scorer, production, [r["features"] for r in logged]) == pytest.approx(
+        [by_id[r["request_id"]]["fraud_probability"] for r in logged], abs=1e-12
+    )
+    # the staged version scored the same rows, and decided by its own thresholds
+    expected = rescore(scorer, staged, [r["features"] for r in logged])
+    assert [r["probability"] for r in shadow] == pytest.approx(expected, abs=1e-9)
+    for row, probability in zip(shadow, expected, strict=True):
+        assert row["model_version"] == staged
+        assert row["transaction_id"] == by_id[row["request_id"]]["transaction_id"]
+        decision = "decline" if probability >= 0.9 else "review" if probability >= 0.2 else "approve"
+        assert row["decision"] == decision
+    for row in logged:
+        assert row["model_version"] == production
+        assert set(row["features"]) == set(feature_spec().columns)
+        assert row["speed_layer"] in ("merged", "beyond_horizon", "not_exact", "disabled"), row
+        # this Redis holds no pushed views: the read found no build of either (the defaults scored)
+        assert not any(row["feature_versions"].values()), row
+    text = httpx.get(f"{scorer.server.url}/metrics").text
+    assert _metric(text, "rtml_scoring_shadow_scored_total") >= len(ids)
+    assert _metric(text, "rtml_scoring_shadow_errors_total") == 0
+    info = {labels["model_version"]: n for labels, n in _samples(text, "rtml_scoring_shadow_model_info")}
+    assert info[staged] == 1.0
+
+
+def test_a_broken_staged_version_leaves_production_untouched(scorer: Scorer) -> None:
+    production = _metadata(scorer.server)["model"]["version"]
+    before = score_many(scorer, 2)
+    broken = log_version(
+        fitted(feature_spec(), compilable=True),
+        scorer.name,
+        gated(SHADOW_THRESHOLDS),
+        serialization_format="cloudpickle",  # not skops: refused before it is deserialised
+    )
+    stage(scorer, broken)
+    wait_for(scorer.server, lambda meta: (meta["shadow"]["refused"] or {}).get("version") == broken)
+    meta = _metadata(scorer.server)
+    assert meta["shadow"]["model"] is None and meta["shadow"]["refused"]["reason"] == "format", meta["shadow"]
+    assert meta["model"]["version"] == production and meta["registry"]["refused"] is None
+
+    after = score_many(scorer, 2)
+    for old, new in zip(before, after, strict=True):
+        assert new["model_version"] == new["header"] == production
+        assert new["fraud_probability"] == old["fraud_probability"]  # the same transactions' scores
+    ids = [a["request_id"] for a in after]
+    assert len(rows_of(scorer, "served_features", ids, len(ids))) == len(ids)
+    assert rows_of(scorer, "shadow_predictions", ids, 1, timeout=1) == []
+    health = httpx.get(f"{scorer.server.url}/health").json()
+    assert health["shadow"]["refused"]["version"] == broken
+    assert any(f"shadow version {broken} refused" in p for p in health["problems"]), health
+    text = httpx.get(f"{scorer.server.url}/metrics").text
+    refused = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_shadow_refused_total")}
+    assert refused == {"format": 1.0}
+
+    registry.client_for(scorer.tracking_uri).delete_registered_model_alias(scorer.name, "staging")
+    wait_for(scorer.server, lambda meta: meta["shadow"]["refused"] is None)
+    assert score_many(scorer, 1)[0]["model_version"] == production
+
+
+def test_shadow_off_by_setting_and_a_feature_log_sample_chosen_by_transaction_id(scorer: Scorer) -> None:
+    """A second scorer on the same registry, Redis and PostgreSQL, with shadow scoring off and half of
+    the requests' rows logged; a version is staged, and the first scorer shadows it meanwhile."""
+    staged = log_version(fitted(feature_spec(), compilable=True), scorer.name, gated(SHADOW_THRESHOLDS))
+    env = {**scorer.env, "RTML_SERVING_SHADOW": "false", "RTML_SERVING_FEATURE_LOG_SAMPLE": "0.5"}
+    env["BENTOML_HOME"] = str(scorer.work / "bentoml-home-quiet")
+    quiet = start_server("scorer-quiet", "service:FraudScorer", env, scorer.work)
+    try:
+        stage(scorer, staged)
+        wait_for(scorer.server, lambda meta: (meta["shadow"]["model"] or {}).get("version") == staged)
+        answers = score_many(scorer, 20, server=quiet)
+        ids = [a["request_id"] for a in answers]
+        assert len(rows_of(scorer, "predictions", ids, len(ids))) == len(ids)
+        sampled = {a["request_id"] for a in answers if zlib.crc32(a["transaction_id"].encode()) < 0.5 * 2**32}
+        assert 0 < len(sampled) < len(ids)
+        logged = rows_of(scorer, "served_features", ids, len(sampled))
+        assert {r["request_id"] for r in logged} == sampled
+        assert rows_of(scorer, "shadow_predictions", ids, 1, timeout=1) == []
+        meta = _metadata(quiet)
+        assert meta["shadow"]["enabled"] is False and meta["shadow"]["model"] is None
+        assert meta["feature_log"]["sample"] == 0.5
+    finally:
+        assert quiet.stop(signal.SIGTERM) == 0, quiet.tail()
     assert scorer.server.stop(signal.SIGTERM) == 0, scorer.server.tail()

@@ -298,6 +298,43 @@ class Settings(BaseSettings):
     serving_model_alias: str = Field(
         "production", description="Registry alias of the model version the scoring service serves."
     )
+    serving_shadow: bool = Field(
+        True,
+        description="Shadow scoring: while a version holds `serving_shadow_alias` (and it is not the "
+        "production version), every worker loads it beside production (gated and loaded safely, like "
+        "production, but without a person's approval) and scores every request with it after the "
+        "answer went out, on a background thread; its scores go to `monitoring.shadow_predictions`. "
+        "The answer, its latency and its decision come from production alone. false: no shadow.",
+    )
+    serving_shadow_alias: str = Field(
+        "staging", description="Registry alias of the version the scoring service shadow-scores."
+    )
+    serving_shadow_queue_max: int = Field(
+        10_000,
+        description="Transactions waiting for the shadow model, per worker; beyond it they are not "
+        "shadow-scored (`rtml_scoring_shadow_dropped_total`): a slow shadow never holds memory or "
+        "production back.",
+    )
+    serving_feature_log_sample: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of scored requests whose model input row is logged to "
+        "`monitoring.served_features` (0: none, 1: all). Chosen by the transaction id (a hash), so a "
+        "retried transaction is logged, or not, every time.",
+    )
+    served_features_retention_days: float = Field(
+        14.0,
+        description="Rows of `monitoring.served_features` older than this (by `scored_at`) are deleted "
+        "hourly by the scoring service (about 1.3 kB per row with its indexes: 1.26 GB per million "
+        "logged requests, docs/benchmarks.md). 0: kept forever.",
+    )
+    shadow_predictions_retention_days: float = Field(
+        90.0,
+        description="Rows of `monitoring.shadow_predictions` older than this are deleted hourly by the "
+        "scoring service (long enough for the labels to arrive and the challenger comparison to read "
+        "them; about 190 bytes per row with its index: 0.19 GB per million). 0: kept forever.",
+    )
     predictions_queue_max: int = Field(
         100_000,
         description="Scored requests the prediction-log writer keeps in memory. From half of it (or "

@@ -1,6 +1,8 @@
 """The prediction log's spill: rows waiting on local disk while PostgreSQL is unreachable or too slow.
 
-A folder of append-only JSON-lines segments (one row per line, the columns of ``monitoring.predictions``).
+A folder of append-only JSON-lines segments (one row per line: the columns of ``monitoring.predictions``,
+as ever; a row of another kind — ``monitoring.shadow_predictions``, ``monitoring.served_features`` — with
+its columns and a ``"kind"`` key naming it, so segments written before those existed drain unchanged).
 The writer of a segment holds an exclusive ``flock`` on it for as long as it appends (it is created
 under a temporary name, locked, then renamed, so no drainer ever sees it unlocked); a drainer takes the
 lock without waiting, so it reads only finished segments, and two drainers (the scorer's workers
@@ -19,6 +21,7 @@ The folder has a size limit: rows that would pass it are not written (the caller
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -26,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -41,14 +44,24 @@ SEGMENT_MAX_BYTES = 64 << 20
 
 
 class Spill:
-    """Spilled rows in ``folder``; ``row_type`` is the row dataclass (``PredictionRow``)."""
+    """Spilled rows in ``folder``; ``row_type`` is the row dataclass of lines without a kind
+    (``PredictionRow``), ``kinds`` those of the other kinds (kind → dataclass)."""
 
-    def __init__(self, folder: Path, max_bytes: int, row_type: type) -> None:
+    KIND = "kind"
+
+    def __init__(
+        self, folder: Path, max_bytes: int, row_type: type, kinds: Mapping[str, type] | None = None
+    ) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         self.row_type = row_type
-        self._names = [f.name for f in fields(row_type)]
-        self._datetimes = [f.name for f in fields(row_type) if "datetime" in str(f.type)]
+        self._by_kind: dict[str | None, type] = {None: row_type}
+        self._by_kind.update(kinds or {})
+        self._kind_of = {t: kind for kind, t in self._by_kind.items()}
+        self._names = {t: [f.name for f in fields(t)] for t in self._by_kind.values()}
+        self._datetimes = {
+            t: [f.name for f in fields(t) if "datetime" in str(f.type)] for t in self._by_kind.values()
+        }
         self._lock = threading.Lock()
         self._segment: IO[bytes] | None = None
         self._segment_bytes = 0
@@ -119,10 +132,14 @@ class Spill:
             self._segment = None
 
     def _encode(self, row: Any) -> bytes:
-        values = {name: getattr(row, name) for name in self._names}
-        for name in self._datetimes:
+        row_type = type(row)
+        values = {name: getattr(row, name) for name in self._names[row_type]}
+        for name in self._datetimes[row_type]:
             if values[name] is not None:
                 values[name] = values[name].isoformat()
+        kind = self._kind_of[row_type]
+        if kind is not None:
+            values[self.KIND] = kind
         return json.dumps(values, separators=(",", ":")).encode() + b"\n"
 
     # --- draining -----------------------------------------------------------------------------------
@@ -140,25 +157,30 @@ class Spill:
         return self._folder_bytes
 
     def drain(
-        self, write: Callable[[list[Any]], int], done: Callable[[int], None], chunk_rows: int = 5000
+        self,
+        write: Callable[[list[Any]], Mapping[str, int]],
+        done: Callable[[collections.Counter[str]], None],
+        chunk_rows: int = 5000,
     ) -> None:
         """Pass every finished segment's rows to ``write`` (chunks of ``chunk_rows``; it returns how
-        many it wrote), delete the segment once all its rows are through, then report the rows written
-        to ``done``. An exception from ``write`` (the database went away again) leaves the segment for
-        the next drain."""
+        many it wrote, per kind), delete the segment once all its rows are through, then report the
+        rows written to ``done``. An exception from ``write`` (the database went away again) leaves the
+        segment for the next drain."""
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             with self._claim(path) as segment:
                 if segment is None:
                     continue  # being written, or another worker drains it
-                rows, batch = 0, []
+                rows: collections.Counter[str] = collections.Counter()
+                batch: list[Any] = []
                 for line in segment:
                     row = self._decode(line, path)
                     if row is not None:
                         batch.append(row)
                     if len(batch) >= chunk_rows:
-                        rows, batch = rows + write(batch), []
+                        rows.update(write(batch))
+                        batch = []
                 if batch:
-                    rows += write(batch)
+                    rows.update(write(batch))
                 path.unlink(missing_ok=True)
                 done(rows)
         with self._lock:
@@ -184,11 +206,12 @@ class Spill:
     def _decode(self, line: bytes, path: Path) -> Any | None:
         try:
             values = json.loads(line)
-            for name in self._datetimes:
+            row_type = self._by_kind[values.pop(self.KIND, None)]
+            for name in self._datetimes[row_type]:
                 if values.get(name) is not None:
                     values[name] = datetime.fromisoformat(values[name])
-            return self.row_type(**values)
-        except (ValueError, TypeError) as exc:
+            return row_type(**values)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.corrupt += 1
             log.error("prediction spill %s: unreadable line skipped (%s): %r", path.name, exc, line[:200])
             return None

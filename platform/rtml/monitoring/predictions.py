@@ -1,5 +1,9 @@
 """The prediction log: every scored request as one row of ``monitoring.predictions`` (drift and
-live-performance monitoring read it once labels arrive).
+live-performance monitoring read it once labels arrive), the staged version's score of it as a row of
+``monitoring.shadow_predictions`` (shadow scoring) and, for all or a sample of the requests, the model
+input row it was scored with as a row of ``monitoring.served_features`` (the training-serving skew check).
+The three kinds of rows (``PredictionRow``, ``ShadowRow``, ``ServedFeaturesRow``) share one queue, one
+spill and one writer: a batch is written to the three tables in one transaction.
 
 ``PredictionWriter`` never blocks the scoring event loop and never loses a row it accepted, whatever
 PostgreSQL does:
@@ -16,8 +20,9 @@ PostgreSQL does:
 
 The writer connects (and creates the table) on its own: a scorer starts without PostgreSQL. ``close``
 writes or spills everything queued before returning, so a clean stop loses nothing either. Counts
-(``written``, ``spilled``, ``drained``, ``dropped``, ``rejected``) are attributes, and are reported to
-``on_count`` (the scoring service's ``rtml_predictions_*`` counters).
+(``written``, ``spilled``, ``drained``, ``dropped``, ``rejected``) are kept per table (``counts``; the
+attributes of those names are ``monitoring.predictions``'s, as before), and are reported to ``on_count``
+(the scoring service's ``rtml_predictions_*`` and ``rtml_prediction_log_rows_total`` counters).
 
 No BentoML here: the scoring service wraps it.
 """
@@ -26,11 +31,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
+import math
 import operator
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -118,8 +125,115 @@ class PredictionRow:
     latency_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class ShadowRow:
+    """The staged version's score of a request production answered (``request_id``: production's row)."""
+
+    request_id: str
+    transaction_id: str
+    model_version: str
+    probability: float
+    decision: str
+    """By the staged version's own thresholds."""
+    scored_at: datetime
+
+
+@dataclass(frozen=True)
+class ServedFeaturesRow:
+    """The model input row a request was scored with (``rtml.features.request_features.model_row``)."""
+
+    request_id: str
+    transaction_id: str
+    model_version: str
+    """Production's: the version the row was scored with for the answer."""
+    event_ts: datetime
+    scored_at: datetime
+    speed_layer: str
+    """The online read's speed-layer result (``merged``, ``beyond_horizon``, ``not_exact``,
+    ``disabled``), or ``redis_unavailable`` when Redis was not read (the defaults were scored)."""
+    feature_versions: dict[str, str]
+    """View → the namespace (build) its values were read from (``OnlineFeatures.versions``)."""
+    features: dict[str, Any]
+    """Column → value as scored: floats (NaN stored as JSON null), categoricals as strings or None."""
+
+
 COLUMNS = [f.name for f in fields(PredictionRow)]
 _as_tuple = operator.attrgetter(*COLUMNS)  # dataclasses.astuple deep-copies every field: 10x slower
+SHADOW_COLUMNS = [f.name for f in fields(ShadowRow)]
+FEATURES_COLUMNS = [f.name for f in fields(ServedFeaturesRow)]
+_shadow_tuple = operator.attrgetter(*SHADOW_COLUMNS)
+
+
+def _features_tuple(row: ServedFeaturesRow) -> tuple[Any, ...]:
+    # JSON text, which COPY parses into jsonb; NaN (not JSON) becomes null, as the table promises
+    features = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.features.items()}
+    return (
+        row.request_id,
+        row.transaction_id,
+        row.model_version,
+        row.event_ts,
+        row.scored_at,
+        row.speed_layer,
+        json.dumps(row.feature_versions, separators=(",", ":")),
+        json.dumps(features, separators=(",", ":")),
+    )
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    kind: str
+    """The ``table`` label of the counts (``counts``, ``on_count``)."""
+    columns: list[str]
+    values: Callable[[Any], tuple[Any, ...]]
+
+
+TABLES: dict[type, _Table] = {
+    PredictionRow: _Table(TABLE, "predictions", COLUMNS, _as_tuple),
+    ShadowRow: _Table("monitoring.shadow_predictions", "shadow_predictions", SHADOW_COLUMNS, _shadow_tuple),
+    ServedFeaturesRow: _Table(
+        "monitoring.served_features", "served_features", FEATURES_COLUMNS, _features_tuple
+    ),
+}
+KINDS = tuple(table.kind for table in TABLES.values())
+LogRow = PredictionRow | ShadowRow | ServedFeaturesRow
+
+
+def prediction_row(
+    transaction: Mapping[str, Any],
+    *,
+    request_id: str,
+    model_version: str,
+    probability: float,
+    decision: str,
+    features_missing: Sequence[str] = (),
+    degraded: bool = False,
+    scored_at: datetime | None = None,
+    latency_ms: float = 0.0,
+) -> PredictionRow:
+    """The ``monitoring.predictions`` row of a scored transaction: the one place that maps a request
+    (the scoring service's ``Transaction`` fields: ``transaction_id``, ``customer_id``, ``merchant_id``,
+    ``amount``, ``currency``, ``channel``, ``timestamp``, optional ``merchant_category`` / ``country``)
+    and its score onto the table's columns (the service and the tests build rows with it)."""
+    return PredictionRow(
+        request_id=request_id,
+        transaction_id=transaction["transaction_id"],
+        customer_id=transaction["customer_id"],
+        merchant_id=transaction["merchant_id"],
+        amount=transaction["amount"],
+        currency=transaction["currency"],
+        channel=transaction["channel"],
+        merchant_category=transaction.get("merchant_category"),
+        country=transaction.get("country"),
+        event_ts=transaction["timestamp"],
+        model_version=model_version,
+        probability=probability,
+        decision=decision,
+        features_missing=list(features_missing),
+        degraded=degraded,
+        scored_at=scored_at,
+        latency_ms=latency_ms,
+    )
 
 
 def ensure_table(database_url: str) -> None:
@@ -135,27 +249,43 @@ def create_table(conn: psycopg.Connection) -> None:
         conn.execute(DDL)
 
 
-def write_rows(conn: psycopg.Connection, rows: Sequence[PredictionRow]) -> None:
-    """COPY ``rows`` into the table in one transaction. A retried batch that had landed after all (the
-    connection broke while committing) is refused by the primary key: it then goes through a staging
-    table and ``on conflict (request_id) do nothing``, so it is written once."""
+def write_rows(conn: psycopg.Connection, rows: Sequence[LogRow]) -> None:
+    """COPY ``rows`` (of any of the three kinds) into their tables in one transaction. A retried batch
+    that had landed after all (the connection broke while committing) is refused by a primary key: it
+    then goes through staging tables and ``on conflict do nothing``, so it is written once."""
+    groups: dict[type, list[LogRow]] = {}
+    for row in rows:
+        groups.setdefault(type(row), []).append(row)
     try:
         with conn.transaction():
-            _copy(conn, TABLE, rows)
+            for row_type, group in groups.items():
+                _copy(conn, TABLES[row_type].name, TABLES[row_type], group)
         return
     except psycopg.errors.UniqueViolation:
         pass
-    staging = "_predictions_batch"
     with conn.transaction():
-        conn.execute(f"create temp table if not exists {staging} (like {TABLE}) on commit delete rows")
-        _copy(conn, staging, rows)
-        conn.execute(f"insert into {TABLE} select * from {staging} on conflict (request_id) do nothing")
+        for row_type, group in groups.items():
+            table = TABLES[row_type]
+            staging = f"_{table.kind}_batch"
+            conn.execute(
+                f"create temp table if not exists {staging} (like {table.name}) on commit delete rows"
+            )
+            _copy(conn, staging, table, group)
+            columns = ", ".join(table.columns)
+            conn.execute(
+                f"insert into {table.name} ({columns}) select {columns} from {staging} on conflict do nothing"
+            )
 
 
-def _copy(conn: psycopg.Connection, table: str, rows: Sequence[PredictionRow]) -> None:
-    with conn.cursor().copy(f"copy {table} ({', '.join(COLUMNS)}) from stdin") as copy:
+def _copy(conn: psycopg.Connection, into: str, table: _Table, rows: Sequence[LogRow]) -> None:
+    with conn.cursor().copy(f"copy {into} ({', '.join(table.columns)}) from stdin") as copy:
         for row in rows:
-            copy.write_row(_as_tuple(row))
+            copy.write_row(table.values(row))
+
+
+def kinds(rows: Sequence[LogRow]) -> collections.Counter[str]:
+    """Rows per table kind (``predictions``, ``shadow_predictions``, ``served_features``)."""
+    return collections.Counter(TABLES[type(row)].kind for row in rows)
 
 
 OUTCOMES = ("written", "spilled", "drained", "dropped", "rejected")
@@ -180,7 +310,7 @@ class PredictionWriter:
         flush_ms: float = 200.0,
         connect_timeout: int = 2,
         stall_seconds: float = 5.0,
-        on_count: Callable[[str, int], None] | None = None,
+        on_count: Callable[[str, str, int], None] | None = None,
         on_spill_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.database_url = database_url
@@ -192,19 +322,27 @@ class PredictionWriter:
         self.stall_seconds = stall_seconds
         """A write (or drain) taking longer means a hung server: new rows go to disk meanwhile."""
         self.on_count = on_count
+        """``on_count(kind, outcome, rows)``: kind is the table (``KINDS``), outcome one of ``OUTCOMES``."""
         self.on_spill_bytes = on_spill_bytes
-        self.written = self.spilled = self.drained = self.dropped = self.rejected = 0
+        self.counts: dict[str, dict[str, int]] = {kind: dict.fromkeys(OUTCOMES, 0) for kind in KINDS}
         self.database_ok = True
         """False from a failed connection or write until the next successful connection."""
         self.last_error: str | None = None
-        self._queue: collections.deque[PredictionRow] = collections.deque()
-        self._spill = Spill(spill_dir, spill_max_bytes, PredictionRow)
+        self._queue: collections.deque[LogRow] = collections.deque()
+        # prediction lines as they always were (a spill of an earlier scorer drains unchanged); the
+        # other kinds' lines carry their kind
+        self._spill = Spill(
+            spill_dir,
+            spill_max_bytes,
+            PredictionRow,
+            {TABLES[t].kind: t for t in (ShadowRow, ServedFeaturesRow)},
+        )
         self._corrupt_counted = 0
         self._counts_lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        self._batch: list[PredictionRow] = []
+        self._batch: list[LogRow] = []
         """Rows the writer took from the queue, waiting for ``flush_rows`` or ``flush_ms``."""
-        self._inflight: list[PredictionRow] = []
+        self._inflight: list[LogRow] = []
         """The rows being written."""
         self._busy_since: float | None = None
         self._stop = threading.Event()
@@ -216,14 +354,35 @@ class PredictionWriter:
         self._spiller.start()
 
     # --- producer side (the scoring event loop) -----------------------------------------------------
-    def put(self, row: PredictionRow) -> bool:
-        """Queue one row: O(1), never waits. False (and ``dropped`` + 1) when the queue is full or the
-        writer is closed."""
+    def put(self, row: LogRow) -> bool:
+        """Queue one row (any of the three kinds): O(1), never waits. False (and ``dropped`` + 1) when
+        the queue is full or the writer is closed."""
         if len(self._queue) >= self.queue_max or self._stop.is_set():
-            self._count("dropped", 1)
+            self._count("dropped", {TABLES[type(row)].kind: 1})
             return False
         self._queue.append(row)
         return True
+
+    # the counts of monitoring.predictions, by their names of old (tests and /metadata read them)
+    @property
+    def written(self) -> int:
+        return self.counts["predictions"]["written"]
+
+    @property
+    def spilled(self) -> int:
+        return self.counts["predictions"]["spilled"]
+
+    @property
+    def drained(self) -> int:
+        return self.counts["predictions"]["drained"]
+
+    @property
+    def dropped(self) -> int:
+        return self.counts["predictions"]["dropped"]
+
+    @property
+    def rejected(self) -> int:
+        return self.counts["predictions"]["rejected"]
 
     @property
     def pending(self) -> int:
@@ -237,14 +396,16 @@ class PredictionWriter:
         return busy is not None and time.monotonic() - busy > self.stall_seconds
 
     def status(self) -> dict[str, Any]:
-        """For ``/metadata``: the database's state, what waits where, and the counts."""
+        """For ``/metadata``: the database's state, what waits where, and the counts (at the top level
+        ``monitoring.predictions``'s, then the other tables')."""
         return {
             "database": "unavailable" if not self.database_ok else "stalled" if self.stalled else "ok",
             "last_error": self.last_error,
             "pending": self.pending,
             "spill_dir": str(self._spill.folder),
             "spill_bytes": self._spill.size(),
-            **{outcome: getattr(self, outcome) for outcome in OUTCOMES},
+            **self.counts["predictions"],
+            **{kind: dict(self.counts[kind]) for kind in KINDS if kind != "predictions"},
         }
 
     def close(self, timeout: float = 30.0) -> None:
@@ -263,13 +424,14 @@ class PredictionWriter:
             self._reset_connection()
 
     # --- counting -----------------------------------------------------------------------------------
-    def _count(self, outcome: str, rows: int) -> None:
-        if rows <= 0:
-            return
-        with self._counts_lock:  # several threads count
-            setattr(self, outcome, getattr(self, outcome) + rows)
-        if self.on_count is not None:
-            self.on_count(outcome, rows)
+    def _count(self, outcome: str, per_kind: Mapping[str, int]) -> None:
+        for kind, rows in per_kind.items():
+            if rows <= 0:
+                continue
+            with self._counts_lock:  # several threads count
+                self.counts[kind][outcome] += rows
+            if self.on_count is not None:
+                self.on_count(kind, outcome, rows)
 
     def _report_spill_bytes(self) -> None:
         if self.on_spill_bytes is not None:
@@ -313,11 +475,11 @@ class PredictionWriter:
         finally:
             self._writer_done.set()
 
-    def _take_batch(self) -> list[PredictionRow]:
+    def _take_batch(self) -> list[LogRow]:
         batch, self._batch = self._batch, []
         return batch
 
-    def _collect(self, batch: list[PredictionRow], block: bool) -> None:
+    def _collect(self, batch: list[LogRow], block: bool) -> None:
         """Add queued rows to ``batch`` (up to ``flush_rows``); with ``block``, first waits up to 20 ms
         for rows to arrive (so a stop is noticed quickly)."""
         if block and not self._queue:
@@ -346,7 +508,7 @@ class PredictionWriter:
         self.database_ok, self.last_error = True, None
         return True
 
-    def _write_or_spill(self, batch: list[PredictionRow]) -> None:
+    def _write_or_spill(self, batch: list[LogRow]) -> None:
         self._busy_since = time.monotonic()
         try:
             self._count("written", self._write(batch))
@@ -365,31 +527,32 @@ class PredictionWriter:
             self._failed(exc)
         finally:
             self._busy_since = None
-        self._count("dropped", self._spill.corrupt - self._corrupt_counted)
+        # an unreadable line's kind is unknown: counted as a prediction row
+        self._count("dropped", {"predictions": self._spill.corrupt - self._corrupt_counted})
         self._corrupt_counted = self._spill.corrupt
         self._report_spill_bytes()
 
-    def _write(self, rows: list[PredictionRow]) -> int:
+    def _write(self, rows: list[LogRow]) -> collections.Counter[str]:
         """``write_rows``; a batch the table refuses (a data error, or a value COPY cannot encode) is
         written row by row, skipping and counting the refused rows, so one bad row never blocks the
-        log. The rows written; raises ``_OUTAGE`` errors."""
+        log. The rows written, per kind; raises ``_OUTAGE`` errors."""
         assert self._conn is not None
         try:
             write_rows(self._conn, rows)
-            return len(rows)
+            return kinds(rows)
         except _OUTAGE:
             raise
         except Exception as exc:
             log.warning("prediction log: batch refused (%s); writing row by row", exc)
-        written = 0
+        written: collections.Counter[str] = collections.Counter()
         for row in rows:
             try:
                 write_rows(self._conn, [row])
-                written += 1
+                written[TABLES[type(row)].kind] += 1
             except _OUTAGE:
                 raise
             except Exception as exc:
-                self._count("rejected", 1)
+                self._count("rejected", {TABLES[type(row)].kind: 1})
                 log.error("prediction log: row %s rejected: %s", row.request_id, exc)
         return written
 
@@ -420,17 +583,17 @@ class PredictionWriter:
                 return
             time.sleep(0.02)
 
-    def _pop(self, limit: int) -> list[PredictionRow]:
-        rows: list[PredictionRow] = []
+    def _pop(self, limit: int) -> list[LogRow]:
+        rows: list[LogRow] = []
         with contextlib.suppress(IndexError):
             while len(rows) < limit:
                 rows.append(self._queue.popleft())
         return rows
 
-    def _spill_rows(self, rows: list[PredictionRow]) -> None:
+    def _spill_rows(self, rows: list[LogRow]) -> None:
         if not rows:
             return
-        kept = self._spill.append(rows)
-        self._count("spilled", kept)
-        self._count("dropped", len(rows) - kept)
+        kept = self._spill.append(rows)  # the first `kept` rows
+        self._count("spilled", kinds(rows[:kept]))
+        self._count("dropped", kinds(rows[kept:]))
         self._report_spill_bytes()

@@ -237,10 +237,23 @@ def rollback(client: MlflowClient, approver: str, reason: str, name: str = MODEL
 
 
 def check_approved(tags: dict[str, str], label: str) -> None:
+    """``ModelRefused`` unless the version went through the evaluation gate (``check_gated``) and a
+    person's approval (``promote``'s tags). What the scoring service and the bento packaging demand of
+    the version they serve: an alias moved by hand, bypassing both, is not enough."""
+    check_gated(tags, label)
+    missing = [tag for tag in APPROVAL_TAGS if not tags.get(tag)]
+    if missing:
+        raise ModelRefused(
+            "not_approved",
+            f"{label} has no approval ({', '.join(missing)} missing): the production alias was moved without "
+            "`rtml promote VERSION --approver NAME --reason TEXT`",
+        )
+
+
+def check_gated(tags: dict[str, str], label: str) -> None:
     """``ModelRefused`` unless the version went through the evaluation gate (``gate`` tags; a rejected
-    version only with an explicit override, ``promote(..., allow_rejected=True)``) and a person's
-    approval (``promote``'s tags). What the scoring service and the bento packaging demand of the
-    version they serve: an alias moved by hand, bypassing both, is not enough."""
+    version only with an explicit override, ``promote(..., allow_rejected=True)``). What the scoring
+    service demands of the staged version it shadow-scores: it answers nobody, so no approval yet."""
     if tags.get("gate") not in ("staged", "rejected") or not tags.get("gate_reason"):
         raise ModelRefused(
             "not_gated",
@@ -252,13 +265,6 @@ def check_approved(tags: dict[str, str], label: str) -> None:
             "gate_rejected",
             f"{label} was rejected by the gate ({tags.get('rejected', tags['gate_reason'])}) and nobody "
             "overrode it: promote a staged version, or `rtml promote --allow-rejected`",
-        )
-    missing = [tag for tag in APPROVAL_TAGS if not tags.get(tag)]
-    if missing:
-        raise ModelRefused(
-            "not_approved",
-            f"{label} has no approval ({', '.join(missing)} missing): the production alias was moved without "
-            "`rtml promote VERSION --approver NAME --reason TEXT`",
         )
 
 

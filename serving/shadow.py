@@ -1,0 +1,220 @@
+"""Shadow scoring: the version holding the ``staging`` alias (``RTML_SERVING_SHADOW_ALIAS``) scores every
+request production answered, after the answer went out, so the challenger is measured on live traffic
+before anyone promotes it. Its scores go to ``monitoring.shadow_predictions`` (keyed by production's
+``request_id`` and its own version; decisions by its own thresholds).
+
+Production never waits for it and never sees its failures:
+
+* the event loop only appends the batch's model rows — the very rows production scored, built once —
+  to a bounded queue (``RTML_SERVING_SHADOW_QUEUE_MAX`` transactions; beyond it they are dropped and
+  counted), and a thread of its own scores them (treelite's C call releases the GIL);
+* a version that is not gated, has no thresholds, does not load safely (skops, trusted types) or
+  cannot score a warm-up row is refused — counted, logged once, shown in ``/health`` and
+  ``/metadata`` — and retried only when the alias moves or the version's tags change;
+* a version whose scoring raises is counted (``rtml_scoring_shadow_errors_total``), logged once per
+  version, and its rows are skipped;
+* no shadow when the staged version is the production one, when the alias is gone (promoted or
+  removed: the loaded shadow is unloaded), or with ``RTML_SERVING_SHADOW=false``.
+
+No BentoML here; ``service.py`` wires it to the registry poller, the metrics and the prediction log.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rtml.monitoring.predictions import ShadowRow
+from rtml.training.loading import ModelRefused
+from scoring import ServedModel, predict
+
+log = logging.getLogger("rtml.serving")
+
+IDLE_SECONDS = 0.02
+"""How often the idle thread looks at the queue: a wake-up per batch (an Event set on the event loop)
+costs the loop more than scoring one request; shadow rows are not in a hurry."""
+
+
+@dataclass(frozen=True)
+class Job:
+    production_version: str
+    rows: Sequence[Mapping[str, Any]]
+    request_ids: Sequence[str]
+    transaction_ids: Sequence[str]
+
+
+class Shadow:
+    """The shadow model of one worker and its scoring thread. ``put_row``: where its ``ShadowRow``s go
+    (the prediction-log writer's ``put``); ``metrics``: the service's ``Metrics`` (``shadow``,
+    ``shadow_model_info``, ``shadow_refused``)."""
+
+    def __init__(
+        self,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        *,
+        queue_max: int,
+        put_row: Callable[[ShadowRow], Any] | None,
+        metrics: Any,
+    ) -> None:
+        self.numeric, self.categorical = list(numeric), list(categorical)
+        self.queue_max = max(1, queue_max)
+        self.put_row = put_row
+        self.metrics = metrics
+        self.model: ServedModel | None = None
+        self.refused: dict[str, str] | None = None
+        self._refused_key: tuple[str, frozenset[tuple[str, str]]] | None = None
+        self._failing: str | None = None  # the version whose scoring error was logged already
+        self.counts = {"scored": 0, "errors": 0, "dropped": 0}
+        self._queue: collections.deque[Job] = collections.deque()
+        self._queued = 0  # transactions in the queue (jobs are batches)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
+        self._thread.start()
+
+    # --- the event loop's side ------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """O(1), never waits; nothing without a shadow model; a full queue drops the job (counted)."""
+        model = self.model
+        if model is None or model.version == job.production_version:
+            return
+        n = len(job.rows)
+        if self._queued + n > self.queue_max:
+            self._count("dropped", n)
+            return
+        with self._lock:
+            self._queued += n
+        self._queue.append(job)
+
+    def status(self) -> dict[str, Any]:
+        """For ``/health`` and ``/metadata``."""
+        model = self.model
+        return {
+            "model": None
+            if model is None
+            else {"name": model.name, "version": model.version, "path": model.path},
+            "refused": self.refused,
+            "waiting": self._queued,
+            **self.counts,
+        }
+
+    # --- the registry poller's side --------------------------------------------------------------
+    def update(
+        self,
+        found: tuple[str, dict[str, str]] | None,
+        production: str | None,
+        load: Callable[[str, dict[str, str]], ServedModel],
+    ) -> None:
+        """Follow the alias: ``found`` is (version, tags) of the version holding it, or None;
+        ``production`` the version production serves; ``load`` loads and warms a version or raises
+        ``ModelRefused``."""
+        if found is None or found[0] == production:
+            self._set(None)  # promoted (it is production now) or unstaged: nothing to shadow
+            self._clear_refusal()
+            return
+        version, tags = found
+        current = self.model
+        if current is not None and current.version == version:
+            return
+        if self._refused_key == (version, frozenset(tags.items())):
+            return  # refused already: tried again once the alias moves or the tags change
+        try:
+            served = load(version, tags)
+        except ModelRefused as exc:
+            self._set(None)  # the shadow is what the alias names, or nothing: never a stale candidate
+            self._refuse(version, tags, exc)
+            return
+        self._set(served)
+        self._clear_refusal()
+
+    def unload(self) -> None:
+        self._set(None)
+
+    def _set(self, served: ServedModel | None) -> None:
+        previous, self.model = self.model, served  # one reference: the thread sees old or new
+        if previous is served:
+            return
+        if previous is not None:
+            self.metrics.shadow_model_info.labels(previous.name, previous.version, previous.path).set(0)
+            log.info("shadow: %s v%s unloaded", previous.name, previous.version)
+        if served is not None:
+            self.metrics.shadow_model_info.labels(served.name, served.version, served.path).set(1)
+            log.info(
+                "shadow: scoring with %s v%s (%s) beside production", served.name, served.version, served.path
+            )
+
+    def _refuse(self, version: str, tags: dict[str, str], refusal: ModelRefused) -> None:
+        self._refused_key = (version, frozenset(tags.items()))
+        self.refused = {
+            "version": version,
+            "reason": refusal.reason,
+            "error": str(refusal),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self.metrics.shadow_refused.labels(refusal.reason).inc()
+        log.error(
+            "REFUSED shadow version %s (%s): %s; production is not affected", version, refusal.reason, refusal
+        )
+
+    def _clear_refusal(self) -> None:
+        self._refused_key, self.refused = None, None
+
+    # --- the scoring thread -----------------------------------------------------------------------
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _count(self, outcome: str, n: int) -> None:
+        with self._lock:
+            self.counts[outcome] += n
+        self.metrics.shadow[outcome].inc(n)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._queue.popleft()
+            except IndexError:
+                self._stop.wait(IDLE_SECONDS)
+                continue
+            with self._lock:
+                self._queued -= len(job.rows)
+            self._score(job)
+
+    def _score(self, job: Job) -> None:
+        model = self.model
+        if model is None or model.version == job.production_version:
+            return  # unloaded or promoted meanwhile
+        try:
+            probabilities = predict(model, job.rows, self.numeric, self.categorical)
+        except Exception as exc:  # any failure of the shadow is the shadow's alone
+            self._count("errors", len(job.rows))
+            if self._failing != model.version:
+                self._failing = model.version
+                log.exception(
+                    "shadow: %s v%s failed to score (counted from now on): %s", model.name, model.version, exc
+                )
+            return
+        scored_at = datetime.now(UTC)
+        if self.put_row is not None:
+            for request_id, transaction_id, p in zip(
+                job.request_ids, job.transaction_ids, probabilities, strict=True
+            ):
+                probability = float(p) if math.isfinite(p) else 1.0  # as production: the safe side
+                self.put_row(
+                    ShadowRow(
+                        request_id=request_id,
+                        transaction_id=transaction_id,
+                        model_version=model.version,
+                        probability=probability,
+                        decision=model.decide(probability),
+                        scored_at=scored_at,
+                    )
+                )
+        self._count("scored", len(job.rows))
