@@ -928,6 +928,24 @@ def model_dashboard() -> dict[str, Any]:
                 ),
             ),
         )
+        .row(
+            8,
+            (
+                24,
+                timeseries_panel(
+                    "Shadow scoring of the staged version",
+                    "Requests per second the staged version scored after production answered (scored), "
+                    "could not score (errors: the shadow model raised) and never scored (dropped: its "
+                    "queue full, RTML_SERVING_SHADOW_QUEUE_MAX) (rtml_scoring_shadow_*_total). Shadow "
+                    "scores feed the challenger comparison; production's answers never depend on them.",
+                    "reqps",
+                    [
+                        query(f"sum(rate(rtml_scoring_shadow_{outcome}_total[5m]))", outcome)
+                        for outcome in ("scored", "errors", "dropped")
+                    ],
+                ),
+            ),
+        )
     )
     return new_dashboard(
         "rtml-model",
