@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, SecretStr, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         "`postgresql://postgres@127.0.0.1:5432/rtml`). Databases `dagster` and `mlflow` are created "
         "next to it on the same server. Unset: `rtml up` starts an embedded PostgreSQL under the data "
         "directory.",
+    )
+    postgres_scorer_password: SecretStr | None = Field(
+        None,
+        description="Password of the scoring service's own PostgreSQL role `rtml_scorer`, which may write "
+        "the prediction log and nothing else (`rtml.services.roles`). Set: `rtml up` creates the role (or "
+        "updates its password) and its grants on the platform database; the scorer then connects as it "
+        "(its `RTML_DATABASE_URL` names user `rtml_scorer`; the compose stack does so). Unset: no role.",
     )
     redis_url: str | None = Field(
         None,

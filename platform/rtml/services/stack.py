@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from sqlalchemy.engine import make_url
 
 from rtml.config import Settings, database_url_for, redact
 from rtml.services import mlflow_server, postgres, redis
 from rtml.services.dagster_home import write_dagster_yaml
 from rtml.services.processes import pid_alive, stop_pid
+from rtml.services.roles import ensure_scorer_role
 from rtml.services.state import EmbeddedServer, StackState, locked, record_live_start
 
 
@@ -99,7 +101,10 @@ class LocalStack:
                     [self._database_name(database_url), info.dagster_database, info.mlflow_database],
                 )
                 postgres.ensure_schemas(database_url)
-            except postgres.PostgresError as exc:
+                scorer_password = self.settings.postgres_scorer_password
+                if scorer_password:  # the scoring service's role (least privilege)
+                    ensure_scorer_role(database_url, scorer_password.get_secret_value())
+            except (postgres.PostgresError, psycopg.Error) as exc:
                 raise StackError(str(exc)) from exc
             if not self.settings.mlflow_tracking_uri:  # after the databases: its backend store must exist
                 try:
