@@ -435,9 +435,11 @@ def _merge(
     # another refresh than the speed layer's snapshot); EXACT_AT: the derived ones are these, as they are
     prev = exact["seconds_since_prev_txn"]
     customer["last_txn_ts"] = None if prev is None else from_us(t - round(prev * 1_000_000))
-    known = frozenset(customer["known_merchant_ids"])
-    customer["known_merchant_ids"] = (
-        known - {merchant_id} if exact["is_new_merchant"] else known | {merchant_id}
-    )
+    known = customer["known_merchant_ids"]
+    if exact["is_new_merchant"] == (merchant_id in known):  # rare: the batch values are of another refresh
+        known = frozenset(known)  # a busy card knows hundreds: no copy of them on the usual read
+        customer["known_merchant_ids"] = (
+            known - {merchant_id} if exact["is_new_merchant"] else known | {merchant_id}
+        )
     customer[EXACT_AT] = event_ts
     features.speed_layer = "merged"
