@@ -1,0 +1,75 @@
+"""The import graph flows one way (README "Layout"): the core libraries (``rtml.features``, ``rtml.ingest``,
+``rtml.monitoring``, ``rtml.sources``, ``rtml.streaming``, ``rtml.training``, the configuration and the
+local stack's supervisor) never import Dagster or BentoML; only the edges do (``rtml.definitions`` and
+``rtml.defs``, the demo's bootstrap, the CLI, ``serving/``).
+
+Each module is imported in a fresh interpreter where Dagster and BentoML cannot be imported at all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGES = (
+    "rtml.defs",
+    "rtml.definitions",
+    "rtml.demo_bootstrap",  # materializes the demo window through Dagster
+    "rtml.cli",
+    "rtml.live_cli",
+    "rtml.stream_cli",
+    "rtml.runs_cli",
+)
+"""Modules that wire the core into Dagster or a command line, allowed to import Dagster."""
+
+PROBE = """
+import importlib, json, pkgutil, sys
+
+BLOCKED = ("dagster", "dagster_dbt", "dagster_postgres", "dagster_webserver", "dagster_graphql",
+           "bentoml", "_bentoml_sdk", "_bentoml_impl")
+
+class Unimportable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is unimportable here")
+        return None
+
+sys.meta_path.insert(0, Unimportable())
+import rtml
+
+edges = tuple(sys.argv[1].split(","))
+core, refused = [], {}
+for module in pkgutil.walk_packages(rtml.__path__, "rtml."):
+    if module.name.startswith(edges):
+        continue
+    core.append(module.name)
+    try:
+        importlib.import_module(module.name)
+    except ImportError as exc:
+        refused[module.name] = str(exc)
+try:  # the blocker works: the definitions do need Dagster
+    importlib.import_module("rtml.definitions")
+    blocked_definitions = False
+except ImportError:
+    blocked_definitions = True
+print(json.dumps({"core": core, "refused": refused, "blocked_definitions": blocked_definitions}))
+"""
+
+
+def test_core_modules_import_without_dagster_or_bentoml() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(EDGES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["blocked_definitions"], "Dagster was importable: the probe proves nothing"
+    packages = {name.split(".")[1] for name in result["core"] if name.count(".") >= 1}
+    assert {"features", "ingest", "monitoring", "sources", "streaming", "training", "config"} <= packages
+    assert result["refused"] == {}, result["refused"]
