@@ -34,7 +34,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
-from rtml.services.processes import free_port  # noqa: E402
+from rtml.stack.processes import free_port  # noqa: E402
 
 TRANSACTION = {
     "transaction_id": "bench-0",

@@ -22,9 +22,9 @@ import mlflow
 from rtml.config import Settings
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database
-from rtml.services import mlflow_server
-from rtml.services.processes import free_port
-from rtml.training import registry as model_registry
+from rtml.stack import mlflow_server
+from rtml.stack.processes import free_port
+from rtml.training import model_registry
 from rtml.training.tracking import train_and_register
 from speed_read import START, build_world, drop_database, scored_pair
 

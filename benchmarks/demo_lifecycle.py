@@ -39,7 +39,7 @@ from dagster_graphql import DagsterGraphQLClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
 from rtml.defs.automation.runs import CodeServer, worker_pid  # noqa: E402
-from rtml.services.processes import free_port  # noqa: E402
+from rtml.stack.processes import free_port  # noqa: E402
 
 RTML = str(Path(sys.executable).with_name("rtml"))
 STOP_LIMIT_S = 15.0

@@ -59,7 +59,7 @@ os.environ["RTML_SIM_START"] = START.isoformat()
 import dagster as dg  # noqa: E402
 
 from rtml.definitions import defs  # noqa: E402  (before DBT_TARGET_PATH moves: it reads the project's)
-from rtml.services.processes import free_port  # noqa: E402
+from rtml.stack.processes import free_port  # noqa: E402
 
 SENSOR_INTERVALS_S = {"hourly_drift_sensor": 30, "drift_retraining_sensor": 30, "retraining_notifier": 30}
 WEAK = {"max_iter": 5, "max_depth": 2}
@@ -104,9 +104,9 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     import pandas as pd
     import psycopg
 
-    from rtml.features.registry import load_registry
+    from rtml.features.feature_registry import load_registry
     from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
-    from rtml.training import registry
+    from rtml.training import model_registry
     from rtml.training.dataset import feature_spec
     from rtml.training.loading import load_pipeline
     from rtml.training.train import score
@@ -131,7 +131,7 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     X = frame[spec.columns].copy()
     for name in spec.numeric:
         X[name] = pd.to_numeric(X[name].astype(object), errors="coerce").astype("float64")
-    tags = registry.client_for(tracking_uri).get_model_version(model_name, version).tags
+    tags = model_registry.client_for(tracking_uri).get_model_version(model_name, version).tags
     review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
     scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)
     records: list[dict[Any, Any]] = frame.to_dict("records")
@@ -293,8 +293,8 @@ def run(
     from rtml.defs.training.resources import MlflowResource
     from rtml.features.dbt import run_dbt
     from rtml.features.sample_data import load_simulated
-    from rtml.services.stack import LocalStack
-    from rtml.training import registry
+    from rtml.stack.local import LocalStack
+    from rtml.training import model_registry
     from rtml.training.dataset import feature_spec
     from rtml.training.tracking import train_and_register
 
@@ -335,7 +335,7 @@ def run(
                 model_name=model_name,
             ),
         )
-        registry.promote(mlflow.client(), trained.model_version, "bench", "weak reference", model_name)
+        model_registry.promote(mlflow.client(), trained.model_version, "bench", "weak reference", model_name)
         resources = {
             "postgres": PostgresResource(url=db),
             "mlflow": mlflow,
@@ -360,9 +360,9 @@ def run(
 
 
 def registry_production(mlflow: Any) -> str:
-    from rtml.training import registry
+    from rtml.training import model_registry
 
-    found = registry.version_with_alias(mlflow.client(), registry.PRODUCTION, mlflow.model_name)
+    found = model_registry.version_with_alias(mlflow.client(), model_registry.PRODUCTION, mlflow.model_name)
     assert found is not None, "no production version"
     return str(found.version)
 

@@ -51,10 +51,10 @@ from _load import ROOT, TRANSACTION, drive, load_average, score_body
 from demo_lifecycle import STOP_LIMIT_S, started_by
 from prediction_log import postgres_outage
 from rtml.config import Settings
-from rtml.services import postgres
-from rtml.services.processes import free_port, pid_alive
-from rtml.services.stack import LocalStack
-from rtml.services.state import StackState
+from rtml.stack import postgres
+from rtml.stack.local import LocalStack
+from rtml.stack.processes import free_port, pid_alive
+from rtml.stack.state import StackState
 from serving_faults import _get_json, _known_pair, measure_redis_hang
 
 RTML = str(Path(sys.executable).with_name("rtml"))

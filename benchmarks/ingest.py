@@ -49,7 +49,7 @@ PLAIN_NO_INDEX = "raw.bench_plain_copy_no_index"
 def database_url(settings: Settings) -> str:
     if url := os.environ.get("RTML_DATABASE_URL"):
         return url
-    from rtml.services.stack import LocalStack
+    from rtml.stack.local import LocalStack
 
     return LocalStack(settings).up().database_url
 

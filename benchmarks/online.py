@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.schema import OnlineView
-from rtml.features.registry import get_registry
 
 AS_OF_US = 1_764_547_200_000_000  # 2025-12-01 UTC, in microseconds
 

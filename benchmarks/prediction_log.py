@@ -121,7 +121,7 @@ def register_model(tracking_uri: str, artifacts: Path, name: str) -> None:
     import numpy as np
     import pandas as pd
 
-    from rtml.training import registry
+    from rtml.training import model_registry
     from rtml.training.dataset import feature_spec
     from rtml.training.model import TRUSTED_TYPES, build_pipeline
 
@@ -134,7 +134,7 @@ def register_model(tracking_uri: str, artifacts: Path, name: str) -> None:
         }
     )[spec.columns]
     pipeline = build_pipeline(spec, max_iter=20).fit(frame, frame[spec.numeric[0]] > 1.0)
-    client = registry.client_for(tracking_uri)
+    client = model_registry.client_for(tracking_uri)
     experiment = mlflow.create_experiment("prediction-log-bench", artifact_location=artifacts.as_uri())
     with mlflow.start_run(experiment_id=experiment):
         info = mlflow.sklearn.log_model(
@@ -149,7 +149,7 @@ def register_model(tracking_uri: str, artifacts: Path, name: str) -> None:
     tags = {"threshold_review": "0.5", "threshold_decline": "0.9", "gate": "staged", "gate_reason": "bench"}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    registry.promote(client, version, "benchmark", "prediction-log outage benchmark", name=name)
+    model_registry.promote(client, version, "benchmark", "prediction-log outage benchmark", name=name)
 
 
 def main() -> None:
@@ -166,8 +166,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from rtml.services import redis as redis_service
-    from rtml.services.processes import stop_pid
+    from rtml.stack import redis as redis_service
+    from rtml.stack.processes import stop_pid
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -127,8 +127,8 @@ def main() -> None:
 
     from rtml.config import get_settings
     from rtml.features.online import OnlineStore
-    from rtml.services.processes import stop_pid
-    from rtml.services.redis import start_embedded
+    from rtml.stack.processes import stop_pid
+    from rtml.stack.redis import start_embedded
 
     database_url = get_settings().database_url
     if not database_url:

@@ -47,11 +47,11 @@ from rtml.config import Settings
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database, load_simulated
-from rtml.services import mlflow_server
-from rtml.services.processes import free_port
+from rtml.stack import mlflow_server
+from rtml.stack.processes import free_port
 from rtml.streaming.events import SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.snapshot import snapshot_watermark
-from rtml.training import registry as model_registry
+from rtml.training import model_registry
 from rtml.training.tracking import train_and_register
 
 MODEL = "fraud-detector-bench-speed-read"

@@ -64,9 +64,9 @@ import speed_read
 from _load import load_average
 from rtml.config import Settings, get_settings
 from rtml.features.dbt import run_dbt
+from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.reader import OnlineFeatures, same_value
-from rtml.features.registry import get_registry
 from rtml.features.sample_data import create_database, ensure_raw_tables, load_simulated
 from rtml.streaming import stream
 from rtml.streaming.events import HOUR_US, SECOND_US, TransactionEvent, from_us, to_us

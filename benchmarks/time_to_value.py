@@ -47,7 +47,7 @@ with psycopg.connect(sys.argv[1], connect_timeout=3) as conn:
 
 
 def free_port() -> int:
-    """A free port below the ephemeral range (as ``rtml.services.processes.free_port``; stdlib only)."""
+    """A free port below the ephemeral range (as ``rtml.stack.processes.free_port``; stdlib only)."""
     for _ in range(200):
         port = 20_000 + int.from_bytes(os.urandom(2)) % 12_000
         with socket.socket() as probe:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _training_data import DATABASE, ensure_training_rows
 from rtml.config import Settings, database_url_for
-from rtml.services.processes import free_port
-from rtml.services.stack import LocalStack
+from rtml.stack.local import LocalStack
+from rtml.stack.processes import free_port
 from rtml.training.tracking import train_and_register
 
 

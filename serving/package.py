@@ -24,7 +24,7 @@ import bentoml
 
 from rtml.config import get_settings
 from rtml.training.loading import ModelRefused, load_pipeline
-from rtml.training.registry import check_approved, client_for, version_with_alias
+from rtml.training.model_registry import check_approved, client_for, version_with_alias
 from scoring import MLFLOW_MODEL_FOLDER
 
 

@@ -30,7 +30,7 @@ from breaker import REDIS_ERRORS
 from rtml.features.request_features import model_row
 from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
 from rtml.training.loading import ModelRefused, load_pipeline
-from rtml.training.registry import check_approved, check_gated, client_for, version_with_alias
+from rtml.training.model_registry import check_approved, check_gated, client_for, version_with_alias
 from rtml.training.train import score
 
 log = logging.getLogger("rtml.serving")

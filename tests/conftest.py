@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from rtml.config import Settings, get_settings
-from rtml.services.processes import free_port
-from rtml.services.stack import LocalStack, StackInfo
+from rtml.stack.local import LocalStack, StackInfo
+from rtml.stack.processes import free_port
 from tests.isolation import TEST_NOW, NotDisposable, isolate
 
 AMBIENT: dict[str, str] = {}

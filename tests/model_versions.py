@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from rtml.training import registry
+from rtml.training import model_registry
 from rtml.training.model import TRUSTED_TYPES
 
 
@@ -56,4 +56,4 @@ def gated(tags: dict[str, str]) -> dict[str, str]:
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
-    registry.promote(client, version, "tests", reason, name=name, allow_rejected=True)
+    model_registry.promote(client, version, "tests", reason, name=name, allow_rejected=True)

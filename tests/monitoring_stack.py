@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from rtml.services.processes import free_port, stop_tree
+from rtml.stack.processes import free_port, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "monitoring"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from rtml.services.processes import free_port
+from rtml.stack.processes import free_port
 
 
 @contextmanager

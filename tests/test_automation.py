@@ -61,10 +61,10 @@ from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.features.sample_data import ensure_raw_tables, load_simulated
-from rtml.services.dagster_home import write_dagster_yaml
-from rtml.services.stack import StackInfo
 from rtml.sources.simulator import Simulator
-from rtml.training import registry
+from rtml.stack.dagster_home import write_dagster_yaml
+from rtml.stack.local import StackInfo
+from rtml.training import model_registry
 from tests.monitoring_stack import Webhook, webhook_receiver
 
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
@@ -440,7 +440,7 @@ def production(world_db: str, mlflow_resource: MlflowResource) -> str:
         exclude_features=weak,
         model_name=mlflow_resource.model_name,
     )
-    registry.promote(
+    model_registry.promote(
         mlflow_resource.client(), trained.model_version, "test", "weak reference", mlflow_resource.model_name
     )
     return trained.model_version
@@ -573,7 +573,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     version = str(metadata["model_version"])
     assert metadata["gate"] == "staged", metadata["gate_reason"]
     client = mlflow_resource.client()
-    staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)
+    staged = model_registry.version_with_alias(client, model_registry.STAGING, mlflow_resource.model_name)
     assert staged is not None and staged.version == version != production
 
     # 5. The retraining's notification, with the comparison, in the table and at the receiver.
@@ -622,7 +622,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
 
     # 6. A person approves: the promotion notifies and requests the bento of the new production version.
     approval = {"version": version, "approver": "dana", "reason": "beats production after drift"}
-    promoted = world_defs.resolve_job_def("promote_model").execute_in_process(
+    promoted = world_defs.resolve_job_def("promote_model_job").execute_in_process(
         instance=instance, run_config={"ops": {"production_model": {"config": approval}}}
     )
     assert promoted.success

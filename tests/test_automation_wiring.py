@@ -63,7 +63,7 @@ NOTIFY_ONLY = {
 RUN_STATUS_SENSORS = {
     "hourly_drift_sensor": (dg.DagsterRunStatus.SUCCESS, {"hourly_refresh_job"}, "hourly_drift_job"),
     "retraining_notifier": (dg.DagsterRunStatus.SUCCESS, {"retraining_job", "training_job"}, None),
-    "promotion_sensor": (dg.DagsterRunStatus.SUCCESS, {"promote_model"}, "bento_job"),
+    "promotion_sensor": (dg.DagsterRunStatus.SUCCESS, {"promote_model_job"}, "bento_job"),
     "online_rebuild_notifier": (dg.DagsterRunStatus.SUCCESS, {"online_rebuild_job"}, None),
     "run_failure_notifier": (dg.DagsterRunStatus.FAILURE, None, None),
     "run_failure_metrics": (dg.DagsterRunStatus.FAILURE, None, None),

@@ -30,8 +30,8 @@ from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import challenger
 from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
-from rtml.services.stack import StackInfo
 from rtml.sources.schema import LABELS
+from rtml.stack.local import StackInfo
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 REQUESTS = 4_000

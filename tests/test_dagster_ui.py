@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from rtml.services import dagster_processes
-from rtml.services.processes import free_port
-from rtml.services.stack import StackInfo
+from rtml.stack import dagster_processes
+from rtml.stack.local import StackInfo
+from rtml.stack.processes import free_port
 from tests.browser import chromium_page, chromium_path, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

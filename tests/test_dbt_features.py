@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from rtml.features.dbt import dbt_vars, run_dbt
-from rtml.features.registry import load_registry
+from rtml.features.feature_registry import load_registry
 from rtml.features.sample_data import load_sample, simulated_frames
 
 START = datetime(2026, 11, 1, tzinfo=UTC)

@@ -36,8 +36,8 @@ from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import make_url
 
 from rtml.defs.automation.runs import CodeServer, code_server_verdict, worker_pid
-from rtml.services.processes import free_port
-from rtml.services.stack import StackInfo
+from rtml.stack.local import StackInfo
+from rtml.stack.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ import pytest
 
 from rtml.cli import demo_window
 from rtml.config import Settings, floor_hour, live_sim_start
-from rtml.services.stack import StackInfo
-from rtml.services.state import record_live_start
+from rtml.stack.local import StackInfo
+from rtml.stack.state import record_live_start
 
 PINNED = datetime(2026, 11, 1, tzinfo=UTC)
 

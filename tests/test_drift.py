@@ -27,11 +27,11 @@ from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
-from rtml.features.registry import load_registry
+from rtml.features.feature_registry import load_registry
 from rtml.monitoring import drift, metrics
 from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
-from rtml.services.stack import StackInfo
-from rtml.training import registry
+from rtml.stack.local import StackInfo
+from rtml.training import model_registry
 from rtml.training.dataset import feature_spec
 from rtml.training.loading import load_pipeline
 from rtml.training.tracking import train_and_register
@@ -107,8 +107,8 @@ def production(drift_db: str, drift_settings: Settings, mlflow_tracking_uri: str
         params={"max_iter": 30},
         model_name=model_name,
     )
-    client = registry.client_for(mlflow_tracking_uri)
-    registry.promote(client, trained.model_version, "test", "drift reference", model_name)
+    client = model_registry.client_for(mlflow_tracking_uri)
+    model_registry.promote(client, trained.model_version, "test", "drift reference", model_name)
     serve(drift_db, mlflow_tracking_uri, model_name, trained.model_version, day(DAYS - 1), day(DAYS))
     return trained.model_version
 
@@ -136,7 +136,7 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     X = frame[spec.columns].copy()
     for name in spec.numeric:  # the model's dtypes: float64 with NaN
         X[name] = pd.to_numeric(X[name].astype(object), errors="coerce").astype("float64")
-    client = registry.client_for(tracking_uri)
+    client = model_registry.client_for(tracking_uri)
     tags = client.get_model_version(model_name, version).tags
     review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
     scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)

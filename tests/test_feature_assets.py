@@ -13,7 +13,7 @@ import pytest
 
 from rtml.definitions import defs
 from rtml.defs.features.assets import dbt_feature_tables, dbt_incremental_features
-from rtml.services.stack import StackInfo
+from rtml.stack.local import StackInfo
 
 HOURS = ("2026-11-01-00:00", "2026-11-01-02:00")  # three hourly partitions, one run
 WINDOW = (datetime(2026, 11, 1, 0, tzinfo=UTC), datetime(2026, 11, 1, 3, tzinfo=UTC))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rtml.features.dbt import dbt_env, ensure_manifest
-from rtml.features.registry import DTYPES, load_registry
+from rtml.features.feature_registry import DTYPES, load_registry
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_definitions_hash_follows_definitions_not_invocations() -> None:
     import copy
     import json
 
-    from rtml.features.registry import definitions_hash
+    from rtml.features.feature_registry import definitions_hash
 
     manifest = json.loads(ensure_manifest().read_text())
     base = definitions_hash(manifest)

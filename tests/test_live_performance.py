@@ -25,8 +25,8 @@ from rtml.defs.monitoring.assets import live_model_performance
 from rtml.defs.resources import PostgresResource
 from rtml.monitoring import live
 from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
-from rtml.services.stack import StackInfo
 from rtml.sources.schema import LABELS
+from rtml.stack.local import StackInfo
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 DAYS = 3

@@ -1,6 +1,6 @@
 """Safe model loading (``rtml.training.loading``) against the session's real MLflow registry: only skops,
 only the project's trusted types, whatever the artifact says; and the registry tags a served version
-must carry (``registry.check_approved``)."""
+must carry (``model_registry.check_approved``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 
-from rtml.training import registry
+from rtml.training import model_registry
 from rtml.training.dataset import FeatureSpec, feature_spec
 from rtml.training.loading import ModelRefused, load_pipeline
 from rtml.training.model import TRUSTED_TYPES, build_pipeline
@@ -46,7 +46,7 @@ def pipeline(spec: FeatureSpec) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def name(mlflow_tracking_uri: str) -> str:
-    registry.client_for(mlflow_tracking_uri)
+    model_registry.client_for(mlflow_tracking_uri)
     return f"loading-test-{uuid.uuid4().hex[:8]}"
 
 
@@ -130,8 +130,8 @@ APPROVED = {"approved_by": "alice", "approval_reason": "better recall", "promote
 )
 def test_check_approved(tags: dict[str, str], reason: str | None) -> None:
     if reason is None:
-        registry.check_approved(tags, "v1")
+        model_registry.check_approved(tags, "v1")
         return
     with pytest.raises(ModelRefused) as refused:
-        registry.check_approved(tags, "v1")
+        model_registry.check_approved(tags, "v1")
     assert refused.value.reason == reason and "v1" in str(refused.value)

@@ -21,7 +21,7 @@ import pytest
 
 from rtml.config import Settings
 from rtml.monitoring.notify import NO_WEBHOOK, NotificationError, notify, webhook_label
-from rtml.services.processes import free_port
+from rtml.stack.processes import free_port
 from tests.monitoring_stack import webhook_receiver
 
 FAST = {"notify_backoff_s": 0.2, "notify_timeout_s": 2.0}

@@ -34,10 +34,10 @@ from rtml.defs.online.sensors import (
     online_store_heal_sensor,
 )
 from rtml.defs.resources import PostgresResource
+from rtml.features.feature_registry import get_registry
 from rtml.features.online.parity import check_parity
-from rtml.features.registry import get_registry
-from rtml.services.dagster_home import write_dagster_yaml
-from rtml.services.processes import free_port
+from rtml.stack.dagster_home import write_dagster_yaml
+from rtml.stack.processes import free_port
 from tests.monitoring_stack import pushed_series, pushgateway
 from tests.test_online_store import build_latest_db, shrunk_table
 from tests.test_serving import Valkey

@@ -28,12 +28,12 @@ import pytest
 import redis
 
 from rtml.features.dbt import run_dbt
+from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.keys import Keys
 from rtml.features.online.parity import check_parity
 from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import MassRemovalError, OnlineWriter
-from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.features.sample_data import load_sample, make_labels, make_transactions
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -340,7 +340,7 @@ def test_ttl_expires_a_view_not_refreshed_and_reader_errors_reach_the_caller(
     assert result.deleted_namespaces == [orphan]
     assert store.read(customer_id, "m").missing == ["merchant"]
 
-    from rtml.services.processes import free_port
+    from rtml.stack.processes import free_port
 
     dead = OnlineStore(f"redis://127.0.0.1:{free_port()}/0", store.registry, socket_timeout_ms=50)
     with pytest.raises(redis.exceptions.ConnectionError):

@@ -15,8 +15,8 @@ from sqlalchemy.engine import make_url
 
 from rtml.monitoring import retention
 from rtml.monitoring.predictions import PredictionWriter, ServedFeaturesRow, ShadowRow, prediction_row
-from rtml.services import postgres
-from rtml.services.roles import ensure_scorer_role
+from rtml.stack import postgres
+from rtml.stack.roles import ensure_scorer_role
 
 
 @pytest.fixture(scope="module")

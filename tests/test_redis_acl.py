@@ -23,7 +23,7 @@ import yaml
 
 from rtml.config import get_settings
 from rtml.features.online import OnlineStore
-from rtml.services.processes import free_port
+from rtml.stack.processes import free_port
 from rtml.streaming.events import HOUR_US, TransactionEvent, from_us
 from rtml.streaming.publisher import EventPublisher
 from rtml.streaming.redis_state import SpeedStore

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rtml.config import get_settings
-from rtml.services.stack import StackInfo
 from rtml.sources.scenarios import ScenarioInterval, ScenarioTimeline, timeline_path
 from rtml.sources.simulator import DRIFT_SCENARIOS, Simulator
+from rtml.stack.local import StackInfo
 from tests.test_simulator import DAY, START, settings  # the same small world
 
 SWITCH = START + DAY + timedelta(hours=10, minutes=30, seconds=7)  # mid-hour, in daytime

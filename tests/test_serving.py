@@ -49,13 +49,13 @@ import redis
 
 from rtml.config import Settings, get_settings
 from rtml.features.dbt import run_dbt
+from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
-from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.monitoring import metrics
-from rtml.services import redis as redis_service
-from rtml.services.processes import free_port, pid_alive, stop_pid, stop_tree
+from rtml.stack import redis as redis_service
+from rtml.stack.processes import free_port, pid_alive, stop_pid, stop_tree
 from rtml.streaming.events import TransactionEvent
-from rtml.training import registry as model_registry
+from rtml.training import model_registry
 from rtml.training.dataset import Split, feature_spec, prepare
 from rtml.training.loading import load_pipeline
 from rtml.training.tracking import train_and_register

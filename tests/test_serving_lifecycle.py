@@ -26,8 +26,8 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from rtml.services.processes import free_port
-from rtml.training import registry
+from rtml.stack.processes import free_port
+from rtml.training import model_registry
 from rtml.training.dataset import FeatureSpec, feature_spec
 from rtml.training.loading import load_pipeline
 from rtml.training.model import build_pipeline
@@ -122,7 +122,7 @@ def test_not_ready_without_a_production_version_then_ready_once_one_is_promoted(
     unavailable = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_unavailable_total")}
     assert unavailable["no_model"] >= 1
 
-    client = registry.client_for(scorer.tracking_uri)
+    client = model_registry.client_for(scorer.tracking_uri)
     version = log_version(fitted(feature_spec(), compilable=True), scorer.name, gated(THRESHOLDS))
     promote(client, scorer.name, version, "first production version")
     wait_for(scorer.server, lambda meta: (meta["model"] or {}).get("version") == version)
@@ -135,7 +135,7 @@ def test_not_ready_without_a_production_version_then_ready_once_one_is_promoted(
 def test_the_scoring_path_shows_when_a_model_cannot_be_compiled(scorer: Scorer) -> None:
     compiled = _metadata(scorer.server)["model"]["version"]
     before = score(scorer).json()["fraud_probability"]
-    client = registry.client_for(scorer.tracking_uri)
+    client = model_registry.client_for(scorer.tracking_uri)
     version = log_version(fitted(feature_spec(), compilable=False), scorer.name, gated(THRESHOLDS))
     promote(client, scorer.name, version, "a model the compiler cannot take")
     wait_for(scorer.server, lambda meta: meta["model"]["version"] == version)
@@ -184,7 +184,7 @@ SHADOW_THRESHOLDS = {"threshold_review": "0.2", "threshold_decline": "0.9"}  # i
 
 
 def stage(scorer: Scorer, version: str) -> None:
-    registry.client_for(scorer.tracking_uri).set_registered_model_alias(scorer.name, "staging", version)
+    model_registry.client_for(scorer.tracking_uri).set_registered_model_alias(scorer.name, "staging", version)
 
 
 def score_many(scorer: Scorer, n: int, server: Server | None = None) -> list[dict[str, Any]]:
@@ -291,7 +291,7 @@ def test_a_broken_staged_version_leaves_production_untouched(scorer: Scorer) -> 
     refused = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_shadow_refused_total")}
     assert refused == {"format": 1.0}
 
-    registry.client_for(scorer.tracking_uri).delete_registered_model_alias(scorer.name, "staging")
+    model_registry.client_for(scorer.tracking_uri).delete_registered_model_alias(scorer.name, "staging")
     wait_for(scorer.server, lambda meta: meta["shadow"]["refused"] is None)
     assert score_many(scorer, 1)[0]["model_version"] == production
 

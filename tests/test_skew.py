@@ -22,8 +22,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from rtml.features.dbt import run_dbt
+from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
-from rtml.features.registry import FeatureRegistry, load_registry
 from rtml.features.request_features import model_row
 from rtml.features.sample_data import load_sample, make_labels, make_transactions
 from rtml.monitoring.predictions import ensure_table

@@ -32,9 +32,9 @@ from rtml.defs.online.sensors import online_store_heal_sensor
 from rtml.defs.resources import PostgresResource
 from rtml.features import request_features
 from rtml.features.dbt import run_dbt
+from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.reader import same_value
-from rtml.features.registry import get_registry
 from rtml.streaming.events import DAY_US, HOUR_US, SECOND_US, TransactionEvent, from_us
 from rtml.streaming.features import FEATURE_COLUMNS
 from rtml.streaming.state import Outcome

@@ -28,8 +28,8 @@ import redis
 from sqlalchemy.engine import make_url
 
 from rtml.config import Settings, redact
-from rtml.services import LocalStack, StackError, StackInfo, StackNotRunningError, mlflow_server
-from rtml.services.processes import free_port, pid_alive
+from rtml.stack import LocalStack, StackError, StackInfo, StackNotRunningError, mlflow_server
+from rtml.stack.processes import free_port, pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def run_in_subprocess(data_dir: Path, mlflow_port: int, call: str) -> subprocess
     code = textwrap.dedent(f"""
         from pathlib import Path
         from rtml.config import Settings, redact
-        from rtml.services import LocalStack
+        from rtml.stack import LocalStack
         stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None,
                                     mlflow_tracking_uri=None, mlflow_port={mlflow_port}))
         print(repr(stack.{call}))
@@ -352,7 +352,7 @@ def test_free_ports_lie_below_the_ephemeral_range() -> None:
     docs server found its port taken a minute later while another test worker ran."""
     import socket
 
-    from rtml.services.processes import _ephemeral_low, free_port
+    from rtml.stack.processes import _ephemeral_low, free_port
 
     ports = {free_port() for _ in range(20)}
     assert all(1024 <= port < _ephemeral_low() for port in ports), ports

@@ -26,8 +26,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.config import Settings, get_settings
-from rtml.services import redis as redis_service
-from rtml.services.processes import free_port, spawn, stop_pid
+from rtml.stack import redis as redis_service
+from rtml.stack.processes import free_port, spawn, stop_pid
 from rtml.streaming import lander as lander_module
 from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent, to_us

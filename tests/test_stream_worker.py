@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from rtml.config import Settings, get_settings
-from rtml.services.processes import Sessions, free_port
+from rtml.stack.processes import Sessions, free_port
 from rtml.stream_cli import start_demo_worker
 from rtml.streaming import stream
 from rtml.streaming.events import TransactionEvent

@@ -475,9 +475,9 @@ def test_online_read_merges_the_speed_layer_behind_its_setting(
     import math
 
     from rtml.features import request_features
+    from rtml.features.feature_registry import load_registry
     from rtml.features.online import OnlineStore
     from rtml.features.online.reader import same_value
-    from rtml.features.registry import load_registry
 
     registry, prefix = load_registry(), f"rtmltest-speedread-{uuid.uuid4().hex[:8]}"
     on = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=True)
@@ -526,8 +526,8 @@ def test_a_burst_is_visible_from_its_second_payment(parity_world: dict[str, Any]
     """The issue's burst: eight payments one second apart, each at a new merchant. With the speed
     layer, the second payment already sees the first (before it, every one got the last refresh's
     values)."""
+    from rtml.features.feature_registry import load_registry
     from rtml.features.online import OnlineStore
-    from rtml.features.registry import load_registry
 
     customer = "burst-customer"  # a card never seen before the watermark (a stolen one, first used)
     store = OnlineStore(

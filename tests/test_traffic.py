@@ -21,11 +21,11 @@ import pytest
 from rtml.config import Settings
 from rtml.ingest.loader import load_transactions
 from rtml.live_cli import start_demo_traffic
-from rtml.services.processes import Sessions, free_port
 from rtml.sources.scenarios import ScenarioTimeline, switch
 from rtml.sources.simulator import Simulator
+from rtml.stack.processes import Sessions, free_port
 from rtml.traffic import Traffic, TrafficStats, keep_share
-from rtml.training import registry
+from rtml.training import model_registry
 from rtml.training.dataset import feature_spec
 from tests.model_versions import gated, log_version, promote
 from tests.test_serving import Server, Valkey, _env, start_server
@@ -71,7 +71,7 @@ def scorer(
     database_url = scratch_database("traffic")
     name = f"fraud-detector-traffic-{uuid.uuid4().hex[:8]}"
     version = log_version(fitted(feature_spec(), compilable=True), name, gated(THRESHOLDS))
-    promote(registry.client_for(mlflow_tracking_uri), name, version, "traffic tests")
+    promote(model_registry.client_for(mlflow_tracking_uri), name, version, "traffic tests")
     valkey = Valkey(work / "valkey", port=free_port())
     valkey.data_dir.mkdir()
     valkey.start()

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rtml.config import Settings
-from rtml.training import evaluate, registry
+from rtml.training import evaluate, model_registry
 from rtml.training.dataset import FeatureSpec, feature_spec, split_by_time
 from rtml.training.lineage import TAGS
 from rtml.training.tracking import TrainingResult, train_and_register
@@ -33,7 +33,7 @@ def model_name() -> str:
 
 @pytest.fixture(scope="module")
 def client(mlflow_tracking_uri: str) -> MlflowClient:
-    return registry.client_for(mlflow_tracking_uri)
+    return model_registry.client_for(mlflow_tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -137,22 +137,24 @@ def test_gate_promotion_and_rollback(
 
     def aliases() -> dict[str, str]:
         return {
-            alias: info.version for info in registry.versions(client, model_name) for alias in info.aliases
+            alias: info.version
+            for info in model_registry.versions(client, model_name)
+            for alias in info.aliases
         }
 
     # no production yet: the weak model clears the (lowered) floor and is staged, then approved
-    first = registry.gate(client, weak.model_version, weak.holdout, settings, model_name)
+    first = model_registry.gate(client, weak.model_version, weak.holdout, settings, model_name)
     assert first.staged and first.production_version is None, first
-    registry.promote(client, weak.model_version, "alice", "first model", model_name)
+    model_registry.promote(client, weak.model_version, "alice", "first model", model_name)
     assert aliases() == {"production": weak.model_version}
 
     # the strong model beats production on its own test window: staged, not yet in production
-    better = registry.gate(client, strong, trained.holdout, settings, model_name)
+    better = model_registry.gate(client, strong, trained.holdout, settings, model_name)
     assert better.staged and better.production_version == weak.model_version, better
     assert better.challenger["pr_auc"] > better.production["pr_auc"]
     assert aliases() == {"production": weak.model_version, "staging": strong}
 
-    promoted = registry.promote(client, strong, "bob", "beats v-weak on PR AUC", model_name)
+    promoted = model_registry.promote(client, strong, "bob", "beats v-weak on PR AUC", model_name)
     assert promoted.tags["approved_by"] == "bob"
     assert promoted.tags["approval_reason"] == "beats v-weak on PR AUC"
     assert promoted.tags["previous_production_version"] == weak.model_version
@@ -160,26 +162,26 @@ def test_gate_promotion_and_rollback(
 
     # a deliberately weakened challenger is rejected with the reason; nothing moves
     weaker = train_weak(training_db, mlflow_tracking_uri, settings, model_name)
-    rejected = registry.gate(client, weaker.model_version, weaker.holdout, settings, model_name)
+    rejected = model_registry.gate(client, weaker.model_version, weaker.holdout, settings, model_name)
     assert not rejected.staged
     tags = client.get_model_version(model_name, weaker.model_version).tags
     assert tags["rejected"] == rejected.reason and "pr_auc" in rejected.reason
     assert aliases() == {"production": strong}
-    with pytest.raises(registry.RegistryError, match="rejected by the evaluation gate"):
-        registry.promote(client, weaker.model_version, "carol", "try anyway", model_name)
+    with pytest.raises(model_registry.RegistryError, match="rejected by the evaluation gate"):
+        model_registry.promote(client, weaker.model_version, "carol", "try anyway", model_name)
 
     # rollback → the previous production version, recorded on both; then promote again
-    restored = registry.rollback(client, "carol", "alert: decline rate doubled", model_name)
+    restored = model_registry.rollback(client, "carol", "alert: decline rate doubled", model_name)
     assert restored.version == weak.model_version
     assert aliases() == {"production": weak.model_version}
     rolled = client.get_model_version(model_name, strong).tags
     assert (rolled["rolled_back_by"], rolled["rollback_reason"]) == ("carol", "alert: decline rate doubled")
     assert rolled["rolled_back_to"] == weak.model_version
-    again = registry.promote(client, strong, "bob", "root cause fixed upstream", model_name)
+    again = model_registry.promote(client, strong, "bob", "root cause fixed upstream", model_name)
     assert again.tags["previous_production_version"] == weak.model_version
     assert aliases() == {"production": strong}
 
-    listed = {info.version: info for info in registry.versions(client, model_name)}
+    listed = {info.version: info for info in model_registry.versions(client, model_name)}
     assert listed[strong].status == "production" and listed[weaker.model_version].status == "rejected"
     assert listed[strong].metrics["test_roc_auc"] == pytest.approx(trained.metrics["test_roc_auc"])
     last = json.loads(client.get_registered_model(model_name).tags["last_action"])
@@ -189,10 +191,10 @@ def test_gate_promotion_and_rollback(
 def test_promotion_needs_an_approver_and_reason(
     client: MlflowClient, trained: TrainingResult, model_name: str
 ) -> None:
-    with pytest.raises(registry.RegistryError, match="approver and a reason"):
-        registry.promote(client, trained.model_version, "", "no one", model_name)
-    with pytest.raises(registry.RegistryError, match="no version '999'"):
-        registry.promote(client, "999", "alice", "typo", model_name)
+    with pytest.raises(model_registry.RegistryError, match="approver and a reason"):
+        model_registry.promote(client, trained.model_version, "", "no one", model_name)
+    with pytest.raises(model_registry.RegistryError, match="no version '999'"):
+        model_registry.promote(client, "999", "alice", "typo", model_name)
 
 
 def test_split_never_mixes_time() -> None:
@@ -226,7 +228,7 @@ def test_gate_rejects_a_better_pr_auc_when_a_guarded_metric_drops(
     from rtml.training.tracking import configure
 
     name = f"fraud-detector-gate-{uuid.uuid4().hex[:8]}"
-    client = registry.client_for(mlflow_tracking_uri)
+    client = model_registry.client_for(mlflow_tracking_uri)
     rng = np.random.default_rng(0)
     fraud = rng.random(4_000) < 0.05  # training data: both scores rise with fraud
     train = pd.DataFrame({"channel": "pos", "a": rng.normal(2 * fraud, 1), "b": rng.normal(2 * fraud, 1)})
@@ -247,7 +249,7 @@ def test_gate_rejects_a_better_pr_auc_when_a_guarded_metric_drops(
         return str(info.registered_model_version)
 
     production, challenger = register("a"), register("b")
-    client.set_registered_model_alias(name, registry.PRODUCTION, production)
+    client.set_registered_model_alias(name, model_registry.PRODUCTION, production)
 
     # Holdout: 50 frauds among 1,000. Score a (production) puts every fraud above 600 legitimate rows
     # but among the other 350; score b (challenger) puts 30 frauds above everything, 20 below everything.
@@ -257,7 +259,7 @@ def test_gate_rejects_a_better_pr_auc_when_a_guarded_metric_drops(
     b = np.concatenate([rng.uniform(8, 9, 30), rng.uniform(-9, -8, 20), rng.uniform(-1.5, 1.5, 950)])
     X = pd.DataFrame({"channel": "pos", "a": a, "b": b})
     event_ts = pd.Series(pd.date_range("2026-11-20", periods=1_000, freq="min", tz="UTC"))
-    decision = registry.gate(client, challenger, Split(X, y, event_ts), training_settings, name)
+    decision = model_registry.gate(client, challenger, Split(X, y, event_ts), training_settings, name)
 
     better, worse = decision.challenger, decision.production
     assert better["pr_auc"] > worse["pr_auc"] + training_settings.gate_min_improvement
@@ -269,4 +271,4 @@ def test_gate_rejects_a_better_pr_auc_when_a_guarded_metric_drops(
     )
     tags = client.get_model_version(name, challenger).tags
     assert tags["gate"] == "rejected" and tags["rejected"] == decision.reason
-    assert registry.version_with_alias(client, registry.STAGING, name) is None
+    assert model_registry.version_with_alias(client, model_registry.STAGING, name) is None

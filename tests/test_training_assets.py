@@ -1,6 +1,6 @@
 """The training domain through Dagster on a real instance, PostgreSQL and MLflow server: the
 ``fraud_model`` asset trains, registers and gates a version (lineage and gate decision as metadata,
-the gate as an asset check; its figures pushed to a real Pushgateway); the ``promote_model`` job moves
+the gate as an asset check; its figures pushed to a real Pushgateway); the ``promote_model_job`` job moves
 ``production`` with an approver and a reason, and a bad request fails the run with the reason instead
 of moving anything."""
 
@@ -17,8 +17,8 @@ from rtml.defs.resources import PostgresResource
 from rtml.defs.training.assets import fraud_model, production_model
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
-from rtml.services.stack import StackInfo
-from rtml.training import registry
+from rtml.stack.local import StackInfo
+from rtml.training import model_registry
 from tests.monitoring_stack import pushed_series, pushgateway
 
 
@@ -94,7 +94,7 @@ def test_training_job_registers_and_gates_a_version(
     }
 
     client = mlflow_resource.client()
-    staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)
+    staged = model_registry.version_with_alias(client, model_registry.STAGING, mlflow_resource.model_name)
     assert staged is not None and staged.version == metadata["model_version"]
 
 
@@ -102,9 +102,9 @@ def test_promote_job_moves_production_and_refuses_bad_requests(
     instance: dg.DagsterInstance, resources: dict[str, object], mlflow_resource: MlflowResource
 ) -> None:
     client = mlflow_resource.client()
-    staged = registry.version_with_alias(client, registry.STAGING, mlflow_resource.model_name)
+    staged = model_registry.version_with_alias(client, model_registry.STAGING, mlflow_resource.model_name)
     assert staged is not None, "run after the training job test"
-    job = _job("promote_model", resources)
+    job = _job("promote_model_job", resources)
 
     def config(**values: str) -> dict[str, object]:
         return {"ops": {"production_model": {"config": values}}}
@@ -115,7 +115,9 @@ def test_promote_job_moves_production_and_refuses_bad_requests(
     assert promoted.success
     metadata = promoted.asset_materializations_for_node("production_model")[0].metadata
     assert metadata["approver"].value == "dana" and metadata["model_version"].value == staged.version
-    production = registry.version_with_alias(client, registry.PRODUCTION, mlflow_resource.model_name)
+    production = model_registry.version_with_alias(
+        client, model_registry.PRODUCTION, mlflow_resource.model_name
+    )
     assert production is not None and production.version == staged.version
 
     # rolling back the first production version is refused with the reason; nothing moves
@@ -127,5 +129,7 @@ def test_promote_job_moves_production_and_refuses_bad_requests(
     assert not refused.success
     failure = refused.get_step_failure_events()[0].step_failure_data.error
     assert failure is not None and "nothing to roll back to" in failure.message
-    production = registry.version_with_alias(client, registry.PRODUCTION, mlflow_resource.model_name)
+    production = model_registry.version_with_alias(
+        client, model_registry.PRODUCTION, mlflow_resource.model_name
+    )
     assert production is not None and production.version == staged.version

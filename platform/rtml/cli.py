@@ -21,9 +21,9 @@ from rtml.config import Settings, floor_hour, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.live_cli import scenario_app, start_demo_traffic, traffic
 from rtml.runs_cli import runs_app
-from rtml.services import dagster_processes, scoring_service
-from rtml.services.processes import Sessions, spawn
-from rtml.services.stack import LocalStack, StackError, StackInfo
+from rtml.stack import dagster_processes, scorer_process
+from rtml.stack.local import LocalStack, StackError, StackInfo
+from rtml.stack.processes import Sessions, spawn
 from rtml.stream_cli import start_demo_worker, stream_app
 
 if TYPE_CHECKING:
@@ -261,14 +261,14 @@ def _start_scorer(
     """The scoring service: the newest bento, or (none built yet) the service's source. It answers at
     once; ``/readyz`` says ready once a model is loaded (it polls the registry for `production`)."""
     api = f"http://127.0.0.1:{settings.serving_port}"
-    scorer_env = scoring_service.serving_env(
+    scorer_env = scorer_process.serving_env(
         settings, info.database_url, info.redis_url, info.mlflow_tracking_uri
     )
-    if scoring_service.has_bento(settings.bentoml_home):
-        bento = f"{scoring_service.BENTO_NAME}:latest"
-        scorer = scoring_service.start(scorer_env, bento, settings.serving_port, log_dir)
+    if scorer_process.has_bento(settings.bentoml_home):
+        bento = f"{scorer_process.BENTO_NAME}:latest"
+        scorer = scorer_process.start(scorer_env, bento, settings.serving_port, log_dir)
     else:
-        scorer = scoring_service.start_from_source(scorer_env, settings.serving_port, log_dir)
+        scorer = scorer_process.start_from_source(scorer_env, settings.serving_port, log_dir)
     children.add(scorer)
     return f"{api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics; /readyz)", scorer
 
@@ -383,13 +383,13 @@ def backfill(
 
 # --- the model registry ---------------------------------------------------------------------------
 def _registry_client() -> MlflowClient:
-    from rtml.training.registry import client_for
+    from rtml.training.model_registry import client_for
 
     return client_for(LocalStack(get_settings()).info().mlflow_tracking_uri)
 
 
 def _registry_action(action: Callable[[], object]) -> None:
-    from rtml.training.registry import RegistryError
+    from rtml.training.model_registry import RegistryError
 
     try:
         action()
@@ -402,7 +402,7 @@ def _registry_action(action: Callable[[], object]) -> None:
 def models() -> None:
     """Versions of fraud-detector: aliases, status, test metrics, lineage, live comparison."""
     from rtml.monitoring import challenger
-    from rtml.training.registry import versions
+    from rtml.training.model_registry import versions
 
     name = get_settings().model_name
     found = versions(_registry_client(), name)
@@ -441,7 +441,7 @@ def promote(
     allow_rejected: bool = typer.Option(False, help="Override the evaluation gate's rejection."),
 ) -> None:
     """Manual approval: move the `production` alias to VERSION, recording approver and reason."""
-    from rtml.training.registry import promote as promote_version
+    from rtml.training.model_registry import promote as promote_version
 
     def run() -> None:
         client, name = _registry_client(), get_settings().model_name
@@ -459,7 +459,7 @@ def _show_live_comparison(client: MlflowClient, version: str) -> None:
     from mlflow.exceptions import MlflowException
 
     from rtml.monitoring import challenger
-    from rtml.training.registry import PRODUCTION, version_with_alias
+    from rtml.training.model_registry import PRODUCTION, version_with_alias
 
     name = get_settings().model_name
     try:
@@ -479,7 +479,7 @@ def rollback(
     reason: str = typer.Option(..., help="Why (recorded on both versions)."),
 ) -> None:
     """Move `production` back to the version that held it before the current one."""
-    from rtml.training.registry import rollback as rollback_version
+    from rtml.training.model_registry import rollback as rollback_version
 
     def run() -> None:
         name = get_settings().model_name

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     postgres_scorer_password: SecretStr | None = Field(
         None,
         description="Password of the scoring service's own PostgreSQL role `rtml_scorer`, which may write "
-        "the prediction log and nothing else (`rtml.services.roles`). Set: `rtml up` creates the role (or "
+        "the prediction log and nothing else (`rtml.stack.roles`). Set: `rtml up` creates the role (or "
         "updates its password) and its grants on the platform database; the scorer then connects as it "
         "(its `RTML_DATABASE_URL` names user `rtml_scorer`; the compose stack does so). Unset: no role.",
     )
@@ -636,7 +636,7 @@ class Settings(BaseSettings):
 
     @property
     def live_window_file(self) -> Path:
-        """Where the stack records its live ``sim_start`` (``rtml.services.state.record_live_start``)."""
+        """Where the stack records its live ``sim_start`` (``rtml.stack.state.record_live_start``)."""
         return self.home / LIVE_WINDOW_FILE
 
     @property

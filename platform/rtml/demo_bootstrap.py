@@ -38,8 +38,8 @@ from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repo
 from dagster._utils.interrupts import capture_interrupts
 
 from rtml.config import floor_hour, get_settings
-from rtml.services.dagster_processes import CODE_LOCATION
-from rtml.services.stack import LocalStack
+from rtml.stack.dagster_processes import CODE_LOCATION
+from rtml.stack.local import LocalStack
 
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 BOOTSTRAP_TAG = "rtml/bootstrap"  # on every run of the bootstrap: the step's number and name
@@ -117,7 +117,7 @@ class Bootstrap:
     def promote_first_model(self) -> None:
         """With no production version yet, the staged one is promoted through the `production_model`
         asset, recorded with approver ``rtml demo`` (later versions wait for a person)."""
-        from rtml.training.registry import PRODUCTION, STAGING, client_for, version_with_alias
+        from rtml.training.model_registry import PRODUCTION, STAGING, client_for, version_with_alias
 
         settings = get_settings()
         client = client_for(LocalStack(settings).info().mlflow_tracking_uri)

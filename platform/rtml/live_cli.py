@@ -12,8 +12,8 @@ from pathlib import Path
 import typer
 
 from rtml.config import Settings, get_settings, redact
-from rtml.services.processes import Sessions, spawn
-from rtml.services.stack import LocalStack, StackError
+from rtml.stack.local import LocalStack, StackError
+from rtml.stack.processes import Sessions, spawn
 
 
 def default_url(settings: Settings) -> str:

@@ -17,7 +17,7 @@ import typer
 
 from rtml.config import Settings, get_settings, redact
 from rtml.redis_client import connect
-from rtml.services.processes import Sessions, spawn
+from rtml.stack.processes import Sessions, spawn
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from rtml.config import get_settings
-from rtml.services.stack import LocalStack
+from rtml.stack.local import LocalStack
 
 
 class PostgresResource(dg.ConfigurableResource):

@@ -46,7 +46,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from rtml.config import Settings
-from rtml.features.registry import FeatureRegistry, load_registry
+from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.monitoring.metrics import Sample
 from rtml.monitoring.predictions import TABLE as PREDICTIONS_TABLE
 from rtml.training.dataset import (
@@ -316,9 +316,11 @@ def window_from_tags(tags: dict[str, str]) -> Window:
 
 def production_version(tracking_uri: str, model_name: str) -> tuple[str, dict[str, str]] | None:
     """(version, tags) of the version holding ``production``; None without one."""
-    from rtml.training import registry
+    from rtml.training import model_registry
 
-    version = registry.version_with_alias(registry.client_for(tracking_uri), registry.PRODUCTION, model_name)
+    version = model_registry.version_with_alias(
+        model_registry.client_for(tracking_uri), model_registry.PRODUCTION, model_name
+    )
     return None if version is None else (str(version.version), dict(version.tags))
 
 
@@ -430,7 +432,9 @@ def warm_from(registry: FeatureRegistry, history_start: datetime | None) -> dict
     bounded one."""
     if history_start is None:
         return {}
-    windows = {f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window}
+    windows = {
+        f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window
+    }
     lengths = {
         name: int(window[:-1]) * _UNITS[window[-1]]
         for name, window in windows.items()
@@ -781,7 +785,7 @@ class _Context:
 def _model_scores(tracking_uri: str, model_name: str, version: str, rows: pd.DataFrame) -> np.ndarray:
     """The version's scores on the reference rows: what it would have served on its training window."""
     from rtml.training.loading import load_pipeline
-    from rtml.training.registry import client_for
+    from rtml.training.model_registry import client_for
     from rtml.training.train import score
 
     client_for(tracking_uri)  # models:/ URIs resolve against the global tracking URI

@@ -244,7 +244,7 @@ def ensure_table(database_url: str) -> None:
 
 def create_table(conn: psycopg.Connection) -> None:
     """Create the prediction log's tables unless all exist: a role that may only write them (the scorer's,
-    ``rtml.services.roles``) may not run DDL, not even ``create ... if not exists``."""
+    ``rtml.stack.roles``) may not run DDL, not even ``create ... if not exists``."""
     with conn.transaction():  # also the check: a connection outside autocommit is left with none open
         found = conn.execute(
             "select count(to_regclass(t)) from unnest(%s::text[]) as t", ([t.name for t in TABLES.values()],)

@@ -48,8 +48,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from rtml.features.dbt import ensure_manifest
+from rtml.features.feature_registry import FeatureRegistry
 from rtml.features.online.schema import OnlineView, online_views
-from rtml.features.registry import FeatureRegistry
 from rtml.features.request_features import EXACT_AT, model_row
 from rtml.monitoring.metrics import Sample
 from rtml.training.dataset import REQUEST_NUMERIC, feature_spec

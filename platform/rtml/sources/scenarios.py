@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rtml.config import Settings
-from rtml.services.state import locked
+from rtml.stack.state import locked
 
 FILE_NAME = "scenarios.json"
 

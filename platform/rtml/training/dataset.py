@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from rtml.features.registry import FeatureRegistry, load_registry
+from rtml.features.feature_registry import FeatureRegistry, load_registry
 
 FEATURE_VIEWS = ("customer_features", "merchant_features")
 REQUEST_NUMERIC = ("amount",)

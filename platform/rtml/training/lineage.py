@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from rtml.features.registry import FeatureRegistry
+from rtml.features.feature_registry import FeatureRegistry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TAGS = (

@@ -23,9 +23,9 @@ from typing import Any
 
 from rtml.config import Settings
 from rtml.features.dbt import dbt_vars, run_dbt
-from rtml.features.registry import load_registry
+from rtml.features.feature_registry import load_registry
 from rtml.features.sample_data import load_simulated
-from rtml.services.postgres import ensure_databases, start_embedded, stop_embedded
+from rtml.stack.postgres import ensure_databases, start_embedded, stop_embedded
 from rtml.training.dataset import as_utc, feature_spec
 from rtml.training.snapshot import Snapshot, export_snapshot
 

@@ -23,12 +23,12 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
 from rtml.config import Settings
-from rtml.features.registry import load_registry
+from rtml.features.feature_registry import load_registry
 from rtml.training import evaluate
 from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec
 from rtml.training.lineage import Lineage, feature_definitions, git_state
 from rtml.training.model import TRUSTED_TYPES, model_params
-from rtml.training.registry import MODEL_NAME, client_for
+from rtml.training.model_registry import MODEL_NAME, client_for
 from rtml.training.snapshot import Snapshot, export_snapshot, read_snapshot
 from rtml.training.train import FittedModel, fit
 

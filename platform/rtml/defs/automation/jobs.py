@@ -1,4 +1,4 @@
-"""Jobs the automation launches (the raw-stream jobs, ``training_job`` and ``promote_model`` live in their
+"""Jobs the automation launches (the raw-stream jobs, ``training_job`` and ``promote_model_job`` live in their
 domains)."""
 
 from __future__ import annotations

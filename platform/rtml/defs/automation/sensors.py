@@ -20,7 +20,7 @@ Run reactions:
 * ``retraining_notifier``: a successful ``retraining_job`` / ``training_job`` run → a notification with
   the evaluation gate's comparison ("v7: PR AUC 0.81 vs production v6 0.74; staged; ...") and the latest
   live challenger comparison (or that there are too few labelled requests for one);
-* ``promotion_sensor``: a successful ``promote_model`` run → a notification, and ``bento_job`` builds the
+* ``promotion_sensor``: a successful ``promote_model_job`` run → a notification, and ``bento_job`` builds the
   bento of the new production version (the running scorer swaps it in by itself, polling the registry).
 """
 

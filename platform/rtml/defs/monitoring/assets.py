@@ -14,7 +14,7 @@ from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import challenger, drift, live, metrics
 from rtml.monitoring.notify import notify
-from rtml.training import registry
+from rtml.training import model_registry
 
 
 class DriftConfig(dg.Config):
@@ -281,7 +281,7 @@ def challenger_comparison(
     client = mlflow.client()
     version = config.version
     if version is None:
-        staged = registry.version_with_alias(client, registry.STAGING, mlflow.model_name)
+        staged = model_registry.version_with_alias(client, model_registry.STAGING, mlflow.model_name)
         if staged is None:
             note = f"nothing to compare: no version of {mlflow.model_name} holds `staging`"
             context.log.info(note)

@@ -16,8 +16,8 @@ import dagster as dg
 from rtml.config import get_settings
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
+from rtml.features.feature_registry import get_registry
 from rtml.features.online.parity import check_parity
-from rtml.features.registry import get_registry
 from rtml.monitoring import metrics
 from rtml.monitoring.skew import CUSTOMER_VIEW, MERCHANT_VIEW, Build, check_skew
 

@@ -6,7 +6,7 @@ import dagster as dg
 
 from rtml.config import get_settings
 from rtml.features.online import OnlineStore
-from rtml.services.stack import LocalStack
+from rtml.stack.local import LocalStack
 
 
 class RedisResource(dg.ConfigurableResource):

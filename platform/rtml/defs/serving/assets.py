@@ -7,7 +7,7 @@ from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.assets import production_model
 from rtml.defs.training.resources import MlflowResource
-from rtml.services import scoring_service
+from rtml.stack import scorer_process
 
 
 @dg.asset(deps=[production_model], group_name="serving", kinds={"bentoml"})
@@ -20,11 +20,11 @@ def fraud_scorer_bento(
     """``bentoml build`` of ``serving/`` around the version holding ``production`` (imported into the
     BentoML store under the data directory); ``bentoml serve fraud_scorer:latest`` serves it."""
     settings = get_settings()
-    env = scoring_service.serving_env(settings, postgres.database_url(), redis.redis_url(), mlflow.uri())
+    env = scorer_process.serving_env(settings, postgres.database_url(), redis.redis_url(), mlflow.uri())
     env["RTML_MODEL_NAME"] = mlflow.model_name
     try:
-        bento, model = scoring_service.build_bento(env)
-    except scoring_service.BentoBuildError as error:
+        bento, model = scorer_process.build_bento(env)
+    except scorer_process.BentoBuildError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
     context.log.info(f"built {bento} with {model}")
     return dg.MaterializeResult(

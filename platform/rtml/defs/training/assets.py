@@ -11,7 +11,7 @@ from rtml.config import get_settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import metrics
-from rtml.training import registry
+from rtml.training import model_registry
 from rtml.training.tracking import train_and_register
 
 
@@ -57,7 +57,7 @@ def fraud_model(
         exclude_features=tuple(config.exclude_features),
         model_name=mlflow.model_name,
     )
-    decision = registry.gate(
+    decision = model_registry.gate(
         mlflow.client(), result.model_version, result.holdout, settings, mlflow.model_name
     )
     context.log.info(f"{mlflow.model_name} v{result.model_version}: {decision.reason}")
@@ -118,18 +118,20 @@ def production_model(
     context: dg.AssetExecutionContext, config: PromotionConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """The version holding the ``production`` alias. Materializing it is the manual approval step:
-    launch ``promote_model`` from the UI with the version, approver and reason."""
+    launch ``promote_model_job`` from the UI with the version, approver and reason."""
     client = mlflow.client()
     try:
         if config.action is PromotionAction.ROLLBACK:
-            version = registry.rollback(client, config.approver, config.reason, mlflow.model_name)
+            version = model_registry.rollback(client, config.approver, config.reason, mlflow.model_name)
         else:
             if not config.version:
-                raise registry.RegistryError("a promotion names the version to promote (config: version)")
-            version = registry.promote(
+                raise model_registry.RegistryError(
+                    "a promotion names the version to promote (config: version)"
+                )
+            version = model_registry.promote(
                 client, config.version, config.approver, config.reason, mlflow.model_name
             )
-    except registry.RegistryError as error:
+    except model_registry.RegistryError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
     context.log.info(f"{mlflow.model_name} v{version.version} is in production ({config.action.value})")
     return dg.MaterializeResult(

@@ -7,8 +7,8 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field
 
 from rtml.config import get_settings
-from rtml.services.stack import LocalStack
-from rtml.training.registry import client_for
+from rtml.stack.local import LocalStack
+from rtml.training.model_registry import client_for
 
 
 class MlflowResource(dg.ConfigurableResource):

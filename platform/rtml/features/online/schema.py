@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from rtml.features.registry import FeatureRegistry, FeatureView
+from rtml.features.feature_registry import FeatureRegistry, FeatureView
 
 Kind = Literal["int64", "float64", "bool", "string", "timestamp", "string_set"]
 

@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rtml.config import get_settings
+from rtml.features.feature_registry import FeatureRegistry, get_registry
 from rtml.features.online.keys import Keys
 from rtml.features.online.reader import (
     RECORD_SEPARATOR,
@@ -38,7 +39,6 @@ from rtml.features.online.reader import (
 from rtml.features.online.schema import OnlineView, online_views
 from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import OnlineWriter, PushResult
-from rtml.features.registry import FeatureRegistry, get_registry
 from rtml.features.request_features import EXACT_AT
 from rtml.redis_client import connect, load_scripts
 from rtml.streaming.events import from_us, to_us

@@ -18,11 +18,11 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from rtml.config import Settings, database_url_for, redact
-from rtml.services import mlflow_server, postgres, redis
-from rtml.services.dagster_home import write_dagster_yaml
-from rtml.services.processes import pid_alive, stop_pid
-from rtml.services.roles import ensure_scorer_role
-from rtml.services.state import EmbeddedServer, StackState, locked, record_live_start
+from rtml.stack import mlflow_server, postgres, redis
+from rtml.stack.dagster_home import write_dagster_yaml
+from rtml.stack.processes import pid_alive, stop_pid
+from rtml.stack.roles import ensure_scorer_role
+from rtml.stack.state import EmbeddedServer, StackState, locked, record_live_start
 
 
 class StackError(RuntimeError):

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from rtml.services.dagster_processes import wait_for_http
-from rtml.services.processes import port_free, stop_tree
-from rtml.services.state import EmbeddedServer
+from rtml.stack.dagster_processes import wait_for_http
+from rtml.stack.processes import port_free, stop_tree
+from rtml.stack.state import EmbeddedServer
 
 HOST = "127.0.0.1"
 

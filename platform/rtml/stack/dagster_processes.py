@@ -3,7 +3,7 @@
 They are started directly rather than through ``dagster dev``, which ignores SIGTERM when run in the
 background (STACK.md). Each one starts a code server (``dagster api grpc``) that launches the runs as
 processes of its own (run workers; their step workers are processes of those): all stay in the session
-of the webserver or daemon, which is how ``stop`` finds them (``rtml.services.processes.Sessions``).
+of the webserver or daemon, which is how ``stop`` finds them (``rtml.stack.processes.Sessions``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from rtml.services.processes import Sessions, spawn
+from rtml.stack.processes import Sessions, spawn
 
 CODE_LOCATION = "rtml.definitions"
 

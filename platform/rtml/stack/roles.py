@@ -32,7 +32,7 @@ def ensure_scorer_role(admin_url: str, password: str, role: str = SCORER_ROLE) -
     database of ``admin_url`` (a superuser's or the database owner's URL). Idempotent."""
     predictions.ensure_table(admin_url)
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.services.roles'))")
+        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.stack.roles'))")
         exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
         name = sql.Identifier(role)
         conn.execute(

@@ -1,5 +1,5 @@
 """The local stack: embedded PostgreSQL and Redis when no URL is set, DAGSTER_HOME (see ``stack``)."""
 
-from rtml.services.stack import ComponentStatus, LocalStack, StackError, StackInfo, StackNotRunningError
+from rtml.stack.local import ComponentStatus, LocalStack, StackError, StackInfo, StackNotRunningError
 
 __all__ = ["ComponentStatus", "LocalStack", "StackError", "StackInfo", "StackNotRunningError"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rtml.config import Settings
-from rtml.services.processes import spawn
+from rtml.stack.processes import spawn
 
 SERVING_DIR = Path(__file__).resolve().parents[3] / "serving"
 BENTO_NAME = "fraud_scorer"

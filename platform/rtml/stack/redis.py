@@ -8,8 +8,8 @@ from pathlib import Path
 
 import redis
 
-from rtml.services.processes import free_port, pid_alive
-from rtml.services.state import EmbeddedServer
+from rtml.stack.processes import free_port, pid_alive
+from rtml.stack.state import EmbeddedServer
 
 CONFIG_NAME = "valkey.conf"
 

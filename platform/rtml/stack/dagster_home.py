@@ -28,7 +28,7 @@ def dagster_yaml(postgres_url: str, dagster_home: Path, monitoring_interval_s: i
     # json.dumps gives double-quoted strings, which are valid YAML scalars whatever the characters.
     module, cls = RUN_LAUNCHER
     return (
-        "# Written by `rtml up` (rtml.services.dagster_home); rewritten on every `rtml up`.\n"
+        "# Written by `rtml up` (rtml.stack.dagster_home); rewritten on every `rtml up`.\n"
         "storage:\n"
         "  postgres:\n"
         f"    postgres_url: {json.dumps(dagster_postgres_url(postgres_url))}\n"

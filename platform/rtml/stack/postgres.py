@@ -13,8 +13,8 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from rtml.config import database_url_for, redact
-from rtml.services.processes import pid_alive, stop_pid
-from rtml.services.state import EmbeddedServer
+from rtml.stack.processes import pid_alive, stop_pid
+from rtml.stack.state import EmbeddedServer
 
 PLATFORM_DATABASE = "rtml"
 PLATFORM_SCHEMAS = ("raw", "staging", "features", "monitoring")
