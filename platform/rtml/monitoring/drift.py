@@ -432,9 +432,7 @@ def warm_from(registry: FeatureRegistry, history_start: datetime | None) -> dict
     bounded one."""
     if history_start is None:
         return {}
-    windows = {
-        f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window
-    }
+    windows = {f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window}
     lengths = {
         name: int(window[:-1]) * _UNITS[window[-1]]
         for name, window in windows.items()
