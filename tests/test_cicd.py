@@ -563,8 +563,39 @@ def test_compose_secrets_come_from_the_env_file() -> None:
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") :].count("!.env") == 0, "the image build context must not hold .env"
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+    with pytest.raises(KeyError, match=r"POSTGRES_\w*PASSWORD"):
         interpolate(text, {})
+
+
+def test_compose_services_connect_to_postgresql_as_their_own_roles() -> None:
+    """Least privilege in the compose model: the superuser's password reaches only `init` (which creates the
+    roles, rtml.stack.roles) and the exporter; every other service connects as its own role (the roles
+    themselves: tests/test_postgres_roles.py)."""
+    from sqlalchemy.engine import make_url
+
+    from rtml.stack import roles
+
+    distinct = {name: f"{name.lower()}-value" for name in env_example()}  # each secret its own value
+    superuser = distinct["POSTGRES_PASSWORD"]
+    model = yaml.safe_load(interpolate(COMPOSE.read_text(), distinct))["services"]
+    users: dict[str, set[str]] = {}
+    for name, service in model.items():
+        environment = service.get("environment") or {}
+        assert isinstance(environment, dict), name
+        urls = [v for k, v in environment.items() if k.endswith(("DATABASE_URL", "STORE_URI")) and v]
+        users[name] = {make_url(url).username or "" for url in urls if url.startswith("postgresql")}
+        if "DAGSTER_PG_USER" in environment:
+            users[name].add(environment["DAGSTER_PG_USER"])
+        if name not in ("init", "postgres", "postgres-exporter"):
+            assert superuser not in str(environment), f"{name} holds the superuser's password"
+    assert "postgres" in users["init"]
+    for name in ("dagster-code", "dagster-daemon", "dagster-webserver"):
+        assert users[name] == {roles.PLATFORM_ROLE, roles.DAGSTER_ROLE}, (name, users[name])
+    assert users["mlflow"] == {roles.MLFLOW_ROLE}
+    assert users["scorer"] == {roles.SCORER_ROLE}
+    init = model["init"]["environment"]
+    for setting in ("SCORER", "PLATFORM", "DAGSTER", "MLFLOW"):
+        assert init[f"RTML_POSTGRES_{setting}_PASSWORD"], setting
 
 
 def test_compose_healthchecks_and_ordered_start() -> None:

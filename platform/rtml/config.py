@@ -47,6 +47,24 @@ class Settings(BaseSettings):
         "updates its password) and its grants on the platform database; the scorer then connects as it "
         "(its `RTML_DATABASE_URL` names user `rtml_scorer`; the compose stack does so). Unset: no role.",
     )
+    postgres_platform_password: SecretStr | None = Field(
+        None,
+        description="Password of the platform's own PostgreSQL role `rtml_platform` (ingestion, dbt, "
+        "training, monitoring). Set: `rtml up`, connected as a superuser, makes it the owner of the platform "
+        "database and of everything in it, and revokes CONNECT from PUBLIC there (`rtml.stack.roles`); the "
+        "platform's processes then connect as it (the compose stack does so). Unset: no role.",
+    )
+    postgres_dagster_password: SecretStr | None = Field(
+        None,
+        description="Password of Dagster's own PostgreSQL role `rtml_dagster`: as "
+        "`postgres_platform_password`, owning the `dagster_database` (Dagster's run, event and schedule "
+        "storage).",
+    )
+    postgres_mlflow_password: SecretStr | None = Field(
+        None,
+        description="Password of MLflow's own PostgreSQL role `rtml_mlflow`: as "
+        "`postgres_platform_password`, owning the `mlflow_database` (MLflow's backend store).",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis URL of the online feature store (for example `redis://127.0.0.1:6379/0`). "

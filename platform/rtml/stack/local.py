@@ -18,10 +18,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from rtml.config import Settings, database_url_for, redact
-from rtml.stack import mlflow_server, postgres, redis
+from rtml.stack import mlflow_server, postgres, redis, roles
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.processes import pid_alive, stop_pid
-from rtml.stack.roles import ensure_scorer_role
 from rtml.stack.state import EmbeddedServer, StackState, locked, record_live_start
 
 
@@ -101,9 +100,7 @@ class LocalStack:
                     [self._database_name(database_url), info.dagster_database, info.mlflow_database],
                 )
                 postgres.ensure_schemas(database_url)
-                scorer_password = self.settings.postgres_scorer_password
-                if scorer_password:  # the scoring service's role (least privilege)
-                    ensure_scorer_role(database_url, scorer_password.get_secret_value())
+                self._ensure_roles(database_url, info)
             except (postgres.PostgresError, psycopg.Error) as exc:
                 raise StackError(str(exc)) from exc
             if not self.settings.mlflow_tracking_uri:  # after the databases: its backend store must exist
@@ -122,6 +119,21 @@ class LocalStack:
             record_live_start(self.settings)
             self.settings.landing_dir.mkdir(parents=True, exist_ok=True)  # where users drop files
             return info
+
+    def _ensure_roles(self, database_url: str, info: StackInfo) -> None:
+        """Each service's own PostgreSQL role whose password is set (least privilege, ``rtml.stack.roles``).
+        The scorer's grants come first: the platform's role then takes over the tables they name."""
+        settings = self.settings
+        if settings.postgres_scorer_password:
+            roles.ensure_scorer_role(database_url, settings.postgres_scorer_password.get_secret_value())
+        owners = (
+            (settings.postgres_platform_password, database_url, roles.PLATFORM_ROLE),
+            (settings.postgres_dagster_password, info.dagster_database_url, roles.DAGSTER_ROLE),
+            (settings.postgres_mlflow_password, info.mlflow_database_url, roles.MLFLOW_ROLE),
+        )
+        for password, url, role in owners:
+            if password:
+                roles.ensure_owner_role(url, role, password.get_secret_value())
 
     def down(self) -> None:
         """Stop the embedded servers that up() started, by pid. Idempotent; leaves external servers alone."""
