@@ -45,6 +45,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from rtml import ddl
 from rtml.config import Settings
 from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.monitoring.metrics import Sample
@@ -795,9 +796,7 @@ def _model_scores(tracking_uri: str, model_name: str, version: str, rows: pd.Dat
 # --- the record ----------------------------------------------------------------------------------------
 def ensure_table(database_url: str) -> None:
     """Create ``monitoring.drift_reports`` (idempotent; concurrent creators are serialised)."""
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.drift_reports'))")
-        conn.execute(DDL)
+    ddl.ensure(database_url, DDL, lock=f"rtml.{TABLE}")
 
 
 def store(database_url: str, report: DriftReport) -> None:
