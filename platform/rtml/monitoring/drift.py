@@ -315,16 +315,6 @@ def window_from_tags(tags: dict[str, str]) -> Window:
         ) from None
 
 
-def production_version(tracking_uri: str, model_name: str) -> tuple[str, dict[str, str]] | None:
-    """(version, tags) of the version holding ``production``; None without one."""
-    from rtml.training import model_registry
-
-    version = model_registry.version_with_alias(
-        model_registry.client_for(tracking_uri), model_registry.PRODUCTION, model_name
-    )
-    return None if version is None else (str(version.version), dict(version.tags))
-
-
 def current_window(database_url: str, hours: int) -> Window:
     """The newest ``hours`` hours of feature rows (ending just after the newest one)."""
     if hours <= 0:
@@ -433,9 +423,7 @@ def warm_from(registry: FeatureRegistry, history_start: datetime | None) -> dict
     bounded one."""
     if history_start is None:
         return {}
-    windows = {
-        f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window
-    }
+    windows = {f.name: f.window for view in FEATURE_VIEWS for f in registry.view(view).features if f.window}
     lengths = {
         name: int(window[:-1]) * _UNITS[window[-1]]
         for name, window in windows.items()
@@ -673,7 +661,11 @@ def run_drift(
     began = time.perf_counter()
     max_rows = max_rows or settings.drift_max_rows
     model_name = model_name or settings.model_name
-    production = production_version(tracking_uri, model_name) if tracking_uri else None
+    production = None
+    if tracking_uri:
+        from rtml.training.model_registry import production_version
+
+        production = production_version(tracking_uri, model_name)
     if reference is None:
         if tracking_uri is None:
             raise DriftError(
