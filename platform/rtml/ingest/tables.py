@@ -43,9 +43,6 @@ LABELS_TABLE = "raw.labels"
 LABELS_QUARANTINE_TABLE = "raw.labels_quarantine"
 LOADS_TABLE = "raw.loads"
 
-# Columns of the quarantine tables after the record's own columns (all text).
-QUARANTINE_EXTRA_COLUMNS = ("source_row", "rule", "error", "raw_record", "source")
-
 _QUARANTINE_TAIL = """
     source_row bigint,
     rule text not null,
