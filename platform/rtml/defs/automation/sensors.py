@@ -39,6 +39,7 @@ from rtml.config import get_settings, redact
 from rtml.defs.automation.checks import DATA_FRESHNESS, MODEL_FRESHNESS
 from rtml.defs.automation.jobs import bento_job, retraining_job
 from rtml.defs.automation.tags import TRIGGER_TAG as TRIGGER_TAG  # re-exported: other domains import it here
+from rtml.defs.automation.tags import partitions_of
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
@@ -241,9 +242,6 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: Postgres
         if error is not None:
             errors.append(f"{event.step_key}: {error.message.strip()}")
     message = "\n".join(errors) or (context.failure_event.message or "the run failed")
-    partition = run.tags.get("dagster/partition") or "...".join(
-        filter(None, (run.tags.get(f"dagster/asset_partition_range_{end}") for end in ("start", "end")))
-    )
     notify(
         "run_failure",
         f"Run of {run.job_name} failed",
@@ -252,7 +250,7 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: Postgres
             "job": run.job_name,
             "run_id": run.run_id,
             "error": message[:1500],
-            "partition": partition or "none",
+            "partition": partitions_of(run.tags) or "none",
             "trigger": run.tags.get(TRIGGER_TAG) or _launched_by(run.tags),
         },
         get_settings(),
