@@ -56,8 +56,8 @@ NOTIFY_ONLY = {
     "retraining_notifier",
     "run_failure_notifier",
     "online_rebuild_notifier",
-    "run_failure_metrics",
-    "run_success_metrics",
+    "pushgateway_run_failure",
+    "pushgateway_run_success",
 }
 # Run-status sensors: the status they react to, the jobs they watch (None: every job), the job they request.
 RUN_STATUS_SENSORS = {
@@ -66,8 +66,8 @@ RUN_STATUS_SENSORS = {
     "promotion_sensor": (dg.DagsterRunStatus.SUCCESS, {"promote_model_job"}, "bento_job"),
     "online_rebuild_notifier": (dg.DagsterRunStatus.SUCCESS, {"online_rebuild_job"}, None),
     "run_failure_notifier": (dg.DagsterRunStatus.FAILURE, None, None),
-    "run_failure_metrics": (dg.DagsterRunStatus.FAILURE, None, None),
-    "run_success_metrics": (dg.DagsterRunStatus.SUCCESS, None, None),
+    "pushgateway_run_failure": (dg.DagsterRunStatus.FAILURE, None, None),
+    "pushgateway_run_success": (dg.DagsterRunStatus.SUCCESS, None, None),
 }
 
 

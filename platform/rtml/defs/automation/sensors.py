@@ -16,7 +16,8 @@ a request's ``run_key`` is that id, so even a lost cursor cannot launch it twice
 
 Run reactions:
 
-* ``run_failure_notifier``: any failed run → a notification with job, run id and error;
+* ``run_failure_notifier``: any failed run → a notification with job, run id and error (its failure time
+  goes to Prometheus through ``pushgateway_run_failure``, ``defs/monitoring``);
 * ``retraining_notifier``: a successful ``retraining_job`` / ``training_job`` run → a notification with
   the evaluation gate's comparison ("v7: PR AUC 0.81 vs production v6 0.74; staged; ...") and the latest
   live challenger comparison (or that there are too few labelled requests for one);
