@@ -23,8 +23,9 @@ import psycopg
 
 from rtml.config import Settings, database_url_for
 from rtml.features.dbt import run_dbt
-from rtml.features.sample_data import create_database, ensure_raw_tables
+from rtml.features.sample_data import create_database
 from rtml.ingest.loader import load_labels, load_transactions
+from rtml.ingest.tables import ensure_tables
 from rtml.sources.simulator import Simulator
 
 DATABASE = "rtml_bench_training"
@@ -65,7 +66,7 @@ def ensure_training_rows(
     began = time.perf_counter()
     url = create_database(server_url, database)
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     simulator = Simulator(settings)
     start = settings.sim_start
     clean_per_day = settings.sim_transactions_per_day * (1 - settings.sim_dirty_share)

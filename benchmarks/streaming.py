@@ -67,7 +67,8 @@ from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.reader import OnlineFeatures, same_value
-from rtml.features.sample_data import create_database, ensure_raw_tables, load_simulated
+from rtml.features.sample_data import create_database, load_simulated
+from rtml.ingest.tables import ensure_tables
 from rtml.streaming import stream
 from rtml.streaming.events import HOUR_US, SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.features import FEATURE_COLUMNS
@@ -176,7 +177,7 @@ def build_parity_world(
     began = time.perf_counter()
     end = day + timedelta(days=1)
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     # the incremental models exist (empty) first, so the day's features are built by the hourly runs' path:
     # only the window's rows, each aggregating its customer's history (not every row of the month)
     dbt_or_exit(["run", "--full-refresh", "--select", "stg_transactions", "customer_features"], url)

@@ -30,7 +30,7 @@ from breaker import REDIS_ERRORS
 from rtml.features.request_features import model_row
 from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
 from rtml.training.loading import ModelRefused, load_pipeline
-from rtml.training.model_registry import check_approved, check_gated, client_for, version_with_alias
+from rtml.training.model_registry import check_approved, check_gated, client_for
 from rtml.training.train import score
 
 log = logging.getLogger("rtml.serving")
@@ -111,12 +111,6 @@ def compiled_or_none(pipeline: Any) -> CompiledModel | None:
     except NotCompilable as exc:
         log.warning("model not compiled, scoring with the sklearn Pipeline (slower): %s", exc)
         return None
-
-
-def production_version(tracking_uri: str, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
-    """(version, tags) of the version holding ``alias`` — one cheap registry call (the poller's)."""
-    version = version_with_alias(client_for(tracking_uri), alias, name)
-    return None if version is None else (str(version.version), dict(version.tags))
 
 
 def load_from_bento(stored: Any) -> ServedModel:

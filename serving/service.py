@@ -462,7 +462,8 @@ class FraudScorer:
                 log.warning("model registry unreachable at start-up: %s", exc)
 
     def _check_registry(self) -> None:
-        from scoring import ModelRefused, load_version, production_version
+        from rtml.training.model_registry import production_version
+        from scoring import ModelRefused, load_version
 
         assert self.settings.mlflow_tracking_uri
         found = production_version(
@@ -540,7 +541,8 @@ class FraudScorer:
         """Load, swap or unload the shadow model as its alias says (``shadow.Shadow.update``). On the
         poller's thread, after production's check: a shadow that loads slowly or not at all delays
         neither production's start nor its swaps."""
-        from scoring import load_shadow, production_version
+        from rtml.training.model_registry import production_version
+        from scoring import load_shadow
 
         assert self.settings.mlflow_tracking_uri
         if not self.settings.serving_shadow:

@@ -60,7 +60,8 @@ from rtml.defs.monitoring.checks import drift_within_threshold
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
-from rtml.features.sample_data import ensure_raw_tables, load_simulated
+from rtml.features.sample_data import load_simulated
+from rtml.ingest.tables import ensure_tables
 from rtml.sources.simulator import Simulator
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.local import StackInfo
@@ -247,7 +248,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
 ) -> None:
     url = scratch_database("landing")
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("RTML_DATA_DIR", str(tmp_path))  # a landing folder of the test's own

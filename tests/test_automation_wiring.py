@@ -18,7 +18,7 @@ import pytest
 
 from rtml.config import get_settings
 from rtml.definitions import defs
-from rtml.defs.automation.tags import TRIGGER_TAG
+from rtml.defs.automation.tags import PARTITION_TAG, RANGE_TAGS, TRIGGER_TAG, partitions_of, range_tags
 
 REPOSITORY = defs.get_repository_def()
 RUNNING, STOPPED = dg.DefaultScheduleStatus.RUNNING, dg.DefaultScheduleStatus.STOPPED
@@ -56,8 +56,8 @@ NOTIFY_ONLY = {
     "retraining_notifier",
     "run_failure_notifier",
     "online_rebuild_notifier",
-    "run_failure_metrics",
-    "run_success_metrics",
+    "pushgateway_run_failure",
+    "pushgateway_run_success",
 }
 # Run-status sensors: the status they react to, the jobs they watch (None: every job), the job they request.
 RUN_STATUS_SENSORS = {
@@ -66,8 +66,8 @@ RUN_STATUS_SENSORS = {
     "promotion_sensor": (dg.DagsterRunStatus.SUCCESS, {"promote_model_job"}, "bento_job"),
     "online_rebuild_notifier": (dg.DagsterRunStatus.SUCCESS, {"online_rebuild_job"}, None),
     "run_failure_notifier": (dg.DagsterRunStatus.FAILURE, None, None),
-    "run_failure_metrics": (dg.DagsterRunStatus.FAILURE, None, None),
-    "run_success_metrics": (dg.DagsterRunStatus.SUCCESS, None, None),
+    "pushgateway_run_failure": (dg.DagsterRunStatus.FAILURE, None, None),
+    "pushgateway_run_success": (dg.DagsterRunStatus.SUCCESS, None, None),
 }
 
 
@@ -160,3 +160,21 @@ def test_the_hourly_drift_sensor_follows_every_refresh(instance: dg.DagsterInsta
     assert isinstance(request, dg.RunRequest)
     assert request.run_key == f"drift-after-{run.run_id}"  # once per refresh run
     assert request.tags[TRIGGER_TAG] == "hourly_refresh_job 2026-12-05-10:00"
+
+
+def test_the_partition_tags_are_dagsters() -> None:
+    """``rtml.defs.automation.tags`` spells Dagster's partition tags once; Dagster defines them privately
+    only, so an upgrade that renames them fails here, not in the backfills and sensors that write them."""
+    from dagster._core.storage import tags as dagster_tags
+
+    assert (PARTITION_TAG, *RANGE_TAGS) == (
+        dagster_tags.PARTITION_NAME_TAG,
+        dagster_tags.ASSET_PARTITION_RANGE_START_TAG,
+        dagster_tags.ASSET_PARTITION_RANGE_END_TAG,
+    )
+    assert (
+        partitions_of(range_tags("2026-11-02-00:00", "2026-11-02-02:00"))
+        == "2026-11-02-00:00...2026-11-02-02:00"
+    )
+    assert partitions_of({PARTITION_TAG: "2026-11-02"}) == "2026-11-02"
+    assert partitions_of({}) is None

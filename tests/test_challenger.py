@@ -81,8 +81,8 @@ def world(
     scratch_database: Callable[[str], str], mlflow_tracking_uri: str, separate_dbt_target: Path
 ) -> World:
     from rtml.features.dbt import run_dbt
-    from rtml.features.sample_data import ensure_raw_tables
     from rtml.ingest.loader import load_labels
+    from rtml.ingest.tables import ensure_tables
 
     url = scratch_database("challenger")
     model = f"challenger-test-{uuid.uuid4().hex[:8]}"
@@ -107,7 +107,7 @@ def world(
         }
     )
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     known = truth[truth["is_fraud"].notna()]
     label_rows = [
         {

@@ -27,7 +27,7 @@ from rtml.defs.clock import world_now
 from rtml.defs.ingestion.assets import transactions_raw
 from rtml.defs.ingestion.partitions import transactions_partitions
 from rtml.defs.resources import PostgresResource
-from rtml.features.sample_data import ensure_raw_tables
+from rtml.ingest.tables import ensure_tables
 from tests.isolation import TEST_NOW
 
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)  # an hour of the session's world, 10 days before TEST_NOW
@@ -55,7 +55,7 @@ def test_an_hour_loads_and_is_watched_at_the_clock_passed_in(
 ) -> None:
     url = scratch_database("clock")
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     instance = dg.DagsterInstance.ephemeral()
     resources = {"postgres": PostgresResource(url=url)}
 

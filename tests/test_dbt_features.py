@@ -330,13 +330,13 @@ def test_rows_at_the_boundaries_pass_ingest_and_then_dbt(
     import pyarrow as pa
 
     from rtml.config import Settings
-    from rtml.features.sample_data import ensure_raw_tables
     from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.ingest.tables import ensure_tables
     from rtml.sources.schema import LABELS, TRANSACTIONS
 
     url = scratch_database("dbt_boundary")
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     settings = Settings(max_amount=999_999.99)  # the highest ceiling the settings allow
     amounts = {
         "b-0.004": 0.004,

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rtml.config import Settings, get_settings
-from rtml.sources.landing import (
+from rtml.ingest.landing import (
     LandingFileChanged,
     Receipt,
     UnsafeLandingName,

@@ -25,10 +25,10 @@ import redis
 
 from rtml.config import get_settings
 from rtml.definitions import defs
+from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.features.sensors import (
     LATE_ROWS_FILES_TAG,
     LATE_ROWS_STREAM_TAG,
-    RANGE_TAGS,
     LateRowsCursor,
     late_rows_job,
     late_rows_sensor,

@@ -42,8 +42,8 @@ def live_db(
     """The database, and the expected rows: one per (transaction, version) with its latest score and
     latest label (NaN when unlabelled)."""
     from rtml.features.dbt import run_dbt
-    from rtml.features.sample_data import ensure_raw_tables
     from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.ingest.tables import ensure_tables
     from rtml.sources.simulator import Simulator
 
     settings = Settings(
@@ -55,7 +55,7 @@ def live_db(
     )
     url = scratch_database("live")
     with psycopg.connect(url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     simulator = Simulator(settings)
     end = START + timedelta(days=DAYS)
     transactions = simulator.transactions(START, end)

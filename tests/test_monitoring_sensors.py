@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from rtml.config import get_settings
-from rtml.defs.monitoring.sensors import run_failure_metrics, run_success_metrics
+from rtml.defs.monitoring.sensors import pushgateway_run_failure, pushgateway_run_success
 from tests.monitoring_stack import Process, pushgateway, scrape
 
 
@@ -57,13 +57,16 @@ def test_failure_and_success_times_are_pushed(gateway: Process) -> None:
     with dg.instance_for_test() as instance:
         run, event = _outcome(bad_job, instance)
         context = dg.build_run_status_sensor_context(
-            sensor_name="run_failure_metrics", dagster_instance=instance, dagster_run=run, dagster_event=event
+            sensor_name="pushgateway_run_failure",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=event,
         ).for_run_failure()
-        run_failure_metrics(context)
+        pushgateway_run_failure(context)
         run, event = _outcome(good_job, instance)
-        run_success_metrics(
+        pushgateway_run_success(
             dg.build_run_status_sensor_context(
-                sensor_name="run_success_metrics",
+                sensor_name="pushgateway_run_success",
                 dagster_instance=instance,
                 dagster_run=run,
                 dagster_event=event,

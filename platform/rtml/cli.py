@@ -311,9 +311,6 @@ def simulate(
 
 
 # --- backfills ------------------------------------------------------------------------------------
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
-
-
 def backfill_partition_keys(start: datetime, end: datetime) -> tuple[list[str], list[str]]:
     """The hourly partition keys of [start, end) (naive = UTC): those that exist, and those that do not
     (before the first partition, or hours not complete yet)."""
@@ -343,6 +340,8 @@ def backfill(
     backfill: the hourly assets load a range in one pass, each hour replacing its own rows), executed by
     this command, its steps in this one process, and recorded in the stack's Dagster instance (the Runs
     page; each hour's partition status on the asset pages)."""
+    from rtml.defs.automation.tags import range_tags
+
     settings = get_settings()
     keys, outside = backfill_partition_keys(start, end)
     if not keys:
@@ -360,7 +359,7 @@ def backfill(
     env = dagster_processes.dagster_env(
         info.dagster_home, info.database_url, info.redis_url, settings.sim_start
     )
-    tags = {RANGE_TAGS[0]: keys[0], RANGE_TAGS[1]: keys[-1], "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
+    tags = {**range_tags(keys[0], keys[-1]), "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
     log = settings.home / "logs" / "backfill-runs.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     # In-process steps: the multiprocess executor would load the code location again for every step

@@ -33,9 +33,6 @@ class Feature:
     online: Literal["stored", "request"] = "stored"
     """``stored``: the online table holds it; ``request``: the scorer derives it from stored state."""
 
-    def python_type(self) -> type:
-        return {"int64": int, "float64": float, "bool": bool, "string": str}[self.dtype]
-
 
 @dataclass(frozen=True)
 class FeatureView:

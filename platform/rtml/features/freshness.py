@@ -12,21 +12,22 @@ from typing import Any
 
 import psycopg
 
-OFFLINE_COLUMNS = {"customer_features": "event_ts", "merchant_features": "feature_ts"}
-"""The view's table in the ``features`` schema and its event-time column."""
+from rtml.features.feature_registry import FeatureRegistry, get_registry
 
 
-def offline_newest(database_url: str) -> dict[str, datetime | None]:
-    """View → newest event time in its PostgreSQL table (None: empty or not built yet)."""
+def offline_newest(database_url: str, registry: FeatureRegistry | None = None) -> dict[str, datetime | None]:
+    """View → newest event time (its ``timestamp_field``) in its PostgreSQL table, the view's relation
+    in the registry (default: the dbt manifest's); None: empty or not built yet."""
+    registry = registry or get_registry()
     out: dict[str, datetime | None] = {}
     with psycopg.connect(database_url) as conn:
-        for view, column in OFFLINE_COLUMNS.items():
-            exists = conn.execute("select to_regclass(%s)", (f"features.{view}",)).fetchone()
+        for name, view in registry.views.items():
+            exists = conn.execute("select to_regclass(%s)", (view.relation,)).fetchone()
             if exists is None or exists[0] is None:
-                out[view] = None
+                out[name] = None
                 continue
-            row = conn.execute(f"select max({column}) from features.{view}").fetchone()
-            out[view] = None if row is None else _aware(row[0])
+            row = conn.execute(f"select max({view.timestamp_field}) from {view.relation}").fetchone()
+            out[name] = None if row is None else _aware(row[0])
     return out
 
 

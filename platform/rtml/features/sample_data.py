@@ -15,48 +15,10 @@ import pandas as pd
 import psycopg
 
 from rtml.config import Settings
-
-RAW_DDL = """
-create schema if not exists raw;
-create schema if not exists staging;
-create schema if not exists features;
-create schema if not exists monitoring;
-create table if not exists raw.transactions (
-    transaction_id text primary key,
-    event_ts timestamptz not null,
-    customer_id text not null,
-    merchant_id text not null,
-    merchant_category text not null,
-    amount numeric(12, 2) not null,
-    currency text not null,
-    channel text not null,
-    country text not null,
-    source text not null,
-    loaded_at timestamptz not null default now()
-);
-create table if not exists raw.labels (
-    transaction_id text,
-    is_fraud boolean not null,
-    label_ts timestamptz not null,
-    label_source text not null,
-    source text not null,
-    loaded_at timestamptz not null default now()
-);
-"""
+from rtml.ingest.tables import ensure_tables
 
 CATEGORIES = ["grocery", "fuel", "travel", "electronics", "restaurants", "fashion", "gaming", "cash"]
 CHANNELS = ["pos", "online", "atm"]
-
-
-def ensure_raw_tables(conn: psycopg.Connection) -> None:
-    """The raw tables: the ingestion module's DDL when available, else an equivalent one."""
-    try:
-        from rtml.ingest.tables import ensure_tables  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        conn.execute(RAW_DDL)
-    else:
-        ensure_tables(conn)
-    conn.commit()
 
 
 def make_transactions(
@@ -147,7 +109,7 @@ def load_sample(
 ) -> None:
     """Write the frames into the raw tables (emptied first with ``replace``)."""
     with psycopg.connect(database_url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
         if replace:
             conn.execute("truncate raw.transactions, raw.labels")
         copy_frame(conn, "raw.transactions", transactions)
@@ -212,7 +174,7 @@ def load_simulated(
     from rtml.sources.simulator import Simulator
 
     with psycopg.connect(database_url) as conn:
-        ensure_raw_tables(conn)
+        ensure_tables(conn)
     simulator = Simulator(settings)
     chunks = simulator.iter_transactions(start, end, hours_per_chunk=hours_per_chunk)
     now = now or max(end, labels_until)

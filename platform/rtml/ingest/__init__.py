@@ -1,2 +1,3 @@
 """Ingestion core: raw-table DDL (``tables``), vectorized row validation with quarantine
-(``validation``), and the idempotent per-source COPY loader (``loader``). No Dagster imports here."""
+(``validation``), the idempotent per-source COPY loader (``loader``) and the landing folder's files
+(``landing``). No Dagster imports here."""

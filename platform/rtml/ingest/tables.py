@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import psycopg
 
+from rtml import ddl
 from rtml.sources.schema import LABELS, TRANSACTIONS
 
 TRANSACTIONS_TABLE = "raw.transactions"
@@ -41,9 +42,6 @@ TRANSACTIONS_QUARANTINE_TABLE = "raw.transactions_quarantine"
 LABELS_TABLE = "raw.labels"
 LABELS_QUARANTINE_TABLE = "raw.labels_quarantine"
 LOADS_TABLE = "raw.loads"
-
-# Columns of the quarantine tables after the record's own columns (all text).
-QUARANTINE_EXTRA_COLUMNS = ("source_row", "rule", "error", "raw_record", "source")
 
 _QUARANTINE_TAIL = """
     source_row bigint,
@@ -110,12 +108,7 @@ CREATE TABLE IF NOT EXISTS {LOADS_TABLE} (
 CREATE INDEX IF NOT EXISTS loads_loaded_at_idx ON {LOADS_TABLE} (loaded_at);
 """
 
-# Serializes concurrent DDL runs (CREATE ... IF NOT EXISTS is not race-free on its own).
-_DDL_LOCK_KEY = 0x72746D6C  # "rtml"
-
 
 def ensure_tables(conn: psycopg.Connection) -> None:
     """Create the raw schema, tables and indexes if missing. Idempotent; commits its own transaction."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK_KEY,))
-        conn.execute(DDL)  # several statements: allowed without parameters
+    ddl.create_if_missing(conn, DDL, lock="rtml.raw")

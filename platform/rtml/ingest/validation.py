@@ -37,7 +37,7 @@ missing offset means UTC; booleans as true/false, t/f, 1/0, yes/no (any case).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -70,14 +70,11 @@ _FALSE = ["false", "f", "0", "no", "n"]
 
 @dataclass(frozen=True)
 class Validated:
-    """Unpacks as ``good, quarantined``."""
+    """One batch, validated: the rows that passed and the rows quarantined."""
 
     good: pa.Table  # in the record schema (TRANSACTIONS or LABELS)
     quarantined: pa.Table  # original values as strings + source_row, rule, error, raw_record
     good_rows: np.ndarray  # position of each good row in the input batch (to find its original values)
-
-    def __iter__(self) -> Iterator[pa.Table]:
-        return iter((self.good, self.quarantined))
 
 
 @dataclass

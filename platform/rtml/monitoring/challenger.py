@@ -45,6 +45,7 @@ import psycopg
 from psycopg.rows import dict_row
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from rtml import ddl
 from rtml.monitoring.metrics import Sample
 from rtml.monitoring.predictions import TABLE as PREDICTIONS
 from rtml.monitoring.predictions import ensure_table as ensure_prediction_tables
@@ -351,9 +352,7 @@ def run(
 
 # --- the record ----------------------------------------------------------------------------------------
 def ensure_table(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.challenger_comparisons'))")
-        conn.execute(DDL)
+    ddl.ensure(database_url, DDL, lock=f"rtml.{TABLE}")
 
 
 def store(database_url: str, comparison: Comparison) -> None:

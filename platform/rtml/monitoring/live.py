@@ -25,6 +25,7 @@ import pandas as pd
 import psycopg
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from rtml import ddl
 from rtml.monitoring.metrics import Sample
 from rtml.monitoring.predictions import TABLE as PREDICTIONS
 from rtml.training.dataset import as_utc
@@ -168,9 +169,7 @@ def evaluate(frame: pd.DataFrame, day: date, model_version: str, *, complete: bo
 
 
 def ensure_table(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.live_model_performance'))")
-        conn.execute(DDL)
+    ddl.ensure(database_url, DDL, lock=f"rtml.{TABLE}")
 
 
 def store(database_url: str, performance: LivePerformance) -> int:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.types.json import Jsonb
 
+from rtml import ddl
 from rtml.config import Settings
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,7 @@ class Notification:
 
 def ensure_table(database_url: str) -> None:
     """Create ``monitoring.notifications`` (idempotent; concurrent callers are serialised)."""
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.notifications'))")
-        conn.execute(DDL)
+    ddl.ensure(database_url, DDL, lock=f"rtml.{TABLE}")
 
 
 def notify(

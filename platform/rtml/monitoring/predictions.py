@@ -45,6 +45,7 @@ from typing import Any
 
 import psycopg
 
+from rtml import ddl
 from rtml.monitoring.prediction_spill import Spill
 
 log = logging.getLogger(__name__)
@@ -243,17 +244,8 @@ def ensure_table(database_url: str) -> None:
 
 
 def create_table(conn: psycopg.Connection) -> None:
-    """Create the prediction log's tables unless all exist: a role that may only write them (the scorer's,
-    ``rtml.stack.roles``) may not run DDL, not even ``create ... if not exists``."""
-    with conn.transaction():  # also the check: a connection outside autocommit is left with none open
-        found = conn.execute(
-            "select count(to_regclass(t)) from unnest(%s::text[]) as t", ([t.name for t in TABLES.values()],)
-        ).fetchone()
-        if found and found[0] == len(TABLES):
-            return
-        # concurrent workers may race on `create ... if not exists`: serialise them
-        conn.execute("select pg_advisory_xact_lock(hashtext('rtml.monitoring.predictions'))")
-        conn.execute(DDL)
+    """Create the prediction log's tables unless all exist (the scorer's role may not run DDL)."""
+    ddl.create_if_missing(conn, DDL, lock=f"rtml.{TABLE}", tables=[t.name for t in TABLES.values()])
 
 
 def write_rows(conn: psycopg.Connection, rows: Sequence[LogRow]) -> None:

@@ -32,7 +32,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND_US = 1_000_000
 HOUR_US = 3600 * _SECOND_US
 DAY_US = 24 * HOUR_US
-MAX_LABEL_DELAY = timedelta(days=30)
 _MAX_LABEL_DELAY_US = 30 * DAY_US
 _ID_SEQ = 10_000_000  # transaction_id = "t" + 14 digits: hour index * 10^7 + sequence within the hour
 # Rows a scenario adds (new_fraud_pattern) number from here, so that no other row's id moves.

@@ -32,7 +32,6 @@ from rtml.training.dataset import Split
 from rtml.training.loading import ModelRefused, load_pipeline
 from rtml.training.train import score
 
-MODEL_NAME = "fraud-detector"
 STAGING = "staging"
 PRODUCTION = "production"
 LOWER_IS_BETTER = frozenset({"brier"})
@@ -71,7 +70,7 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def version_with_alias(client: MlflowClient, alias: str, name: str = MODEL_NAME) -> ModelVersion | None:
+def version_with_alias(client: MlflowClient, alias: str, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -80,10 +79,17 @@ def version_with_alias(client: MlflowClient, alias: str, name: str = MODEL_NAME)
         raise
 
 
+def production_version(
+    tracking_uri: str, name: str, alias: str = PRODUCTION
+) -> tuple[str, dict[str, str]] | None:
+    """(version, tags) of the version holding ``alias``; None without one. One cheap registry call (the
+    scorer's poller makes it every few seconds)."""
+    version = version_with_alias(client_for(tracking_uri), alias, name)
+    return None if version is None else (str(version.version), dict(version.tags))
+
+
 # --- the evaluation gate ---------------------------------------------------------------------------
-def gate(
-    client: MlflowClient, version: str, holdout: Split, settings: Settings, name: str = MODEL_NAME
-) -> GateDecision:
+def gate(client: MlflowClient, version: str, holdout: Split, settings: Settings, name: str) -> GateDecision:
     """Compare ``version`` with production on ``holdout``; stage it or tag it rejected."""
     for metric in (settings.gate_metric, *settings.gate_guarded_metrics):
         if metric not in GATE_METRICS:
@@ -166,7 +172,7 @@ def promote(
     version: str,
     approver: str,
     reason: str,
-    name: str = MODEL_NAME,
+    name: str,
     *,
     allow_rejected: bool = False,
 ) -> ModelVersion:
@@ -208,7 +214,7 @@ def promote(
     return client.get_model_version(name, str(version))
 
 
-def rollback(client: MlflowClient, approver: str, reason: str, name: str = MODEL_NAME) -> ModelVersion:
+def rollback(client: MlflowClient, approver: str, reason: str, name: str) -> ModelVersion:
     """Move ``production`` back to the version that held it before the current one."""
     current = version_with_alias(client, PRODUCTION, name)
     if current is None:
@@ -269,7 +275,7 @@ def check_gated(tags: dict[str, str], label: str) -> None:
 
 
 # --- listing ---------------------------------------------------------------------------------------
-def versions(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionInfo]:
+def versions(client: MlflowClient, name: str) -> list[VersionInfo]:
     """All versions, newest first, with aliases, status and the run's test metrics."""
     found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
     out = []

@@ -28,7 +28,7 @@ from rtml.training import evaluate
 from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec
 from rtml.training.lineage import Lineage, feature_definitions, git_state
 from rtml.training.model import TRUSTED_TYPES, model_params
-from rtml.training.model_registry import MODEL_NAME, client_for
+from rtml.training.model_registry import client_for
 from rtml.training.snapshot import Snapshot, export_snapshot, read_snapshot
 from rtml.training.train import FittedModel, fit
 
@@ -59,7 +59,7 @@ def train_and_register(
     end: datetime | None = None,
     params: dict[str, Any] | None = None,
     exclude_features: tuple[str, ...] = (),
-    model_name: str = MODEL_NAME,
+    model_name: str,
 ) -> TrainingResult:
     registry = load_registry()
     spec = feature_spec(registry)
@@ -111,7 +111,7 @@ def configure(tracking_uri: str, experiment: str = EXPERIMENT) -> str:
 
 
 def log_and_register(
-    fitted: FittedModel, lineage: Lineage, snapshot: Snapshot, tracking_uri: str, model_name: str = MODEL_NAME
+    fitted: FittedModel, lineage: Lineage, snapshot: Snapshot, tracking_uri: str, model_name: str
 ) -> TrainingResult:
     data, pipeline = fitted.data, fitted.pipeline
     experiment_id = configure(tracking_uri)

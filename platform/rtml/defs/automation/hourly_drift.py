@@ -14,7 +14,7 @@ from __future__ import annotations
 import dagster as dg
 
 from rtml.defs.automation.jobs import hourly_refresh_job
-from rtml.defs.automation.tags import TRIGGER_TAG
+from rtml.defs.automation.tags import TRIGGER_TAG, partitions_of
 
 hourly_drift_job = dg.define_asset_job(
     "hourly_drift_job",
@@ -27,11 +27,7 @@ hourly_drift_job = dg.define_asset_job(
 
 def refreshed_hours(run: dg.DagsterRun) -> str:
     """The hour (or range of hours) a refresh run built, as its tags say."""
-    single = run.tags.get("dagster/partition")
-    if single:
-        return single
-    ends = [run.tags.get(f"dagster/asset_partition_range_{end}") for end in ("start", "end")]
-    return "...".join(filter(None, ends)) or "no partition"
+    return partitions_of(run.tags) or "no partition"
 
 
 @dg.run_status_sensor(

@@ -28,12 +28,12 @@ import dagster as dg
 from rtml.config import get_settings
 from rtml.defs.automation.jobs import HOURLY_FEATURES, HOURLY_LATEST, HOURLY_RAW, hourly_refresh_job
 from rtml.defs.automation.sensors import ACTIVE, TRIGGER_TAG
+from rtml.defs.automation.tags import range_tags
 from rtml.defs.clock import world_now
 from rtml.defs.ingestion.partitions import transactions_partitions
 
 SENSOR_NAME = "incomplete_partitions_sensor"
 SENSOR_TAG = "dagster/sensor_name"  # Dagster tags every run a sensor requests with the sensor's name
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 @dg.sensor(
@@ -88,7 +88,7 @@ def incomplete_partitions_request(
     log.info(f"incomplete hours: {', '.join(incomplete)}; rebuilding {first} ... {last}")
     return dg.RunRequest(
         run_key=f"{first}...{last}:transactions_raw:{newest}",
-        tags={RANGE_TAGS[0]: first, RANGE_TAGS[1]: last, TRIGGER_TAG: f"incomplete partition {first}"},
+        tags={**range_tags(first, last), TRIGGER_TAG: f"incomplete partition {first}"},
     )
 
 

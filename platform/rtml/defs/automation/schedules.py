@@ -21,37 +21,44 @@ hourly_refresh_schedule = dg.build_schedule_from_partitioned_job(
     tags={TRIGGER_TAG: "hourly_refresh_schedule"},
 )
 
+
+def _daily(
+    name: str, job: dg.UnresolvedAssetJobDefinition, cron_schedule: str, description: str
+) -> dg.ScheduleDefinition:
+    """A daily job's schedule (a cron in UTC), RUNNING from the start, its runs tagged with its name."""
+    return dg.ScheduleDefinition(
+        name=name,
+        job=job,
+        cron_schedule=cron_schedule,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        tags={TRIGGER_TAG: name},
+        description=description,
+    )
+
+
 # Daily, after the day's labels (labels_job at 00:15): the newest labels make the newest training set.
-daily_retraining_schedule = dg.ScheduleDefinition(
-    name="daily_retraining_schedule",
-    job=retraining_job,
+daily_retraining_schedule = _daily(
+    "daily_retraining_schedule",
+    retraining_job,
     cron_schedule=get_settings().retraining_cron,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    tags={TRIGGER_TAG: "daily_retraining_schedule"},
     description="Retrain daily on the newest labels (cron: RTML_RETRAINING_CRON).",
 )
 
 # Half a day away from the nightly retraining: a drift found here retrains at once (drift sensor) instead
 # of waiting for the night.
-daily_drift_schedule = dg.ScheduleDefinition(
-    name="daily_drift_schedule",
-    job=drift_job,
+daily_drift_schedule = _daily(
+    "daily_drift_schedule",
+    drift_job,
     cron_schedule=get_settings().drift_report_cron,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    tags={TRIGGER_TAG: "daily_drift_schedule"},
     description="The drift report and its check, daily (cron: RTML_DRIFT_REPORT_CRON).",
 )
 
 # Daily, after the day's labels (labels_job at 00:15) and the drift report: one more day of labelled
 # shadow scores for the staged version's verdict.
-daily_challenger_schedule = dg.ScheduleDefinition(
-    name="daily_challenger_schedule",
-    job=challenger_job,
+daily_challenger_schedule = _daily(
+    "daily_challenger_schedule",
+    challenger_job,
     cron_schedule=get_settings().challenger_cron,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    tags={TRIGGER_TAG: "daily_challenger_schedule"},
     description="The staged version against production on live requests, daily (cron: RTML_CHALLENGER_CRON).",
 )

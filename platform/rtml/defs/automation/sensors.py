@@ -16,7 +16,8 @@ a request's ``run_key`` is that id, so even a lost cursor cannot launch it twice
 
 Run reactions:
 
-* ``run_failure_notifier``: any failed run → a notification with job, run id and error;
+* ``run_failure_notifier``: any failed run → a notification with job, run id and error (its failure time
+  goes to Prometheus through ``pushgateway_run_failure``, ``defs/monitoring``);
 * ``retraining_notifier``: a successful ``retraining_job`` / ``training_job`` run → a notification with
   the evaluation gate's comparison ("v7: PR AUC 0.81 vs production v6 0.74; staged; ...") and the latest
   live challenger comparison (or that there are too few labelled requests for one);
@@ -39,6 +40,7 @@ from rtml.config import get_settings, redact
 from rtml.defs.automation.checks import DATA_FRESHNESS, MODEL_FRESHNESS
 from rtml.defs.automation.jobs import bento_job, retraining_job
 from rtml.defs.automation.tags import TRIGGER_TAG as TRIGGER_TAG  # re-exported: other domains import it here
+from rtml.defs.automation.tags import partitions_of
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
@@ -241,9 +243,6 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: Postgres
         if error is not None:
             errors.append(f"{event.step_key}: {error.message.strip()}")
     message = "\n".join(errors) or (context.failure_event.message or "the run failed")
-    partition = run.tags.get("dagster/partition") or "...".join(
-        filter(None, (run.tags.get(f"dagster/asset_partition_range_{end}") for end in ("start", "end")))
-    )
     notify(
         "run_failure",
         f"Run of {run.job_name} failed",
@@ -252,7 +251,7 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: Postgres
             "job": run.job_name,
             "run_id": run.run_id,
             "error": message[:1500],
-            "partition": partition or "none",
+            "partition": partitions_of(run.tags) or "none",
             "trigger": run.tags.get(TRIGGER_TAG) or _launched_by(run.tags),
         },
         get_settings(),

@@ -16,6 +16,7 @@ import dagster as dg
 
 from rtml.config import get_settings
 from rtml.defs.automation.sensors import TRIGGER_TAG
+from rtml.defs.automation.tags import range_tags
 from rtml.defs.features.assets import dbt_incremental_features
 from rtml.defs.ingestion.assets import EVENT_TS_MAX, EVENT_TS_MIN
 from rtml.defs.resources import PostgresResource
@@ -28,7 +29,6 @@ from rtml.features.late_rows import (
 )
 
 LANDING = dg.AssetKey("transactions_landing")
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 LATE_ROWS_FILES_TAG = "rtml/late_rows_files"
 LATE_ROWS_STREAM_TAG = "rtml/late_rows_stream"
 
@@ -143,7 +143,7 @@ def late_rows_sensor(
         )
     first, last = window.partition_keys()
     files = sorted({name for name, _ in late})
-    tags = {RANGE_TAGS[0]: first, RANGE_TAGS[1]: last, TRIGGER_TAG: "late_rows_sensor"}
+    tags = {**range_tags(first, last), TRIGGER_TAG: "late_rows_sensor"}
     what = []
     if files:
         tags[LATE_ROWS_FILES_TAG] = ", ".join(files)[:1000]

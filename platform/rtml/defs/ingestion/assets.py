@@ -19,9 +19,9 @@ from rtml.defs.ingestion.partitions import (
 from rtml.defs.ingestion.sensors import LANDING_SHA256_TAG
 from rtml.defs.resources import PostgresResource
 from rtml.features.late_rows import loaded_event_range
+from rtml.ingest.landing import LandingFileChanged, UnsafeLandingName, ingest_landing_file
 from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, load_transactions
 from rtml.monitoring import metrics
-from rtml.sources.landing import LandingFileChanged, UnsafeLandingName, ingest_landing_file
 from rtml.sources.simulator import Simulator
 from rtml.streaming.lander import landed_between
 

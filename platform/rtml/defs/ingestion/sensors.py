@@ -10,8 +10,8 @@ import dagster as dg
 from rtml.config import get_settings
 from rtml.defs.automation.tags import TRIGGER_TAG
 from rtml.defs.ingestion.partitions import landing_file_partitions
+from rtml.ingest.landing import list_landing_files, ready_files
 from rtml.monitoring import metrics
-from rtml.sources.landing import list_landing_files, ready_files
 
 landing_job = dg.define_asset_job(
     "landing_ingestion_job", selection=["transactions_landing"], partitions_def=landing_file_partitions
@@ -30,7 +30,7 @@ _ACTIVE = [
 
 @dg.sensor(job=landing_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """One run per drop of a file into the landing folder (``rtml.sources.landing`` has the conventions).
+    """One run per drop of a file into the landing folder (``rtml.ingest.landing`` has the conventions).
 
     - **Complete files only**: a file is requested once it has not been modified for
       ``landing_settle_seconds`` (default 5 s; a writer keeps changing the modification time). A producer

@@ -1,7 +1,8 @@
 """Run outcomes as metrics: every finished run of a job pushes when it failed or succeeded
 (``rtml_pipeline_run_failure_timestamp_seconds`` / ``..._success_...``, label ``dagster_job``), so Prometheus
 alerts when the latest run of an ingestion or training job failed (``monitoring/prometheus/rules``).
-Both sensors run in the Dagster daemon (``dagster dev`` / ``rtml demo``)."""
+Both sensors run in the Dagster daemon (``dagster dev`` / ``rtml demo``). They feed Prometheus only: the
+notification of a failed run (job, run id, errors) is ``run_failure_notifier``'s (``defs/automation``)."""
 
 import dagster as dg
 
@@ -20,17 +21,17 @@ def _push_outcome(context: dg.RunStatusSensorContext, metric: str) -> None:
     metrics.publish(f"run_{outcome}_{run.job_name}", [sample], get_settings().pushgateway_url)
 
 
-@dg.run_failure_sensor(name="run_failure_metrics", default_status=dg.DefaultSensorStatus.RUNNING)
-def run_failure_metrics(context: dg.RunFailureSensorContext) -> None:
+@dg.run_failure_sensor(name="pushgateway_run_failure", default_status=dg.DefaultSensorStatus.RUNNING)
+def pushgateway_run_failure(context: dg.RunFailureSensorContext) -> None:
     """Pushes the failure time of every failed run."""
     _push_outcome(context, "rtml_pipeline_run_failure_timestamp_seconds")
 
 
 @dg.run_status_sensor(
-    name="run_success_metrics",
+    name="pushgateway_run_success",
     run_status=dg.DagsterRunStatus.SUCCESS,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def run_success_metrics(context: dg.RunStatusSensorContext) -> None:
+def pushgateway_run_success(context: dg.RunStatusSensorContext) -> None:
     """Pushes the success time of every successful run."""
     _push_outcome(context, "rtml_pipeline_run_success_timestamp_seconds")

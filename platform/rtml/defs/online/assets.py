@@ -67,7 +67,10 @@ def online_features(
                 allow_retries=False,
             ) from error
         speed = store.push_speed_snapshot(postgres.database_url())
-        newest = {"online": online_newest(store), "offline": offline_newest(postgres.database_url())}
+        newest = {
+            "online": online_newest(store),
+            "offline": offline_newest(postgres.database_url(), store.registry),
+        }
     finally:
         store.close()
     samples = metrics.run_samples("online_features", result.seconds)
