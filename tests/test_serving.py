@@ -1,4 +1,4 @@
-"""The scoring service (``serving/service.py``) as a real ``bentoml serve`` process over HTTP, with a
+"""The scoring service (``rtml.serving.service``) as a real ``bentoml serve`` process over HTTP, with a
 real Redis of the module's own (a Valkey it stops and restarts), the session's MLflow registry and
 PostgreSQL:
 
@@ -54,6 +54,7 @@ from rtml.features.online import OnlineStore
 from rtml.monitoring import metrics
 from rtml.stack import redis as redis_service
 from rtml.stack.processes import free_port, pid_alive, stop_pid, stop_tree
+from rtml.stack.scorer_process import BENTOFILE, SERVICE, SOURCE_ROOT
 from rtml.streaming.events import TransactionEvent
 from rtml.training import model_registry
 from rtml.training.dataset import Split, feature_spec, prepare
@@ -63,7 +64,6 @@ from rtml.training.train import score as model_score
 from tests.model_versions import UNSAFE_TRUSTED_TYPES, gated, log_version, promote, with_os_system
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVING = ROOT / "serving"
 BIN = Path(sys.executable).parent
 MODEL = "fraud-detector-serving-test"
 SOCKET_TIMEOUT_MS = 1000
@@ -226,15 +226,16 @@ def _env(**overrides: str | None) -> dict[str, str]:
 
 
 def start_server(
-    name: str, target: str, env: dict[str, str], log_dir: Path, cwd: Path = SERVING, probe: str = "/readyz"
+    name: str, target: str, env: dict[str, str], log_dir: Path, probe: str = "/readyz"
 ) -> Server:
-    """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet)."""
+    """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet); it runs in
+    ``log_dir``, so nothing of the repository is on its ``sys.path`` but the installed ``rtml``."""
     port = free_port()
     log = log_dir / f"{name}.log"
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=cwd,
+            cwd=log_dir,
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -310,7 +311,7 @@ def servers(
                 bentoml_home=tmp_path_factory.mktemp(f"bentoml-home-{name}"),
                 fail_open=fail_open,
             )
-            started[name] = start_server(f"scorer-{name}", "service:FraudScorer", env, logs)
+            started[name] = start_server(f"scorer-{name}", SERVICE, env, logs)
         yield started
     finally:
         for server in started.values():
@@ -472,9 +473,7 @@ def test_a_scorer_on_a_redis_cluster_scores_with_the_offline_features(
     )
     stream_key = f"{prefix}:transactions"
     env.update(RTML_REDIS_URL=redis_cluster_url, RTML_REDIS_CLUSTER="true", RTML_STREAM_KEY=stream_key)
-    server = start_server(
-        "scorer-cluster", "service:FraudScorer", env, tmp_path_factory.mktemp("cluster-logs")
-    )
+    server = start_server("scorer-cluster", SERVICE, env, tmp_path_factory.mktemp("cluster-logs"))
     try:
         pairs = sample_pairs(latest_db, 8)
         requests = [
@@ -1099,8 +1098,8 @@ def test_unsafe_or_unapproved_versions_are_refused(
         if reason == "format":  # the bento path refuses it too, and keeps nothing
             home = tmp_path / "bentoml-home"
             packaged = subprocess.run(
-                [sys.executable, "package.py"],
-                cwd=SERVING,
+                [sys.executable, "-m", "rtml.serving.package"],
+                cwd=tmp_path,
                 env=_env(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", RTML_MODEL_NAME=MODEL),
                 capture_output=True,
                 text=True,
@@ -1350,14 +1349,19 @@ def test_bento_contains_production_model_and_serves_without_registry(
         DBT_TARGET_PATH=str(dbt_target),
     )
     packaged = subprocess.run(
-        [sys.executable, "package.py"], cwd=SERVING, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "rtml.serving.package"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     assert packaged.stdout.strip() == f"{MODEL}:v{production.version}"
     env["RTML_SERVING_BENTO_MODEL"] = packaged.stdout.strip()
     built = subprocess.run(
-        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", ".", "--output", "tag"],
-        cwd=SERVING,
+        [str(BIN / "bentoml"), "build", "-f", str(BENTOFILE), str(SOURCE_ROOT), "--output", "tag"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -1386,7 +1390,7 @@ def test_bento_contains_production_model_and_serves_without_registry(
         RTML_MLFLOW_TRACKING_URI="",
         MLFLOW_TRACKING_URI=None,  # no registry: the packaged model only
     )
-    server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path, cwd=tmp_path)
+    server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path)
     try:
         meta = httpx.get(f"{server.url}/metadata").json()["model"]
         assert meta["version"] == production.version and meta["source"].startswith(f"bento:{MODEL}:v")
