@@ -14,12 +14,12 @@ bounded (413, 429, 503 with ``Retry-After``); a request whose client left is not
 The model is the MLflow version holding the ``production`` alias (``RTML_SERVING_MODEL_ALIAS``) of
 ``RTML_MODEL_NAME``. Inside a bento it starts from the packaged copy (``package.py``); with
 ``RTML_MLFLOW_TRACKING_URI`` set, a thread polls the registry every ``RTML_SERVING_MODEL_POLL_SECONDS``
-and swaps a new production version in (loaded and warmed first, then one reference assignment: no
-request is dropped or scored by half a model). A version that is not approved or does not load safely
-(``scoring.load_version``) is refused: the service keeps serving the version it has, logs the reason,
-counts it (``rtml_scoring_model_refused_total``) and shows it in ``/metadata`` until ``production``
-moves again. The served version and its scoring path (compiled or sklearn) are in the
-``X-Model-Version`` response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
+and swaps a new production version in (``lifecycle.ModelSlot``: loaded and warmed first, then one
+reference assignment: no request is dropped or scored by half a model). A version that is not approved
+or does not load safely (``scoring.load_version``) is refused: the service keeps serving the version it
+has, logs the reason, counts it (``rtml_scoring_model_refused_total``) and shows it in ``/metadata``
+until ``production`` moves again. The served version and its scoring path (compiled or sklearn) are in
+the ``X-Model-Version`` response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
 
 Shadow scoring (``shadow.py``): the version holding ``staging`` (``RTML_SERVING_SHADOW_ALIAS``) is loaded
 beside production and scores every request on a thread of its own after the answer went out; its scores
