@@ -105,7 +105,7 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     import psycopg
 
     from rtml.features.feature_registry import load_registry
-    from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
+    from rtml.monitoring.predictions import ensure_table, prediction_row, write_rows
     from rtml.training import model_registry
     from rtml.training.dataset import feature_spec
     from rtml.training.loading import load_pipeline
@@ -134,26 +134,20 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     tags = model_registry.client_for(tracking_uri).get_model_version(model_name, version).tags
     review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
     scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)
-    records: list[dict[Any, Any]] = frame.to_dict("records")
+    # the requests as the service receives them (its field names), scored
+    requests = frame.assign(amount=frame["amount"].astype(float)).rename(columns={"event_ts": "timestamp"})
+    records: list[dict[Any, Any]] = requests.to_dict("records")
     rows = [
-        PredictionRow(
+        prediction_row(
+            request,
             request_id=uuid.uuid4().hex,
-            transaction_id=row["transaction_id"],
-            customer_id=row["customer_id"],
-            merchant_id=row["merchant_id"],
-            amount=float(row["amount"]),
-            currency=row["currency"],
-            channel=row["channel"],
-            merchant_category=row["merchant_category"],
-            country=row["country"],
-            event_ts=row["event_ts"],
             model_version=version,
             probability=float(p),
             decision="decline" if p >= decline else "review" if p >= review else "approve",
-            scored_at=row["event_ts"] + timedelta(milliseconds=20),
+            scored_at=request["timestamp"] + timedelta(milliseconds=20),
             latency_ms=2.0,
         )
-        for row, p in zip(records, scores, strict=True)
+        for request, p in zip(records, scores, strict=True)
     ]
     ensure_table(url)
     with psycopg.connect(url) as conn:

@@ -1,7 +1,7 @@
 """A do-nothing BentoML service: the framework's floor for ``benchmarks/serving.py`` and ``soak.py``.
 
-Same request shape as ``serving/service.py``'s ``POST /score`` (``{"transaction": {...}}`` validated by
-the same pydantic model, ``serving/schemas.py``), same worker count (``RTML_SERVING_WORKERS``), same
+Same request shape as ``rtml.serving.service``'s ``POST /score`` (``{"transaction": {...}}`` validated by
+the same pydantic model, ``rtml.serving.schemas``), same worker count (``RTML_SERVING_WORKERS``), same
 traffic timeout; the answer is a constant ``Score``. What the real service costs on top of this is
 its own work (Redis lookup, request features, model, prediction log, metrics).
 
@@ -10,23 +10,19 @@ its own work (Redis lookup, request features, model, prediction log, metrics).
 ``RTML_BENCH_TRACEMALLOC=1`` starts ``tracemalloc`` in the worker and adds ``GET /debug/memory``
 (top allocation sites, gc object counts by type, gc pause statistics): used by the memory
 investigation (``docs/serving-memory.md``). ``RTML_BENTOML_MEMORY_FIX`` = ``both`` (default: the
-configuration and the patch of ``serving/runtime.py``, as the real service), ``config``, ``patch`` or
-``none`` (reproduces the growth).
+configuration and the patch of ``rtml.serving.bentoml_adapter``, as the real service), ``config``,
+``patch`` or ``none`` (reproduces the growth).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import bentoml
 
-# serving/ on the path, as for the real service (`bentoml serve service:FraudScorer` from serving/)
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))
-from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
-from schemas import Score, Transaction
+from rtml.serving.bentoml_adapter import SERVICE_CONFIG, apply_bentoml_memory_fix
+from rtml.serving.schemas import Score, Transaction
 
 # which part of the memory fix to apply: both (default, like the real service), config, patch, none
 MEMORY_FIX = os.environ.get("RTML_BENTOML_MEMORY_FIX", "both")

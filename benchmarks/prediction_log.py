@@ -10,7 +10,7 @@ nothing is lost. ``benchmarks/faults.py`` can call it against its own stack.
 
 Run alone, it builds everything it needs in a temporary folder — a PostgreSQL of its own (embedded, the
 one it stops and starts), a Valkey, an MLflow registry in SQLite with a small approved model — and
-serves ``service:FraudScorer``::
+serves ``rtml.serving.service:FraudScorer``::
 
     .venv/bin/python benchmarks/prediction_log.py                  # 200 requests/s, 60 s outage
     .venv/bin/python benchmarks/prediction_log.py --rate 200 --outage 60 --before 10 --after 20
@@ -40,6 +40,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Service, drive, load_average, score_body
+from rtml.stack.scorer_process import SERVICE
 
 COUNTS = ("written", "spilled", "drained", "dropped")
 
@@ -193,7 +194,7 @@ def main() -> None:
                 "BENTOML_HOME": str(work / "bentoml"),
                 "BENTOML_DO_NOT_TRACK": "true",
             }
-            with Service("service:FraudScorer", ROOT / "serving", env, log_dir / "service.log") as scorer:
+            with Service(SERVICE, ROOT, env, log_dir / "service.log") as scorer:
                 warm = drive(scorer.url, 0, 2, concurrency=4)
                 if warm.errors:
                     raise SystemExit(f"warm-up failed: {warm.statuses}; log: {log_dir / 'service.log'}")

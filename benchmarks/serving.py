@@ -16,7 +16,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/serving.py                         # floor only
     RTML_REDIS_URL=... RTML_MLFLOW_TRACKING_URI=... RTML_MODEL_NAME=... RTML_ONLINE_KEY_PREFIX=... \\
-      .venv/bin/python benchmarks/serving.py --service service:FraudScorer --service-cwd serving \\
+      .venv/bin/python benchmarks/serving.py --service rtml.serving.service:FraudScorer \\
       --transaction '{"customer_id": "<in Redis>", "merchant_id": "<in Redis>"}'
 
 The real service takes its settings from the environment (``RTML_*``, as ``bentoml serve`` would);
@@ -52,13 +52,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Result, Service, drive, load_average, merge, score_body
+from rtml.stack.scorer_process import SERVICE
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--floor", default="benchmarks.floor_service:FloorScorer")
-    ap.add_argument("--service", default=None, help="e.g. service:FraudScorer (with --service-cwd serving)")
-    ap.add_argument("--service-cwd", default="serving")
+    ap.add_argument("--service", default=None, help="e.g. rtml.serving.service:FraudScorer")
     ap.add_argument("--transaction", default="{}", help="JSON object overriding fields of the body")
     ap.add_argument("--rates", default="100,300")
     ap.add_argument("--seconds", type=float, default=30, help="per rate and target, over all rounds")
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
     if args.shadow or args.world:
-        args.service = args.service or "service:FraudScorer"
+        args.service = args.service or SERVICE
     with contextlib.ExitStack() as stack:
         if args.world:
             from _world import scoring_world
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
                 )
                 services[name] = Service(
                     args.service,
-                    ROOT / args.service_cwd,
+                    ROOT,
                     {**env, **overrides, **home},
                     log_dir / f"{name}.log",
                 )

@@ -20,7 +20,7 @@ first second's requests over 2 s (issue 14).
 Run alone (a world with the ``*_latest`` tables and a ``production`` model version, as for
 ``benchmarks/serving.py``): it starts a Valkey of its own — it stops a server, so never the machine's
 or the platform's — pushes the online store into it from ``RTML_DATABASE_URL``, serves
-``service:FraudScorer`` on it, warms up, measures, and ends with one JSON line::
+``rtml.serving.service:FraudScorer`` on it, warms up, measures, and ends with one JSON line::
 
     RTML_DATABASE_URL=... RTML_MLFLOW_TRACKING_URI=... RTML_MODEL_NAME=... \\
       .venv/bin/python benchmarks/serving_faults.py [--rate 100 --hang-seconds 10] [--fail-closed]
@@ -43,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Service, drive, load_average, score_body
+from rtml.stack.scorer_process import SERVICE
 
 
 def _get_json(url: str, body: bytes | None = None) -> tuple[int, Any]:
@@ -152,9 +153,7 @@ def main() -> None:
                     "BENTOML_HOME": str(Path(scratch) / f"bentoml-{fail_open}"),
                 }
                 name = "open" if fail_open else "closed"
-                service = Service(
-                    "service:FraudScorer", ROOT / "serving", env, log_dir / f"scorer-{name}.log"
-                )
+                service = Service(SERVICE, ROOT, env, log_dir / f"scorer-{name}.log")
                 with service:
                     warm = drive(service.url, args.rate, args.warmup_seconds, body=body)
                     if warm.errors:

@@ -2,14 +2,14 @@
 worker memory flat (RSS growth < 50 MiB after the warm-up).
 
 The harness starts ``bentoml serve <target>`` itself (default: the floor service; the real one with
-``--target service:FraudScorer --cwd serving`` and its ``RTML_*`` settings in the environment), warms
+``--target rtml.serving.service:FraudScorer`` and its ``RTML_*`` settings in the environment), warms
 up (``--warmup-seconds`` at the soak rate, not counted), then drives it open loop (``_load.py``) in
 ``--interval``-second slices, sampling the workers' RSS (psutil, summed over BentoML's worker
 processes) after each slice. Growth = last sample - first sample after the warm-up. Per slice:
 p50/p99/max latency (a growing garbage-collection pause shows up as a growing max).
 
-``RTML_BENTOML_MEMORY_FIX=none`` (floor only) serves without the fix of ``serving/runtime.py``, to see
-the retention it removes (``docs/serving-memory.md``). Ends with one JSON line.
+``RTML_BENTOML_MEMORY_FIX=none`` (floor only) serves without the fix of ``rtml/serving/bentoml_adapter.py``,
+to see the retention it removes (``docs/serving-memory.md``). Ends with one JSON line.
 
     .venv/bin/python benchmarks/soak.py [--minutes 10 --rate 200]
 """

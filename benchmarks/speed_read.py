@@ -12,8 +12,8 @@ server URL; ``--redis-url``); it builds everything it needs and removes it at th
 3. the online store and the speed layer's snapshot pushed under a key prefix of its own
    (``OnlineStore.push_from_postgres`` + ``push_speed_snapshot``, as the hourly ``online_features`` does),
    and a burst of five stream events of the scored customer applied after W (the worker's apply);
-4. two ``service:FraudScorer`` servers (one worker each, ``RTML_SPEED_LAYER_ENABLED`` true / false,
-   the stream publisher off for both), driven in turns (``--rounds``, order alternating, as
+4. two ``rtml.serving.service:FraudScorer`` servers (one worker each, ``RTML_SPEED_LAYER_ENABLED`` true /
+   false, the stream publisher off for both), driven in turns (``--rounds``, order alternating, as
    ``benchmarks/serving.py`` does: this machine's speed drifts within minutes) at ``--rate`` requests/s
    open loop; latencies pooled per server. The body is a transaction of that customer (``--customer``:
    the busiest, by default, or the median one) 10 minutes after W, so every read of the "on" server
@@ -49,6 +49,7 @@ from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database, load_simulated
 from rtml.stack import mlflow_server
 from rtml.stack.processes import free_port
+from rtml.stack.scorer_process import SERVICE
 from rtml.streaming.events import SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.snapshot import snapshot_watermark
 from rtml.training import model_registry
@@ -178,9 +179,7 @@ def measure(
                 # a home of its own: no packaged model, its own Prometheus multiprocess folder
                 "BENTOML_HOME": str(tmp / f"bentoml-{label}"),
             }
-            services[label] = stack.enter_context(
-                Service("service:FraudScorer", ROOT / "serving", env, log_dir / f"{label}.log")
-            )
+            services[label] = stack.enter_context(Service(SERVICE, ROOT, env, log_dir / f"{label}.log"))
             warm = drive(services[label].url, 0, 3, body=body, concurrency=8)
             if warm.errors:
                 raise SystemExit(f"{label}: {warm.errors} errors in warm-up: {warm.statuses}")

@@ -1,16 +1,13 @@
-"""``serving/batching.py``: the scorer's greedy micro-batcher, on a real asyncio loop (no BentoML)."""
+"""``rtml.serving.batching``: the scorer's greedy micro-batcher, on a real asyncio loop (no BentoML)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))
-from batching import MicroBatcher, QueueFull
+from rtml.serving.batching import MicroBatcher, QueueFull
 
 
 class Recorder:

@@ -29,7 +29,7 @@ from rtml.defs.monitoring.assets import ChallengerConfig, challenger_comparison
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import challenger
-from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
+from rtml.monitoring.predictions import ensure_table, prediction_row, write_rows
 from rtml.sources.schema import LABELS
 from rtml.stack.local import StackInfo
 
@@ -130,17 +130,17 @@ def world(
     production, shadow = [], []
     for i, row in enumerate(truth.itertuples()):
         event_ts = START + timedelta(seconds=40 * i)  # 4,000 requests over about 44 hours
-        request = PredictionRow(
+        request = prediction_row(
+            {
+                "transaction_id": row.transaction_id,
+                "customer_id": "c1",
+                "merchant_id": "m1",
+                "amount": 10.0,
+                "currency": "EUR",
+                "channel": "online",
+                "timestamp": event_ts,
+            },
             request_id=f"r{i:05d}",
-            transaction_id=row.transaction_id,
-            customer_id="c1",
-            merchant_id="m1",
-            amount=10.0,
-            currency="EUR",
-            channel="online",
-            merchant_category=None,
-            country=None,
-            event_ts=event_ts,
             model_version=versions["production"],
             probability=float(row.production),
             decision=decide(row.production),

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,6 +301,34 @@ def test_build_pushes_both_images_tagged_with_the_commit_on_main() -> None:
     assert all(s["with"]["file"] == "docker/Dockerfile" for s in builds)
     assert "${{ github.sha }}" in pushed[0]["with"]["tags"]
     assert "ghcr.io/" in all_run_text(data)
+
+
+def test_the_scorer_image_holds_the_serving_group_alone_and_its_entrypoint_is_smoke_tested() -> None:
+    """Issue 19: the scorer image is pyproject's `serving` group (what FraudScorer imports) and the rtml
+    source, not the platform's environment; build.yaml runs its real entrypoint against PostgreSQL and Redis
+    (docker/smoke-scorer.sh). That environment serving real scores: tests/test_serving.py."""
+    text = DOCKERFILE.read_text()
+    scorer = text[text.index(" AS scorer") :]
+    assert "FROM runtime AS scorer" in text, "the scorer must not start from the platform's environment"
+    assert "uv sync --frozen --only-group serving --no-install-project" in scorer
+    assert "COPY --from=base /app/.venv" not in scorer and "PYTHONPATH=/app/platform" in scorer
+    group = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]["serving"]
+    names = {re.split(r"[\[=<>]", requirement)[0] for requirement in group}
+    assert "bentoml" in names and not names & {
+        "dagster",
+        "dbt-core",
+        "evidently",
+        "dvc",
+        "mlflow",
+        "matplotlib",
+    }
+    steps = workflow("build")["jobs"]["image"]["steps"]
+    smoke = [step for step in steps if "docker/smoke-scorer.sh" in step.get("run", "")]
+    assert len(smoke) == 1 and smoke[0]["if"] == "matrix.target == 'scorer'"
+    script = (ROOT / "docker" / "smoke-scorer.sh").read_text()
+    for probe in ("/livez", "/readyz", "/score", "/metrics", "docker stop"):
+        assert probe in script, probe
+    assert subprocess.run(["bash", "-n", str(ROOT / "docker" / "smoke-scorer.sh")]).returncode == 0
 
 
 def test_deploy_goes_to_staging_then_to_production_through_an_environment() -> None:

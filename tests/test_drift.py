@@ -29,7 +29,7 @@ from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.features.feature_registry import load_registry
 from rtml.monitoring import drift, metrics
-from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
+from rtml.monitoring.predictions import ensure_table, prediction_row, write_rows
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
 from rtml.training.dataset import feature_spec
@@ -140,25 +140,19 @@ def serve(url: str, tracking_uri: str, model_name: str, version: str, start: dat
     tags = client.get_model_version(model_name, version).tags
     review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
     scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)
+    # the requests as the service receives them (its field names), scored
+    requests = frame.assign(amount=frame["amount"].astype(float)).rename(columns={"event_ts": "timestamp"})
     rows = [
-        PredictionRow(
+        prediction_row(
+            request,
             request_id=uuid.uuid4().hex,
-            transaction_id=row.transaction_id,
-            customer_id=row.customer_id,
-            merchant_id=row.merchant_id,
-            amount=float(row.amount),
-            currency=row.currency,
-            channel=row.channel,
-            merchant_category=row.merchant_category,
-            country=row.country,
-            event_ts=row.event_ts,
             model_version=version,
             probability=float(p),
             decision="decline" if p >= decline else "review" if p >= review else "approve",
-            scored_at=row.event_ts + timedelta(milliseconds=20),
+            scored_at=request["timestamp"] + timedelta(milliseconds=20),
             latency_ms=2.0,
         )
-        for row, p in zip(frame.itertuples(), scores, strict=True)
+        for request, p in zip(requests.to_dict("records"), scores, strict=True)
     ]
     ensure_table(url)
     with psycopg.connect(url) as conn:

@@ -1,9 +1,10 @@
 """The import graph flows one way (README "Layout"): the core libraries (``rtml.features``, ``rtml.ingest``,
 ``rtml.monitoring``, ``rtml.sources``, ``rtml.streaming``, ``rtml.training``, the configuration and the
-local stack's supervisor) never import Dagster or BentoML; only the edges do (``rtml.definitions`` and
-``rtml.defs``, the demo's bootstrap, the CLI, ``serving/``).
+local stack's supervisor) never import Dagster or BentoML, nor the scoring service; only the edges do
+(``rtml.definitions`` and ``rtml.defs``, the demo's bootstrap, the CLI, ``rtml.serving``).
 
-Each module is imported in a fresh interpreter where Dagster and BentoML cannot be imported at all."""
+Each module is imported in a fresh interpreter where Dagster, BentoML and ``rtml.serving`` cannot be
+imported at all."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ EDGES = (
     "rtml.live_cli",
     "rtml.stream_cli",
     "rtml.runs_cli",
+    "rtml.serving",  # the BentoML service
 )
-"""Modules that wire the core into Dagster or a command line, allowed to import Dagster."""
+"""Modules that wire the core into Dagster, BentoML or a command line, allowed to import them."""
 
 PROBE = """
 import importlib, json, pkgutil, sys
@@ -32,7 +34,7 @@ BLOCKED = ("dagster", "dagster_dbt", "dagster_postgres", "dagster_webserver", "d
 
 class Unimportable:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
+        if name.split(".")[0] in BLOCKED or name == "rtml.serving" or name.startswith("rtml.serving."):
             raise ImportError(f"{name} is unimportable here")
         return None
 
@@ -49,12 +51,14 @@ for module in pkgutil.walk_packages(rtml.__path__, "rtml."):
         importlib.import_module(module.name)
     except ImportError as exc:
         refused[module.name] = str(exc)
-try:  # the blocker works: the definitions do need Dagster
-    importlib.import_module("rtml.definitions")
-    blocked_definitions = False
-except ImportError:
-    blocked_definitions = True
-print(json.dumps({"core": core, "refused": refused, "blocked_definitions": blocked_definitions}))
+blocked = {}
+for edge in ("rtml.definitions", "rtml.serving.scoring"):  # the blocker works on both kinds of edge
+    try:
+        importlib.import_module(edge)
+        blocked[edge] = False
+    except ImportError:
+        blocked[edge] = True
+print(json.dumps({"core": core, "refused": refused, "blocked": blocked}))
 """
 
 
@@ -69,7 +73,8 @@ def test_core_modules_import_without_dagster_or_bentoml() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["blocked_definitions"], "Dagster was importable: the probe proves nothing"
+    assert result["blocked"]["rtml.definitions"], "Dagster was importable: the probe proves nothing"
+    assert result["blocked"]["rtml.serving.scoring"], "rtml.serving was importable: the probe proves nothing"
     packages = {name.split(".")[1] for name in result["core"] if name.count(".") >= 1}
     assert {"features", "ingest", "monitoring", "sources", "streaming", "training", "config"} <= packages
     assert result["refused"] == {}, result["refused"]

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -24,7 +25,7 @@ from rtml.config import Settings
 from rtml.defs.monitoring.assets import live_model_performance
 from rtml.defs.resources import PostgresResource
 from rtml.monitoring import live
-from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
+from rtml.monitoring.predictions import PredictionRow, ensure_table, prediction_row, write_rows
 from rtml.sources.schema import LABELS
 from rtml.stack.local import StackInfo
 
@@ -85,35 +86,29 @@ def live_db(
 
     rng = np.random.default_rng(5)
 
-    def predict(txn: pd.Series, version: str, probability: float, delay: timedelta) -> PredictionRow:
+    def predict(txn: dict[str, Any], version: str, probability: float, delay: timedelta) -> PredictionRow:
         decision = "decline" if probability >= DECLINE else "review" if probability >= REVIEW else "approve"
-        event_ts = txn.event_ts.to_pydatetime()
-        return PredictionRow(
+        event_ts = txn["event_ts"].to_pydatetime()
+        request = {**txn, "amount": float(txn["amount"]), "timestamp": event_ts}  # the service's field names
+        return prediction_row(
+            request,
             request_id=uuid.uuid4().hex,
-            transaction_id=txn.transaction_id,
-            customer_id=txn.customer_id,
-            merchant_id=txn.merchant_id,
-            amount=float(txn.amount),
-            currency=txn.currency,
-            channel=txn.channel,
-            merchant_category=txn.merchant_category,
-            country=txn.country,
-            event_ts=event_ts,
             model_version=version,
             probability=probability,
             decision=decision,
             scored_at=event_ts + delay,
         )
 
+    records: list[dict[str, Any]] = frame.to_dict("records")
     rows: list[PredictionRow] = []
-    for txn in frame.itertuples():
-        day = (txn.event_ts - pd.Timestamp(START)).days
+    for txn in records:
+        day = (txn["event_ts"] - pd.Timestamp(START)).days
         for version in ["3"] + (["4"] if day == 1 else []):  # v4 shadows v3 on the middle day
             # an informative but imperfect model: fraud scores higher on average
-            mean = 0.75 if truth.get(txn.transaction_id) else 0.3
+            mean = 0.75 if truth.get(txn["transaction_id"]) else 0.3
             probability = float(np.clip(rng.normal(mean, 0.2), 0.0, 1.0))
             rows.append(predict(txn, version, probability, timedelta(milliseconds=5)))
-    first = frame.iloc[5]
+    first = records[5]
     rows.append(predict(first, "3", 0.99, timedelta(seconds=3)))  # a client retry, scored later
     # a scored transaction that never got a label (not in the raw data at all)
     rows.append(replace(predict(first, "3", 0.2, timedelta(0)), transaction_id="t-unlabelled"))

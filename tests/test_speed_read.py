@@ -15,7 +15,6 @@ off, the batch values are read, and the reason is reported.
 from __future__ import annotations
 
 import math
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,14 +34,12 @@ from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.reader import same_value
+from rtml.serving.scoring import lookup
 from rtml.streaming.events import DAY_US, HOUR_US, SECOND_US, TransactionEvent, from_us
 from rtml.streaming.features import FEATURE_COLUMNS
 from rtml.streaming.state import Outcome
 from rtml.training.dataset import feature_spec
 from tests.test_streaming_features import W1_US, load, snapshot_env
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))
-from scoring import lookup
 
 CARD = "burst-card"
 BURST_US = W1_US + 5 * 60 * SECOND_US  # five minutes after the watermark W1

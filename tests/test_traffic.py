@@ -1,4 +1,4 @@
-"""`rtml traffic` against a real scorer (``bentoml serve`` of ``serving/service.py`` with a model from the
+"""`rtml traffic` against a real scorer (``bentoml serve`` of ``rtml.serving.service`` with a model from the
 session's MLflow registry): it scores at the asked rate, across an hour boundary, and what it sent is the
 hourly ingestion's rows by id (loaded into ``raw.transactions`` with the real loader), the scored ones in
 the prediction log; the scorer down is counted and backed off, and SIGTERM stops the command at once."""
@@ -24,6 +24,7 @@ from rtml.live_cli import start_demo_traffic
 from rtml.sources.scenarios import ScenarioTimeline, switch
 from rtml.sources.simulator import Simulator
 from rtml.stack.processes import Sessions, free_port
+from rtml.stack.scorer_process import SERVICE
 from rtml.traffic import Traffic, TrafficStats, keep_share
 from rtml.training import model_registry
 from rtml.training.dataset import feature_spec
@@ -85,7 +86,7 @@ def scorer(
         BENTOML_HOME=str(work / "bentoml-home"),
         BENTOML_DO_NOT_TRACK="true",
     )
-    server = start_server("scorer-traffic", "service:FraudScorer", env, work)
+    server = start_server("scorer-traffic", SERVICE, env, work)
     try:
         yield Scorer(server, database_url)
     finally:

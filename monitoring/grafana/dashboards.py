@@ -9,7 +9,7 @@ fails when they differ from what this file generates)::
     .venv/bin/python monitoring/grafana/dashboards.py            # write the JSON files
     .venv/bin/python monitoring/grafana/dashboards.py --check    # exit 1 if they are out of date
 
-Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``serving/service.py`` ``Metrics``):
+Dashboards (metric names: ``platform/rtml/monitoring/metrics.py``, ``rtml/serving/metrics.py`` ``Metrics``):
 
 * ``rtml-api`` (Scoring API): request rate by endpoint and status, ``/score`` latency p50/p95/p99,
   5xx error ratio, degraded (fail-open) share by reason, stage latency p99 (feature_lookup vs inference),
@@ -59,7 +59,7 @@ GRID_WIDTH = 24
 
 PanelBuilder = timeseries.Panel | stat.Panel | table.Panel | bargauge.Panel | heatmap.Panel
 
-# The scoring routes of serving/service.py (BentoML's `endpoint` label is the request path).
+# The scoring routes of rtml/serving/service.py (BentoML's `endpoint` label is the request path).
 SCORE_ROUTES = 'endpoint=~"/score|/score_batch"'
 # Feature freshness lag from the pushed newest event time (rtml.monitoring.metrics): computed here rather
 # than read from the recording rule rtml_feature_freshness_lag_seconds, so the panels do not depend on

@@ -10,7 +10,7 @@ A push that fails is logged and returns False: monitoring never fails a pipeline
 refused when it is made, with or without a gateway, so a renamed metric or label fails the asset's
 tests instead of silently emptying an alert or a panel (``tests/test_metric_contract.py`` checks the
 rules and dashboards against it). The scoring service's own metrics (``rtml_scoring_*``) are defined
-where they are made, in ``serving/service.py``.
+where they are made, in ``rtml/serving/metrics.py``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ LABELS = pa.schema(
 CHANNELS = ("pos", "online", "atm")
 
 # Rules on text values that every reader of the raw tables relies on. They are the scoring API's rules
-# (serving/schemas.py), so training data never holds a value the API could not receive; ingestion
+# (rtml/serving/schemas.py), so training data never holds a value the API could not receive; ingestion
 # quarantines rows that break them (rtml.ingest.validation).
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 """transaction_id, customer_id, merchant_id: no spaces or control bytes (the online store's reader frames

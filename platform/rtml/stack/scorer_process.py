@@ -1,6 +1,6 @@
-"""The scoring service's processes: packaging the production model into a bento (``serving/package.py``
-then ``bentoml build``) and ``bentoml serve``. Both run the BentoML CLI as a program, so nothing in the
-platform's core imports BentoML."""
+"""The scoring service's processes: packaging the production model into a bento
+(``python -m rtml.serving.package`` then ``bentoml build``) and ``bentoml serve``. Both run as programs,
+so nothing in the platform's core imports BentoML or ``rtml.serving``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from pathlib import Path
 from rtml.config import Settings
 from rtml.stack.processes import spawn
 
-SERVING_DIR = Path(__file__).resolve().parents[3] / "serving"
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+"""``platform/``, where ``rtml`` lives: the build context (already on ``sys.path``, so BentoML adding it
+there shadows nothing; the bento copies no source, see ``bentofile.yaml``)."""
+BENTOFILE = SOURCE_ROOT / "rtml" / "serving" / "bentofile.yaml"  # by path: rtml.serving is not imported
+SERVICE = "rtml.serving.service:FraudScorer"
 BENTO_NAME = "fraud_scorer"
 
 
@@ -39,9 +43,9 @@ def serving_env(settings: Settings, database_url: str, redis_url: str, tracking_
 def build_bento(env: dict[str, str]) -> tuple[str, str]:
     """Import the production version into the BentoML store and build the bento around it:
     (bento tag, BentoML model tag)."""
-    model_tag = _run([sys.executable, str(SERVING_DIR / "package.py")], env).strip().splitlines()[-1]
+    model_tag = _run([sys.executable, "-m", "rtml.serving.package"], env).strip().splitlines()[-1]
     built = _run(
-        [_bin("bentoml"), "build", "-f", str(SERVING_DIR / "bentofile.yaml"), "-o", "tag", str(SERVING_DIR)],
+        [_bin("bentoml"), "build", "-f", str(BENTOFILE), "-o", "tag", str(SOURCE_ROOT)],
         {**env, "RTML_SERVING_BENTO_MODEL": model_tag},
     )
     bento_tag = built.strip().splitlines()[-1].removeprefix("__tag__:")
@@ -61,18 +65,15 @@ def start(env: dict[str, str], bento: str, port: int, log_dir: Path) -> subproce
 
 
 def start_from_source(env: dict[str, str], port: int, log_dir: Path) -> subprocess.Popen[bytes]:
-    """``bentoml serve`` of the service's source (``serving/service.py``), for a stack without a bento
+    """``bentoml serve`` of the service's source (``rtml.serving.service``), for a stack without a bento
     yet: it answers at once, and ``/readyz`` says ready once the version holding ``production`` is
     loaded (its registry poller picks it up within ``serving_model_poll_seconds``)."""
-    command = [
-        _bin("bentoml"), "serve", "service:FraudScorer", "--working-dir", str(SERVING_DIR),
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+    command = [_bin("bentoml"), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
     return spawn(command, env, log_dir / "scoring-service.log")
 
 
 def _run(command: list[str], env: dict[str, str]) -> str:
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=SERVING_DIR)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=SOURCE_ROOT)
     if proc.returncode != 0:
         raise BentoBuildError(
             f"{' '.join(command[:3])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"

@@ -9,7 +9,7 @@ simulator (``transactions_feed``); where the stream is the feed, a publisher tha
 needs a durable queue of its own (docs/streaming.md).
 
 Redis slow or away never reaches a request: the thread has its own connection; while ``available()``
-says no (the scorer passes its online-read circuit breaker, ``serving/breaker.py``, which a probe keeps
+says no (the scorer passes its online-read circuit breaker, ``rtml/serving/breaker.py``, which a probe keeps
 current) it does not even try, and a failed batch is kept at the head of the queue and sent again after
 a back-off. A batch that failed midway may have been appended in part: sent again, those events are in
 the stream twice, and consumers count them once (by ``transaction_id``).

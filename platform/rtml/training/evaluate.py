@@ -10,14 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from sklearn.base import BaseEstimator
-from sklearn.inspection import permutation_importance
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
-    precision_recall_curve,
     roc_auc_score,
     roc_curve,
 )
@@ -79,42 +74,3 @@ def metrics(y: np.ndarray, scores: np.ndarray, thresholds: Thresholds | None = N
         out["review_or_decline_recall"] = float(np.mean(decision[fraud] != "approve"))
         out["review_share"] = float(np.mean(decision == "review"))
     return out
-
-
-def roc_figure(y: np.ndarray, scores: np.ndarray, split: str = "test") -> Figure:
-    fprs, tprs, _ = roc_curve(y, scores)
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    ax.plot(fprs, tprs, label=f"AUC {roc_auc_score(y, scores):.3f}")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate (recall)", title=f"ROC ({split})")
-    ax.legend(loc="lower right")
-    return fig
-
-
-def pr_figure(y: np.ndarray, scores: np.ndarray, split: str = "test") -> Figure:
-    precision, recall, _ = precision_recall_curve(y, scores)
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    ax.plot(recall, precision, label=f"AP {average_precision_score(y, scores):.3f}")
-    ax.axhline(float(np.mean(y)), linestyle="--", color="grey", label="base rate")
-    ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall ({split})")
-    ax.legend(loc="upper right")
-    return fig
-
-
-def importance_figure(
-    model: BaseEstimator, X: pd.DataFrame, y: np.ndarray, max_rows: int = 10_000, seed: int = 0
-) -> Figure:
-    """Permutation importance (drop in average precision when a feature is shuffled) on a sample."""
-    if len(X) > max_rows:
-        rows = np.random.default_rng(seed).choice(len(X), max_rows, replace=False)
-        X, y = X.iloc[rows], y[rows]
-    result = permutation_importance(model, X, y, scoring="average_precision", n_repeats=3, random_state=seed)
-    order = np.argsort(result.importances_mean)
-    fig = Figure(figsize=(6, max(3.0, 0.25 * len(order))))
-    ax = fig.subplots()
-    ax.barh(np.asarray(X.columns)[order], result.importances_mean[order], xerr=result.importances_std[order])
-    ax.set(xlabel="drop in average precision", title="Permutation importance (test)")
-    fig.tight_layout()
-    return fig

@@ -24,7 +24,7 @@ from mlflow.models import infer_signature
 
 from rtml.config import Settings
 from rtml.features.feature_registry import load_registry
-from rtml.training import evaluate
+from rtml.training import evaluate, figures
 from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec
 from rtml.training.lineage import Lineage, feature_definitions, git_state
 from rtml.training.model import TRUSTED_TYPES, model_params
@@ -145,10 +145,10 @@ def log_and_register(
             ("validation", data.validation.y, fitted.validation_scores),
             ("test", data.test.y, fitted.test_scores),
         ):
-            mlflow.log_figure(evaluate.roc_figure(y, scores, split), f"plots/roc_{split}.png")
-            mlflow.log_figure(evaluate.pr_figure(y, scores, split), f"plots/pr_{split}.png")
+            mlflow.log_figure(figures.roc_figure(y, scores, split), f"plots/roc_{split}.png")
+            mlflow.log_figure(figures.pr_figure(y, scores, split), f"plots/pr_{split}.png")
         mlflow.log_figure(
-            evaluate.importance_figure(pipeline, data.test.X[fitted.features.columns], data.test.y),
+            figures.importance_figure(pipeline, data.test.X[fitted.features.columns], data.test.y),
             "plots/permutation_importance.png",
         )
 

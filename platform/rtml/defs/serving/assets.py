@@ -17,7 +17,7 @@ def fraud_scorer_bento(
     redis: RedisResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """``bentoml build`` of ``serving/`` around the version holding ``production`` (imported into the
+    """``bentoml build`` of ``rtml.serving`` around the version holding ``production`` (imported into the
     BentoML store under the data directory); ``bentoml serve fraud_scorer:latest`` serves it."""
     settings = get_settings()
     env = scorer_process.serving_env(settings, postgres.database_url(), redis.redis_url(), mlflow.uri())

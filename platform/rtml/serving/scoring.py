@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from breaker import REDIS_ERRORS
 from rtml.features.request_features import model_row
+from rtml.serving.breaker import REDIS_ERRORS
 from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline
 from rtml.training.loading import ModelRefused, load_pipeline
 from rtml.training.model_registry import check_approved, check_gated, client_for

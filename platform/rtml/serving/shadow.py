@@ -16,7 +16,8 @@ Production never waits for it and never sees its failures:
 * no shadow when the staged version is the production one, when the alias is gone (promoted or
   removed: the loaded shadow is unloaded), or with ``RTML_SERVING_SHADOW=false``.
 
-No BentoML here; ``service.py`` wires it to the registry poller, the metrics and the prediction log.
+No BentoML here; ``service.py`` polls its ``slot`` on the registry thread and wires it to the metrics and
+the prediction log.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rtml.monitoring.predictions import ShadowRow
+from rtml.serving.lifecycle import ModelSlot
+from rtml.serving.scoring import ServedModel, load_shadow, predict
 from rtml.training.loading import ModelRefused
-from scoring import ServedModel, predict
 
 log = logging.getLogger("rtml.serving")
 
@@ -50,15 +52,19 @@ class Job:
 
 
 class Shadow:
-    """The shadow model of one worker and its scoring thread. ``put_row``: where its ``ShadowRow``s go
-    (the prediction-log writer's ``put``); ``metrics``: the service's ``Metrics`` (``shadow``,
-    ``shadow_model_info``, ``shadow_refused``)."""
+    """The shadow model of one worker and its scoring thread. Its model follows ``alias`` in the registry
+    at ``tracking_uri`` (``lifecycle.ModelSlot``, loaded through the gate: ``scoring.load_shadow``).
+    ``put_row``: where its ``ShadowRow``s go (the prediction-log writer's ``put``); ``metrics``: the
+    service's ``Metrics`` (``shadow``, ``shadow_model_info``, ``shadow_refused``)."""
 
     def __init__(
         self,
         numeric: Sequence[str],
         categorical: Sequence[str],
         *,
+        tracking_uri: str | None,
+        name: str,
+        alias: str,
         queue_max: int,
         put_row: Callable[[ShadowRow], Any] | None,
         metrics: Any,
@@ -67,9 +73,16 @@ class Shadow:
         self.queue_max = max(1, queue_max)
         self.put_row = put_row
         self.metrics = metrics
-        self.model: ServedModel | None = None
-        self.refused: dict[str, str] | None = None
-        self._refused_key: tuple[str, frozenset[tuple[str, str]]] | None = None
+        self.slot = ModelSlot(
+            tracking_uri,
+            name,
+            alias,
+            load=load_shadow,
+            features=(self.numeric, self.categorical),
+            keep_last=False,
+            on_change=self._changed,
+            on_refused=self._refused,
+        )
         self._failing: str | None = None  # the version whose scoring error was logged already
         self.counts = {"scored": 0, "errors": 0, "dropped": 0}
         self._queue: collections.deque[Job] = collections.deque()
@@ -78,6 +91,10 @@ class Shadow:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
         self._thread.start()
+
+    @property
+    def model(self) -> ServedModel | None:
+        return self.slot.model
 
     # --- the event loop's side ------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -100,47 +117,13 @@ class Shadow:
             "model": None
             if model is None
             else {"name": model.name, "version": model.version, "path": model.path},
-            "refused": self.refused,
+            "refused": self.slot.refused,
             "waiting": self._queued,
             **self.counts,
         }
 
-    # --- the registry poller's side --------------------------------------------------------------
-    def update(
-        self,
-        found: tuple[str, dict[str, str]] | None,
-        production: str | None,
-        load: Callable[[str, dict[str, str]], ServedModel],
-    ) -> None:
-        """Follow the alias: ``found`` is (version, tags) of the version holding it, or None;
-        ``production`` the version production serves; ``load`` loads and warms a version or raises
-        ``ModelRefused``."""
-        if found is None or found[0] == production:
-            self._set(None)  # promoted (it is production now) or unstaged: nothing to shadow
-            self._clear_refusal()
-            return
-        version, tags = found
-        current = self.model
-        if current is not None and current.version == version:
-            return
-        if self._refused_key == (version, frozenset(tags.items())):
-            return  # refused already: tried again once the alias moves or the tags change
-        try:
-            served = load(version, tags)
-        except ModelRefused as exc:
-            self._set(None)  # the shadow is what the alias names, or nothing: never a stale candidate
-            self._refuse(version, tags, exc)
-            return
-        self._set(served)
-        self._clear_refusal()
-
-    def unload(self) -> None:
-        self._set(None)
-
-    def _set(self, served: ServedModel | None) -> None:
-        previous, self.model = self.model, served  # one reference: the thread sees old or new
-        if previous is served:
-            return
+    # --- the registry poller's side (ModelSlot's hooks) -----------------------------------------
+    def _changed(self, previous: ServedModel | None, served: ServedModel | None) -> None:
         if previous is not None:
             self.metrics.shadow_model_info.labels(previous.name, previous.version, previous.path).set(0)
             log.info("shadow: %s v%s unloaded", previous.name, previous.version)
@@ -150,21 +133,11 @@ class Shadow:
                 "shadow: scoring with %s v%s (%s) beside production", served.name, served.version, served.path
             )
 
-    def _refuse(self, version: str, tags: dict[str, str], refusal: ModelRefused) -> None:
-        self._refused_key = (version, frozenset(tags.items()))
-        self.refused = {
-            "version": version,
-            "reason": refusal.reason,
-            "error": str(refusal),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+    def _refused(self, version: str, refusal: ModelRefused) -> None:
         self.metrics.shadow_refused.labels(refusal.reason).inc()
         log.error(
             "REFUSED shadow version %s (%s): %s; production is not affected", version, refusal.reason, refusal
         )
-
-    def _clear_refusal(self) -> None:
-        self._refused_key, self.refused = None, None
 
     # --- the scoring thread -----------------------------------------------------------------------
     def close(self) -> None:

@@ -7,11 +7,11 @@ Only a version the scorer would serve is packaged: approved (``registry.check_ap
 safely as skops with the project's trusted types (``rtml.training.loading``, checked on the imported
 copy); otherwise it exits with the reason and leaves nothing in the model store.
 
-    tag=$(python serving/package.py)     # prints the BentoML model tag, e.g. fraud-detector:v3
-    RTML_SERVING_BENTO_MODEL=$tag bentoml build -f serving/bentofile.yaml serving
+    tag=$(python -m rtml.serving.package)     # prints the BentoML model tag, e.g. fraud-detector:v3
+    RTML_SERVING_BENTO_MODEL=$tag bentoml build -f platform/rtml/serving/bentofile.yaml platform
 
-service.py declares ``RTML_SERVING_BENTO_MODEL`` (default ``<model name>:latest``, the newest import —
-not necessarily production after a rollback, hence the explicit tag) as the bento's model.
+``rtml.serving.service`` declares ``RTML_SERVING_BENTO_MODEL`` (default ``<model name>:latest``, the newest
+import — not necessarily production after a rollback, hence the explicit tag) as the bento's model.
 
 Uses RTML_MLFLOW_TRACKING_URI, RTML_MODEL_NAME, RTML_SERVING_MODEL_ALIAS.
 """
@@ -23,9 +23,9 @@ import sys
 import bentoml
 
 from rtml.config import get_settings
+from rtml.serving.scoring import MLFLOW_MODEL_FOLDER
 from rtml.training.loading import ModelRefused, load_pipeline
 from rtml.training.model_registry import check_approved, client_for, version_with_alias
-from scoring import MLFLOW_MODEL_FOLDER
 
 
 def package(tracking_uri: str, name: str, alias: str = "production") -> bentoml.Model:

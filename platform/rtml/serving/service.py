@@ -14,12 +14,12 @@ bounded (413, 429, 503 with ``Retry-After``); a request whose client left is not
 The model is the MLflow version holding the ``production`` alias (``RTML_SERVING_MODEL_ALIAS``) of
 ``RTML_MODEL_NAME``. Inside a bento it starts from the packaged copy (``package.py``); with
 ``RTML_MLFLOW_TRACKING_URI`` set, a thread polls the registry every ``RTML_SERVING_MODEL_POLL_SECONDS``
-and swaps a new production version in (loaded and warmed first, then one reference assignment: no
-request is dropped or scored by half a model). A version that is not approved or does not load safely
-(``scoring.load_version``) is refused: the service keeps serving the version it has, logs the reason,
-counts it (``rtml_scoring_model_refused_total``) and shows it in ``/metadata`` until ``production``
-moves again. The served version and its scoring path (compiled or sklearn) are in the
-``X-Model-Version`` response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
+and swaps a new production version in (``lifecycle.ModelSlot``: loaded and warmed first, then one
+reference assignment: no request is dropped or scored by half a model). A version that is not approved
+or does not load safely (``scoring.load_version``) is refused: the service keeps serving the version it
+has, logs the reason, counts it (``rtml_scoring_model_refused_total``) and shows it in ``/metadata``
+until ``production`` moves again. The served version and its scoring path (compiled or sklearn) are in
+the ``X-Model-Version`` response header, ``/metadata`` and the ``rtml_scoring_model_info`` metric.
 
 Shadow scoring (``shadow.py``): the version holding ``staging`` (``RTML_SERVING_SHADOW_ALIAS``) is loaded
 beside production and scores every request on a thread of its own after the answer went out; its scores
@@ -36,17 +36,14 @@ BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker after importing this mod
 from __future__ import annotations
 
 import collections
-import functools
 import gc
 import logging
 import math
-import os
 import threading
 import time
 import uuid
 import zlib
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
@@ -54,14 +51,17 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from batching import MicroBatcher, QueueFull
-from breaker import RedisBreaker
-from http_guard import ScoringRequestGuard, client_gone
 from rtml.config import get_settings
-from runtime import SERVICE_CONFIG, apply_bentoml_memory_fix
-from schemas import BatchScore, Score, Transaction
+from rtml.serving.batching import MicroBatcher, QueueFull
+from rtml.serving.bento_manifest import bento_model
+from rtml.serving.bentoml_adapter import SERVICE_CONFIG, apply_bentoml_memory_fix
+from rtml.serving.breaker import RedisBreaker
+from rtml.serving.http_guard import ScoringRequestGuard, client_gone
+from rtml.serving.metrics import Metrics, abandoned_requests
+from rtml.serving.schemas import BatchScore, Score, Transaction
 
 if TYPE_CHECKING:
+    from rtml.serving.scoring import ServedModel
     from rtml.training.loading import ModelRefused
 
 log = logging.getLogger("rtml.serving")
@@ -83,239 +83,7 @@ class Unavailable(Exception):
 MaxBatch = Annotated[list[Transaction], Field(min_length=1, max_length=SETTINGS.serving_max_batch)]
 
 
-@functools.cache
-def abandoned_requests() -> Any:
-    """``rtml_scoring_abandoned_total``, shared by ``Metrics`` and the HTTP middleware (created on first
-    use, in the worker)."""
-    from prometheus_client import Counter
-
-    return Counter(
-        "rtml_scoring_abandoned_total",
-        "Scoring requests not scored because they were abandoned: the client disconnected before its "
-        "body was read or while the request waited for a batch, or the request timed out.",
-    )
-
-
-def _request_abandoned() -> None:
-    abandoned_requests().inc()
-
-
 meta_app = FastAPI(title="rtml scorer metadata", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-class Metrics:
-    """``rtml_scoring_*`` metrics (created in the worker, after BentoML configured multiprocess mode)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
-
-        latency = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-        self.stage_seconds = Histogram(
-            "rtml_scoring_stage_seconds",
-            "Scoring latency per stage: feature_lookup (Redis) and inference (request features + model).",
-            ["stage"],
-            buckets=latency,
-        )
-        self.features_missing = Counter(
-            "rtml_scoring_features_missing_total",
-            "Scored transactions whose entity had no online features (defaults used), by entity and "
-            "cause: unknown_entity (not in the store), view_missing (the view's pointer is gone: Redis "
-            "restarted or flushed), redis_unavailable (Redis down or the circuit breaker open).",
-            ["entity", "cause"],
-        )
-        self.score = Histogram(
-            "rtml_scoring_score",
-            "Fraud probabilities returned.",
-            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
-        )
-        self.decisions = Counter(
-            "rtml_scoring_decisions_total",
-            "Decisions returned, by decision and model version.",
-            ["decision", "model_version"],
-        )
-        self.degraded = Counter(
-            "rtml_scoring_degraded_total",
-            "Transactions scored with default features because of the online store (fail-open), by "
-            "reason: redis_unavailable (Redis down or the circuit breaker open) or view_missing.",
-            ["reason"],
-        )
-        self.unavailable = Counter(
-            "rtml_scoring_unavailable_total",
-            "Transactions refused with 503, by reason: redis (Redis unavailable, fail-closed), "
-            "view_missing (a view's pointer gone, fail-closed), no_model, queue_full (too many rows "
-            "waiting to be scored).",
-            ["reason"],
-        )
-        self.breaker_open = Gauge(
-            "rtml_scoring_redis_breaker_open",
-            "1 while the circuit breaker of the online read is open (Redis did not answer: reads are "
-            "answered without Redis until a probe succeeds), else 0; per worker.",
-            multiprocess_mode="liveall",
-        )
-        self.breaker_transitions = Counter(
-            "rtml_scoring_redis_breaker_transitions_total",
-            "Transitions of the online read's circuit breaker, by the state entered (open, closed).",
-            ["state"],
-        )
-        self.abandoned = abandoned_requests()
-        self.speed_layer_reads = Counter(
-            "rtml_speed_layer_reads_total",
-            "Customer-feature reads of scored transactions (Redis answered), by the speed layer's result: "
-            "merged (exact at the transaction's time: batch snapshot + stream events), beyond_horizon "
-            "(the snapshot is older than its horizon: no hourly push lately; batch values), not_exact "
-            "(no snapshot pushed yet, or the state moved past it; batch values), disabled "
-            "(RTML_SPEED_LAYER_ENABLED=false; batch values).",
-            ["result"],
-        )
-        for result in ("merged", "beyond_horizon", "not_exact", "disabled"):
-            self.speed_layer_reads.labels(result)
-        # every label value now: a series that first appears at 1 hides that increment from increase()
-        for entity in ("customer", "merchant"):
-            for cause in ("unknown_entity", "view_missing", "redis_unavailable"):
-                self.features_missing.labels(entity, cause)
-        for reason in ("redis_unavailable", "view_missing"):
-            self.degraded.labels(reason)
-        for reason in ("redis", "view_missing", "no_model", "queue_full"):
-            self.unavailable.labels(reason)
-        for state in ("open", "closed"):
-            self.breaker_transitions.labels(state)
-        self.breaker_open.set(0)
-        self.model_info = Gauge(
-            "rtml_scoring_model_info",
-            "The model version served (1) by each worker; 0 for versions swapped out. path: compiled "
-            "(treelite) or sklearn (the Pipeline, when the model could not be compiled exactly).",
-            ["model_name", "model_version", "source", "path"],
-            multiprocess_mode="liveall",
-        )
-        self.model_swaps = Counter(
-            "rtml_scoring_model_swaps_total", "Model versions swapped in after a registry change."
-        )
-        self.model_refused = Counter(
-            "rtml_scoring_model_refused_total",
-            "Model versions refused (not served) once each, by reason: format, untrusted_types, invalid, "
-            "not_gated, gate_rejected, not_approved (rtml.training.loading).",
-            ["reason"],
-        )
-        # one literal declaration each: tests/test_metric_contract.py reads the names from this source
-        self.predictions = {
-            "written": Counter(
-                "rtml_predictions_written_total",
-                "Prediction-log rows written to monitoring.predictions from memory.",
-            ),
-            "spilled": Counter(
-                "rtml_predictions_spilled_total",
-                "Prediction-log rows spilled to local disk (PostgreSQL unavailable, stalled or behind).",
-            ),
-            "drained": Counter(
-                "rtml_predictions_drained_total",
-                "Spilled prediction-log rows written to monitoring.predictions once it was back.",
-            ),
-            "dropped": Counter(
-                "rtml_predictions_dropped_total",
-                "Prediction-log rows lost: memory queue full, spill folder at its size limit "
-                "(RTML_PREDICTIONS_SPILL_MAX_BYTES), or an unreadable spilled line.",
-            ),
-            "rejected": Counter(
-                "rtml_predictions_rejected_total",
-                "Prediction-log rows the table refused (a data error), logged and skipped.",
-            ),
-        }
-        self.predictions_spill_bytes = Gauge(
-            "rtml_predictions_spill_bytes",
-            "Bytes of prediction-log rows waiting on local disk for PostgreSQL (all workers' spill).",
-            multiprocess_mode="livemax",
-        )
-        self.stream_events = {
-            "published": Counter(
-                "rtml_stream_events_published_total",
-                "Events of scored transactions appended to the transaction stream (RTML_STREAM_KEY) by "
-                "the scorer's publisher, after the answers went out.",
-            ),
-            "dropped": Counter(
-                "rtml_stream_events_dropped_total",
-                "Events of scored transactions not published: the publisher's queue full "
-                "(RTML_STREAM_PUBLISH_QUEUE_MAX; Redis slow or away), still queued at shutdown, or "
-                "refused by Redis.",
-            ),
-        }
-        # shadow scoring (shadow.py): never part of production's answers
-        self.shadow = {
-            "scored": Counter(
-                "rtml_scoring_shadow_scored_total",
-                "Transactions scored by the shadow model (the version holding RTML_SERVING_SHADOW_ALIAS) "
-                "after production answered them.",
-            ),
-            "errors": Counter(
-                "rtml_scoring_shadow_errors_total",
-                "Transactions the shadow model failed to score (it raised); production is not affected.",
-            ),
-            "dropped": Counter(
-                "rtml_scoring_shadow_dropped_total",
-                "Transactions not shadow-scored because the shadow's queue was full "
-                "(RTML_SERVING_SHADOW_QUEUE_MAX: the shadow is slower than the traffic).",
-            ),
-        }
-        self.shadow_model_info = Gauge(
-            "rtml_scoring_shadow_model_info",
-            "The shadow model version loaded (1) by each worker; 0 for versions unloaded.",
-            ["model_name", "model_version", "path"],
-            multiprocess_mode="liveall",
-        )
-        self.shadow_refused = Counter(
-            "rtml_scoring_shadow_refused_total",
-            "Shadow model versions refused (not loaded) once each, by reason: format, untrusted_types, "
-            "invalid, not_gated, gate_rejected (rtml.training.loading).",
-            ["reason"],
-        )
-        self.prediction_log_rows = Counter(
-            "rtml_prediction_log_rows_total",
-            "Rows of monitoring.shadow_predictions and monitoring.served_features through the prediction "
-            "log, by table and outcome: written, spilled, drained, dropped, rejected (as the "
-            "rtml_predictions_* counters for monitoring.predictions).",
-            ["table", "outcome"],
-        )
-        for table in ("shadow_predictions", "served_features"):
-            for log_outcome in ("written", "spilled", "drained", "dropped", "rejected"):
-                self.prediction_log_rows.labels(table, log_outcome)
-        self.production_refused = Gauge(
-            "rtml_scoring_production_refused",
-            "1 while the version holding the production alias is refused (the worker serves an older "
-            "one, or none), else 0.",
-            multiprocess_mode="livemax",
-        )
-
-
-def _bento_model_tag() -> str:
-    """``RTML_SERVING_BENTO_MODEL``; inside a bento the model its ``bento.yaml`` recorded at build time
-    (a locally served bento reads the global model store, where ``:latest`` may be a newer import);
-    else ``<model name>:latest``."""
-    explicit = os.environ.get("RTML_SERVING_BENTO_MODEL")
-    if explicit:
-        return explicit
-    manifest = Path.cwd().parent / "bento.yaml"  # a bento's service runs in <bento>/src
-    if manifest.exists():
-        import yaml  # type: ignore[import-untyped,unused-ignore]
-
-        recorded = yaml.safe_load(manifest.read_text()) or {}
-        entries = list(recorded.get("models") or [])  # BentoML 1.4 records them per service
-        for service in recorded.get("services") or []:
-            entries += service.get("models") or []
-        for entry in entries:
-            tag = str(entry.get("tag", "") if isinstance(entry, dict) else entry)
-            if tag.split(":", 1)[0] == SETTINGS.model_name:
-                return tag
-    return f"{SETTINGS.model_name}:latest"
-
-
-def _bento_model_ref() -> Any:
-    """The packaged model, when the model store holds one (``package.py`` imported it before
-    ``bentoml build``); declaring it on the class makes ``bentoml build`` put it into the bento."""
-    tag = _bento_model_tag()
-    try:
-        bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        return None
-    return bentoml.models.BentoModel(tag)
 
 
 apply_bentoml_memory_fix()  # BentoML 1.4.40 keeps every request's context for traffic.timeout
@@ -330,14 +98,16 @@ apply_bentoml_memory_fix()  # BentoML 1.4.40 keeps every request's context for t
 )
 @bentoml.asgi_app(meta_app, path="/")
 class FraudScorer:
-    bento_model = _bento_model_ref()
+    bento_model = bento_model(SETTINGS.model_name)
 
     def __init__(self) -> None:
         from rtml.features.online import OnlineStore
         from rtml.monitoring.predictions import PredictionWriter
         from rtml.monitoring.retention import Retention
+        from rtml.serving.lifecycle import ModelSlot
+        from rtml.serving.scoring import load_version
+        from rtml.serving.shadow import Shadow
         from rtml.training.dataset import feature_spec
-        from shadow import Shadow
 
         self.settings = get_settings()
         self.metrics = Metrics()
@@ -346,13 +116,20 @@ class FraudScorer:
         )
         spec = feature_spec(self.store.registry)
         self.numeric, self.categorical = list(spec.numeric), list(spec.categorical)
-        self.model: Any = None  # scoring.ServedModel; replaced as one reference
-        self._swap_lock = threading.Lock()
+        self.production = ModelSlot(
+            self.settings.mlflow_tracking_uri,
+            self.settings.model_name,
+            self.settings.serving_model_alias,
+            load=load_version,
+            features=(self.numeric, self.categorical),
+            keep_last=True,  # a refused or vanished version leaves the served one in place
+            on_change=self._model_changed,
+            on_refused=self._model_refused,
+            on_refusal_cleared=lambda: self.metrics.production_refused.set(0),
+        )
         self._stop = threading.Event()
         self.last_poll_error: str | None = None
         self.last_shadow_error: str | None = None
-        self.refused: dict[str, str] | None = None  # the production version refused last, and why
-        self._refused_key: tuple[str, frozenset[tuple[str, str]]] | None = None
         self.writer = None
         if self.settings.database_url:
             # never blocks and never needs PostgreSQL to start: rows wait in memory or on disk
@@ -384,6 +161,9 @@ class FraudScorer:
         self.shadow = Shadow(
             self.numeric,
             self.categorical,
+            tracking_uri=self.settings.mlflow_tracking_uri,
+            name=self.settings.model_name,
+            alias=self.settings.serving_shadow_alias,
             queue_max=self.settings.serving_shadow_queue_max,
             put_row=None if self.writer is None else self.writer.put,
             metrics=self.metrics,
@@ -444,63 +224,38 @@ class FraudScorer:
         else:
             self.metrics.prediction_log_rows.labels(kind, outcome).inc(rows)
 
-    # --- model --------------------------------------------------------------------------------
+    # --- model (lifecycle.ModelSlot: load, poll, swap) ------------------------------------------
     def _load_initial(self) -> None:
-        from scoring import ModelRefused, load_from_bento
+        """The bento's packaged model first (no registry needed), then the registry's production."""
+        from rtml.serving.scoring import ModelRefused, load_from_bento
 
         if self.bento_model is not None:
             stored = bentoml.models.get(self.bento_model.tag)
             try:
-                self._swap(load_from_bento(stored))
+                self.production.swap(load_from_bento(stored))
             except ModelRefused as exc:
-                self._refuse(str(stored.info.labels.get("mlflow_version", stored.tag)), {}, exc)
+                self.production.refuse(str(stored.info.labels.get("mlflow_version", stored.tag)), {}, exc)
         if self.settings.mlflow_tracking_uri:
             try:
-                self._check_registry()
+                self.production.poll()
             except Exception as exc:  # the registry may be down: the poller tries again
                 self.last_poll_error = f"{type(exc).__name__}: {exc}"
                 log.warning("model registry unreachable at start-up: %s", exc)
 
-    def _check_registry(self) -> None:
-        from rtml.training.model_registry import production_version
-        from scoring import ModelRefused, load_version
-
-        assert self.settings.mlflow_tracking_uri
-        found = production_version(
-            self.settings.mlflow_tracking_uri, self.settings.model_name, self.settings.serving_model_alias
-        )
-        if found is None:
-            self._clear_refusal()  # nothing in production, nothing refused
-            return
-        version, tags = found
-        current = self.model
-        if current is not None and current.version == version and current.name == self.settings.model_name:
-            self._clear_refusal()
-            return
-        if self._refused_key == (version, frozenset(tags.items())):
-            return  # refused already; tried again once production moves or the version's tags change
-        try:
-            served = load_version(self.settings.mlflow_tracking_uri, self.settings.model_name, version, tags)
-            self._warm(served)
-        except ModelRefused as exc:
-            self._refuse(version, tags, exc)
-            return
-        self._swap(served)
-        if current is not None:
+    def _model_changed(self, previous: ServedModel | None, served: ServedModel | None) -> None:
+        info = self.metrics.model_info
+        if previous is not None:
+            info.labels(previous.name, previous.version, previous.source, previous.path).set(0)
+        if served is not None:
+            info.labels(served.name, served.version, served.source, served.path).set(1)
+            log.info("serving %s v%s (%s, %s)", served.name, served.version, served.source, served.path)
+        if previous is not None and served is not None:
             self.metrics.model_swaps.inc()
 
-    def _refuse(self, version: str, tags: dict[str, str], refusal: ModelRefused) -> None:
-        """Keep serving what is served; say why, once per (version, tags)."""
-        self._refused_key = (version, frozenset(tags.items()))
-        current = self.model
-        self.refused = {
-            "version": version,
-            "reason": refusal.reason,
-            "error": str(refusal),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+    def _model_refused(self, version: str, refusal: ModelRefused) -> None:
         self.metrics.model_refused.labels(refusal.reason).inc()
         self.metrics.production_refused.set(1)
+        current = self.model
         log.error(
             "REFUSED model version %s (%s): %s; still serving %s",
             version,
@@ -509,61 +264,17 @@ class FraudScorer:
             "nothing" if current is None else f"v{current.version}",
         )
 
-    def _clear_refusal(self) -> None:
-        if self._refused_key is not None:
-            self._refused_key, self.refused = None, None
-            self.metrics.production_refused.set(0)
-
-    def _warm(self, served: Any) -> None:
-        """Score one all-missing row before the swap, so the first real request pays no lazy set-up;
-        a model that cannot score it is refused (``invalid``)."""
-        from scoring import Lookup, ModelRefused, score_rows
-
-        txn = {"amount": 1.0, "timestamp": datetime.now(UTC), "merchant_id": "warm-up"}
-        try:
-            score_rows(served, [txn], [Lookup({}, {}, [])], self.numeric, self.categorical)
-        except Exception as exc:
-            message = f"{served.name} v{served.version} cannot score a request: {exc}"
-            raise ModelRefused("invalid", message) from exc
-
-    def _swap(self, served: Any) -> None:
-        with self._swap_lock:
-            previous, self.model = self.model, served  # one reference assignment: requests see old or new
-            if previous is not None:
-                self.metrics.model_info.labels(
-                    previous.name, previous.version, previous.source, previous.path
-                ).set(0)
-            self.metrics.model_info.labels(served.name, served.version, served.source, served.path).set(1)
-        self._clear_refusal()
-        log.info("serving %s v%s (%s, %s)", served.name, served.version, served.source, served.path)
-
-    def _check_shadow(self) -> None:
-        """Load, swap or unload the shadow model as its alias says (``shadow.Shadow.update``). On the
-        poller's thread, after production's check: a shadow that loads slowly or not at all delays
-        neither production's start nor its swaps."""
-        from rtml.training.model_registry import production_version
-        from scoring import load_shadow
-
-        assert self.settings.mlflow_tracking_uri
-        if not self.settings.serving_shadow:
-            self.shadow.unload()
-            return
-        uri, name = self.settings.mlflow_tracking_uri, self.settings.model_name
-        found = production_version(uri, name, self.settings.serving_shadow_alias)
-        production = self.model
-
-        def load(version: str, tags: dict[str, str]) -> Any:
-            served = load_shadow(uri, name, version, tags)
-            self._warm(served)
-            return served
-
-        self.shadow.update(found, None if production is None else production.version, load)
-
     def _poll(self) -> None:
+        """The registry thread: the shadow's alias, then production's, every poll interval. A shadow
+        that loads slowly or not at all delays neither production's start nor its swaps."""
         interval = self.settings.serving_model_poll_seconds
         while True:
             try:
-                self._check_shadow()
+                if self.settings.serving_shadow:
+                    production = self.model
+                    self.shadow.slot.poll(skip=None if production is None else production.version)
+                else:
+                    self.shadow.slot.unload()
                 self.last_shadow_error = None
             except Exception as exc:  # the shadow's trouble is the shadow's: production goes on
                 self.last_shadow_error = f"{type(exc).__name__}: {exc}"
@@ -571,11 +282,16 @@ class FraudScorer:
             if interval <= 0 or self._stop.wait(interval):
                 return
             try:
-                self._check_registry()
+                self.production.poll()
                 self.last_poll_error = None
             except Exception as exc:  # keep serving the current version; try again next interval
                 self.last_poll_error = f"{type(exc).__name__}: {exc}"
                 log.warning("model registry poll failed: %s", exc)
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The production model: read once per batch, so a batch scores with one version."""
+        return self.production.model
 
     def __is_ready__(self) -> bool:
         return self.model is not None
@@ -596,7 +312,7 @@ class FraudScorer:
     # --- scoring --------------------------------------------------------------------------------
     def _score(self, transactions: list[Transaction]) -> list[Score]:
         """Score a micro-batch (``batching.MicroBatcher``): one Redis round trip, one model call."""
-        from scoring import FeatureStoreUnavailable, lookup, model_rows, predict
+        from rtml.serving.scoring import FeatureStoreUnavailable, lookup, model_rows, predict
 
         started = time.perf_counter()
         model = self.model  # one model for the whole batch, whatever the poller does meanwhile
@@ -648,8 +364,8 @@ class FraudScorer:
         ``monitoring.served_features``), the shadow model's queue and the transaction stream
         (``RTML_STREAM_KEY``)."""
         from rtml.monitoring.predictions import ServedFeaturesRow, prediction_row
+        from rtml.serving.shadow import Job
         from rtml.streaming.events import TransactionEvent, to_us
-        from shadow import Job
 
         scored_at = datetime.now(UTC)
         latency_ms = seconds * 1000
@@ -789,9 +505,10 @@ class FraudScorer:
                 f"online store views missing: {', '.join(store['missing_views'])} (Redis restarted or "
                 "flushed, or the push expired): every entity reads as unknown until the next push"
             )
-        if self.refused is not None:
+        refused = self.production.refused
+        if refused is not None:
             problems.append(
-                f"production version {self.refused['version']} refused ({self.refused['reason']}): "
+                f"production version {refused['version']} refused ({refused['reason']}): "
                 "still serving the version before"
             )
         shadow = self.shadow.status()
@@ -850,7 +567,7 @@ class FraudScorer:
                 "tracking_uri": self.settings.mlflow_tracking_uri,
                 "poll_seconds": self.settings.serving_model_poll_seconds,
                 "last_poll_error": self.last_poll_error,
-                "refused": self.refused,
+                "refused": self.production.refused,
             },
             "fail_open": self.settings.serving_fail_open,
             "max_batch": self.settings.serving_max_batch,
@@ -870,5 +587,7 @@ class FraudScorer:
 
 
 FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
-    ScoringRequestGuard, max_body_bytes=SETTINGS.serving_max_body_bytes, on_abandoned=_request_abandoned
+    ScoringRequestGuard,
+    max_body_bytes=SETTINGS.serving_max_body_bytes,
+    on_abandoned=lambda: abandoned_requests().inc(),
 )
