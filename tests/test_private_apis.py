@@ -248,16 +248,17 @@ def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, t
     from rtml.defs import dagster_internals as internals
     from rtml.defs.automation.runs import code_server_verdict
 
-    socket_path = tmp_path / "grpc.sock"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "dagster", "api", "grpc", "--python-file", "rtml_tiny_location.py"),
-            *("--socket", str(socket_path)),
-        ],
-        cwd=tiny_location,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    socket_path, log = tmp_path / "grpc.sock", tmp_path / "grpc.log"
+    with log.open("wb") as output:  # the child keeps its own copy of the file
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "dagster", "api", "grpc", "--python-file", "rtml_tiny_location.py"),
+                *("--socket", str(socket_path)),
+            ],
+            cwd=tiny_location,
+            stdout=output,
+            stderr=output,
+        )
     info = json.dumps({"host": "localhost", "socket": str(socket_path)})
     run = dg.DagsterRun(job_name="__ASSET_JOB", run_id="0" * 36, tags={internals.GRPC_INFO_TAG: info})
     with private_api(
@@ -274,7 +275,9 @@ def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, t
                     executing = internals.current_runs("localhost", None, str(socket_path), False)
                     break
                 except internals.DagsterUserCodeUnreachableError:
-                    assert server.poll() is None and time.monotonic() < deadline, "no code server"
+                    assert server.poll() is None and time.monotonic() < deadline, (
+                        tmp_path / "grpc.log"
+                    ).read_text()
                     time.sleep(0.5)
             assert list(executing) == []
             verdict = code_server_verdict(run, None)
