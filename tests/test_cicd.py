@@ -645,11 +645,10 @@ def test_compose_healthchecks_and_ordered_start() -> None:
 def test_dagster_containers_use_postgres_storage_and_the_code_server() -> None:
     import importlib
 
-    from dagster._core.instance.config import dagster_instance_config
-
     from rtml.defs.automation.runs import MonitoredRunLauncher
+    from rtml.defs.dagster_internals import instance_config
 
-    config, _ = dagster_instance_config(str(ROOT / "docker"))  # validates docker/dagster.yaml
+    config = instance_config(str(ROOT / "docker"))  # validates docker/dagster.yaml
     assert "postgres_db" in config["storage"]["postgres"]
     # runs whose code server dies with them (a redeploy) are marked failed: the launcher answers run
     # monitoring's health check, as the local stack's does

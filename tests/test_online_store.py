@@ -365,13 +365,11 @@ def test_reader_survives_a_flushed_script_cache_and_a_killed_connection(
         return
 
     reader = store._read_connection
-    reader.send_command("CLIENT", "ID")
-    reader_id = reader.read_response()
+    reader_id = reader.execute("CLIENT", "ID")
     assert store.client.client_kill_filter(_id=reader_id) == 1
     feats = store.read(customer_id, "m")
     assert feats.missing == ["merchant"] and feats.customer["txn_count_30d"] >= 1
-    reader.send_command("CLIENT", "ID")
-    assert reader.read_response() != reader_id  # a new connection
+    assert reader.execute("CLIENT", "ID") != reader_id  # a new connection
 
 
 def test_a_push_that_would_empty_a_view_is_refused_unless_allowed(store: OnlineStore, latest_db: str) -> None:

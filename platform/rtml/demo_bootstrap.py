@@ -3,7 +3,7 @@ executed by ONE process (``python -m rtml.demo_bootstrap``, started by ``rtml de
 
 Each step is a Dagster run recorded in the stack's instance (the Runs page shows them, with their
 progress, while they execute), made with the same calls as ``dagster asset materialize``
-(``dagster._cli.asset``): an implicit asset job of the code location, executed here with
+(``rtml.defs.dagster_internals``): an implicit asset job of the code location, executed here with
 ``dg.execute_job``. One process loads the code location once and executes the steps in process; nine
 ``dagster asset materialize`` commands paid 25-50 s of start-up each (a code location load for the run
 and one per step).
@@ -32,12 +32,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster._cli.workspace.cli_target import PythonPointerOpts, get_repository_python_origin_from_cli_opts
-from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
-from dagster._utils.interrupts import capture_interrupts
 
 from rtml.config import floor_hour, get_settings
+from rtml.defs.dagster_internals import (
+    RepositoryPythonOrigin,
+    capture_interrupts,
+    load_repository,
+    reconstructable_job,
+    repository_origin,
+)
 from rtml.stack.dagster_processes import CODE_LOCATION
 from rtml.stack.local import LocalStack
 
@@ -68,10 +71,8 @@ class BootstrapFailed(RuntimeError):
 class Bootstrap:
     def __init__(self, instance: dg.DagsterInstance) -> None:
         self.instance = instance
-        self.origin: RepositoryPythonOrigin = get_repository_python_origin_from_cli_opts(
-            PythonPointerOpts(module_name=CODE_LOCATION)
-        )
-        self.repository = recon_repository_from_origin(self.origin).get_definition()
+        self.origin: RepositoryPythonOrigin = repository_origin(CODE_LOCATION)
+        self.repository = load_repository(self.origin)
         self.step = 0
 
     def keys(self, group: str) -> list[str]:
@@ -104,7 +105,7 @@ class Bootstrap:
         print(f"[{self.step}] materializing {what}", flush=True)
         began = time.perf_counter()
         result = dg.execute_job(
-            recon_job_from_origin(JobPythonOrigin(job_name, repository_origin=self.origin)),
+            reconstructable_job(self.origin, job_name),
             instance=self.instance,
             asset_selection=sorted(keys) if keys is not None else None,
             tags=tags,

@@ -7,7 +7,7 @@ a few hundred calls per second. Compiled, the same model scores one row in about
 * the ``OrdinalEncoder`` becomes one dict per categorical column (value → code; unknown or missing →
   NaN, exactly as ``handle_unknown="use_encoded_value", unknown_value=nan, encoded_missing_value=nan``);
 * the ``HistGradientBoostingClassifier`` is imported into treelite (``treelite.sklearn.import_model``,
-  categorical splits included) and evaluated by treelite's GTIL.
+  categorical splits included) and evaluated by treelite's GTIL (``rtml.training.treelite_gtil``).
 
 ``compile_pipeline`` checks the compiled model against the pipeline before returning it, on rows built
 from the booster's own split thresholds (each threshold exactly, and just below and above it), every
@@ -17,8 +17,6 @@ raises ``NotCompilable`` and the caller keeps scoring with sklearn.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from rtml.training import treelite_gtil
 
 TOLERANCE = 1e-9
 
@@ -58,7 +58,7 @@ class CompiledModel:
         return np.asarray(values, dtype=np.float64).reshape(len(rows), len(self.columns))
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        return _gtil_predict(self.booster, matrix)
+        return treelite_gtil.predict(self.booster, matrix)
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Fraud probabilities of model input rows (``rtml.features.request_features.model_row``)."""
@@ -67,49 +67,11 @@ class CompiledModel:
         return self.predict_matrix(self.matrix(rows))
 
 
-@functools.cache
-def _gtil_config() -> Any:
-    from treelite.gtil.gtil import GTILConfig
-
-    return GTILConfig(nthread=1, predict_type="default")
-
-
-_DOUBLE_P = ctypes.POINTER(ctypes.c_double)
-
-
-def _gtil_predict(booster: Any, matrix: np.ndarray) -> np.ndarray:
-    """Probabilities of ``matrix``'s rows: ``treelite.gtil.predict(booster, matrix, nthread=1)`` through
-    treelite's C API (``TreeliteGTILPredict``, on the library treelite itself loaded: ``treelite.core._LIB``;
-    treelite is pinned) with the config built once. The Python function builds
-    and parses a JSON config and queries the output shape on every call: 20 of its 29 us per row, and
-    half of a one-row prediction on a cold CPU (400 → 210 us). ``compile_pipeline`` checks the booster
-    has the one-probability-per-row output this assumes, and verifies the results through this path."""
-    from treelite.core import _LIB, _check_call
-
-    matrix = np.ascontiguousarray(matrix, dtype=np.float64)
-    out = np.empty(matrix.shape[0], dtype=np.float64)
-    _check_call(
-        _LIB.TreeliteGTILPredict(
-            booster.handle,
-            matrix.ctypes.data_as(_DOUBLE_P),
-            b"float64",
-            ctypes.c_uint64(matrix.shape[0]),
-            out.ctypes.data_as(_DOUBLE_P),
-            _gtil_config().handle,
-        )
-    )
-    return out
-
-
-def _check_output_shape(booster: Any, num_feature: int) -> None:
-    """What ``_gtil_predict`` assumes: float64 in and out, one value per row, no padding needed."""
-    import treelite
-
-    shape = treelite.gtil.predict(booster, np.zeros((2, num_feature)), nthread=1).shape
-    if (booster.input_type, booster.output_type) != ("float64", "float64") or shape != (2, 1, 1):
-        raise NotCompilable(f"unexpected booster types/shape: {booster.input_type}, {shape}")
+def _check_booster(booster: Any, num_feature: int) -> None:
     if booster.num_feature != num_feature:
         raise NotCompilable(f"booster has {booster.num_feature} features, the pipeline {num_feature}")
+    if reason := treelite_gtil.unsupported(booster):
+        raise NotCompilable(reason)
 
 
 def compile_pipeline(pipeline: Any, *, seed: int = 0) -> CompiledModel:
@@ -146,7 +108,7 @@ def compile_pipeline(pipeline: Any, *, seed: int = 0) -> CompiledModel:
         codes=codes,
         booster=treelite.sklearn.import_model(classifier),
     )
-    _check_output_shape(compiled.booster, len(compiled.columns))
+    _check_booster(compiled.booster, len(compiled.columns))
     verify(compiled, pipeline, probe_rows(compiled, classifier, seed=seed))
     return compiled
 

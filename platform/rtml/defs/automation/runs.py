@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import dagster as dg
 import grpc
 import psutil
-from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._core.storage.tags import GRPC_INFO_TAG
-from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import GetCurrentRunsResult
-from dagster._serdes import deserialize_value
 
+from rtml.defs.dagster_internals import (
+    GRPC_INFO_TAG,
+    CheckRunHealthResult,
+    DagsterUserCodeUnreachableError,
+    WorkerStatus,
+    current_runs,
+)
 from rtml.stack.processes import pid_alive
 
 IN_FLIGHT = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -70,7 +71,7 @@ def code_server_verdict(run: dg.DagsterRun, pid: int | None) -> CheckRunHealthRe
         return None
     where = server.address
     try:
-        current = deserialize_value(server.client().get_current_runs(), GetCurrentRunsResult)
+        executing = server.current_runs()
     except DagsterUserCodeUnreachableError as error:
         cause = error.__cause__
         if not (isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE):
@@ -82,7 +83,7 @@ def code_server_verdict(run: dg.DagsterRun, pid: int | None) -> CheckRunHealthRe
                 WorkerStatus.RUNNING, f"its code server is gone, its worker {pid} runs"
             )
         return CheckRunHealthResult(WorkerStatus.NOT_FOUND, f"its code server ({where}) is gone")
-    if run.run_id in current.current_runs:
+    if run.run_id in executing:
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"executed by its code server ({where})")
     return CheckRunHealthResult(WorkerStatus.NOT_FOUND, f"its code server ({where}) no longer executes it")
 
@@ -194,8 +195,8 @@ class CodeServer:
         """What its command line (``dagster api grpc --socket PATH`` or ``--port N``) contains."""
         return self.socket or f"--port {self.port}"
 
-    def client(self) -> DagsterGrpcClient:
-        return DagsterGrpcClient(port=self.port, socket=self.socket, host=self.host, use_ssl=self.use_ssl)
+    def current_runs(self) -> Sequence[str]:
+        return current_runs(self.host, self.port, self.socket, self.use_ssl)
 
 
 def _command_line(process: psutil.Process) -> list[str]:

@@ -9,12 +9,12 @@ command it sends (``HSET``, ``UNLINK``, ``HDEL``) answers with a one-line intege
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from redis.connection import AbstractConnection
+
+from rtml.features.online.redis_wire import DirectConnection
 
 CRLF = "\r\n"
 
@@ -83,7 +83,7 @@ def concatenated(rows: pa.Array) -> bytes:
 class BulkChannel:
     """One dedicated connection that sends packed batches and counts their one-line replies."""
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: DirectConnection) -> None:
         self.connection = connection
         self.connection.connect()
         self._pending = 0
@@ -91,7 +91,7 @@ class BulkChannel:
 
     def send(self, payload: bytes, replies: int) -> None:
         if payload:
-            self.connection.send_packed_command([payload], check_health=False)
+            self.connection.send_packed(payload)
             self._pending += replies
 
     def send_and_drain(self, payload: bytes, replies: int) -> None:
@@ -100,11 +100,9 @@ class BulkChannel:
 
     def drain(self) -> None:
         """Wait for every reply sent so far; raise on the first error reply."""
-        sock = self.connection._sock  # redis-py has no public bulk reader; the socket is its own
-        assert isinstance(sock, socket.socket)
         buffer, lines = self._buffer, self._buffer.count(b"\r\n")
         while lines < self._pending:
-            chunk = sock.recv(1 << 20)
+            chunk = self.connection.recv(1 << 20)
             if not chunk:
                 raise ConnectionError("Redis closed the connection during a bulk write")
             lines += chunk.count(b"\r\n") + (buffer.endswith(b"\r") and chunk.startswith(b"\n"))
@@ -120,4 +118,4 @@ class BulkChannel:
             raise BulkWriteError(mine[start : mine.index(b"\r\n", start)].decode(errors="replace"))
 
     def close(self) -> None:
-        self.connection.disconnect()
+        self.connection.close()

@@ -36,6 +36,7 @@ from rtml.features.online.reader import (
     decode_entity,
     read_script,
 )
+from rtml.features.online.redis_wire import DirectConnection
 from rtml.features.online.schema import OnlineView, online_views
 from rtml.features.online.source import fetch_latest
 from rtml.features.online.writer import OnlineWriter, PushResult
@@ -262,29 +263,27 @@ class OnlineStore:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         with self._read_lock:
             if self._read_connection is None:
-                self._read_connection = self.client.connection_pool.make_connection()
-            connection: Any = self._read_connection
+                self._read_connection = DirectConnection(self.client)
+            connection: DirectConnection = self._read_connection
             try:
                 return self._send(connection, script, command)
             except redis.exceptions.TimeoutError:  # a slow server: no second wait
-                connection.disconnect()
+                connection.close()
                 raise
             except redis.exceptions.ConnectionError:
-                connection.disconnect()  # send_command connects again
+                connection.close()  # execute connects again
             try:
                 return self._send(connection, script, command)
             except redis.exceptions.RedisError:
-                connection.disconnect()
+                connection.close()
                 raise
 
-    def _send(self, connection: Any, script: Any, command: tuple[Any, ...]) -> Any:
+    def _send(self, connection: DirectConnection, script: Any, command: tuple[Any, ...]) -> Any:
         try:
-            connection.send_command(*command)
-            return connection.read_response()
+            return connection.execute(*command)
         except redis.exceptions.NoScriptError:
             self.client.script_load(script.script)  # same script, same sha
-            connection.send_command(*command)
-            return connection.read_response()
+            return connection.execute(*command)
 
     def probe(self) -> dict[str, str | None]:
         """The two scored views' current namespaces (None: the pointer is gone), in one ``MGET`` on a
@@ -380,7 +379,7 @@ class OnlineStore:
 
     def close(self) -> None:
         if self._read_connection is not None:
-            self._read_connection.disconnect()
+            self._read_connection.close()
         self.client.close()
         self._bulk_client.close()
         self._probe_client.close()

@@ -46,6 +46,7 @@ import redis
 from rtml.features.online import resp
 from rtml.features.online.digests import Digests, digests_of, load_digests, store_digests
 from rtml.features.online.keys import Keys
+from rtml.features.online.redis_wire import DirectConnection
 from rtml.features.online.schema import OnlineView
 from rtml.redis_client import is_cluster
 
@@ -328,11 +329,7 @@ class OnlineWriter:
         thread while the caller's thread encodes the next batch: Redis's work on batch k overlaps the
         encoding of batch k + 1 (socket I/O and the pyarrow kernels release the GIL). On a cluster, to
         the primary of the namespace's slot (every key of a view shares it)."""
-        if isinstance(self.client, redis.RedisCluster):
-            pool = self.client.get_node_from_key(namespace).redis_connection.connection_pool
-        else:
-            pool = self.client.connection_pool  # a connection of its own, outside the pool
-        channel = resp.BulkChannel(pool.connection_class(**pool.connection_kwargs))
+        channel = resp.BulkChannel(DirectConnection(self.client, namespace))
         sent = 0
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-push") as sender:

@@ -1,0 +1,77 @@
+"""Dagster's internals that rtml uses for lack of a public API, in one place.
+
+* Run monitoring (``rtml.defs.automation.runs``): a run launcher answers the daemon's worker health
+  check with ``CheckRunHealthResult`` / ``WorkerStatus``; it asks the code server named in the run's
+  ``GRPC_INFO_TAG`` which runs it executes (``DagsterGrpcClient.get_current_runs``), and tells a code
+  server that is gone by ``DagsterUserCodeUnreachableError``.
+* The demo's bootstrap (``rtml.demo_bootstrap``): the window's runs executed in ONE process, with the
+  calls ``dagster asset materialize`` makes (the code location's repository origin from its module name,
+  its jobs reconstructed from that origin) and Dagster's ``capture_interrupts``, so that a Ctrl-C
+  reaches a step as Dagster's interrupt and the run is recorded as canceled. Nine CLI processes paid
+  25-50 s of start-up each (docs/benchmarks.md, "Time to value": the bootstrap).
+* CI's check of ``docker/dagster.yaml`` (tests/test_cicd.py): validated as Dagster validates it when it
+  opens the instance, without opening it (its storage is only reachable inside the compose stack).
+
+Used here and nowhere else. dagster is pinned (pyproject.toml); tests/test_private_apis.py fails by
+name when a new version changes any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+from dagster._cli.workspace.cli_target import PythonPointerOpts, get_repository_python_origin_from_cli_opts
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.types import GetCurrentRunsResult
+from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
+from dagster._utils.interrupts import capture_interrupts
+
+__all__ = [
+    "GRPC_INFO_TAG",
+    "CheckRunHealthResult",
+    "DagsterUserCodeUnreachableError",
+    "RepositoryPythonOrigin",
+    "WorkerStatus",
+    "capture_interrupts",
+    "current_runs",
+    "instance_config",
+    "load_repository",
+    "reconstructable_job",
+    "repository_origin",
+]
+
+
+def current_runs(host: str, port: int | None, socket: str | None, use_ssl: bool) -> Sequence[str]:
+    """The ids of the runs a code server executes. Raises ``DagsterUserCodeUnreachableError`` (its
+    ``__cause__`` the ``grpc.RpcError``) when it does not answer."""
+    client = DagsterGrpcClient(port=port, socket=socket, host=host, use_ssl=use_ssl)
+    return dg.deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
+
+
+def repository_origin(module_name: str) -> RepositoryPythonOrigin:
+    """The origin of the code location defined in ``module_name``, as ``dagster ... -m module_name``
+    makes it (this interpreter, this working directory)."""
+    return get_repository_python_origin_from_cli_opts(PythonPointerOpts(module_name=module_name))
+
+
+def load_repository(origin: RepositoryPythonOrigin) -> dg.RepositoryDefinition:
+    return recon_repository_from_origin(origin).get_definition()
+
+
+def reconstructable_job(origin: RepositoryPythonOrigin, job_name: str) -> ReconstructableJob:
+    """A job of the code location that ``dg.execute_job`` runs, recorded against the location's origin."""
+    return recon_job_from_origin(JobPythonOrigin(job_name, repository_origin=origin))
+
+
+def instance_config(directory: str) -> Mapping[str, Any]:
+    """``directory``'s dagster.yaml, validated (``DagsterInvalidConfigError`` if it is not valid)."""
+    config, _ = dagster_instance_config(directory)
+    return config

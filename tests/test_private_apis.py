@@ -1,0 +1,356 @@
+"""The private APIs rtml uses, one adapter per library, each exercised against the pinned version: a new
+version that changes one fails here, by name, rather than in the scorer, a push or a run.
+
+* redis-py: ``rtml.features.online.redis_wire`` (the online read, the bulk push)
+* treelite: ``rtml.training.treelite_gtil`` (the compiled model's prediction)
+* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap)
+
+Each test calls the private path and compares it with the public API's result (or, where Dagster has
+none, with what the caller relies on). ``test_nothing_else_touches_them`` keeps the private names in
+their adapters."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def private_api(library: str, symbols: str, code_path: str) -> Iterator[None]:
+    """Any error or wrong result inside becomes one message naming the library, its installed (pinned)
+    version, the private symbols and the code that depends on them."""
+    try:
+        yield
+    except (Exception, pytest.fail.Exception) as error:  # pytest.raises' "DID NOT RAISE" too
+        pytest.fail(
+            f"{library} {version(library)} (pinned in pyproject.toml) changed its private {symbols}, "
+            f"which {code_path} depends on: {type(error).__name__}: {error}"
+        )
+
+
+# --- redis-py ------------------------------------------------------------------------------------
+def test_redis_wire_reads_like_the_public_client(redis_url: str) -> None:
+    from rtml.features.online.redis_wire import DirectConnection
+
+    client = redis.Redis.from_url(redis_url)
+    key = "rtml-test:private-apis:read"
+    client.hset(key, mapping={"a": "1", "b": "2"})
+    script = client.register_script("return {KEYS[1], redis.call('HGET', KEYS[1], ARGV[1])}")
+    with private_api(
+        "redis",
+        "ConnectionPool.connection_class/connection_kwargs, Connection.send_command/read_response/disconnect",
+        "OnlineStore._evalsha (the scorer's online read, rtml.features.online.redis_wire)",
+    ):
+        connection = DirectConnection(client)
+        public = script(keys=[key], args=["b"])
+        assert connection.execute("EVALSHA", script.sha, 1, key, "b") == public == [key.encode(), b"2"]
+        with pytest.raises(redis.exceptions.NoScriptError):  # the read loads a lost script again
+            connection.execute("EVALSHA", "0" * 40, 0)
+        # a connection of its own, outside the pool; a killed one raises ConnectionError, and after
+        # close the next command connects again (the read's reconnect)
+        connection_id = connection.execute("CLIENT", "ID")
+        assert connection_id != client.client_id()
+        assert client.client_kill_filter(_id=connection_id) == 1
+        with pytest.raises(redis.exceptions.ConnectionError):
+            connection.execute("CLIENT", "ID")
+        connection.close()
+        assert connection.execute("CLIENT", "ID") != connection_id
+        connection.close()
+    client.delete(key)
+    client.close()
+
+
+def test_redis_wire_sends_packed_batches_and_reads_raw_replies(redis_url: str) -> None:
+    from rtml.features.online import resp
+    from rtml.features.online.redis_wire import DirectConnection
+
+    client = redis.Redis.from_url(redis_url)
+    key = "rtml-test:private-apis:bulk"
+    client.delete(key)
+    payload = resp.variadic_command("HSET", [key], [pa.array(["f1", "f2"]), pa.array(["v1", "v2"])])
+    with private_api(
+        "redis",
+        "Connection.connect/send_packed_command, Connection._sock",
+        "the online store's bulk push (OnlineWriter._send_batches → resp.BulkChannel)",
+    ):
+        connection = DirectConnection(client)
+        connection.connect()
+        connection.send_packed(payload + payload)  # two commands at once: two one-line replies
+        replies = b""
+        while replies.count(b"\r\n") < 2:
+            replies += connection.recv(1 << 16)
+        assert replies == b":2\r\n:0\r\n"
+        assert client.hgetall(key) == {b"f1": b"v1", b"f2": b"v2"}
+        # the channel tells a closed connection by an empty read
+        assert client.client_kill_filter(_id=connection.execute("CLIENT", "ID")) == 1
+        assert connection.recv(1 << 16) == b""
+        connection.close()
+    client.delete(key)
+    client.close()
+
+
+# --- treelite ------------------------------------------------------------------------------------
+def test_treelite_gtil_predicts_like_the_public_api() -> None:
+    import treelite
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from rtml.training import treelite_gtil
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2_000, 4))
+    labels = (features[:, 0] + features[:, 1] > 0.5).astype(int)
+    binary = treelite.sklearn.import_model(HistGradientBoostingClassifier(max_iter=10).fit(features, labels))
+    three_classes = treelite.sklearn.import_model(
+        HistGradientBoostingClassifier(max_iter=3).fit(features, labels + (features[:, 2] > 1))
+    )
+    rows = rng.normal(size=(257, 4))
+    rows[::5, 3] = np.nan
+    with private_api(
+        "treelite",
+        "treelite.core._LIB.TreeliteGTILPredict, treelite.core._check_call, treelite.gtil.gtil.GTILConfig",
+        "CompiledModel.predict (the scorer's compiled model, rtml.training.treelite_gtil)",
+    ):
+        assert treelite_gtil.unsupported(binary) is None
+        assert treelite_gtil.unsupported(three_classes) is not None  # (rows, 1, 3): not one value a row
+        public = treelite.gtil.predict(binary, rows, nthread=1)[:, 0, 0]
+        np.testing.assert_array_equal(treelite_gtil.predict(binary, rows), public)
+        np.testing.assert_array_equal(treelite_gtil.predict(binary, rows[:1]), public[:1])
+        assert treelite_gtil.predict(binary, rows[:0]).shape == (0,)
+
+
+# --- Dagster -------------------------------------------------------------------------------------
+TINY_DEFINITIONS = """
+import dagster as dg
+
+@dg.asset
+def numbers() -> list[int]:
+    return [1, 2, 3]
+
+@dg.asset
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+
+defs = dg.Definitions(assets=[numbers, total])
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    directory = tmp_path_factory.mktemp("tiny-location")
+    (directory / "rtml_tiny_location.py").write_text(TINY_DEFINITIONS)
+    yield directory
+    sys.modules.pop("rtml_tiny_location", None)
+
+
+def test_dagster_internals_execute_a_code_locations_runs_in_process(
+    tiny_location: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from rtml.defs import dagster_internals as internals
+
+    monkeypatch.chdir(tiny_location)  # the origin's working directory, as `rtml demo` starts the bootstrap
+    monkeypatch.syspath_prepend(str(tiny_location))
+    with (
+        private_api(
+            "dagster",
+            "dagster._cli.workspace.cli_target.get_repository_python_origin_from_cli_opts, "
+            "dagster._utils.hosted_user_process.recon_repository_from_origin / recon_job_from_origin, "
+            "dagster._core.origin.JobPythonOrigin, dagster._utils.interrupts.capture_interrupts",
+            "the demo's bootstrap (rtml.demo_bootstrap)",
+        ),
+        dg.DagsterInstance.ephemeral() as instance,
+    ):
+        origin = internals.repository_origin("rtml_tiny_location")
+        repository = internals.load_repository(origin)
+        from rtml_tiny_location import defs  # type: ignore[import-not-found]
+
+        public_keys = set(defs.resolve_asset_graph().get_all_asset_keys())
+        assert set(repository.asset_graph.get_all_asset_keys()) == public_keys
+        keys = dg.AssetSelection.assets("numbers", "total").resolve(repository.asset_graph)
+        job = repository.get_implicit_job_def_for_assets(keys)
+        assert job is not None
+        result = dg.execute_job(
+            internals.reconstructable_job(origin, job.name),
+            instance=instance,
+            asset_selection=sorted(keys),
+            run_config={"execution": {"config": {"in_process": {}}}},
+        )
+        public = dg.materialize(defs.assets[:2], instance=instance)  # type: ignore[index]
+        assert result.success and public.success
+
+        def materialized(run: dg.ExecutionResult) -> set[dg.AssetKey]:
+            return {event.asset_key for event in run.get_asset_materialization_events()}
+
+        assert materialized(result) == materialized(public) == keys
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None and run.job_code_origin is not None
+        assert run.job_code_origin.repository_origin == origin  # recorded against the code location
+        # Ctrl-C between two runs: captured (no KeyboardInterrupt wherever the bootstrap is), raised in
+        # the next run as Dagster's interrupt, so that no further run goes on
+        with internals.capture_interrupts():
+            # else the signal below would end this test session with a KeyboardInterrupt
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, "SIGINT not captured"
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            stopped = dg.execute_job(
+                internals.reconstructable_job(origin, job.name),
+                instance=instance,
+                asset_selection=sorted(keys),
+                run_config={"execution": {"config": {"in_process": {}}}},
+                raise_on_error=False,
+            )
+        assert not stopped.success and not materialized(stopped)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_dagster_internals_validate_a_dagster_yaml_as_the_instance_reads_it(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from rtml.defs import dagster_internals as internals
+
+    (tmp_path / "dagster.yaml").write_text(
+        "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 7\ntelemetry:\n  enabled: false\n"
+    )
+    with private_api(
+        "dagster",
+        "dagster._core.instance.config.dagster_instance_config",
+        "CI's check of docker/dagster.yaml (tests/test_cicd.py)",
+    ):
+        config = internals.instance_config(str(tmp_path))
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            assert config["run_monitoring"]["poll_interval_seconds"] == 7
+            assert instance.run_monitoring_poll_interval_seconds == 7
+        (tmp_path / "dagster.yaml").write_text("run_monitoring:\n  enabled: maybe\n")
+        with pytest.raises(dg.DagsterInvalidConfigError):
+            internals.instance_config(str(tmp_path))
+
+
+def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, tmp_path: Path) -> None:
+    import dagster as dg
+
+    from rtml.defs import dagster_internals as internals
+    from rtml.defs.automation.runs import code_server_verdict
+
+    socket_path, log = tmp_path / "grpc.sock", tmp_path / "grpc.log"
+    with log.open("wb") as output:  # the child keeps its own copy of the file
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "dagster", "api", "grpc", "--python-file", "rtml_tiny_location.py"),
+                *("--socket", str(socket_path)),
+            ],
+            cwd=tiny_location,
+            stdout=output,
+            stderr=output,
+        )
+    info = json.dumps({"host": "localhost", "socket": str(socket_path)})
+    run = dg.DagsterRun(job_name="__ASSET_JOB", run_id="0" * 36, tags={internals.GRPC_INFO_TAG: info})
+    with private_api(
+        "dagster",
+        "dagster._grpc.client.DagsterGrpcClient.get_current_runs, dagster._grpc.types.GetCurrentRunsResult, "
+        "dagster._core.errors.DagsterUserCodeUnreachableError, dagster._core.launcher.CheckRunHealthResult/"
+        "WorkerStatus, dagster._core.storage.tags.GRPC_INFO_TAG",
+        "run monitoring (rtml.defs.automation.runs.MonitoredRunLauncher) and `rtml demo`'s stop",
+    ):
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    executing = internals.current_runs("localhost", None, str(socket_path), False)
+                    break
+                except internals.DagsterUserCodeUnreachableError:
+                    assert server.poll() is None and time.monotonic() < deadline, (
+                        tmp_path / "grpc.log"
+                    ).read_text()
+                    time.sleep(0.5)
+            assert list(executing) == []
+            verdict = code_server_verdict(run, None)
+            assert verdict is not None and verdict.status == internals.WorkerStatus.NOT_FOUND
+            assert verdict.msg == f"its code server ({socket_path}) no longer executes it"
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        with pytest.raises(internals.DagsterUserCodeUnreachableError):
+            internals.current_runs("localhost", None, str(socket_path), False)
+        verdict = code_server_verdict(run, os.getpid())  # this process is alive, but not on its socket
+        assert verdict is not None and verdict.status == internals.WorkerStatus.RUNNING
+        assert verdict.msg == f"its code server is gone, its worker {os.getpid()} runs"
+        # the launcher's hook that run monitoring calls is still the one MonitoredRunLauncher overrides
+        assert dg.DefaultRunLauncher.check_run_worker_health.__name__ == "check_run_worker_health"
+        assert "supports_check_run_worker_health" in dir(dg.DefaultRunLauncher)
+
+
+# --- the adapters are the only users ---------------------------------------------------------------
+ADAPTERS = {
+    "redis_wire": "platform/rtml/features/online/redis_wire.py",
+    "treelite_gtil": "platform/rtml/training/treelite_gtil.py",
+    "dagster_internals": "platform/rtml/defs/dagster_internals.py",
+}
+PRIVATE_ATTRIBUTES = {
+    "redis_wire": {
+        "send_packed_command",
+        "send_command",
+        "read_response",
+        "make_connection",
+        "connection_class",
+        "connection_kwargs",
+        "_sock",
+    },
+    "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
+}
+
+
+def _private_uses(tree: ast.AST) -> Iterator[tuple[str, str]]:
+    """(adapter, what) for every import or attribute in ``tree`` that only that adapter may use."""
+    for node in ast.walk(tree):
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module]
+            for alias in node.names:
+                for adapter, names in PRIVATE_ATTRIBUTES.items():
+                    if alias.name in names:
+                        yield adapter, f"from {node.module} import {alias.name}"
+        elif isinstance(node, ast.Attribute):
+            for adapter, names in PRIVATE_ATTRIBUTES.items():
+                if node.attr in names:
+                    yield adapter, f".{node.attr}"
+        for module in modules:
+            if module.startswith("dagster._"):
+                yield "dagster_internals", f"import {module}"
+            if module.startswith(("treelite.core", "treelite.gtil.gtil")):
+                yield "treelite_gtil", f"import {module}"
+
+
+def test_nothing_else_touches_them() -> None:
+    """Only the adapter imports or calls its library's private names, in the package, the service, the
+    tests and the benchmarks (text aside: dagster.yaml's documented ``module: dagster._core.storage.root``
+    line in ``rtml.stack.dagster_home``)."""
+    offenders = []
+    patterns = ("platform/rtml/**/*.py", "serving/*.py", "tests/*.py", "benchmarks/*.py")
+    paths = [path for pattern in patterns for path in ROOT.glob(pattern)]
+    for path in sorted(paths):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative == "tests/test_private_apis.py":
+            continue
+        for adapter, what in _private_uses(ast.parse(path.read_text())):
+            if relative != ADAPTERS[adapter]:
+                offenders.append(f"{relative}: {what} (only {ADAPTERS[adapter]} may)")
+    assert offenders == []
