@@ -39,6 +39,7 @@ from dagster_graphql import DagsterGraphQLClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
 from rtml.defs.automation.runs import CodeServer, worker_pid  # noqa: E402
+from rtml.defs.automation.tags import range_tags  # noqa: E402
 from rtml.stack.processes import free_port  # noqa: E402
 
 RTML = str(Path(sys.executable).with_name("rtml"))
@@ -103,11 +104,8 @@ def main() -> None:
     try:
         wait_for("the demo's UIs", lambda: "Dagster UI" in output.read_text(), 600)
         client = DagsterGraphQLClient("127.0.0.1", port_number=int(env["RTML_DAGSTER_PORT"]))
-        tags = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
         runs = {
-            name: client.submit_job_execution(
-                "ingestion_job", tags=dict(zip(tags, days, strict=True)), run_config=IN_PROCESS
-            )
+            name: client.submit_job_execution("ingestion_job", tags=range_tags(*days), run_config=IN_PROCESS)
             for name, days in DAYS.items()
         }
         with dg.DagsterInstance.from_config(dagster_home) as instance:

@@ -54,6 +54,7 @@ from rtml.defs.automation.sensors import (
     retraining_notifier,
     run_failure_notifier,
 )
+from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.ingestion.sensors import landing_files_sensor
 from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
@@ -67,8 +68,6 @@ from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
 from tests.monitoring_stack import Webhook, webhook_receiver
-
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 # --- shared fixtures and helpers ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from rtml.defs.automation.incomplete_partitions import incomplete_partitions_sensor
+from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.clock import world_now
 from rtml.defs.ingestion.assets import transactions_raw
 from rtml.defs.ingestion.partitions import transactions_partitions
@@ -32,7 +33,6 @@ from tests.isolation import TEST_NOW
 
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)  # an hour of the session's world, 10 days before TEST_NOW
 KEY, PREVIOUS = "2026-11-20-10:00", "2026-11-20-09:00"
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 FUTURE = "event_ts_in_future"
 
 

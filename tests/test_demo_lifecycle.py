@@ -36,13 +36,13 @@ from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import make_url
 
 from rtml.defs.automation.runs import CodeServer, code_server_verdict, worker_pid
+from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.stack.local import StackInfo
 from rtml.stack.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STOP_LIMIT_S = 15.0  # every process the demo started must be gone this long after Ctrl-C
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 RUN_DAYS = {"server_killed": "2026-11-02", "in_flight": "2026-11-05"}
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # no step worker: one code location load less
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from rtml.definitions import defs
+from rtml.defs.automation.tags import range_tags
 from rtml.defs.features.assets import dbt_feature_tables, dbt_incremental_features
 from rtml.stack.local import StackInfo
 
@@ -44,11 +45,7 @@ def instance(stack: StackInfo) -> dg.DagsterInstance:
 def _run(
     instance: dg.DagsterInstance, job: str, first: str | None = None, last: str | None = None
 ) -> dg.ExecuteInProcessResult:
-    tags = (
-        {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-        if first
-        else {}
-    )
+    tags = range_tags(first, last) if first else {}
     return test_defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags)  # type: ignore[arg-type]
 
 

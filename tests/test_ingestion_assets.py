@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from rtml.definitions import defs
+from rtml.defs.automation.tags import range_tags
 from rtml.stack.local import StackInfo
 
 FIRST_HOURS = ("2026-11-01-00:00", "2026-11-01-02:00")  # three hourly partitions, one run
@@ -34,7 +35,7 @@ def _count(database_url: str, sql: str) -> int:
 def _run_range(instance: dg.DagsterInstance, job: str, first: str, last: str) -> dg.ExecuteInProcessResult:
     return defs.resolve_job_def(job).execute_in_process(
         instance=instance,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        tags=range_tags(first, last),
     )
 
 

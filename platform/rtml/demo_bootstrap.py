@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from rtml.config import floor_hour, get_settings
+from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.dagster_internals import (
     RepositoryPythonOrigin,
     capture_interrupts,
@@ -44,7 +45,6 @@ from rtml.defs.dagster_internals import (
 from rtml.stack.dagster_processes import CODE_LOCATION
 from rtml.stack.local import LocalStack
 
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 BOOTSTRAP_TAG = "rtml/bootstrap"  # on every run of the bootstrap: the step's number and name
 IN_PROCESS: dict[str, object] = {
     "execution": {"config": {"in_process": {}}}
