@@ -402,7 +402,7 @@ def chain(
         if hour <= switch_at < hour + timedelta(hours=1):
             # what `rtml scenario start amount_inflation` does, at that minute of the hour: rows with a
             # later event time are generated drifted (every refresh's Simulator reads the timeline)
-            switch(get_settings(), "amount_inflation", True, at=switch_at)
+            switch(get_settings().services, "amount_inflation", True, at=switch_at)
         drifted_minutes = max(0.0, (hour + timedelta(hours=1) - max(hour, switch_at)) / timedelta(minutes=1))
         print(
             f"{hour:%Y-%m-%d %H:00} ({f'drifted from :{switch_at:%M}' if drifted else 'control'})", flush=True

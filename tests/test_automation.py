@@ -36,7 +36,7 @@ import pyarrow.csv as pa_csv
 import pytest
 import redis
 
-from rtml.config import get_settings
+from rtml.config import AutomationSettings, get_settings
 from rtml.definitions import defs
 from rtml.defs.automation.checks import (
     DATA_FRESHNESS,
@@ -61,12 +61,14 @@ from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.features.sample_data import ensure_raw_tables, load_simulated
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.simulator import Simulator
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
 from tests.monitoring_stack import Webhook, webhook_receiver
 
+CHECKS = freshness_checks(AutomationSettings())  # the default maximum ages
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
@@ -142,7 +144,7 @@ def evaluate_checks(
     """Run freshness checks the way the freshness sensor's runs do: the checks alone."""
     job = dg.define_asset_job("evaluate_freshness", selection=dg.AssetSelection.checks(*keys))
     result = (
-        dg.Definitions(asset_checks=freshness_checks, jobs=[job])
+        dg.Definitions(asset_checks=CHECKS, jobs=[job])
         .resolve_job_def(job.name)
         .execute_in_process(instance=instance)
     )
@@ -190,7 +192,7 @@ def test_a_stale_model_requests_exactly_one_retraining(sensor_instance: dg.Dagst
 
     assert "not evaluated yet" in skip_message(evaluate(None))
     # Dagster's freshness sensor launches a first evaluation of every freshness check
-    first_run = freshness_checks_sensor(dg.build_sensor_context(instance=sensor_instance))
+    first_run = freshness_checks_sensor(CHECKS)(dg.build_sensor_context(instance=sensor_instance))
     assert isinstance(first_run, dg.RunRequest)
     assert set(first_run.asset_check_keys or ()) == {MODEL_FRESHNESS, *DATA_FRESHNESS}
     assert first_run.tags["rtml/trigger"] == "freshness_checks_sensor"
@@ -255,9 +257,14 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             get_settings.cache_clear()
             settings = get_settings()
             hour = datetime(2026, 11, 20, 3, tzinfo=UTC)
-            settings.landing_dir.mkdir(parents=True)
-            path = settings.landing_dir / "transactions_20261120T0300_20261120T0400.csv"
-            pa_csv.write_csv(Simulator(settings).transactions(hour, hour + timedelta(hours=1)), path)
+            settings.services.landing_dir.mkdir(parents=True)
+            path = settings.services.landing_dir / "transactions_20261120T0300_20261120T0400.csv"
+            pa_csv.write_csv(
+                Simulator(settings.simulator, settings.ingest, timeline_path(settings.services)).transactions(
+                    hour, hour + timedelta(hours=1)
+                ),
+                path,
+            )
 
             context = dg.build_sensor_context(instance=sensor_instance)
             first = landing_files_sensor(context)
@@ -282,7 +289,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             [materialization] = result.asset_materializations_for_node("transactions_landing")
             assert materialization.partition == path.name
             assert materialization.metadata["rows_loaded"].value > 0
-            assert (settings.landing_dir / "processed" / path.name).exists()
+            assert (settings.services.landing_dir / "processed" / path.name).exists()
     finally:
         get_settings.cache_clear()
 

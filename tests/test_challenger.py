@@ -123,7 +123,9 @@ def world(
     label_rows.append(
         {"transaction_id": overturned, "is_fraud": False, "label_ts": START, "label_source": "confirmed"}
     )
-    load_labels(url, [pa.Table.from_pylist(label_rows, schema=LABELS)], "challenger-test", get_settings())
+    load_labels(
+        url, [pa.Table.from_pylist(label_rows, schema=LABELS)], "challenger-test", get_settings().ingest
+    )
     proc = run_dbt(["run", "--select", "stg_labels"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
 

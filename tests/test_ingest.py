@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from rtml.config import Settings
+from rtml.config import IngestSettings, Settings
 from rtml.ingest.errors import SchemaMismatchError, TransientDatabaseError
 from rtml.ingest.loader import delete_source, load_labels, load_transactions
 from rtml.ingest.tables import ensure_tables
@@ -25,7 +25,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = T0 + timedelta(days=30)
 """The load time the tests pass (validation's "in the future"): after every event and label they write,
 whatever the host's clock says."""
-SETTINGS = Settings()
+SETTINGS = IngestSettings()
 
 
 @pytest.fixture
@@ -178,8 +178,10 @@ def test_counts_add_up_and_match_the_database(conn: psycopg.Connection, source: 
         [{**GOOD, "transaction_id": f"{source}-x{i}", "currency": "XXX"} for i in range(7)]
     )
     # Several batches and a chunk size that splits them: streaming must not lose or double rows.
-    settings = Settings(ingest_chunk_rows=16)
-    result = load_transactions(conn, [good.slice(0, 30), bad, good.slice(30)], source, settings, now=NOW)
+    settings = Settings(ingest=IngestSettings(chunk_rows=16))
+    result = load_transactions(
+        conn, [good.slice(0, 30), bad, good.slice(30)], source, settings.ingest, now=NOW
+    )
     assert result.rows_read == 57 == result.rows_loaded + result.rows_quarantined
     assert result.rows_loaded == count(conn, "raw.transactions", source) == 50
     assert result.rows_quarantined == count(conn, "raw.transactions_quarantine", source) == 7
@@ -244,7 +246,7 @@ def test_cross_source_duplicate_goes_to_quarantine_and_nothing_else_is_lost(
 def test_duplicate_across_chunks_of_one_source_keeps_the_first(conn: psycopg.Connection, source: str) -> None:
     table = transactions(6, source)
     repeated = pa.concat_tables([table, table.slice(2, 1)])  # the 7th row repeats the 3rd, in another chunk
-    result = load_transactions(conn, [repeated], source, Settings(ingest_chunk_rows=4), now=NOW)
+    result = load_transactions(conn, [repeated], source, IngestSettings(chunk_rows=4), now=NOW)
     assert (result.rows_loaded, result.quarantine_by_rule) == (6, {"transaction_id_duplicate": 1})
     [(row,)] = conn.execute(
         "SELECT source_row FROM raw.transactions_quarantine WHERE source = %s", (source,)
@@ -259,7 +261,7 @@ def test_duplicates_chunks_apart_are_caught_by_the_key_next_chunk_by_the_loader(
     # Chunks of 2: [0 1] [2 3] [4 5] [6 5] [0]. Row 7 repeats row 5 (the previous chunk: caught before
     # the COPY); row 8 repeats row 0 (three chunks back: caught by the primary key, slow path).
     repeated = pa.concat_tables([table, table.slice(5, 1), table.slice(0, 1)])
-    result = load_transactions(conn, [repeated], source, Settings(ingest_chunk_rows=2), now=NOW)
+    result = load_transactions(conn, [repeated], source, IngestSettings(chunk_rows=2), now=NOW)
     assert (result.rows_loaded, result.quarantine_by_rule) == (7, {"transaction_id_duplicate": 2})
     assert rows(conn, "raw.transactions", source) == sorted((*r.values(), source) for r in table.to_pylist())
     quarantined = conn.execute(
@@ -319,7 +321,7 @@ def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source
     # (min_event_timestamp would quarantine events before 2000).
     floor = datetime(1900, 1, 1, tzinfo=UTC)
     result = load_transactions(
-        conn, [table], source, Settings(ingest_chunk_rows=5, min_event_timestamp=floor), now=NOW
+        conn, [table], source, IngestSettings(chunk_rows=5, min_event_timestamp=floor), now=NOW
     )
     assert (result.rows_loaded, result.rows_quarantined) == (len(awkward), 0)
     loaded = rows(conn, "raw.transactions", source)
@@ -591,7 +593,9 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
 ) -> None:
     """stg_transactions keeps ``round(amount::numeric, 2)`` and its error-severity test requires > 0:
     ingest must quarantine exactly the amounts PostgreSQL rounds to 0.00, so one row cannot halt dbt."""
-    settings = Settings(max_amount=999_999.99)  # the highest ceiling the settings allow (dbt's bound)
+    settings = Settings(
+        ingest=IngestSettings(max_amount=999_999.99)
+    )  # the highest ceiling the settings allow (dbt's bound)
     amounts = [
         0.004,  # a real 0.004 EUR payment
         0.005,  # rounds half away from zero: 0.01
@@ -606,7 +610,7 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
     ]
     table = transactions(len(amounts), source)
     table = table.set_column(5, TRANSACTIONS.field("amount"), pa.array(amounts, pa.float64()))
-    result = load_transactions(conn, [table], source, settings, now=NOW)
+    result = load_transactions(conn, [table], source, settings.ingest, now=NOW)
 
     rounded = [
         conn.execute("SELECT round(%s::float8::numeric, 2)", (amount,)).fetchone()[0]  # type: ignore[index]
@@ -615,7 +619,7 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
     expected = {
         f"{source}-{i}": "amount_rounds_to_zero" if cents == 0 else "amount_above_max"
         for i, (amount, cents) in enumerate(zip(amounts, rounded, strict=True))
-        if cents == 0 or amount > settings.max_amount
+        if cents == 0 or amount > settings.ingest.max_amount
     }
     assert expected == {
         f"{source}-0": "amount_rounds_to_zero",
@@ -646,7 +650,7 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
 
 def test_the_amount_ceiling_cannot_exceed_dbts_bound() -> None:
     with pytest.raises(ValueError, match=r"less than or equal to 999999\.99"):
-        Settings(max_amount=1_000_000)
+        Settings(ingest=IngestSettings(max_amount=1_000_000))
 
 
 def test_text_outside_the_apis_rules_is_quarantined_with_its_original_value(

@@ -121,7 +121,7 @@ def test_landing_file_of_a_past_day_reaches_its_features_and_later_windows(
     run_dbt(["run", "--full-refresh"], url)
     before = _snapshot(url)
 
-    landing = get_settings().landing_dir
+    landing = get_settings().services.landing_dir
     landing.mkdir(parents=True, exist_ok=True)
     name = "late_rows_day2.csv"
     late = _late_file(transactions, landing / name)
@@ -235,7 +235,10 @@ def test_stream_rows_landed_after_their_hour_was_built_request_one_rebuild(
     monkeypatch.setenv("RTML_TRANSACTIONS_FEED", "stream")
     get_settings.cache_clear()
     settings = get_settings().model_copy(
-        update={"stream_key": key, "database_url": url, "stream_lander_batch_ms": 50.0}
+        update={
+            "stream": get_settings().stream.model_copy(update={"key": key, "lander_batch_ms": 50.0}),
+            "services": get_settings().services.model_copy(update={"database_url": url}),
+        }
     )
     lander = Lander(client, url, settings, consumer="late")
     resources = {"postgres": PostgresResource(url=url)}
@@ -295,7 +298,7 @@ def test_stream_rows_landed_after_their_hour_was_built_request_one_rebuild(
         land([_stream_event(n, day + timedelta(hours=12, minutes=30 + n), "next2-") for n in range(3)])
         held = [_stream_event(n, day + timedelta(hours=9, minutes=n), "held-") for n in (1, 2)]
         stream.publish(client, key, held, retention_s=3600)
-        entries = stream.read_new(client, key, settings.stream_lander_group, "late", count=10, block_ms=100)
+        entries = stream.read_new(client, key, settings.stream.lander_group, "late", count=10, block_ms=100)
         source = lander_module.source_name(entries)
         with psycopg.connect(url, autocommit=True) as blocker:
             with blocker.transaction():  # the loader takes this lock first thing for its source

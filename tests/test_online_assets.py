@@ -23,15 +23,15 @@ import dagster as dg
 import psycopg
 import pytest
 
-from rtml.config import get_settings
+from rtml.config import OnlineSettings, get_settings
 from rtml.defs.online.assets import online_features
 from rtml.defs.online.checks import online_offline_parity
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.online.sensors import (
     LOSS_TAG,
+    heal_sensor,
     online_rebuild_job,
     online_rebuild_notifier,
-    online_store_heal_sensor,
 )
 from rtml.defs.resources import PostgresResource
 from rtml.features.feature_registry import get_registry
@@ -271,7 +271,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
 
         def tick(cursor: str | None) -> dg.SensorResult:
             with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-                return online_store_heal_sensor(context)
+                return heal_sensor(OnlineSettings())(context)
 
         def present() -> dict[str, float]:
             """``rtml_online_view_present`` per view, as the Pushgateway holds it."""

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from rtml.config import OnlineSettings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
@@ -55,8 +56,12 @@ def world(
     assert proc.returncode == 0, proc.stdout[-5000:]
     registry = load_registry()
     prefix = f"rtmltest-skew-{uuid.uuid4().hex[:8]}"
-    speed = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=True)
-    batch = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=False)
+    speed = OnlineStore(
+        redis_url, registry, online=OnlineSettings(key_prefix=prefix, speed_layer_enabled=True)
+    )
+    batch = OnlineStore(
+        redis_url, registry, online=OnlineSettings(key_prefix=prefix, speed_layer_enabled=False)
+    )
     try:
         pushed_from = datetime.now(UTC)
         speed.push_from_postgres(url, full=True)

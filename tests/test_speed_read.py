@@ -26,9 +26,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from rtml.config import OnlineSettings
 from rtml.defs.online.assets import online_features
 from rtml.defs.online.resources import RedisResource
-from rtml.defs.online.sensors import online_store_heal_sensor
+from rtml.defs.online.sensors import heal_sensor
 from rtml.defs.resources import PostgresResource
 from rtml.features import request_features
 from rtml.features.dbt import run_dbt
@@ -234,8 +235,7 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
 
     off = OnlineStore(
         redis_resource.redis_url(),
-        key_prefix=redis_resource.key_prefix,
-        speed_layer=False,
+        online=OnlineSettings(key_prefix=redis_resource.key_prefix, speed_layer_enabled=False),
         cluster=redis_resource.cluster,
     )
     try:
@@ -262,7 +262,7 @@ def test_the_heal_sensor_rebuilds_an_emptied_speed_layer(
 
             def tick() -> dg.SensorResult:
                 with dg.build_sensor_context(instance=instance, resources=resources) as context:
-                    return online_store_heal_sensor(context)
+                    return heal_sensor(OnlineSettings())(context)
 
             assert not tick().run_requests  # everything present
             assert store.speed.purge() > 0

@@ -6,7 +6,7 @@ import dagster as dg
 
 from rtml.config import get_settings
 
-_start = get_settings().sim_start
+_start = get_settings().simulator.start
 
 transactions_partitions = dg.HourlyPartitionsDefinition(start_date=_start.strftime("%Y-%m-%d-%H:%M"))
 labels_partitions = dg.DailyPartitionsDefinition(start_date=_start.strftime("%Y-%m-%d"))

@@ -15,15 +15,20 @@ class RedisResource(dg.ConfigurableResource):
 
     url: str | None = None
     key_prefix: str | None = None
-    """Unset: ``online_key_prefix``."""
+    """Unset: ``online.key_prefix``."""
     cluster: bool | None = None
-    """``url`` is a node of a Redis Cluster (unset: ``redis_cluster``)."""
+    """``url`` is a node of a Redis Cluster (unset: ``services.redis_cluster``)."""
 
     def redis_url(self) -> str:
         return self.url or LocalStack(get_settings()).info().redis_url
 
     def online_store(self) -> OnlineStore:
-        return OnlineStore(self.redis_url(), key_prefix=self.key_prefix, cluster=self.cluster)
+        settings = get_settings()
+        online = settings.online
+        if self.key_prefix is not None:
+            online = online.model_copy(update={"key_prefix": self.key_prefix})
+        cluster = settings.services.redis_cluster if self.cluster is None else self.cluster
+        return OnlineStore(self.redis_url(), online=online, cluster=cluster)
 
 
 defs = dg.Definitions(resources={"redis": RedisResource()})

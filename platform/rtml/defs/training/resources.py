@@ -16,7 +16,7 @@ class MlflowResource(dg.ConfigurableResource):
     the definitions never needs a server."""
 
     tracking_uri: str | None = None
-    model_name: str = Field(default_factory=lambda: get_settings().model_name)
+    model_name: str = Field(default_factory=lambda: get_settings().training.model_name)
 
     def uri(self) -> str:
         return self.tracking_uri or LocalStack(get_settings()).info().mlflow_tracking_uri
