@@ -53,11 +53,14 @@ def ensure_training_rows(
     """URL of ``database`` on ``server_url`` with at least ``rows`` labelled training rows.
 
     Builds it (dropping an existing one) only when it has fewer. The simulated window starts at
-    ``settings.sim_start`` and spans enough whole days of ``settings.sim_transactions_per_day`` (clean
+    ``settings.simulator.start`` and spans enough whole days of ``simulator.transactions_per_day`` (clean
     rows only: dirty rows are quarantined and never labelled); a day is added if the simulator's daily
     noise left the count short.
     """
-    settings = (settings or Settings()).model_copy(update={"sim_start": SIM_START})
+    settings = settings or Settings()
+    settings = settings.model_copy(
+        update={"simulator": settings.simulator.model_copy(update={"start": SIM_START})}
+    )
     url = database_url_for(server_url, database)
     have = labelled_rows(url)
     if have >= rows:

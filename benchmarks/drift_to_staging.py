@@ -288,9 +288,9 @@ def run(
     received: list[tuple[float, dict[str, Any]]],
 ) -> dict[str, Any]:
     from rtml.config import get_settings
-    from rtml.defs.online.resources import RedisResource
-    from rtml.defs.resources import PostgresResource
-    from rtml.defs.training.resources import MlflowResource
+    from rtml.defs.online.resources import RedisServer
+    from rtml.defs.resources import PostgresServer
+    from rtml.defs.training.resources import MlflowServer
     from rtml.features.dbt import run_dbt
     from rtml.features.sample_data import load_simulated
     from rtml.stack.local import LocalStack
@@ -319,7 +319,7 @@ def run(
             setup, "dbt_history", lambda: run_dbt(["run", "--full-refresh", "--select", "+training_set"], db)
         )
         model_name = f"fraud-detector-bench-{uuid.uuid4().hex[:6]}"
-        mlflow = MlflowResource(tracking_uri=info.mlflow_tracking_uri, model_name=model_name)
+        mlflow = MlflowServer(tracking_uri=info.mlflow_tracking_uri, model_name=model_name)
         weak = tuple(name for name in feature_spec().numeric if name != "amount")
         trained = timed(
             setup,
@@ -337,9 +337,9 @@ def run(
         )
         model_registry.promote(mlflow.client(), trained.model_version, "bench", "weak reference", model_name)
         resources = {
-            "postgres": PostgresResource(url=db),
+            "postgres": PostgresServer(url=db),
             "mlflow": mlflow,
-            "redis": RedisResource(url=info.redis_url, key_prefix=f"rtml-bench-{uuid.uuid4().hex[:6]}"),
+            "redis": RedisServer(url=info.redis_url, key_prefix=f"rtml-bench-{uuid.uuid4().hex[:6]}"),
         }
         world = dg.Definitions(
             assets=defs.assets,

@@ -57,9 +57,9 @@ from rtml.defs.automation.sensors import (
 from rtml.defs.ingestion.sensors import landing_files_sensor
 from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
-from rtml.defs.online.resources import RedisResource
-from rtml.defs.resources import PostgresResource
-from rtml.defs.training.resources import MlflowResource
+from rtml.defs.online.resources import RedisServer
+from rtml.defs.resources import PostgresServer
+from rtml.defs.training.resources import MlflowResource, MlflowServer
 from rtml.features.sample_data import ensure_raw_tables, load_simulated
 from rtml.sources.scenarios import timeline_path
 from rtml.sources.simulator import Simulator
@@ -227,7 +227,7 @@ def test_stale_data_notifies_once_per_failure(
         with dg.build_sensor_context(
             instance=sensor_instance,
             cursor=cursor,
-            resources={"postgres": PostgresResource(url=database_url)},
+            resources={"postgres": PostgresServer(url=database_url)},
         ) as context:  # leaving it tears the resources down
             return data_freshness_sensor(context)
 
@@ -281,7 +281,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             next_tick = dg.build_sensor_context(instance=sensor_instance, cursor=first.cursor)
             assert not landing_files_sensor(next_tick).run_requests
 
-            landing = with_resources({"postgres": PostgresResource(url=url)})
+            landing = with_resources({"postgres": PostgresServer(url=url)})
             result = landing.resolve_job_def(landing_files_sensor.job_name).execute_in_process(
                 instance=sensor_instance, partition_key=request.partition_key, tags=request.tags
             )
@@ -317,7 +317,7 @@ def test_a_failed_run_notifies(
         dagster_event=outcome_event(result),
         dagster_instance=sensor_instance,
         dagster_run=run,
-        resources={"postgres": PostgresResource(url=database_url)},
+        resources={"postgres": PostgresServer(url=database_url)},
     ).for_run_failure() as context:
         run_failure_notifier(context)
 
@@ -426,7 +426,7 @@ def model_name() -> str:
 
 @pytest.fixture(scope="module")
 def mlflow_resource(mlflow_tracking_uri: str, model_name: str) -> MlflowResource:
-    return MlflowResource(tracking_uri=mlflow_tracking_uri, model_name=model_name)
+    return MlflowServer(tracking_uri=mlflow_tracking_uri, model_name=model_name)
 
 
 @pytest.fixture(scope="module")
@@ -457,9 +457,9 @@ def production(world_db: str, mlflow_resource: MlflowResource) -> str:
 def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) -> Iterator[dict[str, Any]]:
     prefix = f"rtml-auto-{uuid.uuid4().hex[:6]}"
     yield {
-        "postgres": PostgresResource(url=world_db),
+        "postgres": PostgresServer(url=world_db),
         "mlflow": mlflow_resource,
-        "redis": RedisResource(url=redis_url, key_prefix=prefix),
+        "redis": RedisServer(url=redis_url, key_prefix=prefix),
     }
     # CI's integration pass runs on the machine's shared Redis: leave none of the world's keys behind
     # (the speed layer's hashes have no TTL)

@@ -32,8 +32,8 @@ from rtml.config import (
 )
 from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
-from rtml.defs.resources import PostgresResource
-from rtml.defs.training.resources import MlflowResource
+from rtml.defs.resources import PostgresServer
+from rtml.defs.training.resources import MlflowServer
 from rtml.features.feature_registry import load_registry
 from rtml.monitoring import drift, metrics
 from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
@@ -415,8 +415,8 @@ def materialize(
         [drift_report, drift_within_threshold],
         instance=instance,
         resources={
-            "postgres": PostgresResource(url=drift_db),
-            "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, model_name=model_name),
+            "postgres": PostgresServer(url=drift_db),
+            "mlflow": MlflowServer(tracking_uri=mlflow_tracking_uri, model_name=model_name),
         },
         run_config={"ops": {"drift_report": {"config": config}}} if config else None,
         raise_on_error=False,

@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 
 from rtml.config import ServicesSettings, Settings, SimulatorSettings
 from rtml.defs.monitoring.assets import live_model_performance
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.monitoring import live
 from rtml.monitoring.predictions import PredictionRow, ensure_table, write_rows
 from rtml.sources.schema import LABELS
@@ -223,7 +223,7 @@ def test_asset_stores_and_describes_each_day(live_db: tuple[str, pd.DataFrame], 
     result = dg.materialize(
         [live_model_performance],
         instance=dg.DagsterInstance.from_config(str(stack.dagster_home)),
-        resources={"postgres": PostgresResource(url=url)},
+        resources={"postgres": PostgresServer(url=url)},
     )
     assert result.success
     [materialization] = result.asset_materializations_for_node("live_model_performance")

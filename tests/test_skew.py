@@ -205,7 +205,7 @@ def test_the_asset_check_finds_the_served_build_in_dagsters_history(world: dict[
     import dagster as dg
 
     from rtml.defs.online.checks import pushes, training_serving_skew
-    from rtml.defs.resources import PostgresResource
+    from rtml.defs.resources import PostgresServer
 
     by_view = {b.view: b for b in world["builds"]}
     with dg.DagsterInstance.ephemeral() as instance:
@@ -224,7 +224,7 @@ def test_the_asset_check_finds_the_served_build_in_dagsters_history(world: dict[
             (b.view, b.namespace, b.as_of) for b in by_view.values()
         }
         context = dg.build_asset_check_context(
-            instance=instance, resources={"postgres": PostgresResource(url=world["url"])}
+            instance=instance, resources={"postgres": PostgresServer(url=world["url"])}
         )
         # the requests scored an hour before that push (no build of theirs known), then an hour after it,
         # then one of them tampered with; put back as they were afterwards

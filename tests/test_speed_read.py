@@ -28,9 +28,9 @@ from psycopg.rows import dict_row
 
 from rtml.config import OnlineSettings
 from rtml.defs.online.assets import online_features
-from rtml.defs.online.resources import RedisResource
+from rtml.defs.online.resources import RedisResource, RedisServer
 from rtml.defs.online.sensors import heal_sensor
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.features import request_features
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
@@ -109,7 +109,7 @@ def burst_db(scratch_database: Callable[[str], str], separate_dbt_target: Path) 
 def redis_resource(request: pytest.FixtureRequest, redis_url: str) -> Iterator[RedisResource]:
     """The session's Redis, or a real Redis Cluster of three masters (``redis_cluster_url``)."""
     cluster = request.param == "cluster"
-    resource = RedisResource(
+    resource = RedisServer(
         url=request.getfixturevalue("redis_cluster_url") if cluster else redis_url,
         key_prefix=f"rtmltest-speedread-{uuid.uuid4().hex[:8]}",
         cluster=cluster,
@@ -124,7 +124,7 @@ def hourly_push(url: str, redis_resource: RedisResource) -> dict[str, Any]:
     """The ``online_features`` asset, as the hourly refresh materializes it: its metadata."""
     result = dg.materialize(
         [online_features],
-        resources={"postgres": PostgresResource(url=url), "redis": redis_resource},
+        resources={"postgres": PostgresServer(url=url), "redis": redis_resource},
         raise_on_error=False,
     )
     assert result.success
@@ -251,7 +251,7 @@ def test_the_heal_sensor_rebuilds_an_emptied_speed_layer(
     """The batch views are there but the speed layer's state is gone (flushed): the self-heal sensor
     requests its rebuild, whose push restores the snapshot and its watermark."""
     url = burst_db["url"]
-    resources = {"postgres": PostgresResource(url=url), "redis": redis_resource}
+    resources = {"postgres": PostgresServer(url=url), "redis": redis_resource}
     store = redis_resource.online_store()
     assert store.speed is not None
     try:

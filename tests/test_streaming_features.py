@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from rtml.config import OnlineSettings, Settings, get_settings
+from rtml.config import IngestSettings, OnlineSettings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.ingest.loader import load_transactions
 from rtml.sources.schema import TRANSACTIONS
@@ -145,7 +145,7 @@ def load(url: str, events: list[TransactionEvent]) -> None:
         schema=TRANSACTIONS,
     )
     result = load_transactions(
-        url, [table], "stream-parity", Settings().ingest, now=from_us(STREAM_END_US) + timedelta(days=1)
+        url, [table], "stream-parity", IngestSettings(), now=from_us(STREAM_END_US) + timedelta(days=1)
     )
     assert result.rows_loaded == len(events), result
 

@@ -81,9 +81,16 @@ class ServicesSettings(_Slice):
     )
     redis_cluster: bool = Field(
         False,
-        description="`redis_url` names a node of a Redis Cluster: the online store, the speed layer, the "
-        "stream and its workers connect with redis-py's cluster client (each view's keys share one hash "
+        description="`RTML_REDIS_URL` names a node of a Redis Cluster: the online store, the speed layer, "
+        "the stream and its workers connect with redis-py's cluster client (each view's keys share one hash "
         'slot, each customer\'s speed-layer hash another; README, "Scaling out").',
+    )
+    environment: Literal["local", "servers"] = Field(
+        "local",
+        description="Where the Dagster resources find the servers (`rtml.defs.resources`): `local`, the "
+        "stack `rtml up` / `rtml demo` run (embedded, or the servers its URLs name), looked up when a run "
+        "first needs it; `servers` (the compose stack, your own servers), `RTML_DATABASE_URL`, "
+        "`RTML_REDIS_URL` and `RTML_MLFLOW_TRACKING_URI` from the environment, nothing local.",
     )
     dagster_database: str = Field("dagster", description="Database for Dagster's run and event storage.")
     mlflow_database: str = Field(
@@ -99,7 +106,7 @@ class ServicesSettings(_Slice):
 
     @property
     def live_window_file(self) -> Path:
-        """Where the stack records its live ``sim_start`` (``rtml.stack.state.record_live_start``)."""
+        """Where the stack records its live ``simulator.start`` (``rtml.stack.state.record_live_start``)."""
         return self.home / LIVE_WINDOW_FILE
 
     @property
@@ -139,15 +146,15 @@ class SimulatorSettings(_Slice):
     demo_days: int = Field(
         7,
         ge=1,
-        description="Days of history that `make demo` materializes: the last `demo_days` whole days up to "
-        "the current hour (not before `sim_start`).",
+        description="Days of history that `make demo` materializes: the last `RTML_DEMO_DAYS` whole days up "
+        "to the current hour (not before `RTML_SIM_START`).",
         validation_alias="RTML_DEMO_DAYS",
     )
     # The live default reads the data directory of the environment; Settings recomputes it for its own.
     start: datetime = Field(
         default_factory=lambda data: live_sim_start(ServicesSettings().data_dir, data["demo_days"]),
         description="First hour of simulated history (UTC); the first partition of `transactions_raw` "
-        "and `labels_raw`. Unset: live, the current hour minus `demo_days`, fixed when the stack first "
+        "and `labels_raw`. Unset: live, the current hour minus `RTML_DEMO_DAYS`, fixed when the stack first "
         "starts (`rtml up` / `rtml demo` record it in `<data_dir>/live-window.json`, so partitions stay "
         "the same across restarts). Set it (e.g. `2026-11-01T00:00Z`) to pin the window: tests, "
         "benchmarks and the DVC pipeline do.",
@@ -164,11 +171,12 @@ class SimulatorSettings(_Slice):
     )
     drift_scenario: str | None = Field(
         None,
-        description="Named drift scenario switched on at `sim_drift_start`: `amount_inflation`, "
+        description="Named drift scenario switched on at `RTML_SIM_DRIFT_START`: `amount_inflation`, "
         "`new_fraud_pattern` or `merchant_mix_shift`. Unset: no drift.",
     )
     drift_start: datetime | None = Field(
-        None, description="When the drift scenario starts (UTC). Unset with a scenario: from `sim_start`."
+        None,
+        description="When the drift scenario starts (UTC). Unset with a scenario: from `RTML_SIM_START`.",
     )
     _live: bool = PrivateAttr(False)
 
@@ -239,8 +247,8 @@ class TrainingSettings(_Slice):
     mlflow_tracking_uri: str | None = Field(
         None,
         description="URL of the MLflow tracking server and model registry (for example "
-        "`http://127.0.0.1:5000`). Unset: `rtml up` starts one on `mlflow_port`, its backend store in "
-        "the `mlflow_database` and its artifacts under the data directory.",
+        "`http://127.0.0.1:5000`). Unset: `rtml up` starts one on `RTML_MLFLOW_PORT`, its backend store in "
+        "the `RTML_MLFLOW_DATABASE` and its artifacts under the data directory.",
     )
     model_name: str = Field("fraud-detector", description="Registered model name in the MLflow registry.")
     gate_metric: str = Field(
@@ -249,12 +257,12 @@ class TrainingSettings(_Slice):
         "(on the new version's test window) to get the `staging` alias.",
     )
     gate_min_improvement: float = Field(
-        0.002, description="Evaluation gate: how much better than production `gate_metric` must be."
+        0.002, description="Evaluation gate: how much better than production `RTML_GATE_METRIC` must be."
     )
     gate_guarded_metrics: list[str] = Field(
         ["roc_auc", "recall_at_1pct_fpr"],
         description="Evaluation gate: metrics that may not regress against production by more than "
-        "`gate_tolerance`.",
+        "`RTML_GATE_TOLERANCE`.",
     )
     gate_tolerance: float = Field(
         0.01, description="Evaluation gate: largest acceptable drop of a guarded metric."
@@ -356,7 +364,7 @@ class TrafficSettings(_Slice):
     rate: float | None = Field(
         None,
         gt=0,
-        description="Requests/s `rtml traffic` aims at by default instead of `traffic_rate_multiplier` "
+        description="Requests/s `rtml traffic` aims at by default instead of `RTML_TRAFFIC_RATE_MULTIPLIER` "
         "(the share of the stream that gives it; at most the whole stream).",
     )
     concurrency: int = Field(
@@ -402,7 +410,7 @@ class ServingSettings(_Slice):
     breaker_probe_ms: float = Field(
         100.0,
         description="Circuit breaker of the online read: how often a background probe (one `MGET` of the "
-        "views' pointers, timeout `redis_socket_timeout_ms`) asks Redis whether it answers. A read that "
+        "views' pointers, timeout `RTML_REDIS_SOCKET_TIMEOUT_MS`) asks Redis whether it answers. A read that "
         "fails opens the breaker: requests are then answered without Redis (fail-open: degraded; "
         "fail-closed: 503) until a probe succeeds, so recovery takes at most about this long. The probe "
         "also tells `GET /health` which views are missing.",
@@ -417,7 +425,7 @@ class ServingSettings(_Slice):
     )
     shadow: bool = Field(
         True,
-        description="Shadow scoring: while a version holds `serving_shadow_alias` (and it is not the "
+        description="Shadow scoring: while a version holds `RTML_SERVING_SHADOW_ALIAS` (and it is not the "
         "production version), every worker loads it beside production (gated and loaded safely, like "
         "production, but without a person's approval) and scores every request with it after the "
         "answer went out, on a background thread; its scores go to `monitoring.shadow_predictions`. "
@@ -487,7 +495,7 @@ class StreamSettings(_Slice):
 
     key: str = Field(
         "rtml:transactions:v1",
-        description="Redis Stream (on `redis_url`) of authorised transactions, one entry per event "
+        description="Redis Stream (on `RTML_REDIS_URL`) of authorised transactions, one entry per event "
         "(`rtml.streaming.events`, schema version in field `v`). A new event schema gets a new key.",
     )
     retention_hours: float = Field(
@@ -634,7 +642,7 @@ class MonitoringSettings(_Slice):
         20_000,
         description="Hourly drift check: rows sampled (seeded) from each of the two windows at most (it "
         "runs every hour: a smaller reference sample keeps it to seconds; the daily report uses "
-        "`drift_max_rows`).",
+        "`RTML_DRIFT_MAX_ROWS`).",
     )
     drift_retraining_cooldown_hours: float = Field(
         24.0,
@@ -746,7 +754,8 @@ class StackSettings(_Slice):
     )
     mlflow_port: int = Field(
         5000,
-        description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` is unset).",
+        description="Port of the MLflow server that `rtml up` starts (when `RTML_MLFLOW_TRACKING_URI` is "
+        "unset).",
     )
     demo_stop_grace_s: float = Field(
         7.0,
@@ -784,7 +793,8 @@ class Settings(BaseModel):
     def _live_start_of_this_data_dir(self) -> Settings:
         # A live start is the one recorded under the data directory, which is another slice's setting.
         if self.simulator.start_is_live:
-            self.simulator.start = live_sim_start(self.services.data_dir, self.simulator.demo_days)
+            start = live_sim_start(self.services.data_dir, self.simulator.demo_days)
+            self.simulator = self.simulator.model_copy(update={"start": start})  # still live: copied
         return self
 
 
@@ -803,8 +813,8 @@ def floor_hour(moment: datetime) -> datetime:
 
 
 def live_sim_start(data_dir: Path, demo_days: int, now: datetime | None = None) -> datetime:
-    """``sim_start`` when unset: the one this data directory's stack recorded when it first started, or
-    (none recorded yet) the current hour minus ``demo_days``. The simulator draws every absolute hour
+    """``RTML_SIM_START`` when unset: the one this data directory's stack recorded when it first started, or
+    (none recorded yet) the current hour minus ``RTML_DEMO_DAYS``. The simulator draws every absolute hour
     from its own seed, so the start only chooses which hours exist, never what they hold."""
     recorded = Path(data_dir).expanduser().resolve() / LIVE_WINDOW_FILE
     if recorded.exists():
