@@ -112,7 +112,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--chunk-rows", type=int, default=None, help="default: settings.ingest_chunk_rows")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="default: RTML_INGEST_CHUNK_ROWS")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is kept")
     args = parser.parse_args()
 

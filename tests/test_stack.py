@@ -50,10 +50,13 @@ def run_in_subprocess(data_dir: Path, mlflow_port: int, call: str) -> subprocess
     """Run ``LocalStack(...).<call>`` in a fresh interpreter, as the `rtml` CLI would."""
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from rtml.config import Settings, redact
+        from rtml.config import ServicesSettings, Settings, StackSettings, TrainingSettings, redact
         from rtml.stack import LocalStack
-        stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None,
-                                    mlflow_tracking_uri=None, mlflow_port={mlflow_port}))
+        stack = LocalStack(Settings(
+            services=ServicesSettings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None),
+            training=TrainingSettings(mlflow_tracking_uri=None),
+            stack=StackSettings(mlflow_port={mlflow_port}),
+        ))
         print(repr(stack.{call}))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
