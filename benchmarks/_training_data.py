@@ -26,6 +26,7 @@ from rtml.features.dbt import run_dbt
 from rtml.features.sample_data import create_database
 from rtml.ingest.loader import load_labels, load_transactions
 from rtml.ingest.tables import ensure_tables
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.simulator import Simulator
 
 DATABASE = "rtml_bench_training"
@@ -53,11 +54,14 @@ def ensure_training_rows(
     """URL of ``database`` on ``server_url`` with at least ``rows`` labelled training rows.
 
     Builds it (dropping an existing one) only when it has fewer. The simulated window starts at
-    ``settings.sim_start`` and spans enough whole days of ``settings.sim_transactions_per_day`` (clean
+    ``settings.simulator.start`` and spans enough whole days of ``simulator.transactions_per_day`` (clean
     rows only: dirty rows are quarantined and never labelled); a day is added if the simulator's daily
     noise left the count short.
     """
-    settings = (settings or Settings()).model_copy(update={"sim_start": SIM_START})
+    settings = settings or Settings()
+    settings = settings.model_copy(
+        update={"simulator": settings.simulator.model_copy(update={"start": SIM_START})}
+    )
     url = database_url_for(server_url, database)
     have = labelled_rows(url)
     if have >= rows:
@@ -67,23 +71,27 @@ def ensure_training_rows(
     url = create_database(server_url, database)
     with psycopg.connect(url) as conn:
         ensure_tables(conn)
-    simulator = Simulator(settings)
-    start = settings.sim_start
-    clean_per_day = settings.sim_transactions_per_day * (1 - settings.sim_dirty_share)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
+    start = settings.simulator.start
+    clean_per_day = settings.simulator.transactions_per_day * (1 - settings.simulator.dirty_share)
     days = max(1, math.ceil(rows / clean_per_day))
     end = start + timedelta(days=days)
     now = start + timedelta(days=days + 1 + LABEL_DAYS)  # the load time: after every label, on any day
     load_transactions(
-        url, simulator.iter_transactions(start, end, hours_per_chunk=24), "sim", settings, now=now
+        url, simulator.iter_transactions(start, end, hours_per_chunk=24), "sim", settings.ingest, now=now
     )
     while _clean_transactions(url) < rows:  # the daily volume is noisy: one more day until enough
         more = end + timedelta(days=1)
         load_transactions(
-            url, simulator.iter_transactions(end, more, hours_per_chunk=24), f"sim-{days}", settings, now=now
+            url,
+            simulator.iter_transactions(end, more, hours_per_chunk=24),
+            f"sim-{days}",
+            settings.ingest,
+            now=now,
         )
         end, days = more, days + 1
     labels = simulator.labels(start, end + timedelta(days=LABEL_DAYS))
-    load_labels(url, [labels], "sim-labels", settings, now=max(now, end + timedelta(days=LABEL_DAYS)))
+    load_labels(url, [labels], "sim-labels", settings.ingest, now=max(now, end + timedelta(days=LABEL_DAYS)))
     loaded = time.perf_counter() - began
     env = {"DBT_TARGET_PATH": os.environ.get("DBT_TARGET_PATH") or DBT_TARGET}
     run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, extra_env=env)

@@ -19,7 +19,7 @@ from typing import Any
 
 import mlflow
 
-from rtml.config import Settings
+from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database
 from rtml.stack import mlflow_server
@@ -42,7 +42,8 @@ def scoring_world(
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         os.environ["DBT_TARGET_PATH"] = str(tmp / "dbt-target")  # the project's target/ stays as it is
         settings = Settings(
-            data_dir=tmp / "data", sim_start=START, sim_customers=2_000, sim_transactions_per_day=8_000
+            services=ServicesSettings(data_dir=tmp / "data"),
+            simulator=SimulatorSettings(start=START, customers=2_000, transactions_per_day=8_000),
         )
         started = time.perf_counter()
         url = create_database(database_url, name)
@@ -68,7 +69,7 @@ def scoring_world(
             client.set_model_version_tag(MODEL, second.version, "gate", "staged")
             client.set_registered_model_alias(MODEL, "staging", second.version)
             print(f"v{trained.model_version} in production, v{second.version} staged", file=sys.stderr)
-        store = OnlineStore(redis_url, ttl_seconds=0, key_prefix=prefix)
+        store = OnlineStore(redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix))
         stack.callback(store.close)
         stack.callback(store.purge)
         store.push_from_postgres(url, full=True)

@@ -69,7 +69,7 @@ def main() -> None:
 
 
 def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
-    from rtml.config import Settings
+    from rtml.config import ServicesSettings, Settings, SimulatorSettings
     from rtml.features.dbt import run_dbt
     from rtml.features.sample_data import load_simulated
     from rtml.monitoring import drift
@@ -80,11 +80,13 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
     end = switch_at + timedelta(hours=max(WHOLE_HOURS_AFTER))
     base = Settings()  # the settings in force (environment): the rule judged
     settings = Settings(
-        data_dir=folder,
-        sim_start=START,
-        sim_transactions_per_day=args.transactions_per_day,
-        sim_drift_scenario="amount_inflation",
-        sim_drift_start=switch_at,
+        services=ServicesSettings(data_dir=folder),
+        simulator=SimulatorSettings(
+            start=START,
+            transactions_per_day=args.transactions_per_day,
+            drift_scenario="amount_inflation",
+            drift_start=switch_at,
+        ),
     )
     began = time.perf_counter()
     load_simulated(url, settings, START, end, labels_until=end, hours_per_chunk=24)
@@ -102,7 +104,12 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
         """The hourly check's comparisons of one current window: the hour and each tail."""
         tails = [drift.tail_window(current, minutes) for minutes in args.tails]
         rows = drift.fetch_windows(
-            url, reference, current, base.drift_recent_max_rows, same_hours_of_day=True, tails=tails
+            url,
+            reference,
+            current,
+            base.monitoring.drift_recent_max_rows,
+            same_hours_of_day=True,
+            tails=tails,
         )
         figures: dict[str, Any] = {
             "end": current.end.isoformat(),
@@ -114,7 +121,7 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
             if frame.empty:
                 figures[name] = {"rows": 0}
                 continue
-            found = drift.compare(rows.reference, frame, rows.spec, 0.0, base.drift_recent_pvalue)
+            found = drift.compare(rows.reference, frame, rows.spec, 0.0, base.monitoring.drift_recent_pvalue)
             # 4 significant digits: p-values of 1e-12 must not round to 0
             scores = {c.column: float(f"{c.score:.4g}") for c in found.columns.values()}
             top = min(scores, key=lambda column: scores[column])
@@ -211,13 +218,18 @@ def report(
             f"| {name} | {min(rows)}-{max(rows)} | {seen[0][0]:.2g} {seen[0][1]} ({seen[0][2][5:16]}, "
             f"{seen[0][3]} rows) | {seen[1][0]:.2g} {seen[1][1]} ({seen[1][2][5:16]}) | {cases} |"
         )
-    tail = f"tail{base.drift_recent_tail_minutes}" if base.drift_recent_tail_minutes else None
-    pvalue, min_rows = base.drift_recent_pvalue, base.drift_recent_tail_min_rows
+    tail = (
+        f"tail{base.monitoring.drift_recent_tail_minutes}"
+        if base.monitoring.drift_recent_tail_minutes
+        else None
+    )
+    pvalue, min_rows = base.monitoring.drift_recent_pvalue, base.monitoring.drift_recent_tail_min_rows
     alarms = {h["end"]: why for h in undrifted if (why := fired(h, tail, pvalue, min_rows))}
     detections = {case: fired(d, tail, pvalue, min_rows) for case, d in drifted.items()}
     print(
-        f"\nat the settings in force (p-value {pvalue:g}, tail {base.drift_recent_tail_minutes} min with >= "
-        f"{min_rows} rows): {len(alarms)} false alarms of {len(undrifted)} undrifted hours"
+        f"\nat the settings in force (p-value {pvalue:g}, "
+        f"tail {base.monitoring.drift_recent_tail_minutes} min "
+        f"with >= {min_rows} rows): {len(alarms)} false alarms of {len(undrifted)} undrifted hours"
     )
     for end, why in alarms.items():
         print(f"  false alarm, window ending {end}: {'; '.join(why)}")
@@ -239,7 +251,7 @@ def report(
                 "check_seconds": round(seconds, 1),
                 **{f"smallest_undrifted_pvalue_{name}": value for name, value in smallest.items()},
                 "pvalue": pvalue,
-                "tail_minutes": base.drift_recent_tail_minutes,
+                "tail_minutes": base.monitoring.drift_recent_tail_minutes,
                 "false_alarms": len(alarms),
                 "undetected_cases": [case for case, why in detections.items() if not why],
                 "other_pvalues": others,

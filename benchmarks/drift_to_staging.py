@@ -282,9 +282,9 @@ def run(
     received: list[tuple[float, dict[str, Any]]],
 ) -> dict[str, Any]:
     from rtml.config import get_settings
-    from rtml.defs.online.resources import RedisResource
-    from rtml.defs.resources import PostgresResource
-    from rtml.defs.training.resources import MlflowResource
+    from rtml.defs.online.resources import RedisServer
+    from rtml.defs.resources import PostgresServer
+    from rtml.defs.training.resources import MlflowServer
     from rtml.features.dbt import run_dbt
     from rtml.features.sample_data import load_simulated
     from rtml.stack.local import LocalStack
@@ -313,7 +313,7 @@ def run(
             setup, "dbt_history", lambda: run_dbt(["run", "--full-refresh", "--select", "+training_set"], db)
         )
         model_name = f"fraud-detector-bench-{uuid.uuid4().hex[:6]}"
-        mlflow = MlflowResource(tracking_uri=info.mlflow_tracking_uri, model_name=model_name)
+        mlflow = MlflowServer(tracking_uri=info.mlflow_tracking_uri, model_name=model_name)
         weak = tuple(name for name in feature_spec().numeric if name != "amount")
         trained = timed(
             setup,
@@ -331,9 +331,9 @@ def run(
         )
         model_registry.promote(mlflow.client(), trained.model_version, "bench", "weak reference", model_name)
         resources = {
-            "postgres": PostgresResource(url=db),
+            "postgres": PostgresServer(url=db),
             "mlflow": mlflow,
-            "redis": RedisResource(url=info.redis_url, key_prefix=f"rtml-bench-{uuid.uuid4().hex[:6]}"),
+            "redis": RedisServer(url=info.redis_url, key_prefix=f"rtml-bench-{uuid.uuid4().hex[:6]}"),
         }
         world = dg.Definitions(
             assets=defs.assets,
@@ -396,7 +396,7 @@ def chain(
         if hour <= switch_at < hour + timedelta(hours=1):
             # what `rtml scenario start amount_inflation` does, at that minute of the hour: rows with a
             # later event time are generated drifted (every refresh's Simulator reads the timeline)
-            switch(get_settings(), "amount_inflation", True, at=switch_at)
+            switch(get_settings().services, "amount_inflation", True, at=switch_at)
         drifted_minutes = max(0.0, (hour + timedelta(hours=1) - max(hour, switch_at)) / timedelta(minutes=1))
         print(
             f"{hour:%Y-%m-%d %H:00} ({f'drifted from :{switch_at:%M}' if drifted else 'control'})", flush=True

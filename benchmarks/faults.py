@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, drive, load_average, score_body
 from demo_lifecycle import STOP_LIMIT_S, started_by
 from prediction_log import postgres_outage
-from rtml.config import Settings
+from rtml.config import ServicesSettings, Settings, StackSettings
 from rtml.stack import postgres
 from rtml.stack.local import LocalStack
 from rtml.stack.processes import free_port, pid_alive
@@ -161,7 +161,11 @@ def main() -> None:
     with log.open("wb") as out:
         demo = subprocess.Popen([RTML, "demo"], env=env, cwd=data_dir, stdout=out, stderr=subprocess.STDOUT)
     seen: dict[int, psutil.Process] = {}
-    stack = LocalStack(Settings(data_dir=data_dir, mlflow_port=ports["MLFLOW"]))
+    stack = LocalStack(
+        Settings(
+            services=ServicesSettings(data_dir=data_dir), stack=StackSettings(mlflow_port=ports["MLFLOW"])
+        )
+    )
     try:
         wait_until("the live demo's scoring API", lambda: answers(f"{scorer}/readyz"), 1800, poll=2)
         # the UIs answer while the window loads; the daemon (the heal sensor measured below) starts after

@@ -36,6 +36,7 @@ from rtml.config import Settings, get_settings
 from rtml.ingest.loader import delete_source, load_transactions
 from rtml.ingest.tables import ensure_tables
 from rtml.ingest.validation import validate_transactions
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.schema import TRANSACTIONS
 from rtml.sources.simulator import Simulator
 
@@ -56,9 +57,9 @@ def database_url(settings: Settings) -> str:
 
 def generate(settings: Settings, rows: int) -> pa.Table:
     """At least ``rows`` simulator rows (whole days), cut to exactly ``rows``."""
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     parts: list[pa.Table] = []
-    day, have = settings.sim_start, 0
+    day, have = settings.simulator.start, 0
     while have < rows:
         part = simulator.transactions(day, day + timedelta(days=1))
         parts.append(part)
@@ -111,14 +112,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--chunk-rows", type=int, default=None, help="default: settings.ingest_chunk_rows")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="default: RTML_INGEST_CHUNK_ROWS")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is kept")
     args = parser.parse_args()
 
     # the simulated days are pinned (SIM_START), not the platform's default start, which follows the day
-    settings = get_settings().model_copy(update={"sim_start": SIM_START})
+    settings = get_settings().model_copy(
+        update={"simulator": get_settings().simulator.model_copy(update={"start": SIM_START})}
+    )
     if args.chunk_rows:
-        settings = settings.model_copy(update={"ingest_chunk_rows": args.chunk_rows})
+        settings = settings.model_copy(
+            update={"ingest": settings.ingest.model_copy(update={"chunk_rows": args.chunk_rows})}
+        )
     url = database_url(settings)
     print(f"database: {url}")
     started = time.perf_counter()
@@ -137,7 +142,7 @@ def main() -> None:
     results = []
 
     def ingest() -> float:
-        result = load_transactions(url, [table], SOURCE, settings)
+        result = load_transactions(url, [table], SOURCE, settings.ingest)
         results.append(result)
         # Leave the table as it was, so that a repeat measures the same work (untimed).
         with psycopg.connect(url, autocommit=True) as conn:
@@ -145,10 +150,10 @@ def main() -> None:
             conn.execute("VACUUM FULL raw.transactions")
         return result.seconds
 
-    chunk_rows = settings.ingest_chunk_rows
+    chunk_rows = settings.ingest.chunk_rows
     # The simulator's dirty rows include duplicate ids, which a plain COPY cannot take: the baseline
     # copies the rows that validation accepts (about 99.8 %), validated here untimed.
-    clean = validate_transactions(table, settings).good
+    clean = validate_transactions(table, settings.ingest).good
     plain_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows))
     ingest_seconds = best(args.repeat, ingest)
     no_index_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN_NO_INDEX, chunk_rows))

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rtml.config import OnlineSettings
 from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
 from rtml.features.online.schema import OnlineView
@@ -76,7 +77,9 @@ def main() -> None:
     parser.add_argument("--ttl", type=int, default=7 * 86_400, help="key TTL in seconds (0: none)")
     args = parser.parse_args()
     url = os.environ.get("RTML_REDIS_URL", "redis://127.0.0.1:6379/0")
-    store = OnlineStore(url, get_registry(), ttl_seconds=args.ttl, key_prefix=f"rtmlbench{os.getpid()}")
+    store = OnlineStore(
+        url, get_registry(), online=OnlineSettings(ttl_seconds=args.ttl, key_prefix=f"rtmlbench{os.getpid()}")
+    )
     rng = np.random.default_rng(7)
     customer_ids = np.char.add("c", np.arange(args.customers).astype(str)).astype(object)
     merchant_ids = np.char.add("m", np.arange(args.merchants).astype(str)).astype(object)

@@ -126,12 +126,12 @@ def main() -> None:
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-serving-faults")
     args = ap.parse_args()
 
-    from rtml.config import get_settings
+    from rtml.config import OnlineSettings, get_settings
     from rtml.features.online import OnlineStore
     from rtml.stack.processes import stop_pid
     from rtml.stack.redis import start_embedded
 
-    database_url = get_settings().database_url
+    database_url = get_settings().services.database_url
     if not database_url:
         raise SystemExit("RTML_DATABASE_URL must name a database with the *_latest tables")
     log_dir = Path(args.log_dir)
@@ -140,7 +140,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         valkey = start_embedded(Path(scratch) / "valkey")
         try:
-            store = OnlineStore(valkey.url, ttl_seconds=0, key_prefix=prefix)
+            store = OnlineStore(valkey.url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix))
             store.push_from_postgres(database_url, full=True)
             customer, merchant = _known_pair(database_url)
             body = score_body({**TRANSACTION, "customer_id": customer, "merchant_id": merchant})

@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, Result, Service, drive, load_average, merge, score_body
-from rtml.config import Settings
+from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database, load_simulated
@@ -115,7 +115,8 @@ def measure(
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         os.environ["DBT_TARGET_PATH"] = str(tmp / "dbt-target")  # the project's target/ stays as it is
         settings = Settings(
-            data_dir=tmp / "data", sim_start=START, sim_customers=2_000, sim_transactions_per_day=8_000
+            services=ServicesSettings(data_dir=tmp / "data"),
+            simulator=SimulatorSettings(start=START, customers=2_000, transactions_per_day=8_000),
         )
         started = time.perf_counter()
         url = create_database(database_url, name)
@@ -135,7 +136,9 @@ def measure(
         )
         print(f"model v{trained.model_version} in production", file=sys.stderr)
 
-        store = OnlineStore(redis_url, ttl_seconds=0, key_prefix=prefix, speed_layer=True)
+        store = OnlineStore(
+            redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix, speed_layer_enabled=True)
+        )
         stack.callback(store.close)
         stack.callback(store.purge)
         store.push_from_postgres(url, full=True)

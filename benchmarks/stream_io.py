@@ -74,15 +74,19 @@ def main() -> None:
     client = redis.Redis.from_url(os.environ.get("RTML_REDIS_URL") or "redis://127.0.0.1:6379/0")
     key = f"rtml:bench:stream-io:{uuid.uuid4().hex[:8]}"
     settings = get_settings().model_copy(
-        update={"sim_start": SIM_START, "stream_key": key, "database_url": database_url}
+        update={
+            "simulator": get_settings().simulator.model_copy(update={"start": SIM_START}),
+            "stream": get_settings().stream.model_copy(update={"key": key}),
+            "services": get_settings().services.model_copy(update={"database_url": database_url}),
+        }
     )
-    retention_s = settings.stream_retention_hours * 3600
+    retention_s = settings.stream.retention_hours * 3600
     try:
         began = time.perf_counter()
         events = events_for(settings, args.events)
         print(f"{len(events)} events from the simulator in {time.perf_counter() - began:.1f} s")
 
-        batch = settings.stream_publish_batch
+        batch = settings.stream.publish_batch
         began = time.perf_counter()
         for at in range(0, len(events), batch):
             stream.publish(client, key, events[at : at + batch], retention_s)
@@ -115,7 +119,7 @@ def main() -> None:
         p50 = statistics.median(batch_seconds) * 1000
         print(
             f"(c) lander: {landed} in {land_s:.2f} s ({len(events) / land_s:,.0f} events/s; "
-            f"batch of {settings.stream_lander_batch_events} p50 {p50:.0f} ms)"
+            f"batch of {settings.stream.lander_batch_events} p50 {p50:.0f} ms)"
         )
 
         again = events[: len(events) // 5]

@@ -62,7 +62,7 @@ from psycopg.rows import dict_row
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_read
 from _load import load_average
-from rtml.config import Settings, get_settings
+from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
@@ -120,7 +120,7 @@ def drain(worker: StreamWorker, until: int, timeout_s: float) -> tuple[float, li
         if time.monotonic() > deadline:
             raise TimeoutError(f"processed {worker.counts.processed} of {until}")
         entries = stream.read_new(
-            worker.client, worker.key, worker.group, worker.consumer, settings.stream_worker_batch_events, 100
+            worker.client, worker.key, worker.group, worker.consumer, settings.stream.worker_batch_events, 100
         )
         if not entries:
             continue
@@ -244,10 +244,19 @@ def replay_day(
     windows, by dbt and the merge alike), and compared with dbt's row of the same ``transaction_id``."""
     tag = f"rtmlbench-parity-{os.getpid()}"
     worker_settings = get_settings().model_copy(
-        update={"stream_key": f"{tag}:transactions", "online_key_prefix": tag, "redis_url": redis_url}
+        update={
+            "stream": get_settings().stream.model_copy(update={"key": f"{tag}:transactions"}),
+            "online": get_settings().online.model_copy(update={"key_prefix": tag}),
+            "services": get_settings().services.model_copy(update={"redis_url": redis_url}),
+        }
     )
     client = redis.Redis.from_url(redis_url)
-    store = OnlineStore(redis_url, ttl_seconds=0, key_prefix=tag, speed_layer=True, socket_timeout_ms=10_000)
+    store = OnlineStore(
+        redis_url,
+        online=OnlineSettings(
+            ttl_seconds=0, key_prefix=tag, speed_layer_enabled=True, redis_socket_timeout_ms=10_000
+        ),
+    )
     worker = StreamWorker(client, worker_settings, consumer="parity")
     result = Parity()
     invalid: Counter[str] = Counter()
@@ -274,7 +283,7 @@ def replay_day(
                 if len(result.details) < show:
                     result.details.extend(differs[: show - len(result.details)])
         expected = worker.counts.processed + len(group)
-        stream.publish(client, worker_settings.stream_key, group, retention_s=3600)
+        stream.publish(client, worker_settings.stream.key, group, retention_s=3600)
         while worker.counts.processed < expected:
             worker.process_once(block_ms=1_000)
 
@@ -328,7 +337,7 @@ def replay_day(
         if invalid:
             print(f"  not published (validation): {dict(invalid)}")
     finally:
-        client.delete(worker_settings.stream_key)
+        client.delete(worker_settings.stream.key)
         store.purge()
         store.close()
         client.close()
@@ -342,10 +351,10 @@ def parity(args: argparse.Namespace) -> dict[str, Any]:
         os.environ["DBT_TARGET_PATH"] = str(Path(tmp) / "dbt-target")  # the project's target/ stays as it is
         get_registry.cache_clear()  # the online store reads this target's manifest
         settings = Settings(
-            data_dir=Path(tmp) / "data",
-            sim_start=PARITY_START,
-            sim_customers=args.parity_customers,
-            sim_transactions_per_day=args.parity_per_day,
+            services=ServicesSettings(data_dir=Path(tmp) / "data"),
+            simulator=SimulatorSettings(
+                start=PARITY_START, customers=args.parity_customers, transactions_per_day=args.parity_per_day
+            ),
         )
         url = create_database(args.database_url, name)
         try:
@@ -397,7 +406,11 @@ def worker_figures(args: argparse.Namespace) -> dict[str, Any]:
     redis_url = args.redis_url
     tag = f"rtmlbench-stream-{os.getpid()}"
     settings = get_settings().model_copy(
-        update={"stream_key": f"{tag}:transactions", "online_key_prefix": tag, "redis_url": redis_url}
+        update={
+            "stream": get_settings().stream.model_copy(update={"key": f"{tag}:transactions"}),
+            "online": get_settings().online.model_copy(update={"key_prefix": tag}),
+            "services": get_settings().services.model_copy(update={"redis_url": redis_url}),
+        }
     )
     client = redis.Redis.from_url(redis_url)
     store = SpeedStore(client, tag)
@@ -412,21 +425,21 @@ def worker_figures(args: argparse.Namespace) -> dict[str, Any]:
             for n in range(args.backlog)
         ]
         for at in range(0, len(backlog), 5_000):
-            stream.publish(client, settings.stream_key, backlog[at : at + 5_000], retention_s=3600)
+            stream.publish(client, settings.stream.key, backlog[at : at + 5_000], retention_s=3600)
         worker = StreamWorker(client, settings, consumer="bench")
         elapsed, _ = drain(worker, args.backlog, timeout_s=600)
         assert worker.counts.applied == args.backlog, worker.counts
         rate = args.backlog / elapsed
         print(
             f"{'throughput, one worker (backlog)':<40} {rate:10,.0f} events/s  "
-            f"({args.backlog:,} events in {elapsed:.2f} s, batches of {settings.stream_worker_batch_events})"
+            f"({args.backlog:,} events in {elapsed:.2f} s, batches of {settings.stream.worker_batch_events})"
         )
         results |= {"events_per_s": round(rate), "backlog_events": args.backlog}
 
         # 2. freshness at a steady rate, the publisher in a process of its own
         publisher = multiprocessing.get_context("spawn").Process(
             target=publish_at_rate,
-            args=(redis_url, settings.stream_key, args.rate, args.seconds, args.customers),
+            args=(redis_url, settings.stream.key, args.rate, args.seconds, args.customers),
         )
         publisher.start()
         expected = args.backlog + int(args.seconds * args.rate)
@@ -446,7 +459,7 @@ def worker_figures(args: argparse.Namespace) -> dict[str, Any]:
             "freshness_events": len(steady),
         }
     finally:
-        client.delete(settings.stream_key)
+        client.delete(settings.stream.key)
         store.purge()
         client.close()
     return results

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _training_data import DATABASE, ensure_training_rows
-from rtml.config import Settings, database_url_for
+from rtml.config import ServicesSettings, Settings, StackSettings, TrainingSettings, database_url_for
 from rtml.stack.local import LocalStack
 from rtml.stack.processes import free_port
 from rtml.training.tracking import train_and_register
@@ -35,13 +35,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rtml-bench-training-") as data_dir:
         server = os.environ.get("RTML_DATABASE_URL")
         settings = Settings(
-            data_dir=Path(data_dir),
-            database_url=database_url_for(server, DATABASE) if server else None,
-            redis_url=os.environ.get("RTML_REDIS_URL"),
-            dagster_database="rtml_bench_dagster",
-            mlflow_database="rtml_bench_mlflow",
-            mlflow_tracking_uri=None,
-            mlflow_port=free_port(),
+            services=ServicesSettings(
+                data_dir=Path(data_dir),
+                database_url=database_url_for(server, DATABASE) if server else None,
+                redis_url=os.environ.get("RTML_REDIS_URL"),
+                dagster_database="rtml_bench_dagster",
+                mlflow_database="rtml_bench_mlflow",
+            ),
+            training=TrainingSettings(mlflow_tracking_uri=None),
+            stack=StackSettings(mlflow_port=free_port()),
         )
         stack = LocalStack(settings)
         info = stack.up()

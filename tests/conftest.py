@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from rtml.config import Settings, get_settings
+from rtml.config import (
+    SLICES,
+    ServicesSettings,
+    Settings,
+    SimulatorSettings,
+    StackSettings,
+    TrainingSettings,
+    get_settings,
+)
 from rtml.stack.local import LocalStack, StackInfo
 from rtml.stack.processes import free_port
 from tests.isolation import TEST_NOW, NotDisposable, isolate
@@ -39,7 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # rtml.config was imported above, before RTML_ENV_FILE was cleared: no .env in this process either
-Settings.model_config["env_file"] = None
+for _slice in SLICES:
+    _slice.model_config["env_file"] = None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,7 +72,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     os.environ["RTML_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
     # A port of its own: a developer's `make demo` may hold the default MLflow port.
-    local = LocalStack(Settings(data_dir=data_dir, mlflow_port=free_port()))
+    local = LocalStack(
+        Settings(services=ServicesSettings(data_dir=data_dir), stack=StackSettings(mlflow_port=free_port()))
+    )
     info = local.up()
     # Subprocesses (dbt, dagster, bentoml, mlflow clients) find the same servers through the environment.
     os.environ["RTML_DATABASE_URL"] = info.database_url
@@ -126,11 +137,9 @@ LABEL_DAYS = 10  # labels arriving up to 10 days after the last transaction are 
 def training_settings(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Settings:
     """A smaller simulated world for the training tests (its own data directory for snapshots)."""
     return Settings(
-        data_dir=tmp_path_factory.mktemp("rtml-training"),
-        sim_start=TRAINING_START,
-        sim_customers=2_000,
-        sim_transactions_per_day=8_000,
-        mlflow_tracking_uri=stack.mlflow_tracking_uri,
+        services=ServicesSettings(data_dir=tmp_path_factory.mktemp("rtml-training")),
+        simulator=SimulatorSettings(start=TRAINING_START, customers=2_000, transactions_per_day=8_000),
+        training=TrainingSettings(mlflow_tracking_uri=stack.mlflow_tracking_uri),
     )
 
 

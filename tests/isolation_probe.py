@@ -27,19 +27,22 @@ def test_the_session_sees_no_exported_setting_and_no_dotenv() -> None:
         assert os.environ.get(name) != value, name
     get_settings.cache_clear()
     settings = get_settings()
-    assert settings.data_dir != Path(EXPORTED["RTML_DATA_DIR"])
-    assert settings.mlflow_tracking_uri is None
-    assert settings.sim_start == TEST_SIM_START
-    assert (settings.sim_seed, settings.redis_url) != (4242, "redis://developer.invalid:6379/0")
+    assert settings.services.data_dir != Path(EXPORTED["RTML_DATA_DIR"])
+    assert settings.training.mlflow_tracking_uri is None
+    assert settings.simulator.start == TEST_SIM_START
+    assert (settings.simulator.seed, settings.services.redis_url) != (
+        4242,
+        "redis://developer.invalid:6379/0",
+    )
     # the session's subprocesses (dbt, dagster, bentoml, the CLI) inherit the clean environment
     child = subprocess.run(
         [
             sys.executable,
             "-c",
-            "from rtml.config import Settings; s = Settings(); print(s.sim_seed, s.redis_url)",
+            "from rtml.config import Settings; s = Settings(); print(s.simulator.seed, s.services.redis_url)",
         ],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert child.stdout.split() == [str(settings.sim_seed), "None"], child.stdout
+    assert child.stdout.split() == [str(settings.simulator.seed), "None"], child.stdout

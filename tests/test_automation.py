@@ -36,7 +36,7 @@ import pyarrow.csv as pa_csv
 import pytest
 import redis
 
-from rtml.config import get_settings
+from rtml.config import AutomationSettings, get_settings
 from rtml.definitions import defs
 from rtml.defs.automation.checks import (
     DATA_FRESHNESS,
@@ -58,16 +58,19 @@ from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.ingestion.sensors import landing_files_sensor
 from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
-from rtml.defs.online.resources import RedisResource
-from rtml.defs.resources import PostgresResource
-from rtml.defs.training.resources import MlflowResource
+from rtml.defs.online.resources import RedisServer
+from rtml.defs.resources import PostgresServer
+from rtml.defs.training.resources import MlflowResource, MlflowServer
 from rtml.features.sample_data import load_simulated
 from rtml.ingest.tables import ensure_tables
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.simulator import Simulator
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
 from tests.monitoring_stack import Webhook, webhook_receiver
+
+CHECKS = freshness_checks(AutomationSettings())  # the default maximum ages
 
 
 # --- shared fixtures and helpers ----------------------------------------------------------------------------
@@ -142,7 +145,7 @@ def evaluate_checks(
     """Run freshness checks the way the freshness sensor's runs do: the checks alone."""
     job = dg.define_asset_job("evaluate_freshness", selection=dg.AssetSelection.checks(*keys))
     result = (
-        dg.Definitions(asset_checks=freshness_checks, jobs=[job])
+        dg.Definitions(asset_checks=CHECKS, jobs=[job])
         .resolve_job_def(job.name)
         .execute_in_process(instance=instance)
     )
@@ -190,7 +193,7 @@ def test_a_stale_model_requests_exactly_one_retraining(sensor_instance: dg.Dagst
 
     assert "not evaluated yet" in skip_message(evaluate(None))
     # Dagster's freshness sensor launches a first evaluation of every freshness check
-    first_run = freshness_checks_sensor(dg.build_sensor_context(instance=sensor_instance))
+    first_run = freshness_checks_sensor(CHECKS)(dg.build_sensor_context(instance=sensor_instance))
     assert isinstance(first_run, dg.RunRequest)
     assert set(first_run.asset_check_keys or ()) == {MODEL_FRESHNESS, *DATA_FRESHNESS}
     assert first_run.tags["rtml/trigger"] == "freshness_checks_sensor"
@@ -225,7 +228,7 @@ def test_stale_data_notifies_once_per_failure(
         with dg.build_sensor_context(
             instance=sensor_instance,
             cursor=cursor,
-            resources={"postgres": PostgresResource(url=database_url)},
+            resources={"postgres": PostgresServer(url=database_url)},
         ) as context:  # leaving it tears the resources down
             return data_freshness_sensor(context)
 
@@ -255,9 +258,14 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             get_settings.cache_clear()
             settings = get_settings()
             hour = datetime(2026, 11, 20, 3, tzinfo=UTC)
-            settings.landing_dir.mkdir(parents=True)
-            path = settings.landing_dir / "transactions_20261120T0300_20261120T0400.csv"
-            pa_csv.write_csv(Simulator(settings).transactions(hour, hour + timedelta(hours=1)), path)
+            settings.services.landing_dir.mkdir(parents=True)
+            path = settings.services.landing_dir / "transactions_20261120T0300_20261120T0400.csv"
+            pa_csv.write_csv(
+                Simulator(settings.simulator, settings.ingest, timeline_path(settings.services)).transactions(
+                    hour, hour + timedelta(hours=1)
+                ),
+                path,
+            )
 
             context = dg.build_sensor_context(instance=sensor_instance)
             first = landing_files_sensor(context)
@@ -274,7 +282,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             next_tick = dg.build_sensor_context(instance=sensor_instance, cursor=first.cursor)
             assert not landing_files_sensor(next_tick).run_requests
 
-            landing = with_resources({"postgres": PostgresResource(url=url)})
+            landing = with_resources({"postgres": PostgresServer(url=url)})
             result = landing.resolve_job_def(landing_files_sensor.job_name).execute_in_process(
                 instance=sensor_instance, partition_key=request.partition_key, tags=request.tags
             )
@@ -282,7 +290,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             [materialization] = result.asset_materializations_for_node("transactions_landing")
             assert materialization.partition == path.name
             assert materialization.metadata["rows_loaded"].value > 0
-            assert (settings.landing_dir / "processed" / path.name).exists()
+            assert (settings.services.landing_dir / "processed" / path.name).exists()
     finally:
         get_settings.cache_clear()
 
@@ -310,7 +318,7 @@ def test_a_failed_run_notifies(
         dagster_event=outcome_event(result),
         dagster_instance=sensor_instance,
         dagster_run=run,
-        resources={"postgres": PostgresResource(url=database_url)},
+        resources={"postgres": PostgresServer(url=database_url)},
     ).for_run_failure() as context:
         run_failure_notifier(context)
 
@@ -419,7 +427,7 @@ def model_name() -> str:
 
 @pytest.fixture(scope="module")
 def mlflow_resource(mlflow_tracking_uri: str, model_name: str) -> MlflowResource:
-    return MlflowResource(tracking_uri=mlflow_tracking_uri, model_name=model_name)
+    return MlflowServer(tracking_uri=mlflow_tracking_uri, model_name=model_name)
 
 
 @pytest.fixture(scope="module")
@@ -450,9 +458,9 @@ def production(world_db: str, mlflow_resource: MlflowResource) -> str:
 def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) -> Iterator[dict[str, Any]]:
     prefix = f"rtml-auto-{uuid.uuid4().hex[:6]}"
     yield {
-        "postgres": PostgresResource(url=world_db),
+        "postgres": PostgresServer(url=world_db),
         "mlflow": mlflow_resource,
-        "redis": RedisResource(url=redis_url, key_prefix=prefix),
+        "redis": RedisServer(url=redis_url, key_prefix=prefix),
     }
     # CI's integration pass runs on the machine's shared Redis: leave none of the world's keys behind
     # (the speed layer's hashes have no TTL)

@@ -27,9 +27,9 @@ RUNNING, STOPPED = dg.DefaultScheduleStatus.RUNNING, dg.DefaultScheduleStatus.ST
 # automation's hourly refresh loads the same hours with their features.
 SCHEDULES = {
     "hourly_refresh_schedule": ("5 * * * *", "hourly_refresh_job", RUNNING),
-    "daily_retraining_schedule": (get_settings().retraining_cron, "retraining_job", RUNNING),
-    "daily_drift_schedule": (get_settings().drift_report_cron, "drift_job", RUNNING),
-    "daily_challenger_schedule": (get_settings().challenger_cron, "challenger_job", RUNNING),
+    "daily_retraining_schedule": (get_settings().automation.retraining_cron, "retraining_job", RUNNING),
+    "daily_drift_schedule": (get_settings().automation.drift_report_cron, "drift_job", RUNNING),
+    "daily_challenger_schedule": (get_settings().monitoring.challenger_cron, "challenger_job", RUNNING),
     "labels_job_schedule": ("15 0 * * *", "labels_job", RUNNING),
     "ingestion_job_schedule": ("5 * * * *", "ingestion_job", STOPPED),
 }

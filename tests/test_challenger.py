@@ -26,8 +26,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from rtml.config import get_settings
 from rtml.defs.monitoring.assets import ChallengerConfig, challenger_comparison
-from rtml.defs.resources import PostgresResource
-from rtml.defs.training.resources import MlflowResource
+from rtml.defs.resources import PostgresServer
+from rtml.defs.training.resources import MlflowServer
 from rtml.monitoring import challenger
 from rtml.monitoring.predictions import ensure_table, prediction_row, write_rows
 from rtml.sources.schema import LABELS
@@ -123,7 +123,9 @@ def world(
     label_rows.append(
         {"transaction_id": overturned, "is_fraud": False, "label_ts": START, "label_source": "confirmed"}
     )
-    load_labels(url, [pa.Table.from_pylist(label_rows, schema=LABELS)], "challenger-test", get_settings())
+    load_labels(
+        url, [pa.Table.from_pylist(label_rows, schema=LABELS)], "challenger-test", get_settings().ingest
+    )
     proc = run_dbt(["run", "--select", "stg_labels"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
 
@@ -244,8 +246,8 @@ def materialize(world: World, stack: StackInfo, run_config: dg.RunConfig | None 
         [challenger_comparison],
         instance=dg.DagsterInstance.from_config(str(stack.dagster_home)),
         resources={
-            "postgres": PostgresResource(url=world.url),
-            "mlflow": MlflowResource(tracking_uri=stack.mlflow_tracking_uri, model_name=world.model),
+            "postgres": PostgresServer(url=world.url),
+            "mlflow": MlflowServer(tracking_uri=stack.mlflow_tracking_uri, model_name=world.model),
         },
         run_config=run_config,
     )

@@ -27,7 +27,7 @@ from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.clock import world_now
 from rtml.defs.ingestion.assets import transactions_raw
 from rtml.defs.ingestion.partitions import transactions_partitions
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.ingest.tables import ensure_tables
 from tests.isolation import TEST_NOW
 
@@ -57,7 +57,7 @@ def test_an_hour_loads_and_is_watched_at_the_clock_passed_in(
     with psycopg.connect(url) as conn:
         ensure_tables(conn)
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"postgres": PostgresResource(url=url)}
+    resources = {"postgres": PostgresServer(url=url)}
 
     def load(**run: Any) -> dict[str, Any]:
         result = dg.materialize([transactions_raw], instance=instance, resources=resources, **run)

@@ -55,7 +55,7 @@ def test_a_scenario_switch_shows_on_the_assets_events_page(dagster_ui: str, stac
     from rtml.config import get_settings
     from rtml.sources.scenarios import timeline_path
 
-    path = timeline_path(get_settings())
+    path = timeline_path(get_settings().services)
     try:
         started = CliRunner().invoke(app, ["scenario", "start", "merchant_mix_shift"])
         assert started.exit_code == 0 and "recorded as an observation" in started.output, started.output

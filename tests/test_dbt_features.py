@@ -329,7 +329,7 @@ def test_rows_at_the_boundaries_pass_ingest_and_then_dbt(
 
     import pyarrow as pa
 
-    from rtml.config import Settings
+    from rtml.config import IngestSettings, Settings
     from rtml.ingest.loader import load_labels, load_transactions
     from rtml.ingest.tables import ensure_tables
     from rtml.sources.schema import LABELS, TRANSACTIONS
@@ -337,7 +337,7 @@ def test_rows_at_the_boundaries_pass_ingest_and_then_dbt(
     url = scratch_database("dbt_boundary")
     with psycopg.connect(url) as conn:
         ensure_tables(conn)
-    settings = Settings(max_amount=999_999.99)  # the highest ceiling the settings allow
+    settings = Settings(ingest=IngestSettings(max_amount=999_999.99))  # the highest ceiling allowed
     amounts = {
         "b-0.004": 0.004,
         "b-0.005": 0.005,
@@ -372,7 +372,7 @@ def test_rows_at_the_boundaries_pass_ingest_and_then_dbt(
         ],
         schema=TRANSACTIONS,
     )
-    result = load_transactions(url, [transactions], "boundary", settings)
+    result = load_transactions(url, [transactions], "boundary", settings.ingest)
     assert result.quarantine_by_rule == {
         "amount_rounds_to_zero": 2,
         "amount_above_max": 1,
@@ -390,7 +390,7 @@ def test_rows_at_the_boundaries_pass_ingest_and_then_dbt(
         ],
         schema=LABELS,
     )
-    assert load_labels(url, [labels], "boundary-labels", settings).quarantine_by_rule == {
+    assert load_labels(url, [labels], "boundary-labels", settings.ingest).quarantine_by_rule == {
         "label_source_not_allowed": 2
     }
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
+from rtml.config import ServicesSettings, Settings
 from rtml.definitions import defs
+from rtml.defs.online.resources import LocalRedis, RedisResource
+from rtml.defs.resources import LocalPostgres, PostgresResource, environment_resources
+from rtml.defs.training.resources import LocalMlflow, MlflowResource
 
 
 def test_definitions_load_and_validate() -> None:
@@ -33,3 +38,29 @@ def test_jobs_schedules_and_sensors() -> None:
     assert defs.resolve_job_def("ingestion_job")
     assert defs.resolve_schedule_def("ingestion_job_schedule")
     assert defs.resolve_sensor_def("landing_files_sensor")
+
+
+def test_resources_are_chosen_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One place picks the servers: the local stack's (looked up when used) or the environment's."""
+    local = environment_resources(Settings(services=ServicesSettings(environment="local")))
+    assert [type(local[key]) for key in ("postgres", "redis", "mlflow")] == [
+        LocalPostgres,
+        LocalRedis,
+        LocalMlflow,
+    ]
+    assert isinstance(defs.resources["postgres"], LocalPostgres)  # the default environment
+    servers = environment_resources(Settings(services=ServicesSettings(environment="servers")))
+    monkeypatch.setenv("RTML_DATABASE_URL", "postgresql://db.invalid/rtml")
+    monkeypatch.setenv("RTML_REDIS_URL", "redis://redis.invalid:6379/0")
+    monkeypatch.setenv("RTML_MLFLOW_TRACKING_URI", "http://mlflow.invalid:5000")
+
+    @dg.asset
+    def probe(postgres: PostgresResource, redis: RedisResource, mlflow: MlflowResource) -> dict[str, str]:
+        return {"postgres": postgres.database_url(), "redis": redis.redis_url(), "mlflow": mlflow.uri()}
+
+    result = dg.materialize([probe], resources=servers)  # EnvVar: read when the run starts
+    assert result.output_for_node("probe") == {
+        "postgres": "postgresql://db.invalid/rtml",
+        "redis": "redis://redis.invalid:6379/0",
+        "mlflow": "http://mlflow.invalid:5000",
+    }

@@ -5,20 +5,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
 
 from rtml.cli import demo_window
-from rtml.config import Settings, floor_hour, live_sim_start
+from rtml.config import ServicesSettings, Settings, SimulatorSettings, floor_hour, live_sim_start
 from rtml.stack.local import StackInfo
 from rtml.stack.state import record_live_start
 
 PINNED = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def live_settings(data_dir: Path, **values: object) -> Settings:
-    return Settings(data_dir=data_dir, _env_file=None, **values)  # type: ignore[call-arg]
+def live_settings(data_dir: Path, **simulator: Any) -> Settings:
+    return Settings(services=ServicesSettings(data_dir=data_dir), simulator=SimulatorSettings(**simulator))
 
 
 def next_tick(after: datetime) -> datetime:
@@ -32,9 +33,9 @@ def test_the_demo_window_ends_at_the_current_hour(tmp_path: Path, monkeypatch: p
     settings = live_settings(tmp_path, demo_days=7)
     now = datetime.now(UTC)
     window = demo_window(settings, now)
-    assert settings.sim_start_is_live
+    assert settings.simulator.start_is_live
     assert window.end == floor_hour(now) and now - window.end < timedelta(hours=1)
-    assert window.start == settings.sim_start == window.end - timedelta(days=7)
+    assert window.start == settings.simulator.start == window.end - timedelta(days=7)
     assert window.hours[1] == f"{window.end - timedelta(hours=1):%Y-%m-%d-%H:%M}"  # the last complete hour
     assert window.label_days == (f"{window.start:%Y-%m-%d}", f"{now - timedelta(days=1):%Y-%m-%d}")
 
@@ -45,9 +46,11 @@ def test_a_live_start_is_fixed_when_the_stack_first_starts(
     monkeypatch.delenv("RTML_SIM_START", raising=False)
     first = live_settings(tmp_path)
     record_live_start(first)
-    later = first.sim_start + timedelta(days=2, hours=5)
-    assert live_sim_start(tmp_path, first.demo_days, now=later) == first.sim_start  # a restart keeps it
-    assert live_settings(tmp_path).sim_start == first.sim_start
+    later = first.simulator.start + timedelta(days=2, hours=5)
+    assert (
+        live_sim_start(tmp_path, first.simulator.demo_days, now=later) == first.simulator.start
+    )  # a restart keeps it
+    assert live_settings(tmp_path).simulator.start == first.simulator.start
     # After the restart the window still ends now: it follows the start by the time that passed.
     assert demo_window(live_settings(tmp_path), later).end == floor_hour(later)
     # Another data directory (another stack) has a start of its own.
@@ -57,9 +60,9 @@ def test_a_live_start_is_fixed_when_the_stack_first_starts(
 def test_a_pinned_start_is_kept_and_never_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTML_SIM_START", PINNED.isoformat())
     settings = live_settings(tmp_path)
-    assert settings.sim_start == PINNED and not settings.sim_start_is_live
+    assert settings.simulator.start == PINNED and not settings.simulator.start_is_live
     record_live_start(settings)
-    assert not settings.live_window_file.exists()
+    assert not settings.services.live_window_file.exists()
     window = demo_window(settings, PINNED + timedelta(days=3, minutes=20))  # younger than demo_days
     assert (window.start, window.end) == (PINNED, PINNED + timedelta(days=3))
 
@@ -70,7 +73,7 @@ def test_the_hourly_schedule_continues_where_the_window_ends(minute: int) -> Non
     from rtml.defs.ingestion.partitions import transactions_partitions
 
     started = floor_hour(datetime.now(UTC)) - timedelta(hours=3) + timedelta(minutes=minute)
-    window = demo_window(Settings(sim_start=transactions_partitions.start, _env_file=None), started)  # type: ignore[call-arg]
+    window = demo_window(Settings(simulator=SimulatorSettings(start=transactions_partitions.start)), started)
     tick = next_tick(started)
     context = dg.build_schedule_context(scheduled_execution_time=tick)
     [request] = hourly_refresh_schedule.evaluate_tick(context).run_requests or []

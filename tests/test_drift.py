@@ -22,11 +22,18 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtml.config import Settings, get_settings
+from rtml.config import (
+    MonitoringSettings,
+    ServicesSettings,
+    Settings,
+    SimulatorSettings,
+    TrainingSettings,
+    get_settings,
+)
 from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
-from rtml.defs.resources import PostgresResource
-from rtml.defs.training.resources import MlflowResource
+from rtml.defs.resources import PostgresServer
+from rtml.defs.training.resources import MlflowServer
 from rtml.features.feature_registry import load_registry
 from rtml.monitoring import drift, metrics
 from rtml.monitoring.predictions import ensure_table, prediction_row, write_rows
@@ -62,15 +69,17 @@ def day(n: float) -> datetime:
 @pytest.fixture(scope="module")
 def drift_settings(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Settings:
     return Settings(
-        data_dir=tmp_path_factory.mktemp("rtml-drift"),
-        sim_start=START,
-        sim_customers=2_000,
-        sim_merchants=200,
-        sim_transactions_per_day=2_000,
-        sim_drift_scenario="amount_inflation",
-        sim_drift_start=day(DRIFT_DAY),
-        drift_threshold=THRESHOLD,
-        mlflow_tracking_uri=stack.mlflow_tracking_uri,
+        services=ServicesSettings(data_dir=tmp_path_factory.mktemp("rtml-drift")),
+        simulator=SimulatorSettings(
+            start=START,
+            customers=2_000,
+            merchants=200,
+            transactions_per_day=2_000,
+            drift_scenario="amount_inflation",
+            drift_start=day(DRIFT_DAY),
+        ),
+        monitoring=MonitoringSettings(drift_threshold=THRESHOLD),
+        training=TrainingSettings(mlflow_tracking_uri=stack.mlflow_tracking_uri),
     )
 
 
@@ -184,12 +193,12 @@ def test_amount_inflation_is_detected_and_named(
     assert not names & {"merchant_category", "channel", "country", "currency"}
     assert set(features.columns) | set(features.skipped) == set(feature_spec().columns)
     assert features.drifted_share == pytest.approx(len(names) / len(features.columns))
-    assert 13_000 < features.reference_rows <= drift_settings.drift_max_rows
+    assert 13_000 < features.reference_rows <= drift_settings.monitoring.drift_max_rows
     assert 1_500 < features.current_rows < 2_500
     assert features.columns["amount"].method.startswith("Wasserstein")
 
     html = features.html_path
-    assert html.parent == drift_settings.home / "reports" / "drift" and html.stat().st_size > 100_000
+    assert html.parent == drift_settings.services.home / "reports" / "drift" and html.stat().st_size > 100_000
     [stored] = drift.load_reports(drift_db, [features.report_id])
     assert stored == features
 
@@ -279,7 +288,9 @@ def rules(rows: drift.Fetched, current: pd.DataFrame, pvalue: float) -> list[str
     return drift.reasons(found.drifted_share, 0.0, found.columns)
 
 
-PVALUE = Settings().drift_recent_pvalue  # the rule's mechanics; its calibration: docs/benchmarks.md
+PVALUE = (
+    Settings().monitoring.drift_recent_pvalue
+)  # the rule's mechanics; its calibration: docs/benchmarks.md
 
 
 def test_the_hourly_rule_catches_a_one_column_shift_that_the_share_rule_misses(
@@ -398,8 +409,8 @@ def materialize(
         [drift_report, drift_within_threshold],
         instance=instance,
         resources={
-            "postgres": PostgresResource(url=drift_db),
-            "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, model_name=model_name),
+            "postgres": PostgresServer(url=drift_db),
+            "mlflow": MlflowServer(tracking_uri=mlflow_tracking_uri, model_name=model_name),
         },
         run_config={"ops": {"drift_report": {"config": config}}} if config else None,
         raise_on_error=False,
@@ -425,7 +436,7 @@ def test_drift_check_fails_on_drift_and_passes_on_a_control_window(
     assert len(scores) == 24 and scores["amount"]["drifted"] is True
     assert metadata["reference_window"] == str(drift.Window(day(REFERENCE[0]), day(REFERENCE[1])))
     html = Path(metadata["html"])
-    assert html.exists() and html.parent == get_settings().home / "reports" / "drift"
+    assert html.exists() and html.parent == get_settings().services.home / "reports" / "drift"
     assert "Wasserstein" in html.read_text(errors="replace")
     assert metadata["predictions/served_rows"] > 1_500 and metadata["pushed"] is False
     assert Path(metadata["predictions/html"]).exists()

@@ -84,3 +84,17 @@ def test_core_modules_import_without_dagster_or_bentoml() -> None:
     assert {"features", "ingest", "monitoring", "sources", "streaming", "training", "config"} <= packages
     assert result["refused"] == {}, result["refused"]
     assert result["reached_edges"] == [], f"core modules import edges: {result['reached_edges']}"
+
+
+def test_core_modules_are_passed_their_settings() -> None:
+    """Settings are passed, not fetched: only the edges read the environment (``get_settings()``); a core
+    library takes the settings slice it needs as an argument (``load_transactions(..., ingest)``)."""
+    package = ROOT / "platform" / "rtml"
+    fetching = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(("rtml", *path.relative_to(package).with_suffix("").parts))
+        if module.startswith(EDGES) or module == "rtml.config":
+            continue
+        if "get_settings" in path.read_text():
+            fetching.append(module)
+    assert fetching == []

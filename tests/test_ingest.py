@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from rtml.config import Settings
+from rtml.config import IngestSettings, Settings
 from rtml.ingest.errors import SchemaMismatchError, TransientDatabaseError
 from rtml.ingest.loader import delete_source, load_labels, load_transactions
 from rtml.ingest.tables import ensure_tables
@@ -25,7 +25,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = T0 + timedelta(days=30)
 """The load time the tests pass (validation's "in the future"): after every event and label they write,
 whatever the host's clock says."""
-SETTINGS = Settings()
+INGEST = IngestSettings()
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_each_bad_row_is_quarantined_with_its_rule_and_original_values(
     crafted.append({**good, "transaction_id": f"{source}-two-rules", "amount": "abc", "currency": "XYZ"})
     table = pa.Table.from_pylist(crafted)
     assert all(pa.types.is_string(t) for t in table.schema.types)
-    result = load_transactions(conn, [table], source, SETTINGS, now=NOW)
+    result = load_transactions(conn, [table], source, INGEST, now=NOW)
 
     assert result.rows_read == len(crafted)
     assert result.rows_loaded == 1
@@ -167,7 +167,7 @@ def test_typed_batches_are_validated_too(conn: psycopg.Connection, source: str) 
     amount = table["amount"].to_pylist()
     amount[1], amount[2] = math.nan, 0.0
     table = table.set_column(5, TRANSACTIONS.field("amount"), pa.array(amount, pa.float64()))
-    result = load_transactions(conn, [table], source, SETTINGS, now=NOW)
+    result = load_transactions(conn, [table], source, INGEST, now=NOW)
     assert result.quarantine_by_rule == {"amount_unparseable": 1, "amount_not_positive": 1}
     assert count(conn, "raw.transactions", source) == 2
 
@@ -178,8 +178,10 @@ def test_counts_add_up_and_match_the_database(conn: psycopg.Connection, source: 
         [{**GOOD, "transaction_id": f"{source}-x{i}", "currency": "XXX"} for i in range(7)]
     )
     # Several batches and a chunk size that splits them: streaming must not lose or double rows.
-    settings = Settings(ingest_chunk_rows=16)
-    result = load_transactions(conn, [good.slice(0, 30), bad, good.slice(30)], source, settings, now=NOW)
+    settings = Settings(ingest=IngestSettings(chunk_rows=16))
+    result = load_transactions(
+        conn, [good.slice(0, 30), bad, good.slice(30)], source, settings.ingest, now=NOW
+    )
     assert result.rows_read == 57 == result.rows_loaded + result.rows_quarantined
     assert result.rows_loaded == count(conn, "raw.transactions", source) == 50
     assert result.rows_quarantined == count(conn, "raw.transactions_quarantine", source) == 7
@@ -195,20 +197,20 @@ def test_counts_add_up_and_match_the_database(conn: psycopg.Connection, source: 
 
 def test_reload_replaces_exactly_its_source(conn: psycopg.Connection, source: str) -> None:
     other = source + "-other"
-    load_transactions(conn, [transactions(5, other)], other, SETTINGS, now=NOW)
+    load_transactions(conn, [transactions(5, other)], other, INGEST, now=NOW)
     other_before = rows(conn, "raw.transactions", other)
 
     batch = transactions(20, source)
     bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
-    load_transactions(conn, [batch, bad], source, SETTINGS, now=NOW)
+    load_transactions(conn, [batch, bad], source, INGEST, now=NOW)
     first = rows(conn, "raw.transactions", source), rows(conn, "raw.transactions_quarantine", source)
-    load_transactions(conn, [batch, bad], source, SETTINGS, now=NOW)
+    load_transactions(conn, [batch, bad], source, INGEST, now=NOW)
     second = rows(conn, "raw.transactions", source), rows(conn, "raw.transactions_quarantine", source)
     assert first == second
     assert len(first[0]) == 20 and len(first[1]) == 1
 
     # Fewer rows the second time: the extra ones disappear, quarantine included.
-    result = load_transactions(conn, [batch.slice(0, 12)], source, SETTINGS, now=NOW)
+    result = load_transactions(conn, [batch.slice(0, 12)], source, INGEST, now=NOW)
     assert result.rows_loaded == 12
     kept = {f"{source}-{i}" for i in range(12)}
     assert rows(conn, "raw.transactions", source) == [row for row in first[0] if row[0] in kept]
@@ -221,10 +223,10 @@ def test_cross_source_duplicate_goes_to_quarantine_and_nothing_else_is_lost(
 ) -> None:
     first, second = source + "-a", source + "-b"
     everything = transactions(15, source)
-    load_transactions(conn, [everything.slice(0, 10)], first, SETTINGS, now=NOW)
+    load_transactions(conn, [everything.slice(0, 10)], first, INGEST, now=NOW)
     before = rows(conn, "raw.transactions", first)
 
-    result = load_transactions(conn, [everything.slice(7)], second, SETTINGS, now=NOW)  # ids 7, 8, 9 exist
+    result = load_transactions(conn, [everything.slice(7)], second, INGEST, now=NOW)  # ids 7, 8, 9 exist
     assert (result.rows_read, result.rows_loaded, result.rows_quarantined) == (8, 5, 3)
     assert result.quarantine_by_rule == {"transaction_id_duplicate": 3}
     quarantined = conn.execute(
@@ -244,7 +246,7 @@ def test_cross_source_duplicate_goes_to_quarantine_and_nothing_else_is_lost(
 def test_duplicate_across_chunks_of_one_source_keeps_the_first(conn: psycopg.Connection, source: str) -> None:
     table = transactions(6, source)
     repeated = pa.concat_tables([table, table.slice(2, 1)])  # the 7th row repeats the 3rd, in another chunk
-    result = load_transactions(conn, [repeated], source, Settings(ingest_chunk_rows=4), now=NOW)
+    result = load_transactions(conn, [repeated], source, IngestSettings(chunk_rows=4), now=NOW)
     assert (result.rows_loaded, result.quarantine_by_rule) == (6, {"transaction_id_duplicate": 1})
     [(row,)] = conn.execute(
         "SELECT source_row FROM raw.transactions_quarantine WHERE source = %s", (source,)
@@ -259,7 +261,7 @@ def test_duplicates_chunks_apart_are_caught_by_the_key_next_chunk_by_the_loader(
     # Chunks of 2: [0 1] [2 3] [4 5] [6 5] [0]. Row 7 repeats row 5 (the previous chunk: caught before
     # the COPY); row 8 repeats row 0 (three chunks back: caught by the primary key, slow path).
     repeated = pa.concat_tables([table, table.slice(5, 1), table.slice(0, 1)])
-    result = load_transactions(conn, [repeated], source, Settings(ingest_chunk_rows=2), now=NOW)
+    result = load_transactions(conn, [repeated], source, IngestSettings(chunk_rows=2), now=NOW)
     assert (result.rows_loaded, result.quarantine_by_rule) == (7, {"transaction_id_duplicate": 2})
     assert rows(conn, "raw.transactions", source) == sorted((*r.values(), source) for r in table.to_pylist())
     quarantined = conn.execute(
@@ -319,7 +321,7 @@ def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source
     # (min_event_timestamp would quarantine events before 2000).
     floor = datetime(1900, 1, 1, tzinfo=UTC)
     result = load_transactions(
-        conn, [table], source, Settings(ingest_chunk_rows=5, min_event_timestamp=floor), now=NOW
+        conn, [table], source, IngestSettings(chunk_rows=5, min_event_timestamp=floor), now=NOW
     )
     assert (result.rows_loaded, result.rows_quarantined) == (len(awkward), 0)
     loaded = rows(conn, "raw.transactions", source)
@@ -340,17 +342,17 @@ def test_binary_copy_round_trips_values_exactly(conn: psycopg.Connection, source
         ],
         schema=LABELS,
     )
-    assert load_labels(conn, [labels], source, SETTINGS, now=NOW).rows_loaded == 2
+    assert load_labels(conn, [labels], source, INGEST, now=NOW).rows_loaded == 2
     assert rows(conn, "raw.labels", source) == sorted((*r.values(), source) for r in labels.to_pylist())
 
 
 def test_wrong_columns_refuse_the_batch_and_keep_the_previous_load(
     conn: psycopg.Connection, source: str
 ) -> None:
-    load_transactions(conn, [transactions(3, source)], source, SETTINGS, now=NOW)
+    load_transactions(conn, [transactions(3, source)], source, INGEST, now=NOW)
     broken = transactions(3, source).drop_columns(["country"]).append_column("colour", pa.array(["r"] * 3))
     with pytest.raises(SchemaMismatchError) as error:
-        load_transactions(conn, [broken], source, SETTINGS, now=NOW)
+        load_transactions(conn, [broken], source, INGEST, now=NOW)
     message = str(error.value)
     assert "missing column(s) ['country']" in message and "unknown column(s) ['colour']" in message
     assert "Expected exactly the columns" in message
@@ -393,7 +395,7 @@ def test_labels_are_validated_and_may_be_corrected_by_a_later_source(
             },
         ]
     )
-    result = load_labels(conn, [labels], source, SETTINGS, now=NOW)
+    result = load_labels(conn, [labels], source, INGEST, now=NOW)
     assert result.rows_loaded == 1
     assert result.quarantine_by_rule == {
         "is_fraud_unparseable": 1,
@@ -415,14 +417,14 @@ def test_labels_are_validated_and_may_be_corrected_by_a_later_source(
         ],
         schema=LABELS,
     )
-    assert load_labels(conn, [correction], source + "-later", SETTINGS, now=NOW).rows_loaded == 1
+    assert load_labels(conn, [correction], source + "-later", INGEST, now=NOW).rows_loaded == 1
     assert count(conn, "raw.labels", source) == 1
 
 
 def test_unreachable_database_is_a_transient_error(source: str) -> None:
     with pytest.raises(TransientDatabaseError, match="safe to retry"):
         load_transactions(
-            "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2", [], source, SETTINGS, now=NOW
+            "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2", [], source, INGEST, now=NOW
         )
 
 
@@ -455,7 +457,7 @@ def test_an_interrupt_during_a_load_stops_it_and_cancels_its_statement(
         began = time.monotonic()
         try:
             with pytest.raises(Interrupted):
-                load_transactions(database_url, [table], source, SETTINGS, now=NOW)
+                load_transactions(database_url, [table], source, INGEST, now=NOW)
             stopped_after = time.monotonic() - began
             time.sleep(0.5)
             lingering = holder.execute(waiting_sql).fetchone()
@@ -483,22 +485,22 @@ def test_the_load_time_is_passed_in_not_read_from_the_clock(conn: psycopg.Connec
     table = transactions(5, source).set_column(
         1, "event_ts", pa.array([future + timedelta(seconds=i) for i in range(5)], pa.timestamp("us", "UTC"))
     )
-    as_of_then = load_transactions(conn, [table], source, SETTINGS, now=future + timedelta(days=1))
+    as_of_then = load_transactions(conn, [table], source, INGEST, now=future + timedelta(days=1))
     assert (as_of_then.rows_loaded, as_of_then.rows_quarantined) == (5, 0)
-    by_the_clock = load_transactions(conn, [table], source, SETTINGS)  # the same rows, reloaded today
+    by_the_clock = load_transactions(conn, [table], source, INGEST)  # the same rows, reloaded today
     assert (by_the_clock.rows_loaded, by_the_clock.quarantine_by_rule) == (0, {"event_ts_in_future": 5})
 
 
 def test_load_log_records_each_source(conn: psycopg.Connection, source: str) -> None:
     bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
-    load_transactions(conn, [transactions(10, source), bad], source, SETTINGS, now=NOW)
+    load_transactions(conn, [transactions(10, source), bad], source, INGEST, now=NOW)
     assert load_log(conn, "transactions", source) == (T0, T0 + timedelta(seconds=9), 11, 10, 1)
     empty = source + "-empty"
     load_transactions(
-        conn, [bad], empty, SETTINGS, now=NOW
+        conn, [bad], empty, INGEST, now=NOW
     )  # nothing loaded: no range, nothing to delete later
     assert load_log(conn, "transactions", empty) == (None, None, 1, 0, 1)
-    load_transactions(conn, [bad], empty, SETTINGS, now=NOW)
+    load_transactions(conn, [bad], empty, INGEST, now=NOW)
     assert count(conn, "raw.transactions_quarantine", empty) == 1
 
     labels = pa.Table.from_pylist(
@@ -509,7 +511,7 @@ def test_load_log_records_each_source(conn: psycopg.Connection, source: str) -> 
         ],
         schema=LABELS,
     )
-    load_labels(conn, [labels], source, SETTINGS, now=NOW)
+    load_labels(conn, [labels], source, INGEST, now=NOW)
     assert load_log(conn, "labels", source) == (T0, T0 + timedelta(days=2), 3, 3, 0)
     assert load_log(conn, "transactions", source) is not None  # kinds are logged separately
 
@@ -533,15 +535,15 @@ def test_reload_with_a_different_time_range_replaces_exactly_its_rows(
             pa.timestamp("us", "UTC"),
         ),
     )
-    load_transactions(conn, [both], neighbour, SETTINGS, now=NOW)
+    load_transactions(conn, [both], neighbour, INGEST, now=NOW)
     neighbour_before = rows(conn, "raw.transactions", neighbour)
 
-    load_transactions(conn, [transactions(20, source)], source, SETTINGS, now=NOW)
+    load_transactions(conn, [transactions(20, source)], source, INGEST, now=NOW)
     moved = transactions(15, source + "-v2")
     moved = moved.set_column(
         1, TRANSACTIONS.field("event_ts"), pc.add(moved["event_ts"], pa.scalar(shift, pa.duration("us")))
     )
-    result = load_transactions(conn, [moved], source, SETTINGS, now=NOW)
+    result = load_transactions(conn, [moved], source, INGEST, now=NOW)
     assert result.rows_loaded == 15
     assert sorted(str(r[0]) for r in rows(conn, "raw.transactions", source)) == sorted(
         f"{source}-v2-{i}" for i in range(15)
@@ -567,10 +569,10 @@ def test_reload_with_a_different_time_range_replaces_exactly_its_rows(
         )
 
     load_labels(
-        conn, [labels(neighbour, T0, 5), labels(neighbour + "x", T0 + shift, 5)], neighbour, SETTINGS, now=NOW
+        conn, [labels(neighbour, T0, 5), labels(neighbour + "x", T0 + shift, 5)], neighbour, INGEST, now=NOW
     )
-    load_labels(conn, [labels(source, T0, 6)], source, SETTINGS, now=NOW)
-    load_labels(conn, [labels(source + "-v2", T0 + shift, 4)], source, SETTINGS, now=NOW)
+    load_labels(conn, [labels(source, T0, 6)], source, INGEST, now=NOW)
+    load_labels(conn, [labels(source + "-v2", T0 + shift, 4)], source, INGEST, now=NOW)
     assert sorted(str(r[0]) for r in rows(conn, "raw.labels", source)) == sorted(
         f"{source}-v2-{i}" for i in range(4)
     )
@@ -579,7 +581,7 @@ def test_reload_with_a_different_time_range_replaces_exactly_its_rows(
 
 def test_delete_source_removes_rows_quarantine_and_log(conn: psycopg.Connection, source: str) -> None:
     bad = pa.Table.from_pylist([{**GOOD, "transaction_id": f"{source}-bad", "amount": "x"}])
-    load_transactions(conn, [transactions(5, source), bad], source, SETTINGS, now=NOW)
+    load_transactions(conn, [transactions(5, source), bad], source, INGEST, now=NOW)
     delete_source(conn, "transactions", source)
     assert count(conn, "raw.transactions", source) == 0
     assert count(conn, "raw.transactions_quarantine", source) == 0
@@ -591,7 +593,9 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
 ) -> None:
     """stg_transactions keeps ``round(amount::numeric, 2)`` and its error-severity test requires > 0:
     ingest must quarantine exactly the amounts PostgreSQL rounds to 0.00, so one row cannot halt dbt."""
-    settings = Settings(max_amount=999_999.99)  # the highest ceiling the settings allow (dbt's bound)
+    settings = Settings(
+        ingest=IngestSettings(max_amount=999_999.99)
+    )  # the highest ceiling the settings allow (dbt's bound)
     amounts = [
         0.004,  # a real 0.004 EUR payment
         0.005,  # rounds half away from zero: 0.01
@@ -606,7 +610,7 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
     ]
     table = transactions(len(amounts), source)
     table = table.set_column(5, TRANSACTIONS.field("amount"), pa.array(amounts, pa.float64()))
-    result = load_transactions(conn, [table], source, settings, now=NOW)
+    result = load_transactions(conn, [table], source, settings.ingest, now=NOW)
 
     rounded = [
         conn.execute("SELECT round(%s::float8::numeric, 2)", (amount,)).fetchone()[0]  # type: ignore[index]
@@ -615,7 +619,7 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
     expected = {
         f"{source}-{i}": "amount_rounds_to_zero" if cents == 0 else "amount_above_max"
         for i, (amount, cents) in enumerate(zip(amounts, rounded, strict=True))
-        if cents == 0 or amount > settings.max_amount
+        if cents == 0 or amount > settings.ingest.max_amount
     }
     assert expected == {
         f"{source}-0": "amount_rounds_to_zero",
@@ -646,7 +650,7 @@ def test_amounts_are_quarantined_exactly_where_dbt_would_round_them_to_zero(
 
 def test_the_amount_ceiling_cannot_exceed_dbts_bound() -> None:
     with pytest.raises(ValueError, match=r"less than or equal to 999999\.99"):
-        Settings(max_amount=1_000_000)
+        Settings(ingest=IngestSettings(max_amount=1_000_000))
 
 
 def test_text_outside_the_apis_rules_is_quarantined_with_its_original_value(
@@ -669,7 +673,7 @@ def test_text_outside_the_apis_rules_is_quarantined_with_its_original_value(
         {**good, "transaction_id": f"{source}-{name}", column: value}
         for name, (column, value, _) in changes.items()
     ]
-    result = load_transactions(conn, [pa.Table.from_pylist(crafted)], source, SETTINGS, now=NOW)
+    result = load_transactions(conn, [pa.Table.from_pylist(crafted)], source, INGEST, now=NOW)
     assert result.rows_loaded == 1
     rows = conn.execute(
         "SELECT source_row, rule, transaction_id, customer_id, merchant_id, merchant_category, error "
@@ -755,7 +759,7 @@ def test_a_load_that_returned_survives_a_crash_right_after(crashable_postgres: C
         # The loader's caller asks for asynchronous commits (as a benchmark or a careless caller might):
         # the load's commit is durable anyway, so the landing file may be moved as soon as it returns.
         conn.execute("SET synchronous_commit = off")
-        result = load_transactions(conn, [transactions(2_000, "crash")], "crash", SETTINGS, now=NOW)
+        result = load_transactions(conn, [transactions(2_000, "crash")], "crash", INGEST, now=NOW)
         assert result.rows_loaded == 2_000
         # The fault is real: an asynchronous commit acknowledged after the load is lost in the crash.
         conn.execute("INSERT INTO crash_probe VALUES (1)")

@@ -261,7 +261,11 @@ def test_with_the_stream_as_feed_the_hourly_asset_loads_nothing_and_reports_what
     client = redis.Redis.from_url(redis_url)
     try:
         stream.publish(client, key, [*events, events[3]], retention_s=3600)
-        settings = get_settings().model_copy(update={"stream_key": key, "transactions_feed": "stream"})
+        settings = get_settings().model_copy(
+            update={
+                "stream": get_settings().stream.model_copy(update={"key": key, "transactions_feed": "stream"})
+            }
+        )
         landed = Lander(client, database_url, settings, consumer="t").land_once(block_ms=100)
     finally:
         client.delete(key)

@@ -103,7 +103,7 @@ def test_a_session_ignores_exported_settings_and_dotenv(tmp_path: Path) -> None:
     # without the isolation, the platform would adopt both (the probe's setting is real)
     plain = {k: v for k, v in os.environ.items() if not k.startswith("RTML_")}
     adopted = subprocess.run(
-        [sys.executable, "-c", "from rtml.config import Settings; print(Settings().sim_seed)"],
+        [sys.executable, "-c", "from rtml.config import Settings; print(Settings().simulator.seed)"],
         cwd=tmp_path,
         env={**plain, **EXPORTED},
         capture_output=True,

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from rtml.config import Settings, get_settings
+from rtml.config import ServicesSettings, Settings, get_settings
 from rtml.ingest.landing import (
     LandingFileChanged,
     Receipt,
@@ -39,8 +39,8 @@ NOW = TEST_NOW  # the load time passed in (after every event and label written h
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path)
-    settings.landing_dir.mkdir(parents=True)
+    settings = Settings(services=ServicesSettings(data_dir=tmp_path))
+    settings.services.landing_dir.mkdir(parents=True)
     return settings
 
 
@@ -71,7 +71,7 @@ def csv_bytes(table: pa.Table) -> bytes:
 
 
 def drop(settings: Settings, suffix: str, content: bytes, prefix: str = "") -> Path:
-    path = settings.landing_dir / f"{prefix}{uuid.uuid4().hex[:10]}{suffix}"
+    path = settings.services.landing_dir / f"{prefix}{uuid.uuid4().hex[:10]}{suffix}"
     path.write_bytes(content)
     return path
 
@@ -85,11 +85,11 @@ def db_count(database_url: str, table: str, source: str) -> int:
 
 def check_receipt(receipt: Receipt, settings: Settings, status: str, content: bytes) -> dict[str, object]:
     folder = "processed" if status == "processed" else "rejected"
-    moved = settings.landing_dir / folder / receipt.file
+    moved = settings.services.landing_dir / folder / receipt.file
     assert receipt.status == status
     assert Path(receipt.moved_to) == moved
     assert moved.read_bytes() == content  # kept byte-identical, never deleted
-    assert not (settings.landing_dir / receipt.file).exists()
+    assert not (settings.services.landing_dir / receipt.file).exists()
     saved = json.loads(receipt.path.read_text())
     assert receipt.path == moved.with_name(moved.name + ".receipt.json")
     assert saved["status"] == status and saved["file"] == receipt.file
@@ -109,7 +109,7 @@ def test_good_csv_is_loaded_and_moved(settings: Settings, database_url: str) -> 
 
 
 def test_good_parquet_is_loaded_and_moved(settings: Settings, database_url: str) -> None:
-    path = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
+    path = settings.services.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
     pq.write_table(transactions(30, uuid.uuid4().hex), path)
     content = path.read_bytes()
     receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
@@ -193,13 +193,15 @@ def test_unreadable_parquet_is_rejected(settings: Settings, database_url: str) -
 
 
 def test_listing_ignores_hidden_and_other_files(settings: Settings) -> None:
-    (settings.landing_dir / ".partial.csv").write_text("x")
-    (settings.landing_dir / "partial.csv.part").write_text("x")
-    (settings.landing_dir / "notes.txt").write_text("x")
-    (settings.landing_dir / "b.parquet").write_text("x")
-    (settings.landing_dir / "a.CSV").write_text("x")
-    (settings.landing_dir / "folder.csv").mkdir()
-    (settings.landing_dir / "c.csv").symlink_to(settings.landing_dir / "b.parquet")  # listed, then rejected
+    (settings.services.landing_dir / ".partial.csv").write_text("x")
+    (settings.services.landing_dir / "partial.csv.part").write_text("x")
+    (settings.services.landing_dir / "notes.txt").write_text("x")
+    (settings.services.landing_dir / "b.parquet").write_text("x")
+    (settings.services.landing_dir / "a.CSV").write_text("x")
+    (settings.services.landing_dir / "folder.csv").mkdir()
+    (settings.services.landing_dir / "c.csv").symlink_to(
+        settings.services.landing_dir / "b.parquet"
+    )  # listed, then rejected
     assert [p.name for p in list_landing_files(settings)] == ["a.CSV", "b.parquet", "c.csv"]
 
 
@@ -221,7 +223,7 @@ def test_a_path_traversal_partition_key_fails_its_run_and_reads_nothing(
 ) -> None:
     """Any dynamic partition can be added through Dagster's API: the run of one naming a file outside the
     folder fails with the reason, and that file is neither read, loaded, moved nor given a receipt."""
-    outside = settings.landing_dir.parent / f"{uuid.uuid4().hex[:10]}.csv"
+    outside = settings.services.landing_dir.parent / f"{uuid.uuid4().hex[:10]}.csv"
     content = csv_bytes(transactions(3, uuid.uuid4().hex))
     outside.write_bytes(content)
     key = f"../{outside.name}"
@@ -233,21 +235,22 @@ def test_a_path_traversal_partition_key_fails_its_run_and_reads_nothing(
     assert f"'{key}' is not a landing file name: it contains a path separator" in message
     assert outside.read_bytes() == content
     assert (
-        not (settings.landing_dir / "rejected").exists() and not (settings.landing_dir / "processed").exists()
+        not (settings.services.landing_dir / "rejected").exists()
+        and not (settings.services.landing_dir / "processed").exists()
     )
     assert db_count(database_url, "raw.transactions", key) == 0
 
 
 def test_a_symbolic_link_is_rejected_and_its_target_never_read(settings: Settings, database_url: str) -> None:
-    secret = settings.landing_dir.parent / "secret.csv"
+    secret = settings.services.landing_dir.parent / "secret.csv"
     secret.write_bytes(csv_bytes(transactions(4, uuid.uuid4().hex)))
-    link = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
+    link = settings.services.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
     link.symlink_to(secret)
     receipt = ingest_landing_file(link.name, database_url, settings, now=NOW)
     assert receipt.status == "rejected" and receipt.rows_read == 0 and receipt.sha256 == ""
     [error] = receipt.errors
     assert f"is a symbolic link (to '{secret}'); it was not followed or read" in error
-    moved = settings.landing_dir / "rejected" / link.name
+    moved = settings.services.landing_dir / "rejected" / link.name
     assert moved.is_symlink() and os.readlink(moved) == str(secret)  # the link itself was moved
     assert db_count(database_url, "raw.transactions", link.name) == 0
     assert json.loads(receipt.path.read_text())["errors"] == [error]
@@ -257,7 +260,7 @@ def test_a_file_that_vanished_gets_a_rejected_receipt(settings: Settings, databa
     name = f"{uuid.uuid4().hex[:10]}.csv"
     receipt = ingest_landing_file(name, database_url, settings, now=NOW)
     assert receipt.status == "rejected" and receipt.moved_to == ""
-    assert receipt.path == settings.landing_dir / "rejected" / f"{name}.receipt.json"
+    assert receipt.path == settings.services.landing_dir / "rejected" / f"{name}.receipt.json"
     saved = json.loads(receipt.path.read_text())
     assert saved["errors"] == [
         f"landing file {name} (transactions) vanished before it could be read "
@@ -270,14 +273,14 @@ def test_a_parquet_of_the_wrong_types(settings: Settings, database_url: str) -> 
     a column they cannot read at all (a list) rejects the file with the reader's error, never stays."""
     table = transactions(5, uuid.uuid4().hex)
     epoch = table.set_column(1, "event_ts", pa.array(range(5), pa.int64()))
-    path = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
+    path = settings.services.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
     pq.write_table(epoch, path)
     receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
     assert receipt.status == "processed"
     assert (receipt.rows_loaded, receipt.quarantine_by_rule) == (0, {"event_ts_unparseable": 5})
 
     lists = table.set_column(5, "amount", pa.array([[1, 2]] * 5, pa.list_(pa.int64())))
-    path = settings.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
+    path = settings.services.landing_dir / f"{uuid.uuid4().hex[:10]}.parquet"
     pq.write_table(lists, path)
     content = path.read_bytes()
     receipt = ingest_landing_file(path.name, database_url, settings, now=NOW)
@@ -343,7 +346,7 @@ def platform_landing(settings: Settings) -> Iterator[Settings]:
     """The platform's settings with the test's landing folder and a 1 s settle time (the sensor and the
     asset read ``get_settings()``)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RTML_DATA_DIR", str(settings.data_dir))
+        patch.setenv("RTML_DATA_DIR", str(settings.services.data_dir))
         patch.setenv("RTML_LANDING_SETTLE_SECONDS", "1")
         get_settings.cache_clear()
         yield get_settings()
@@ -382,7 +385,7 @@ def test_a_file_is_requested_only_once_it_stops_growing(
 ) -> None:
     table = transactions(40, uuid.uuid4().hex)
     lines = csv_bytes(table).splitlines(keepends=True)
-    path = platform_landing.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
+    path = platform_landing.services.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
     path.write_bytes(b"".join(lines[:2]))
     tick = Ticks(instance)
 
@@ -411,7 +414,7 @@ def test_a_file_is_requested_only_once_it_stops_growing(
 
     assert run_landing(instance, path.name, request.tags).success
     receipt = json.loads(
-        (platform_landing.landing_dir / "processed" / f"{path.name}.receipt.json").read_text()
+        (platform_landing.services.landing_dir / "processed" / f"{path.name}.receipt.json").read_text()
     )
     assert (receipt["rows_read"], receipt["rows_loaded"], receipt["sha256"]) == (40, 40, digest)
     assert db_count(database_url, "raw.transactions", path.name) == 40
@@ -422,7 +425,7 @@ def test_a_corrected_file_dropped_again_under_its_name_is_ingested(
 ) -> None:
     name = f"{uuid.uuid4().hex[:10]}.csv"
     good = csv_bytes(transactions(7, uuid.uuid4().hex))
-    landing = platform_landing.landing_dir
+    landing = platform_landing.services.landing_dir
     tick = Ticks(instance)
 
     def drop_settled(content: bytes) -> None:
@@ -462,7 +465,7 @@ def test_the_sensor_pushes_how_long_files_have_waited(
     with pushgateway(tmp_path) as gateway:
         monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
         get_settings.cache_clear()
-        path = platform_landing.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
+        path = platform_landing.services.landing_dir / f"{uuid.uuid4().hex[:10]}.csv"
         path.write_bytes(b"being written")  # not settled: waits, no run requested
         tick = Ticks(instance)
         before = time.time()

@@ -35,7 +35,7 @@ from rtml.defs.features.sensors import (
 )
 from rtml.defs.ingestion.assets import transactions_landing
 from rtml.defs.ingestion.partitions import landing_file_partitions
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.features.dbt import run_dbt, window_env
 from rtml.features.late_rows import rebuild_window
 from rtml.features.sample_data import load_sample, simulated_frames
@@ -107,7 +107,7 @@ def _landing_run(instance: dg.DagsterInstance, name: str, url: str) -> None:
         [transactions_landing],
         partition_key=name,
         instance=instance,
-        resources={"postgres": PostgresResource(url=url)},
+        resources={"postgres": PostgresServer(url=url)},
     )
     assert result.success
 
@@ -121,14 +121,14 @@ def test_landing_file_of_a_past_day_reaches_its_features_and_later_windows(
     run_dbt(["run", "--full-refresh"], url)
     before = _snapshot(url)
 
-    landing = get_settings().landing_dir
+    landing = get_settings().services.landing_dir
     landing.mkdir(parents=True, exist_ok=True)
     name = "late_rows_day2.csv"
     late = _late_file(transactions, landing / name)
     instance = dg.DagsterInstance.ephemeral()
     _landing_run(instance, name, url)
 
-    context = dg.build_sensor_context(instance=instance, resources={"postgres": PostgresResource(url=url)})
+    context = dg.build_sensor_context(instance=instance, resources={"postgres": PostgresServer(url=url)})
     result = late_rows_sensor(context)
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests or []
@@ -153,7 +153,7 @@ def test_landing_file_of_a_past_day_reaches_its_features_and_later_windows(
     # the same materialization is never requested twice
     again = late_rows_sensor(
         dg.build_sensor_context(
-            instance=instance, cursor=result.cursor, resources={"postgres": PostgresResource(url=url)}
+            instance=instance, cursor=result.cursor, resources={"postgres": PostgresServer(url=url)}
         )
     )
     assert isinstance(again, dg.SkipReason)
@@ -235,10 +235,13 @@ def test_stream_rows_landed_after_their_hour_was_built_request_one_rebuild(
     monkeypatch.setenv("RTML_TRANSACTIONS_FEED", "stream")
     get_settings.cache_clear()
     settings = get_settings().model_copy(
-        update={"stream_key": key, "database_url": url, "stream_lander_batch_ms": 50.0}
+        update={
+            "stream": get_settings().stream.model_copy(update={"key": key, "lander_batch_ms": 50.0}),
+            "services": get_settings().services.model_copy(update={"database_url": url}),
+        }
     )
     lander = Lander(client, url, settings, consumer="late")
-    resources = {"postgres": PostgresResource(url=url)}
+    resources = {"postgres": PostgresServer(url=url)}
     instance = dg.DagsterInstance.ephemeral()
     cursor: str | None = None
 
@@ -295,7 +298,7 @@ def test_stream_rows_landed_after_their_hour_was_built_request_one_rebuild(
         land([_stream_event(n, day + timedelta(hours=12, minutes=30 + n), "next2-") for n in range(3)])
         held = [_stream_event(n, day + timedelta(hours=9, minutes=n), "held-") for n in (1, 2)]
         stream.publish(client, key, held, retention_s=3600)
-        entries = stream.read_new(client, key, settings.stream_lander_group, "late", count=10, block_ms=100)
+        entries = stream.read_new(client, key, settings.stream.lander_group, "late", count=10, block_ms=100)
         source = lander_module.source_name(entries)
         with psycopg.connect(url, autocommit=True) as blocker:
             with blocker.transaction():  # the loader takes this lock first thing for its source

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
-from rtml.config import Settings
+from rtml.config import ServicesSettings, Settings, SimulatorSettings
 from rtml.defs.monitoring.assets import live_model_performance
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.monitoring import live
 from rtml.monitoring.predictions import PredictionRow, ensure_table, prediction_row, write_rows
 from rtml.sources.schema import LABELS
@@ -45,24 +45,24 @@ def live_db(
     from rtml.features.dbt import run_dbt
     from rtml.ingest.loader import load_labels, load_transactions
     from rtml.ingest.tables import ensure_tables
+    from rtml.sources.scenarios import timeline_path
     from rtml.sources.simulator import Simulator
 
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("rtml-live"),
-        sim_start=START,
-        sim_customers=1_000,
-        sim_transactions_per_day=3_000,
-        sim_dirty_share=0.0,
+        services=ServicesSettings(data_dir=tmp_path_factory.mktemp("rtml-live")),
+        simulator=SimulatorSettings(
+            start=START, customers=1_000, transactions_per_day=3_000, dirty_share=0.0
+        ),
     )
     url = scratch_database("live")
     with psycopg.connect(url) as conn:
         ensure_tables(conn)
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     end = START + timedelta(days=DAYS)
     transactions = simulator.transactions(START, end)
-    load_transactions(url, [transactions], "sim", settings)
+    load_transactions(url, [transactions], "sim", settings.ingest)
     labels = simulator.labels(START, end + timedelta(days=30))  # every label has arrived
-    load_labels(url, [labels], "sim-labels", settings)
+    load_labels(url, [labels], "sim-labels", settings.ingest)
 
     frame = transactions.to_pandas()
     truth = dict(zip(labels["transaction_id"].to_pylist(), labels["is_fraud"].to_pylist(), strict=True))
@@ -79,7 +79,7 @@ def live_db(
         ],
         schema=LABELS,
     )
-    load_labels(url, [relabel], "late-chargeback", settings)
+    load_labels(url, [relabel], "late-chargeback", settings.ingest)
     truth[relabelled] = True
     proc = run_dbt(["run", "--select", "stg_labels"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -218,7 +218,7 @@ def test_asset_stores_and_describes_each_day(live_db: tuple[str, pd.DataFrame], 
     result = dg.materialize(
         [live_model_performance],
         instance=dg.DagsterInstance.from_config(str(stack.dagster_home)),
-        resources={"postgres": PostgresResource(url=url)},
+        resources={"postgres": PostgresServer(url=url)},
     )
     assert result.success
     [materialization] = result.asset_materializations_for_node("live_model_performance")

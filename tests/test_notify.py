@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from rtml.config import Settings
+from rtml.config import AutomationSettings, MonitoringSettings, ServicesSettings, Settings
 from rtml.monitoring.notify import NO_WEBHOOK, NotificationError, notify, webhook_label
 from rtml.stack.processes import free_port
 from tests.monitoring_stack import webhook_receiver
@@ -27,8 +27,12 @@ from tests.monitoring_stack import webhook_receiver
 FAST = {"notify_backoff_s": 0.2, "notify_timeout_s": 2.0}
 
 
-def settings(database_url: str, webhook: str | None = None, **values: Any) -> Settings:
-    return Settings(database_url=database_url, alert_webhook_url=webhook, **{**FAST, **values})
+def settings(database_url: str, webhook: str | None = None, **automation: Any) -> Settings:
+    return Settings(
+        services=ServicesSettings(database_url=database_url),
+        monitoring=MonitoringSettings(alert_webhook_url=webhook),
+        automation=AutomationSettings(**{**FAST, **automation}),
+    )
 
 
 def row(database_url: str, notification_id: int) -> dict[str, Any]:
@@ -193,16 +197,19 @@ def test_the_row_is_written_without_a_webhook(database_url: str) -> None:
 
 def test_without_a_database_the_error_says_what_to_set() -> None:
     with pytest.raises(NotificationError, match="set RTML_DATABASE_URL"):
-        notify("x", "title", "text", {}, Settings(database_url=None))
+        notify("x", "title", "text", {}, Settings(services=ServicesSettings(database_url=None)))
 
 
 SCRIPT = """
 import sys
-from rtml.config import Settings
+from rtml.config import AutomationSettings, MonitoringSettings, ServicesSettings, Settings
 from rtml.monitoring.notify import notify
 settings = Settings(
-    database_url=sys.argv[1], alert_webhook_url=sys.argv[2], notify_exit_wait_s=float(sys.argv[3]),
-    notify_timeout_s=10, notify_backoff_s=0.1,
+    services=ServicesSettings(database_url=sys.argv[1]),
+    monitoring=MonitoringSettings(alert_webhook_url=sys.argv[2]),
+    automation=AutomationSettings(
+        notify_exit_wait_s=float(sys.argv[3]), notify_timeout_s=10, notify_backoff_s=0.1
+    ),
 )
 print(notify("exit", "exits at once", "text", {}, settings).id)
 """

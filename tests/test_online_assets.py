@@ -23,17 +23,17 @@ import dagster as dg
 import psycopg
 import pytest
 
-from rtml.config import get_settings
+from rtml.config import OnlineSettings, get_settings
 from rtml.defs.online.assets import online_features
 from rtml.defs.online.checks import online_offline_parity
-from rtml.defs.online.resources import RedisResource
+from rtml.defs.online.resources import RedisResource, RedisServer
 from rtml.defs.online.sensors import (
     LOSS_TAG,
+    heal_sensor,
     online_rebuild_job,
     online_rebuild_notifier,
-    online_store_heal_sensor,
 )
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.features.feature_registry import get_registry
 from rtml.features.online.parity import check_parity
 from rtml.stack.dagster_home import write_dagster_yaml
@@ -53,7 +53,7 @@ def latest_db(scratch_database: Callable[[str], str], separate_dbt_target: Path)
 
 @pytest.fixture
 def redis_resource(redis_url: str) -> Iterator[RedisResource]:
-    resource = RedisResource(url=redis_url, key_prefix=f"rtmltest-assets-{uuid.uuid4().hex[:8]}")
+    resource = RedisServer(url=redis_url, key_prefix=f"rtmltest-assets-{uuid.uuid4().hex[:8]}")
     yield resource
     store = resource.online_store()
     store.purge()
@@ -65,7 +65,7 @@ def _materialize(
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [online_features, online_offline_parity],
-        resources={"postgres": PostgresResource(url=latest_db), "redis": redis_resource},
+        resources={"postgres": PostgresServer(url=latest_db), "redis": redis_resource},
         run_config={"ops": {"online_features": {"config": {"full_refresh": full_refresh, **config}}}},
         raise_on_error=False,
     )
@@ -252,8 +252,8 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     resources = {
-        "postgres": PostgresResource(url=latest_db),
-        "redis": RedisResource(url=own_redis.url, key_prefix="rtmltest-heal"),
+        "postgres": PostgresServer(url=latest_db),
+        "redis": RedisServer(url=own_redis.url, key_prefix="rtmltest-heal"),
     }
     rebuild = dg.Definitions(
         assets=[online_features],
@@ -271,7 +271,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
 
         def tick(cursor: str | None) -> dg.SensorResult:
             with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-                return online_store_heal_sensor(context)
+                return heal_sensor(OnlineSettings())(context)
 
         def present() -> dict[str, float]:
             """``rtml_online_view_present`` per view, as the Pushgateway holds it."""

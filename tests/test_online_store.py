@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pytest
 import redis
 
+from rtml.config import OnlineSettings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
@@ -84,8 +85,7 @@ def store(request: pytest.FixtureRequest, redis_url: str, registry: FeatureRegis
     store = OnlineStore(
         request.getfixturevalue("redis_cluster_url") if cluster else redis_url,
         registry,
-        ttl_seconds=3_600,
-        key_prefix=f"rtmltest-online-{uuid.uuid4().hex[:8]}",
+        online=OnlineSettings(ttl_seconds=3_600, key_prefix=f"rtmltest-online-{uuid.uuid4().hex[:8]}"),
         cluster=cluster,
     )
     try:
@@ -251,7 +251,10 @@ def test_version_switch_is_atomic_for_concurrent_readers(store: OnlineStore) -> 
 
     def reader() -> None:
         reading = OnlineStore(
-            store.redis_url, store.registry, key_prefix=store.keys.prefix, cluster=store.cluster
+            store.redis_url,
+            store.registry,
+            online=OnlineSettings(key_prefix=store.keys.prefix),
+            cluster=store.cluster,
         )
         while not stop.is_set():
             picks = [
@@ -304,7 +307,7 @@ def test_new_feature_version_is_written_to_a_new_namespace(
     bumped = OnlineStore(
         store.redis_url,
         dataclasses.replace(registry, views=views),
-        key_prefix=store.keys.prefix,
+        online=OnlineSettings(key_prefix=store.keys.prefix),
         cluster=store.cluster,
     )
     result = bumped.push_from_postgres(latest_db)  # no `full`: the new version alone forces it
@@ -342,7 +345,11 @@ def test_ttl_expires_a_view_not_refreshed_and_reader_errors_reach_the_caller(
 
     from rtml.stack.processes import free_port
 
-    dead = OnlineStore(f"redis://127.0.0.1:{free_port()}/0", store.registry, socket_timeout_ms=50)
+    dead = OnlineStore(
+        f"redis://127.0.0.1:{free_port()}/0",
+        store.registry,
+        online=OnlineSettings(redis_socket_timeout_ms=50),
+    )
     with pytest.raises(redis.exceptions.ConnectionError):
         dead.read("c", "m")
 
@@ -445,7 +452,9 @@ def test_a_push_deletes_what_the_layout_before_the_view_hash_tags_left_behind(
         def legacy(self, view: str) -> tuple[str, str]:  # nothing came before it
             return f"{self.prefix}:none:{view}", f"{self.prefix}:none:{view}:namespaces"
 
-    store = OnlineStore(redis_url, registry, key_prefix=f"rtmltest-legacy-{uuid.uuid4().hex[:8]}")
+    store = OnlineStore(
+        redis_url, registry, online=OnlineSettings(key_prefix=f"rtmltest-legacy-{uuid.uuid4().hex[:8]}")
+    )
     try:
         tables = {name: fetch_latest(latest_db, view) for name, view in store.views.items()}
         before = OnlineWriter(store.client, KeysBefore(store.keys.prefix), ttl_seconds=None)

@@ -21,7 +21,7 @@ import pytest
 import redis
 import yaml
 
-from rtml.config import get_settings
+from rtml.config import OnlineSettings, get_settings
 from rtml.features.online import OnlineStore
 from rtml.stack.processes import free_port
 from rtml.streaming.events import HOUR_US, TransactionEvent, from_us
@@ -104,7 +104,7 @@ def views_world(store: OnlineStore) -> dict[str, pa.Table]:
 
 def test_each_service_user_can_do_its_work_and_nothing_more(acl_redis: int) -> None:
     settings = get_settings()
-    assert settings.online_key_prefix == "rtml" and settings.stream_key.startswith(
+    assert settings.online.key_prefix == "rtml" and settings.stream.key.startswith(
         "rtml:"
     )  # the ACL's patterns
     platform_url = url(acl_redis, None, PASSWORDS["REDIS_PASSWORD"])
@@ -112,7 +112,7 @@ def test_each_service_user_can_do_its_work_and_nothing_more(acl_redis: int) -> N
     worker_url = url(acl_redis, "stream-worker", PASSWORDS["REDIS_STREAM_WORKER_PASSWORD"])
 
     # the platform (default user): the hourly push of the views and the speed layer's snapshot
-    platform = OnlineStore(platform_url, speed_layer=True)
+    platform = OnlineStore(platform_url, online=OnlineSettings(speed_layer_enabled=True))
     platform.push_tables(views_world(platform))
     assert platform.speed is not None
     platform.speed.push_snapshots(
@@ -120,13 +120,13 @@ def test_each_service_user_can_do_its_work_and_nothing_more(acl_redis: int) -> N
     )
 
     # the scorer: the online read with the speed layer merged, its probe, and the stream publisher
-    scorer = OnlineStore(scorer_url, speed_layer=True)
+    scorer = OnlineStore(scorer_url, online=OnlineSettings(speed_layer_enabled=True))
     at = [(from_us(W_US + 60 * 1_000_000), 12.5)]
     (read,) = scorer.read_many([("c1", "m1")], at=at)
     assert read.missing == [] and read.speed_layer == "merged"
     assert read.customer["txn_count_1h"] == 0  # the speed layer's exact value: no event in the last hour
     assert scorer.probe() == platform.current_namespaces()  # the health probe (MGET of the pointers)
-    publisher = EventPublisher(redis.Redis.from_url(scorer_url), settings.stream_key, retention_s=3600)
+    publisher = EventPublisher(redis.Redis.from_url(scorer_url), settings.stream.key, retention_s=3600)
     event = TransactionEvent("t1", "c1", "m1", 12.5, W_US + 30 * 1_000_000, "grocery", "EUR", "pos", "DE")
     publisher.put(event)
     publisher.close()
@@ -140,7 +140,7 @@ def test_each_service_user_can_do_its_work_and_nothing_more(acl_redis: int) -> N
         ("HSET", platform.speed.key("c1"), "w", "0"),  # rewrite the speed layer
         ("FLUSHALL",),
         ("CONFIG", "SET", "maxmemory-policy", "allkeys-lru"),
-        ("XGROUP", "DESTROY", settings.stream_key, settings.stream_worker_group),
+        ("XGROUP", "DESTROY", settings.stream.key, settings.stream.worker_group),
         ("GET", "other-app:secret"),  # outside the platform's keys
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -155,7 +155,7 @@ def test_each_service_user_can_do_its_work_and_nothing_more(acl_redis: int) -> N
     worker = StreamWorker(worker_client, settings, consumer="acl-test")
     assert worker.process_once(block_ms=100) == 1
     assert worker.counts.applied == 1, worker.counts
-    _, state = SpeedStore(redis.Redis.from_url(platform_url), settings.online_key_prefix).read(["c1"])[0]
+    _, state = SpeedStore(redis.Redis.from_url(platform_url), settings.online.key_prefix).read(["c1"])[0]
     assert state is not None and set(state.events) == {"t1"}
     (after,) = scorer.read_many([("c1", "m1")], at=at)
     assert after.customer["txn_count_1h"] == 1  # the event, served to the scorer

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from rtml.config import get_settings
+from rtml.config import ServicesSettings, get_settings
 from rtml.sources.scenarios import ScenarioInterval, ScenarioTimeline, timeline_path
 from rtml.sources.simulator import DRIFT_SCENARIOS, Simulator
 from rtml.stack.local import StackInfo
-from tests.test_simulator import DAY, START, settings  # the same small world
+from tests.test_simulator import DAY, START, simulator  # the same small world
 
 SWITCH = START + DAY + timedelta(hours=10, minutes=30, seconds=7)  # mid-hour, in daytime
 STOP = SWITCH + timedelta(hours=3, minutes=10)
@@ -49,7 +49,7 @@ def digest(*tables: pa.Table) -> str:
 
 @pytest.fixture(scope="module")
 def base() -> Simulator:
-    return Simulator(settings(), timeline=ScenarioTimeline())
+    return simulator(ScenarioTimeline())
 
 
 def rows(sim: Simulator) -> pd.DataFrame:
@@ -63,14 +63,14 @@ def test_output_without_a_scenario_is_unchanged(base: Simulator) -> None:
     labels = base.labels(START, START + 31 * DAY)
     assert digest(base.transactions(*day), labels, base.truth(*day)) == NO_SCENARIO_DIGEST
     # A timeline whose intervals lie elsewhere changes nothing either.
-    elsewhere = Simulator(settings(), timeline=timeline("amount_inflation", START + 40 * DAY))
+    elsewhere = simulator(timeline("amount_inflation", START + 40 * DAY))
     assert elsewhere.transactions(*day).equals(base.transactions(*day))
 
 
 @pytest.mark.parametrize("scenario", DRIFT_SCENARIOS)
 def test_a_switch_changes_rows_from_its_time_on_and_stop_restores(base: Simulator, scenario: str) -> None:
     plain = rows(base)
-    drifted = rows(Simulator(settings(), timeline=timeline(scenario, SWITCH, STOP)))
+    drifted = rows(simulator(timeline(scenario, SWITCH, STOP)))
     clean = drifted[drifted.dirty == ""]
     assert clean.index.is_unique
     before, after = plain.event_ts < SWITCH, plain.event_ts >= STOP
@@ -104,13 +104,13 @@ def test_a_switch_changes_rows_from_its_time_on_and_stop_restores(base: Simulato
 def test_a_row_after_the_switch_does_not_depend_on_when_it_came(scenario: str) -> None:
     """Regenerating an hour later gives the same rows: a row under the scenario is the same whether the
     switch came a minute or an hour before it."""
-    early = rows(Simulator(settings(), timeline=timeline(scenario, SWITCH - timedelta(hours=1))))
-    late = rows(Simulator(settings(), timeline=timeline(scenario, SWITCH)))
+    early = rows(simulator(timeline(scenario, SWITCH - timedelta(hours=1))))
+    late = rows(simulator(timeline(scenario, SWITCH)))
     pd.testing.assert_frame_equal(early[early.event_ts >= SWITCH], late[late.event_ts >= SWITCH])
 
 
 def test_labels_follow_the_rows_a_scenario_adds(base: Simulator) -> None:
-    drifted = Simulator(settings(), timeline=timeline("new_fraud_pattern", SWITCH, WINDOW[1]))
+    drifted = simulator(timeline("new_fraud_pattern", SWITCH, WINDOW[1]))
     truth = drifted.truth(*WINDOW).to_pandas()
     new = set(truth.transaction_id[truth.pattern == "daytime_low_risk"])
     labels = drifted.labels(WINDOW[0], WINDOW[1] + 31 * DAY).to_pandas()
@@ -144,11 +144,11 @@ def test_start_status_stop_and_a_new_simulator_reads_it(data_dir: Path) -> None:
     assert "amount_inflation started" in rtml("scenario", "start", "amount_inflation")
     assert "nothing to change" in rtml("scenario", "start", "amount_inflation")
     assert "active: amount_inflation" in rtml("scenario", "status")
-    stored = ScenarioTimeline.load(timeline_path(get_settings()))
+    stored = ScenarioTimeline.load(timeline_path(ServicesSettings(data_dir=data_dir)))
     assert [i.scenario for i in stored.intervals] == ["amount_inflation"]
     assert began <= stored.intervals[0].start <= datetime.now(UTC)
     # No restart: a simulator built now (as every ingestion run builds one) sees it.
-    sim = Simulator(settings(data_dir=data_dir))
+    sim = simulator(timeline_path(ServicesSettings(data_dir=data_dir)))
     assert sim.scenarios_at(datetime.now(UTC)) == ["amount_inflation"]
     assert sim.scenarios_at(began - timedelta(seconds=1)) == []
     # A long-lived one (the traffic) picks up the stop when it reloads.
@@ -173,7 +173,7 @@ def test_the_hourly_ingestion_reads_the_timeline_without_a_restart(
 
     hour = datetime(2026, 11, 3, 10, tzinfo=UTC)
     switch_at = hour + timedelta(minutes=20)
-    timeline("amount_inflation", switch_at).save(timeline_path(get_settings()))
+    timeline("amount_inflation", switch_at).save(timeline_path(ServicesSettings(data_dir=data_dir)))
     key = f"{hour:%Y-%m-%d-%H:%M}"
     with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
         result = defs.resolve_job_def("ingestion_job").execute_in_process(
@@ -190,7 +190,7 @@ def test_the_hourly_ingestion_reads_the_timeline_without_a_restart(
             ).fetchall(),
             columns=["transaction_id", "event_ts", "amount"],
         ).set_index("transaction_id")
-    plain = Simulator(get_settings(), timeline=ScenarioTimeline()).transactions(
+    plain = Simulator(get_settings().simulator, get_settings().ingest, ScenarioTimeline()).transactions(
         hour, hour + timedelta(hours=1)
     )
     plain_amount = plain.to_pandas().set_index("transaction_id").amount

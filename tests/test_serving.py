@@ -47,7 +47,7 @@ import psycopg
 import pytest
 import redis
 
-from rtml.config import Settings, get_settings
+from rtml.config import OnlineSettings, Settings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
@@ -171,7 +171,7 @@ def key_prefix() -> str:
 def online(
     valkey: Valkey, registry: FeatureRegistry, latest_db: str, key_prefix: str
 ) -> Iterator[OnlineStore]:
-    store = OnlineStore(valkey.url, registry, ttl_seconds=0, key_prefix=key_prefix)
+    store = OnlineStore(valkey.url, registry, online=OnlineSettings(ttl_seconds=0, key_prefix=key_prefix))
     store.push_from_postgres(latest_db, full=True)
     try:
         yield store
@@ -541,7 +541,9 @@ def test_a_scorer_on_a_redis_cluster_scores_with_the_offline_features(
     """``RTML_REDIS_CLUSTER``: the online store pushed to a real Redis Cluster (three masters) and a real
     scorer reading it there (its stream publisher too) answer exactly as on one server."""
     prefix = f"rtmltest-serving-cluster-{uuid.uuid4().hex[:8]}"
-    store = OnlineStore(redis_cluster_url, registry, ttl_seconds=0, key_prefix=prefix, cluster=True)
+    store = OnlineStore(
+        redis_cluster_url, registry, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix), cluster=True
+    )
     store.push_from_postgres(latest_db, full=True)
     env = service_env(
         valkey=valkey,
@@ -752,7 +754,7 @@ def test_redis_down_fail_open_and_closed_then_recovery(
 def _published(valkey: Valkey, transaction_id: str) -> list[TransactionEvent]:
     client = redis.Redis.from_url(valkey.url)
     try:
-        entries = client.xrange(get_settings().stream_key)
+        entries = client.xrange(get_settings().stream.key)
     finally:
         client.close()
     events = [TransactionEvent.from_fields(fields) for _, fields in entries]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,33 +12,39 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from rtml.config import Settings
+from rtml.config import IngestSettings, SimulatorSettings
+from rtml.sources.scenarios import ScenarioTimeline
 from rtml.sources.schema import LABELS, TRANSACTIONS
 from rtml.sources.simulator import DRIFT_SCENARIOS, Simulator
 
 START = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+INGEST = IngestSettings()  # the currencies and the amount ceiling of valid rows
 
 
-def settings(**overrides: Any) -> Settings:
+def simulator(timeline: ScenarioTimeline | Path | None = None, **overrides: Any) -> Simulator:
+    """A simulator of the tests' small world; ``timeline``: its run-time scenarios (default none);
+    ``overrides``: SimulatorSettings."""
     values: dict[str, Any] = {
-        "sim_seed": 11,
-        "sim_start": START,
-        "sim_customers": 2_000,
-        "sim_merchants": 300,
-        "sim_transactions_per_day": 20_000,
-        "sim_dirty_share": 0.002,
-        "sim_drift_scenario": None,
-        "sim_drift_start": None,
+        "seed": 11,
+        "start": START,
+        "customers": 2_000,
+        "merchants": 300,
+        "transactions_per_day": 20_000,
+        "dirty_share": 0.002,
+        "drift_scenario": None,
+        "drift_start": None,
     }
     values.update(overrides)
-    return Settings(**values)
+    return Simulator(
+        SimulatorSettings(**values), INGEST, ScenarioTimeline() if timeline is None else timeline
+    )
 
 
 @pytest.fixture(scope="module")
 def sim() -> Simulator:
-    return Simulator(settings())
+    return simulator()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def two_days(sim: Simulator) -> pd.DataFrame:
 
 # --- determinism --------------------------------------------------------------------------------------
 def test_same_seed_and_window_give_identical_tables(sim: Simulator) -> None:
-    again = Simulator(settings())
+    again = simulator()
     assert sim.transactions(START, START + 6 * HOUR).equals(again.transactions(START, START + 6 * HOUR))
 
 
@@ -80,7 +87,7 @@ def test_iter_transactions_yields_chunks_of_the_requested_size(sim: Simulator) -
 
 
 def test_different_seed_gives_different_rows(sim: Simulator) -> None:
-    other = Simulator(settings(sim_seed=12))
+    other = simulator(seed=12)
     a, b = sim.transactions(START, START + HOUR), other.transactions(START, START + HOUR)
     assert a.column("customer_id").to_pylist()[:50] != b.column("customer_id").to_pylist()[:50]
 
@@ -117,9 +124,8 @@ def test_volume_and_daily_cycle(two_days: pd.DataFrame) -> None:
 
 def test_clean_rows_are_valid(two_days: pd.DataFrame) -> None:
     clean = two_days[two_days.dirty == ""]
-    s = settings()
-    assert (clean.amount > 0).all() and (clean.amount <= s.max_amount).all()
-    assert clean.currency.isin(s.currencies).all()
+    assert (clean.amount > 0).all() and (clean.amount <= INGEST.max_amount).all()
+    assert clean.currency.isin(INGEST.currencies).all()
     assert (clean.customer_id != "").all() and (clean.merchant_id != "").all()
     assert clean.channel.isin(["pos", "online", "atm"]).all()
     assert (clean.loc[clean.merchant_category == "atm", "channel"] == "atm").all()
@@ -181,7 +187,7 @@ def test_labels_are_deterministic_and_chunk_invariant(sim: Simulator) -> None:
     assert whole.num_rows > 0
     daily = pa.concat_tables([sim.labels(first, first + DAY), sim.labels(first + DAY, first + 2 * DAY)])
     assert whole.equals(daily)
-    assert whole.equals(Simulator(settings()).labels(first, first + 2 * DAY))
+    assert whole.equals(simulator().labels(first, first + 2 * DAY))
     df = whole.to_pandas()
     assert df.sort_values(["label_ts", "transaction_id"]).index.equals(df.index)
     assert (df.label_ts >= first).all() and (df.label_ts < first + 2 * DAY).all()
@@ -189,16 +195,15 @@ def test_labels_are_deterministic_and_chunk_invariant(sim: Simulator) -> None:
 
 # --- dirty rows ---------------------------------------------------------------------------------------
 def test_dirty_rows_of_every_kind() -> None:
-    s = settings(sim_dirty_share=0.02)
-    sim = Simulator(s)
+    sim = simulator(dirty_share=0.02)
     tx = sim.transactions(START, START + DAY).to_pandas()
     kind = sim.truth(START, START + DAY).to_pandas().dirty_kind.values
     assert 0.014 < (kind != "").mean() < 0.026
     first_seen = ~tx.transaction_id.duplicated(keep="first")
     checks = {
         "non_positive_amount": tx.amount <= 0,
-        "amount_above_max": tx.amount > s.max_amount,
-        "unknown_currency": ~tx.currency.isin(s.currencies),
+        "amount_above_max": tx.amount > INGEST.max_amount,
+        "unknown_currency": ~tx.currency.isin(INGEST.currencies),
         "empty_customer_id": tx.customer_id == "",
         "empty_merchant_id": tx.merchant_id == "",
         "duplicate_transaction_id": ~first_seen,
@@ -211,7 +216,7 @@ def test_dirty_rows_of_every_kind() -> None:
 
 
 def test_no_dirty_rows_when_share_is_zero() -> None:
-    sim = Simulator(settings(sim_dirty_share=0.0))
+    sim = simulator(dirty_share=0.0)
     truth = sim.truth(START, START + DAY).to_pandas()
     assert (truth.dirty_kind == "").all()
     assert truth.transaction_id.is_unique
@@ -219,9 +224,7 @@ def test_no_dirty_rows_when_share_is_zero() -> None:
 
 # --- drift --------------------------------------------------------------------------------------------
 def drifted(scenario: str) -> tuple[Simulator, Simulator]:
-    return Simulator(settings()), Simulator(
-        settings(sim_drift_scenario=scenario, sim_drift_start=START + DAY)
-    )
+    return simulator(), simulator(drift_scenario=scenario, drift_start=START + DAY)
 
 
 def test_amount_inflation() -> None:
@@ -259,6 +262,6 @@ def test_merchant_mix_shift() -> None:
 
 def test_unknown_scenario_is_rejected() -> None:
     with pytest.raises(ValueError) as err:
-        Simulator(settings(sim_drift_scenario="solar_flare"))
+        simulator(drift_scenario="solar_flare")
     for name in DRIFT_SCENARIOS:
         assert name in str(err.value)

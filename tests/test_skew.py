@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from rtml.config import OnlineSettings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
@@ -55,8 +56,12 @@ def world(
     assert proc.returncode == 0, proc.stdout[-5000:]
     registry = load_registry()
     prefix = f"rtmltest-skew-{uuid.uuid4().hex[:8]}"
-    speed = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=True)
-    batch = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=False)
+    speed = OnlineStore(
+        redis_url, registry, online=OnlineSettings(key_prefix=prefix, speed_layer_enabled=True)
+    )
+    batch = OnlineStore(
+        redis_url, registry, online=OnlineSettings(key_prefix=prefix, speed_layer_enabled=False)
+    )
     try:
         pushed_from = datetime.now(UTC)
         speed.push_from_postgres(url, full=True)
@@ -200,7 +205,7 @@ def test_the_asset_check_finds_the_served_build_in_dagsters_history(world: dict[
     import dagster as dg
 
     from rtml.defs.online.checks import pushes, training_serving_skew
-    from rtml.defs.resources import PostgresResource
+    from rtml.defs.resources import PostgresServer
 
     by_view = {b.view: b for b in world["builds"]}
     with dg.DagsterInstance.ephemeral() as instance:
@@ -219,7 +224,7 @@ def test_the_asset_check_finds_the_served_build_in_dagsters_history(world: dict[
             (b.view, b.namespace, b.as_of) for b in by_view.values()
         }
         context = dg.build_asset_check_context(
-            instance=instance, resources={"postgres": PostgresResource(url=world["url"])}
+            instance=instance, resources={"postgres": PostgresServer(url=world["url"])}
         )
         # the requests scored an hour before that push (no build of theirs known), then an hour after it,
         # then one of them tampered with; put back as they were afterwards

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from rtml.config import Settings
+from rtml.config import ServicesSettings, Settings, SimulatorSettings
 from rtml.features.dbt import dbt_vars, run_dbt
 from rtml.features.sample_data import load_simulated
 from rtml.training.dataset import TARGET, TIME, FeatureSpec, feature_spec, load_training_set, prepare
@@ -44,11 +44,8 @@ def snapshot_db(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> str:
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("rtml-snapshot"),
-        sim_start=START,
-        sim_customers=1_000,
-        sim_merchants=200,
-        sim_transactions_per_day=3_000,
+        services=ServicesSettings(data_dir=tmp_path_factory.mktemp("rtml-snapshot")),
+        simulator=SimulatorSettings(start=START, customers=1_000, merchants=200, transactions_per_day=3_000),
     )
     url = scratch_database("snapshot")
     end = START + timedelta(days=DAYS)

@@ -25,10 +25,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from rtml.config import OnlineSettings
 from rtml.defs.online.assets import online_features
-from rtml.defs.online.resources import RedisResource
-from rtml.defs.online.sensors import online_store_heal_sensor
-from rtml.defs.resources import PostgresResource
+from rtml.defs.online.resources import RedisResource, RedisServer
+from rtml.defs.online.sensors import heal_sensor
+from rtml.defs.resources import PostgresServer
 from rtml.features import request_features
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
@@ -105,7 +106,7 @@ def burst_db(scratch_database: Callable[[str], str], separate_dbt_target: Path) 
 def redis_resource(request: pytest.FixtureRequest, redis_url: str) -> Iterator[RedisResource]:
     """The session's Redis, or a real Redis Cluster of three masters (``redis_cluster_url``)."""
     cluster = request.param == "cluster"
-    resource = RedisResource(
+    resource = RedisServer(
         url=request.getfixturevalue("redis_cluster_url") if cluster else redis_url,
         key_prefix=f"rtmltest-speedread-{uuid.uuid4().hex[:8]}",
         cluster=cluster,
@@ -120,7 +121,7 @@ def hourly_push(url: str, redis_resource: RedisResource) -> dict[str, Any]:
     """The ``online_features`` asset, as the hourly refresh materializes it: its metadata."""
     result = dg.materialize(
         [online_features],
-        resources={"postgres": PostgresResource(url=url), "redis": redis_resource},
+        resources={"postgres": PostgresServer(url=url), "redis": redis_resource},
         raise_on_error=False,
     )
     assert result.success
@@ -231,8 +232,7 @@ def test_a_burst_is_scored_with_dbt_s_exact_features_across_the_hourly_push(
 
     off = OnlineStore(
         redis_resource.redis_url(),
-        key_prefix=redis_resource.key_prefix,
-        speed_layer=False,
+        online=OnlineSettings(key_prefix=redis_resource.key_prefix, speed_layer_enabled=False),
         cluster=redis_resource.cluster,
     )
     try:
@@ -248,7 +248,7 @@ def test_the_heal_sensor_rebuilds_an_emptied_speed_layer(
     """The batch views are there but the speed layer's state is gone (flushed): the self-heal sensor
     requests its rebuild, whose push restores the snapshot and its watermark."""
     url = burst_db["url"]
-    resources = {"postgres": PostgresResource(url=url), "redis": redis_resource}
+    resources = {"postgres": PostgresServer(url=url), "redis": redis_resource}
     store = redis_resource.online_store()
     assert store.speed is not None
     try:
@@ -259,7 +259,7 @@ def test_the_heal_sensor_rebuilds_an_emptied_speed_layer(
 
             def tick() -> dg.SensorResult:
                 with dg.build_sensor_context(instance=instance, resources=resources) as context:
-                    return online_store_heal_sensor(context)
+                    return heal_sensor(OnlineSettings())(context)
 
             assert not tick().run_requests  # everything present
             assert store.speed.purge() > 0

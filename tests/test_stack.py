@@ -27,7 +27,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from rtml.config import Settings, redact
+from rtml.config import ServicesSettings, Settings, StackSettings, TrainingSettings, redact
 from rtml.stack import LocalStack, StackError, StackInfo, StackNotRunningError, mlflow_server
 from rtml.stack.processes import free_port, pid_alive
 
@@ -40,11 +40,9 @@ def embedded_settings(data_dir: Path, mlflow_port: int) -> Settings:
     # Explicit None: pydantic-settings would otherwise take RTML_DATABASE_URL / RTML_REDIS_URL /
     # RTML_MLFLOW_TRACKING_URI from the env (the session's stack sets them).
     return Settings(
-        data_dir=data_dir,
-        database_url=None,
-        redis_url=None,
-        mlflow_tracking_uri=None,
-        mlflow_port=mlflow_port,
+        services=ServicesSettings(data_dir=data_dir, database_url=None, redis_url=None),
+        training=TrainingSettings(mlflow_tracking_uri=None),
+        stack=StackSettings(mlflow_port=mlflow_port),
     )
 
 
@@ -52,10 +50,13 @@ def run_in_subprocess(data_dir: Path, mlflow_port: int, call: str) -> subprocess
     """Run ``LocalStack(...).<call>`` in a fresh interpreter, as the `rtml` CLI would."""
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from rtml.config import Settings, redact
+        from rtml.config import ServicesSettings, Settings, StackSettings, TrainingSettings, redact
         from rtml.stack import LocalStack
-        stack = LocalStack(Settings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None,
-                                    mlflow_tracking_uri=None, mlflow_port={mlflow_port}))
+        stack = LocalStack(Settings(
+            services=ServicesSettings(data_dir=Path({str(data_dir)!r}), database_url=None, redis_url=None),
+            training=TrainingSettings(mlflow_tracking_uri=None),
+            stack=StackSettings(mlflow_port={mlflow_port}),
+        ))
         print(repr(stack.{call}))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -102,7 +103,7 @@ def test_up_starts_postgres_redis_and_mlflow_with_databases_schemas_and_dagster_
 ) -> None:
     local, info = embedded
     assert info.embedded
-    assert info.mlflow_tracking_uri == f"http://127.0.0.1:{local.settings.mlflow_port}"
+    assert info.mlflow_tracking_uri == f"http://127.0.0.1:{local.settings.stack.mlflow_port}"
     assert mlflow_server.answers(info.mlflow_tracking_uri)
     databases, schemas = databases_and_schemas(info)
     assert {"rtml", info.dagster_database, info.mlflow_database} <= databases
@@ -131,7 +132,7 @@ def test_dagster_home_opens_postgres_storage_with_run_monitoring(
         assert isinstance(instance.run_launcher, MonitoredRunLauncher)
         assert instance.run_launcher.supports_check_run_worker_health
         assert instance.run_monitoring_enabled
-        assert instance.run_monitoring_poll_interval_seconds == local.settings.run_monitoring_interval_s
+        assert instance.run_monitoring_poll_interval_seconds == local.settings.stack.run_monitoring_interval_s
         assert instance.run_monitoring_max_resume_run_attempts == 0
 
 
@@ -169,7 +170,9 @@ def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_the_data_dir(
     with psycopg.connect(info.mlflow_database_url) as conn:
         row = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", [run.info.run_id]).fetchone()
     assert row == ("FINISHED",)
-    assert [path.read_text() for path in local.settings.mlflow_artifacts_dir.rglob("note.txt")] == ["hello"]
+    assert [path.read_text() for path in local.settings.services.mlflow_artifacts_dir.rglob("note.txt")] == [
+        "hello"
+    ]
 
 
 def test_mlflow_server_accepts_localhost_and_127_0_0_1_host_headers(
@@ -319,12 +322,14 @@ def test_configured_urls_start_nothing_and_create_databases(
         f"rtml_stacktest_{suffix}_mlflow",
     ]
     settings = Settings(
-        data_dir=tmp_path,
-        database_url=f"postgresql://postgres@127.0.0.1:5432/{names[0]}",
-        redis_url="redis://127.0.0.1:6379/0",
-        mlflow_tracking_uri=mlflow_url,
-        dagster_database=names[1],
-        mlflow_database=names[2],
+        services=ServicesSettings(
+            data_dir=tmp_path,
+            database_url=f"postgresql://postgres@127.0.0.1:5432/{names[0]}",
+            redis_url="redis://127.0.0.1:6379/0",
+            dagster_database=names[1],
+            mlflow_database=names[2],
+        ),
+        training=TrainingSettings(mlflow_tracking_uri=mlflow_url),
     )
     local = LocalStack(settings)
     try:

@@ -25,7 +25,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtml.config import Settings, get_settings
+from rtml.config import ServicesSettings, Settings, SimulatorSettings, get_settings
 from rtml.stack import redis as redis_service
 from rtml.stack.processes import free_port, spawn, stop_pid
 from rtml.streaming import lander as lander_module
@@ -214,12 +214,16 @@ def lander_db(scratch_database: Callable[[str], str]) -> str:
 def lander_settings(key: str, database_url: str) -> Settings:
     return get_settings().model_copy(
         update={
-            "stream_key": key,
-            "database_url": database_url,
-            "stream_lander_batch_events": 50,
-            "stream_lander_batch_ms": 100.0,
-            "stream_claim_idle_ms": 50,
-            "transactions_feed": "stream",
+            "stream": get_settings().stream.model_copy(
+                update={
+                    "key": key,
+                    "lander_batch_events": 50,
+                    "lander_batch_ms": 100.0,
+                    "claim_idle_ms": 50,
+                    "transactions_feed": "stream",
+                }
+            ),
+            "services": get_settings().services.model_copy(update={"database_url": database_url}),
         }
     )
 
@@ -259,7 +263,7 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
     first = Lander(client, f"postgresql://postgres@127.0.0.1:{free_port()}/x", settings, consumer="a")
     with pytest.raises(psycopg.OperationalError):
         first.land_once(50)
-    assert client.xpending(key, settings.stream_lander_group)["pending"] == 50
+    assert client.xpending(key, settings.stream.lander_group)["pending"] == 50
     first.database_url = lander_db  # PostgreSQL is back
     (oldest, _), *_ = client.xrange(key, count=1)
     assert first.land_once(50).sources[0].startswith(f"stream:{oldest.decode()}..")
@@ -270,7 +274,7 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
     assert raw == dict.fromkeys(ids, 1)
     assert quarantine == {"event_malformed": 2, "amount_not_positive": 1}
     assert (counts.read, counts.loaded, counts.quarantined, counts.duplicates) == (124, 120, 3, 1)
-    assert client.xpending(key, settings.stream_lander_group)["pending"] == 0
+    assert client.xpending(key, settings.stream.lander_group)["pending"] == 0
 
     # a replay of everything (new entries, other batch boundaries): duplicates, nothing loaded again
     stream.publish(client, key, good[5:], retention_s=3600)
@@ -289,20 +293,20 @@ def test_lander_loads_each_event_once_across_duplicates_replays_and_a_crash_befo
         Lander(client, lander_db, settings, consumer="b").land_once(block_ms=50)
     monkeypatch.undo()
     assert stream_rows(lander_db)[0] == dict.fromkeys(ids | {e.transaction_id for e in later}, 1)
-    assert client.xpending(key, settings.stream_lander_group)["pending"] == 30
+    assert client.xpending(key, settings.stream.lander_group)["pending"] == 30
     # restarted under the same name: its own pending entries first, the same source replaced by itself
     again = Lander(client, lander_db, settings, consumer="b").land_once(block_ms=50)
     assert (again.read, again.loaded, again.duplicates) == (30, 30, 0)
     # ... or, had it not come back, another lander claims them: they are duplicates then
     stream.publish(client, key, later[:5], retention_s=3600)
-    stream.read_new(client, key, settings.stream_lander_group, "dies", count=5, block_ms=None)
+    stream.read_new(client, key, settings.stream.lander_group, "dies", count=5, block_ms=None)
     time.sleep(0.1)
     claimed = Lander(client, lander_db, settings, consumer="c").land_once(block_ms=50)
     assert (claimed.read, claimed.loaded, claimed.duplicates) == (5, 0, 5)
 
     raw, quarantine = stream_rows(lander_db)
     assert raw == dict.fromkeys(ids | {e.transaction_id for e in later}, 1)
-    status = stream.group_status(client, key, settings.stream_lander_group)
+    status = stream.group_status(client, key, settings.stream.lander_group)
     assert status is not None and (status["lag"], status["pending"]) == (0, 0)
     beats = {name: c["heartbeat_age_s"] for name, c in status["consumers"].items()}
     assert beats["c"] < 5 and beats["dies"] is None  # a running lander's heartbeat; a reader that died
@@ -348,17 +352,17 @@ def test_land_refuses_to_run_when_the_simulator_feeds_raw_transactions_and_statu
 def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_them(
     client: redis.Redis, key: str, tmp_path: Path
 ) -> None:
+    from rtml.sources.scenarios import timeline_path
     from rtml.sources.simulator import Simulator
     from rtml.traffic import Traffic
 
     start = datetime(2026, 11, 10, 12, 59, 58, tzinfo=UTC)  # crosses into the next hour
     began = time.monotonic()
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        data_dir=tmp_path,
-        sim_start=datetime(2026, 11, 2, tzinfo=UTC),
-        sim_transactions_per_day=1_000_000,
-        sim_drift_scenario=None,
+    settings = Settings(
+        services=ServicesSettings(data_dir=tmp_path),
+        simulator=SimulatorSettings(
+            start=datetime(2026, 11, 2, tzinfo=UTC), transactions_per_day=1_000_000, drift_scenario=None
+        ),
     )
     publisher = EventPublisher(client, key, retention_s=3600)
     traffic = Traffic(
@@ -375,7 +379,7 @@ def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_
     assert stats.ok == len(published) == publisher.published >= 20 and stats.connection_errors == 0
     assert [e.event_ts_us for e in published] == sorted(e.event_ts_us for e in published)
     assert {e.event_ts.hour for e in published} == {12, 13}
-    simulated = Simulator(settings).transactions(
+    simulated = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services)).transactions(
         start.replace(minute=0, second=0), start + timedelta(hours=1)
     )
     by_id = {row["transaction_id"]: row for row in simulated.to_pylist()}
@@ -387,7 +391,7 @@ def test_traffic_publish_appends_the_simulators_transactions_instead_of_scoring_
             row["event_ts"],
             row["currency"],
         )
-        assert e.amount > 0 and e.currency in settings.currencies  # invalid rows are not published
+        assert e.amount > 0 and e.currency in settings.ingest.currencies  # invalid rows are not published
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

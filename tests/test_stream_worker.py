@@ -61,15 +61,16 @@ def store(client: redis.Redis) -> Iterator[SpeedStore]:  # noqa: F811
     speed.purge()
 
 
-def worker_settings(key: str, store: SpeedStore, **update: Any) -> Settings:  # noqa: F811
-    values = {
-        "stream_key": key,
-        "online_key_prefix": store.prefix,
-        "stream_worker_batch_events": 64,
-        "stream_worker_block_ms": 20,
-        "stream_claim_idle_ms": 100,
-    }
-    return get_settings().model_copy(update=values | update)
+def worker_settings(key: str, store: SpeedStore, **stream: Any) -> Settings:  # noqa: F811
+    """The settings in force with the test's stream and online namespace; ``stream``: StreamSettings."""
+    values = {"key": key, "worker_batch_events": 64, "worker_block_ms": 20, "claim_idle_ms": 100}
+    settings = get_settings()
+    return settings.model_copy(
+        update={
+            "stream": settings.stream.model_copy(update=values | stream),
+            "online": settings.online.model_copy(update={"key_prefix": store.prefix}),
+        }
+    )
 
 
 def publish(client: redis.Redis, key: str, arrivals: list[TransactionEvent]) -> int:  # noqa: F811
@@ -163,7 +164,7 @@ def test_two_workers_in_one_group_share_the_work_and_give_the_same_state(
     store: SpeedStore,
     arrivals: list[TransactionEvent],
 ) -> None:
-    settings = worker_settings(key, store, stream_worker_batch_events=16)
+    settings = worker_settings(key, store, worker_batch_events=16)
     workers = [StreamWorker(client, settings, consumer=name) for name in ("a", "b")]
     entries = publish(client, key, arrivals)
     run_until_drained(client, key, workers)
@@ -184,10 +185,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     entries = publish(client, key, arrivals)
     StreamWorker(client, settings, consumer="dies")  # the group exists
     # the dying worker read a batch and wrote part of it (its pipeline cut before the XACK)
-    batch = stream.read_new(client, key, settings.stream_worker_group, "dies", count=120, block_ms=None)
+    batch = stream.read_new(client, key, settings.stream.worker_group, "dies", count=120, block_ms=None)
     parsed = [TransactionEvent.from_fields(e.fields) for e in batch[:50] if e.fields[b"v"] == b"1"]
     written_before = Counter(o.value for o in store.apply_many(parsed, W1_US))
-    assert client.xpending(key, settings.stream_worker_group)["pending"] == 120
+    assert client.xpending(key, settings.stream.worker_group)["pending"] == 120
 
     survivor = StreamWorker(client, settings, consumer="survives")
     run_until_drained(client, key, [survivor])
@@ -216,7 +217,12 @@ def test_the_demo_starts_rtml_stream_run_which_serves_metrics_and_stops_cleanly_
     monkeypatch.setenv("RTML_STREAM_WORKER_METRICS_PORT", str(port))
     children = Sessions()
     start_demo_worker(
-        get_settings().model_copy(update={"stream_worker_metrics_port": port}), redis_url, tmp_path, children
+        get_settings().model_copy(
+            update={"stream": get_settings().stream.model_copy(update={"worker_metrics_port": port})}
+        ),
+        redis_url,
+        tmp_path,
+        children,
     )
     (proc,) = children.leaders
     log = tmp_path / "stream-worker.log"
@@ -259,7 +265,7 @@ def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
     # the customers' hashes are spread over the three masters (one slot per customer: the hash tag)
     masters = {redis_cluster.get_node_from_key(speed.key(e.customer_id)).name for e in arrivals}
     assert len(masters) == 3, masters
-    settings = worker_settings(name, speed, stream_worker_batch_events=16)
+    settings = worker_settings(name, speed, worker_batch_events=16)
     workers = [StreamWorker(redis_cluster, settings, consumer=n) for n in ("a", "b")]  # type: ignore[arg-type]
     entries = publish(redis_cluster, name, arrivals)  # type: ignore[arg-type]
     run_until_drained(redis_cluster, name, workers)  # type: ignore[arg-type]
@@ -270,7 +276,7 @@ def test_two_workers_on_a_redis_cluster_give_the_in_process_state(
     assert sum(shares) == entries and min(shares) > 0, shares
     # a worker dead mid-batch: its entries claimed by the other, duplicates where it had written
     stream.publish(redis_cluster, name, arrivals[:40], retention_s=3600)  # type: ignore[arg-type]
-    stream.read_new(redis_cluster, name, settings.stream_worker_group, "dies", 40, None)  # type: ignore[arg-type]
+    stream.read_new(redis_cluster, name, settings.stream.worker_group, "dies", 40, None)  # type: ignore[arg-type]
     run_until_drained(redis_cluster, name, workers[:1])  # type: ignore[arg-type]
     assert workers[0].counts.claimed == 40
     assert_same_state(speed, memory)
@@ -302,7 +308,7 @@ def test_a_redis_refusing_writes_leaves_the_batch_pending_and_stops_the_worker(
             worker.process_once(block_ms=10)
         assert worker.counts.processed == 0  # nothing counted as applied
         batch = own.xpending("rtmltest:oom", worker.group)["pending"]
-        assert batch == worker.settings.stream_worker_batch_events  # the batch read: none acknowledged
+        assert batch == worker.settings.stream.worker_batch_events  # the batch read: none acknowledged
         own.config_set("maxmemory", 0)
         restarted = StreamWorker(own, worker_settings("rtmltest:oom", speed), consumer="w")
         while restarted.process_once(block_ms=10):

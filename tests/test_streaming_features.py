@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from rtml.config import Settings, get_settings
+from rtml.config import IngestSettings, OnlineSettings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.ingest.loader import load_transactions
 from rtml.sources.schema import TRANSACTIONS
@@ -145,7 +145,7 @@ def load(url: str, events: list[TransactionEvent]) -> None:
         schema=TRANSACTIONS,
     )
     result = load_transactions(
-        url, [table], "stream-parity", Settings(), now=from_us(STREAM_END_US) + timedelta(days=1)
+        url, [table], "stream-parity", IngestSettings(), now=from_us(STREAM_END_US) + timedelta(days=1)
     )
     assert result.rows_loaded == len(events), result
 
@@ -228,17 +228,17 @@ class WorkerBackend(RedisBackend):
         self.client, self.key, self.deaths = client, f"{store.prefix}:stream", 0
         self.settings = get_settings().model_copy(
             update={
-                "stream_key": self.key,
-                "online_key_prefix": store.prefix,
-                "stream_worker_batch_events": 32,
-                "stream_claim_idle_ms": 1,
+                "stream": get_settings().stream.model_copy(
+                    update={"key": self.key, "worker_batch_events": 32, "claim_idle_ms": 1}
+                ),
+                "online": get_settings().online.model_copy(update={"key_prefix": store.prefix}),
             }
         )
         self.survivor = StreamWorker(client, self.settings, consumer="survives")
 
     def apply(self, events: list[TransactionEvent]) -> list[Outcome]:
         stream.publish(self.client, self.key, events, retention_s=3600)
-        group, self.deaths = self.settings.stream_worker_group, self.deaths + 1
+        group, self.deaths = self.settings.stream.worker_group, self.deaths + 1
         dying = f"dies-{self.deaths}"
         batch = stream.read_new(self.client, self.key, group, dying, max(1, len(events) // 2), None)
         parsed = [TransactionEvent.from_fields(entry.fields) for entry in batch]
@@ -480,8 +480,10 @@ def test_online_read_merges_the_speed_layer_behind_its_setting(
     from rtml.features.online.reader import same_value
 
     registry, prefix = load_registry(), f"rtmltest-speedread-{uuid.uuid4().hex[:8]}"
-    on = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=True)
-    off = OnlineStore(redis_url, registry, key_prefix=prefix, speed_layer=False)
+    on = OnlineStore(redis_url, registry, online=OnlineSettings(key_prefix=prefix, speed_layer_enabled=True))
+    off = OnlineStore(
+        redis_url, registry, online=OnlineSettings(key_prefix=prefix, speed_layer_enabled=False)
+    )
     try:
         assert off.speed is None and on.speed is not None
         on.speed.push_snapshots(parity_world["second"].values(), W2_US, W2_US + 3 * HOUR_US)
@@ -531,7 +533,9 @@ def test_a_burst_is_visible_from_its_second_payment(parity_world: dict[str, Any]
 
     customer = "burst-customer"  # a card never seen before the watermark (a stolen one, first used)
     store = OnlineStore(
-        redis_url, load_registry(), key_prefix=f"rtmltest-burst-{uuid.uuid4().hex[:8]}", speed_layer=True
+        redis_url,
+        load_registry(),
+        online=OnlineSettings(key_prefix=f"rtmltest-burst-{uuid.uuid4().hex[:8]}", speed_layer_enabled=True),
     )
     assert store.speed is not None
     try:

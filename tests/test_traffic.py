@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from rtml.config import Settings
+from rtml.config import ServicesSettings, ServingSettings, Settings, SimulatorSettings
 from rtml.ingest.loader import load_transactions
 from rtml.live_cli import start_demo_traffic
-from rtml.sources.scenarios import ScenarioTimeline, switch
+from rtml.sources.scenarios import ScenarioTimeline, switch, timeline_path
 from rtml.sources.simulator import Simulator
 from rtml.stack.processes import Sessions, free_port
 from rtml.stack.scorer_process import SERVICE
@@ -42,12 +42,13 @@ SECONDS = 14.0
 def sim_settings(data_dir: Path) -> Settings:
     """A busy stream (about 17 transactions/s at this hour), so that RATE is a share of it."""
     return Settings(
-        _env_file=None,
-        data_dir=data_dir,
-        sim_start=datetime(2026, 11, 2, tzinfo=UTC),
-        sim_transactions_per_day=1_000_000,
-        sim_drift_scenario=None,
-        sim_drift_start=None,
+        services=ServicesSettings(data_dir=data_dir),
+        simulator=SimulatorSettings(
+            start=datetime(2026, 11, 2, tzinfo=UTC),
+            transactions_per_day=1_000_000,
+            drift_scenario=None,
+            drift_start=None,
+        ),
     )
 
 
@@ -124,7 +125,7 @@ def test_traffic_scores_at_the_rate_and_sends_the_ingested_transactions(
 
     def switch_on() -> None:
         switched_at.append(clock() + timedelta(seconds=1))
-        switch(settings, "amount_inflation", True, switched_at[0])
+        switch(settings.services, "amount_inflation", True, switched_at[0])
 
     timer = threading.Timer(4.0, switch_on)
     timer.start()
@@ -143,8 +144,10 @@ def test_traffic_scores_at_the_rate_and_sends_the_ingested_transactions(
 
     # The hourly ingestion of the same two hours, with the real loader: what was sent is those rows.
     hour = CLOCK_START.replace(minute=0, second=0)
-    table = Simulator(settings).transactions(hour, hour + timedelta(hours=2))
-    load_transactions(scorer.database_url, [table], source="traffic-test", settings=settings)
+    table = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services)).transactions(
+        hour, hour + timedelta(hours=2)
+    )
+    load_transactions(scorer.database_url, [table], source="traffic-test", ingest=settings.ingest)
     window = (traffic.started, traffic.cursor)
     ingested = ids(
         scorer.database_url,
@@ -177,7 +180,9 @@ def test_traffic_scores_at_the_rate_and_sends_the_ingested_transactions(
             "select p.event_ts, p.amount::float8, t.amount from monitoring.predictions p "
             "join raw.transactions t using (transaction_id)"
         ).fetchall()
-    plain = Simulator(settings, timeline=ScenarioTimeline()).transactions(hour, hour + timedelta(hours=2))
+    plain = Simulator(settings.simulator, settings.ingest, ScenarioTimeline()).transactions(
+        hour, hour + timedelta(hours=2)
+    )
     plain_amount = dict(
         zip(plain.column("transaction_id").to_pylist(), plain.column("amount").to_pylist(), strict=True)
     )
@@ -221,7 +226,9 @@ def test_a_scorer_that_is_down_is_counted_and_backed_off(tmp_path: Path) -> None
 def test_the_demo_starts_it_as_a_child_that_its_stop_ends_with_a_summary(tmp_path: Path) -> None:
     """`rtml demo` starts `rtml traffic` among its children (once a scorer runs); the demo's stop (SIGTERM
     to each child, as on Ctrl-C) ends it at once, with its summary line in the log."""
-    settings = Settings(_env_file=None, data_dir=tmp_path, serving_port=free_port())  # nothing listens
+    settings = Settings(
+        services=ServicesSettings(data_dir=tmp_path), serving=ServingSettings(port=free_port())
+    )  # nothing listens
     children = Sessions()
     start_demo_traffic(settings, None, tmp_path, children)  # no scorer: no traffic
     assert not children.leaders
@@ -232,7 +239,7 @@ def test_the_demo_starts_it_as_a_child_that_its_stop_ends_with_a_summary(tmp_pat
         assert children.leaders[0].poll() is None, log.read_text()
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert f"http://127.0.0.1:{settings.serving_port}/score" in log.read_text()
+    assert f"http://127.0.0.1:{settings.serving.port}/score" in log.read_text()
     time.sleep(1)
     began = time.monotonic()
     assert children.stop(5) == []  # none had to be killed

@@ -111,7 +111,7 @@ def test_every_lineage_tag_is_recorded(
     tags = client.get_model_version(model_name, trained.model_version).tags
     assert set(TAGS) <= set(tags), set(TAGS) - set(tags)
     # the snapshot trained on is kept under its DVC (md5) hash
-    snapshot = training_settings.snapshots_dir / f"{tags['dvc_snapshot_md5']}.parquet"
+    snapshot = training_settings.services.snapshots_dir / f"{tags['dvc_snapshot_md5']}.parquet"
     assert hashlib.md5(snapshot.read_bytes()).hexdigest() == tags["dvc_snapshot_md5"]
     assert int(tags["snapshot_rows"]) == len(pd.read_parquet(snapshot))
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -131,7 +131,9 @@ def test_gate_promotion_and_rollback(
     model_name: str,
 ) -> None:
     strong = trained.model_version
-    settings = training_settings.model_copy(update={"gate_min_roc_auc": 0.5})
+    settings = training_settings.model_copy(
+        update={"training": training_settings.training.model_copy(update={"gate_min_roc_auc": 0.5})}
+    )
     weak = train_weak(training_db, mlflow_tracking_uri, settings, model_name)
     assert weak.metrics["test_pr_auc"] < trained.metrics["test_pr_auc"]
 
@@ -262,12 +264,12 @@ def test_gate_rejects_a_better_pr_auc_when_a_guarded_metric_drops(
     decision = model_registry.gate(client, challenger, Split(X, y, event_ts), training_settings, name)
 
     better, worse = decision.challenger, decision.production
-    assert better["pr_auc"] > worse["pr_auc"] + training_settings.gate_min_improvement
-    assert worse["roc_auc"] - better["roc_auc"] > training_settings.gate_tolerance
+    assert better["pr_auc"] > worse["pr_auc"] + training_settings.training.gate_min_improvement
+    assert worse["roc_auc"] - better["roc_auc"] > training_settings.training.gate_tolerance
     assert not decision.staged
     assert decision.reason == (
         f"roc_auc regresses from {worse['roc_auc']:.4f} to {better['roc_auc']:.4f} "
-        f"(tolerance {training_settings.gate_tolerance})"
+        f"(tolerance {training_settings.training.gate_tolerance})"
     )
     tags = client.get_model_version(name, challenger).tags
     assert tags["gate"] == "rejected" and tags["rejected"] == decision.reason

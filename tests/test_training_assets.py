@@ -13,10 +13,10 @@ import dagster as dg
 import pytest
 
 from rtml.config import get_settings
-from rtml.defs.resources import PostgresResource
+from rtml.defs.resources import PostgresServer
 from rtml.defs.training.assets import fraud_model, production_model
 from rtml.defs.training.jobs import promote_model_job, training_job
-from rtml.defs.training.resources import MlflowResource
+from rtml.defs.training.resources import MlflowResource, MlflowServer
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
 from tests.monitoring_stack import pushed_series, pushgateway
@@ -24,14 +24,14 @@ from tests.monitoring_stack import pushed_series, pushgateway
 
 @pytest.fixture(scope="module")
 def mlflow_resource(mlflow_tracking_uri: str) -> MlflowResource:
-    return MlflowResource(
+    return MlflowServer(
         tracking_uri=mlflow_tracking_uri, model_name=f"fraud-detector-dg-{uuid.uuid4().hex[:8]}"
     )
 
 
 @pytest.fixture(scope="module")
 def resources(training_db: str, mlflow_resource: MlflowResource) -> dict[str, object]:
-    return {"postgres": PostgresResource(url=training_db), "mlflow": mlflow_resource}
+    return {"postgres": PostgresServer(url=training_db), "mlflow": mlflow_resource}
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import sys
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rtml.config import Settings, floor_hour, get_settings, redact
+from rtml.config import SLICES, Settings, floor_hour, get_settings, redact
 from rtml.features.docs import generate_docs, serve_docs
 from rtml.live_cli import scenario_app, start_demo_traffic, traffic
 from rtml.runs_cli import runs_app
@@ -113,7 +114,7 @@ def _supervised(instance: DagsterInstance, stopped_by: str) -> Iterator[Sessions
             signal.signal(stop_signal, signal.SIG_IGN)
         members = sessions.members()
         if members:
-            grace = get_settings().demo_stop_grace_s
+            grace = get_settings().stack.demo_stop_grace_s
             typer.echo(f"stopping {len(members)} process(es) and their runs (at most {grace + 3:.0f} s)")
             canceling = cancel_runs(instance, members)
             killed = sessions.stop(grace, done=lambda: all_finished(instance, canceling))
@@ -159,7 +160,7 @@ def demo_window(settings: Settings, now: datetime | None = None) -> DemoWindow:
     minus `demo_days`); after a restart the window still ends now."""
     now = now or datetime.now(UTC)
     end = floor_hour(now)
-    start = max(settings.sim_start, end - timedelta(days=settings.demo_days))
+    start = max(settings.simulator.start, end - timedelta(days=settings.simulator.demo_days))
     last_label_day = (min(end + LABEL_HORIZON, now) - timedelta(days=1)).date()
     return DemoWindow(start, end, max(last_label_day, start.date()))
 
@@ -183,40 +184,42 @@ def demo(load: bool = typer.Option(True, help="Materialize the demo window (in t
     settings = get_settings()
     stack = LocalStack(settings)
     already_up = all(component.answers for component in stack.status())
-    log_dir = settings.home / "logs"
+    log_dir = settings.services.home / "logs"
     docs = None
     try:
         info = _stack_up("demo")
         env = dagster_processes.dagster_env(
-            info.dagster_home, info.database_url, info.redis_url, settings.sim_start
+            info.dagster_home, info.database_url, info.redis_url, settings.simulator.start
         )
         with _instance(info) as instance, _supervised(instance, "rtml demo") as children:
             # The UIs first: they answer while the window loads (the bootstrap's runs show in Dagster's).
-            webserver = children.add(dagster_processes.start_webserver(env, settings.dagster_port, log_dir))
+            webserver = children.add(
+                dagster_processes.start_webserver(env, settings.stack.dagster_port, log_dir)
+            )
             api, scorer = _start_scorer(settings, info, log_dir, children)
             start_demo_worker(settings, info.redis_url, log_dir, children)  # the scorer's events → state
             bootstrap, began = None, time.perf_counter()
             if load:
                 bootstrap = start_bootstrap(demo_window(settings), env, log_dir / "demo-runs.log", children)
             generate_docs(info.database_url)  # before the tables exist: the models, their docs and lineage
-            docs = serve_docs(settings.docs_port, background=True)
+            docs = serve_docs(settings.stack.docs_port, background=True)
             servers = [webserver, scorer]
-            url = f"http://127.0.0.1:{settings.dagster_port}"
+            url = f"http://127.0.0.1:{settings.stack.dagster_port}"
             dagster_processes.wait_for_http(f"{url}/server_info", webserver)
             typer.echo(
                 f"\nDagster UI         {url}"
                 f"\nscoring API        {api}"
                 f"\nMLflow UI          {redact(info.mlflow_tracking_uri)}"
-                f"\nfeature catalogue  http://127.0.0.1:{settings.docs_port} (dbt docs)"
+                f"\nfeature catalogue  http://127.0.0.1:{settings.stack.docs_port} (dbt docs)"
                 f"\nlogs               {log_dir}\nCtrl-C stops everything `rtml demo` started."
             )
             if bootstrap is not None and _wait_for_bootstrap(bootstrap, servers, log_dir):
                 generate_docs(info.database_url)  # now with the tables' columns and statistics
                 # the scorer loads production from the registry by itself (within its poll interval)
                 dagster_processes.wait_for_http(
-                    f"http://127.0.0.1:{settings.serving_port}/readyz",
+                    f"http://127.0.0.1:{settings.serving.port}/readyz",
                     scorer,
-                    timeout=settings.serving_model_poll_seconds + 120,
+                    timeout=settings.serving.model_poll_seconds + 120,
                 )
                 typer.echo(
                     f"demo window loaded in {time.perf_counter() - began:.0f} s; the scorer serves production"
@@ -260,15 +263,15 @@ def _start_scorer(
 ) -> tuple[str, Popen[bytes]]:
     """The scoring service: the newest bento, or (none built yet) the service's source. It answers at
     once; ``/readyz`` says ready once a model is loaded (it polls the registry for `production`)."""
-    api = f"http://127.0.0.1:{settings.serving_port}"
+    api = f"http://127.0.0.1:{settings.serving.port}"
     scorer_env = scorer_process.serving_env(
         settings, info.database_url, info.redis_url, info.mlflow_tracking_uri
     )
-    if scorer_process.has_bento(settings.bentoml_home):
+    if scorer_process.has_bento(settings.services.bentoml_home):
         bento = f"{scorer_process.BENTO_NAME}:latest"
-        scorer = scorer_process.start(scorer_env, bento, settings.serving_port, log_dir)
+        scorer = scorer_process.start(scorer_env, bento, settings.serving.port, log_dir)
     else:
-        scorer = scorer_process.start_from_source(scorer_env, settings.serving_port, log_dir)
+        scorer = scorer_process.start_from_source(scorer_env, settings.serving.port, log_dir)
     children.add(scorer)
     return f"{api}  (Swagger; POST /score, /score_batch; GET /metadata, /metrics; /readyz)", scorer
 
@@ -279,7 +282,7 @@ def docs(port: int | None = typer.Option(None, help="Port (default: RTML_DOCS_PO
     settings = get_settings()
     info = LocalStack(settings).info()
     generate_docs(info.database_url)
-    port = port or settings.docs_port
+    port = port or settings.stack.docs_port
     typer.echo(f"feature catalogue  http://127.0.0.1:{port}")
     serve_docs(port)
 
@@ -294,13 +297,16 @@ def simulate(
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
+    from rtml.sources.scenarios import timeline_path
     from rtml.sources.simulator import Simulator
 
     settings = get_settings()
     start, end = start.replace(tzinfo=start.tzinfo or UTC), end.replace(tzinfo=end.tzinfo or UTC)
-    table = Simulator(settings).transactions(start, end)
-    settings.landing_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.landing_dir / f"transactions_{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}.{fmt}"
+    table = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services)).transactions(
+        start, end
+    )
+    settings.services.landing_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.services.landing_dir / f"transactions_{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}.{fmt}"
     if fmt == "csv":
         pa_csv.write_csv(table, path)
     elif fmt == "parquet":
@@ -347,7 +353,7 @@ def backfill(
     if not keys:
         raise typer.BadParameter(
             f"no hourly partition in [{start}, {end}): partitions start at "
-            f"{settings.sim_start:%Y-%m-%d %H:%M} UTC and end with the last complete hour"
+            f"{settings.simulator.start:%Y-%m-%d %H:%M} UTC and end with the last complete hour"
         )
     if outside:
         typer.echo(f"skipping {len(outside)} hour(s) that are not partitions: {outside[0]} ... {outside[-1]}")
@@ -357,10 +363,10 @@ def backfill(
         typer.echo(f"rtml backfill: {redact(str(exc))}", err=True)
         raise typer.Exit(1) from exc
     env = dagster_processes.dagster_env(
-        info.dagster_home, info.database_url, info.redis_url, settings.sim_start
+        info.dagster_home, info.database_url, info.redis_url, settings.simulator.start
     )
     tags = {**range_tags(keys[0], keys[-1]), "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
-    log = settings.home / "logs" / "backfill-runs.log"
+    log = settings.services.home / "logs" / "backfill-runs.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     # In-process steps: the multiprocess executor would load the code location again for every step
     # (about 10-30 s each here); the steps of a backfill run one after the other anyway.
@@ -403,7 +409,7 @@ def models() -> None:
     from rtml.monitoring import challenger
     from rtml.training.model_registry import versions
 
-    name = get_settings().model_name
+    name = get_settings().training.model_name
     found = versions(_registry_client(), name)
     if not found:
         typer.echo(f"{name} has no versions yet: materialize fraud_model (training_job)")
@@ -443,7 +449,7 @@ def promote(
     from rtml.training.model_registry import promote as promote_version
 
     def run() -> None:
-        client, name = _registry_client(), get_settings().model_name
+        client, name = _registry_client(), get_settings().training.model_name
         _show_live_comparison(client, version)
         promoted = promote_version(client, version, approver, reason, name, allow_rejected=allow_rejected)
         previous = promoted.tags.get("previous_production_version", "none")
@@ -460,7 +466,7 @@ def _show_live_comparison(client: MlflowClient, version: str) -> None:
     from rtml.monitoring import challenger
     from rtml.training.model_registry import PRODUCTION, version_with_alias
 
-    name = get_settings().model_name
+    name = get_settings().training.model_name
     try:
         tags = dict(client.get_model_version(name, version).tags)
     except MlflowException:
@@ -481,7 +487,7 @@ def rollback(
     from rtml.training.model_registry import rollback as rollback_version
 
     def run() -> None:
-        name = get_settings().model_name
+        name = get_settings().training.model_name
         restored = rollback_version(_registry_client(), approver, reason, name)
         typer.echo(f"{name} v{restored.version} is in production again")
 
@@ -499,19 +505,29 @@ def settings_reference() -> str:
         "# Configuration",
         "",
         "Every setting is an environment variable with the prefix `RTML_` (or a line in `.env`).",
-        "Generated from `rtml.config.Settings` by `make docs-config` (`rtml config-docs`); "
-        "a test keeps it current.",
-        "",
-        "| variable | type | default | meaning |",
-        "|---|---|---|---|",
+        "The code reads them as `rtml.config.Settings`, one slice per concern (a section below): the "
+        "setting's field is `settings.<slice>.<name>`. "
+        "Generated from `rtml.config` by `make docs-config` (`rtml config-docs`); a test keeps it current.",
     ]
-    for name, field in Settings.model_fields.items():
-        kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        if field.default_factory is not None:
-            default = "(computed)"  # from other settings: the description says how
-        else:
-            default = "" if field.default is None else f"`{field.default}`"
-        lines.append(f"| `RTML_{name.upper()}` | {kind} | {default} | {field.description or ''} |")
+    for slice_name, cls in zip(Settings.model_fields, SLICES, strict=True):
+        lines += [
+            "",
+            f"## `{slice_name}` ({cls.__name__})",
+            "",
+            inspect.cleandoc(cls.__doc__ or ""),
+            "",
+            "| variable | field | type | default | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for name, field in cls.model_fields.items():
+            kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+            if field.default_factory is not None:
+                default = "(computed)"  # from other settings: the description says how
+            else:
+                default = "" if field.default is None else f"`{field.default}`"
+            meaning = field.description or ""
+            variable = cls.env_var(name)
+            lines.append(f"| `{variable}` | `{slice_name}.{name}` | {kind} | {default} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 

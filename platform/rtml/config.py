@@ -1,6 +1,10 @@
-"""The one settings object of rtml. Every value can be set through an ``RTML_`` environment variable.
+"""The settings of rtml: one slice per concern (``ServicesSettings``, ``IngestSettings``, ...), held by
+:class:`Settings`. Every value can be set through an ``RTML_`` environment variable (or a line in ``.env``).
 
-``docs/configuration.md`` is generated from this class (``rtml config-docs``); do not document settings twice.
+The environment is read at the edges only (the CLI, the Dagster definitions, the scoring service's
+start-up): they build :class:`Settings` and hand each library the slice it needs; tests and benchmarks
+construct the slices they need. ``docs/configuration.md`` is generated from these classes
+(``rtml config-docs``); do not document settings twice.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, StringConstraints
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -24,10 +28,33 @@ def _env_file() -> str | None:
     return os.environ.get("RTML_ENV_FILE", ".env") or None
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RTML_", env_file=_env_file(), extra="ignore")
+def _config(env_prefix: str) -> SettingsConfigDict:
+    # A field whose variable does not follow its slice's prefix names it in ``validation_alias``; code
+    # and tests construct slices by field name.
+    return SettingsConfigDict(
+        env_prefix=env_prefix,
+        env_file=_env_file(),
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
 
-    # --- where things live -------------------------------------------------------------------------
+
+class _Slice(BaseSettings):
+    """One concern's settings, read from the environment when constructed without values."""
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable of field ``name`` (``RTML_SERVING_MAX_BATCH``)."""
+        alias = cls.model_fields[name].validation_alias
+        return alias if isinstance(alias, str) else f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+
+
+class ServicesSettings(_Slice):
+    """Where things live: the data directory and the servers (PostgreSQL, Redis)."""
+
+    model_config = _config("RTML_")
+
     data_dir: Path = Field(
         Path(".rtml"),
         description="Folder for everything the platform writes: embedded servers, Dagster home, "
@@ -72,56 +99,121 @@ class Settings(BaseSettings):
     )
     redis_cluster: bool = Field(
         False,
-        description="`redis_url` names a node of a Redis Cluster: the online store, the speed layer, the "
-        "stream and its workers connect with redis-py's cluster client (each view's keys share one hash "
+        description="`RTML_REDIS_URL` names a node of a Redis Cluster: the online store, the speed layer, "
+        "the stream and its workers connect with redis-py's cluster client (each view's keys share one hash "
         'slot, each customer\'s speed-layer hash another; README, "Scaling out").',
     )
-
+    environment: Literal["local", "servers"] = Field(
+        "local",
+        description="Where the Dagster resources find the servers (`rtml.defs.resources`): `local`, the "
+        "stack `rtml up` / `rtml demo` run (embedded, or the servers its URLs name), looked up when a run "
+        "first needs it; `servers` (the compose stack, your own servers), `RTML_DATABASE_URL`, "
+        "`RTML_REDIS_URL` and `RTML_MLFLOW_TRACKING_URI` from the environment, nothing local.",
+    )
     dagster_database: str = Field("dagster", description="Database for Dagster's run and event storage.")
     mlflow_database: str = Field(
         "mlflow",
         description="Database for MLflow's backend store (not Dagster's: both have a `runs` table).",
     )
 
-    # --- transaction simulator ---------------------------------------------------------------------
-    sim_seed: int = Field(
-        7, description="Seed of the simulator: the same seed and window give the same rows."
-    )
-    # Before sim_start: its default is computed from it.
+    # --- derived ---------------------------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        """Absolute data directory (Dagster and the embedded servers need absolute paths)."""
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def live_window_file(self) -> Path:
+        """Where the stack records its live ``simulator.start`` (``rtml.stack.state.record_live_start``)."""
+        return self.home / LIVE_WINDOW_FILE
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.home / "mlflow-artifacts"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML's model and bento store (``BENTOML_HOME``)."""
+        return self.home / "bentoml"
+
+    @property
+    def predictions_spill_dir(self) -> Path:
+        """Prediction-log rows waiting on disk for PostgreSQL (``rtml.monitoring.prediction_spill``)."""
+        return self.home / "predictions-spill"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Training-set snapshots the training asset trained on, named by their DVC (md5) hash."""
+        return self.home / "snapshots"
+
+
+class SimulatorSettings(_Slice):
+    """The transaction simulator and the window of simulated history."""
+
+    model_config = _config("RTML_SIM_")
+
+    seed: int = Field(7, description="Seed of the simulator: the same seed and window give the same rows.")
     demo_days: int = Field(
         7,
         ge=1,
-        description="Days of history that `make demo` materializes: the last `demo_days` whole days up to "
-        "the current hour (not before `sim_start`).",
+        description="Days of history that `make demo` materializes: the last `RTML_DEMO_DAYS` whole days up "
+        "to the current hour (not before `RTML_SIM_START`).",
+        validation_alias="RTML_DEMO_DAYS",
     )
-    sim_start: datetime = Field(
-        default_factory=lambda data: live_sim_start(data["data_dir"], data["demo_days"]),
+    # The live default reads the data directory of the environment; Settings recomputes it for its own.
+    start: datetime = Field(
+        default_factory=lambda data: live_sim_start(ServicesSettings().data_dir, data["demo_days"]),
         description="First hour of simulated history (UTC); the first partition of `transactions_raw` "
-        "and `labels_raw`. Unset: live, the current hour minus `demo_days`, fixed when the stack first "
+        "and `labels_raw`. Unset: live, the current hour minus `RTML_DEMO_DAYS`, fixed when the stack first "
         "starts (`rtml up` / `rtml demo` record it in `<data_dir>/live-window.json`, so partitions stay "
         "the same across restarts). Set it (e.g. `2026-11-01T00:00Z`) to pin the window: tests, "
         "benchmarks and the DVC pipeline do.",
     )
-    sim_customers: int = Field(20_000, description="Number of simulated card holders.")
-    sim_merchants: int = Field(2_000, description="Number of simulated merchants.")
-    sim_transactions_per_day: int = Field(
+    customers: int = Field(20_000, description="Number of simulated card holders.")
+    merchants: int = Field(2_000, description="Number of simulated merchants.")
+    transactions_per_day: int = Field(
         100_000, description="Mean number of transactions per simulated day (before cycles and noise)."
     )
-    sim_dirty_share: float = Field(
+    dirty_share: float = Field(
         0.002,
         description="Share of simulated rows made deliberately invalid (bad amount, currency, ids, "
         "timestamps, duplicates) so that validation and quarantine are always exercised.",
     )
-    sim_drift_scenario: str | None = Field(
+    drift_scenario: str | None = Field(
         None,
-        description="Named drift scenario switched on at `sim_drift_start`: `amount_inflation`, "
+        description="Named drift scenario switched on at `RTML_SIM_DRIFT_START`: `amount_inflation`, "
         "`new_fraud_pattern` or `merchant_mix_shift`. Unset: no drift.",
     )
-    sim_drift_start: datetime | None = Field(
-        None, description="When the drift scenario starts (UTC). Unset with a scenario: from `sim_start`."
+    drift_start: datetime | None = Field(
+        None,
+        description="When the drift scenario starts (UTC). Unset with a scenario: from `RTML_SIM_START`.",
     )
+    _live: bool = PrivateAttr(False)
 
-    # --- ingestion ----------------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _note_live(self) -> SimulatorSettings:
+        self._live = "start" not in self.model_fields_set
+        return self
+
+    @property
+    def start_is_live(self) -> bool:
+        """Whether ``start`` was left unset (live) rather than pinned."""
+        return self._live
+
+
+class IngestSettings(_Slice):
+    """Validation and loading of transactions and labels, and the ingestion asset checks."""
+
+    model_config = _config("RTML_")
+
     max_amount: float = Field(
         50_000.0,
         gt=0,
@@ -149,8 +241,10 @@ class Settings(BaseSettings):
         "(`event_ts_before_floor`) and the scoring API answers 400 (a request dated 1970 would move the "
         "live-metrics window as much as one dated 9999).",
     )
-    ingest_chunk_rows: int = Field(
-        200_000, description="Rows validated and copied per chunk: bounds ingestion memory."
+    chunk_rows: int = Field(
+        200_000,
+        description="Rows validated and copied per chunk: bounds ingestion memory.",
+        validation_alias="RTML_INGEST_CHUNK_ROWS",
     )
     quarantine_share_max: float = Field(
         0.01, description="Asset check threshold: largest acceptable share of quarantined rows."
@@ -162,12 +256,17 @@ class Settings(BaseSettings):
         1_000_000, description="Asset check threshold: most rows a loaded hourly partition may hold."
     )
 
-    # --- training and the model registry ----------------------------------------------------------
+
+class TrainingSettings(_Slice):
+    """Training, the MLflow registry and the evaluation gate."""
+
+    model_config = _config("RTML_")
+
     mlflow_tracking_uri: str | None = Field(
         None,
         description="URL of the MLflow tracking server and model registry (for example "
-        "`http://127.0.0.1:5000`). Unset: `rtml up` starts one on `mlflow_port`, its backend store in "
-        "the `mlflow_database` and its artifacts under the data directory.",
+        "`http://127.0.0.1:5000`). Unset: `rtml up` starts one on `RTML_MLFLOW_PORT`, its backend store in "
+        "the `RTML_MLFLOW_DATABASE` and its artifacts under the data directory.",
     )
     model_name: str = Field("fraud-detector", description="Registered model name in the MLflow registry.")
     gate_metric: str = Field(
@@ -176,12 +275,12 @@ class Settings(BaseSettings):
         "(on the new version's test window) to get the `staging` alias.",
     )
     gate_min_improvement: float = Field(
-        0.002, description="Evaluation gate: how much better than production `gate_metric` must be."
+        0.002, description="Evaluation gate: how much better than production `RTML_GATE_METRIC` must be."
     )
     gate_guarded_metrics: list[str] = Field(
         ["roc_auc", "recall_at_1pct_fpr"],
         description="Evaluation gate: metrics that may not regress against production by more than "
-        "`gate_tolerance`.",
+        "`RTML_GATE_TOLERANCE`.",
     )
     gate_tolerance: float = Field(
         0.01, description="Evaluation gate: largest acceptable drop of a guarded metric."
@@ -192,24 +291,29 @@ class Settings(BaseSettings):
         "production version to compare with.",
     )
 
-    # --- online feature store -----------------------------------------------------------------------
-    online_key_prefix: str = Field(
+
+class OnlineSettings(_Slice):
+    """The online feature store (Redis), its push, checks and the speed layer's read."""
+
+    model_config = _config("RTML_ONLINE_")
+
+    key_prefix: str = Field(
         "rtml",
         description="Prefix of every Redis key of the online store (`{prefix}:{<view>}:current` points at "
         "the current namespace `{prefix}:{<view>}:v{version}:{fingerprint}:{build}`; the braces are "
         "literal: the view's hash tag on a Redis Cluster). No braces in the prefix itself.",
         pattern=r"^[^{}]+$",
     )
-    online_ttl_seconds: int = Field(
+    ttl_seconds: int = Field(
         7 * 86_400,
         description="How long a push of the online store stays readable: the views' pointers expire "
         "unless the next push (full or incremental) refreshes them; then every entity reads as unknown "
         "(defaults, `missing`). 0: never expire.",
     )
-    online_push_batch_entities: int = Field(
+    push_batch_entities: int = Field(
         10_000, description="Entities per protocol batch of the bulk writer (bounds its memory)."
     )
-    online_parity_sample: int = Field(
+    parity_sample: int = Field(
         200, description="Asset check: entities per view compared between PostgreSQL and Redis."
     )
     skew_sample_size: int = Field(
@@ -218,21 +322,23 @@ class Settings(BaseSettings):
         description="Asset check `training_serving_skew`: the newest logged requests "
         "(`monitoring.served_features`) whose transactions are ingested, compared feature by feature "
         "with the offline store.",
+        validation_alias="RTML_SKEW_SAMPLE_SIZE",
     )
     skew_lookback_hours: float = Field(
         48.0,
         gt=0,
         description="Asset check `training_serving_skew`: only requests scored within this many hours are "
         "sampled (and only the online pushes since, plus the one before, are looked up).",
+        validation_alias="RTML_SKEW_LOOKBACK_HOURS",
     )
-    online_max_removal_share: float = Field(
+    max_removal_share: float = Field(
         0.5,
         description="Push guard: a push of the online store that would remove more than this share of a "
         "view's entities (an empty or truncated `*_latest` table) is refused before anything is written; "
         "`online_features` with run config `full_refresh: true, allow_mass_removal: true` overrides it. "
         "1: no guard.",
     )
-    online_heal_interval_seconds: int = Field(
+    heal_interval_seconds: int = Field(
         30,
         description="How often `online_store_heal_sensor` checks that the views' pointers exist in Redis; "
         "when they are gone (restart, flush, TTL lapse) while the `*_latest` tables have rows, it "
@@ -243,6 +349,7 @@ class Settings(BaseSettings):
         100.0,
         description="Socket timeout of the online reader (connect and each command), in milliseconds; "
         "a timeout raises `redis.exceptions.TimeoutError`.",
+        validation_alias="RTML_REDIS_SOCKET_TIMEOUT_MS",
     )
     speed_layer_enabled: bool = Field(
         True,
@@ -255,10 +362,16 @@ class Settings(BaseSettings):
         "`rtml_speed_layer_reads_total`. On by default: `rtml demo` runs a stream worker; without one the "
         "merged features see no events after the watermark (as the batch values). Off: the batch values, "
         "no snapshot push.",
+        validation_alias="RTML_SPEED_LAYER_ENABLED",
     )
 
-    # --- live traffic (`rtml traffic`, started by `rtml demo`) --------------------------------------
-    traffic_rate_multiplier: float = Field(
+
+class TrafficSettings(_Slice):
+    """Live traffic (`rtml traffic`, started by `rtml demo`)."""
+
+    model_config = _config("RTML_TRAFFIC_")
+
+    rate_multiplier: float = Field(
         1.0,
         gt=0,
         le=1,
@@ -266,81 +379,86 @@ class Settings(BaseSettings):
         "(chosen by transaction id: always the same subset). 1.0 at the default volume is about 1-2 "
         "requests/s.",
     )
-    traffic_rate: float | None = Field(
+    rate: float | None = Field(
         None,
         gt=0,
-        description="Requests/s `rtml traffic` aims at by default instead of `traffic_rate_multiplier` "
+        description="Requests/s `rtml traffic` aims at by default instead of `RTML_TRAFFIC_RATE_MULTIPLIER` "
         "(the share of the stream that gives it; at most the whole stream).",
     )
-    traffic_concurrency: int = Field(
+    concurrency: int = Field(
         8, ge=1, description="Requests `rtml traffic` keeps in flight at most (its async pool)."
     )
 
-    # --- scoring service ---------------------------------------------------------------------------
-    serving_port: int = Field(3001, description="Port of the BentoML scoring service (`FraudScorer`).")
-    serving_workers: int = Field(
+
+class ServingSettings(_Slice):
+    """The scoring service (BentoML `FraudScorer`) and its prediction log."""
+
+    model_config = _config("RTML_SERVING_")
+
+    port: int = Field(3001, description="Port of the BentoML scoring service (`FraudScorer`).")
+    workers: int = Field(
         1, description="Worker processes of the scoring service (each about one core; each loads the model)."
     )
-    serving_fail_open: bool = Field(
+    fail_open: bool = Field(
         True,
         description="Redis unavailable: true scores with default features (`degraded: true` in the "
         "response, `rtml_scoring_degraded_total` incremented); false answers 503 with a message.",
     )
-    serving_max_batch: int = Field(
+    max_batch: int = Field(
         256, description="Most transactions one `POST /score_batch` request may hold (more: 422)."
     )
-    serving_max_body_bytes: int = Field(
+    max_body_bytes: int = Field(
         1_048_576,
         description="Largest request body of `/score` and `/score_batch`, in bytes: a larger "
         "`Content-Length` is answered 413 before the body is read, a streamed body as soon as it passes "
         "the limit. A full `/score_batch` of 256 transactions is about 90 kB.",
     )
-    serving_max_concurrency: int = Field(
+    max_concurrency: int = Field(
         512,
         description="Requests the scoring service handles at once (all workers together; BentoML's "
         "`traffic.max_concurrency`); more are answered 429 at once. Health and metrics routes are exempt.",
     )
-    serving_max_queue_rows: int = Field(
+    max_queue_rows: int = Field(
         1024,
         description="Transactions waiting for a micro-batch, per worker; a request that would exceed it is "
         'answered 503 with `Retry-After` at once (`rtml_scoring_unavailable_total{reason="queue_full"}`) '
         "rather than waiting behind seconds of work. Requests whose client disconnects while they wait "
         "are not scored (`rtml_scoring_abandoned_total`).",
     )
-    serving_breaker_probe_ms: float = Field(
+    breaker_probe_ms: float = Field(
         100.0,
         description="Circuit breaker of the online read: how often a background probe (one `MGET` of the "
-        "views' pointers, timeout `redis_socket_timeout_ms`) asks Redis whether it answers. A read that "
+        "views' pointers, timeout `RTML_REDIS_SOCKET_TIMEOUT_MS`) asks Redis whether it answers. A read that "
         "fails opens the breaker: requests are then answered without Redis (fail-open: degraded; "
         "fail-closed: 503) until a probe succeeds, so recovery takes at most about this long. The probe "
         "also tells `GET /health` which views are missing.",
     )
-    serving_model_poll_seconds: float = Field(
+    model_poll_seconds: float = Field(
         30.0,
         description="How often the scoring service asks the MLflow registry which version holds the "
         "`production` alias; a new one is loaded and swapped in without dropping requests. 0: never.",
     )
-    serving_model_alias: str = Field(
+    model_alias: str = Field(
         "production", description="Registry alias of the model version the scoring service serves."
     )
-    serving_shadow: bool = Field(
+    shadow: bool = Field(
         True,
-        description="Shadow scoring: while a version holds `serving_shadow_alias` (and it is not the "
+        description="Shadow scoring: while a version holds `RTML_SERVING_SHADOW_ALIAS` (and it is not the "
         "production version), every worker loads it beside production (gated and loaded safely, like "
         "production, but without a person's approval) and scores every request with it after the "
         "answer went out, on a background thread; its scores go to `monitoring.shadow_predictions`. "
         "The answer, its latency and its decision come from production alone. false: no shadow.",
     )
-    serving_shadow_alias: str = Field(
+    shadow_alias: str = Field(
         "staging", description="Registry alias of the version the scoring service shadow-scores."
     )
-    serving_shadow_queue_max: int = Field(
+    shadow_queue_max: int = Field(
         10_000,
         description="Transactions waiting for the shadow model, per worker; beyond it they are not "
         "shadow-scored (`rtml_scoring_shadow_dropped_total`): a slow shadow never holds memory or "
         "production back.",
     )
-    serving_feature_log_sample: float = Field(
+    feature_log_sample: float = Field(
         1.0,
         ge=0.0,
         le=1.0,
@@ -353,12 +471,14 @@ class Settings(BaseSettings):
         description="Rows of `monitoring.served_features` older than this (by `scored_at`) are deleted "
         "hourly by the scoring service (about 1.3 kB per row with its indexes: 1.26 GB per million "
         "logged requests, docs/benchmarks.md). 0: kept forever.",
+        validation_alias="RTML_SERVED_FEATURES_RETENTION_DAYS",
     )
     shadow_predictions_retention_days: float = Field(
         90.0,
         description="Rows of `monitoring.shadow_predictions` older than this are deleted hourly by the "
         "scoring service (long enough for the labels to arrive and the challenger comparison to read "
         "them; about 190 bytes per row with its index: 0.19 GB per million). 0: kept forever.",
+        validation_alias="RTML_SHADOW_PREDICTIONS_RETENTION_DAYS",
     )
     predictions_queue_max: int = Field(
         100_000,
@@ -366,26 +486,37 @@ class Settings(BaseSettings):
         "while PostgreSQL is unreachable or stalled) rows are spilled to disk "
         "(`<data_dir>/predictions-spill/`) and written to `monitoring.predictions` once PostgreSQL is "
         "back; a row finding the queue full is dropped and counted (`rtml_predictions_dropped_total`).",
+        validation_alias="RTML_PREDICTIONS_QUEUE_MAX",
     )
     predictions_spill_max_bytes: int = Field(
         1 << 30,
         description="Size limit of the prediction-log spill folder (bytes; about 350 per row, so 1 GiB "
         "keeps about 3M rows, over 4 hours at 200 requests/s). Beyond it rows are dropped and counted.",
+        validation_alias="RTML_PREDICTIONS_SPILL_MAX_BYTES",
     )
     predictions_flush_rows: int = Field(
-        500, description="The prediction-log writer flushes to `monitoring.predictions` at this many rows..."
+        500,
+        description="The prediction-log writer flushes to `monitoring.predictions` at this many rows...",
+        validation_alias="RTML_PREDICTIONS_FLUSH_ROWS",
     )
     predictions_flush_ms: float = Field(
-        200.0, description="... or when the oldest unwritten row is this old (milliseconds)."
+        200.0,
+        description="... or when the oldest unwritten row is this old (milliseconds).",
+        validation_alias="RTML_PREDICTIONS_FLUSH_MS",
     )
 
-    # --- the transaction stream (speed layer: `rtml.streaming.stream`) -----------------------------
-    stream_key: str = Field(
+
+class StreamSettings(_Slice):
+    """The transactions stream, its lander and its speed-layer workers."""
+
+    model_config = _config("RTML_STREAM_")
+
+    key: str = Field(
         "rtml:transactions:v1",
-        description="Redis Stream (on `redis_url`) of authorised transactions, one entry per event "
+        description="Redis Stream (on `RTML_REDIS_URL`) of authorised transactions, one entry per event "
         "(`rtml.streaming.events`, schema version in field `v`). A new event schema gets a new key.",
     )
-    stream_retention_hours: float = Field(
+    retention_hours: float = Field(
         48.0,
         gt=0,
         description="How long entries stay in the stream: every publish trims entries older than this "
@@ -393,21 +524,70 @@ class Settings(BaseSettings):
         "ignores consumer groups: a consumer (the lander) down for longer loses the events trimmed meanwhile "
         "(counted as `trimmed` when it claims them).",
     )
-    stream_publish: bool = Field(
+    publish: bool = Field(
         True,
         description="The scoring service publishes every transaction it scored to the stream, after the "
         "answer went out (a background thread; never in the request's latency path, never failing it).",
     )
-    stream_publish_queue_max: int = Field(
+    publish_queue_max: int = Field(
         100_000,
         ge=2,
         description="Events the scorer's publisher keeps in memory per worker while Redis is slow or away; "
         "an event finding the queue full is dropped and counted (`rtml_stream_events_dropped_total`).",
     )
-    stream_publish_batch: int = Field(
+    publish_batch: int = Field(
         500,
         ge=1,
         description="Events per pipelined round trip of `XADD`s (publisher, `rtml stream publish`).",
+    )
+    lander_group: str = Field(
+        "lander", description="Consumer group of `rtml stream land` (its own: it acknowledges on its own)."
+    )
+    lander_batch_events: int = Field(
+        5_000, ge=1, description="`rtml stream land` loads a micro-batch at this many events..."
+    )
+    lander_batch_ms: float = Field(
+        1_000.0,
+        gt=0,
+        description="... or when its first event has waited this long (milliseconds): the time from XADD to "
+        "`raw.transactions` is about this plus one load.",
+    )
+    lander_metrics_port: int = Field(
+        9109,
+        ge=0,
+        description="Port of `rtml stream land`'s Prometheus metrics (`/metrics`: "
+        "`rtml_stream_lander_events_total`, `rtml_stream_lander_lag_seconds`, ...), on all interfaces. "
+        "0: no metrics server.",
+    )
+    claim_idle_ms: int = Field(
+        60_000,
+        ge=1,
+        description="A consumer takes over another consumer's pending events (read, never acknowledged) once "
+        "they have been idle this long (`XAUTOCLAIM`): the other consumer is taken to be dead.",
+    )
+    worker_group: str = Field(
+        "features",
+        description="Consumer group of `rtml stream run` (the speed layer's workers): workers of one group "
+        "share the stream's events, each applied to the per-customer state once.",
+    )
+    worker_batch_events: int = Field(
+        500,
+        ge=1,
+        description="Events `rtml stream run` reads per `XREADGROUP` and applies (with their `XACK`) in one "
+        "pipelined round trip.",
+    )
+    worker_block_ms: int = Field(
+        500,
+        ge=1,
+        description="How long `rtml stream run` waits for new events per read; also about how long a "
+        "SIGTERM waits for an idle worker to stop.",
+    )
+    worker_metrics_port: int = Field(
+        9108,
+        ge=0,
+        description="Port of `rtml stream run`'s Prometheus metrics (`/metrics`: "
+        "`rtml_stream_events_processed_total`, `rtml_stream_consumer_lag_seconds`, ...), on all interfaces. "
+        "0: no metrics server.",
     )
     transactions_feed: Literal["simulator", "stream"] = Field(
         "simulator",
@@ -416,58 +596,15 @@ class Settings(BaseSettings):
         "landed (they are the same transactions: loading both would load each twice), and `rtml stream land` "
         "refuses to run. `stream` (a deployment without the simulator): `rtml stream land` writes the "
         "stream's events to `raw.transactions`.",
-    )
-    stream_lander_group: str = Field(
-        "lander", description="Consumer group of `rtml stream land` (its own: it acknowledges on its own)."
-    )
-    stream_lander_batch_events: int = Field(
-        5_000, ge=1, description="`rtml stream land` loads a micro-batch at this many events..."
-    )
-    stream_lander_batch_ms: float = Field(
-        1_000.0,
-        gt=0,
-        description="... or when its first event has waited this long (milliseconds): the time from XADD to "
-        "`raw.transactions` is about this plus one load.",
-    )
-    stream_lander_metrics_port: int = Field(
-        9109,
-        ge=0,
-        description="Port of `rtml stream land`'s Prometheus metrics (`/metrics`: "
-        "`rtml_stream_lander_events_total`, `rtml_stream_lander_lag_seconds`, ...), on all interfaces. "
-        "0: no metrics server.",
-    )
-    stream_claim_idle_ms: int = Field(
-        60_000,
-        ge=1,
-        description="A consumer takes over another consumer's pending events (read, never acknowledged) once "
-        "they have been idle this long (`XAUTOCLAIM`): the other consumer is taken to be dead.",
-    )
-    stream_worker_group: str = Field(
-        "features",
-        description="Consumer group of `rtml stream run` (the speed layer's workers): workers of one group "
-        "share the stream's events, each applied to the per-customer state once.",
-    )
-    stream_worker_batch_events: int = Field(
-        500,
-        ge=1,
-        description="Events `rtml stream run` reads per `XREADGROUP` and applies (with their `XACK`) in one "
-        "pipelined round trip.",
-    )
-    stream_worker_block_ms: int = Field(
-        500,
-        ge=1,
-        description="How long `rtml stream run` waits for new events per read; also about how long a "
-        "SIGTERM waits for an idle worker to stop.",
-    )
-    stream_worker_metrics_port: int = Field(
-        9108,
-        ge=0,
-        description="Port of `rtml stream run`'s Prometheus metrics (`/metrics`: "
-        "`rtml_stream_events_processed_total`, `rtml_stream_consumer_lag_seconds`, ...), on all interfaces. "
-        "0: no metrics server.",
+        validation_alias="RTML_TRANSACTIONS_FEED",
     )
 
-    # --- monitoring ---------------------------------------------------------------------------------
+
+class MonitoringSettings(_Slice):
+    """Drift, live model performance, the challenger comparison and where figures and notices go."""
+
+    model_config = _config("RTML_")
+
     pushgateway_url: str | None = Field(
         None,
         description="Prometheus Pushgateway (for example `http://127.0.0.1:9091`) that the pipeline assets "
@@ -523,7 +660,7 @@ class Settings(BaseSettings):
         20_000,
         description="Hourly drift check: rows sampled (seeded) from each of the two windows at most (it "
         "runs every hour: a smaller reference sample keeps it to seconds; the daily report uses "
-        "`drift_max_rows`).",
+        "`RTML_DRIFT_MAX_ROWS`).",
     )
     drift_retraining_cooldown_hours: float = Field(
         24.0,
@@ -569,7 +706,12 @@ class Settings(BaseSettings):
         "automation's run-failure and promotion notices. Unset: notices are only logged and stored.",
     )
 
-    # --- automation (schedules, sensors, freshness checks, notifications) --------------------------
+
+class AutomationSettings(_Slice):
+    """Schedules, sensors, freshness checks and the delivery of notifications."""
+
+    model_config = _config("RTML_")
+
     model_max_age_days: float = Field(
         7.0,
         description="Freshness check on `fraud_model`: a newer version must have been trained within this "
@@ -609,8 +751,19 @@ class Settings(BaseSettings):
         description="At process exit, how long deliveries still in progress may take before the process "
         "ends (the row then says they were cut short).",
     )
+    incomplete_partitions_lookback_hours: int = Field(
+        72,
+        description="How far back `incomplete_partitions_sensor` looks for hours whose `transactions_raw` is "
+        "newer than the features the hourly refresh builds from it (an interrupted run); it rebuilds them "
+        "with one `hourly_refresh_job` run.",
+    )
 
-    # --- local services -----------------------------------------------------------------------------
+
+class StackSettings(_Slice):
+    """The local stack that `rtml up` / `rtml demo` start (ports, stopping, run monitoring)."""
+
+    model_config = _config("RTML_")
+
     dagster_port: int = Field(
         3000, description="Port of the Dagster UI started by `make demo` / `rtml demo`."
     )
@@ -619,7 +772,8 @@ class Settings(BaseSettings):
     )
     mlflow_port: int = Field(
         5000,
-        description="Port of the MLflow server that `rtml up` starts (when `mlflow_tracking_uri` is unset).",
+        description="Port of the MLflow server that `rtml up` starts (when `RTML_MLFLOW_TRACKING_URI` is "
+        "unset).",
     )
     demo_stop_grace_s: float = Field(
         7.0,
@@ -634,55 +788,38 @@ class Settings(BaseSettings):
         "killed) is marked failed; so is a run that has not started after 180 s; one stuck canceling for "
         "60 s is marked canceled.",
     )
-    incomplete_partitions_lookback_hours: int = Field(
-        72,
-        description="How far back `incomplete_partitions_sensor` looks for hours whose `transactions_raw` is "
-        "newer than the features the hourly refresh builds from it (an interrupted run); it rebuilds them "
-        "with one `hourly_refresh_job` run.",
-    )
 
-    # --- derived -------------------------------------------------------------------------------------
-    @property
-    def home(self) -> Path:
-        """Absolute data directory (Dagster and the embedded servers need absolute paths)."""
-        return self.data_dir.expanduser().resolve()
 
-    @property
-    def sim_start_is_live(self) -> bool:
-        """Whether ``sim_start`` was left unset (live) rather than pinned."""
-        return "sim_start" not in self.model_fields_set
+class Settings(BaseModel):
+    """All settings, one slice per concern: ``settings.serving.max_batch``. ``Settings()`` reads every
+    slice from the environment; ``Settings(ingest=IngestSettings(chunk_rows=16))`` sets one slice and
+    reads the others."""
 
-    @property
-    def live_window_file(self) -> Path:
-        """Where the stack records its live ``sim_start`` (``rtml.stack.state.record_live_start``)."""
-        return self.home / LIVE_WINDOW_FILE
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
-    @property
-    def landing_dir(self) -> Path:
-        return self.home / "landing"
+    @model_validator(mode="after")
+    def _live_start_of_this_data_dir(self) -> Settings:
+        # A live start is the one recorded under the data directory, which is another slice's setting.
+        if self.simulator.start_is_live:
+            start = live_sim_start(self.services.data_dir, self.simulator.demo_days)
+            self.simulator = self.simulator.model_copy(update={"start": start})  # still live: copied
+        return self
 
-    @property
-    def dagster_home(self) -> Path:
-        return self.home / "dagster"
 
-    @property
-    def mlflow_artifacts_dir(self) -> Path:
-        return self.home / "mlflow-artifacts"
-
-    @property
-    def bentoml_home(self) -> Path:
-        """BentoML's model and bento store (``BENTOML_HOME``)."""
-        return self.home / "bentoml"
-
-    @property
-    def predictions_spill_dir(self) -> Path:
-        """Prediction-log rows waiting on disk for PostgreSQL (``rtml.monitoring.prediction_spill``)."""
-        return self.home / "predictions-spill"
-
-    @property
-    def snapshots_dir(self) -> Path:
-        """Training-set snapshots the training asset trained on, named by their DVC (md5) hash."""
-        return self.home / "snapshots"
+SLICES: tuple[type[_Slice], ...] = tuple(
+    field.annotation for field in Settings.model_fields.values() if isinstance(field.annotation, type)
+)
+"""The slice classes, in the order of ``Settings`` (``docs/configuration.md``'s sections)."""
 
 
 LIVE_WINDOW_FILE = "live-window.json"
@@ -694,8 +831,8 @@ def floor_hour(moment: datetime) -> datetime:
 
 
 def live_sim_start(data_dir: Path, demo_days: int, now: datetime | None = None) -> datetime:
-    """``sim_start`` when unset: the one this data directory's stack recorded when it first started, or
-    (none recorded yet) the current hour minus ``demo_days``. The simulator draws every absolute hour
+    """``RTML_SIM_START`` when unset: the one this data directory's stack recorded when it first started, or
+    (none recorded yet) the current hour minus ``RTML_DEMO_DAYS``. The simulator draws every absolute hour
     from its own seed, so the start only chooses which hours exist, never what they hold."""
     recorded = Path(data_dir).expanduser().resolve() / LIVE_WINDOW_FILE
     if recorded.exists():
@@ -725,4 +862,6 @@ def redact(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The settings of this process, read from the environment once. For the edges only (the CLI, the
+    Dagster definitions, the scoring service's start-up): they pass each library the slice it needs."""
     return Settings()

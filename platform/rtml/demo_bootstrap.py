@@ -122,12 +122,15 @@ class Bootstrap:
 
         settings = get_settings()
         client = client_for(LocalStack(settings).info().mlflow_tracking_uri)
-        staged = version_with_alias(client, STAGING, settings.model_name)
-        if version_with_alias(client, PRODUCTION, settings.model_name) is not None or staged is None:
+        staged = version_with_alias(client, STAGING, settings.training.model_name)
+        if version_with_alias(client, PRODUCTION, settings.training.model_name) is not None or staged is None:
             return
         approval = {"version": staged.version, "approver": "rtml demo", "reason": "demo bootstrap"}
         self.materialize(["production_model"], config={"ops": {"production_model": {"config": approval}}})
-        print(f"{settings.model_name} v{staged.version} promoted to production (demo bootstrap)", flush=True)
+        print(
+            f"{settings.training.model_name} v{staged.version} promoted to production (demo bootstrap)",
+            flush=True,
+        )
 
     def catch_up(self, loaded_until: datetime) -> None:
         """The hours completed while the bootstrap ran, through ``hourly_refresh_job`` as its schedule

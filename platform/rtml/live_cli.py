@@ -17,7 +17,7 @@ from rtml.stack.processes import Sessions, spawn
 
 
 def default_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.serving_port}"
+    return f"http://127.0.0.1:{settings.serving.port}"
 
 
 def traffic(
@@ -55,20 +55,20 @@ def traffic(
         from rtml.redis_client import connect
         from rtml.streaming.publisher import EventPublisher, no_retries
 
-        if not settings.redis_url:
+        if not settings.services.redis_url:
             raise typer.BadParameter("--publish needs RTML_REDIS_URL (the stream's Redis)")
         publisher = EventPublisher(
             connect(
-                settings.redis_url,
-                cluster=settings.redis_cluster,
+                settings.services.redis_url,
+                cluster=settings.services.redis_cluster,
                 socket_timeout=5,
                 socket_connect_timeout=5,
                 retry=no_retries(),
             ),
-            settings.stream_key,
-            retention_s=settings.stream_retention_hours * 3600,
-            queue_max=settings.stream_publish_queue_max,
-            batch=settings.stream_publish_batch,
+            settings.stream.key,
+            retention_s=settings.stream.retention_hours * 3600,
+            queue_max=settings.stream.publish_queue_max,
+            batch=settings.stream.publish_batch,
         )
     try:
         replay = Traffic(
@@ -77,7 +77,7 @@ def traffic(
             rate_multiplier=rate_multiplier,
             rate=rate,
             duration=duration,
-            concurrency=concurrency or settings.traffic_concurrency,
+            concurrency=concurrency or settings.traffic.concurrency,
             echo=lambda line: typer.echo(line),
             publisher=publisher,
         )
@@ -133,12 +133,12 @@ def _switch(scenario: str | None, on: bool) -> None:
     settings = get_settings()
     at = datetime.now(UTC)
     try:
-        before = switch(settings, scenario, on, at)
+        before = switch(settings.services, scenario, on, at)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     from rtml.sources.scenarios import ScenarioTimeline
 
-    after = ScenarioTimeline.load(timeline_path(settings))
+    after = ScenarioTimeline.load(timeline_path(settings.services))
     changed = sorted(set(before.active(at)) ^ set(after.active(at)))
     if not changed:
         typer.echo(f"nothing to change: active {', '.join(after.active(at)) or 'none'}")
@@ -171,11 +171,11 @@ def scenario_status() -> None:
     from rtml.sources.scenarios import ScenarioTimeline, timeline_path
 
     settings = get_settings()
-    timeline = ScenarioTimeline.load(timeline_path(settings))
+    timeline = ScenarioTimeline.load(timeline_path(settings.services))
     now = datetime.now(UTC)
     active = timeline.active(now)
-    pinned = settings.sim_drift_scenario
-    if pinned and (settings.sim_drift_start or settings.sim_start) <= now:
+    pinned = settings.simulator.drift_scenario
+    if pinned and (settings.simulator.drift_start or settings.simulator.start) <= now:
         active.append(f"{pinned} (pinned by RTML_SIM_DRIFT_SCENARIO)")
     typer.echo(f"active: {', '.join(active) or 'none'}")
     for interval in timeline.intervals:

@@ -30,10 +30,13 @@ stream_app = typer.Typer(
 
 def _redis(settings: Settings) -> Any:
 
-    if not settings.redis_url:
+    if not settings.services.redis_url:
         raise typer.BadParameter("RTML_REDIS_URL is not set (the stream lives on the online store's Redis)")
     return connect(
-        settings.redis_url, cluster=settings.redis_cluster, socket_timeout=10, socket_connect_timeout=5
+        settings.services.redis_url,
+        cluster=settings.services.redis_cluster,
+        socket_timeout=10,
+        socket_connect_timeout=5,
     )
 
 
@@ -57,7 +60,7 @@ def publish_command(
     if (file is None) == (start is None or end is None):
         raise typer.BadParameter("give --file, or --start and --end (the simulator)")
     if file is not None:
-        tables = replay.file_tables(file, settings.ingest_chunk_rows)
+        tables = replay.file_tables(file, settings.ingest.chunk_rows)
     else:
         assert start is not None and end is not None
         tables = replay.simulator_tables(
@@ -66,13 +69,13 @@ def publish_command(
     client = _redis(settings)
     invalid: Counter[str] = Counter()
     published = 0
-    retention_s = settings.stream_retention_hours * 3600
+    retention_s = settings.stream.retention_hours * 3600
     for events in replay.valid_events(tables, settings, invalid):
-        for at in range(0, len(events), settings.stream_publish_batch):
-            chunk = events[at : at + settings.stream_publish_batch]
-            published += len(stream.publish(client, settings.stream_key, chunk, retention_s))
+        for at in range(0, len(events), settings.stream.publish_batch):
+            chunk = events[at : at + settings.stream.publish_batch]
+            published += len(stream.publish(client, settings.stream.key, chunk, retention_s))
     skipped = ", ".join(f"{rule} {n}" for rule, n in sorted(invalid.items())) or "none"
-    typer.echo(f"published {published} events to {settings.stream_key}; not published (invalid): {skipped}")
+    typer.echo(f"published {published} events to {settings.stream.key}; not published (invalid): {skipped}")
 
 
 @stream_app.command("land")
@@ -93,7 +96,7 @@ def land_command(
     from rtml.streaming.lander import Lander
 
     settings = get_settings()
-    if settings.transactions_feed != "stream":
+    if settings.stream.transactions_feed != "stream":
         typer.echo(
             "RTML_TRANSACTIONS_FEED is 'simulator': raw.transactions is fed by the hourly ingestion, which "
             "loads the same transactions the scorer publishes. Set RTML_TRANSACTIONS_FEED=stream in a "
@@ -101,16 +104,18 @@ def land_command(
             err=True,
         )
         raise typer.Exit(2)
-    if not settings.database_url:
+    if not settings.services.database_url:
         raise typer.BadParameter("RTML_DATABASE_URL is not set")
     name = consumer or socket.gethostname() or f"lander-{os.getpid()}"
-    lander = Lander(_redis(settings), settings.database_url, settings, consumer=name, echo=typer.echo)
-    port = settings.stream_lander_metrics_port if metrics_port is None else metrics_port
+    lander = Lander(
+        _redis(settings), settings.services.database_url, settings, consumer=name, echo=typer.echo
+    )
+    port = settings.stream.lander_metrics_port if metrics_port is None else metrics_port
     _serve_metrics(port, lander.metrics.registry, "lander")
     stop = _stop_on_signals()
     typer.echo(
-        f"landing {settings.stream_key} (group {settings.stream_lander_group}, consumer {name}) into "
-        f"raw.transactions of {redact(settings.database_url)} "
+        f"landing {settings.stream.key} (group {settings.stream.lander_group}, consumer {name}) into "
+        f"raw.transactions of {redact(settings.services.database_url)} "
         f"(metrics: {f'http://0.0.0.0:{port}/metrics' if port else 'off'})"
     )
     counts = lander.run(stop)
@@ -142,11 +147,11 @@ def status_command(
     from rtml.streaming import stream
 
     settings = get_settings()
-    client, group = _redis(settings), group or settings.stream_lander_group
-    found = stream.group_status(client, settings.stream_key, group)
+    client, group = _redis(settings), group or settings.stream.lander_group
+    found = stream.group_status(client, settings.stream.key, group)
     typer.echo(json.dumps(found, indent=2))
     if alive is not None:
-        age = stream.heartbeat_age_s(client, settings.stream_key, group, alive)
+        age = stream.heartbeat_age_s(client, settings.stream.key, group, alive)
         if age is None or age > within:
             typer.echo(f"consumer {alive}: no heartbeat within {within:g} s", err=True)
             raise typer.Exit(1)
@@ -174,11 +179,11 @@ def run_command(
     settings = get_settings()
     name = consumer or f"{socket.gethostname() or 'worker'}-{os.getpid()}"
     worker = StreamWorker(_redis(settings), settings, consumer=name)
-    port = settings.stream_worker_metrics_port if metrics_port is None else metrics_port
+    port = settings.stream.worker_metrics_port if metrics_port is None else metrics_port
     _serve_metrics(port, worker.metrics.registry, "worker")
     stop = _stop_on_signals()
     typer.echo(
-        f"applying {settings.stream_key} to the speed layer (group {settings.stream_worker_group}, consumer "
+        f"applying {settings.stream.key} to the speed layer (group {settings.stream.worker_group}, consumer "
         f"{name}; metrics: {f'http://0.0.0.0:{port}/metrics' if port else 'off'})"
     )
     counts = worker.run(stop)
@@ -206,6 +211,6 @@ def start_demo_worker(settings: Settings, redis_url: str, log_dir: Path, childre
     command = [sys.executable, "-m", "rtml.cli", "stream", "run"]
     env = {**os.environ, "RTML_REDIS_URL": redis_url}
     children.add(spawn(command, env, log_dir / "stream-worker.log"))
-    port = settings.stream_worker_metrics_port
+    port = settings.stream.worker_metrics_port
     metrics = f"http://127.0.0.1:{port}/metrics" if port else "no metrics"
     typer.echo(f"stream worker      {metrics} (log: {log_dir / 'stream-worker.log'})")

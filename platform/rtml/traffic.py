@@ -40,6 +40,7 @@ import numpy as np
 
 from rtml.config import Settings
 from rtml.ingest.validation import validate_transactions
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.simulator import Simulator
 from rtml.streaming.publisher import EventPublisher
 from rtml.streaming.replay import event_from_record
@@ -142,7 +143,7 @@ class Traffic:
         if rate_multiplier is not None and rate is not None:
             raise ValueError("give a rate multiplier or a rate, not both")
         if rate is None and rate_multiplier is None:
-            rate_multiplier, rate = settings.traffic_rate_multiplier, settings.traffic_rate
+            rate_multiplier, rate = settings.traffic.rate_multiplier, settings.traffic.rate
             rate_multiplier = None if rate is not None else rate_multiplier
         if (rate_multiplier is not None and not 0 < rate_multiplier <= 1) or (rate is not None and rate <= 0):
             raise ValueError("the rate multiplier must be in (0, 1] and the rate positive")
@@ -153,7 +154,7 @@ class Traffic:
         self.echo = echo
         self.stats = TrafficStats(outcomes={} if record_outcomes else None)
         self.stop = asyncio.Event()
-        self.simulator = Simulator(settings)
+        self.simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
         self.publisher = publisher
         self.started: datetime | None = None
         self.cursor: datetime | None = None  # event time of the last row dispatched (or the start)
@@ -167,7 +168,7 @@ class Traffic:
         """The rows of ``hour`` with event time after ``after`` to send, in event-time order."""
         table = self.simulator.transactions(hour, hour + HOUR)
         if self.publisher is not None:  # only what the scorer would accept (and so publish)
-            table = validate_transactions(table, self.settings, now=hour + HOUR).good
+            table = validate_transactions(table, self.settings.ingest, now=hour + HOUR).good
         ids = table.column("transaction_id").to_pylist()
         _, first = np.unique(np.array(ids, dtype=object), return_index=True)
         unique = np.zeros(len(ids), dtype=bool)

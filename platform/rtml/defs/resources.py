@@ -1,21 +1,62 @@
-"""Resources shared by every domain: the platform database."""
+"""The servers every domain uses, chosen per environment in this one place (``RTML_ENVIRONMENT``), as the
+reference platforms choose their resources per deployment:
+
+* ``local`` (default): the stack that ``rtml up`` / ``rtml demo`` run, embedded servers or the ones its
+  URLs name. Each URL is looked up in the running stack when a run first needs it, so loading the
+  definitions needs no server.
+* ``servers`` (the compose stack, or your own servers): every URL comes from the environment
+  (``dg.EnvVar``: ``RTML_DATABASE_URL``, ``RTML_REDIS_URL``, ``RTML_MLFLOW_TRACKING_URI``), read when a
+  run starts; nothing local is looked up.
+
+Tests and scripts pass the servers they use (``PostgresServer(url=...)``, ``RedisServer(url=...)``,
+``MlflowServer(tracking_uri=...)``). The resource classes of a domain live in its folder.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings, get_settings
+from rtml.defs.online.resources import LocalRedis, RedisServer
+from rtml.defs.training.resources import LocalMlflow, MlflowServer
 from rtml.stack.local import LocalStack
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """The platform database. Without a configured URL it resolves the running local stack lazily,
-    so loading the definitions never needs a server."""
-
-    url: str | None = None
+    """The platform database."""
 
     def database_url(self) -> str:
-        return self.url or LocalStack(get_settings()).info().database_url
+        raise NotImplementedError
 
 
-defs = dg.Definitions(resources={"postgres": PostgresResource()})
+class PostgresServer(PostgresResource):
+    url: str
+
+    def database_url(self) -> str:
+        return self.url
+
+
+class LocalPostgres(PostgresResource):
+    """The local stack's database, looked up when first asked."""
+
+    def database_url(self) -> str:
+        return LocalStack(get_settings()).info().database_url
+
+
+def environment_resources(settings: Settings) -> dict[str, Any]:
+    """The resources of ``settings.services.environment``."""
+    model_name = settings.training.model_name
+    if settings.services.environment == "servers":
+        return {
+            "postgres": PostgresServer(url=dg.EnvVar("RTML_DATABASE_URL")),
+            "redis": RedisServer(url=dg.EnvVar("RTML_REDIS_URL")),
+            "mlflow": MlflowServer(tracking_uri=dg.EnvVar("RTML_MLFLOW_TRACKING_URI"), model_name=model_name),
+        }
+    return {"postgres": LocalPostgres(), "redis": LocalRedis(), "mlflow": LocalMlflow(model_name=model_name)}
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(resources=environment_resources(get_settings()))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from rtml.config import Settings
+from rtml.config import Settings, SimulatorSettings
 from rtml.ingest.tables import ensure_tables
 
 CATEGORIES = ["grocery", "fuel", "travel", "electronics", "restaurants", "fashion", "gaming", "cash"]
@@ -136,16 +136,19 @@ def simulated_frames(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Clean rows of the platform's seeded simulator (``rtml.sources.simulator``) for ``days`` days,
     with the labels known by the end of the window, shaped for the raw tables."""
+    from rtml.sources.scenarios import timeline_path
     from rtml.sources.simulator import Simulator
 
     settings = Settings(
-        sim_start=start,
-        sim_transactions_per_day=per_day,
-        sim_customers=customers,
-        sim_merchants=merchants,
-        sim_dirty_share=0.0,
+        simulator=SimulatorSettings(
+            start=start,
+            transactions_per_day=per_day,
+            customers=customers,
+            merchants=merchants,
+            dirty_share=0.0,
+        )
     )
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     end = start + timedelta(days=days)
     transactions = simulator.transactions(start, end).to_pandas()
     transactions["source"] = transactions["event_ts"].dt.strftime("%Y-%m-%d-%H:00")
@@ -171,12 +174,13 @@ def load_simulated(
     ``now``: the load time validation checks against; default ``labels_until`` (the world is loaded as
     it was known then), so the result never depends on the day this runs."""
     from rtml.ingest.loader import load_labels, load_transactions
+    from rtml.sources.scenarios import timeline_path
     from rtml.sources.simulator import Simulator
 
     with psycopg.connect(database_url) as conn:
         ensure_tables(conn)
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     chunks = simulator.iter_transactions(start, end, hours_per_chunk=hours_per_chunk)
     now = now or max(end, labels_until)
-    load_transactions(database_url, chunks, "sim", settings, now=now)
-    load_labels(database_url, [simulator.labels(start, labels_until)], "sim-labels", settings, now=now)
+    load_transactions(database_url, chunks, "sim", settings.ingest, now=now)
+    load_labels(database_url, [simulator.labels(start, labels_until)], "sim-labels", settings.ingest, now=now)

@@ -101,11 +101,11 @@ class Receipt:
 
 
 def processed_dir(settings: Settings) -> Path:
-    return settings.landing_dir / "processed"
+    return settings.services.landing_dir / "processed"
 
 
 def rejected_dir(settings: Settings) -> Path:
-    return settings.landing_dir / "rejected"
+    return settings.services.landing_dir / "rejected"
 
 
 def landing_path(settings: Settings, name: str) -> Path:
@@ -114,9 +114,9 @@ def landing_path(settings: Settings, name: str) -> Path:
     if problem:
         raise UnsafeLandingName(
             f"{name!r} is not a landing file name: {problem}. A landing file is a plain name directly in "
-            f"{settings.landing_dir} ending in {' or '.join(SUFFIXES)}; nothing was read."
+            f"{settings.services.landing_dir} ending in {' or '.join(SUFFIXES)}; nothing was read."
         )
-    return settings.landing_dir / name
+    return settings.services.landing_dir / name
 
 
 def _name_problem(name: str) -> str:
@@ -138,7 +138,7 @@ def _name_problem(name: str) -> str:
 def list_landing_files(settings: Settings) -> list[Path]:
     """Files waiting in the landing folder, oldest name first: regular files and symbolic links (which a
     run rejects) with an ingested suffix; subfolders, hidden files and unsafe names are ignored."""
-    folder = settings.landing_dir
+    folder = settings.services.landing_dir
     if not folder.is_dir():
         return []
     return sorted(
@@ -173,7 +173,7 @@ def ready_files(settings: Settings, digests: dict[str, str], now: float | None =
     for path in list_landing_files(settings):
         try:
             info = path.lstat()
-            if now - info.st_mtime < settings.landing_settle_seconds:
+            if now - info.st_mtime < settings.ingest.landing_settle_seconds:
                 continue
             signature = f"{path.name}|{info.st_size}|{info.st_mtime_ns}|{info.st_ctime_ns}"
             digest = digests.get(signature) or _digest(path, info)
@@ -309,11 +309,11 @@ def _load(
         )
     rejects: list[pa.Table] = []
     if path.suffix.lower() == ".parquet":
-        batches = _parquet_batches(file, settings.ingest_chunk_rows)
+        batches = _parquet_batches(file, settings.ingest.chunk_rows)
     else:
-        batches = _csv_batches(file, record, settings.ingest_chunk_rows, rejects)
+        batches = _csv_batches(file, record, settings.ingest.chunk_rows, rejects)
     try:
-        return load(conn_or_url, batches, path.name, settings, reader_rejects=rejects, now=now)
+        return load(conn_or_url, batches, path.name, settings.ingest, reader_rejects=rejects, now=now)
     except SchemaMismatchError as error:
         raise LandingFileError(f"{where}: {error}") from error
     except pa.ArrowInvalid as error:

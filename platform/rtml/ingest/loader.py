@@ -1,8 +1,8 @@
 """Idempotent loading of one source (a partition key or a landing file name) into the raw tables.
 
 One transaction per source: delete the source's previous rows (raw and quarantine), then stream the
-batches chunk by chunk (``ingest_chunk_rows``): validate, COPY the good rows, COPY the quarantined rows,
-and finally record the load in ``raw.loads`` (counts and the time range of the rows loaded). Reruns
+batches chunk by chunk (``IngestSettings.chunk_rows``): validate, COPY the good rows, COPY the quarantined
+rows, and finally record the load in ``raw.loads`` (counts and the time range of the rows loaded). Reruns
 therefore never duplicate, and readers see either the old or the new version of a source.
 
 The previous rows are found through ``raw.loads``: ``source = %s AND <time> BETWEEN min_ts AND max_ts``
@@ -43,7 +43,7 @@ import pyarrow.csv as pacsv
 from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 
-from rtml.config import Settings, get_settings
+from rtml.config import IngestSettings
 from rtml.ingest.errors import IngestError, TransientDatabaseError
 from rtml.ingest.tables import (
     LABELS_QUARANTINE_TABLE,
@@ -135,7 +135,7 @@ def load_transactions(
     conn_or_url: psycopg.Connection | str,
     batches: Iterable[pa.Table],
     source: str,
-    settings: Settings | None = None,
+    ingest: IngestSettings,
     *,
     reader_rejects: list[pa.Table] | None = None,
     now: datetime | None = None,
@@ -148,21 +148,21 @@ def load_transactions(
     ``now``: the load time validation measures "in the future" against (default: the clock); a
     reproducible load (tests, the DVC pipeline) passes its own, so it does not depend on the day it runs.
     """
-    return _load(TRANSACTIONS_TARGET, conn_or_url, batches, source, settings, reader_rejects, now)
+    return _load(TRANSACTIONS_TARGET, conn_or_url, batches, source, ingest, reader_rejects, now)
 
 
 def load_labels(
     conn_or_url: psycopg.Connection | str,
     batches: Iterable[pa.Table],
     source: str,
-    settings: Settings | None = None,
+    ingest: IngestSettings,
     *,
     reader_rejects: list[pa.Table] | None = None,
     now: datetime | None = None,
 ) -> LoadResult:
     """Replace source ``source`` in ``raw.labels`` (and its quarantine) with ``batches``. ``now``: as for
     :func:`load_transactions`."""
-    return _load(LABELS_TARGET, conn_or_url, batches, source, settings, reader_rejects, now)
+    return _load(LABELS_TARGET, conn_or_url, batches, source, ingest, reader_rejects, now)
 
 
 # --- the load ------------------------------------------------------------------------------------------
@@ -181,11 +181,10 @@ def _load(
     conn_or_url: psycopg.Connection | str,
     batches: Iterable[pa.Table],
     source: str,
-    settings: Settings | None,
+    ingest: IngestSettings,
     reader_rejects: list[pa.Table] | None,
     now: datetime | None = None,
 ) -> LoadResult:
-    settings = settings or get_settings()
     started = time.perf_counter()
     rows_read = rows_loaded = 0
     by_rule: Counter[str] = Counter()
@@ -196,7 +195,7 @@ def _load(
             ensure_tables(conn)
             with conn.transaction():
                 _replace_source(conn, target, source)
-                chunks = _prepare(target, batches, source, settings, now)
+                chunks = _prepare(target, batches, source, ingest, now)
                 for chunk in _in_background(chunks):
                     loaded, conflicts = _copy_good(conn, target, chunk, source)
                     quarantined = pa.concat_tables(
@@ -328,17 +327,17 @@ def _log_load(
 
 
 def _prepare(
-    target: _Target, batches: Iterable[pa.Table], source: str, settings: Settings, now: datetime | None
+    target: _Target, batches: Iterable[pa.Table], source: str, ingest: IngestSettings, now: datetime | None
 ) -> Iterator[_Chunk]:
     """Validate and serialize chunk by chunk (runs in the background thread)."""
     now = now or datetime.now(UTC)
     offset = 0
-    step = max(1, settings.ingest_chunk_rows)
+    step = max(1, ingest.chunk_rows)
     previous_ids: pa.Array | None = None
     for batch in batches:
         for start in range(0, max(batch.num_rows, 1), step):
             part = batch.slice(start, step)
-            validated = target.validate(part, settings, now=now, row_offset=offset)
+            validated = target.validate(part, ingest, now=now, row_offset=offset)
             validated = _drop_repeats(target, part, validated, previous_ids, offset)
             previous_ids = validated.good["transaction_id"].combine_chunks()
             bounds = pc.min_max(validated.good[target.time_column]).as_py()

@@ -25,7 +25,7 @@ What passes here also passes every reader downstream, so one row can never stop 
 - dbt's ``stg_transactions`` keeps ``round(amount::numeric, 2)`` and its error-severity test requires it
   to be > 0: an amount that rounds to 0.00 (0.004, 5e-324) is ``amount_rounds_to_zero`` here, decided
   exactly as PostgreSQL rounds (float8 to numeric keeps 15 significant digits, then half away from zero:
-  0.005 becomes 0.01 and passes). The ceiling ``max_amount`` is capped below dbt's bound (see Settings).
+  0.005 becomes 0.01 and passes). The ceiling ``max_amount`` is capped below dbt's bound (see IngestSettings).
 - ``label_source`` must be one of ``LABEL_SOURCES`` (dbt's accepted_values test on ``stg_labels``).
 - Currency, channel and country must already be in their canonical case (``EUR``, ``pos``, ``FR``):
   dbt's ``upper``/``lower`` never have to repair a value, and the API receives the same forms.
@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rtml.config import Settings
+from rtml.config import IngestSettings
 from rtml.ingest.errors import SchemaMismatchError
 from rtml.sources.schema import (
     CATEGORY_PATTERN,
@@ -143,7 +143,7 @@ def check_columns(table: pa.Table, record: pa.Schema, what: str) -> None:
 
 
 def validate_transactions(
-    table: pa.Table, settings: Settings, *, now: datetime | None = None, row_offset: int = 0
+    table: pa.Table, ingest: IngestSettings, *, now: datetime | None = None, row_offset: int = 0
 ) -> Validated:
     """Split a batch into good rows (TRANSACTIONS schema) and quarantined rows (with their rule)."""
     check_columns(table, TRANSACTIONS, "transactions batch")
@@ -160,25 +160,25 @@ def validate_transactions(
     rules.add(
         "event_ts_unparseable", ts_bad, _quoted("event_ts", table["event_ts"], "is not an ISO 8601 timestamp")
     )
-    limit = pa.scalar(now + timedelta(seconds=settings.max_future_skew_seconds), TIMESTAMP)
+    limit = pa.scalar(now + timedelta(seconds=ingest.max_future_skew_seconds), TIMESTAMP)
     rules.add(
         "event_ts_in_future",
         pc.fill_null(pc.greater(event_ts, limit), False),
         _quoted(
             "event_ts",
             table["event_ts"],
-            f"lies more than {settings.max_future_skew_seconds} s after load time",
+            f"lies more than {ingest.max_future_skew_seconds} s after load time",
         ),
     )
 
-    floor = pa.scalar(settings.min_event_timestamp, TIMESTAMP)
+    floor = pa.scalar(ingest.min_event_timestamp, TIMESTAMP)
     rules.add(
         "event_ts_before_floor",
         pc.fill_null(pc.less(event_ts, floor), False),
         _quoted(
             "event_ts",
             table["event_ts"],
-            f"is before {settings.min_event_timestamp:%Y-%m-%d} (min_event_timestamp)",
+            f"is before {ingest.min_event_timestamp:%Y-%m-%d} (min_event_timestamp)",
         ),
     )
 
@@ -196,15 +196,15 @@ def validate_transactions(
     )
     rules.add(
         "amount_above_max",
-        pc.fill_null(pc.greater(amount, settings.max_amount), False),
-        _quoted("amount", table["amount"], f"exceeds max_amount {settings.max_amount:g}"),
+        pc.fill_null(pc.greater(amount, ingest.max_amount), False),
+        _quoted("amount", table["amount"], f"exceeds max_amount {ingest.max_amount:g}"),
     )
 
     currency = _as_string(table["currency"])
     rules.add(
         "currency_not_allowed",
-        pc.invert(pc.fill_null(pc.is_in(currency, pa.array(settings.currencies)), False)),
-        _quoted("currency", currency, f"is not one of {settings.currencies}"),
+        pc.invert(pc.fill_null(pc.is_in(currency, pa.array(ingest.currencies)), False)),
+        _quoted("currency", currency, f"is not one of {ingest.currencies}"),
     )
     channel = _as_string(table["channel"])
     rules.add(
@@ -234,7 +234,7 @@ def validate_transactions(
 
 
 def validate_labels(
-    table: pa.Table, settings: Settings, *, now: datetime | None = None, row_offset: int = 0
+    table: pa.Table, ingest: IngestSettings, *, now: datetime | None = None, row_offset: int = 0
 ) -> Validated:
     """Split a batch of labels into good rows (LABELS schema) and quarantined rows."""
     check_columns(table, LABELS, "labels batch")
@@ -250,14 +250,14 @@ def validate_labels(
     rules.add(
         "label_ts_unparseable", ts_bad, _quoted("label_ts", table["label_ts"], "is not an ISO 8601 timestamp")
     )
-    limit = pa.scalar(now + timedelta(seconds=settings.max_future_skew_seconds), TIMESTAMP)
+    limit = pa.scalar(now + timedelta(seconds=ingest.max_future_skew_seconds), TIMESTAMP)
     rules.add(
         "label_ts_in_future",
         pc.fill_null(pc.greater(label_ts, limit), False),
         _quoted(
             "label_ts",
             table["label_ts"],
-            f"lies more than {settings.max_future_skew_seconds} s after load time",
+            f"lies more than {ingest.max_future_skew_seconds} s after load time",
         ),
     )
     rules.add("label_source_missing", _missing(table["label_source"]), _constant("label_source is missing"))

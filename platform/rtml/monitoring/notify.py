@@ -105,13 +105,13 @@ def notify(
 
     ``database_url`` defaults to ``settings.database_url``; ``fields`` are short facts (job, run id,
     version, ...) shown as a table in Slack and stored as JSON."""
-    url = database_url or settings.database_url
+    url = database_url or settings.services.database_url
     if not url:
         raise NotificationError(
             f"cannot record notification {title!r}: no database (set RTML_DATABASE_URL or pass database_url)"
         )
     facts = {str(key): _jsonable(value) for key, value in fields.items()}
-    webhook = settings.alert_webhook_url
+    webhook = settings.monitoring.alert_webhook_url
     ensure_table(url)
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -187,10 +187,10 @@ def _post(webhook: str, body: bytes, timeout: float) -> _Attempt:
 def _deliver(notification: Notification, database_url: str, settings: Settings) -> None:
     assert notification.webhook_url is not None
     body = json.dumps(slack_payload(notification)).encode()
-    attempts = max(1, settings.notify_attempts)
+    attempts = max(1, settings.automation.notify_attempts)
     try:
         for number in range(1, attempts + 1):
-            outcome = _post(notification.webhook_url, body, settings.notify_timeout_s)
+            outcome = _post(notification.webhook_url, body, settings.automation.notify_timeout_s)
             final = outcome.error is None or not outcome.retry or number == attempts
             error = outcome.error
             if error is not None and final and number > 1:
@@ -203,7 +203,7 @@ def _deliver(notification: Notification, database_url: str, settings: Settings) 
             _update(database_url, notification)
             if final:
                 break
-            backoff = settings.notify_backoff_s * 2 ** (number - 1)
+            backoff = settings.automation.notify_backoff_s * 2 ** (number - 1)
             time.sleep(max(backoff, outcome.wait or 0.0))
         if notification.error:
             log.warning("notification %s not delivered: %s", notification.id, notification.error)
@@ -230,7 +230,7 @@ _exit_hook_registered = threading.Event()
 
 def _start_delivery(notification: Notification, database_url: str, settings: Settings) -> None:
     with _lock:
-        _pending[notification] = (database_url, settings.notify_exit_wait_s)
+        _pending[notification] = (database_url, settings.automation.notify_exit_wait_s)
         if not _exit_hook_registered.is_set():
             atexit.register(_wait_at_exit)
             _exit_hook_registered.set()

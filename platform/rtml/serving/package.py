@@ -61,9 +61,11 @@ def package(tracking_uri: str, name: str, alias: str = "production") -> bentoml.
 
 def main() -> None:
     settings = get_settings()
-    if not settings.mlflow_tracking_uri:
+    if not settings.training.mlflow_tracking_uri:
         sys.exit("RTML_MLFLOW_TRACKING_URI is not set (start the stack: rtml up)")
-    model = package(settings.mlflow_tracking_uri, settings.model_name, settings.serving_model_alias)
+    model = package(
+        settings.training.mlflow_tracking_uri, settings.training.model_name, settings.serving.model_alias
+    )
     print(model.tag)
 
 

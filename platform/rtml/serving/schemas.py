@@ -29,18 +29,18 @@ def _aware(value: datetime) -> datetime:
     except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+05:00: a 400, not a 500
         raise ValueError(f"timestamp out of range in UTC: {exc}") from exc
     settings = get_settings()
-    skew = settings.max_future_skew_seconds
+    skew = settings.ingest.max_future_skew_seconds
     if value > datetime.now(UTC) + timedelta(seconds=skew):
         raise ValueError(f"timestamp lies more than {skew} s in the future (max_future_skew_seconds)")
-    if value < settings.min_event_timestamp:
+    if value < settings.ingest.min_event_timestamp:
         raise ValueError(
-            f"timestamp is before {settings.min_event_timestamp.isoformat()} (min_event_timestamp)"
+            f"timestamp is before {settings.ingest.min_event_timestamp.isoformat()} (min_event_timestamp)"
         )
     return value
 
 
 def _allowed_currency(value: str) -> str:
-    allowed = get_settings().currencies
+    allowed = get_settings().ingest.currencies
     if value not in allowed:
         raise ValueError(f"currency {value!r} is not one of {allowed} (currencies)")
     return value

@@ -80,7 +80,7 @@ class Unavailable(Exception):
         return JSONResponse({"error": str(self)}, status_code=503)
 
 
-MaxBatch = Annotated[list[Transaction], Field(min_length=1, max_length=SETTINGS.serving_max_batch)]
+MaxBatch = Annotated[list[Transaction], Field(min_length=1, max_length=SETTINGS.serving.max_batch)]
 
 
 meta_app = FastAPI(title="rtml scorer metadata", docs_url=None, redoc_url=None, openapi_url=None)
@@ -91,14 +91,14 @@ apply_bentoml_memory_fix()  # BentoML 1.4.40 keeps every request's context for t
 
 @bentoml.service(
     name="fraud_scorer",
-    workers=SETTINGS.serving_workers,
-    traffic={"timeout": 30, "max_concurrency": SETTINGS.serving_max_concurrency},
-    http={"port": SETTINGS.serving_port},
+    workers=SETTINGS.serving.workers,
+    traffic={"timeout": 30, "max_concurrency": SETTINGS.serving.max_concurrency},
+    http={"port": SETTINGS.serving.port},
     **SERVICE_CONFIG,
 )
 @bentoml.asgi_app(meta_app, path="/")
 class FraudScorer:
-    bento_model = bento_model(SETTINGS.model_name)
+    bento_model = bento_model(SETTINGS.training.model_name)
 
     def __init__(self) -> None:
         from rtml.features.online import OnlineStore
@@ -112,14 +112,16 @@ class FraudScorer:
         self.settings = get_settings()
         self.metrics = Metrics()
         self.store = OnlineStore(
-            self.settings.redis_url or "redis://127.0.0.1:6379/0", cluster=self.settings.redis_cluster
+            self.settings.services.redis_url or "redis://127.0.0.1:6379/0",
+            online=self.settings.online,
+            cluster=self.settings.services.redis_cluster,
         )
         spec = feature_spec(self.store.registry)
         self.numeric, self.categorical = list(spec.numeric), list(spec.categorical)
         self.production = ModelSlot(
-            self.settings.mlflow_tracking_uri,
-            self.settings.model_name,
-            self.settings.serving_model_alias,
+            self.settings.training.mlflow_tracking_uri,
+            self.settings.training.model_name,
+            self.settings.serving.model_alias,
             load=load_version,
             features=(self.numeric, self.categorical),
             keep_last=True,  # a refused or vanished version leaves the served one in place
@@ -131,15 +133,15 @@ class FraudScorer:
         self.last_poll_error: str | None = None
         self.last_shadow_error: str | None = None
         self.writer = None
-        if self.settings.database_url:
+        if self.settings.services.database_url:
             # never blocks and never needs PostgreSQL to start: rows wait in memory or on disk
             self.writer = PredictionWriter(
-                self.settings.database_url,
-                spill_dir=self.settings.predictions_spill_dir,
-                spill_max_bytes=self.settings.predictions_spill_max_bytes,
-                queue_max=self.settings.predictions_queue_max,
-                flush_rows=self.settings.predictions_flush_rows,
-                flush_ms=self.settings.predictions_flush_ms,
+                self.settings.services.database_url,
+                spill_dir=self.settings.services.predictions_spill_dir,
+                spill_max_bytes=self.settings.serving.predictions_spill_max_bytes,
+                queue_max=self.settings.serving.predictions_queue_max,
+                flush_rows=self.settings.serving.predictions_flush_rows,
+                flush_ms=self.settings.serving.predictions_flush_ms,
                 on_count=self._count_log_rows,
                 on_spill_bytes=self.metrics.predictions_spill_bytes.set,
             )
@@ -147,42 +149,42 @@ class FraudScorer:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
         self.retention = (
             None
-            if not self.settings.database_url
+            if not self.settings.services.database_url
             else Retention(
-                self.settings.database_url,
+                self.settings.services.database_url,
                 {
-                    "monitoring.served_features": self.settings.served_features_retention_days,
-                    "monitoring.shadow_predictions": self.settings.shadow_predictions_retention_days,
+                    "monitoring.served_features": self.settings.serving.served_features_retention_days,
+                    "monitoring.shadow_predictions": self.settings.serving.shadow_predictions_retention_days,
                 },
             )
         )
-        self.feature_log_cut = int(self.settings.serving_feature_log_sample * 2**32)
+        self.feature_log_cut = int(self.settings.serving.feature_log_sample * 2**32)
         """A transaction's row is logged when crc32(transaction_id) < this: the same answer on a retry."""
         self.shadow = Shadow(
             self.numeric,
             self.categorical,
-            tracking_uri=self.settings.mlflow_tracking_uri,
-            name=self.settings.model_name,
-            alias=self.settings.serving_shadow_alias,
-            queue_max=self.settings.serving_shadow_queue_max,
+            tracking_uri=self.settings.training.mlflow_tracking_uri,
+            name=self.settings.training.model_name,
+            alias=self.settings.serving.shadow_alias,
+            queue_max=self.settings.serving.shadow_queue_max,
             put_row=None if self.writer is None else self.writer.put,
             metrics=self.metrics,
         )
         self.batcher: MicroBatcher[Transaction, Score] = MicroBatcher(
             self._score,
-            self.settings.serving_max_batch,
+            self.settings.serving.max_batch,
             after=self._record,
-            max_waiting_rows=self.settings.serving_max_queue_rows,
+            max_waiting_rows=self.settings.serving.max_queue_rows,
             on_abandoned=lambda rows: self.metrics.abandoned.inc(),
         )
         self.breaker = RedisBreaker(
-            self.store.probe, self.settings.serving_breaker_probe_ms / 1000, self._breaker_changed
+            self.store.probe, self.settings.serving.breaker_probe_ms / 1000, self._breaker_changed
         )
         self.breaker.start()
         self.publisher = self._start_publisher()
         self._load_initial()
         self._poller: threading.Thread | None = None
-        if self.settings.mlflow_tracking_uri:  # with a poll interval of 0: the shadow's one look
+        if self.settings.training.mlflow_tracking_uri:  # with a poll interval of 0: the shadow's one look
             self._poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
             self._poller.start()
         # Start-up leaves ~380k long-lived objects (mlflow, sklearn, pandas, the model). Every full
@@ -195,25 +197,25 @@ class FraudScorer:
     def _start_publisher(self) -> Any:
         """The stream publisher (``rtml.streaming.publisher``): its own Redis connection, idle while the
         online read's breaker is open; None when ``RTML_STREAM_PUBLISH`` is false."""
-        if not self.settings.stream_publish:
+        if not self.settings.stream.publish:
             return None
         from rtml.redis_client import connect
         from rtml.streaming.publisher import EventPublisher, no_retries
 
-        timeout = max(1.0, self.settings.redis_socket_timeout_ms / 1000)  # off the request path
+        timeout = max(1.0, self.settings.online.redis_socket_timeout_ms / 1000)  # off the request path
         client = connect(
-            self.settings.redis_url or "redis://127.0.0.1:6379/0",
-            cluster=self.settings.redis_cluster,
+            self.settings.services.redis_url or "redis://127.0.0.1:6379/0",
+            cluster=self.settings.services.redis_cluster,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=no_retries(),  # the publisher retries, with its own back-off
         )
         return EventPublisher(
             client,
-            self.settings.stream_key,
-            retention_s=self.settings.stream_retention_hours * 3600,
-            queue_max=self.settings.stream_publish_queue_max,
-            batch=self.settings.stream_publish_batch,
+            self.settings.stream.key,
+            retention_s=self.settings.stream.retention_hours * 3600,
+            queue_max=self.settings.stream.publish_queue_max,
+            batch=self.settings.stream.publish_batch,
             available=lambda: not self.breaker.is_open,
             on_count=lambda outcome, events: self.metrics.stream_events[outcome].inc(events),
         )
@@ -235,7 +237,7 @@ class FraudScorer:
                 self.production.swap(load_from_bento(stored))
             except ModelRefused as exc:
                 self.production.refuse(str(stored.info.labels.get("mlflow_version", stored.tag)), {}, exc)
-        if self.settings.mlflow_tracking_uri:
+        if self.settings.training.mlflow_tracking_uri:
             try:
                 self.production.poll()
             except Exception as exc:  # the registry may be down: the poller tries again
@@ -267,10 +269,10 @@ class FraudScorer:
     def _poll(self) -> None:
         """The registry thread: the shadow's alias, then production's, every poll interval. A shadow
         that loads slowly or not at all delays neither production's start nor its swaps."""
-        interval = self.settings.serving_model_poll_seconds
+        interval = self.settings.serving.model_poll_seconds
         while True:
             try:
-                if self.settings.serving_shadow:
+                if self.settings.serving.shadow:
                     production = self.model
                     self.shadow.slot.poll(skip=None if production is None else production.version)
                 else:
@@ -323,7 +325,7 @@ class FraudScorer:
         at = [(t.timestamp, t.amount) for t in transactions]  # the speed layer's exact features need both
         try:
             found = lookup(
-                self.store, pairs, fail_open=self.settings.serving_fail_open, breaker=self.breaker, at=at
+                self.store, pairs, fail_open=self.settings.serving.fail_open, breaker=self.breaker, at=at
             )
         except FeatureStoreUnavailable as exc:
             self.metrics.unavailable.labels(exc.reason).inc(len(transactions))
@@ -524,7 +526,7 @@ class FraudScorer:
                 f"rows spill to {log_state['spill_dir']}"
             )
         store_bad = store["breaker"] == "open" or bool(store["missing_views"])
-        if model is None or (store_bad and not self.settings.serving_fail_open):
+        if model is None or (store_bad and not self.settings.serving.fail_open):
             status = "unavailable"
         else:
             status = "degraded" if store_bad else "ok"
@@ -534,14 +536,14 @@ class FraudScorer:
             "model": None
             if model is None
             else {"name": model.name, "version": model.version, "source": model.source},
-            "online_store": {"fail_open": self.settings.serving_fail_open, **store},
+            "online_store": {"fail_open": self.settings.serving.fail_open, **store},
             "queue": {
                 "waiting_rows": self.batcher.waiting_rows,
-                "limit": self.settings.serving_max_queue_rows,
+                "limit": self.settings.serving.max_queue_rows,
             },
             "prediction_log": log_state,
             "stream_publisher": None if self.publisher is None else self.publisher.status(),
-            "shadow": {"enabled": self.settings.serving_shadow, **shadow},
+            "shadow": {"enabled": self.settings.serving.shadow, **shadow},
         }
 
     # --- metadata (GET /metadata) ------------------------------------------------------------
@@ -560,34 +562,34 @@ class FraudScorer:
                 "path": model.path,
                 "threshold_review": model.threshold_review,
                 "threshold_decline": model.threshold_decline,
-                "alias": self.settings.serving_model_alias,
+                "alias": self.settings.serving.model_alias,
                 "run_id": model.tags.get("mlflow_run_id") or model.tags.get("run_id"),
             },
             "registry": {
-                "tracking_uri": self.settings.mlflow_tracking_uri,
-                "poll_seconds": self.settings.serving_model_poll_seconds,
+                "tracking_uri": self.settings.training.mlflow_tracking_uri,
+                "poll_seconds": self.settings.serving.model_poll_seconds,
                 "last_poll_error": self.last_poll_error,
                 "refused": self.production.refused,
             },
-            "fail_open": self.settings.serving_fail_open,
-            "max_batch": self.settings.serving_max_batch,
+            "fail_open": self.settings.serving.fail_open,
+            "max_batch": self.settings.serving.max_batch,
             "features": {"numeric": self.numeric, "categorical": self.categorical},
             "predictions_log": None if self.writer is None else self.writer.status(),
             "shadow": {
-                "enabled": self.settings.serving_shadow,
-                "alias": self.settings.serving_shadow_alias,
+                "enabled": self.settings.serving.shadow,
+                "alias": self.settings.serving.shadow_alias,
                 "last_error": self.last_shadow_error,
                 **self.shadow.status(),
             },
             "feature_log": {
-                "sample": self.settings.serving_feature_log_sample,
-                "retention_days": self.settings.served_features_retention_days,
+                "sample": self.settings.serving.feature_log_sample,
+                "retention_days": self.settings.serving.served_features_retention_days,
             },
         }
 
 
 FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
     ScoringRequestGuard,
-    max_body_bytes=SETTINGS.serving_max_body_bytes,
+    max_body_bytes=SETTINGS.serving.max_body_bytes,
     on_abandoned=lambda: abandoned_requests().inc(),
 )

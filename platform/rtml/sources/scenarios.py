@@ -6,7 +6,7 @@ when it builds a :class:`~rtml.sources.simulator.Simulator` (the Dagster runs of
 traffic generator, ``rtml simulate``), so a switch takes effect without a restart, and an hour generated
 again later still sees what was on at the time (the timeline keeps every interval, closed ones too).
 
-The pinned settings ``sim_drift_scenario`` / ``sim_drift_start`` are one more open interval on top of it
+The pinned settings ``simulator.drift_scenario`` / ``drift_start`` are one more open interval on top of it
 (reproducible runs pin their window and scenario in settings, not here).
 """
 
@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rtml.config import Settings
+from rtml.config import ServicesSettings
 from rtml.stack.state import locked
 
 FILE_NAME = "scenarios.json"
 
 
-def timeline_path(settings: Settings) -> Path:
-    return settings.home / FILE_NAME
+def timeline_path(services: ServicesSettings) -> Path:
+    return services.home / FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ScenarioTimeline:
 
 
 def switch(
-    settings: Settings, scenario: str | None, on: bool, at: datetime | None = None
+    services: ServicesSettings, scenario: str | None, on: bool, at: datetime | None = None
 ) -> ScenarioTimeline:
     """Switch ``scenario`` on (or off; ``None`` with ``on=False``: every scenario) from ``at`` (default
     now) and save the timeline; returns the timeline before the switch (to tell what changed)."""
@@ -107,7 +107,7 @@ def switch(
     if on and scenario is None:
         raise ValueError("name the scenario to switch on")
     at = at or datetime.now(UTC)
-    path = timeline_path(settings)
+    path = timeline_path(services)
     with locked(path.with_name(FILE_NAME + ".lock")):  # two switches at once must not lose one
         before = ScenarioTimeline.load(path)
         after = before.started(scenario, at) if on and scenario else before.stopped(scenario, at)

@@ -17,12 +17,13 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from rtml.config import Settings, get_settings
-from rtml.sources.scenarios import ScenarioTimeline, timeline_path
+from rtml.config import IngestSettings, SimulatorSettings
+from rtml.sources.scenarios import ScenarioTimeline
 from rtml.sources.schema import CHANNELS, LABELS, TRANSACTIONS
 
 DRIFT_SCENARIOS: tuple[str, ...] = ("amount_inflation", "new_fraud_pattern", "merchant_mix_shift")
@@ -275,28 +276,32 @@ def _runs(
 class Simulator:
     """Deterministic card-transaction generator; see docs/data.md."""
 
-    def __init__(self, settings: Settings | None = None, timeline: ScenarioTimeline | None = None):
-        """``timeline``: the run-time drift scenarios; default: read from the data directory now (see
-        :meth:`reload_scenarios` for a long-lived simulator)."""
-        self.settings = s = settings or get_settings()
-        if s.sim_drift_scenario is not None and s.sim_drift_scenario not in DRIFT_SCENARIOS:
+    def __init__(
+        self, simulator: SimulatorSettings, ingest: IngestSettings, timeline: ScenarioTimeline | Path
+    ):
+        """``ingest``: the currencies and the amount ceiling the rows are valid against. ``timeline``: the
+        run-time drift scenarios, or the file that holds them (``rtml.sources.scenarios.timeline_path``),
+        read now and again by :meth:`reload_scenarios` (a long-lived simulator)."""
+        self.settings = s = simulator
+        if s.drift_scenario is not None and s.drift_scenario not in DRIFT_SCENARIOS:
             raise ValueError(
-                f"unknown drift scenario {s.sim_drift_scenario!r}; valid: {', '.join(DRIFT_SCENARIOS)}"
+                f"unknown drift scenario {s.drift_scenario!r}; valid: {', '.join(DRIFT_SCENARIOS)}"
             )
-        if not s.currencies:
-            raise ValueError("settings.currencies is empty")
-        self.seed = s.sim_seed
-        self.start_us = _to_us(s.sim_start)
-        self._timeline_file = None if timeline is not None else timeline_path(s)
+        if not ingest.currencies:
+            raise ValueError("ingest.currencies is empty")
+        self.seed = s.seed
+        self.start_us = _to_us(s.start)
+        self._timeline_file = timeline if isinstance(timeline, Path) else None
         self._timeline_stamp: tuple[int, int] | None = None
-        self._set_timeline(timeline if timeline is not None else self._read_timeline())
-        self.per_hour = s.sim_transactions_per_day / 24
-        self.population, self._pools = _population(s.sim_seed, s.sim_customers, s.sim_merchants)
-        self.n_customers, self.n_merchants = s.sim_customers, s.sim_merchants
+        self._set_timeline(timeline if isinstance(timeline, ScenarioTimeline) else self._read_timeline())
+        self.per_hour = s.transactions_per_day / 24
+        self.population, self._pools = _population(s.seed, s.customers, s.merchants)
+        self.n_customers, self.n_merchants = s.customers, s.merchants
         # Amounts of clean rows stay well below the validation ceiling.
-        self.amount_cap = min(20_000.0, 0.9 * s.max_amount)
+        self.max_amount = ingest.max_amount
+        self.amount_cap = min(20_000.0, 0.9 * ingest.max_amount)
 
-        currencies = list(s.currencies)
+        currencies = list(ingest.currencies)
         fallback = 0  # a country whose currency is not allowed pays in the first allowed one
         codes = [_COUNTRY_CURRENCY.get(c, "EUR" if c in _EURO else "USD") for c in COUNTRIES]
         self._country_currency = np.array(
@@ -328,8 +333,8 @@ class Simulator:
         self.timeline = timeline
         s = self.settings
         pinned = []
-        if s.sim_drift_scenario is not None:
-            pinned = [(s.sim_drift_scenario, _to_us(s.sim_drift_start or s.sim_start), None)]
+        if s.drift_scenario is not None:
+            pinned = [(s.drift_scenario, _to_us(s.drift_start or s.start), None)]
         run_time = [
             (i.scenario, _to_us(i.start), None if i.stop is None else _to_us(i.stop))
             for i in timeline.intervals
@@ -530,7 +535,7 @@ class Simulator:
         # Dirty rows replace ordinary legit rows (planted fraud stays intact).
         dirty = np.zeros(n, np.int8)
         candidates = np.flatnonzero(pattern_sorted == _LEGIT)
-        n_dirty = min(int(core.binomial(n, self.settings.sim_dirty_share)), candidates.size) if n else 0
+        n_dirty = min(int(core.binomial(n, self.settings.dirty_share)), candidates.size) if n else 0
         dirty_rows = (
             np.sort(core.choice(candidates, n_dirty, replace=False)) if n_dirty else np.zeros(0, np.int64)
         )
@@ -727,7 +732,7 @@ class Simulator:
                     rng.random(r.size) < 0.2, 0.0, -np.round(rng.uniform(0.01, 500, r.size), 2)
                 )
             elif name == "amount_above_max":
-                hour.amount[r] = np.round(rng.uniform(1.01, 3.0, r.size) * self.settings.max_amount, 2)
+                hour.amount[r] = np.round(rng.uniform(1.01, 3.0, r.size) * self.max_amount, 2)
             elif name == "unknown_currency":
                 hour.currency[r] = self._bad_currency
             elif name == "empty_customer_id":

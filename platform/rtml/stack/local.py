@@ -66,7 +66,7 @@ class ComponentStatus:
 class LocalStack:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.home = settings.home
+        self.home = settings.services.home
         self.state_file = self.home / "stack.json"
         self.lock_file = self.home / "stack.lock"
         self.pgdata = self.home / "postgres"
@@ -81,13 +81,13 @@ class LocalStack:
             # A configured URL wins; a record of an embedded server started earlier is kept, so that
             # down() still stops it.
             try:
-                if self.settings.database_url:
-                    database_url = postgres.libpq_url(self.settings.database_url)
+                if self.settings.services.database_url:
+                    database_url = postgres.libpq_url(self.settings.services.database_url)
                 else:
                     state.postgres = self._running_or_started_postgres(state.postgres)
                     database_url = state.postgres.url
-                if self.settings.redis_url:
-                    redis_url = self.settings.redis_url
+                if self.settings.services.redis_url:
+                    redis_url = self.settings.services.redis_url
                 else:
                     state.redis = self._running_or_started_redis(state.redis)
                     redis_url = state.redis.url
@@ -103,7 +103,9 @@ class LocalStack:
                 self._ensure_roles(database_url, info)
             except (postgres.PostgresError, psycopg.Error) as exc:
                 raise StackError(str(exc)) from exc
-            if not self.settings.mlflow_tracking_uri:  # after the databases: its backend store must exist
+            if (
+                not self.settings.training.mlflow_tracking_uri
+            ):  # after the databases: its backend store must exist
                 try:
                     if not self._mlflow_serves(state.mlflow):
                         # Ours but on another port (RTML_MLFLOW_PORT changed), dead, or unrecorded: restart.
@@ -114,22 +116,24 @@ class LocalStack:
                     state.save(self.state_file)
                 info = self._info(database_url, redis_url, state.mlflow)
             write_dagster_yaml(
-                info.dagster_home, info.dagster_database_url, self.settings.run_monitoring_interval_s
+                info.dagster_home, info.dagster_database_url, self.settings.stack.run_monitoring_interval_s
             )
             record_live_start(self.settings)
-            self.settings.landing_dir.mkdir(parents=True, exist_ok=True)  # where users drop files
+            self.settings.services.landing_dir.mkdir(parents=True, exist_ok=True)  # where users drop files
             return info
 
     def _ensure_roles(self, database_url: str, info: StackInfo) -> None:
         """Each service's own PostgreSQL role whose password is set (least privilege, ``rtml.stack.roles``).
         The scorer's grants come first: the platform's role then takes over the tables they name."""
         settings = self.settings
-        if settings.postgres_scorer_password:
-            roles.ensure_scorer_role(database_url, settings.postgres_scorer_password.get_secret_value())
+        if settings.services.postgres_scorer_password:
+            roles.ensure_scorer_role(
+                database_url, settings.services.postgres_scorer_password.get_secret_value()
+            )
         owners = (
-            (settings.postgres_platform_password, database_url, roles.PLATFORM_ROLE),
-            (settings.postgres_dagster_password, info.dagster_database_url, roles.DAGSTER_ROLE),
-            (settings.postgres_mlflow_password, info.mlflow_database_url, roles.MLFLOW_ROLE),
+            (settings.services.postgres_platform_password, database_url, roles.PLATFORM_ROLE),
+            (settings.services.postgres_dagster_password, info.dagster_database_url, roles.DAGSTER_ROLE),
+            (settings.services.postgres_mlflow_password, info.mlflow_database_url, roles.MLFLOW_ROLE),
         )
         for password, url, role in owners:
             if password:
@@ -155,9 +159,9 @@ class LocalStack:
         calls this every few seconds; with configured URLs, the servers' own supervisor restarts them."""
         state = StackState.load(self.state_file)
         ours = [  # an embedded server recorded earlier but replaced by a configured URL is not in use
-            ("postgres", None if self.settings.database_url else state.postgres),
-            ("redis", None if self.settings.redis_url else state.redis),
-            ("mlflow", None if self.settings.mlflow_tracking_uri else state.mlflow),
+            ("postgres", None if self.settings.services.database_url else state.postgres),
+            ("redis", None if self.settings.services.redis_url else state.redis),
+            ("mlflow", None if self.settings.training.mlflow_tracking_uri else state.mlflow),
         ]
         dead = [
             name
@@ -171,47 +175,49 @@ class LocalStack:
     def status(self) -> list[ComponentStatus]:
         state = StackState.load(self.state_file)
         return [
-            self._status("postgres", self.settings.database_url, state.postgres, postgres.answers),
-            self._status("redis", self.settings.redis_url, state.redis, redis.answers),
-            self._status("mlflow", self.settings.mlflow_tracking_uri, state.mlflow, mlflow_server.answers),
+            self._status("postgres", self.settings.services.database_url, state.postgres, postgres.answers),
+            self._status("redis", self.settings.services.redis_url, state.redis, redis.answers),
+            self._status(
+                "mlflow", self.settings.training.mlflow_tracking_uri, state.mlflow, mlflow_server.answers
+            ),
         ]
 
     def info(self) -> StackInfo:
         """The running stack, without starting anything: configured URLs, else the embedded servers."""
         state = StackState.load(self.state_file)
         database_url = self._resolved(
-            "PostgreSQL", "RTML_DATABASE_URL", self.settings.database_url, state.postgres
+            "PostgreSQL", "RTML_DATABASE_URL", self.settings.services.database_url, state.postgres
         )
-        redis_url = self._resolved("Redis", "RTML_REDIS_URL", self.settings.redis_url, state.redis)
+        redis_url = self._resolved("Redis", "RTML_REDIS_URL", self.settings.services.redis_url, state.redis)
         return self._info(postgres.libpq_url(database_url), redis_url, state.mlflow)
 
     # --- helpers ------------------------------------------------------------------------------------
     @property
     def _embedded(self) -> bool:
-        return not (self.settings.database_url and self.settings.redis_url)
+        return not (self.settings.services.database_url and self.settings.services.redis_url)
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.settings.mlflow_artifacts_dir
+        return self.settings.services.mlflow_artifacts_dir
 
     def _mlflow_tracking_uri(self, recorded: EmbeddedServer | None) -> str:
         """The configured server, else ours. Not checked for liveness: Dagster resources call info() for
         the database alone, and an MLflow client names the URL it cannot reach."""
-        if self.settings.mlflow_tracking_uri:
-            return self.settings.mlflow_tracking_uri
+        if self.settings.training.mlflow_tracking_uri:
+            return self.settings.training.mlflow_tracking_uri
         if recorded is not None:
             return recorded.url
-        return mlflow_server.server_url(self.settings.mlflow_port)  # where `rtml up` starts it
+        return mlflow_server.server_url(self.settings.stack.mlflow_port)  # where `rtml up` starts it
 
     def _info(self, database_url: str, redis_url: str, mlflow: EmbeddedServer | None) -> StackInfo:
         return StackInfo(
             database_url=database_url,
             redis_url=redis_url,
-            dagster_home=self.settings.dagster_home,
+            dagster_home=self.settings.services.dagster_home,
             embedded=self._embedded,
             mlflow_tracking_uri=self._mlflow_tracking_uri(mlflow),
-            dagster_database=self.settings.dagster_database,
-            mlflow_database=self.settings.mlflow_database,
+            dagster_database=self.settings.services.dagster_database,
+            mlflow_database=self.settings.services.mlflow_database,
         )
 
     @staticmethod
@@ -245,7 +251,7 @@ class LocalStack:
     def _mlflow_serves(self, known: EmbeddedServer | None) -> bool:
         return bool(
             known
-            and mlflow_server.port_of(known.url) == self.settings.mlflow_port
+            and mlflow_server.port_of(known.url) == self.settings.stack.mlflow_port
             and pid_alive(known.pid, marker=known.data_dir)
             and mlflow_server.answers(known.url)
         )
@@ -253,7 +259,11 @@ class LocalStack:
     def _started_mlflow(self, backend_store_uri: str) -> EmbeddedServer:
         try:
             return mlflow_server.start(
-                backend_store_uri, self.settings.mlflow_port, self.artifacts_dir, self.mlflow_log, self.home
+                backend_store_uri,
+                self.settings.stack.mlflow_port,
+                self.artifacts_dir,
+                self.mlflow_log,
+                self.home,
             )
         except mlflow_server.MlflowServerError as exc:
             raise StackError(str(exc)) from exc

@@ -31,11 +31,11 @@ def serving_env(settings: Settings, database_url: str, redis_url: str, tracking_
         "RTML_DATABASE_URL": database_url,
         "RTML_REDIS_URL": redis_url,
         "RTML_MLFLOW_TRACKING_URI": tracking_uri,
-        "RTML_MODEL_NAME": settings.model_name,
-        "RTML_SIM_START": settings.sim_start.isoformat(),  # the stack's window, live or pinned
+        "RTML_MODEL_NAME": settings.training.model_name,
+        "RTML_SIM_START": settings.simulator.start.isoformat(),  # the stack's window, live or pinned
         # absolute: a bento's service runs in the bento's own folder (the prediction log spills here)
-        "RTML_DATA_DIR": str(settings.home),
-        "BENTOML_HOME": str(settings.bentoml_home),
+        "RTML_DATA_DIR": str(settings.services.home),
+        "BENTOML_HOME": str(settings.services.bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
     }
 

@@ -67,9 +67,9 @@ def record_live_start(settings: Settings) -> None:
     that partitions stay the same across restarts and every process reads the same start (a pinned one
     is never recorded). The value is the caller's, which it computed as the current hour minus
     ``demo_days``."""
-    if not settings.sim_start_is_live or settings.live_window_file.exists():
+    if not settings.simulator.start_is_live or settings.services.live_window_file.exists():
         return
-    settings.live_window_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = settings.live_window_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sim_start": settings.sim_start.isoformat()}) + "\n")
-    os.replace(tmp, settings.live_window_file)
+    settings.services.live_window_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = settings.services.live_window_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sim_start": settings.simulator.start.isoformat()}) + "\n")
+    os.replace(tmp, settings.services.live_window_file)

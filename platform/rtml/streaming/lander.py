@@ -174,7 +174,7 @@ class Lander:
         metrics: LanderMetrics | None = None,
     ) -> None:
         self.client, self.database_url, self.settings = client, database_url, settings
-        self.key, self.group, self.consumer = settings.stream_key, settings.stream_lander_group, consumer
+        self.key, self.group, self.consumer = settings.stream.key, settings.stream.lander_group, consumer
         self.echo = echo
         self.metrics = metrics or LanderMetrics()
         self.counts = LandCounts()
@@ -190,7 +190,7 @@ class Lander:
         backoff = 0.5
         while not stop.is_set():
             try:
-                self.land_once(block_ms=min(200, int(self.settings.stream_lander_batch_ms)), stop=stop)
+                self.land_once(block_ms=min(200, int(self.settings.stream.lander_batch_ms)), stop=stop)
                 backoff = 0.5
             except (psycopg.OperationalError, TransientDatabaseError, *stream.REDIS_ERRORS) as exc:
                 log.warning("lander: %s; retrying in %.1f s (nothing acknowledged)", exc, backoff)
@@ -228,7 +228,7 @@ class Lander:
         return batch
 
     def _collect(self, block_ms: int, stop: threading.Event | None) -> tuple[list[stream.Entry], int]:
-        limit = self.settings.stream_lander_batch_events
+        limit = self.settings.stream.lander_batch_events
         if not self._recovered:  # after a restart: what this consumer read and never acknowledged
             own = stream.read_own_pending(self.client, self.key, self.group, self.consumer, limit)
             if own:
@@ -239,7 +239,7 @@ class Lander:
             self.key,
             self.group,
             self.consumer,
-            self.settings.stream_claim_idle_ms,
+            self.settings.stream.claim_idle_ms,
             limit,
             self._claim_from,
         )
@@ -262,7 +262,7 @@ class Lander:
                     break  # nothing arrived: the caller loops
                 continue
             if deadline is None:
-                deadline = time.monotonic() + self.settings.stream_lander_batch_ms / 1000
+                deadline = time.monotonic() + self.settings.stream.lander_batch_ms / 1000
             entries.extend(new)
         return entries, len(claimed.trimmed)
 
@@ -299,7 +299,7 @@ class Lander:
                     conn,
                     [events_table(fresh)],
                     source,
-                    self.settings,
+                    self.settings.ingest,
                     reader_rejects=[malformed_table(malformed)] if malformed else None,
                 )
                 counts = LandCounts(

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from rtml.config import Settings
 from rtml.ingest.validation import validate_transactions
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.schema import TRANSACTIONS
 from rtml.sources.simulator import Simulator
 from rtml.streaming.events import TransactionEvent, to_us
@@ -80,7 +81,7 @@ def file_tables(path: Path, chunk_rows: int) -> Iterator[pa.Table]:
 
 def simulator_tables(settings: Settings, start: datetime, end: datetime) -> Iterator[pa.Table]:
     """The simulator's transactions of [start, end), hour by hour."""
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     hour = start
     while hour < end:
         step = min(end, hour.replace(minute=0, second=0, microsecond=0) + _HOUR)
@@ -94,7 +95,7 @@ def valid_events(
     """Each table's rows that pass validation, as events; the others counted in ``invalid`` by rule."""
     now = now or datetime.now(UTC)
     for table in tables:
-        validated = validate_transactions(table, settings, now=now)
+        validated = validate_transactions(table, settings.ingest, now=now)
         if validated.quarantined.num_rows:
             invalid.update(validated.quarantined["rule"].to_pylist())
         yield events_from_table(validated.good)

@@ -126,14 +126,14 @@ class StreamWorker:
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.client, self.settings, self.consumer = client, settings, consumer
-        self.key, self.group = settings.stream_key, settings.stream_worker_group
-        self.store = SpeedStore(client, settings.online_key_prefix)
+        self.key, self.group = settings.stream.key, settings.stream.worker_group
+        self.store = SpeedStore(client, settings.online.key_prefix)
         self.metrics = metrics or WorkerMetrics()
         self.counts = WorkerCounts()
         self._recovered = False
         self._claim_from = "0-0"
         self._next_claim = 0.0
-        self._claim_every_s = max(0.05, min(5.0, settings.stream_claim_idle_ms / 2000))
+        self._claim_every_s = max(0.05, min(5.0, settings.stream.claim_idle_ms / 2000))
         self._next_lag = 0.0
         stream.ensure_group(client, self.key, self.group, start="0")
 
@@ -160,7 +160,7 @@ class StreamWorker:
 
     def process_once(self, block_ms: int | None = None) -> int:
         """Take one batch and process it; the number of entries processed (0: none arrived)."""
-        entries = self._next_batch(self.settings.stream_worker_block_ms if block_ms is None else block_ms)
+        entries = self._next_batch(self.settings.stream.worker_block_ms if block_ms is None else block_ms)
         if entries:
             self.process(entries)
         if time.monotonic() >= self._next_lag:
@@ -168,7 +168,7 @@ class StreamWorker:
         return len(entries)
 
     def _next_batch(self, block_ms: int) -> list[stream.Entry]:
-        limit = self.settings.stream_worker_batch_events
+        limit = self.settings.stream.worker_batch_events
         if not self._recovered:  # after a restart under the same name: what it read and never acknowledged
             own = stream.read_own_pending(self.client, self.key, self.group, self.consumer, limit)
             if own:
@@ -180,7 +180,7 @@ class StreamWorker:
                 self.key,
                 self.group,
                 self.consumer,
-                self.settings.stream_claim_idle_ms,
+                self.settings.stream.claim_idle_ms,
                 limit,
                 self._claim_from,
             )

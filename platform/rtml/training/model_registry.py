@@ -91,13 +91,13 @@ def production_version(
 # --- the evaluation gate ---------------------------------------------------------------------------
 def gate(client: MlflowClient, version: str, holdout: Split, settings: Settings, name: str) -> GateDecision:
     """Compare ``version`` with production on ``holdout``; stage it or tag it rejected."""
-    for metric in (settings.gate_metric, *settings.gate_guarded_metrics):
+    for metric in (settings.training.gate_metric, *settings.training.gate_guarded_metrics):
         if metric not in GATE_METRICS:
             raise RegistryError(f"gate metric {metric!r} is not one of {sorted(GATE_METRICS)}")
     challenger = _holdout_metrics(f"models:/{name}/{version}", holdout)
     production = version_with_alias(client, PRODUCTION, name)
     if production is None:
-        floor = settings.gate_min_roc_auc
+        floor = settings.training.gate_min_roc_auc
         staged = challenger["roc_auc"] >= floor
         reason = (
             f"no production version; ROC AUC {challenger['roc_auc']:.4f} "
@@ -144,17 +144,17 @@ def _compare(
         return sign * (challenger[metric] - production[metric])
 
     problems = []
-    primary = settings.gate_metric
-    if gain(primary) < settings.gate_min_improvement:
+    primary = settings.training.gate_metric
+    if gain(primary) < settings.training.gate_min_improvement:
         problems.append(
             f"{primary} {challenger[primary]:.4f} does not beat production v{production_version}'s "
-            f"{production[primary]:.4f} by {settings.gate_min_improvement}"
+            f"{production[primary]:.4f} by {settings.training.gate_min_improvement}"
         )
-    for metric in settings.gate_guarded_metrics:
-        if -gain(metric) > settings.gate_tolerance:
+    for metric in settings.training.gate_guarded_metrics:
+        if -gain(metric) > settings.training.gate_tolerance:
             problems.append(
                 f"{metric} regresses from {production[metric]:.4f} to {challenger[metric]:.4f} "
-                f"(tolerance {settings.gate_tolerance})"
+                f"(tolerance {settings.training.gate_tolerance})"
             )
     if problems:
         reason = "; ".join(problems)

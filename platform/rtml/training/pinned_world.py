@@ -62,23 +62,32 @@ class PinnedWorld:
         ``data_dir``: an empty folder of the build's own (the simulator reads the run-time drift timeline
         a developer's `rtml scenario` may have left under the platform's data directory)."""
         return pinned_settings(
-            data_dir=data_dir,
-            sim_seed=self.seed,
-            sim_start=self.start,
-            sim_customers=self.customers,
-            sim_merchants=self.merchants,
-            sim_transactions_per_day=self.transactions_per_day,
-            sim_dirty_share=self.dirty_share,
-            sim_drift_scenario=None,
+            services={"data_dir": data_dir},
+            simulator={
+                "seed": self.seed,
+                "start": self.start,
+                "customers": self.customers,
+                "merchants": self.merchants,
+                "transactions_per_day": self.transactions_per_day,
+                "dirty_share": self.dirty_share,
+                "drift_scenario": None,
+            },
         )
 
 
-def pinned_settings(**values: Any) -> Settings:
-    """``Settings`` from the code's defaults and ``values``, ignoring ``RTML_*`` variables and ``.env``
-    (an exported ``RTML_SIM_DIRTY_SHARE`` must not change the pipeline's data)."""
+def pinned_settings(**slices: dict[str, Any]) -> Settings:
+    """``Settings`` from the code's defaults and ``slices`` (a slice's name → its values), ignoring
+    ``RTML_*`` variables and ``.env`` (an exported ``RTML_SIM_DIRTY_SHARE`` must not change the pipeline's
+    data)."""
     ambient = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("RTML_")}
     try:
-        return Settings(_env_file=None, **values)
+        return Settings.model_validate(
+            {
+                name: field.annotation(_env_file=None, **slices.get(name, {}))
+                for name, field in Settings.model_fields.items()
+                if field.annotation is not None
+            }
+        )
     finally:
         os.environ.update(ambient)
 

@@ -93,10 +93,10 @@ def take_snapshot(
 ) -> Snapshot:
     """Export the window to ``<data dir>/snapshots/<md5>.parquet`` (content-addressed: the same data
     gives the same file, which ``dvc add`` / the DVC pipeline would hash identically)."""
-    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
-    partial = settings.snapshots_dir / f".export-{uuid.uuid4().hex}.parquet"
+    settings.services.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    partial = settings.services.snapshots_dir / f".export-{uuid.uuid4().hex}.parquet"
     snapshot = export_snapshot(database_url, partial, start, end)
-    final = settings.snapshots_dir / f"{snapshot.md5}.parquet"
+    final = settings.services.snapshots_dir / f"{snapshot.md5}.parquet"
     partial.replace(final)
     return replace(snapshot, path=final)
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import AutomationSettings, get_settings
 from rtml.defs.automation.tags import TRIGGER_TAG
 
 FRESHNESS_CHECK = "freshness_check"  # the name Dagster's factory gives every freshness check
@@ -28,26 +28,38 @@ DATA_FRESHNESS = (
     dg.AssetCheckKey(dg.AssetKey("online_features"), FRESHNESS_CHECK),
 )
 
-_settings = get_settings()
 
-with warnings.catch_warnings():
-    # "superseded" by FreshnessPolicy (see the module docstring for why checks are used)
-    warnings.simplefilter("ignore")
-    model_freshness_checks = dg.build_last_update_freshness_checks(
-        assets=["fraud_model"], lower_bound_delta=timedelta(days=_settings.model_max_age_days)
-    )
-    transactions_freshness_checks = dg.build_last_update_freshness_checks(
-        assets=["transactions_raw"], lower_bound_delta=timedelta(hours=_settings.transactions_max_lag_hours)
-    )
-    online_freshness_checks = dg.build_last_update_freshness_checks(
-        assets=["online_features"], lower_bound_delta=timedelta(hours=_settings.online_features_max_age_hours)
-    )
-    freshness_checks = [*model_freshness_checks, *transactions_freshness_checks, *online_freshness_checks]
-    # Launches a run of a check only when it could have changed: never evaluated yet, or passed but past
-    # its "fresh until" time. A failed check waits for the next materialization, which runs it again.
-    freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
-        freshness_checks=freshness_checks,
-        minimum_interval_seconds=300,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        tags={TRIGGER_TAG: "freshness_checks_sensor"},
-    )
+def freshness_checks(automation: AutomationSettings) -> list[dg.AssetChecksDefinition]:
+    """The three freshness checks, their maximum ages from ``automation``."""
+    ages = {
+        "fraud_model": timedelta(days=automation.model_max_age_days),
+        "transactions_raw": timedelta(hours=automation.transactions_max_lag_hours),
+        "online_features": timedelta(hours=automation.online_features_max_age_hours),
+    }
+    with warnings.catch_warnings():
+        # "superseded" by FreshnessPolicy (see the module docstring for why checks are used)
+        warnings.simplefilter("ignore")
+        return [
+            check
+            for asset, age in ages.items()
+            for check in dg.build_last_update_freshness_checks(assets=[asset], lower_bound_delta=age)
+        ]
+
+
+def freshness_checks_sensor(checks: list[dg.AssetChecksDefinition]) -> dg.SensorDefinition:
+    """Launches a run of a check only when it could have changed: never evaluated yet, or passed but past
+    its "fresh until" time. A failed check waits for the next materialization, which runs it again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dg.build_sensor_for_freshness_checks(
+            freshness_checks=checks,
+            minimum_interval_seconds=300,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            tags={TRIGGER_TAG: "freshness_checks_sensor"},
+        )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    checks = freshness_checks(get_settings().automation)
+    return dg.Definitions(asset_checks=checks, sensors=[freshness_checks_sensor(checks)])

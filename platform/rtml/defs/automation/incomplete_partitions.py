@@ -53,7 +53,7 @@ def incomplete_partitions_request(
 ) -> dg.RunRequest | dg.SkipReason:
     """The sensor's decision at ``now``: the sensor passes world time (``rtml.defs.clock``), tests a time of
     their pinned world."""
-    lookback = get_settings().incomplete_partitions_lookback_hours
+    lookback = get_settings().automation.incomplete_partitions_lookback_hours
     active = instance.get_run_records(
         dg.RunsFilter(job_name=hourly_refresh_job.name, statuses=ACTIVE), limit=1
     )

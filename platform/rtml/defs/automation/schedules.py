@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import AutomationSettings, MonitoringSettings, get_settings
 from rtml.defs.automation.jobs import challenger_job, drift_job, hourly_refresh_job, retraining_job
 from rtml.defs.automation.tags import TRIGGER_TAG
 
@@ -37,28 +37,41 @@ def _daily(
     )
 
 
-# Daily, after the day's labels (labels_job at 00:15): the newest labels make the newest training set.
-daily_retraining_schedule = _daily(
-    "daily_retraining_schedule",
-    retraining_job,
-    cron_schedule=get_settings().retraining_cron,
-    description="Retrain daily on the newest labels (cron: RTML_RETRAINING_CRON).",
-)
+def cron_schedules(
+    automation: AutomationSettings, monitoring: MonitoringSettings
+) -> list[dg.ScheduleDefinition]:
+    """The daily schedules, their cron expressions from the settings."""
+    return [
+        # Daily, after the day's labels (labels_job at 00:15): the newest labels make the newest training
+        # set.
+        _daily(
+            "daily_retraining_schedule",
+            retraining_job,
+            automation.retraining_cron,
+            "Retrain daily on the newest labels (cron: RTML_RETRAINING_CRON).",
+        ),
+        # Half a day away from the nightly retraining: a drift found here retrains at once (drift sensor)
+        # instead of waiting for the night.
+        _daily(
+            "daily_drift_schedule",
+            drift_job,
+            automation.drift_report_cron,
+            "The drift report and its check, daily (cron: RTML_DRIFT_REPORT_CRON).",
+        ),
+        # Daily, after the day's labels (labels_job at 00:15) and the drift report: one more day of labelled
+        # shadow scores for the staged version's verdict.
+        _daily(
+            "daily_challenger_schedule",
+            challenger_job,
+            monitoring.challenger_cron,
+            "The staged version against production on live requests, daily (cron: RTML_CHALLENGER_CRON).",
+        ),
+    ]
 
-# Half a day away from the nightly retraining: a drift found here retrains at once (drift sensor) instead
-# of waiting for the night.
-daily_drift_schedule = _daily(
-    "daily_drift_schedule",
-    drift_job,
-    cron_schedule=get_settings().drift_report_cron,
-    description="The drift report and its check, daily (cron: RTML_DRIFT_REPORT_CRON).",
-)
 
-# Daily, after the day's labels (labels_job at 00:15) and the drift report: one more day of labelled
-# shadow scores for the staged version's verdict.
-daily_challenger_schedule = _daily(
-    "daily_challenger_schedule",
-    challenger_job,
-    cron_schedule=get_settings().challenger_cron,
-    description="The staged version against production on live requests, daily (cron: RTML_CHALLENGER_CRON).",
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    settings = get_settings()
+    return dg.Definitions(
+        schedules=[hourly_refresh_schedule, *cron_schedules(settings.automation, settings.monitoring)]
+    )

@@ -141,7 +141,7 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     version = evaluation.metadata.get("model_version")
     reference = str(version.value) if version is not None else "none"
     earlier = _drift_retraining_since(
-        context.instance, reference, get_settings().drift_retraining_cooldown_hours
+        context.instance, reference, get_settings().monitoring.drift_retraining_cooldown_hours
     )
     if earlier is not None:
         reason = (
@@ -283,7 +283,7 @@ def retraining_notifier(
         outcome = f"staged; approve with `rtml promote {version} --approver NAME --reason TEXT`"
     else:
         outcome = f"rejected: {metadata.get('gate_reason', 'see the evaluation gate')}"
-    live = challenger.notice(postgres.database_url(), get_settings().challenger_min_labelled)
+    live = challenger.notice(postgres.database_url(), get_settings().monitoring.challenger_min_labelled)
     notify(
         "retraining",
         f"{name} v{version} {'staged' if staged else 'rejected'}",
@@ -307,7 +307,7 @@ def retraining_notifier(
 def _gate_comparison(mlflow: MlflowResource, version: str) -> str:
     """The gate's comparison, e.g. ``PR AUC 0.8100 vs production v6 0.7400`` (both scored on the new
     version's test window), from its tags on the version; says so when the registry is unreachable."""
-    metric = get_settings().gate_metric
+    metric = get_settings().training.gate_metric
     label = METRIC_NAMES.get(metric, metric)
     try:
         tags = mlflow.client().get_model_version(mlflow.model_name, version).tags

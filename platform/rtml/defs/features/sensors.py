@@ -110,7 +110,7 @@ def late_rows_sensor(
     # only a stream-fed deployment has a lander (`rtml stream land` refuses to run otherwise)
     stream = (
         stream_loads_since(url, position.loaded_at)
-        if get_settings().transactions_feed == "stream"
+        if get_settings().stream.transactions_feed == "stream"
         else StreamLoads(position.loaded_at, 0)
     )
     if not records and not stream.loads:

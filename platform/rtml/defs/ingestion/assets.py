@@ -22,6 +22,7 @@ from rtml.features.late_rows import loaded_event_range
 from rtml.ingest.landing import LandingFileChanged, UnsafeLandingName, ingest_landing_file
 from rtml.ingest.loader import LoadResult, TransientDatabaseError, load_labels, load_transactions
 from rtml.monitoring import metrics
+from rtml.sources.scenarios import timeline_path
 from rtml.sources.simulator import Simulator
 from rtml.streaming.lander import landed_between
 
@@ -61,7 +62,7 @@ def _publish(asset: str, total: LoadResult, partition_keys: list[str]) -> None:
         quarantined=total.rows_quarantined,
         partition=partition,
     )
-    metrics.publish(asset, samples, get_settings().pushgateway_url)
+    metrics.publish(asset, samples, get_settings().monitoring.pushgateway_url)
 
 
 def _load_each(keys: list[str], load_one: Callable[[str], LoadResult]) -> Iterator[tuple[str, LoadResult]]:
@@ -105,16 +106,18 @@ def transactions_raw(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     settings = get_settings()
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     url = postgres.database_url()
     now = world_now()  # the time the partitions exist at: their rows are not "in the future" then
 
     def load_hour(key: str) -> LoadResult:
         window = transactions_partitions.time_window_for_partition_key(key)
-        if settings.transactions_feed == "stream":  # the lander loads; loading the simulator too doubles
+        if (
+            settings.stream.transactions_feed == "stream"
+        ):  # the lander loads; loading the simulator too doubles
             return landed_between(url, window.start, window.end)
         rows: pa.Table = simulator.transactions(window.start, window.end)
-        return load_transactions(url, [rows], source=key, settings=settings, now=now)
+        return load_transactions(url, [rows], source=key, ingest=settings.ingest, now=now)
 
     per_partition = dict(_load_each(context.partition_keys, load_hour))
     total = _total(list(per_partition.values()))
@@ -126,7 +129,7 @@ def transactions_raw(
     metadata = {
         **_load_metadata(total, len(per_partition)),
         "drift_scenarios": ", ".join(scenarios) or "none",
-        "transactions_feed": settings.transactions_feed,
+        "transactions_feed": settings.stream.transactions_feed,
     }
     yield dg.MaterializeResult(metadata=metadata)
     yield quarantine_share_check("transactions_raw", total, settings)
@@ -150,14 +153,14 @@ def labels_raw(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     settings = get_settings()
-    simulator = Simulator(settings)
+    simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     url = postgres.database_url()
     now = world_now()
 
     def load_day(key: str) -> LoadResult:
         window = labels_partitions.time_window_for_partition_key(key)
         labels = simulator.labels(window.start, window.end)
-        return load_labels(url, [labels], source=f"labels/{key}", settings=settings, now=now)
+        return load_labels(url, [labels], source=f"labels/{key}", ingest=settings.ingest, now=now)
 
     total = _total([result for _, result in _load_each(context.partition_keys, load_day)])
     _publish("labels_raw", total, context.partition_keys)
@@ -202,7 +205,7 @@ def transactions_landing(
         quarantined=receipt.rows_quarantined,
         partition=context.partition_key,
     )
-    metrics.publish("transactions_landing", samples, settings.pushgateway_url)
+    metrics.publish("transactions_landing", samples, settings.monitoring.pushgateway_url)
     metadata: dict[str, Any] = {
         "kind": receipt.kind,
         "rows_read": receipt.rows_read,

@@ -37,7 +37,7 @@ def raw_check_specs(asset_key: str, *, row_count: bool) -> list[dg.AssetCheckSpe
 
 def quarantine_share_check(asset_key: str, result: LoadResult, settings: Settings) -> dg.AssetCheckResult:
     share = result.rows_quarantined / result.rows_read if result.rows_read else 0.0
-    passed = share <= settings.quarantine_share_max
+    passed = share <= settings.ingest.quarantine_share_max
     top = sorted(result.quarantine_by_rule.items(), key=lambda item: -item[1])[:3]
     rules = ", ".join(f"{rule} {rows}" for rule, rows in top) or "none"
     return dg.AssetCheckResult(
@@ -47,13 +47,13 @@ def quarantine_share_check(asset_key: str, result: LoadResult, settings: Setting
         severity=dg.AssetCheckSeverity.WARN,
         description=(
             f"{share:.2%} of {result.rows_read} rows quarantined ({result.rows_quarantined}), "
-            f"{'within' if passed else 'above'} the threshold {settings.quarantine_share_max:.2%} "
+            f"{'within' if passed else 'above'} the threshold {settings.ingest.quarantine_share_max:.2%} "
             f"(quarantine_share_max); most frequent rules: {rules}."
             + ("" if passed else " Read the rows and their rule in the quarantine table; fix the source.")
         ),
         metadata={
             "quarantine_share": dg.MetadataValue.float(share),
-            "threshold": dg.MetadataValue.float(settings.quarantine_share_max),
+            "threshold": dg.MetadataValue.float(settings.ingest.quarantine_share_max),
             "rows_quarantined": result.rows_quarantined,
         },
     )
@@ -65,11 +65,11 @@ def row_count_checks(
     implausible = {
         key: rows
         for key, rows in rows_by_partition.items()
-        if not settings.partition_rows_min <= rows <= settings.partition_rows_max
+        if not settings.ingest.partition_rows_min <= rows <= settings.ingest.partition_rows_max
     }
-    bounds = f"{settings.partition_rows_min}..{settings.partition_rows_max}"
+    bounds = f"{settings.ingest.partition_rows_min}..{settings.ingest.partition_rows_max}"
     described = "; ".join(
-        f"{key}: {rows} rows, too {'few' if rows < settings.partition_rows_min else 'many'}"
+        f"{key}: {rows} rows, too {'few' if rows < settings.ingest.partition_rows_min else 'many'}"
         for key, rows in implausible.items()
     )
     return dg.AssetCheckResult(

@@ -6,7 +6,9 @@ import dagster as dg
 
 from rtml.config import get_settings
 
-_start = get_settings().sim_start
+# The one setting read when the module is imported (still at code-location load): every partitioned asset,
+# job and schedule is a module-level definition built on these partitions.
+_start = get_settings().simulator.start
 
 transactions_partitions = dg.HourlyPartitionsDefinition(start_date=_start.strftime("%Y-%m-%d-%H:%M"))
 labels_partitions = dg.DailyPartitionsDefinition(start_date=_start.strftime("%Y-%m-%d"))

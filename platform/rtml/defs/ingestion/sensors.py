@@ -59,7 +59,7 @@ def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
                 "rtml_landing_oldest_waiting_timestamp_seconds", min(first_seen.values(), default=now)
             ),
         ],
-        settings.pushgateway_url,
+        settings.monitoring.pushgateway_url,
     )
     digests: dict[str, str] = cursor.get("digests", {})
     requested = set(cursor.get("requested", []))

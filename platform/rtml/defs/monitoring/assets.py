@@ -39,7 +39,14 @@ def drift_report(
     the newest ``drift_current_hours`` hours: an Evidently HTML report per kind, a row per report in
     ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it. Daily (``drift_job``)."""
     settings = get_settings()
-    return _drift(context, config, postgres, mlflow, settings.drift_current_hours, settings.drift_max_rows)
+    return _drift(
+        context,
+        config,
+        postgres,
+        mlflow,
+        settings.monitoring.drift_current_hours,
+        settings.monitoring.drift_max_rows,
+    )
 
 
 @dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
@@ -59,8 +66,8 @@ def recent_drift_report(
         config,
         postgres,
         mlflow,
-        settings.drift_recent_hours,
-        settings.drift_recent_max_rows,
+        settings.monitoring.drift_recent_hours,
+        settings.monitoring.drift_recent_max_rows,
         hourly=True,
     )
 
@@ -93,7 +100,7 @@ def _drift(
     except drift.DriftError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
     samples = [*drift.samples(result), *metrics.run_samples(name, result.seconds)]
-    pushed = metrics.publish(name, samples, settings.pushgateway_url)
+    pushed = metrics.publish(name, samples, settings.monitoring.pushgateway_url)
     features = result.features
     hours = result.reference_hours
     context.log.info(
@@ -123,7 +130,7 @@ def _drift(
     }
     if hourly:
         detected, description = drift.verdict(result.named_reports)
-        metadata |= {"verdict": description, "pvalue": settings.drift_recent_pvalue}
+        metadata |= {"verdict": description, "pvalue": settings.monitoring.drift_recent_pvalue}
         metadata["detected"] = detected
         tail = result.tail
         if tail is None:
@@ -157,9 +164,9 @@ def _hourly_rule(settings: Settings) -> dict[str, Any]:
     """``run_drift``'s arguments of the hourly check's rule."""
     return {
         "same_hours_of_day": True,
-        "pvalue": settings.drift_recent_pvalue,
-        "tail_minutes": settings.drift_recent_tail_minutes,
-        "tail_min_rows": settings.drift_recent_tail_min_rows,
+        "pvalue": settings.monitoring.drift_recent_pvalue,
+        "tail_minutes": settings.monitoring.drift_recent_tail_minutes,
+        "tail_min_rows": settings.monitoring.drift_recent_tail_min_rows,
     }
 
 
@@ -210,13 +217,13 @@ def live_model_performance(
     started = time.perf_counter()
     url = postgres.database_url()
     try:
-        performance = live.compute(url, settings.live_metrics_days)
+        performance = live.compute(url, settings.monitoring.live_metrics_days)
     except live.LivePerformanceError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
     written = live.store(url, performance)
     seconds = time.perf_counter() - started
     samples = [*live.samples(performance), *metrics.run_samples("live_model_performance", seconds)]
-    pushed = metrics.publish("live_model_performance", samples, settings.pushgateway_url)
+    pushed = metrics.publish("live_model_performance", samples, settings.monitoring.pushgateway_url)
     latest = performance.latest_complete
     context.log.info(f"{written} day/version rows from {performance.first_day} to {performance.last_day}")
     metadata: dict[str, dg.RawMetadataValue] = {
@@ -293,11 +300,11 @@ def challenger_comparison(
         result = challenger.run(
             url,
             version,
-            days=settings.challenger_window_days,
-            min_labelled=settings.challenger_min_labelled,
-            reports_dir=settings.home / "reports" / "challenger",
-            drift_threshold=settings.drift_threshold,
-            max_rows=settings.challenger_max_rows,
+            days=settings.monitoring.challenger_window_days,
+            min_labelled=settings.monitoring.challenger_min_labelled,
+            reports_dir=settings.services.home / "reports" / "challenger",
+            drift_threshold=settings.monitoring.drift_threshold,
+            max_rows=settings.monitoring.challenger_max_rows,
         )
     except challenger.ChallengerError as error:
         raise dg.Failure(str(error), allow_retries=False) from error
@@ -305,7 +312,7 @@ def challenger_comparison(
         client.set_model_version_tag(mlflow.model_name, version, key, value)
     seconds = time.perf_counter() - started
     samples = [*challenger.samples(result), *metrics.run_samples("challenger_comparison", seconds)]
-    pushed = metrics.publish("challenger_comparison", samples, settings.pushgateway_url)
+    pushed = metrics.publish("challenger_comparison", samples, settings.monitoring.pushgateway_url)
     context.log.info(result.summary)
     if result.decided and (previous is None or previous.verdict != result.verdict):
         _notify_verdict(result, mlflow, url)

@@ -18,7 +18,7 @@ def _push_outcome(context: dg.RunStatusSensorContext, metric: str) -> None:
     sample = metrics.Sample(metric, when, {"dagster_job": run.job_name})
     # one Pushgateway group per job and outcome: a success does not erase the last failure
     outcome = "failure" if "failure" in metric else "success"
-    metrics.publish(f"run_{outcome}_{run.job_name}", [sample], get_settings().pushgateway_url)
+    metrics.publish(f"run_{outcome}_{run.job_name}", [sample], get_settings().monitoring.pushgateway_url)
 
 
 @dg.run_failure_sensor(name="pushgateway_run_failure", default_status=dg.DefaultSensorStatus.RUNNING)

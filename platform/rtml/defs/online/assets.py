@@ -82,7 +82,7 @@ def online_features(
             for v, ts in views.items()
             if ts is not None
         ]
-    metrics.publish("online_features", samples, get_settings().pushgateway_url)
+    metrics.publish("online_features", samples, get_settings().monitoring.pushgateway_url)
     for name, push in result.views.items():
         context.log.info(
             f"{name}: {push.mode} push to {push.namespace}: {push.written} written, "

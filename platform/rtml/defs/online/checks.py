@@ -31,7 +31,7 @@ from rtml.monitoring.skew import CUSTOMER_VIEW, MERCHANT_VIEW, Build, check_skew
 def online_offline_parity(postgres: PostgresResource, redis: RedisResource) -> dg.AssetCheckResult:
     store = redis.online_store()
     try:
-        report = check_parity(postgres.database_url(), store, get_settings().online_parity_sample)
+        report = check_parity(postgres.database_url(), store, get_settings().online.parity_sample)
     finally:
         store.close()
     return dg.AssetCheckResult(
@@ -65,15 +65,15 @@ def training_serving_skew(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> dg.AssetCheckResult:
     settings = get_settings()
-    since = datetime.now(UTC) - timedelta(hours=settings.skew_lookback_hours)
+    since = datetime.now(UTC) - timedelta(hours=settings.online.skew_lookback_hours)
     report = check_skew(
         postgres.database_url(),
         get_registry(),
         pushes(context.instance, since),
-        sample_size=settings.skew_sample_size,
+        sample_size=settings.online.skew_sample_size,
         since=since,
     )
-    metrics.publish("training_serving_skew", report.samples(), settings.pushgateway_url)
+    metrics.publish("training_serving_skew", report.samples(), settings.monitoring.pushgateway_url)
     return dg.AssetCheckResult(
         passed=report.passed,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -1,4 +1,4 @@
-"""The online feature store's Redis."""
+"""The online feature store's Redis (chosen per environment in ``rtml.defs.resources``)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,34 @@ from rtml.stack.local import LocalStack
 
 
 class RedisResource(dg.ConfigurableResource):
-    """Without a configured URL it resolves the running local stack's Redis lazily, so loading the
-    definitions never needs a server."""
+    """The online store's Redis."""
 
-    url: str | None = None
     key_prefix: str | None = None
-    """Unset: ``online_key_prefix``."""
+    """Unset: ``online.key_prefix``."""
     cluster: bool | None = None
-    """``url`` is a node of a Redis Cluster (unset: ``redis_cluster``)."""
+    """The URL names a node of a Redis Cluster (unset: ``services.redis_cluster``)."""
 
     def redis_url(self) -> str:
-        return self.url or LocalStack(get_settings()).info().redis_url
+        raise NotImplementedError
 
     def online_store(self) -> OnlineStore:
-        return OnlineStore(self.redis_url(), key_prefix=self.key_prefix, cluster=self.cluster)
+        settings = get_settings()
+        online = settings.online
+        if self.key_prefix is not None:
+            online = online.model_copy(update={"key_prefix": self.key_prefix})
+        cluster = settings.services.redis_cluster if self.cluster is None else self.cluster
+        return OnlineStore(self.redis_url(), online=online, cluster=cluster)
 
 
-defs = dg.Definitions(resources={"redis": RedisResource()})
+class RedisServer(RedisResource):
+    url: str
+
+    def redis_url(self) -> str:
+        return self.url
+
+
+class LocalRedis(RedisResource):
+    """The local stack's Redis, looked up when first asked."""
+
+    def redis_url(self) -> str:
+        return LocalStack(get_settings()).info().redis_url

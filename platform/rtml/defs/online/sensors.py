@@ -1,6 +1,6 @@
 """Self-healing of the online store.
 
-``online_store_heal_sensor`` (every ``online_heal_interval_seconds``) looks at the views' pointers in
+``online_store_heal_sensor`` (every ``online.heal_interval_seconds``) looks at the views' pointers in
 Redis (and the speed layer's watermark, when it is on and dbt built its snapshot: the rebuild pushes it
 too). When one is gone (Redis restarted or flushed, the TTL lapsed) while the ``*_latest`` tables have
 rows, it requests ONE ``online_rebuild_job`` run (a full push into a new namespace) for that loss: the
@@ -22,7 +22,7 @@ import dagster as dg
 import psycopg
 import redis as redis_lib
 
-from rtml.config import get_settings
+from rtml.config import OnlineSettings, get_settings
 from rtml.defs.automation.sensors import ACTIVE, TRIGGER_TAG, _run_materialization
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
@@ -45,26 +45,31 @@ online_rebuild_job = dg.define_asset_job(
 )
 
 
-@dg.sensor(
-    name=SENSOR,
-    job=online_rebuild_job,
-    minimum_interval_seconds=get_settings().online_heal_interval_seconds,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="The online store's pointers are gone from Redis (restart, flush, TTL lapse) while the "
-    "*_latest tables have rows: rebuild it (one full push per loss).",
-)
-def online_store_heal_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource, redis: RedisResource
-) -> dg.SensorResult:
-    store = redis.online_store()
-    try:
-        return _heal(context, store, postgres.database_url())
-    finally:
-        store.close()
+def heal_sensor(online: OnlineSettings) -> dg.SensorDefinition:
+    """``online_store_heal_sensor``, ticking every ``online.heal_interval_seconds``."""
+
+    @dg.sensor(
+        name=SENSOR,
+        job=online_rebuild_job,
+        minimum_interval_seconds=online.heal_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="The online store's pointers are gone from Redis (restart, flush, TTL lapse) while the "
+        "*_latest tables have rows: rebuild it (one full push per loss).",
+    )
+    def online_store_heal_sensor(
+        context: dg.SensorEvaluationContext, postgres: PostgresResource, redis: RedisResource
+    ) -> dg.SensorResult:
+        store = redis.online_store()
+        try:
+            return _heal(context, store, postgres.database_url())
+        finally:
+            store.close()
+
+    return online_store_heal_sensor
 
 
 def _heal(context: dg.SensorEvaluationContext, store: OnlineStore, database_url: str) -> dg.SensorResult:
-    gateway = get_settings().pushgateway_url
+    gateway = get_settings().monitoring.pushgateway_url
     try:
         health = store_health(store)
     except redis_lib.RedisError as error:
@@ -170,4 +175,11 @@ def online_rebuild_notifier(context: dg.RunStatusSensorContext, postgres: Postgr
         fields,
         get_settings(),
         database_url=postgres.database_url(),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[online_rebuild_job], sensors=[heal_sensor(get_settings().online), online_rebuild_notifier]
     )

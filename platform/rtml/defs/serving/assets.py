@@ -32,7 +32,7 @@ def fraud_scorer_bento(
             "bento": bento,
             "bentoml_model": model,
             "model_version": model.rsplit(":v", 1)[-1],
-            "bentoml_home": str(settings.bentoml_home),
-            "serve": f"BENTOML_HOME={settings.bentoml_home} bentoml serve {bento}",
+            "bentoml_home": str(settings.services.bentoml_home),
+            "serve": f"BENTOML_HOME={settings.services.bentoml_home} bentoml serve {bento}",
         }
     )

@@ -69,7 +69,7 @@ def fraud_model(
         for key, value in result.metrics.items()
         if key.startswith(("test_", "validation_"))
     ]
-    metrics.publish("fraud_model", samples, settings.pushgateway_url)
+    metrics.publish("fraud_model", samples, settings.monitoring.pushgateway_url)
     return dg.MaterializeResult(
         metadata={
             "model_version": result.model_version,

@@ -1,10 +1,9 @@
-"""The MLflow tracking server and model registry."""
+"""The MLflow tracking server and model registry (chosen per environment in ``rtml.defs.resources``)."""
 
 from __future__ import annotations
 
 import dagster as dg
 from mlflow.tracking import MlflowClient
-from pydantic import Field
 
 from rtml.config import get_settings
 from rtml.stack.local import LocalStack
@@ -12,14 +11,12 @@ from rtml.training.model_registry import client_for
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """Without a configured URI it resolves the running local stack's MLflow server lazily, so loading
-    the definitions never needs a server."""
+    """The tracking server, and the registered model the platform trains and serves."""
 
-    tracking_uri: str | None = None
-    model_name: str = Field(default_factory=lambda: get_settings().model_name)
+    model_name: str
 
     def uri(self) -> str:
-        return self.tracking_uri or LocalStack(get_settings()).info().mlflow_tracking_uri
+        raise NotImplementedError
 
     def client(self) -> MlflowClient:
         return client_for(self.uri())
@@ -28,4 +25,15 @@ class MlflowResource(dg.ConfigurableResource):
         return f"{self.uri().rstrip('/')}/#/models/{self.model_name}/versions/{version}"
 
 
-defs = dg.Definitions(resources={"mlflow": MlflowResource()})
+class MlflowServer(MlflowResource):
+    tracking_uri: str
+
+    def uri(self) -> str:
+        return self.tracking_uri
+
+
+class LocalMlflow(MlflowResource):
+    """The local stack's MLflow server, looked up when first asked."""
+
+    def uri(self) -> str:
+        return LocalStack(get_settings()).info().mlflow_tracking_uri

@@ -1,6 +1,6 @@
 """``OnlineStore``: the online feature store's one entry point (reader and bulk writer).
 
-    store = OnlineStore(redis_url)                    # registry from the dbt manifest
+    store = OnlineStore(redis_url, online=settings.online)  # registry from the dbt manifest
     feats = store.read("c000123", "m00042")           # one round trip
     feats = store.read_at("c000123", "m00042", event_ts=ts, amount=12.5)  # + the speed layer, if on
     store.push_from_postgres(database_url)            # *_latest tables → Redis
@@ -26,7 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from rtml.config import get_settings
+from rtml.config import OnlineSettings
 from rtml.features.feature_registry import FeatureRegistry, get_registry
 from rtml.features.online.keys import Keys
 from rtml.features.online.reader import (
@@ -70,45 +70,29 @@ class OnlineStore:
         self,
         redis_url: str,
         registry: FeatureRegistry | None = None,
-        ttl_seconds: int | None = None,
         *,
-        key_prefix: str | None = None,
-        socket_timeout_ms: float | None = None,
-        batch_entities: int | None = None,
-        max_removal_share: float | None = None,
-        speed_layer: bool | None = None,
-        cluster: bool | None = None,
+        online: OnlineSettings,
+        cluster: bool = False,
     ) -> None:
-        """``ttl_seconds``: how long a push stays readable without the next one (the views' pointers
-        expire; unset: ``online_ttl_seconds``; 0: never).
-        ``socket_timeout_ms``: per-command socket timeout of the reader (unset:
-        ``redis_socket_timeout_ms``).
-        ``max_removal_share``: the largest share of a view's entities a push may remove (unset:
-        ``online_max_removal_share``; see ``writer``).
-        ``speed_layer``: merge the stream's state in ``read_at`` (unset: ``speed_layer_enabled``).
-        ``cluster``: ``redis_url`` is a node of a Redis Cluster (unset: ``redis_cluster``)."""
-        settings = get_settings()
+        """``online``: key prefix, TTL of a push (0: never expire), the reader's socket timeout, the bulk
+        writer's batch, the push guard and whether reads merge the speed layer.
+        ``cluster``: ``redis_url`` is a node of a Redis Cluster (``ServicesSettings.redis_cluster``)."""
         self.redis_url = redis_url
-        self.cluster = settings.redis_cluster if cluster is None else cluster
+        self.cluster = cluster
         self.registry = registry or get_registry()
         self.views: dict[str, OnlineView] = online_views(self.registry)
         self.customer_view = self.views[CUSTOMER_VIEW]
         self.merchant_view = self.views[MERCHANT_VIEW]
-        self.keys = Keys(key_prefix or settings.online_key_prefix)
-        ttl = settings.online_ttl_seconds if ttl_seconds is None else ttl_seconds
-        self.ttl_seconds: int | None = ttl or None
-        timeout = (
-            socket_timeout_ms if socket_timeout_ms is not None else settings.redis_socket_timeout_ms
-        ) / 1000
+        self.keys = Keys(online.key_prefix)
+        self.ttl_seconds: int | None = online.ttl_seconds or None
+        timeout = online.redis_socket_timeout_ms / 1000
         self.client = connect(
             redis_url, cluster=self.cluster, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         # bulk writes wait long for a busy server, but not forever for a dead one
         self._bulk_client = connect(redis_url, cluster=self.cluster, socket_timeout=BULK_SOCKET_TIMEOUT_S)
-        self._batch_entities = batch_entities or settings.online_push_batch_entities
-        self.max_removal_share = (
-            settings.online_max_removal_share if max_removal_share is None else max_removal_share
-        )
+        self._batch_entities = online.push_batch_entities
+        self.max_removal_share = online.max_removal_share
         self._script = self.client.register_script(read_script(self.customer_view, self.merchant_view))
         self._speed_script = self.client.register_script(
             read_script(self.customer_view, self.merchant_view, speed=True)
@@ -116,9 +100,8 @@ class OnlineStore:
         # on a cluster: one read script per view (a view's keys share its slot), pipelined
         views = (self.customer_view, self.merchant_view)
         self._view_scripts = [self.client.register_script(read_script(view)) for view in views]
-        enabled = settings.speed_layer_enabled if speed_layer is None else speed_layer
         speed_store = SpeedStore(self.client, self.keys.prefix)
-        self.speed: SpeedStore | None = speed_store if enabled else None
+        self.speed: SpeedStore | None = speed_store if online.speed_layer_enabled else None
         self._read_lock = threading.Lock()
         self._read_connection: Any = None  # a redis-py Connection, made on the first read
         self._pointer_keys = [

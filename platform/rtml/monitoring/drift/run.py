@@ -66,8 +66,8 @@ def run_drift(
     holds at least ``tail_min_rows`` rows) with the same reference under the same rule. The predictions
     report (served scores) keeps Evidently's own test."""
     began = time.perf_counter()
-    max_rows = max_rows or settings.drift_max_rows
-    model_name = model_name or settings.model_name
+    max_rows = max_rows or settings.monitoring.drift_max_rows
+    model_name = model_name or settings.training.model_name
     production = None
     if tracking_uri:
         from rtml.training.model_registry import production_version
@@ -83,7 +83,7 @@ def run_drift(
                 f"{model_name} has no production version: promote one, or give the reference window"
             )
         reference = window_from_tags(production[1])
-    current = current or current_window(database_url, settings.drift_current_hours)
+    current = current or current_window(database_url, settings.monitoring.drift_current_hours)
     tail = tail_window(current, tail_minutes) if tail_minutes > 0 else None
     if tail is not None and tail.start == current.start:
         tail = None  # the whole current window: nothing a tail adds
@@ -154,9 +154,9 @@ class _Context:
     ) -> DriftReport:
         """Compare, save the HTML (named after ``name``, default the kind), record the row."""
         began = time.perf_counter()
-        threshold = self.settings.drift_threshold if self.pvalue is None else 0.0  # 0: any column
+        threshold = self.settings.monitoring.drift_threshold if self.pvalue is None else 0.0  # 0: any column
         comparison = compare(reference, current, spec, threshold, self.pvalue)
-        folder = self.settings.home / "reports" / "drift"
+        folder = self.settings.services.home / "reports" / "drift"
         folder.mkdir(parents=True, exist_ok=True)
         html = folder / f"{self.created_at.strftime('%Y%m%dT%H%M%S.%fZ')}-{name or kind}.html"
         comparison.snapshot.save_html(str(html))
