@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -161,8 +162,6 @@ def tiny_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_dagster_internals_execute_a_code_locations_runs_in_process(
     tiny_location: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dagster as dg
-
     from rtml.defs import dagster_internals as internals
 
     monkeypatch.chdir(tiny_location)  # the origin's working directory, as `rtml demo` starts the bootstrap
@@ -220,9 +219,31 @@ def test_dagster_internals_execute_a_code_locations_runs_in_process(
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
-def test_dagster_internals_validate_a_dagster_yaml_as_the_instance_reads_it(tmp_path: Path) -> None:
-    import dagster as dg
+def test_dagster_internals_name_the_partition_tags_dagster_reads() -> None:
+    """A run tagged with the adapter's range tags materializes that range of partitions (what the CLI's
+    backfill and the sensors ask for), and a run's partition tag is the one Dagster writes."""
+    from rtml.defs import dagster_internals as internals
 
+    @dg.asset(partitions_def=dg.DailyPartitionsDefinition("2026-11-01"))
+    def daily(context) -> None:  # type: ignore[no-untyped-def]  # Dagster reads the bare name
+        seen.append(list(context.partition_keys))
+
+    seen: list[list[str]] = []
+
+    with private_api(
+        "dagster",
+        "dagster._core.storage.tags.ASSET_PARTITION_RANGE_START_TAG / _END_TAG / PARTITION_NAME_TAG",
+        "the CLI's backfill and the sensors' range requests (rtml.defs.automation.tags)",
+    ):
+        ranged = dg.materialize(
+            [daily], tags=dict(zip(internals.RANGE_TAGS, ("2026-11-02", "2026-11-04"), strict=True))
+        )
+        assert ranged.success and seen == [["2026-11-02", "2026-11-03", "2026-11-04"]]
+        single = dg.materialize([daily], partition_key="2026-11-05")
+        assert single.dagster_run.tags[internals.PARTITION_TAG] == "2026-11-05"
+
+
+def test_dagster_internals_validate_a_dagster_yaml_as_the_instance_reads_it(tmp_path: Path) -> None:
     from rtml.defs import dagster_internals as internals
 
     (tmp_path / "dagster.yaml").write_text(
@@ -243,8 +264,6 @@ def test_dagster_internals_validate_a_dagster_yaml_as_the_instance_reads_it(tmp_
 
 
 def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, tmp_path: Path) -> None:
-    import dagster as dg
-
     from rtml.defs import dagster_internals as internals
     from rtml.defs.automation.runs import code_server_verdict
 

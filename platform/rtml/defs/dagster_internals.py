@@ -9,6 +9,8 @@
   its jobs reconstructed from that origin) and Dagster's ``capture_interrupts``, so that a Ctrl-C
   reaches a step as Dagster's interrupt and the run is recorded as canceled. Nine CLI processes paid
   25-50 s of start-up each (docs/benchmarks.md, "Time to value": the bootstrap).
+* The partition tags of a run (``rtml.defs.automation.tags``): a single-run backfill's range is asked for
+  with them (the CLI's backfill, the sensors), and Dagster exports no public name for them.
 * CI's check of ``docker/dagster.yaml`` (tests/test_cicd.py): validated as Dagster validates it when it
   opens the instance, without opening it (its storage is only reachable inside the compose stack).
 
@@ -28,14 +30,24 @@ from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    GRPC_INFO_TAG,
+    PARTITION_NAME_TAG,
+)
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import GetCurrentRunsResult
 from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
 from dagster._utils.interrupts import capture_interrupts
 
+PARTITION_TAG = PARTITION_NAME_TAG
+RANGE_TAGS = (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
+
 __all__ = [
     "GRPC_INFO_TAG",
+    "PARTITION_TAG",
+    "RANGE_TAGS",
     "CheckRunHealthResult",
     "DagsterUserCodeUnreachableError",
     "RepositoryPythonOrigin",

@@ -3,14 +3,15 @@ tags Dagster reads and writes on runs."""
 
 from collections.abc import Mapping
 
+from rtml.defs import dagster_internals
+
 TRIGGER_TAG = "rtml/trigger"
 """Why a run was requested: the schedule, the failed check, the finished run or the file behind it."""
 
-PARTITION_TAG = "dagster/partition"
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
-"""A single-run backfill's first and last partition. Dagster 1.13 exports no public name for these tags and
-no public way to request a range of a named job (``dagster job execute`` takes tags only), so they are
-spelled here once; tests/test_automation_wiring.py pins them to Dagster's own constants."""
+# A run's partition, and a single-run backfill's first and last partition: Dagster 1.13 exports no public
+# name for these tags and no public way to request a range of a named job (``dagster job execute`` takes
+# tags only), so they come from Dagster's own constants through the adapter.
+PARTITION_TAG, RANGE_TAGS = dagster_internals.PARTITION_TAG, dagster_internals.RANGE_TAGS
 
 
 def range_tags(first: str, last: str) -> dict[str, str]:
