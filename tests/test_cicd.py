@@ -254,13 +254,13 @@ def test_every_command_the_workflows_run_exists() -> None:
 def test_workflow_command_parser() -> None:
     found = commands_in(
         "make test PYTEST_ARGS=-x && make -j2 lint\n.venv/bin/rtml demo >log &\n"
-        "docker/deploy.sh run rtml rollback --approver a  # make nothing\npython serving/package.py"
+        "docker/deploy.sh run rtml rollback --approver a  # make nothing\nbash docker/release-tag.sh"
     )
     assert found == {
         "make": {"test", "lint"},
         "rtml": {"demo", "rollback"},
         "venv": {"rtml"},
-        "script": {"docker/deploy.sh", "serving/package.py"},
+        "script": {"docker/deploy.sh", "docker/release-tag.sh"},
     }
 
 
