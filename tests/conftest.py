@@ -209,3 +209,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI never skips): {report.longrepr}"
+
+
+@pytest.hookimpl(optionalhook=True)  # a session without xdist (-p no:xdist) has no such hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile`` (`make test`): whole modules per worker, the users of one session world
+    together, the heaviest first (tests/scheduling.py). Other modes keep xdist's own scheduler."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.scheduling import WorldsTogetherHeaviestFirst
+
+    return WorldsTogetherHeaviestFirst(config, log)  # type: ignore[arg-type]

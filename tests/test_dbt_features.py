@@ -10,6 +10,7 @@ rebuilding never disturbs other tests.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -460,3 +461,20 @@ def test_training_set_fails_loudly_when_merchant_features_miss_an_hour(
     finally:
         with psycopg.connect(built, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{copy}" with (force)')
+
+
+def test_dbt_runs_in_process_with_the_exit_codes_and_output_of_its_cli(
+    scratch_database: Callable[[str], str], separate_dbt_target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_dbt`` invokes dbt in this process (dbtRunner): a failed model is exit code 1 with dbt's
+    message, a command dbt cannot run is 2, and the connection it was given leaves the environment."""
+    empty = scratch_database("dbt_exit_codes")  # no raw tables: staging cannot build
+    monkeypatch.setenv("DBT_DBNAME", "the-caller-s")
+    failed = run_dbt(["run", "--select", "stg_transactions"], empty, check=False)
+    assert failed.returncode == 1
+    assert 'relation "raw.transactions" does not exist' in failed.stdout and "ERROR=1" in failed.stdout
+    with pytest.raises(RuntimeError, match=r"dbt run --select stg_transactions failed \(1\)"):
+        run_dbt(["run", "--select", "stg_transactions"], empty)
+    assert run_dbt(["no-such-command"], empty, check=False).returncode == 2
+    assert "rtml.staging.stg_labels" in run_dbt(["ls", "--select", "stg_labels"], empty).stdout.splitlines()
+    assert os.environ["DBT_DBNAME"] == "the-caller-s" and "DBT_HOST" not in os.environ

@@ -225,16 +225,11 @@ def _env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
-def start_server(
-    name: str,
-    target: str,
-    env: dict[str, str],
-    log_dir: Path,
-    probe: str = "/readyz",
-    bentoml: Path = BIN / "bentoml",
+def launch_server(
+    name: str, target: str, env: dict[str, str], log_dir: Path, bentoml: Path = BIN / "bentoml"
 ) -> Server:
-    """``bentoml serve`` once ``probe`` answers 200 (``/livez`` for a service not ready yet); it runs in
-    ``log_dir``, so nothing of the repository is on its ``sys.path`` but the installed ``rtml``."""
+    """``bentoml serve`` started; it runs in ``log_dir``, so nothing of the repository is on its
+    ``sys.path`` but the installed ``rtml``."""
     port = free_port()
     log = log_dir / f"{name}.log"
     with open(log, "wb") as handle:
@@ -245,11 +240,15 @@ def start_server(
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-    server = Server(name, port, proc, log)
+    return Server(name, port, proc, log)
+
+
+def wait_until_answering(server: Server, probe: str = "/readyz") -> Server:
+    """The server once ``probe`` answers 200 (``/livez`` for a service not ready yet)."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{name} exited with {proc.returncode}:\n{server.tail()}")
+        if server.proc.poll() is not None:
+            raise AssertionError(f"{server.name} exited with {server.proc.returncode}:\n{server.tail()}")
         try:
             if httpx.get(f"{server.url}{probe}", timeout=2).status_code == 200:
                 return server
@@ -257,7 +256,18 @@ def start_server(
             pass
         time.sleep(0.25)
     server.stop()
-    raise AssertionError(f"{name}: {probe} not 200 after 180 s:\n{server.tail()}")
+    raise AssertionError(f"{server.name}: {probe} not 200 after 180 s:\n{server.tail()}")
+
+
+def start_server(
+    name: str,
+    target: str,
+    env: dict[str, str],
+    log_dir: Path,
+    probe: str = "/readyz",
+    bentoml: Path = BIN / "bentoml",
+) -> Server:
+    return wait_until_answering(launch_server(name, target, env, log_dir, bentoml), probe)
 
 
 def service_env(
@@ -316,7 +326,9 @@ def servers(
                 bentoml_home=tmp_path_factory.mktemp(f"bentoml-home-{name}"),
                 fail_open=fail_open,
             )
-            started[name] = start_server(f"scorer-{name}", SERVICE, env, logs)
+            started[name] = launch_server(f"scorer-{name}", SERVICE, env, logs)
+        for server in started.values():  # both start up at once
+            wait_until_answering(server)
         yield started
     finally:
         for server in started.values():

@@ -1,0 +1,35 @@
+"""`make test`'s scheduler (tests/scheduling.py): its lists name real modules, and every module that uses
+a shared session world is listed with it, so that world is built once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.scheduling import HEAVIEST_FIRST, SHARED_WORLDS, rank, work_unit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_module_that_uses_a_shared_world_runs_with_it() -> None:
+    for world, modules in SHARED_WORLDS.items():
+        users = {
+            str(path.relative_to(ROOT))
+            for path in (ROOT / "tests").glob("test_*.py")
+            if path.name != Path(__file__).name
+            if re.search(rf"\b{world}\b", path.read_text())
+        }
+        assert users <= set(modules), f"add {sorted(users - set(modules))} to SHARED_WORLDS[{world!r}]"
+        assert users, f"no module uses {world}: remove it from SHARED_WORLDS"
+
+
+def test_the_lists_name_modules_that_exist() -> None:
+    for unit in (*HEAVIEST_FIRST, *(m for modules in SHARED_WORLDS.values() for m in modules)):
+        assert unit in SHARED_WORLDS or (ROOT / unit).is_file(), unit
+
+
+def test_a_world_s_modules_form_one_unit_ranked_before_the_unlisted() -> None:
+    units = {work_unit(f"{module}::test_x") for module in SHARED_WORLDS["training_db"]}
+    assert units == {"training_db"}
+    assert work_unit("tests/test_cicd.py::test_x[param::y]") == "tests/test_cicd.py"
+    assert rank("training_db") < rank("tests/test_demo_lifecycle.py") < rank("tests/test_cicd.py")
