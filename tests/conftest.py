@@ -192,13 +192,28 @@ def separate_dbt_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     patch.undo()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shuffle-modules",
+        type=int,
+        metavar="SEED",
+        help="run the modules in an order shuffled with SEED (tests keep their order within a module): "
+        "no module may depend on what ran before it in the session's databases",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Tests that use the stack talk to PostgreSQL/Redis: CI runs them a second time against the
     # machine's servers (`pytest -m integration`).
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+    seed = config.getoption("shuffle_modules")
+    if seed is not None:
+        from tests.scheduling import shuffled_modules
+
+        items[:] = shuffled_modules(items, seed)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -12,6 +12,8 @@ two changes:
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from xdist.remote import Producer
 from xdist.scheduler import LoadScopeScheduling
@@ -61,15 +63,26 @@ def rank(unit: str) -> int:
     return HEAVIEST_FIRST.index(unit) if unit in HEAVIEST_FIRST else len(HEAVIEST_FIRST)
 
 
+def shuffled_modules(items: list[pytest.Item], seed: int) -> list[pytest.Item]:
+    """The items with their modules in an order shuffled by ``seed`` (``--shuffle-modules``), each
+    module's tests in their own order: every worker computes the same order from the same seed."""
+    modules = list(dict.fromkeys(item.nodeid.split("::", 1)[0] for item in items))
+    random.Random(seed).shuffle(modules)
+    position = {module: i for i, module in enumerate(modules)}
+    return sorted(items, key=lambda item: position[item.nodeid.split("::", 1)[0]])
+
+
 class WorldsTogetherHeaviestFirst(LoadScopeScheduling):
     def __init__(self, config: pytest.Config, log: Producer | None = None) -> None:
         super().__init__(config, log)
         config.option.loadscopereorder = False  # the order is ours (below), not by number of tests
+        self.shuffled = config.getoption("shuffle_modules") is not None  # then the collection's order
 
     def _split_scope(self, nodeid: str) -> str:
         return work_unit(nodeid)
 
     def _assign_work_unit(self, node: WorkerController) -> None:
-        for unit in sorted(self.workqueue, key=rank):  # stable: the rest keep the collection order
+        # a stable sort: the unlisted (or, shuffled, all) keep the collection's order
+        for unit in sorted(self.workqueue, key=lambda unit: 0 if self.shuffled else rank(unit)):
             self.workqueue.move_to_end(unit)
         super()._assign_work_unit(node)

@@ -470,6 +470,7 @@ def test_dbt_runs_in_process_with_the_exit_codes_and_output_of_its_cli(
     message, a command dbt cannot run is 2, and the connection it was given leaves the environment."""
     empty = scratch_database("dbt_exit_codes")  # no raw tables: staging cannot build
     monkeypatch.setenv("DBT_DBNAME", "the-caller-s")
+    monkeypatch.delenv("DBT_HOST", raising=False)
     failed = run_dbt(["run", "--select", "stg_transactions"], empty, check=False)
     assert failed.returncode == 1
     assert 'relation "raw.transactions" does not exist' in failed.stdout and "ERROR=1" in failed.stdout

@@ -3,10 +3,12 @@ a shared session world is listed with it, so that world is built once."""
 
 from __future__ import annotations
 
+import itertools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.scheduling import HEAVIEST_FIRST, SHARED_WORLDS, rank, work_unit
+from tests.scheduling import HEAVIEST_FIRST, SHARED_WORLDS, rank, shuffled_modules, work_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +35,16 @@ def test_a_world_s_modules_form_one_unit_ranked_before_the_unlisted() -> None:
     assert units == {"training_db"}
     assert work_unit("tests/test_cicd.py::test_x[param::y]") == "tests/test_cicd.py"
     assert rank("training_db") < rank("tests/test_demo_lifecycle.py") < rank("tests/test_cicd.py")
+
+
+def test_a_shuffle_moves_whole_modules_and_is_the_same_on_every_worker() -> None:
+    @dataclass
+    class Item:
+        nodeid: str
+
+    items = [Item(f"tests/test_{m}.py::test_{i}") for m in "abcdefgh" for i in range(3)]
+    shuffled = shuffled_modules(items, seed=7)  # type: ignore[arg-type]
+    assert shuffled == shuffled_modules(items, seed=7) != items  # type: ignore[arg-type]
+    modules = [item.nodeid.split("::")[0] for item in shuffled]
+    assert len(list(itertools.groupby(modules))) == 8  # each module's tests stay together, in order
+    assert all(a.nodeid < b.nodeid for a, b in itertools.pairwise(shuffled) if a.nodeid[:15] == b.nodeid[:15])
