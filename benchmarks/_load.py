@@ -311,7 +311,3 @@ def drive(
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     return runner(_drive(url, path, body or score_body(), rate, seconds, concurrency, max_connections))
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]

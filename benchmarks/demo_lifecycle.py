@@ -20,7 +20,6 @@ Ends with one JSON line; `rtml down` at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -38,6 +37,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
+from _machine import json_line, load_average  # noqa: E402
 from rtml.defs.automation.runs import CodeServer, worker_pid  # noqa: E402
 from rtml.defs.automation.tags import range_tags  # noqa: E402
 from rtml.stack.processes import free_port  # noqa: E402
@@ -81,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep-data", action="store_true", help="keep the temporary data directory")
     args = ap.parse_args()
+    load_start = load_average()
     data_dir = Path(tempfile.mkdtemp(prefix="rtml-bench-demo-"))
     env = {
         key: value
@@ -148,7 +149,6 @@ def main() -> None:
                 "demo_stop_s": round(stop_s, 1),
                 "demo_stop_processes": len(seen),
                 "demo_stop_run_status": status(runs["in_flight"]).value,
-                "load_average": [round(x, 2) for x in os.getloadavg()],
             }
     finally:
         for process in seen.values():
@@ -159,7 +159,7 @@ def main() -> None:
         subprocess.run([RTML, "down"], env=env, capture_output=True)
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
-    print(json.dumps(figures))
+    print(json_line(figures, load_start))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ instead (``drift.load_features``, at most ``--rows`` each; the fetch is timed to
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from _machine import json_line, load_average
 from rtml.monitoring.drift import Window, compare, load_features
 from rtml.training.dataset import FeatureSpec, feature_spec
 
@@ -76,7 +75,7 @@ def main() -> None:
     parser.add_argument("--reference", type=window, help="START/END of the reference window")
     parser.add_argument("--current", type=window, help="START/END of the current window")
     args = parser.parse_args()
-    load_average_start = os.getloadavg()[0]
+    load_start = load_average()
     fetch_seconds = 0.0
     if args.database_url:
         if args.reference is None or args.current is None:
@@ -125,11 +124,9 @@ def main() -> None:
     print(f"total        {seconds:7.2f} s  (target ≤ 10 s)")
     print(f"drifted      {comparison.drifted_share:.1%}: {', '.join(drifted)}")
     print(f"peak RSS     {peak_rss_mib:7.0f} MiB")
+    print(f"load average {load_start[0]:.2f} at the start, {load_average()[0]:.2f} at the end (2 cores)")
     print(
-        f"load average {load_average_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (2 cores)"
-    )
-    print(
-        json.dumps(
+        json_line(
             {
                 "benchmark": "drift",
                 "data": "synthetic" if not args.database_url else "database",
@@ -145,8 +142,8 @@ def main() -> None:
                 "drifted_share": round(comparison.drifted_share, 4),
                 "peak_rss_mib": round(peak_rss_mib),
                 "fetch_seconds": round(fetch_seconds, 2),
-                "load_average_start": round(load_average_start, 2),
-            }
+            },
+            load_start,
         )
     )
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import psycopg
 
+from _machine import json_line, load_average
+
 START = datetime(2026, 10, 1, tzinfo=UTC)  # drift_to_staging's world
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 DATABASE = "rtml_bench_drift_rule_calib"
@@ -69,6 +71,7 @@ def main() -> None:
 
 
 def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
+    load_start = load_average()
     from rtml.config import ServicesSettings, Settings, SimulatorSettings
     from rtml.features.dbt import run_dbt
     from rtml.features.sample_data import load_simulated
@@ -160,7 +163,7 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
         drifted[case] = check(drift.Window(window_end - timedelta(hours=1), window_end))
     checked = time.perf_counter()
     args.out.write_text(json.dumps({"undrifted": undrifted, "drifted": drifted}, indent=1))
-    report(args, base, undrifted, drifted, checked - built, args.out)
+    report(args, base, undrifted, drifted, checked - built, args.out, load_start)
 
 
 def fired(figures: dict[str, Any], tail: str | None, pvalue: float, min_rows: int) -> list[str]:
@@ -193,6 +196,7 @@ def report(
     drifted: dict[str, dict[str, Any]],
     seconds: float,
     out: Path,
+    load_start: list[float],
 ) -> None:
     windows = ["hour", *(f"tail{m}" for m in args.tails)]
     print(
@@ -244,7 +248,7 @@ def report(
             print(f"  {name}, p-value {alpha:g}: {len(false)} false alarms {false}; not detected {missed}")
             others[f"{name}_{alpha:g}"] = {"false_alarms": len(false), "undetected": missed}
     print(
-        json.dumps(
+        json_line(
             {
                 "transactions_per_day": args.transactions_per_day,
                 "undrifted_hours": len(undrifted),
@@ -255,7 +259,8 @@ def report(
                 "false_alarms": len(alarms),
                 "undetected_cases": [case for case, why in detections.items() if not why],
                 "other_pvalues": others,
-            }
+            },
+            load_start,
         )
     )
 

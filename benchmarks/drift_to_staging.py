@@ -58,6 +58,7 @@ os.environ["RTML_SIM_START"] = START.isoformat()
 
 import dagster as dg  # noqa: E402
 
+from _machine import json_line, load_average  # noqa: E402
 from rtml.definitions import defs  # noqa: E402  (before DBT_TARGET_PATH moves: it reads the project's)
 from rtml.stack.processes import free_port  # noqa: E402
 
@@ -211,6 +212,7 @@ def main() -> None:
         help="minute(s) of the hour at which the scenario is switched on (one run each)",
     )
     args = parser.parse_args()
+    load_start = load_average()
     if any(not 0 <= minute < 60 for minute in args.switch_minute):
         parser.error(f"--switch-minute takes minutes 0-59, not {args.switch_minute}")
     runs = []
@@ -218,7 +220,7 @@ def main() -> None:
         print(f"\n=== scenario switched on at minute {minute} of the hour ===", flush=True)
         runs.append(one_switch(args, minute))
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "hours"}), flush=True)
-    print(json.dumps(summary(args.transactions_per_day, runs)))
+    print(json_line(summary(args.transactions_per_day, runs), load_start))
 
 
 def summary(transactions_per_day: int, runs: list[dict[str, Any]]) -> dict[str, Any]:

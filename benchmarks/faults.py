@@ -47,7 +47,8 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ROOT, TRANSACTION, drive, load_average, score_body
+from _load import ROOT, TRANSACTION, drive, score_body
+from _machine import json_line, load_average
 from demo_lifecycle import STOP_LIMIT_S, started_by
 from prediction_log import postgres_outage
 from rtml.config import ServicesSettings, Settings, StackSettings
@@ -141,7 +142,8 @@ def main() -> None:
     ap.add_argument("--keep-data", action="store_true")
     args = ap.parse_args()
 
-    figures: dict[str, Any] = {"benchmark": "faults", "load_average_start": load_average()}
+    load_start = load_average()
+    figures: dict[str, Any] = {"benchmark": "faults"}
     if not args.skip_lifecycle:
         print("demo lifecycle (its own demo) ...", file=sys.stderr)
         figures |= lifecycle()
@@ -239,8 +241,7 @@ def main() -> None:
         stack.down()
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
-    figures["load_average_end"] = load_average()
-    print(json.dumps(figures))
+    print(json_line(figures, load_start))
 
 
 if __name__ == "__main__":

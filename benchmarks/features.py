@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from _machine import json_line, load_average
 from rtml.features.dbt import dbt_env, dbt_executable, project_dir, run_dbt, target_dir, window_env
 from rtml.features.sample_data import copy_frame, create_database, load_sample, make_labels, make_transactions
 
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=float, default=10.0)
     args = parser.parse_args()
+    load_start = load_average()
     server = os.environ.get("RTML_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     url = create_database(server, "rtml_bench_features")
 
@@ -155,7 +157,7 @@ def main() -> None:
         "customer_features_rows": features_rows[0] if features_rows else 0,
         "training_set_rows": training_rows[0] if training_rows else 0,
     }
-    print(json.dumps(result))
+    print(json_line(result, load_start))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ of output is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import time
@@ -32,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from pgpq import ArrowToPostgresBinaryEncoder
 
+from _machine import json_line, load_average
 from rtml.config import Settings, get_settings
 from rtml.ingest.loader import delete_source, load_transactions
 from rtml.ingest.tables import ensure_tables
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=None, help="default: RTML_INGEST_CHUNK_ROWS")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is kept")
     args = parser.parse_args()
+    load_start = load_average()
 
     # the simulated days are pinned (SIM_START), not the platform's default start, which follows the day
     settings = get_settings().model_copy(
@@ -177,7 +178,7 @@ def main() -> None:
     )
     print(f"ratio ingest / plain: {ingest_rate / plain_rate:.2f}; peak RSS {peak_rss_mib:,.0f} MiB")
     print(
-        json.dumps(
+        json_line(
             {
                 "rows": rows,
                 "chunk_rows": chunk_rows,
@@ -191,7 +192,8 @@ def main() -> None:
                 "peak_rss_mib": round(peak_rss_mib, 1),
                 "ingest_seconds": round(ingest_seconds, 3),
                 "plain_copy_seconds": round(plain_seconds, 3),
-            }
+            },
+            load_start,
         )
     )
 

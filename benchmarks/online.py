@@ -15,7 +15,6 @@ key prefix and deletes it at the end. Ends with one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from _machine import json_line, load_average
 from rtml.config import OnlineSettings
 from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="full pushes (the best one counts)")
     parser.add_argument("--ttl", type=int, default=7 * 86_400, help="key TTL in seconds (0: none)")
     args = parser.parse_args()
+    load_start = load_average()
     url = os.environ.get("RTML_REDIS_URL", "redis://127.0.0.1:6379/0")
     store = OnlineStore(
         url, get_registry(), online=OnlineSettings(ttl_seconds=args.ttl, key_prefix=f"rtmlbench{os.getpid()}")
@@ -163,7 +164,7 @@ def main() -> None:
     finally:
         store.purge()
         store.close()
-    print(json.dumps(summary))
+    print(json_line(summary, load_start))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ROOT, TRANSACTION, Service, drive, load_average, score_body
+from _load import ROOT, TRANSACTION, Service, drive, score_body
+from _machine import json_line, load_average
 from rtml.stack.scorer_process import SERVICE
 
 COUNTS = ("written", "spilled", "drained", "dropped")
@@ -213,7 +214,7 @@ def main() -> None:
             postgres.stop()
             stop_pid(valkey.pid)
     figures = {**result, "control": args.control}
-    print(json.dumps({**figures, "load_average_start": load_start, "load_average_end": load_average()}))
+    print(json_line(figures, load_start))
 
 
 if __name__ == "__main__":

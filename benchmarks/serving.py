@@ -51,7 +51,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ROOT, TRANSACTION, Result, Service, drive, load_average, merge, score_body
+from _load import ROOT, TRANSACTION, Result, Service, drive, merge, score_body
+from _machine import json_line, load_average
 from rtml.stack.scorer_process import SERVICE
 
 
@@ -131,6 +132,7 @@ def bytes_per_million(database_url: str) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> None:
+    load_start = load_average()
 
     rates = [float(x) for x in args.rates.split(",")]
     body = score_body({**TRANSACTION, **json.loads(args.transaction)})
@@ -237,7 +239,7 @@ def run(args: argparse.Namespace) -> None:
             flat.update(bytes_per_million(os.environ["RTML_DATABASE_URL"]))
         flat["shadow_targets_met"] = flat["shadow_p99_ratio"] <= 1.1 and flat["feature_log_p99_ratio"] <= 1.1
     print(json.dumps(result, indent=1), file=sys.stderr)
-    print(json.dumps(flat))
+    print(json_line(flat, load_start))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ROOT, TRANSACTION, Service, drive, load_average, score_body
+from _load import ROOT, TRANSACTION, Service, drive, score_body
+from _machine import json_line, load_average
 from rtml.stack.scorer_process import SERVICE
 
 
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--fail-closed", action="store_true", help="also measure a fail-closed service")
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-serving-faults")
     args = ap.parse_args()
+    load_start = load_average()
 
     from rtml.config import OnlineSettings, get_settings
     from rtml.features.online import OnlineStore
@@ -144,7 +146,7 @@ def main() -> None:
             store.push_from_postgres(database_url, full=True)
             customer, merchant = _known_pair(database_url)
             body = score_body({**TRANSACTION, "customer_id": customer, "merchant_id": merchant})
-            out: dict[str, Any] = {"benchmark": "serving_faults", "load_average": load_average()}
+            out: dict[str, Any] = {"benchmark": "serving_faults"}
             for fail_open in (True, False) if args.fail_closed else (True,):
                 env = {
                     "RTML_REDIS_URL": valkey.url,
@@ -175,7 +177,7 @@ def main() -> None:
             store.close()
         finally:
             stop_pid(valkey.pid)
-    print(json.dumps(out))
+    print(json_line(out, load_start))
 
 
 def _known_pair(database_url: str) -> tuple[str, str]:

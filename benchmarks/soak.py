@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ROOT, TRANSACTION, Service, drive, load_average, score_body
+from _load import ROOT, TRANSACTION, Service, drive, score_body
+from _machine import json_line, load_average
 
 
 def main() -> None:
@@ -87,11 +88,9 @@ def main() -> None:
         "rss_end_mib": rss[-1],
         "rss_max_mib": max(rss),
         "rss_growth_mib": round(rss[-1] - rss_warm, 1),
-        "load_average_start": load_start[0],
-        "load_average_end": load_average()[0],
     }
     out["passed"] = bool(out["errors"] == 0 and out["rss_growth_mib"] < 50)
-    print(json.dumps(out))
+    print(json_line(out, load_start))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ database ``rtml_bench_stream_core_state``, dropped at the end) and ``RTML_REDIS_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ import numpy as np
 import psycopg
 import redis
 
+from _machine import json_line, load_average
 from rtml.features.dbt import run_dbt
 from rtml.features.sample_data import create_database, load_sample, simulated_frames
 from rtml.streaming.events import HOUR_US, TransactionEvent, to_us
@@ -54,6 +54,7 @@ def main() -> None:
         help="UTC hour of day 32 the watermark is at (19: the evening peak)",
     )
     args = parser.parse_args()
+    load_start = load_average()
     server = os.environ.get("RTML_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("RTML_REDIS_URL", "redis://127.0.0.1:6379/0")
     name = "rtml_bench_stream_core_state"
@@ -162,7 +163,7 @@ def main() -> None:
         client.close()
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
-    print(json.dumps(result))
+    print(json_line(result, load_start))
 
 
 if __name__ == "__main__":

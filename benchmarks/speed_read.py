@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import sys
@@ -42,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ROOT, Result, Service, drive, load_average, merge, score_body
+from _load import ROOT, Result, Service, drive, merge, score_body
+from _machine import json_line, load_average
 from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
@@ -186,7 +186,6 @@ def measure(
             warm = drive(services[label].url, 0, 3, body=body, concurrency=8)
             if warm.errors:
                 raise SystemExit(f"{label}: {warm.errors} errors in warm-up: {warm.statuses}")
-        load_start = load_average()
         runs: dict[str, list[Result]] = {label: [] for label in services}
         for round_ in range(rounds):
             order = list(services.items()) if round_ % 2 == 0 else list(services.items())[::-1]
@@ -211,8 +210,6 @@ def measure(
         **{f"{label}_{key}": out[label][key] for label in out for key in ("p50_ms", "p99_ms", "errors")},
         "speed_on_merged_reads": reads["speed_on"].get("merged", 0),
         "p99_ratio": round(out["speed_on"]["p99_ms"] / out["speed_off"]["p99_ms"], 3),
-        "load_average_start": load_start[0],
-        "load_average_end": load_average()[0],
     }
     result["target_met"] = result["p99_ratio"] <= 1.1 and not result["speed_on_errors"]
     return result
@@ -228,6 +225,7 @@ def main() -> None:
     ap.add_argument("--customer", choices=("busiest", "median"), default="busiest")
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-speed-read")
     args = ap.parse_args()
+    load_start = load_average()
     result = measure(
         database_url=args.database_url,
         redis_url=args.redis_url,
@@ -237,7 +235,7 @@ def main() -> None:
         customer=args.customer,
         log_dir=Path(args.log_dir),
     )
-    print(json.dumps(result))
+    print(json_line(result, load_start))
 
 
 def drop_database(server_url: str, name: str) -> None:

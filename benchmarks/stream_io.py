@@ -18,7 +18,6 @@ line of output is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -30,6 +29,7 @@ import psycopg
 import redis
 from sqlalchemy.engine import make_url
 
+from _machine import json_line, load_average
 from rtml.config import Settings, database_url_for, get_settings
 from rtml.streaming import replay, stream
 from rtml.streaming.events import TransactionEvent
@@ -66,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
+    load_start = load_average()
     server = os.environ.get("RTML_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
     name = f"rtml_bench_stream_io_{os.getpid()}"
     with psycopg.connect(server, autocommit=True) as conn:
@@ -140,7 +141,7 @@ def main() -> None:
             "lander_batch_p50_ms": round(p50, 1),
             "lander_replay_rows_per_s": round(len(again) / replay_s),
         }
-        print(json.dumps(figures))
+        print(json_line(figures, load_start))
     finally:
         client.delete(key)
         client.close()

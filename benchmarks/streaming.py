@@ -40,7 +40,6 @@ Prints its figures and ends with one JSON line: ``events_per_s``, ``freshness_p5
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import os
@@ -61,7 +60,7 @@ from psycopg.rows import dict_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_read
-from _load import load_average
+from _machine import json_line, load_average
 from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
@@ -489,7 +488,8 @@ def main() -> None:
     if args.horizon_hours < args.watermark_every_hours:
         parser.error("--horizon-hours must cover --watermark-every-hours")
 
-    results: dict[str, Any] = {"benchmark": "streaming", "load_average_start": load_average()}
+    load_start = load_average()
+    results: dict[str, Any] = {"benchmark": "streaming"}
     results |= worker_figures(args)
     if not args.skip_parity:
         results |= parity(args)
@@ -521,7 +521,6 @@ def main() -> None:
             "score_customer": served["customer"],
             "score_customer_txn_count_30d": served["customer_txn_count_30d"],
         }
-    results["load_average_end"] = load_average()
     results["targets_met"] = {
         "events_per_s": results["events_per_s"] >= 10_000,
         "freshness_p99_ms": results["freshness_p99_ms"] <= 1_000,
@@ -530,7 +529,7 @@ def main() -> None:
         if args.skip_serving
         else results["score_p99_ratio"] <= 1.1 and results["score_errors"] == 0,
     }
-    print(json.dumps(results))
+    print(json_line(results, load_start))
 
 
 if __name__ == "__main__":

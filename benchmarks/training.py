@@ -10,7 +10,6 @@ over it; unset, it starts the embedded stack in a temporary data directory. Ends
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _machine import json_line, load_average
 from _training_data import DATABASE, ensure_training_rows
 from rtml.config import ServicesSettings, Settings, StackSettings, TrainingSettings, database_url_for
 from rtml.stack.local import LocalStack
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
+    load_start = load_average()
 
     with tempfile.TemporaryDirectory(prefix="rtml-bench-training-") as data_dir:
         server = os.environ.get("RTML_DATABASE_URL")
@@ -66,7 +67,7 @@ def main() -> None:
     )
     print(f"peak RSS   {peak_rss_mib:7.0f} MiB")
     print(
-        json.dumps(
+        json_line(
             {
                 "rows": rows,
                 "seconds": round(seconds, 2),
@@ -76,7 +77,8 @@ def main() -> None:
                 "rows_per_s": round(rows / seconds),
                 "peak_rss_mib": round(peak_rss_mib),
                 "test_roc_auc": round(result.metrics["test_roc_auc"], 4),
-            }
+            },
+            load_start,
         )
     )
 
