@@ -1,4 +1,4 @@
-"""A scoring world of its own for the serving benchmarks (``benchmarks/serving.py --world``), as
+"""A scoring world of its own for the serving benchmarks (``benchmarks/serving.py``'s default), as
 ``benchmarks/speed_read.py`` builds it: the test suite's training world (2,000 customers, 8,000
 transactions a day, 3 weeks) in a database ``rtml_bench_serving_<pid>`` on the machine's PostgreSQL, an
 MLflow server of its own with a model trained, gated and approved (``production``), the online store
@@ -19,16 +19,39 @@ from typing import Any
 
 import mlflow
 
-from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
+from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings, StackSettings
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database
-from rtml.stack import mlflow_server
+from rtml.stack import mlflow_server, postgres
+from rtml.stack import redis as redis_service
+from rtml.stack.local import LocalStack
 from rtml.stack.processes import free_port
 from rtml.training import model_registry
 from rtml.training.tracking import train_and_register
 from speed_read import START, build_world, drop_database, scored_pair
 
 MODEL = "fraud-detector-bench-serving"
+
+
+@contextlib.contextmanager
+def servers(database_url: str, redis_url: str) -> Iterator[tuple[str, str]]:
+    """The given PostgreSQL and Redis when both answer; else embedded ones in a temporary folder (the
+    local stack ``rtml up`` starts), stopped at the end: a fresh clone needs no server of its own."""
+    if postgres.answers(database_url) and redis_service.answers(redis_url):
+        yield database_url, redis_url
+        return
+    with tempfile.TemporaryDirectory(prefix="rtml-bench-stack-") as folder:
+        local = LocalStack(
+            Settings(
+                services=ServicesSettings(data_dir=Path(folder)), stack=StackSettings(mlflow_port=free_port())
+            )
+        )
+        info = local.up()
+        print(f"no server at {database_url} / {redis_url}: embedded ones in {folder}", file=sys.stderr)
+        try:
+            yield info.database_url, info.redis_url
+        finally:
+            local.down()
 
 
 @contextlib.contextmanager

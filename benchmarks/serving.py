@@ -12,12 +12,19 @@ measuring the floor first and the service minutes later compared two different m
 few seconds see the same one. Load is open loop (constant rate, latency from each request's scheduled
 time; see ``_load.py`` for why no off-the-shelf tool is used).
 
-Usage (from the repository root)::
+Usage (from the repository root, after ``make test`` has created ``.venv``)::
 
-    .venv/bin/python benchmarks/serving.py                         # floor only
+    .venv/bin/python benchmarks/serving.py                         # the floor and the real service
+    .venv/bin/python benchmarks/serving.py --no-provision          # floor only
     RTML_REDIS_URL=... RTML_MLFLOW_TRACKING_URI=... RTML_MODEL_NAME=... RTML_ONLINE_KEY_PREFIX=... \\
-      .venv/bin/python benchmarks/serving.py --service rtml.serving.service:FraudScorer \\
+      .venv/bin/python benchmarks/serving.py --no-provision --service rtml.serving.service:FraudScorer \\
       --transaction '{"customer_id": "<in Redis>", "merchant_id": "<in Redis>"}'
+
+By default (``--provision``) it builds everything the real service needs (``_world.py``: a simulated
+world, an MLflow server, a production and a staged version, the online store) on the PostgreSQL and
+Redis of ``--database-url`` / ``--redis-url``, or, where those do not answer, on embedded ones in a
+temporary folder; it says how long that took (``provision_seconds``, not part of any figure) and
+removes it all at the end.
 
 The real service takes its settings from the environment (``RTML_*``, as ``bentoml serve`` would);
 ``--transaction`` overrides fields of the default body (ids that exist in Redis, so the lookup finds
@@ -30,11 +37,9 @@ the defaults), ``shadow_off`` (``RTML_SERVING_SHADOW=false``) and ``log_off`` (s
 ``RTML_SERVING_FEATURE_LOG_SAMPLE=0``) — and the JSON line gets ``shadow_p99_ratio`` (service /
 shadow_off, target ≤ 1.1), ``feature_log_p99_ratio`` (shadow_off / log_off, target ≤ 1.1) and the
 tables' size per million rows (``pg_total_relation_size`` with indexes / rows:
-``served_features_bytes_per_million``, ``shadow_predictions_bytes_per_million``). ``--world`` builds
-everything it needs (``_world.py``: a simulated world, an MLflow server, a production and a staged
-version, the online store) on the machine's PostgreSQL and Redis and removes it at the end::
+``served_features_bytes_per_million``, ``shadow_predictions_bytes_per_million``)::
 
-    .venv/bin/python benchmarks/serving.py --world --shadow --rates 100
+    .venv/bin/python benchmarks/serving.py --shadow --rates 100
 """
 
 from __future__ import annotations
@@ -69,21 +74,31 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=int(os.environ.get("RTML_SERVING_WORKERS", "1")))
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-serving")
     ap.add_argument("--shadow", action="store_true", help="the service with shadow / feature log on and off")
-    ap.add_argument("--world", action="store_true", help="build a world of its own (_world.py)")
+    ap.add_argument(
+        "--provision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="build a world of its own for the real service (_world.py); --no-provision: RTML_* as given",
+    )
     ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
-    if args.shadow or args.world:
+    if args.shadow or args.provision:
         args.service = args.service or SERVICE
+    args.provision_seconds = None
     with contextlib.ExitStack() as stack:
-        if args.world:
-            from _world import scoring_world
+        if args.provision:
+            from _world import scoring_world, servers
 
             log_dir = Path(args.log_dir)
             log_dir.mkdir(parents=True, exist_ok=True)
+            began = time.perf_counter()
+            database_url, redis_url = stack.enter_context(servers(args.database_url, args.redis_url))
             env, known = stack.enter_context(
-                scoring_world(args.database_url, args.redis_url, log_dir, staged=args.shadow)
+                scoring_world(database_url, redis_url, log_dir, staged=args.shadow)
             )
+            args.provision_seconds = round(time.perf_counter() - began, 1)
+            print(f"provisioned in {args.provision_seconds} s (not timed)", file=sys.stderr)
             os.environ.update(env)
             args.transaction = json.dumps({**json.loads(args.transaction), **known})
         run(args)
@@ -214,7 +229,12 @@ def run(args: argparse.Namespace) -> None:
             p99 <= 15 and result["p99_ratio"] <= 1.5 and result["rps_ratio"] >= 0.7 and errors == 0
         )
     # flat, unit-suffixed keys for the last line
-    flat: dict = {"benchmark": "serving", "workers": args.workers, "rounds": args.rounds}
+    flat: dict = {
+        "benchmark": "serving",
+        "workers": args.workers,
+        "rounds": args.rounds,
+        "provision_seconds": args.provision_seconds,
+    }
     for name, part in out.items():
         for rate in rates:
             s = part[f"at_{rate:g}"]
