@@ -19,39 +19,16 @@ from typing import Any
 
 import mlflow
 
-from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings, StackSettings
+from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database
-from rtml.stack import mlflow_server, postgres
-from rtml.stack import redis as redis_service
-from rtml.stack.local import LocalStack
+from rtml.stack import mlflow_server
 from rtml.stack.processes import free_port
 from rtml.training import model_registry
 from rtml.training.tracking import train_and_register
 from speed_read import START, build_world, drop_database, scored_pair
 
 MODEL = "fraud-detector-bench-serving"
-
-
-@contextlib.contextmanager
-def servers(database_url: str, redis_url: str) -> Iterator[tuple[str, str]]:
-    """The given PostgreSQL and Redis when both answer; else embedded ones in a temporary folder (the
-    local stack ``rtml up`` starts), stopped at the end: a fresh clone needs no server of its own."""
-    if postgres.answers(database_url) and redis_service.answers(redis_url):
-        yield database_url, redis_url
-        return
-    with tempfile.TemporaryDirectory(prefix="rtml-bench-stack-") as folder:
-        local = LocalStack(
-            Settings(
-                services=ServicesSettings(data_dir=Path(folder)), stack=StackSettings(mlflow_port=free_port())
-            )
-        )
-        info = local.up()
-        print(f"no server at {database_url} / {redis_url}: embedded ones in {folder}", file=sys.stderr)
-        try:
-            yield info.database_url, info.redis_url
-        finally:
-            local.down()
 
 
 @contextlib.contextmanager

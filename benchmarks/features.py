@@ -14,8 +14,8 @@
    loaded): one label per transaction of the hole, about ``rows / days * 28``.
 
 Usage: ``.venv/bin/python benchmarks/features.py [--rows 1000000]`` with ``RTML_DATABASE_URL`` pointing
-at a server (default ``postgresql://postgres@127.0.0.1:5432/postgres``); it works in its own database
-``rtml_bench_features``. Ends with one JSON line.
+at a server (default ``postgresql://postgres@127.0.0.1:5432/postgres``; where none answers, an embedded
+one it starts and stops); it works in its own database ``rtml_bench_features``. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import pandas as pd
 import psycopg
 
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, servers
 from rtml.features.dbt import dbt_env, dbt_executable, project_dir, run_dbt, target_dir, window_env
 from rtml.features.sample_data import copy_frame, create_database, load_sample, make_labels, make_transactions
 
@@ -114,7 +115,11 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=10.0)
     args = parser.parse_args()
     load_start = load_average()
-    server = os.environ.get("RTML_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    with servers(os.environ.get("RTML_DATABASE_URL", DATABASE_URL)) as (server, _):
+        measure(args, server, load_start)
+
+
+def measure(args: argparse.Namespace, server: str, load_start: list[float]) -> None:
     url = create_database(server, "rtml_bench_features")
 
     began = time.perf_counter()

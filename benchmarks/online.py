@@ -8,7 +8,8 @@
    baseline: a pipelined HGETALL of two hashes.
 
 Usage: ``.venv/bin/python benchmarks/online.py [--customers 1000000 --merchants 100000]`` with
-``RTML_REDIS_URL`` pointing at a server (default ``redis://127.0.0.1:6379/0``). It writes under its own
+``RTML_REDIS_URL`` pointing at a server (default ``redis://127.0.0.1:6379/0``; where none answers, an
+embedded one it starts and stops). It writes under its own
 key prefix and deletes it at the end. Ends with one JSON line.
 """
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from _machine import json_line, load_average
+from _servers import REDIS_URL, servers
 from rtml.config import OnlineSettings
 from rtml.features.feature_registry import get_registry
 from rtml.features.online import OnlineStore
@@ -77,7 +79,11 @@ def main() -> None:
     parser.add_argument("--ttl", type=int, default=7 * 86_400, help="key TTL in seconds (0: none)")
     args = parser.parse_args()
     load_start = load_average()
-    url = os.environ.get("RTML_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with servers(redis_url=os.environ.get("RTML_REDIS_URL", REDIS_URL)) as (_, url):
+        measure(args, url, load_start)
+
+
+def measure(args: argparse.Namespace, url: str, load_start: list[float]) -> None:
     store = OnlineStore(
         url, get_registry(), online=OnlineSettings(ttl_seconds=args.ttl, key_prefix=f"rtmlbench{os.getpid()}")
     )

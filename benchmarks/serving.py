@@ -88,7 +88,8 @@ def main() -> None:
     args.provision_seconds = None
     with contextlib.ExitStack() as stack:
         if args.provision:
-            from _world import scoring_world, servers
+            from _servers import servers
+            from _world import scoring_world
 
             log_dir = Path(args.log_dir)
             log_dir.mkdir(parents=True, exist_ok=True)
