@@ -58,6 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Result, Service, drive, merge, score_body
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, REDIS_URL, servers
 from rtml.stack.scorer_process import SERVICE
 
 
@@ -80,15 +81,14 @@ def main() -> None:
         default=True,
         help="build a world of its own for the real service (_world.py); --no-provision: RTML_* as given",
     )
-    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--database-url", default=DATABASE_URL)
+    ap.add_argument("--redis-url", default=REDIS_URL)
     args = ap.parse_args()
     if args.shadow or args.provision:
         args.service = args.service or SERVICE
     args.provision_seconds = None
     with contextlib.ExitStack() as stack:
         if args.provision:
-            from _servers import servers
             from _world import scoring_world
 
             log_dir = Path(args.log_dir)
