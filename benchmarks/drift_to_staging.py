@@ -334,6 +334,7 @@ def run(
         model_registry.promote(mlflow.client(), trained.model_version, "bench", "weak reference", model_name)
         resources = {
             "postgres": PostgresServer(url=db),
+            "settings": get_settings(),
             "mlflow": mlflow,
             "redis": RedisServer(url=info.redis_url, key_prefix=f"rtml-bench-{uuid.uuid4().hex[:6]}"),
         }
@@ -343,7 +344,7 @@ def run(
             jobs=defs.jobs,
             schedules=defs.schedules,
             sensors=defs.sensors,
-            resources={**(defs.resources or {}), **resources},
+            resources={**(defs.resources or {}), "settings": get_settings(), **resources},
         )
         instance = dg.DagsterInstance.from_config(str(info.dagster_home))
         try:

@@ -37,7 +37,6 @@ import pytest
 import redis
 
 from rtml.config import AutomationSettings, get_settings
-from rtml.definitions import defs
 from rtml.defs.automation.checks import (
     DATA_FRESHNESS,
     MODEL_FRESHNESS,
@@ -68,6 +67,7 @@ from rtml.sources.simulator import Simulator
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
+from tests.code_location import code_location
 from tests.monitoring_stack import Webhook, webhook_receiver
 
 CHECKS = freshness_checks(AutomationSettings())  # the default maximum ages
@@ -168,18 +168,6 @@ def skip_message(result: dg.SensorResult) -> str:
     return result.skip_reason.skip_message if result.skip_reason else ""
 
 
-def with_resources(overrides: dict[str, Any]) -> dg.Definitions:
-    """The code location with some resources replaced (the test's database, model name, Redis namespace)."""
-    return dg.Definitions(
-        assets=defs.assets,
-        asset_checks=defs.asset_checks,
-        jobs=defs.jobs,
-        schedules=defs.schedules,
-        sensors=defs.sensors,
-        resources={**(defs.resources or {}), **overrides},
-    )
-
-
 def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
     return next(
         e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
@@ -228,7 +216,7 @@ def test_stale_data_notifies_once_per_failure(
         with dg.build_sensor_context(
             instance=sensor_instance,
             cursor=cursor,
-            resources={"postgres": PostgresServer(url=database_url)},
+            resources={"postgres": PostgresServer(url=database_url), "settings": get_settings()},
         ) as context:  # leaving it tears the resources down
             return data_freshness_sensor(context)
 
@@ -267,7 +255,7 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
                 path,
             )
 
-            context = dg.build_sensor_context(instance=sensor_instance)
+            context = dg.build_sensor_context(instance=sensor_instance, resources={"settings": settings})
             first = landing_files_sensor(context)
             [request] = first.run_requests
             assert request.partition_key == path.name
@@ -279,10 +267,12 @@ def test_a_dropped_landing_file_requests_its_ingestion_run(
             ]
             # what the daemon does with the tick's result: add the partition, then launch the run
             sensor_instance.add_dynamic_partitions("landing_files", [path.name])
-            next_tick = dg.build_sensor_context(instance=sensor_instance, cursor=first.cursor)
+            next_tick = dg.build_sensor_context(
+                instance=sensor_instance, cursor=first.cursor, resources={"settings": settings}
+            )
             assert not landing_files_sensor(next_tick).run_requests
 
-            landing = with_resources({"postgres": PostgresServer(url=url)})
+            landing = code_location({"postgres": PostgresServer(url=url)})
             result = landing.resolve_job_def(landing_files_sensor.job_name).execute_in_process(
                 instance=sensor_instance, partition_key=request.partition_key, tags=request.tags
             )
@@ -318,7 +308,7 @@ def test_a_failed_run_notifies(
         dagster_event=outcome_event(result),
         dagster_instance=sensor_instance,
         dagster_run=run,
-        resources={"postgres": PostgresServer(url=database_url)},
+        resources={"postgres": PostgresServer(url=database_url), "settings": get_settings()},
     ).for_run_failure() as context:
         run_failure_notifier(context)
 
@@ -459,6 +449,7 @@ def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) ->
     prefix = f"rtml-auto-{uuid.uuid4().hex[:6]}"
     yield {
         "postgres": PostgresServer(url=world_db),
+        "settings": get_settings(),
         "mlflow": mlflow_resource,
         "redis": RedisServer(url=redis_url, key_prefix=prefix),
     }
@@ -473,7 +464,7 @@ def resources(world_db: str, redis_url: str, mlflow_resource: MlflowResource) ->
 @pytest.fixture(scope="module")
 def world_defs(resources: dict[str, Any]) -> dg.Definitions:
     """The code location with its resources pointed at the world's database, model and Redis namespace."""
-    return with_resources(resources)
+    return code_location(resources)
 
 
 def evaluate_incomplete_partitions(
@@ -482,7 +473,8 @@ def evaluate_incomplete_partitions(
     """The incomplete-partitions sensor's decision at ``now``: its clock passed in, a time of the world's
     (whose days lie weeks back, or ahead, of the host's date)."""
     context = dg.build_sensor_context(instance=instance)
-    result = incomplete_partitions_request(instance, context.log, now=now)
+    lookback = get_settings().automation.incomplete_partitions_lookback_hours
+    result = incomplete_partitions_request(instance, context.log, now=now, lookback_hours=lookback)
     assert isinstance(result, dg.RunRequest | dg.SkipReason)
     return result
 

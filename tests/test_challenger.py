@@ -247,6 +247,7 @@ def materialize(world: World, stack: StackInfo, run_config: dg.RunConfig | None 
         instance=dg.DagsterInstance.from_config(str(stack.dagster_home)),
         resources={
             "postgres": PostgresServer(url=world.url),
+            "settings": get_settings(),
             "mlflow": MlflowServer(tracking_uri=stack.mlflow_tracking_uri, model_name=world.model),
         },
         run_config=run_config,

@@ -22,6 +22,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from rtml.config import get_settings
 from rtml.defs.automation.incomplete_partitions import incomplete_partitions_sensor
 from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.defs.clock import world_now
@@ -57,7 +58,7 @@ def test_an_hour_loads_and_is_watched_at_the_clock_passed_in(
     with psycopg.connect(url) as conn:
         ensure_tables(conn)
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"postgres": PostgresServer(url=url)}
+    resources = {"postgres": PostgresServer(url=url), "settings": get_settings()}
 
     def load(**run: Any) -> dict[str, Any]:
         result = dg.materialize([transactions_raw], instance=instance, resources=resources, **run)
@@ -81,14 +82,16 @@ def test_an_hour_loads_and_is_watched_at_the_clock_passed_in(
     after = HOUR + timedelta(hours=1, minutes=30)
     with at(after):
         late = load(partition_key=KEY)
-        request = incomplete_partitions_sensor(dg.build_sensor_context(instance=instance))
+        request = incomplete_partitions_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources)
+        )
     assert late["quarantine_by_rule"].get(FUTURE, 0) == 0, late
     # the same rows: those in the future before are loaded now (a few fail another rule too)
     assert late["rows_loaded"] == _loaded(url, KEY)
     assert loaded_early + early_future - 20 <= late["rows_loaded"] <= loaded_early + early_future
     assert isinstance(request, dg.RunRequest), request
     assert (request.tags[RANGE_TAGS[0]], request.tags[RANGE_TAGS[1]]) == (PREVIOUS, KEY)
-    skipped = incomplete_partitions_sensor(dg.build_sensor_context(instance=instance))
+    skipped = incomplete_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert isinstance(skipped, dg.SkipReason) and "has its features" in (skipped.skip_message or "")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
-from rtml.config import ServicesSettings, Settings
+from rtml.config import IngestSettings, ServicesSettings, Settings
 from rtml.definitions import defs
+from rtml.defs.ingestion.sensors import landing_files_sensor
 from rtml.defs.online.resources import LocalRedis, RedisResource
 from rtml.defs.resources import LocalPostgres, PostgresResource, environment_resources
 from rtml.defs.training.resources import LocalMlflow, MlflowResource
@@ -49,6 +52,7 @@ def test_resources_are_chosen_per_environment(monkeypatch: pytest.MonkeyPatch) -
         LocalMlflow,
     ]
     assert isinstance(defs.resources["postgres"], LocalPostgres)  # the default environment
+    assert local["settings"].services.environment == "local"  # the settings travel with the servers
     servers = environment_resources(Settings(services=ServicesSettings(environment="servers")))
     monkeypatch.setenv("RTML_DATABASE_URL", "postgresql://db.invalid/rtml")
     monkeypatch.setenv("RTML_REDIS_URL", "redis://redis.invalid:6379/0")
@@ -64,3 +68,18 @@ def test_resources_are_chosen_per_environment(monkeypatch: pytest.MonkeyPatch) -
         "redis": "redis://redis.invalid:6379/0",
         "mlflow": "http://mlflow.invalid:5000",
     }
+
+
+def test_definitions_are_handed_their_settings_not_reading_the_environment(tmp_path: Path) -> None:
+    """A body reads the ``settings`` resource it is given: here the landing sensor watches the folder of
+    the settings passed, not that of the environment (the session's data directory)."""
+    mine = Settings(
+        services=ServicesSettings(data_dir=tmp_path), ingest=IngestSettings(landing_settle_seconds=0)
+    )
+    mine.services.landing_dir.mkdir(parents=True)
+    (mine.services.landing_dir / "handed.csv").write_text("transaction_id\n1\n")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"settings": mine})
+        [request] = landing_files_sensor(context).run_requests
+    assert request.partition_key == "handed.csv"
+    assert defs.resources["settings"].services.data_dir != tmp_path

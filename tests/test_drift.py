@@ -410,6 +410,7 @@ def materialize(
         instance=instance,
         resources={
             "postgres": PostgresServer(url=drift_db),
+            "settings": get_settings(),
             "mlflow": MlflowServer(tracking_uri=mlflow_tracking_uri, model_name=model_name),
         },
         run_config={"ops": {"drift_report": {"config": config}}} if config else None,

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 import redis
 
-from rtml.definitions import defs
 from rtml.defs.automation.tags import range_tags
 from rtml.stack.local import StackInfo
+from tests.code_location import code_location
 
 FIRST_HOURS = ("2026-11-01-00:00", "2026-11-01-02:00")  # three hourly partitions, one run
 
@@ -33,9 +33,13 @@ def _count(database_url: str, sql: str) -> int:
 
 
 def _run_range(instance: dg.DagsterInstance, job: str, first: str, last: str) -> dg.ExecuteInProcessResult:
-    return defs.resolve_job_def(job).execute_in_process(
-        instance=instance,
-        tags=range_tags(first, last),
+    return (
+        code_location()
+        .resolve_job_def(job)
+        .execute_in_process(
+            instance=instance,
+            tags=range_tags(first, last),
+        )
     )
 
 

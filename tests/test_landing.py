@@ -31,6 +31,7 @@ from rtml.ingest.landing import (
 )
 from rtml.sources.schema import TRANSACTIONS
 from rtml.stack.local import StackInfo
+from tests.code_location import code_location
 from tests.isolation import TEST_NOW
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -356,10 +357,12 @@ def platform_landing(settings: Settings) -> Iterator[Settings]:
 def run_landing(
     instance: dg.DagsterInstance, key: str, tags: dict[str, str] | None = None, raise_on_error: bool = True
 ) -> dg.ExecuteInProcessResult:
-    from rtml.definitions import defs
-
-    return defs.resolve_job_def("landing_ingestion_job").execute_in_process(
-        instance=instance, partition_key=key, tags=tags or {}, raise_on_error=raise_on_error
+    return (
+        code_location()
+        .resolve_job_def("landing_ingestion_job")
+        .execute_in_process(
+            instance=instance, partition_key=key, tags=tags or {}, raise_on_error=raise_on_error
+        )
     )
 
 
@@ -373,7 +376,10 @@ class Ticks:
     def __call__(self) -> list[dg.RunRequest]:
         from rtml.defs.ingestion.sensors import landing_files_sensor
 
-        result = landing_files_sensor(dg.build_sensor_context(instance=self.instance, cursor=self.cursor))
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources={"settings": get_settings()}
+        )
+        result = landing_files_sensor(context)
         self.cursor = result.cursor
         for request in result.dynamic_partitions_requests or []:
             self.instance.add_dynamic_partitions("landing_files", list(request.partition_keys or []))

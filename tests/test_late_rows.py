@@ -107,7 +107,7 @@ def _landing_run(instance: dg.DagsterInstance, name: str, url: str) -> None:
         [transactions_landing],
         partition_key=name,
         instance=instance,
-        resources={"postgres": PostgresServer(url=url)},
+        resources={"postgres": PostgresServer(url=url), "settings": get_settings()},
     )
     assert result.success
 
@@ -128,7 +128,9 @@ def test_landing_file_of_a_past_day_reaches_its_features_and_later_windows(
     instance = dg.DagsterInstance.ephemeral()
     _landing_run(instance, name, url)
 
-    context = dg.build_sensor_context(instance=instance, resources={"postgres": PostgresServer(url=url)})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"postgres": PostgresServer(url=url), "settings": get_settings()}
+    )
     result = late_rows_sensor(context)
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests or []
@@ -153,7 +155,9 @@ def test_landing_file_of_a_past_day_reaches_its_features_and_later_windows(
     # the same materialization is never requested twice
     again = late_rows_sensor(
         dg.build_sensor_context(
-            instance=instance, cursor=result.cursor, resources={"postgres": PostgresServer(url=url)}
+            instance=instance,
+            cursor=result.cursor,
+            resources={"postgres": PostgresServer(url=url), "settings": get_settings()},
         )
     )
     assert isinstance(again, dg.SkipReason)
@@ -241,7 +245,7 @@ def test_stream_rows_landed_after_their_hour_was_built_request_one_rebuild(
         }
     )
     lander = Lander(client, url, settings, consumer="late")
-    resources = {"postgres": PostgresServer(url=url)}
+    resources = {"postgres": PostgresServer(url=url), "settings": get_settings()}
     instance = dg.DagsterInstance.ephemeral()
     cursor: str | None = None
 

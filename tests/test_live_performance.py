@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
-from rtml.config import ServicesSettings, Settings, SimulatorSettings
+from rtml.config import ServicesSettings, Settings, SimulatorSettings, get_settings
 from rtml.defs.monitoring.assets import live_model_performance
 from rtml.defs.resources import PostgresServer
 from rtml.monitoring import live
@@ -218,7 +218,7 @@ def test_asset_stores_and_describes_each_day(live_db: tuple[str, pd.DataFrame], 
     result = dg.materialize(
         [live_model_performance],
         instance=dg.DagsterInstance.from_config(str(stack.dagster_home)),
-        resources={"postgres": PostgresServer(url=url)},
+        resources={"postgres": PostgresServer(url=url), "settings": get_settings()},
     )
     assert result.success
     [materialization] = result.asset_materializations_for_node("live_model_performance")

@@ -65,7 +65,11 @@ def _materialize(
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [online_features, online_offline_parity],
-        resources={"postgres": PostgresServer(url=latest_db), "redis": redis_resource},
+        resources={
+            "postgres": PostgresServer(url=latest_db),
+            "redis": redis_resource,
+            "settings": get_settings(),
+        },
         run_config={"ops": {"online_features": {"config": {"full_refresh": full_refresh, **config}}}},
         raise_on_error=False,
     )
@@ -253,6 +257,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
 ) -> None:
     resources = {
         "postgres": PostgresServer(url=latest_db),
+        "settings": get_settings(),
         "redis": RedisServer(url=own_redis.url, key_prefix="rtmltest-heal"),
     }
     rebuild = dg.Definitions(
@@ -334,7 +339,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
                 dagster_event=event,
                 dagster_instance=instance,
                 dagster_run=run,
-                resources={"postgres": resources["postgres"]},
+                resources={"postgres": resources["postgres"], "settings": get_settings()},
             ) as context:
                 online_rebuild_notifier(context)
             with psycopg.connect(latest_db) as conn:

@@ -169,15 +169,17 @@ def test_the_hourly_ingestion_reads_the_timeline_without_a_restart(
 ) -> None:
     """A switch written to the timeline (as `rtml scenario start` does) changes what the next run of
     `ingestion_job` loads for the hour, from the switch on; the run's materialization names it."""
-    from rtml.definitions import defs
+    from tests.code_location import code_location
 
     hour = datetime(2026, 11, 3, 10, tzinfo=UTC)
     switch_at = hour + timedelta(minutes=20)
     timeline("amount_inflation", switch_at).save(timeline_path(ServicesSettings(data_dir=data_dir)))
     key = f"{hour:%Y-%m-%d-%H:%M}"
     with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
-        result = defs.resolve_job_def("ingestion_job").execute_in_process(
-            instance=instance, partition_key=key
+        result = (
+            code_location()
+            .resolve_job_def("ingestion_job")
+            .execute_in_process(instance=instance, partition_key=key)
         )
     assert result.success
     (materialization,) = result.asset_materializations_for_node("transactions_raw")

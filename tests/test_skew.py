@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from rtml.config import OnlineSettings
+from rtml.config import OnlineSettings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import FeatureRegistry, load_registry
 from rtml.features.online import OnlineStore
@@ -224,7 +224,8 @@ def test_the_asset_check_finds_the_served_build_in_dagsters_history(world: dict[
             (b.view, b.namespace, b.as_of) for b in by_view.values()
         }
         context = dg.build_asset_check_context(
-            instance=instance, resources={"postgres": PostgresServer(url=world["url"])}
+            instance=instance,
+            resources={"postgres": PostgresServer(url=world["url"]), "settings": get_settings()},
         )
         # the requests scored an hour before that push (no build of theirs known), then an hour after it,
         # then one of them tampered with; put back as they were afterwards

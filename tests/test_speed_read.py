@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from rtml.config import OnlineSettings
+from rtml.config import OnlineSettings, get_settings
 from rtml.defs.online.assets import online_features
 from rtml.defs.online.resources import RedisResource, RedisServer
 from rtml.defs.online.sensors import heal_sensor
@@ -121,7 +121,7 @@ def hourly_push(url: str, redis_resource: RedisResource) -> dict[str, Any]:
     """The ``online_features`` asset, as the hourly refresh materializes it: its metadata."""
     result = dg.materialize(
         [online_features],
-        resources={"postgres": PostgresServer(url=url), "redis": redis_resource},
+        resources={"postgres": PostgresServer(url=url), "redis": redis_resource, "settings": get_settings()},
         raise_on_error=False,
     )
     assert result.success
@@ -248,7 +248,7 @@ def test_the_heal_sensor_rebuilds_an_emptied_speed_layer(
     """The batch views are there but the speed layer's state is gone (flushed): the self-heal sensor
     requests its rebuild, whose push restores the snapshot and its watermark."""
     url = burst_db["url"]
-    resources = {"postgres": PostgresServer(url=url), "redis": redis_resource}
+    resources = {"postgres": PostgresServer(url=url), "redis": redis_resource, "settings": get_settings()}
     store = redis_resource.online_store()
     assert store.speed is not None
     try:

@@ -8,8 +8,13 @@ reference platforms choose their resources per deployment:
   (``dg.EnvVar``: ``RTML_DATABASE_URL``, ``RTML_REDIS_URL``, ``RTML_MLFLOW_TRACKING_URI``), read when a
   run starts; nothing local is looked up.
 
+Every environment also carries the platform's :class:`~rtml.config.Settings` as the resource ``settings``
+(``settings: dg.ResourceParam[Settings]`` in an asset, check, sensor or schedule), read from the environment
+once, when the definitions load: bodies are handed their settings, they never fetch them.
+
 Tests and scripts pass the servers they use (``PostgresServer(url=...)``, ``RedisServer(url=...)``,
-``MlflowServer(tracking_uri=...)``). The resource classes of a domain live in its folder.
+``MlflowServer(tracking_uri=...)``) and the settings they mean. The resource classes of a domain live in its
+folder.
 """
 
 from __future__ import annotations
@@ -53,8 +58,14 @@ def environment_resources(settings: Settings) -> dict[str, Any]:
             "postgres": PostgresServer(url=dg.EnvVar("RTML_DATABASE_URL")),
             "redis": RedisServer(url=dg.EnvVar("RTML_REDIS_URL")),
             "mlflow": MlflowServer(tracking_uri=dg.EnvVar("RTML_MLFLOW_TRACKING_URI"), model_name=model_name),
+            "settings": settings,
         }
-    return {"postgres": LocalPostgres(), "redis": LocalRedis(), "mlflow": LocalMlflow(model_name=model_name)}
+    return {
+        "postgres": LocalPostgres(),
+        "redis": LocalRedis(),
+        "mlflow": LocalMlflow(model_name=model_name),
+        "settings": settings,
+    }
 
 
 @dg.definitions

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.automation.jobs import HOURLY_FEATURES, HOURLY_LATEST, HOURLY_RAW, hourly_refresh_job
 from rtml.defs.automation.sensors import ACTIVE, TRIGGER_TAG
 from rtml.defs.automation.tags import range_tags
@@ -44,16 +44,25 @@ SENSOR_TAG = "dagster/sensor_name"  # Dagster tags every run a sensor requests w
     description="Hours whose transactions_raw is newer than their features (an interrupted hourly refresh): "
     "one hourly_refresh_job run rebuilds them and the hours after them.",
 )
-def incomplete_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    return incomplete_partitions_request(context.instance, context.log, now=world_now())
+def incomplete_partitions_sensor(
+    context: dg.SensorEvaluationContext, settings: dg.ResourceParam[Settings]
+) -> dg.RunRequest | dg.SkipReason:
+    lookback = settings.automation.incomplete_partitions_lookback_hours
+    return incomplete_partitions_request(
+        context.instance, context.log, now=world_now(), lookback_hours=lookback
+    )
 
 
 def incomplete_partitions_request(
-    instance: dg.DagsterInstance, log: logging.Logger | dg.DagsterLogManager, *, now: datetime
+    instance: dg.DagsterInstance,
+    log: logging.Logger | dg.DagsterLogManager,
+    *,
+    now: datetime,
+    lookback_hours: int,
 ) -> dg.RunRequest | dg.SkipReason:
-    """The sensor's decision at ``now``: the sensor passes world time (``rtml.defs.clock``), tests a time of
-    their pinned world."""
-    lookback = get_settings().automation.incomplete_partitions_lookback_hours
+    """The sensor's decision at ``now`` over the ``lookback_hours`` before it: the sensor passes world time
+    (``rtml.defs.clock``), tests a time of their pinned world."""
+    lookback = lookback_hours
     active = instance.get_run_records(
         dg.RunsFilter(job_name=hourly_refresh_job.name, statuses=ACTIVE), limit=1
     )

@@ -36,7 +36,7 @@ from typing import Any
 import dagster as dg
 from mlflow.exceptions import MlflowException
 
-from rtml.config import get_settings, redact
+from rtml.config import Settings, redact
 from rtml.defs.automation.checks import DATA_FRESHNESS, MODEL_FRESHNESS
 from rtml.defs.automation.jobs import bento_job, retraining_job
 from rtml.defs.automation.tags import TRIGGER_TAG as TRIGGER_TAG  # re-exported: other domains import it here
@@ -128,7 +128,9 @@ def _retrain_on_failure(context: dg.SensorEvaluationContext, key: dg.AssetCheckK
     description="A drift check (daily drift_report, hourly recent_drift_report) failed: retrain, once per "
     "drift (no second request against the same production version within drift_retraining_cooldown_hours).",
 )
-def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def drift_retraining_sensor(
+    context: dg.SensorEvaluationContext, settings: dg.ResourceParam[Settings]
+) -> dg.SensorResult:
     failures, cursor, notes = new_failures(context, (DRIFT_CHECK, RECENT_DRIFT_CHECK))
     if not failures:
         return dg.SensorResult(skip_reason="; ".join(notes), cursor=cursor)
@@ -141,7 +143,7 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     version = evaluation.metadata.get("model_version")
     reference = str(version.value) if version is not None else "none"
     earlier = _drift_retraining_since(
-        context.instance, reference, get_settings().monitoring.drift_retraining_cooldown_hours
+        context.instance, reference, settings.monitoring.drift_retraining_cooldown_hours
     )
     if earlier is not None:
         reason = (
@@ -192,7 +194,9 @@ def model_staleness_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="transactions_raw or online_features is stale (freshness check failed): notify.",
 )
-def data_freshness_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult:
+def data_freshness_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
+) -> dg.SensorResult:
     failures, cursor, notes = new_failures(context, DATA_FRESHNESS)
     for failure in failures:
         evaluation = failure.evaluation
@@ -210,7 +214,7 @@ def data_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
                 "check_evaluation": failure.record_id,
                 "check_run_id": failure.run_id,
             },
-            get_settings(),
+            settings,
             database_url=postgres.database_url(),
         )
     if not failures:
@@ -233,7 +237,9 @@ def _run_materialization(instance: dg.DagsterInstance, run_id: str, asset: str) 
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Every failed run notifies: job, run id and the failing steps' errors.",
 )
-def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: PostgresResource) -> None:
+def run_failure_notifier(
+    context: dg.RunFailureSensorContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
+) -> None:
     run = context.dagster_run
     errors = []
     for event in context.get_step_failure_events():
@@ -254,7 +260,7 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: Postgres
             "partition": partitions_of(run.tags) or "none",
             "trigger": run.tags.get(TRIGGER_TAG) or _launched_by(run.tags),
         },
-        get_settings(),
+        settings,
         database_url=postgres.database_url(),
     )
 
@@ -268,7 +274,10 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, postgres: Postgres
     "to approve it.",
 )
 def retraining_notifier(
-    context: dg.RunStatusSensorContext, postgres: PostgresResource, mlflow: MlflowResource
+    context: dg.RunStatusSensorContext,
+    postgres: PostgresResource,
+    mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> None:
     run = context.dagster_run
     metadata = _run_materialization(context.instance, run.run_id, "fraud_model")
@@ -277,13 +286,13 @@ def retraining_notifier(
         return
     version = str(metadata["model_version"])
     staged = metadata.get("gate") == "staged"
-    comparison = _gate_comparison(mlflow, version)
+    comparison = _gate_comparison(mlflow, version, settings.training.gate_metric)
     name = mlflow.model_name
     if staged:
         outcome = f"staged; approve with `rtml promote {version} --approver NAME --reason TEXT`"
     else:
         outcome = f"rejected: {metadata.get('gate_reason', 'see the evaluation gate')}"
-    live = challenger.notice(postgres.database_url(), get_settings().monitoring.challenger_min_labelled)
+    live = challenger.notice(postgres.database_url(), settings.monitoring.challenger_min_labelled)
     notify(
         "retraining",
         f"{name} v{version} {'staged' if staged else 'rejected'}",
@@ -299,15 +308,14 @@ def retraining_notifier(
             "mlflow": metadata.get("mlflow_url", ""),
             "live_comparison": live,
         },
-        get_settings(),
+        settings,
         database_url=postgres.database_url(),
     )
 
 
-def _gate_comparison(mlflow: MlflowResource, version: str) -> str:
+def _gate_comparison(mlflow: MlflowResource, version: str, metric: str) -> str:
     """The gate's comparison, e.g. ``PR AUC 0.8100 vs production v6 0.7400`` (both scored on the new
     version's test window), from its tags on the version; says so when the registry is unreachable."""
-    metric = get_settings().training.gate_metric
     label = METRIC_NAMES.get(metric, metric)
     try:
         tags = mlflow.client().get_model_version(mlflow.model_name, version).tags
@@ -331,7 +339,10 @@ def _gate_comparison(mlflow: MlflowResource, version: str) -> str:
     description="After a promotion or rollback: notify, and build the bento of the production version.",
 )
 def promotion_sensor(
-    context: dg.RunStatusSensorContext, postgres: PostgresResource, mlflow: MlflowResource
+    context: dg.RunStatusSensorContext,
+    postgres: PostgresResource,
+    mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.RunRequest | dg.SkipReason:
     run = context.dagster_run
     metadata = _run_materialization(context.instance, run.run_id, "production_model")
@@ -353,7 +364,7 @@ def promotion_sensor(
             "previous_production_version": metadata.get("previous_production_version", "none"),
             "run_id": run.run_id,
         },
-        get_settings(),
+        settings,
         database_url=postgres.database_url(),
     )
     return dg.RunRequest(run_key=f"bento-after-{run.run_id}", tags={TRIGGER_TAG: f"promotion v{version}"})

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.automation.sensors import TRIGGER_TAG
 from rtml.defs.automation.tags import range_tags
 from rtml.defs.features.assets import dbt_incremental_features
@@ -88,7 +88,7 @@ def _event_range(record: dg.EventLogRecord) -> tuple[datetime, datetime] | None:
 
 @dg.sensor(job=late_rows_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def late_rows_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource
+    context: dg.SensorEvaluationContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
 ) -> dg.SensorResult | dg.SkipReason:
     """After landing files are loaded (materializations of ``transactions_landing`` since the cursor):
     if their transactions (metadata ``event_ts_min``/``event_ts_max``) lie in hours whose features are
@@ -110,7 +110,7 @@ def late_rows_sensor(
     # only a stream-fed deployment has a lander (`rtml stream land` refuses to run otherwise)
     stream = (
         stream_loads_since(url, position.loaded_at)
-        if get_settings().stream.transactions_feed == "stream"
+        if settings.stream.transactions_feed == "stream"
         else StreamLoads(position.loaded_at, 0)
     )
     if not records and not stream.loads:

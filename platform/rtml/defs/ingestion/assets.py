@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.clock import world_now
 from rtml.defs.ingestion.checks import quarantine_share_check, raw_check_specs, row_count_checks
 from rtml.defs.ingestion.partitions import (
@@ -49,7 +49,7 @@ def _load_metadata(result: LoadResult, partitions: int) -> dict[str, Any]:
     }
 
 
-def _publish(asset: str, total: LoadResult, partition_keys: list[str]) -> None:
+def _publish(asset: str, total: LoadResult, partition_keys: list[str], gateway: str | None) -> None:
     """The load's figures to the Pushgateway (when configured): the rows of the run's partition, or
     of its range (``first...last``) in a single-run backfill."""
     partition = (
@@ -62,7 +62,7 @@ def _publish(asset: str, total: LoadResult, partition_keys: list[str]) -> None:
         quarantined=total.rows_quarantined,
         partition=partition,
     )
-    metrics.publish(asset, samples, get_settings().monitoring.pushgateway_url)
+    metrics.publish(asset, samples, gateway)
 
 
 def _load_each(keys: list[str], load_one: Callable[[str], LoadResult]) -> Iterator[tuple[str, LoadResult]]:
@@ -103,9 +103,8 @@ def _total(results: list[LoadResult]) -> LoadResult:
     "stream's events and each partition reports the rows it landed for that hour.",
 )
 def transactions_raw(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
+    context: dg.AssetExecutionContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    settings = get_settings()
     simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     url = postgres.database_url()
     now = world_now()  # the time the partitions exist at: their rows are not "in the future" then
@@ -122,7 +121,7 @@ def transactions_raw(
     per_partition = dict(_load_each(context.partition_keys, load_hour))
     total = _total(list(per_partition.values()))
     context.log.info(f"{len(per_partition)} partition(s): {total}")
-    _publish("transactions_raw", total, context.partition_keys)
+    _publish("transactions_raw", total, context.partition_keys, settings.monitoring.pushgateway_url)
     # The drift scenarios (pinned or switched with `rtml scenario`) on during the loaded hours.
     window = context.partition_time_window
     scenarios = simulator.scenarios_between(window.start, window.end)
@@ -150,9 +149,8 @@ def transactions_raw(
     "transaction), validated into `raw.labels`.",
 )
 def labels_raw(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
+    context: dg.AssetExecutionContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    settings = get_settings()
     simulator = Simulator(settings.simulator, settings.ingest, timeline_path(settings.services))
     url = postgres.database_url()
     now = world_now()
@@ -163,7 +161,7 @@ def labels_raw(
         return load_labels(url, [labels], source=f"labels/{key}", ingest=settings.ingest, now=now)
 
     total = _total([result for _, result in _load_each(context.partition_keys, load_day)])
-    _publish("labels_raw", total, context.partition_keys)
+    _publish("labels_raw", total, context.partition_keys, settings.monitoring.pushgateway_url)
     yield dg.MaterializeResult(metadata=_load_metadata(total, len(context.partition_keys)))
     yield quarantine_share_check("labels_raw", total, settings)
 
@@ -178,9 +176,8 @@ def labels_raw(
     "file ends in `processed/` or `rejected/` with a JSON receipt; nothing is deleted.",
 )
 def transactions_landing(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
+    context: dg.AssetExecutionContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
 ) -> dg.MaterializeResult:
-    settings = get_settings()
     started = time.perf_counter()
     try:
         receipt = ingest_landing_file(

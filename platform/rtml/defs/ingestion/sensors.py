@@ -7,7 +7,7 @@ import time
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.automation.tags import TRIGGER_TAG
 from rtml.defs.ingestion.partitions import landing_file_partitions
 from rtml.ingest.landing import list_landing_files, ready_files
@@ -29,7 +29,9 @@ _ACTIVE = [
 
 
 @dg.sensor(job=landing_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def landing_files_sensor(
+    context: dg.SensorEvaluationContext, settings: dg.ResourceParam[Settings]
+) -> dg.SensorResult:
     """One run per drop of a file into the landing folder (``rtml.ingest.landing`` has the conventions).
 
     - **Complete files only**: a file is requested once it has not been modified for
@@ -46,7 +48,6 @@ def landing_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
       (alert ``LandingFileStuck``): a file whose run failed on a database outage longer than the retries,
       or that never stops changing, stays in the folder and must not go unnoticed.
     """
-    settings = get_settings()
     now = time.time()
     cursor = json.loads(context.cursor) if context.cursor else {}
     seen = cursor.get("first_seen", {})

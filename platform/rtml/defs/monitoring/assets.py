@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import challenger, drift, live, metrics
@@ -33,17 +33,21 @@ DRIFT_DEPS = ["stg_transactions", "customer_features", "merchant_features", "pro
 
 @dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
 def drift_report(
-    context: dg.AssetExecutionContext, config: DriftConfig, postgres: PostgresResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    config: DriftConfig,
+    postgres: PostgresResource,
+    mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """Feature drift (and drift of the served scores) between the production model's training window and
     the newest ``drift_current_hours`` hours: an Evidently HTML report per kind, a row per report in
     ``monitoring.drift_reports``; the check ``drift_within_threshold`` judges it. Daily (``drift_job``)."""
-    settings = get_settings()
     return _drift(
         context,
         config,
         postgres,
         mlflow,
+        settings,
         settings.monitoring.drift_current_hours,
         settings.monitoring.drift_max_rows,
     )
@@ -51,7 +55,11 @@ def drift_report(
 
 @dg.asset(deps=DRIFT_DEPS, group_name="monitoring", kinds={"evidently", "postgres"})
 def recent_drift_report(
-    context: dg.AssetExecutionContext, config: DriftConfig, postgres: PostgresResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    config: DriftConfig,
+    postgres: PostgresResource,
+    mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """The hourly drift check: as ``drift_report``, over the newest ``drift_recent_hours`` hours and
     their newest ``drift_recent_tail_minutes``, at most ``drift_recent_max_rows`` rows per window, against
@@ -60,12 +68,12 @@ def recent_drift_report(
     Every numeric column by the two-sample KS test; drift when one p-value is below
     ``drift_recent_pvalue``, in the hour or in its tail. Materialized after every hourly refresh
     (``hourly_drift_sensor``); a separate asset, so the daily full report stays as it was."""
-    settings = get_settings()
     return _drift(
         context,
         config,
         postgres,
         mlflow,
+        settings,
         settings.monitoring.drift_recent_hours,
         settings.monitoring.drift_recent_max_rows,
         hourly=True,
@@ -77,11 +85,11 @@ def _drift(
     config: DriftConfig,
     postgres: PostgresResource,
     mlflow: MlflowResource,
+    settings: Settings,
     current_hours: int,
     max_rows: int,
     hourly: bool = False,
 ) -> dg.MaterializeResult:
-    settings = get_settings()
     name = context.asset_key.to_user_string()
     url = postgres.database_url()
     try:
@@ -209,11 +217,10 @@ def _scores_table(report: drift.DriftReport) -> dg.TableMetadataValue:
 
 @dg.asset(deps=["stg_labels"], group_name="monitoring", kinds={"postgres", "scikitlearn"})
 def live_model_performance(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
+    context: dg.AssetExecutionContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
 ) -> dg.MaterializeResult:
     """Per day and served version over the last ``live_metrics_days`` days: ROC AUC, PR AUC, precision
     and recall on predictions whose labels have arrived, in ``monitoring.live_model_performance``."""
-    settings = get_settings()
     started = time.perf_counter()
     url = postgres.database_url()
     try:
@@ -275,6 +282,7 @@ def challenger_comparison(
     config: ChallengerConfig,
     postgres: PostgresResource,
     mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """The staged version (shadow-scoring every request) against production on the same requests of the
     last ``challenger_window_days``: PR AUC, ROC AUC, precision, recall and recall at production's
@@ -283,7 +291,6 @@ def challenger_comparison(
     ``challenger_min_labelled``) in ``monitoring.challenger_comparisons`` and as ``live_*`` tags of the
     version, shown by ``rtml models`` and ``rtml promote``. A new verdict is a ``retraining``
     notification. Daily (``challenger_job``) and on demand; nothing staged is no failure."""
-    settings = get_settings()
     started = time.perf_counter()
     client = mlflow.client()
     version = config.version
@@ -315,11 +322,13 @@ def challenger_comparison(
     pushed = metrics.publish("challenger_comparison", samples, settings.monitoring.pushgateway_url)
     context.log.info(result.summary)
     if result.decided and (previous is None or previous.verdict != result.verdict):
-        _notify_verdict(result, mlflow, url)
+        _notify_verdict(result, mlflow, url, settings)
     return dg.MaterializeResult(metadata=_challenger_metadata(result, seconds, pushed))
 
 
-def _notify_verdict(result: challenger.Comparison, mlflow: MlflowResource, database_url: str) -> None:
+def _notify_verdict(
+    result: challenger.Comparison, mlflow: MlflowResource, database_url: str, settings: Settings
+) -> None:
     """A ``retraining`` notice when a challenger gets its first verdict, or a different one: what the
     person deciding on ``rtml promote`` waits for (the retraining notice itself comes before any
     shadow score)."""
@@ -339,7 +348,7 @@ def _notify_verdict(result: challenger.Comparison, mlflow: MlflowResource, datab
             "report": str(result.scores.html_path) if result.scores else "none",
             "mlflow": mlflow.version_url(version),
         },
-        get_settings(),
+        settings,
         database_url=database_url,
     )
 

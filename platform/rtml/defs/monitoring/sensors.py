@@ -6,11 +6,11 @@ notification of a failed run (job, run id, errors) is ``run_failure_notifier``'s
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.monitoring import metrics
 
 
-def _push_outcome(context: dg.RunStatusSensorContext, metric: str) -> None:
+def _push_outcome(context: dg.RunStatusSensorContext, metric: str, settings: Settings) -> None:
     run = context.dagster_run
     stats = context.instance.get_run_stats(run.run_id)
     when = stats.end_time or stats.launch_time or 0.0
@@ -18,13 +18,15 @@ def _push_outcome(context: dg.RunStatusSensorContext, metric: str) -> None:
     sample = metrics.Sample(metric, when, {"dagster_job": run.job_name})
     # one Pushgateway group per job and outcome: a success does not erase the last failure
     outcome = "failure" if "failure" in metric else "success"
-    metrics.publish(f"run_{outcome}_{run.job_name}", [sample], get_settings().monitoring.pushgateway_url)
+    metrics.publish(f"run_{outcome}_{run.job_name}", [sample], settings.monitoring.pushgateway_url)
 
 
 @dg.run_failure_sensor(name="pushgateway_run_failure", default_status=dg.DefaultSensorStatus.RUNNING)
-def pushgateway_run_failure(context: dg.RunFailureSensorContext) -> None:
+def pushgateway_run_failure(
+    context: dg.RunFailureSensorContext, settings: dg.ResourceParam[Settings]
+) -> None:
     """Pushes the failure time of every failed run."""
-    _push_outcome(context, "rtml_pipeline_run_failure_timestamp_seconds")
+    _push_outcome(context, "rtml_pipeline_run_failure_timestamp_seconds", settings)
 
 
 @dg.run_status_sensor(
@@ -32,6 +34,6 @@ def pushgateway_run_failure(context: dg.RunFailureSensorContext) -> None:
     run_status=dg.DagsterRunStatus.SUCCESS,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def pushgateway_run_success(context: dg.RunStatusSensorContext) -> None:
+def pushgateway_run_success(context: dg.RunStatusSensorContext, settings: dg.ResourceParam[Settings]) -> None:
     """Pushes the success time of every successful run."""
-    _push_outcome(context, "rtml_pipeline_run_success_timestamp_seconds")
+    _push_outcome(context, "rtml_pipeline_run_success_timestamp_seconds", settings)

@@ -16,7 +16,7 @@ valid (reads past its horizon fall back to the batch values, counted by the scor
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.features.freshness import offline_newest, online_newest
@@ -44,6 +44,7 @@ def online_features(
     config: OnlinePushConfig,
     postgres: PostgresResource,
     redis: RedisResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """Customer and merchant features in Redis: one hash per entity under a versioned namespace."""
     store = redis.online_store()
@@ -82,7 +83,7 @@ def online_features(
             for v, ts in views.items()
             if ts is not None
         ]
-    metrics.publish("online_features", samples, get_settings().monitoring.pushgateway_url)
+    metrics.publish("online_features", samples, settings.monitoring.pushgateway_url)
     for name, push in result.views.items():
         context.log.info(
             f"{name}: {push.mode} push to {push.namespace}: {push.written} written, "

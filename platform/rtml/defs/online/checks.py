@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.features.feature_registry import get_registry
@@ -28,10 +28,12 @@ from rtml.monitoring.skew import CUSTOMER_VIEW, MERCHANT_VIEW, Build, check_skew
     "Redis as from the `*_latest` tables in PostgreSQL.",
     blocking=False,
 )
-def online_offline_parity(postgres: PostgresResource, redis: RedisResource) -> dg.AssetCheckResult:
+def online_offline_parity(
+    postgres: PostgresResource, redis: RedisResource, settings: dg.ResourceParam[Settings]
+) -> dg.AssetCheckResult:
     store = redis.online_store()
     try:
-        report = check_parity(postgres.database_url(), store, get_settings().online.parity_sample)
+        report = check_parity(postgres.database_url(), store, settings.online.parity_sample)
     finally:
         store.close()
     return dg.AssetCheckResult(
@@ -62,9 +64,8 @@ def online_offline_parity(postgres: PostgresResource, redis: RedisResource) -> d
     blocking=False,
 )
 def training_serving_skew(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
 ) -> dg.AssetCheckResult:
-    settings = get_settings()
     since = datetime.now(UTC) - timedelta(hours=settings.online.skew_lookback_hours)
     report = check_skew(
         postgres.database_url(),

@@ -22,7 +22,7 @@ import dagster as dg
 import psycopg
 import redis as redis_lib
 
-from rtml.config import OnlineSettings, get_settings
+from rtml.config import OnlineSettings, Settings, get_settings
 from rtml.defs.automation.sensors import ACTIVE, TRIGGER_TAG, _run_materialization
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
@@ -57,19 +57,23 @@ def heal_sensor(online: OnlineSettings) -> dg.SensorDefinition:
         "*_latest tables have rows: rebuild it (one full push per loss).",
     )
     def online_store_heal_sensor(
-        context: dg.SensorEvaluationContext, postgres: PostgresResource, redis: RedisResource
+        context: dg.SensorEvaluationContext,
+        postgres: PostgresResource,
+        redis: RedisResource,
+        settings: dg.ResourceParam[Settings],
     ) -> dg.SensorResult:
         store = redis.online_store()
         try:
-            return _heal(context, store, postgres.database_url())
+            return _heal(context, store, postgres.database_url(), settings.monitoring.pushgateway_url)
         finally:
             store.close()
 
     return online_store_heal_sensor
 
 
-def _heal(context: dg.SensorEvaluationContext, store: OnlineStore, database_url: str) -> dg.SensorResult:
-    gateway = get_settings().monitoring.pushgateway_url
+def _heal(
+    context: dg.SensorEvaluationContext, store: OnlineStore, database_url: str, gateway: str | None
+) -> dg.SensorResult:
     try:
         health = store_health(store)
     except redis_lib.RedisError as error:
@@ -148,7 +152,9 @@ def _request(loss: dict[str, str]) -> dg.RunRequest:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="After a rebuild of the online store: what was lost, what was pushed, how long it took.",
 )
-def online_rebuild_notifier(context: dg.RunStatusSensorContext, postgres: PostgresResource) -> None:
+def online_rebuild_notifier(
+    context: dg.RunStatusSensorContext, postgres: PostgresResource, settings: dg.ResourceParam[Settings]
+) -> None:
     run = context.dagster_run
     metadata = _run_materialization(context.instance, run.run_id, "online_features") or {}
     stats = context.instance.get_run_stats(run.run_id)
@@ -173,7 +179,7 @@ def online_rebuild_notifier(context: dg.RunStatusSensorContext, postgres: Postgr
         f"{cause}the online store was rebuilt from the *_latest tables by run {run.run_id}: "
         f"{entities} entities in {fields['push_s']} s{served}.",
         fields,
-        get_settings(),
+        settings,
         database_url=postgres.database_url(),
     )
 

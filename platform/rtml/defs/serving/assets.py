@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.online.resources import RedisResource
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.assets import production_model
@@ -16,10 +16,10 @@ def fraud_scorer_bento(
     postgres: PostgresResource,
     redis: RedisResource,
     mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """``bentoml build`` of ``rtml.serving`` around the version holding ``production`` (imported into the
     BentoML store under the data directory); ``bentoml serve fraud_scorer:latest`` serves it."""
-    settings = get_settings()
     env = scorer_process.serving_env(settings, postgres.database_url(), redis.redis_url(), mlflow.uri())
     env["RTML_MODEL_NAME"] = mlflow.model_name
     try:

@@ -7,7 +7,7 @@ from enum import Enum
 import dagster as dg
 from pydantic import Field
 
-from rtml.config import get_settings
+from rtml.config import Settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
 from rtml.monitoring import metrics
@@ -43,10 +43,10 @@ def fraud_model(
     config: TrainingConfig,
     postgres: PostgresResource,
     mlflow: MlflowResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """A new version of ``fraud-detector`` trained on a snapshot of ``training_set``, logged to MLflow
     with lineage tags, then gated against production: staged or rejected."""
-    settings = get_settings()
     result = train_and_register(
         postgres.database_url(),
         mlflow.uri(),
