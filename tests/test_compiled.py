@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline, verify
+from rtml.training.compiled import CompiledModel, NotCompilable, compile_pipeline, probe_rows, verify
 from rtml.training.dataset import FeatureSpec
 from rtml.training.model import build_pipeline
 
@@ -49,6 +49,21 @@ def test_compiled_probabilities_equal_the_pipeline(pipeline: Pipeline) -> None:
     got = compiled.predict(frame.to_dict("records"))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
     assert len(set(np.round(got, 6))) > 50  # a real spread of scores, not a constant
+
+
+def test_probe_rows_sit_exactly_on_every_split_threshold_of_the_trees(pipeline: Pipeline) -> None:
+    """The verification walks the trees' boundaries: every numeric split threshold of the fitted
+    classifier (read here from sklearn's own predictor nodes) appears exactly among the probe rows."""
+    compiled = compile_pipeline(pipeline)
+    classifier = pipeline[-1]
+    offset = len(compiled.categorical)
+    rows = probe_rows(compiled, n=20_000)
+    for trees in classifier._predictors:  # sklearn's private nodes, as the reference only
+        for tree in trees:
+            nodes = tree.nodes
+            for node in nodes[(nodes["is_leaf"] == 0) & (nodes["is_categorical"] == 0)]:
+                column = compiled.numeric[int(node["feature_idx"]) - offset]
+                assert float(node["num_threshold"]) in set(rows[column]), column
 
 
 def test_a_wrong_encoding_is_caught_by_verification(pipeline: Pipeline) -> None:

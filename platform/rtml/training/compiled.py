@@ -17,6 +17,7 @@ raises ``NotCompilable`` and the caller keeps scoring with sklearn.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,24 +110,24 @@ def compile_pipeline(pipeline: Any, *, seed: int = 0) -> CompiledModel:
         booster=treelite.sklearn.import_model(classifier),
     )
     _check_booster(compiled.booster, len(compiled.columns))
-    verify(compiled, pipeline, probe_rows(compiled, classifier, seed=seed))
+    verify(compiled, pipeline, probe_rows(compiled, seed=seed))
     return compiled
 
 
-def probe_rows(compiled: CompiledModel, classifier: Any, *, n: int = 2000, seed: int = 0) -> pd.DataFrame:
+def probe_rows(compiled: CompiledModel, *, n: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Rows in the pipeline's input space that walk the trees' boundaries: numeric values drawn from
     each feature's split thresholds (exactly, one ulp below, one ulp above), categories from the known
     ones plus an unknown one, and 10 % missing values."""
     rng = np.random.default_rng(seed)
     offset = len(compiled.categorical)
     thresholds: dict[int, list[float]] = {j: [] for j in range(len(compiled.numeric))}
-    for trees in classifier._predictors:
-        for tree in trees:
-            nodes = tree.nodes
-            splits = nodes[(nodes["is_leaf"] == 0) & (nodes["is_categorical"] == 0)]
-            for feature, threshold in zip(splits["feature_idx"], splits["num_threshold"], strict=True):
-                if feature >= offset:
-                    thresholds[int(feature) - offset].append(float(threshold))
+    # the imported booster's public JSON dump: the same thresholds, bit for bit, as the classifier's own
+    # (private) predictor nodes, in the same feature order (categorical columns first)
+    for tree in json.loads(compiled.booster.dump_as_json())["trees"]:
+        for node in tree["nodes"]:
+            feature = node.get("split_feature_id", -1)
+            if node.get("node_type") == "numerical_test_node" and feature >= offset:
+                thresholds[feature - offset].append(float(node["threshold"]))
     frame: dict[str, Any] = {}
     for name, codes in zip(compiled.categorical, compiled.codes, strict=True):
         choices = np.array([*codes, "<unknown category>", None, math.nan], dtype=object)
