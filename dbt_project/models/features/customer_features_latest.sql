@@ -21,8 +21,7 @@ recent as (
     select
         t.customer_id,
         {{ customer_aggregates('t', 'a.as_of_ts') }},
-        count(distinct t.merchant_id) filter (where t.event_ts >= a.as_of_ts - interval '24 hours')
-            as distinct_merchants_24h
+        {{ customer_recent_merchants('t', 'a.as_of_ts') }}
     from {{ stg }} as t
     cross join as_of as a
     where t.event_ts >= a.as_of_ts - interval '30 days'
@@ -30,26 +29,16 @@ recent as (
 ),
 
 everything as (
-    select customer_id, max(event_ts) as last_txn_ts, array_agg(distinct merchant_id order by merchant_id) as known_merchant_ids
-    from {{ stg }}
-    group by customer_id
+    select t.customer_id, {{ customer_history('t') }}
+    from {{ stg }} as t
+    group by t.customer_id
 )
 
 select
     e.customer_id,
     a.as_of_ts,
     e.last_txn_ts,
-    coalesce(r.txn_count_1h, 0)::integer as txn_count_1h,
-    coalesce(r.amount_sum_1h, 0)::numeric(14, 2) as amount_sum_1h,
-    coalesce(r.txn_count_24h, 0)::integer as txn_count_24h,
-    coalesce(r.amount_sum_24h, 0)::numeric(14, 2) as amount_sum_24h,
-    coalesce(r.txn_count_7d, 0)::integer as txn_count_7d,
-    coalesce(r.amount_sum_7d, 0)::numeric(14, 2) as amount_sum_7d,
-    coalesce(r.txn_count_30d, 0)::integer as txn_count_30d,
-    r.amount_mean_30d::double precision as amount_mean_30d,
-    r.amount_std_30d::double precision as amount_std_30d,
-    coalesce(r.distinct_merchants_24h, 0)::integer as distinct_merchants_24h,
-    r.night_share_7d::double precision as night_share_7d,
+    {{ customer_state_columns('r') }},
     e.known_merchant_ids
 from everything as e
 cross join as_of as a

@@ -9,8 +9,8 @@ scorer's own ``request_features.model_row``, then compared with the logged row, 
   transaction*: the ``customer_features`` row of the transaction (stored and request-time features).
 * **customer features otherwise** (``disabled``, ``beyond_horizon``, ``not_exact``) — the batch values of
   the build that was served: ``customer_features_latest``'s definition evaluated at that build's
-  watermark A (windows ``[A - w, A)``, the dbt macro ``customer_aggregates`` rendered from the manifest,
-  plus the three state columns of ``customer_features_latest.sql``); the request-time features derived
+  watermark A (windows ``[A - w, A)``: the dbt macros ``customer_features_latest`` is built with,
+  rendered from the manifest); the request-time features derived
   from that state as the scorer derives them (``request_features.compute``).
 * **merchant features** (batch only) — ``merchant_features_sql`` (the dbt macro) for the build's day:
   what ``merchant_features_latest`` held.
@@ -400,34 +400,21 @@ class _Sql:
         if not keys:
             return {}
         stg = self.relations["stg_transactions"]
-        # the windows: dbt's macro; the three state columns: as customer_features_latest.sql defines them
+        # every column: the macros customer_features_latest.sql is built with, one customer at a time
         query = f"""
-            select q.customer_id, q.as_of_ts,
-                r.txn_count_1h::integer as txn_count_1h,
-                r.amount_sum_1h::numeric(14, 2) as amount_sum_1h,
-                r.txn_count_24h::integer as txn_count_24h,
-                r.amount_sum_24h::numeric(14, 2) as amount_sum_24h,
-                r.txn_count_7d::integer as txn_count_7d,
-                r.amount_sum_7d::numeric(14, 2) as amount_sum_7d,
-                r.txn_count_30d::integer as txn_count_30d,
-                r.amount_mean_30d::double precision as amount_mean_30d,
-                r.amount_std_30d::double precision as amount_std_30d,
-                r.distinct_merchants_24h::integer as distinct_merchants_24h,
-                r.night_share_7d::double precision as night_share_7d,
-                e.last_txn_ts, e.known_merchant_ids
+            select q.customer_id, q.as_of_ts, e.last_txn_ts,
+                {self.render("customer_state_columns", "r")},
+                e.known_merchant_ids
             from skew_customer_keys as q
             cross join lateral (
                 select {self.render("customer_aggregates", "t", "q.as_of_ts")},
-                    count(distinct t.merchant_id)
-                        filter (where t.event_ts >= q.as_of_ts - interval '24 hours')
-                        as distinct_merchants_24h
+                    {self.render("customer_recent_merchants", "t", "q.as_of_ts")}
                 from {stg} as t
                 where t.customer_id = q.customer_id
                   and t.event_ts >= q.as_of_ts - interval '30 days' and t.event_ts < q.as_of_ts
             ) as r
             cross join lateral (
-                select max(t.event_ts) as last_txn_ts,
-                    array_agg(distinct t.merchant_id order by t.merchant_id) as known_merchant_ids
+                select {self.render("customer_history", "t")}
                 from {stg} as t
                 where t.customer_id = q.customer_id and t.event_ts < q.as_of_ts
             ) as e
