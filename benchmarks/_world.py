@@ -1,9 +1,9 @@
-"""A scoring world of its own for the serving benchmarks (``benchmarks/serving.py``'s default), as
-``benchmarks/speed_read.py`` builds it: the test suite's training world (2,000 customers, 8,000
-transactions a day, 3 weeks) in a database ``rtml_bench_serving_<pid>`` on the machine's PostgreSQL, an
-MLflow server of its own with a model trained, gated and approved (``production``), the online store
-pushed to the machine's Redis under a key prefix of its own; with ``staged``, a second version of the
-same artifact holding ``staging`` (gated, not approved: what shadow scoring loads). Removed at the end.
+"""The benchmarks' worlds of their own (``benchmarks/serving.py``'s default, ``benchmarks/speed_read.py``):
+the test suite's training world (2,000 customers, 8,000 transactions a day, 3 weeks) in a database of its
+own on the given PostgreSQL, an MLflow server of its own with a model trained, gated and approved
+(``production``). ``scoring_world`` adds the online store pushed to the given Redis under a key prefix of
+its own and, with ``staged``, a second version of the same artifact holding ``staging`` (gated, not
+approved: what shadow scoring loads). Everything is removed at the end.
 """
 
 from __future__ import annotations
@@ -14,30 +14,81 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
 from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
+from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
-from rtml.features.sample_data import create_database
+from rtml.features.sample_data import create_database, load_simulated
 from rtml.stack import mlflow_server
 from rtml.stack.processes import free_port
 from rtml.training import model_registry
 from rtml.training.tracking import train_and_register
-from speed_read import START, build_world, drop_database, scored_pair
 
-MODEL = "fraud-detector-bench-serving"
+START = datetime(2026, 9, 1, tzinfo=UTC)
+DAYS, LABEL_DAYS = 21, 10
+
+
+def build_world(database_url: str, settings: Settings) -> None:
+    end = START + timedelta(days=DAYS)
+    load_simulated(database_url, settings, START, end, labels_until=end + timedelta(days=LABEL_DAYS))
+    select = ["+training_set", "+customer_features_latest", "+merchant_features_latest"]
+    proc = run_dbt(["run", "--full-refresh", "--select", *select, "customer_stream_snapshot"], database_url)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-5000:])
+
+
+def scored_pair(database_url: str, which: str) -> tuple[str, str, int, int]:
+    """The scored customer (``busiest``: the most transactions in the 30 days before W, the largest
+    snapshot to merge; ``median``: the median one by that count), a merchant it has used, its 30-day
+    count and its number of known merchants."""
+    import psycopg
+
+    order = "txn_count_30d desc" if which == "busiest" else "txn_count_30d"
+    with psycopg.connect(database_url) as conn:
+        customers = conn.execute("select count(*) from features.customer_stream_snapshot").fetchone()
+        offset = 0 if which == "busiest" or customers is None else int(customers[0]) // 2
+        row = conn.execute(
+            "select customer_id, known_merchant_ids[1], txn_count_30d, cardinality(known_merchant_ids)"
+            f" from features.customer_stream_snapshot order by {order}, customer_id"
+            f" offset {offset} limit 1"
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1]), int(row[2]), int(row[3])
+
+
+def drop_database(server_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@dataclass(frozen=True)
+class ProductionWorld:
+    url: str
+    """The world's database."""
+    settings: Settings
+    tracking_uri: str
+    client: Any
+    """An ``MlflowClient`` of the world's server."""
+    version: str
+    """The version holding ``production``."""
+    tmp: Path
+    """A folder of the world's, removed with it."""
 
 
 @contextlib.contextmanager
-def scoring_world(
-    database_url: str, redis_url: str, log_dir: Path, *, staged: bool = True
-) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
-    """(the services' ``RTML_*`` environment, a transaction of a known customer and merchant)."""
-    name = f"rtml_bench_serving_{os.getpid()}"
-    prefix = f"rtml-bench-serving-{os.getpid()}"
+def production_world(
+    database_url: str, log_dir: Path, *, name: str, model: str, purpose: str
+) -> Iterator[ProductionWorld]:
+    """The world in database ``name`` on ``database_url``, ``model`` trained on it and approved
+    (``purpose`` is the approval's reason); logs under ``log_dir``."""
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         os.environ["DBT_TARGET_PATH"] = str(tmp / "dbt-target")  # the project's target/ stays as it is
@@ -54,21 +105,40 @@ def scoring_world(
             f"sqlite:///{tmp / 'mlflow.db'}", free_port(), tmp / "artifacts", log_dir / "mlflow.log", tmp
         )
         stack.callback(mlflow_server.stop, server.pid)
-        trained = train_and_register(url, server.url, settings, model_name=MODEL)
+        trained = train_and_register(url, server.url, settings, model_name=model)
         client = model_registry.client_for(server.url)
-        model_registry.gate(client, trained.model_version, trained.holdout, settings, name=MODEL)
+        model_registry.gate(client, trained.model_version, trained.holdout, settings, name=model)
         model_registry.promote(
-            client, trained.model_version, "benchmark", "serving", name=MODEL, allow_rejected=True
+            client, trained.model_version, "benchmark", purpose, name=model, allow_rejected=True
         )
+        print(f"{model} v{trained.model_version} in production", file=sys.stderr)
+        yield ProductionWorld(url, settings, server.url, client, str(trained.model_version), tmp)
+
+
+MODEL = "fraud-detector-bench-serving"
+
+
+@contextlib.contextmanager
+def scoring_world(
+    database_url: str, redis_url: str, log_dir: Path, *, staged: bool = True
+) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    """(the services' ``RTML_*`` environment, a transaction of a known customer and merchant)."""
+    name = f"rtml_bench_serving_{os.getpid()}"
+    prefix = f"rtml-bench-serving-{os.getpid()}"
+    with contextlib.ExitStack() as stack:
+        world = stack.enter_context(
+            production_world(database_url, log_dir, name=name, model=MODEL, purpose="serving")
+        )
+        url, client = world.url, world.client
         if staged:  # the same artifact again: a staged version costs the shadow what production costs
-            production = client.get_model_version(MODEL, trained.model_version)
+            production = client.get_model_version(MODEL, world.version)
             second = mlflow.register_model(production.source, MODEL)  # models:/<logged model id>
             for key, value in production.tags.items():
                 if key.startswith("threshold_") or key.startswith("gate"):
                     client.set_model_version_tag(MODEL, second.version, key, value)
             client.set_model_version_tag(MODEL, second.version, "gate", "staged")
             client.set_registered_model_alias(MODEL, "staging", second.version)
-            print(f"v{trained.model_version} in production, v{second.version} staged", file=sys.stderr)
+            print(f"v{world.version} in production, v{second.version} staged", file=sys.stderr)
         store = OnlineStore(redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix))
         stack.callback(store.close)
         stack.callback(store.purge)
@@ -77,7 +147,7 @@ def scoring_world(
         env = {
             "RTML_REDIS_URL": redis_url,
             "RTML_DATABASE_URL": url,
-            "RTML_MLFLOW_TRACKING_URI": server.url,
+            "RTML_MLFLOW_TRACKING_URI": world.tracking_uri,
             "RTML_MODEL_NAME": MODEL,
             "RTML_ONLINE_KEY_PREFIX": prefix,
             "RTML_STREAM_PUBLISH": "false",

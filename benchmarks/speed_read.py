@@ -33,59 +33,21 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
-import time
 import urllib.request
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, Result, Service, drive, merge, score_body
 from _machine import json_line, load_average
-from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings
-from rtml.features.dbt import run_dbt
+from _world import production_world, scored_pair
+from rtml.config import OnlineSettings
 from rtml.features.online import OnlineStore
-from rtml.features.sample_data import create_database, load_simulated
-from rtml.stack import mlflow_server
-from rtml.stack.processes import free_port
 from rtml.stack.scorer_process import SERVICE
 from rtml.streaming.events import SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.snapshot import snapshot_watermark
-from rtml.training import model_registry
-from rtml.training.tracking import train_and_register
 
 MODEL = "fraud-detector-bench-speed-read"
-START = datetime(2026, 9, 1, tzinfo=UTC)
-DAYS, LABEL_DAYS = 21, 10
-
-
-def build_world(database_url: str, settings: Settings) -> None:
-    end = START + timedelta(days=DAYS)
-    load_simulated(database_url, settings, START, end, labels_until=end + timedelta(days=LABEL_DAYS))
-    select = ["+training_set", "+customer_features_latest", "+merchant_features_latest"]
-    proc = run_dbt(["run", "--full-refresh", "--select", *select, "customer_stream_snapshot"], database_url)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stdout[-5000:])
-
-
-def scored_pair(database_url: str, which: str) -> tuple[str, str, int, int]:
-    """The scored customer (``busiest``: the most transactions in the 30 days before W, the largest
-    snapshot to merge; ``median``: the median one by that count), a merchant it has used, its 30-day
-    count and its number of known merchants."""
-    import psycopg
-
-    order = "txn_count_30d desc" if which == "busiest" else "txn_count_30d"
-    with psycopg.connect(database_url) as conn:
-        customers = conn.execute("select count(*) from features.customer_stream_snapshot").fetchone()
-        offset = 0 if which == "busiest" or customers is None else int(customers[0]) // 2
-        row = conn.execute(
-            "select customer_id, known_merchant_ids[1], txn_count_30d, cardinality(known_merchant_ids)"
-            f" from features.customer_stream_snapshot order by {order}, customer_id"
-            f" offset {offset} limit 1"
-        ).fetchone()
-    assert row is not None
-    return str(row[0]), str(row[1]), int(row[2]), int(row[3])
 
 
 def speed_reads(url: str) -> dict[str, float]:
@@ -112,29 +74,10 @@ def measure(
     name = f"rtml_bench_speed_read_{os.getpid()}"
     prefix = f"rtml-bench-speed-read-{os.getpid()}"
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        os.environ["DBT_TARGET_PATH"] = str(tmp / "dbt-target")  # the project's target/ stays as it is
-        settings = Settings(
-            services=ServicesSettings(data_dir=tmp / "data"),
-            simulator=SimulatorSettings(start=START, customers=2_000, transactions_per_day=8_000),
+        world = stack.enter_context(
+            production_world(database_url, log_dir, name=name, model=MODEL, purpose="speed_read")
         )
-        started = time.perf_counter()
-        url = create_database(database_url, name)
-        stack.callback(drop_database, database_url, name)
-        build_world(url, settings)
-        print(f"world built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-
-        server = mlflow_server.start(
-            f"sqlite:///{tmp / 'mlflow.db'}", free_port(), tmp / "artifacts", log_dir / "mlflow.log", tmp
-        )
-        stack.callback(mlflow_server.stop, server.pid)
-        trained = train_and_register(url, server.url, settings, model_name=MODEL)
-        client = model_registry.client_for(server.url)
-        model_registry.gate(client, trained.model_version, trained.holdout, settings, name=MODEL)
-        model_registry.promote(
-            client, trained.model_version, "benchmark", "speed_read", name=MODEL, allow_rejected=True
-        )
-        print(f"model v{trained.model_version} in production", file=sys.stderr)
+        url, tmp = world.url, world.tmp
 
         store = OnlineStore(
             redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix, speed_layer_enabled=True)
@@ -167,7 +110,7 @@ def measure(
         common = {
             "RTML_REDIS_URL": redis_url,
             "RTML_DATABASE_URL": url,
-            "RTML_MLFLOW_TRACKING_URI": server.url,
+            "RTML_MLFLOW_TRACKING_URI": world.tracking_uri,
             "RTML_MODEL_NAME": MODEL,
             "RTML_ONLINE_KEY_PREFIX": prefix,
             "RTML_STREAM_PUBLISH": "false",
@@ -236,13 +179,6 @@ def main() -> None:
         log_dir=Path(args.log_dir),
     )
     print(json_line(result, load_start))
-
-
-def drop_database(server_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 if __name__ == "__main__":

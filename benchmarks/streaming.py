@@ -61,6 +61,7 @@ from psycopg.rows import dict_row
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_read
 from _machine import json_line, load_average
+from _world import drop_database
 from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings, get_settings
 from rtml.features.dbt import run_dbt
 from rtml.features.feature_registry import get_registry
@@ -74,7 +75,6 @@ from rtml.streaming.features import FEATURE_COLUMNS
 from rtml.streaming.redis_state import SpeedStore
 from rtml.streaming.replay import simulator_tables, valid_events
 from rtml.streaming.worker import StreamWorker
-from speed_read import drop_database
 
 
 def make_event(n: int, customers: int, rng: random.Random, ts_us: int) -> TransactionEvent:
