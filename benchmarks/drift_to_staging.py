@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -59,6 +60,10 @@ os.environ["RTML_SIM_START"] = START.isoformat()
 import dagster as dg  # noqa: E402
 
 from _machine import json_line, load_average  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests/replay.py
+from tests.replay import log_predictions  # noqa: E402
+
 from rtml.definitions import defs  # noqa: E402  (before DBT_TARGET_PATH moves: it reads the project's)
 from rtml.stack.processes import free_port  # noqa: E402
 
@@ -95,65 +100,6 @@ def timed(seconds: dict[str, float], name: str, call: Callable[[], Any]) -> Any:
     seconds[name] = round(time.perf_counter() - began, 2)
     print(f"  {name}: {seconds[name]:.1f} s", flush=True)
     return result
-
-
-def serve(url: str, tracking_uri: str, model_name: str, version: str, start: datetime, end: datetime) -> int:
-    """What the scoring service logs under traffic: every transaction of the hour scored by the production
-    version on its point-in-time features, in ``monitoring.predictions`` (stands in for ``rtml traffic``,
-    built by another change; the same as tests/test_drift.py's ``serve``). The hourly check compares these
-    served scores with the version's scores on its reference rows (the ``predictions`` report)."""
-    import pandas as pd
-    import psycopg
-
-    from rtml.features.feature_registry import load_registry
-    from rtml.monitoring.predictions import ensure_table, prediction_row, write_rows
-    from rtml.training import model_registry
-    from rtml.training.dataset import feature_spec
-    from rtml.training.loading import load_pipeline
-    from rtml.training.train import score
-
-    features = load_registry()
-    columns = [
-        *(f"cf.{name}" for name in features.view("customer_features").feature_names),
-        *(f"mf.{name}" for name in features.view("merchant_features").feature_names),
-    ]
-    with psycopg.connect(url) as conn:
-        cursor = conn.execute(
-            "select t.transaction_id, t.customer_id, t.merchant_id, t.event_ts, t.amount::float8 as amount,"
-            f" t.currency, t.merchant_category, t.channel, t.country, {', '.join(columns)}"
-            " from staging.stg_transactions t join features.customer_features cf using (transaction_id)"
-            " left join features.merchant_features mf on mf.merchant_id = t.merchant_id"
-            "  and mf.feature_date = (t.event_ts at time zone 'UTC')::date"
-            " where t.event_ts >= %s and t.event_ts < %s",
-            (start, end),
-        )
-        frame = pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description or []])
-    spec = feature_spec()
-    X = frame[spec.columns].copy()
-    for name in spec.numeric:
-        X[name] = pd.to_numeric(X[name].astype(object), errors="coerce").astype("float64")
-    tags = model_registry.client_for(tracking_uri).get_model_version(model_name, version).tags
-    review, decline = float(tags["threshold_review"]), float(tags["threshold_decline"])
-    scores = score(load_pipeline(f"models:/{model_name}/{version}"), X)
-    # the requests as the service receives them (its field names), scored
-    requests = frame.assign(amount=frame["amount"].astype(float)).rename(columns={"event_ts": "timestamp"})
-    records: list[dict[Any, Any]] = requests.to_dict("records")
-    rows = [
-        prediction_row(
-            request,
-            request_id=uuid.uuid4().hex,
-            model_version=version,
-            probability=float(p),
-            decision="decline" if p >= decline else "review" if p >= review else "approve",
-            scored_at=request["timestamp"] + timedelta(milliseconds=20),
-            latency_ms=2.0,
-        )
-        for request, p in zip(records, scores, strict=True)
-    ]
-    ensure_table(url)
-    with psycopg.connect(url) as conn:
-        write_rows(conn, rows)
-    return len(rows)
 
 
 def count_rows(url: str, start: datetime, hour: datetime) -> int:
@@ -411,7 +357,7 @@ def chain(
         assert refresh.success
         mlflow = resources["mlflow"]
         version = registry_production(mlflow)
-        served = serve(
+        served = log_predictions(
             resources["postgres"].database_url(),
             mlflow.uri(),
             mlflow.model_name,
