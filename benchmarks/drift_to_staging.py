@@ -62,6 +62,7 @@ import dagster as dg  # noqa: E402
 from _machine import json_line, load_average  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests/replay.py
+from tests.code_location import after_run  # noqa: E402
 from tests.replay import log_predictions  # noqa: E402
 
 from rtml.definitions import defs  # noqa: E402  (before DBT_TARGET_PATH moves: it reads the project's)
@@ -136,12 +137,6 @@ def column_scores(
     columns = row[0]["columns"]
     drifted = {name: float(f"{c['score']:.3g}") for name, c in columns.items() if c["drifted"]}
     return drifted, columns.get("amount", {})
-
-
-def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
-    return next(
-        e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
-    )
 
 
 def main() -> None:
@@ -371,15 +366,7 @@ def chain(
             f"scenario ({drifted_minutes:.0f} min of the hour)",
             flush=True,
         )
-        refresh_run = instance.get_run_by_id(refresh.run_id)
-        assert refresh_run is not None
-        with dg.build_run_status_sensor_context(
-            sensor_name="hourly_drift_sensor",
-            dagster_event=outcome_event(refresh),
-            dagster_instance=instance,
-            dagster_run=refresh_run,
-        ) as context:
-            request = hourly_drift_sensor(context)
+        request = after_run(hourly_drift_sensor, instance, refresh)
         assert isinstance(request, dg.RunRequest)
         with step(steps, "hourly_drift_check"):
             check_run = drift_job.execute_in_process(instance=instance, tags=request.tags)
@@ -438,18 +425,9 @@ def chain(
         [model] = trained.asset_materializations_for_node("fraud_model")
         gate = str(model.metadata["gate"].value)
         version = str(model.metadata["model_version"].value)
-        trained_run = instance.get_run_by_id(trained.run_id)
-        assert trained_run is not None
         before = len(received)
         began = time.perf_counter()
-        with dg.build_run_status_sensor_context(
-            sensor_name="retraining_notifier",
-            dagster_event=outcome_event(trained),
-            dagster_instance=instance,
-            dagster_run=trained_run,
-            resources=resources,
-        ) as context:
-            retraining_notifier(context)
+        after_run(retraining_notifier, instance, trained, resources)
         while len(received) == before and time.perf_counter() - began < 30:
             time.sleep(0.01)
         assert len(received) > before, "no notification reached the webhook"

@@ -1,4 +1,5 @@
-"""The code location as a run worker loads it, for tests that execute its jobs in process.
+"""The code location as a run worker loads it, for tests that execute its jobs in process, and what the
+daemon's run-status sensors do after such a run.
 
 ``rtml.definitions.defs`` was loaded when the test modules were collected, so its ``settings`` resource holds
 the environment of that moment; a run worker loads the definitions when the run starts. Tests whose
@@ -27,3 +28,30 @@ def code_location(resources: Mapping[str, Any] | None = None) -> dg.Definitions:
         sensors=defs.sensors,
         resources={**(defs.resources or {}), "settings": get_settings(), **(resources or {})},
     )
+
+
+def after_run(
+    sensor: dg.RunStatusSensorDefinition,
+    instance: dg.DagsterInstance,
+    result: dg.ExecuteInProcessResult,
+    resources: Mapping[str, Any] | None = None,
+) -> Any:
+    """What the daemon's tick of run-status ``sensor`` does about the finished in-process run ``result``
+    (a run-failure sensor gets the failure's context)."""
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    outcome = next(
+        e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
+    )
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=outcome,
+        dagster_instance=instance,
+        dagster_run=run,
+        resources=dict(resources or {}),
+    )
+    if isinstance(sensor, dg.RunFailureSensorDefinition):
+        with context.for_run_failure() as failure:
+            return sensor(failure)
+    with context:
+        return sensor(context)

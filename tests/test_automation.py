@@ -67,7 +67,7 @@ from rtml.sources.simulator import Simulator
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.local import StackInfo
 from rtml.training import model_registry
-from tests.code_location import code_location
+from tests.code_location import after_run, code_location
 from tests.monitoring_stack import Webhook, webhook_receiver
 
 CHECKS = freshness_checks(AutomationSettings())  # the default maximum ages
@@ -166,12 +166,6 @@ def updated(instance: dg.DagsterInstance, asset: str, age: timedelta) -> None:
 def skip_message(result: dg.SensorResult) -> str:
     assert not result.run_requests, result.run_requests
     return result.skip_reason.skip_message if result.skip_reason else ""
-
-
-def outcome_event(result: dg.ExecuteInProcessResult) -> dg.DagsterEvent:
-    return next(
-        e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
-    )
 
 
 # --- sensor tests -------------------------------------------------------------------------------------------
@@ -303,14 +297,8 @@ def test_a_failed_run_notifies(
     assert not result.success
     run = sensor_instance.get_run_by_id(result.run_id)
     assert run is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name="run_failure_notifier",
-        dagster_event=outcome_event(result),
-        dagster_instance=sensor_instance,
-        dagster_run=run,
-        resources={"postgres": PostgresServer(url=database_url), "settings": get_settings()},
-    ).for_run_failure() as context:
-        run_failure_notifier(context)
+    resources = {"postgres": PostgresServer(url=database_url), "settings": get_settings()}
+    after_run(run_failure_notifier, sensor_instance, result, resources)
 
     [row] = wait_for_rows(database_url, "run_failure", before, count=1)
     assert row["title"] == "Run of doomed_job failed" and row["delivered"]
@@ -520,15 +508,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     assert checks[("online_features", "online_offline_parity")]
     complete = evaluate_incomplete_partitions(instance, day(DAYS))  # every refreshed hour has its features
     assert isinstance(complete, dg.SkipReason) and "has its features" in (complete.skip_message or "")
-    refresh_run = instance.get_run_by_id(refresh.run_id)
-    assert refresh_run is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name="hourly_drift_sensor",
-        dagster_event=outcome_event(refresh),
-        dagster_instance=instance,
-        dagster_run=refresh_run,
-    ) as context:
-        hourly = hourly_drift_sensor(context)  # the refresh's success requests the hourly drift check
+    hourly = after_run(hourly_drift_sensor, instance, refresh)  # the refresh's success requests the check
     assert isinstance(hourly, dg.RunRequest) and hourly.run_key == f"drift-after-{refresh.run_id}"
     assert hourly.tags["rtml/trigger"] == f"hourly_refresh_job {hours[0]}...{hours[1]}"
     hourly_drift = world_defs.resolve_job_def(hourly_drift_sensor.job_name or "")
@@ -577,16 +557,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     assert staged is not None and staged.version == version != production
 
     # 5. The retraining's notification, with the comparison, in the table and at the receiver.
-    dagster_run = instance.get_run_by_id(run.run_id)
-    assert dagster_run is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name="retraining_notifier",
-        dagster_event=outcome_event(run),
-        dagster_instance=instance,
-        dagster_run=dagster_run,
-        resources=resources,
-    ) as context:
-        retraining_notifier(context)
+    after_run(retraining_notifier, instance, run, resources)
     [row] = wait_for_rows(world_db, "retraining", before, count=1)
     tags = client.get_model_version(mlflow_resource.model_name, version).tags
     ours, theirs = float(tags["gate_pr_auc"]), float(tags["gate_production_pr_auc"])
@@ -626,16 +597,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
         instance=instance, run_config={"ops": {"production_model": {"config": approval}}}
     )
     assert promoted.success
-    promotion_run = instance.get_run_by_id(promoted.run_id)
-    assert promotion_run is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name="promotion_sensor",
-        dagster_event=outcome_event(promoted),
-        dagster_instance=instance,
-        dagster_run=promotion_run,
-        resources=resources,
-    ) as context:
-        bento = promotion_sensor(context)
+    bento = after_run(promotion_sensor, instance, promoted, resources)
     assert isinstance(bento, dg.RunRequest) and bento.run_key == f"bento-after-{promoted.run_id}"
     assert bento.tags["rtml/trigger"] == f"promotion v{version}"
     assert promotion_sensor.job_name == "bento_job"

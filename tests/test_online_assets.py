@@ -38,6 +38,7 @@ from rtml.features.feature_registry import get_registry
 from rtml.features.online.parity import check_parity
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.processes import free_port
+from tests.code_location import after_run
 from tests.monitoring_stack import pushed_series, pushgateway
 from tests.test_online_store import build_latest_db, shrunk_table
 from tests.test_serving import Valkey
@@ -331,17 +332,8 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
             assert check_parity(latest_db, store, sample=10_000).passed  # every entity served again
 
             # the rebuild's notice
-            run = instance.get_run_by_id(result.run_id)
-            assert run is not None
-            event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
-            with dg.build_run_status_sensor_context(
-                sensor_name="online_rebuild_notifier",
-                dagster_event=event,
-                dagster_instance=instance,
-                dagster_run=run,
-                resources={"postgres": resources["postgres"], "settings": get_settings()},
-            ) as context:
-                online_rebuild_notifier(context)
+            notify_with = {"postgres": resources["postgres"], "settings": get_settings()}
+            after_run(online_rebuild_notifier, instance, result, notify_with)
             with psycopg.connect(latest_db) as conn:
                 title, text, fields = conn.execute(
                     "select title, text, fields from monitoring.notifications where kind = 'online_heal'"
