@@ -37,6 +37,9 @@ from dagster_graphql import DagsterGraphQLClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(ROOT))  # tests/demo_processes.py
+from tests import demo_processes  # noqa: E402
+
 from _machine import json_line, load_average  # noqa: E402
 from rtml.defs.automation.runs import CodeServer, worker_pid  # noqa: E402
 from rtml.defs.automation.tags import range_tags  # noqa: E402
@@ -61,20 +64,8 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> float:
 
 
 def started_by(demo: subprocess.Popen[bytes], dagster_home: str, seen: dict[int, psutil.Process]) -> int:
-    """How many processes the demo started are alive: itself, its descendants now or seen before, and
-    any process whose environment names its DAGSTER_HOME (the stack's servers do not)."""
-    with suppress(psutil.Error):
-        for child in psutil.Process(demo.pid).children(recursive=True):
-            seen.setdefault(child.pid, child)
-    for process in psutil.process_iter():
-        with suppress(psutil.Error, OSError):
-            if process.pid not in seen and process.environ().get("DAGSTER_HOME") == dagster_home:
-                seen[process.pid] = process
-    alive = int(demo.poll() is None)
-    for process in seen.values():
-        with suppress(psutil.Error):
-            alive += process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    return alive
+    """How many processes the demo started are alive, itself included (``tests/demo_processes.py``)."""
+    return int(demo.poll() is None) + len(demo_processes.started_by(demo, dagster_home, seen))
 
 
 def main() -> None:

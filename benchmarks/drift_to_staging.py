@@ -389,7 +389,10 @@ def chain(
             if key.endswith("/rules_fired") and value.value
         }
         with step(steps, "drift_sensor"):
-            tick = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"settings": get_settings()}
+            )
+            tick = drift_retraining_sensor(context)
         assert isinstance(tick, dg.SensorResult)
         cursor = tick.cursor
         checked.append(

@@ -37,7 +37,7 @@ def after_run(
     resources: Mapping[str, Any] | None = None,
 ) -> Any:
     """What the daemon's tick of run-status ``sensor`` does about the finished in-process run ``result``
-    (a run-failure sensor gets the failure's context)."""
+    (after a failure, with a run-failure sensor's context)."""
     run = instance.get_run_by_id(result.run_id)
     assert run is not None
     outcome = next(
@@ -50,7 +50,7 @@ def after_run(
         dagster_run=run,
         resources=dict(resources or {}),
     )
-    if isinstance(sensor, dg.RunFailureSensorDefinition):
+    if outcome.event_type_value == "PIPELINE_FAILURE":  # a run-failure sensor's context
         with context.for_run_failure() as failure:
             return sensor(failure)
     with context:

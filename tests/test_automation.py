@@ -521,7 +521,10 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
         return evaluation
 
     def evaluate(cursor: str | None) -> dg.SensorResult:
-        return drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"settings": get_settings()}
+        )
+        return drift_retraining_sensor(context)
 
     # 2. Control: the day before the drift stays within the threshold: no retraining.
     control = materialize_drift(

@@ -39,6 +39,7 @@ from rtml.defs.automation.runs import CodeServer, code_server_verdict, worker_pi
 from rtml.defs.automation.tags import RANGE_TAGS
 from rtml.stack.local import StackInfo
 from rtml.stack.processes import free_port
+from tests.demo_processes import started_by
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -234,29 +235,6 @@ def test_ctrl_c_of_a_backfill_cancels_its_run(demo_env: dict[str, str], demo: De
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-def started_by(
-    demo: subprocess.Popen[bytes], dagster_home: str, seen: dict[int, psutil.Process]
-) -> list[psutil.Process]:
-    """The live processes ``demo`` started: its descendants now or ``seen`` before (an orphan is no
-    descendant any more), and any process whose environment names its DAGSTER_HOME (an orphan started
-    after we last looked)."""
-    with suppress(psutil.Error):
-        for child in psutil.Process(demo.pid).children(recursive=True):
-            seen.setdefault(child.pid, child)
-    for process in psutil.process_iter():
-        with suppress(psutil.Error, OSError):
-            if process.pid not in seen and process.environ().get("DAGSTER_HOME") == dagster_home:
-                seen[process.pid] = process
-    return [process for process in seen.values() if _alive(process)]
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _state(pid: int) -> str:
     try:
         return psutil.Process(pid).status()

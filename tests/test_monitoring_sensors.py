@@ -11,6 +11,7 @@ import pytest
 
 from rtml.config import get_settings
 from rtml.defs.monitoring.sensors import pushgateway_run_failure, pushgateway_run_success
+from tests.code_location import after_run
 from tests.monitoring_stack import Process, pushgateway, scrape
 
 
@@ -43,34 +44,13 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Process
     get_settings.cache_clear()
 
 
-def _outcome(job: dg.JobDefinition, instance: dg.DagsterInstance) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
-    result = job.execute_in_process(instance=instance, raise_on_error=False)
-    run = instance.get_run_by_id(result.run_id)
-    assert run is not None
-    event = next(
-        e for e in result.all_events if e.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE")
-    )
-    return run, event
-
-
 def test_failure_and_success_times_are_pushed(gateway: Process) -> None:
+    resources = {"settings": get_settings()}  # the gateway's
     with dg.instance_for_test() as instance:
-        run, event = _outcome(bad_job, instance)
-        context = dg.build_run_status_sensor_context(
-            sensor_name="pushgateway_run_failure",
-            dagster_instance=instance,
-            dagster_run=run,
-            dagster_event=event,
-        ).for_run_failure()
-        pushgateway_run_failure(context)
-        run, event = _outcome(good_job, instance)
-        pushgateway_run_success(
-            dg.build_run_status_sensor_context(
-                sensor_name="pushgateway_run_success",
-                dagster_instance=instance,
-                dagster_run=run,
-                dagster_event=event,
-            )
+        failed = bad_job.execute_in_process(instance=instance, raise_on_error=False)
+        after_run(pushgateway_run_failure, instance, failed, resources)
+        after_run(
+            pushgateway_run_success, instance, good_job.execute_in_process(instance=instance), resources
         )
     pushed = scrape(gateway.url)
     failure = pushed[

@@ -274,6 +274,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
         monkeypatch.setenv("RTML_PUSHGATEWAY_URL", gateway.url)
         monkeypatch.delenv("RTML_ALERT_WEBHOOK_URL", raising=False)
         get_settings.cache_clear()
+        resources["settings"] = get_settings()  # the sensor pushes to this test's gateway
 
         def tick(cursor: str | None) -> dg.SensorResult:
             with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:

@@ -44,9 +44,12 @@ def instance(stack: StackInfo) -> dg.DagsterInstance:
 
 
 def _job(name: str, resources: dict[str, object]) -> dg.JobDefinition:
-    """The domain's job, its resources pointed at the test database and a registered model of its own."""
+    """The domain's job, its resources pointed at the test database and a registered model of its own, with
+    the settings of the moment (a test may point them at its Pushgateway)."""
     domain = dg.Definitions(
-        assets=[fraud_model, production_model], jobs=[training_job, promote_model_job], resources=resources
+        assets=[fraud_model, production_model],
+        jobs=[training_job, promote_model_job],
+        resources={**resources, "settings": get_settings()},
     )
     return domain.resolve_job_def(name)
 
