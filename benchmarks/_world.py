@@ -73,22 +73,36 @@ def drop_database(server_url: str, name: str) -> None:
 class ProductionWorld:
     url: str
     """The world's database."""
-    settings: Settings
+    model: str
+    """The registered model; its version ``version`` holds ``production``."""
+    version: str
+    key_prefix: str
+    """The world's keys in Redis."""
     tracking_uri: str
     client: Any
     """An ``MlflowClient`` of the world's server."""
-    version: str
-    """The version holding ``production``."""
     tmp: Path
     """A folder of the world's, removed with it."""
 
+    def service_env(self, redis_url: str) -> dict[str, str]:
+        """The ``RTML_*`` environment of a scoring service on this world and ``redis_url``."""
+        return {
+            "RTML_REDIS_URL": redis_url,
+            "RTML_DATABASE_URL": self.url,
+            "RTML_MLFLOW_TRACKING_URI": self.tracking_uri,
+            "RTML_MODEL_NAME": self.model,
+            "RTML_ONLINE_KEY_PREFIX": self.key_prefix,
+            "RTML_STREAM_PUBLISH": "false",
+            "BENTOML_DO_NOT_TRACK": "true",
+        }
+
 
 @contextlib.contextmanager
-def production_world(
-    database_url: str, log_dir: Path, *, name: str, model: str, purpose: str
-) -> Iterator[ProductionWorld]:
-    """The world in database ``name`` on ``database_url``, ``model`` trained on it and approved
-    (``purpose`` is the approval's reason); logs under ``log_dir``."""
+def production_world(database_url: str, log_dir: Path, label: str) -> Iterator[ProductionWorld]:
+    """The world of benchmark ``label`` (database ``rtml_bench_<label>_<pid>`` on ``database_url``, model
+    ``fraud-detector-bench-<label>`` trained on it and approved); logs under ``log_dir``."""
+    name = f"rtml_bench_{label.replace('-', '_')}_{os.getpid()}"
+    model = f"fraud-detector-bench-{label}"
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         os.environ["DBT_TARGET_PATH"] = str(tmp / "dbt-target")  # the project's target/ stays as it is
@@ -109,13 +123,11 @@ def production_world(
         client = model_registry.client_for(server.url)
         model_registry.gate(client, trained.model_version, trained.holdout, settings, name=model)
         model_registry.promote(
-            client, trained.model_version, "benchmark", purpose, name=model, allow_rejected=True
+            client, trained.model_version, "benchmark", label, name=model, allow_rejected=True
         )
         print(f"{model} v{trained.model_version} in production", file=sys.stderr)
-        yield ProductionWorld(url, settings, server.url, client, str(trained.model_version), tmp)
-
-
-MODEL = "fraud-detector-bench-serving"
+        prefix = f"rtml-bench-{label}-{os.getpid()}"
+        yield ProductionWorld(url, model, str(trained.model_version), prefix, server.url, client, tmp)
 
 
 @contextlib.contextmanager
@@ -123,34 +135,21 @@ def scoring_world(
     database_url: str, redis_url: str, log_dir: Path, *, staged: bool = True
 ) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
     """(the services' ``RTML_*`` environment, a transaction of a known customer and merchant)."""
-    name = f"rtml_bench_serving_{os.getpid()}"
-    prefix = f"rtml-bench-serving-{os.getpid()}"
     with contextlib.ExitStack() as stack:
-        world = stack.enter_context(
-            production_world(database_url, log_dir, name=name, model=MODEL, purpose="serving")
-        )
-        url, client = world.url, world.client
+        world = stack.enter_context(production_world(database_url, log_dir, "serving"))
+        model, client = world.model, world.client
         if staged:  # the same artifact again: a staged version costs the shadow what production costs
-            production = client.get_model_version(MODEL, world.version)
-            second = mlflow.register_model(production.source, MODEL)  # models:/<logged model id>
+            production = client.get_model_version(model, world.version)
+            second = mlflow.register_model(production.source, model)  # models:/<logged model id>
             for key, value in production.tags.items():
                 if key.startswith("threshold_") or key.startswith("gate"):
-                    client.set_model_version_tag(MODEL, second.version, key, value)
-            client.set_model_version_tag(MODEL, second.version, "gate", "staged")
-            client.set_registered_model_alias(MODEL, "staging", second.version)
+                    client.set_model_version_tag(model, second.version, key, value)
+            client.set_model_version_tag(model, second.version, "gate", "staged")
+            client.set_registered_model_alias(model, "staging", second.version)
             print(f"v{world.version} in production, v{second.version} staged", file=sys.stderr)
-        store = OnlineStore(redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix))
+        store = OnlineStore(redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=world.key_prefix))
         stack.callback(store.close)
         stack.callback(store.purge)
-        store.push_from_postgres(url, full=True)
-        customer, merchant, _, _ = scored_pair(url, "median")
-        env = {
-            "RTML_REDIS_URL": redis_url,
-            "RTML_DATABASE_URL": url,
-            "RTML_MLFLOW_TRACKING_URI": world.tracking_uri,
-            "RTML_MODEL_NAME": MODEL,
-            "RTML_ONLINE_KEY_PREFIX": prefix,
-            "RTML_STREAM_PUBLISH": "false",
-            "BENTOML_DO_NOT_TRACK": "true",
-        }
-        yield env, {"customer_id": customer, "merchant_id": merchant}
+        store.push_from_postgres(world.url, full=True)
+        customer, merchant, _, _ = scored_pair(world.url, "median")
+        yield world.service_env(redis_url), {"customer_id": customer, "merchant_id": merchant}

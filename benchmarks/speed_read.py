@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sys
 import urllib.request
@@ -46,8 +45,6 @@ from rtml.features.online import OnlineStore
 from rtml.stack.scorer_process import SERVICE
 from rtml.streaming.events import SECOND_US, TransactionEvent, from_us, to_us
 from rtml.streaming.snapshot import snapshot_watermark
-
-MODEL = "fraud-detector-bench-speed-read"
 
 
 def speed_reads(url: str) -> dict[str, float]:
@@ -71,16 +68,13 @@ def measure(
     result (the JSON line's fields). Everything it built is removed before it returns.
     ``benchmarks/streaming.py`` runs it too (its ``/score`` figure)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    name = f"rtml_bench_speed_read_{os.getpid()}"
-    prefix = f"rtml-bench-speed-read-{os.getpid()}"
     with contextlib.ExitStack() as stack:
-        world = stack.enter_context(
-            production_world(database_url, log_dir, name=name, model=MODEL, purpose="speed_read")
-        )
+        world = stack.enter_context(production_world(database_url, log_dir, "speed-read"))
         url, tmp = world.url, world.tmp
 
         store = OnlineStore(
-            redis_url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix, speed_layer_enabled=True)
+            redis_url,
+            online=OnlineSettings(ttl_seconds=0, key_prefix=world.key_prefix, speed_layer_enabled=True),
         )
         stack.callback(store.close)
         stack.callback(store.purge)
@@ -107,16 +101,7 @@ def measure(
             }
         )
 
-        common = {
-            "RTML_REDIS_URL": redis_url,
-            "RTML_DATABASE_URL": url,
-            "RTML_MLFLOW_TRACKING_URI": world.tracking_uri,
-            "RTML_MODEL_NAME": MODEL,
-            "RTML_ONLINE_KEY_PREFIX": prefix,
-            "RTML_STREAM_PUBLISH": "false",
-            "RTML_SERVING_WORKERS": "1",
-            "BENTOML_DO_NOT_TRACK": "true",
-        }
+        common = {**world.service_env(redis_url), "RTML_SERVING_WORKERS": "1"}
         services: dict[str, Service] = {}
         for label, enabled in (("speed_on", "true"), ("speed_off", "false")):
             env = {

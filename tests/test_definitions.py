@@ -82,4 +82,3 @@ def test_definitions_are_handed_their_settings_not_reading_the_environment(tmp_p
         context = dg.build_sensor_context(instance=instance, resources={"settings": mine})
         [request] = landing_files_sensor(context).run_requests
     assert request.partition_key == "handed.csv"
-    assert defs.resources["settings"].services.data_dir != tmp_path

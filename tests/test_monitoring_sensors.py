@@ -49,9 +49,8 @@ def test_failure_and_success_times_are_pushed(gateway: Process) -> None:
     with dg.instance_for_test() as instance:
         failed = bad_job.execute_in_process(instance=instance, raise_on_error=False)
         after_run(pushgateway_run_failure, instance, failed, resources)
-        after_run(
-            pushgateway_run_success, instance, good_job.execute_in_process(instance=instance), resources
-        )
+        succeeded = good_job.execute_in_process(instance=instance)
+        after_run(pushgateway_run_success, instance, succeeded, resources)
     pushed = scrape(gateway.url)
     failure = pushed[
         'rtml_pipeline_run_failure_timestamp_seconds{asset="run_failure_bad_job",dagster_job="bad_job",instance="",job="rtml"}'

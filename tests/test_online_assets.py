@@ -333,8 +333,7 @@ def test_the_sensor_rebuilds_a_lost_online_store_once_per_loss(
             assert check_parity(latest_db, store, sample=10_000).passed  # every entity served again
 
             # the rebuild's notice
-            notify_with = {"postgres": resources["postgres"], "settings": get_settings()}
-            after_run(online_rebuild_notifier, instance, result, notify_with)
+            after_run(online_rebuild_notifier, instance, result, resources)
             with psycopg.connect(latest_db) as conn:
                 title, text, fields = conn.execute(
                     "select title, text, fields from monitoring.notifications where kind = 'online_heal'"

@@ -48,3 +48,17 @@ def test_a_shuffle_moves_whole_modules_and_is_the_same_on_every_worker() -> None
     modules = [item.nodeid.split("::")[0] for item in shuffled]
     assert len(list(itertools.groupby(modules))) == 8  # each module's tests stay together, in order
     assert all(a.nodeid < b.nodeid for a, b in itertools.pairwise(shuffled) if a.nodeid[:15] == b.nodeid[:15])
+
+
+def test_xdist_still_calls_the_two_private_methods_the_scheduler_overrides() -> None:
+    """``WorldsTogetherHeaviestFirst`` overrides ``_split_scope`` and ``_assign_work_unit`` of xdist's
+    ``LoadScopeScheduling``: a pinned xdist that stopped calling them would quietly schedule module by
+    module again (each shared world built on both workers)."""
+    import inspect
+
+    import xdist
+    from xdist.scheduler import LoadScopeScheduling
+
+    source = inspect.getsource(LoadScopeScheduling)
+    for name in ("_split_scope", "_assign_work_unit"):
+        assert f"self.{name}(" in source, f"pytest-xdist {xdist.__version__} no longer calls {name}"

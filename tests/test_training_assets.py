@@ -31,11 +31,7 @@ def mlflow_resource(mlflow_tracking_uri: str) -> MlflowResource:
 
 @pytest.fixture(scope="module")
 def resources(training_db: str, mlflow_resource: MlflowResource) -> dict[str, object]:
-    return {
-        "postgres": PostgresServer(url=training_db),
-        "mlflow": mlflow_resource,
-        "settings": get_settings(),
-    }
+    return {"postgres": PostgresServer(url=training_db), "mlflow": mlflow_resource}
 
 
 @pytest.fixture(scope="module")

@@ -51,21 +51,21 @@ class LocalPostgres(PostgresResource):
 
 
 def environment_resources(settings: Settings) -> dict[str, Any]:
-    """The resources of ``settings.services.environment``."""
+    """The resources of ``settings.services.environment``, and ``settings`` itself."""
     model_name = settings.training.model_name
     if settings.services.environment == "servers":
-        return {
+        servers: dict[str, dg.ConfigurableResource] = {
             "postgres": PostgresServer(url=dg.EnvVar("RTML_DATABASE_URL")),
             "redis": RedisServer(url=dg.EnvVar("RTML_REDIS_URL")),
             "mlflow": MlflowServer(tracking_uri=dg.EnvVar("RTML_MLFLOW_TRACKING_URI"), model_name=model_name),
-            "settings": settings,
         }
-    return {
-        "postgres": LocalPostgres(),
-        "redis": LocalRedis(),
-        "mlflow": LocalMlflow(model_name=model_name),
-        "settings": settings,
-    }
+    else:
+        servers = {
+            "postgres": LocalPostgres(),
+            "redis": LocalRedis(),
+            "mlflow": LocalMlflow(model_name=model_name),
+        }
+    return {**servers, "settings": settings}
 
 
 @dg.definitions

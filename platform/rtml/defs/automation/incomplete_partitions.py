@@ -62,14 +62,13 @@ def incomplete_partitions_request(
 ) -> dg.RunRequest | dg.SkipReason:
     """The sensor's decision at ``now`` over the ``lookback_hours`` before it: the sensor passes world time
     (``rtml.defs.clock``), tests a time of their pinned world."""
-    lookback = lookback_hours
     active = instance.get_run_records(
         dg.RunsFilter(job_name=hourly_refresh_job.name, statuses=ACTIVE), limit=1
     )
     if active:
         return dg.SkipReason(f"{hourly_refresh_job.name} run {active[0].dagster_run.run_id} is in progress")
     hours = transactions_partitions.get_partition_keys_in_time_window(
-        dg.TimeWindow(now - timedelta(hours=lookback), now)
+        dg.TimeWindow(now - timedelta(hours=lookback_hours), now)
     )
     raw = newest_ids(instance, HOURLY_RAW, hours)
     features = {key: newest_ids(instance, key, hours) for key in HOURLY_FEATURES}
@@ -80,7 +79,7 @@ def incomplete_partitions_request(
 
     incomplete = [hour for hour in hours if hour in raw and not complete(hour)]
     if not incomplete:
-        return dg.SkipReason(f"every loaded hour of the last {lookback} h has its features")
+        return dg.SkipReason(f"every loaded hour of the last {lookback_hours} h has its features")
     first, last = incomplete[0], max(raw)
     [loaded] = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=HOURLY_RAW, asset_partitions=[first]), limit=1
