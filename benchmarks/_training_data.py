@@ -7,8 +7,9 @@ once (about 20 ms); otherwise it rebuilds the database from scratch (about 1 min
 2-core machine). dbt writes to its own target folder (``DBT_TARGET_PATH``, default
 ``/tmp/dbt-target-bench``) so the project's ``dbt_project/target`` keeps naming the platform database.
 
-Run alone: ``.venv/bin/python benchmarks/_training_data.py [--rows 1000000]`` (server from
-``RTML_DATABASE_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+Run alone: ``.venv/bin/python benchmarks/_training_data.py [--rows 1000000]``, on the PostgreSQL of
+``RTML_DATABASE_URL``, else the machine's; where that does not answer, on an embedded one it starts and
+stops (the database then goes with it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from _servers import DATABASE_URL, servers
 from rtml.config import Settings, database_url_for
 from rtml.features.dbt import run_dbt
 from rtml.features.sample_data import create_database
@@ -116,10 +118,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--database", default=DATABASE)
     args = parser.parse_args()
-    server = os.environ.get("RTML_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    began = time.perf_counter()
-    url = ensure_training_rows(server, args.database, args.rows)
-    print(f"{url}  ({labelled_rows(url):,} labelled rows, {time.perf_counter() - began:.1f} s)")
+    with servers(os.environ.get("RTML_DATABASE_URL", DATABASE_URL)) as (server, _):
+        began = time.perf_counter()
+        url = ensure_training_rows(server, args.database, args.rows)
+        print(f"{url}  ({labelled_rows(url):,} labelled rows, {time.perf_counter() - began:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -94,11 +94,11 @@ def main() -> None:
 
     import_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    compare(reference.head(1_000), current.head(1_000), spec, 0.3)  # the first report's lazy imports
+    compare(reference.head(1_000), current.head(1_000), spec)  # the first report's lazy imports
     warmup_seconds = time.perf_counter() - began
 
     began = time.perf_counter()
-    comparison = compare(reference, current, spec, 0.3)
+    comparison = compare(reference, current, spec)
     report_seconds = time.perf_counter() - began
     with tempfile.TemporaryDirectory(prefix="rtml-bench-drift-") as out:
         html = Path(out) / "drift.html"

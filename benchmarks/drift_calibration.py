@@ -3,10 +3,10 @@ of ``amount_inflation`` switched on at any minute of an hour.
 
 The world is the one ``drift_to_staging.py`` builds (the seeded simulator from 2026-10-01 at
 ``--transactions-per-day``, the loader and dbt, the reference = a production training window of the 7 days
-ending at day 37 10:00), built once, on the machine's PostgreSQL in a database of its own
-(``rtml_bench_drift_rule_calib``, dropped at the end). After the reference week come 168 undrifted hours
-(day 37 10:00 to day 44 10:00: nights and a weekend included), then ``amount_inflation`` from day 44 10:00
-for three hours.
+ending at day 37 10:00), built once, in a database of its own (``rtml_bench_drift_rule_calib``, dropped at
+the end) on the PostgreSQL of ``RTML_DATABASE_URL``, else the machine's; where that does not answer, an
+embedded one it starts and stops. After the reference week come 168 undrifted hours (day 37 10:00 to day
+44 10:00: nights and a weekend included), then ``amount_inflation`` from day 44 10:00 for three hours.
 
 Each hour goes through the hourly check's comparison as ``recent_drift_report`` makes it, by the same
 library calls (``drift.fetch_windows`` with the same-hour, same-day-of-the-week reference, ``drift.compare``
@@ -39,9 +39,10 @@ from typing import Any
 import psycopg
 
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, servers
+from rtml.config import database_url_for
 
 START = datetime(2026, 10, 1, tzinfo=UTC)  # drift_to_staging's world
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 DATABASE = "rtml_bench_drift_rule_calib"
 SWITCH_MINUTES = (0, 30, 45, 50, 52, 55)  # a switch at :MM leaves 60 - MM drifted minutes in its hour
 WHOLE_HOURS_AFTER = (2, 3)  # windows ending 2 and 3 hours after the switch: whole drifted hours
@@ -56,17 +57,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/drift-rule-calibration.json"))
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="rtml-bench-drift-calib-") as folder:
+    with (
+        servers(os.environ.get("RTML_DATABASE_URL", DATABASE_URL)) as (server, _),
+        tempfile.TemporaryDirectory(prefix="rtml-bench-drift-calib-") as folder,
+    ):
         os.environ["DBT_TARGET_PATH"] = str(Path(folder) / "dbt-target")
         for name in ("RTML_SIM_DRIFT_SCENARIO", "RTML_SIM_DRIFT_START", "RTML_DATABASE_URL"):
             os.environ.pop(name, None)
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
+        with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"drop database if exists {DATABASE}")
             conn.execute(f"create database {DATABASE}")
         try:
-            calibrate(args, Path(folder), f"{SERVER}/{DATABASE}")
+            calibrate(args, Path(folder), database_url_for(server, DATABASE))
         finally:
-            with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
+            with psycopg.connect(server, autocommit=True) as conn:
                 conn.execute(f"drop database if exists {DATABASE} with (force)")
 
 
@@ -124,7 +128,8 @@ def calibrate(args: argparse.Namespace, folder: Path, url: str) -> None:
             if frame.empty:
                 figures[name] = {"rows": 0}
                 continue
-            found = drift.compare(rows.reference, frame, rows.spec, 0.0, base.monitoring.drift_recent_pvalue)
+            pvalue = base.monitoring.drift_recent_pvalue
+            found = drift.compare(rows.reference, frame, rows.spec, pvalue=pvalue)
             # 4 significant digits: p-values of 1e-12 must not round to 0
             scores = {c.column: float(f"{c.score:.4g}") for c in found.columns.values()}
             top = min(scores, key=lambda column: scores[column])

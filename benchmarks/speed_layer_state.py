@@ -12,10 +12,10 @@ the simulator's events of [W, W + 2 h) are applied (``apply_many``, pipelines of
 - an exact read (``SpeedStore.features_at``: one round trip + the merge) of stream transactions,
   p50/p99.
 
-Usage: ``.venv/bin/python benchmarks/speed_layer_state.py [--customers 20000 --per-day 100000]`` with
-``RTML_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``; works in its own
-database ``rtml_bench_stream_core_state``, dropped at the end) and ``RTML_REDIS_URL`` (default
-``redis://127.0.0.1:6379/0``; its own key prefix, deleted at the end). Ends with one JSON line.
+Usage: ``.venv/bin/python benchmarks/speed_layer_state.py [--customers 20000 --per-day 100000]``, on the
+PostgreSQL and Redis of ``RTML_DATABASE_URL`` / ``RTML_REDIS_URL``, else the machine's; where those do not
+answer, embedded ones it starts and stops. It works in its own database ``rtml_bench_stream_core_state``,
+dropped at the end, and under its own key prefix, deleted at the end. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, REDIS_URL, servers
 from rtml.features.dbt import run_dbt
 from rtml.features.sample_data import create_database, load_sample, simulated_frames
 from rtml.streaming.events import HOUR_US, TransactionEvent, to_us
@@ -55,8 +56,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     load_start = load_average()
-    server = os.environ.get("RTML_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("RTML_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with servers(
+        os.environ.get("RTML_DATABASE_URL", DATABASE_URL), os.environ.get("RTML_REDIS_URL", REDIS_URL)
+    ) as (server, redis_url):
+        measure(args, server, redis_url, load_start)
+
+
+def measure(args: argparse.Namespace, server: str, redis_url: str, load_start: list[float]) -> None:
     name = "rtml_bench_stream_core_state"
     url = create_database(server, name)
     client = redis.Redis.from_url(redis_url)

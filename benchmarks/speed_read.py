@@ -1,8 +1,9 @@
 """``POST /score`` with the speed layer merged into the online read vs the same service without it
 (issue 16: p99 at 100 requests/s at most 1.1 x).
 
-One command, from a fresh clone, against the machine's PostgreSQL and Redis (``--database-url``, a
-server URL; ``--redis-url``); it builds everything it needs and removes it at the end:
+One command, from a fresh clone, against the PostgreSQL and Redis of ``--database-url`` (a server URL)
+and ``--redis-url`` (defaults: ``RTML_DATABASE_URL`` / ``RTML_REDIS_URL``, else the machine's; where those
+do not answer, embedded ones it starts and stops); it builds everything it needs and removes it at the end:
 
 1. a simulated world (``rtml.features.sample_data.load_simulated``, the test suite's training world:
    2,000 customers, 8,000 transactions a day, 3 weeks) in a database ``rtml_bench_speed_read_<pid>``;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import urllib.request
@@ -39,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, Result, Service, drive, merge, score_body
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, REDIS_URL, servers
 from _world import production_world, scored_pair
 from rtml.config import OnlineSettings
 from rtml.features.online import OnlineStore
@@ -145,8 +148,8 @@ def measure(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--database-url", default=os.environ.get("RTML_DATABASE_URL", DATABASE_URL))
+    ap.add_argument("--redis-url", default=os.environ.get("RTML_REDIS_URL", REDIS_URL))
     ap.add_argument("--rate", type=float, default=100)
     ap.add_argument("--seconds", type=float, default=60, help="per server, over all rounds")
     ap.add_argument("--rounds", type=int, default=30)
@@ -154,15 +157,16 @@ def main() -> None:
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-speed-read")
     args = ap.parse_args()
     load_start = load_average()
-    result = measure(
-        database_url=args.database_url,
-        redis_url=args.redis_url,
-        rate=args.rate,
-        seconds=args.seconds,
-        rounds=args.rounds,
-        customer=args.customer,
-        log_dir=Path(args.log_dir),
-    )
+    with servers(args.database_url, args.redis_url) as (database_url, redis_url):
+        result = measure(
+            database_url=database_url,
+            redis_url=redis_url,
+            rate=args.rate,
+            seconds=args.seconds,
+            rounds=args.rounds,
+            customer=args.customer,
+            log_dir=Path(args.log_dir),
+        )
     print(json_line(result, load_start))
 
 

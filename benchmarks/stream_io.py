@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/stream_io.py --events 200000
 
-Redis: RTML_REDIS_URL, else the machine's ``redis://127.0.0.1:6379/0`` (a stream key of its own, deleted
-at the end). PostgreSQL: a database of its own, ``rtml_bench_stream_io_<pid>``, on the server of
-RTML_DATABASE_URL, else ``postgresql://postgres@127.0.0.1:5432``; dropped at the end.
+The PostgreSQL and Redis of ``RTML_DATABASE_URL`` / ``RTML_REDIS_URL``, else the machine's; where those
+do not answer, embedded ones it starts and stops. Redis: a stream key of its own, deleted at the end.
+PostgreSQL: a database of its own, ``rtml_bench_stream_io_<pid>``, on that server; dropped at the end.
 
 The events are the simulator's transactions (validated: what the scorer would publish), generated once.
 Timed: (a) ``stream.publish`` in pipelined batches of ``stream_publish_batch``; (b) the scorer's
@@ -30,6 +30,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, REDIS_URL, servers
 from rtml.config import Settings, database_url_for, get_settings
 from rtml.streaming import replay, stream
 from rtml.streaming.events import TransactionEvent
@@ -67,12 +68,18 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
     load_start = load_average()
-    server = os.environ.get("RTML_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    with servers(
+        os.environ.get("RTML_DATABASE_URL", DATABASE_URL), os.environ.get("RTML_REDIS_URL", REDIS_URL)
+    ) as (server, redis_url):
+        measure(args, server, redis_url, load_start)
+
+
+def measure(args: argparse.Namespace, server: str, redis_url: str, load_start: list[float]) -> None:
     name = f"rtml_bench_stream_io_{os.getpid()}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
     database_url = database_url_for(server, name)
-    client = redis.Redis.from_url(os.environ.get("RTML_REDIS_URL") or "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(redis_url)
     key = f"rtml:bench:stream-io:{uuid.uuid4().hex[:8]}"
     settings = get_settings().model_copy(
         update={

@@ -27,9 +27,9 @@
    ``--skip-serving`` leaves it out (and ``--skip-parity`` the replay).
 
 Usage: ``.venv/bin/python benchmarks/streaming.py [--backlog 100000 --rate 2000 --seconds 30]``; the
-machine's PostgreSQL (``--database-url``, a server URL; default ``RTML_DATABASE_URL`` or
-``postgresql://postgres@127.0.0.1:5432/postgres``) and Redis (``--redis-url``, default ``RTML_REDIS_URL``
-or ``redis://127.0.0.1:6379/0``); databases, stream keys and key prefixes of its own, removed at the end.
+PostgreSQL of ``--database-url`` (a server URL) and the Redis of ``--redis-url`` (defaults:
+``RTML_DATABASE_URL`` / ``RTML_REDIS_URL``, else the machine's; where those do not answer, embedded ones it
+starts and stops); databases, stream keys and key prefixes of its own, removed at the end.
 Takes about 18 minutes with the defaults on 2 cores (the replay's 24 dbt snapshot builds over 3.2M rows
 about 8 of them; ``--parity-customers 2000 --parity-per-day 10000`` makes the day smaller).
 Prints its figures and ends with one JSON line: ``events_per_s``, ``freshness_p50_ms`` /
@@ -61,6 +61,7 @@ from psycopg.rows import dict_row
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_read
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, REDIS_URL, servers
 from _world import drop_database
 from rtml.config import OnlineSettings, ServicesSettings, Settings, SimulatorSettings, get_settings
 from rtml.features.dbt import run_dbt
@@ -134,7 +135,6 @@ def drain(worker: StreamWorker, until: int, timeout_s: float) -> tuple[float, li
 
 # --- 3. parity over a replayed simulated day --------------------------------------------------------------
 PARITY_START = datetime(2026, 10, 1, tzinfo=UTC)
-DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -466,8 +466,8 @@ def worker_figures(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default=os.environ.get("RTML_DATABASE_URL", DEFAULT_DATABASE))
-    parser.add_argument("--redis-url", default=os.environ.get("RTML_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--database-url", default=os.environ.get("RTML_DATABASE_URL", DATABASE_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("RTML_REDIS_URL", REDIS_URL))
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--customers", type=int, default=20_000, help="customers of the worker's events")
     parser.add_argument("--rate", type=float, default=2_000.0, help="events/s of the freshness run")
@@ -489,11 +489,18 @@ def main() -> None:
         parser.error("--horizon-hours must cover --watermark-every-hours")
 
     load_start = load_average()
+    with servers(args.database_url, args.redis_url) as (database_url, redis_url):
+        args.database_url, args.redis_url = database_url, redis_url
+        measure(args, load_start)
+
+
+def measure(args: argparse.Namespace, load_start: list[float]) -> None:
     results: dict[str, Any] = {"benchmark": "streaming"}
     results |= worker_figures(args)
     if not args.skip_parity:
         results |= parity(args)
     if not args.skip_serving:
+        serving_load = load_average()
         served = speed_read.measure(
             database_url=args.database_url,
             redis_url=args.redis_url,
@@ -507,7 +514,7 @@ def main() -> None:
             f"{served['speed_off_p99_ms']:.2f} ms = {served['p99_ratio']:.3f} x  (p50 "
             f"{served['speed_on_p50_ms']:.2f} / {served['speed_off_p50_ms']:.2f} ms, {args.serving_rate:.0f} "
             f"requests/s, {served['customer']} customer: {served['customer_txn_count_30d']} transactions "
-            f"in 30 days; load {served['load_average_start']} -> {served['load_average_end']})"
+            f"in 30 days; load {serving_load[0]} -> {load_average()[0]})"
         )
         results |= {
             "score_p99_on_ms": served["speed_on_p99_ms"],

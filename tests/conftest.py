@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -31,6 +32,9 @@ from rtml.config import (
 from rtml.stack.local import LocalStack, StackInfo
 from rtml.stack.processes import free_port
 from tests.isolation import TEST_NOW, NotDisposable, isolate
+
+if TYPE_CHECKING:
+    from rtml.training.tracking import TrainingResult
 
 AMBIENT: dict[str, str] = {}
 """What the developer had exported (removed for the session)."""
@@ -163,6 +167,20 @@ def training_db(
         proc = run_dbt(["run", "--full-refresh", "--select", "+training_set"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return url
+
+
+TRAINED_MODEL = "fraud-detector-trained"
+"""The registered model of ``trained_model``'s version, a name no other test registers versions of."""
+
+
+@pytest.fixture(scope="session")
+def trained_model(training_db: str, mlflow_tracking_uri: str, training_settings: Settings) -> TrainingResult:
+    """One model trained on the training world and registered as a version of ``TRAINED_MODEL``, for the
+    modules that need one (training takes 20-40 s here). A module that moves aliases works on a copy of
+    the version under a name of its own (``tests.model_versions.copied``), so none sees another's."""
+    from rtml.training.tracking import train_and_register
+
+    return train_and_register(training_db, mlflow_tracking_uri, training_settings, model_name=TRAINED_MODEL)
 
 
 @pytest.fixture(scope="module")

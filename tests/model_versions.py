@@ -4,6 +4,7 @@ in a chosen format (the unsafe ones included, as an attacker or a careless noteb
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import mlflow
@@ -14,6 +15,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from rtml.training import model_registry
 from rtml.training.model import TRUSTED_TYPES
+from rtml.training.tracking import TrainingResult
 
 
 def log_version(
@@ -57,3 +59,10 @@ def gated(tags: dict[str, str]) -> dict[str, str]:
 
 def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
     model_registry.promote(client, version, "tests", reason, name=name, allow_rejected=True)
+
+
+def copied(client: MlflowClient, trained: TrainingResult, source: str, name: str) -> TrainingResult:
+    """``trained`` (a version of ``source``) copied under ``name``: same run, model and tags, no aliases.
+    For a module that moves aliases on the version trained once for the session (``trained_model``)."""
+    copy = client.copy_model_version(f"models:/{source}/{trained.model_version}", name)
+    return replace(trained, model_version=str(copy.version))

@@ -4,7 +4,8 @@ Like ``--dist loadfile`` (a module runs whole on one worker, so its module fixtu
 two changes:
 
 * Modules that use the same session-scoped world run on the same worker, which builds it once: the
-  training world (``training_db``: three weeks simulated, loaded and built with dbt, about 40 s).
+  training world (``training_db``: three weeks simulated, loaded and built with dbt, about 40 s) and the
+  model trained on it (``trained_model``, 20-40 s).
 * The heaviest go first (longest-processing-time-first), so that both workers finish together instead of
   one waiting on a late 3-minute module. xdist's own order is by number of tests, which says little about
   time here: 38 tests of ``test_cicd.py`` take 10 s, 3 of ``test_demo_lifecycle.py`` take 170 s.

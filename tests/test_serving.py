@@ -59,9 +59,10 @@ from rtml.streaming.events import TransactionEvent
 from rtml.training import model_registry
 from rtml.training.dataset import Split, feature_spec, prepare
 from rtml.training.loading import load_pipeline
-from rtml.training.tracking import train_and_register
+from rtml.training.tracking import TrainingResult
 from rtml.training.train import score as model_score
-from tests.model_versions import UNSAFE_TRUSTED_TYPES, gated, log_version, promote, with_os_system
+from tests.conftest import TRAINED_MODEL
+from tests.model_versions import UNSAFE_TRUSTED_TYPES, copied, gated, log_version, promote, with_os_system
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,10 +109,13 @@ class Registered:
 
 
 @pytest.fixture(scope="module")
-def model(latest_db: str, mlflow_tracking_uri: str, training_settings: Settings) -> Registered:
-    """A version trained, gated and approved as the platform does it."""
-    result = train_and_register(latest_db, mlflow_tracking_uri, training_settings, model_name=MODEL)
+def model(
+    latest_db: str, mlflow_tracking_uri: str, training_settings: Settings, trained_model: TrainingResult
+) -> Registered:
+    """A version trained (the session's, copied under this module's name), gated and approved as the
+    platform does it."""
     client = model_registry.client_for(mlflow_tracking_uri)
+    result = copied(client, trained_model, TRAINED_MODEL, MODEL)
     model_registry.gate(client, result.model_version, result.holdout, training_settings, name=MODEL)
     promote(client, MODEL, result.model_version, "serving tests")
     version = client.get_model_version(MODEL, result.model_version)

@@ -20,6 +20,8 @@ from rtml.training import evaluate, model_registry
 from rtml.training.dataset import FeatureSpec, feature_spec, split_by_time
 from rtml.training.lineage import TAGS
 from rtml.training.tracking import TrainingResult, train_and_register
+from tests.conftest import TRAINED_MODEL
+from tests.model_versions import copied
 
 # The weakened model: no customer history or merchant features, and a few shallow trees.
 WEAK = {"params": {"max_iter": 5, "max_depth": 2}}
@@ -37,10 +39,10 @@ def client(mlflow_tracking_uri: str) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def trained(
-    training_db: str, mlflow_tracking_uri: str, training_settings: Settings, model_name: str
-) -> TrainingResult:
-    return train_and_register(training_db, mlflow_tracking_uri, training_settings, model_name=model_name)
+def trained(trained_model: TrainingResult, client: MlflowClient, model_name: str) -> TrainingResult:
+    """The session's trained version (``trained_model``), copied under this module's name: its tests move
+    aliases."""
+    return copied(client, trained_model, TRAINED_MODEL, model_name)
 
 
 def weak_exclusions() -> tuple[str, ...]:

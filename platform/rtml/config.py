@@ -612,8 +612,9 @@ class MonitoringSettings(_Slice):
     )
     drift_threshold: float = Field(
         0.2,
-        description="Drift check: the largest acceptable share of drifted columns (Evidently "
-        "`DataDriftPreset`) between the training reference window and the current window. One upstream "
+        description="Drift check: the largest acceptable share of drifted columns (Evidently's per-column "
+        "tests, as `DataDriftPreset` chooses them) between the training reference window and the current "
+        "window. One upstream "
         "change moves several columns (a shift in amounts drifts about 6 of the 24: 0.25), while a "
         "no-drift window stays below 0.15 here.",
     )

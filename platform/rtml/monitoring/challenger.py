@@ -299,7 +299,7 @@ def _figures(
 
 # --- the score distributions (Evidently) ---------------------------------------------------------------
 def compare_scores(
-    pairs: pd.DataFrame, folder: Path, name: str, *, threshold: float, max_rows: int, seed: int = SEED
+    pairs: pd.DataFrame, folder: Path, name: str, *, max_rows: int, seed: int = SEED
 ) -> ScoreReport | None:
     """Evidently's comparison of the two models' scores on the same requests (at most ``max_rows``,
     a seeded sample), saved as ``folder/name.html``. None without requests."""
@@ -312,7 +312,7 @@ def compare_scores(
         pairs = pairs.sample(n=max_rows, random_state=seed)
     reference = pd.DataFrame({SCORE: pairs["production_probability"].to_numpy(dtype=float)})
     current = pd.DataFrame({SCORE: pairs["challenger_probability"].to_numpy(dtype=float)})
-    found = drift.compare(reference, current, FeatureSpec(numeric=[SCORE], categorical=[]), threshold)
+    found = drift.compare(reference, current, FeatureSpec(numeric=[SCORE], categorical=[]))
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
     found.snapshot.save_html(str(html))
@@ -336,7 +336,6 @@ def run(
     days: int,
     min_labelled: int,
     reports_dir: Path,
-    drift_threshold: float,
     max_rows: int,
     as_of: datetime | None = None,
 ) -> Comparison:
@@ -344,7 +343,7 @@ def run(
     pairs, start, end = fetch(database_url, challenger_version, days, as_of=as_of)
     comparison = evaluate(pairs, challenger_version, min_labelled, (start, end))
     name = f"{comparison.computed_at:%Y%m%dT%H%M%S.%fZ}-v{challenger_version}"
-    scores = compare_scores(pairs, reports_dir, name, threshold=drift_threshold, max_rows=max_rows)
+    scores = compare_scores(pairs, reports_dir, name, max_rows=max_rows)
     comparison = dataclasses.replace(comparison, scores=scores)
     store(database_url, comparison)
     return comparison

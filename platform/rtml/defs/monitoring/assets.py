@@ -310,7 +310,6 @@ def challenger_comparison(
             days=settings.monitoring.challenger_window_days,
             min_labelled=settings.monitoring.challenger_min_labelled,
             reports_dir=settings.services.home / "reports" / "challenger",
-            drift_threshold=settings.monitoring.drift_threshold,
             max_rows=settings.monitoring.challenger_max_rows,
         )
     except challenger.ChallengerError as error:

@@ -1,5 +1,6 @@
-"""Drift reports: Evidently 0.7 ``Report([DataDriftPreset(...)])`` between a reference window and the
-current window, of the model's features and of its scores.
+"""Drift reports: Evidently 0.7 reports of one ``ValueDrift`` per column (the tests ``DataDriftPreset``
+chooses, without its summary's recomputations) between a reference window and the current window, of
+the model's features and of its scores.
 
 * **Reference window**: by default the training data window of the version holding ``production``
   (its lineage tags ``data_window_start`` / ``data_window_end``), or an explicit window.

@@ -155,7 +155,7 @@ class _Context:
         """Compare, save the HTML (named after ``name``, default the kind), record the row."""
         began = time.perf_counter()
         threshold = self.settings.monitoring.drift_threshold if self.pvalue is None else 0.0  # 0: any column
-        comparison = compare(reference, current, spec, threshold, self.pvalue)
+        comparison = compare(reference, current, spec, pvalue=self.pvalue)
         folder = self.settings.services.home / "reports" / "drift"
         folder.mkdir(parents=True, exist_ok=True)
         html = folder / f"{self.created_at.strftime('%Y%m%dT%H%M%S.%fZ')}-{name or kind}.html"
