@@ -49,7 +49,9 @@ def main() -> None:
         stack = LocalStack(settings)
         info = stack.up()
         try:
-            url = ensure_training_rows(info.database_url, rows=args.rows, settings=Settings())
+            # the server's maintenance database: ensure_training_rows (re)creates DATABASE from there
+            server_url = database_url_for(info.database_url, "postgres")
+            url = ensure_training_rows(server_url, rows=args.rows, settings=Settings())
             began = time.perf_counter()
             result = train_and_register(
                 url, info.mlflow_tracking_uri, settings, model_name="fraud-detector-bench"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -115,8 +116,15 @@ def log_and_register(
 ) -> TrainingResult:
     data, pipeline = fitted.data, fitted.pipeline
     experiment_id = configure(tracking_uri)
-    client = client_for(tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    with (
+        ThreadPoolExecutor(max_workers=1) as background,
+        mlflow.start_run(experiment_id=experiment_id) as run,
+    ):
+        # permutation importance (about half of this step: 73 predictions) overlaps the logging and the
+        # model's serialisation and upload below; the predictions run outside the GIL
+        importance = background.submit(
+            figures.importance_figure, pipeline, data.test.X[fitted.features.columns], data.test.y
+        )
         mlflow.log_params(
             {
                 **model_params(pipeline),
@@ -147,11 +155,6 @@ def log_and_register(
         ):
             mlflow.log_figure(figures.roc_figure(y, scores, split), f"plots/roc_{split}.png")
             mlflow.log_figure(figures.pr_figure(y, scores, split), f"plots/pr_{split}.png")
-        mlflow.log_figure(
-            figures.importance_figure(pipeline, data.test.X[fitted.features.columns], data.test.y),
-            "plots/permutation_importance.png",
-        )
-
         example = _input_example(data.validation.X[fitted.features.columns])
         info = mlflow.sklearn.log_model(
             pipeline,
@@ -164,14 +167,14 @@ def log_and_register(
                 f"pandas=={pd.__version__}",
                 f"numpy=={np.__version__}",
             ],
-            registered_model_name=model_name,
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,  # explicit: loading demands it
             skops_trusted_types=TRUSTED_TYPES,  # checked at save; loading uses its own copy of the list
         )
-        version = str(info.registered_model_version)
+        mlflow.log_figure(importance.result(), "plots/permutation_importance.png")
         summary = {f"test_{key}": f"{fitted.metrics[f'test_{key}']:.4f}" for key in ("roc_auc", "pr_auc")}
-        for key, value in {**tags, **summary}.items():
-            client.set_model_version_tag(model_name, version, key, value)
+        # registered with its tags in one request, not one request per tag after registering
+        registered = mlflow.register_model(info.model_uri, model_name, tags={**tags, **summary})
+    version = str(registered.version)
     return TrainingResult(run.info.run_id, version, fitted.metrics, fitted.thresholds, lineage, data.test, {})
 
 
