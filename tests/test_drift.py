@@ -269,7 +269,7 @@ def test_each_column_s_verdict_is_the_data_drift_preset_s_on_the_benchmark_data(
 ) -> None:
     """``compare`` runs Evidently's ``ValueDrift`` per column, not ``DataDriftPreset``, which computes every
     column three times (issue 20: 100k x 100k rows in a third of the time). On the drift benchmark's rows
-    (its generator and seeds; 20,000 a side here) each column gets the preset's test, threshold, score and
+    (its generator and seeds; 10,000 a side here) each column gets the preset's test, threshold, score and
     verdict, under the daily rule (Evidently's choice of test) and the hourly one (KS at ``PVALUE``)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -277,8 +277,8 @@ def test_each_column_s_verdict_is_the_data_drift_preset_s_on_the_benchmark_data(
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     synthetic = importlib.import_module("drift").synthetic  # benchmarks/drift.py
     spec = feature_spec()
-    reference = synthetic(spec, 20_000, seed=1)
-    current = synthetic(spec, 20_000, seed=2, amount_factor=1.6)
+    reference = synthetic(spec, 10_000, seed=1)
+    current = synthetic(spec, 10_000, seed=2, amount_factor=1.6)
     for pvalue in (None, PVALUE):
         categorical = list(spec.categorical) if pvalue is None else []
         names = [*categorical, *spec.numeric]
