@@ -4,6 +4,7 @@ minutes) at its start and at its end. Figures from a shared 2-core machine are r
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -13,8 +14,18 @@ def load_average() -> list[float]:
 
 
 def json_line(figures: dict[str, Any], load_average_start: list[float]) -> str:
-    """The benchmark's last line: its figures between the load average at its start and now."""
-    return json.dumps(
-        {"load_average_start": load_average_start, **figures, "load_average_end": load_average()},
-        default=str,
-    )
+    """The benchmark's last line: its figures between the load average at its start and now. A figure
+    that could not be measured (a NaN or infinite float: no 2xx answer to take a latency of) is ``null``,
+    which strict JSON parsers read (they refuse ``NaN``)."""
+    line = {"load_average_start": load_average_start, **figures, "load_average_end": load_average()}
+    return json.dumps(_finite(line), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

@@ -17,18 +17,28 @@ scorers, without that module's 1 s socket timeout): failing open p50 2.0 ms, p99
 closed 996 of 1,000 answered 503 at once, recovery 0.073 s. Before the breaker: p50 ~280 ms, 4 % of the
 first second's requests over 2 s (issue 14).
 
-Run alone (a world with the ``*_latest`` tables and a ``production`` model version, as for
-``benchmarks/serving.py``): it starts a Valkey of its own — it stops a server, so never the machine's
-or the platform's — pushes the online store into it from ``RTML_DATABASE_URL``, serves
-``rtml.serving.service:FraudScorer`` on it, warms up, measures, and ends with one JSON line::
+Run alone (from the repository root, after ``make test`` has created ``.venv``)::
+
+    .venv/bin/python benchmarks/serving_faults.py [--rate 100 --hang-seconds 10] [--fail-closed]
+
+By default (``--provision``) it builds a world of its own as ``benchmarks/serving.py`` does
+(``_world.py``: a simulated world with the ``*_latest`` tables, an MLflow server, a ``production``
+version) on the PostgreSQL of ``--database-url``, or an embedded one where the machine's servers do
+not answer (``_servers.py``); it says how long that took (``provision_seconds``, not part of any
+figure) and removes it all at the end. ``--no-provision``: the world named by ``RTML_DATABASE_URL``,
+``RTML_MLFLOW_TRACKING_URI`` and ``RTML_MODEL_NAME``. Either way it starts a Valkey of its own — it
+stops a server, so never the machine's or the platform's — pushes the online store into it from the
+world's database, serves ``rtml.serving.service:FraudScorer`` on it, warms up, measures, and ends
+with one JSON line::
 
     RTML_DATABASE_URL=... RTML_MLFLOW_TRACKING_URI=... RTML_MODEL_NAME=... \\
-      .venv/bin/python benchmarks/serving_faults.py [--rate 100 --hang-seconds 10] [--fail-closed]
+      .venv/bin/python benchmarks/serving_faults.py --no-provision
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -44,6 +54,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Service, drive, score_body
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, servers
 from rtml.stack.scorer_process import SERVICE
 
 
@@ -125,6 +136,13 @@ def main() -> None:
     ap.add_argument("--warmup-seconds", type=float, default=5)
     ap.add_argument("--fail-closed", action="store_true", help="also measure a fail-closed service")
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-serving-faults")
+    ap.add_argument(
+        "--provision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="build a world of its own (_world.py); --no-provision: the world of RTML_* as given",
+    )
+    ap.add_argument("--database-url", default=DATABASE_URL)
     args = ap.parse_args()
     load_start = load_average()
 
@@ -133,50 +151,62 @@ def main() -> None:
     from rtml.stack.processes import stop_pid
     from rtml.stack.redis import start_embedded
 
-    database_url = get_settings().services.database_url
-    if not database_url:
-        raise SystemExit("RTML_DATABASE_URL must name a database with the *_latest tables")
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"rtmlbench-faults-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as scratch:
-        valkey = start_embedded(Path(scratch) / "valkey")
-        try:
-            store = OnlineStore(valkey.url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix))
-            store.push_from_postgres(database_url, full=True)
-            customer, merchant = _known_pair(database_url)
-            body = score_body({**TRANSACTION, "customer_id": customer, "merchant_id": merchant})
-            out: dict[str, Any] = {"benchmark": "serving_faults"}
-            for fail_open in (True, False) if args.fail_closed else (True,):
-                env = {
-                    "RTML_REDIS_URL": valkey.url,
-                    "RTML_ONLINE_KEY_PREFIX": prefix,
-                    "RTML_SERVING_FAIL_OPEN": str(fail_open).lower(),
-                    "BENTOML_HOME": str(Path(scratch) / f"bentoml-{fail_open}"),
-                }
-                name = "open" if fail_open else "closed"
-                service = Service(SERVICE, ROOT, env, log_dir / f"scorer-{name}.log")
-                with service:
-                    warm = drive(service.url, args.rate, args.warmup_seconds, body=body)
-                    if warm.errors:
-                        raise SystemExit(f"{warm.errors} errors in the warm-up: {warm.statuses}")
-                    status, answer = _get_json(f"{service.url}/score", body)
-                    assert status == 200 and not answer["degraded"] and not answer["features_missing"], answer
-                    prefix_name = "redis_hang" if fail_open else "redis_hang_fail_closed"
-                    out.update(
-                        measure_redis_hang(
-                            service.url,
-                            valkey.pid,
-                            body,
-                            rate=args.rate,
-                            hang_seconds=args.hang_seconds,
-                            prefix=prefix_name,
-                        )
+    out: dict[str, Any] = {"benchmark": "serving_faults", "provision_seconds": None}
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        valkey = start_embedded(scratch / "valkey")
+        stack.callback(stop_pid, valkey.pid)
+        if args.provision:
+            from _world import production_world
+
+            began = time.perf_counter()
+            server_url, _ = stack.enter_context(servers(args.database_url))
+            world = stack.enter_context(production_world(server_url, log_dir, "serving-faults"))
+            out["provision_seconds"] = round(time.perf_counter() - began, 1)
+            print(f"provisioned in {out['provision_seconds']} s (not timed)", file=sys.stderr)
+            database_url, world_env = world.url, world.service_env(valkey.url)
+        else:  # the scorer reads the world's settings from this environment
+            database_url, world_env = get_settings().services.database_url, {}
+            if not database_url:
+                raise SystemExit(
+                    "--no-provision: RTML_DATABASE_URL must name a database with the *_latest tables"
+                )
+        store = OnlineStore(valkey.url, online=OnlineSettings(ttl_seconds=0, key_prefix=prefix))
+        stack.callback(store.close)
+        stack.callback(store.purge)
+        store.push_from_postgres(database_url, full=True)
+        customer, merchant = _known_pair(database_url)
+        body = score_body({**TRANSACTION, "customer_id": customer, "merchant_id": merchant})
+        for fail_open in (True, False) if args.fail_closed else (True,):
+            env = {
+                **world_env,
+                "RTML_REDIS_URL": valkey.url,
+                "RTML_ONLINE_KEY_PREFIX": prefix,
+                "RTML_SERVING_FAIL_OPEN": str(fail_open).lower(),
+                "BENTOML_HOME": str(scratch / f"bentoml-{fail_open}"),
+            }
+            name = "open" if fail_open else "closed"
+            service = Service(SERVICE, ROOT, env, log_dir / f"scorer-{name}.log")
+            with service:
+                warm = drive(service.url, args.rate, args.warmup_seconds, body=body)
+                if warm.errors:
+                    raise SystemExit(f"{warm.errors} errors in the warm-up: {warm.statuses}")
+                status, answer = _get_json(f"{service.url}/score", body)
+                assert status == 200 and not answer["degraded"] and not answer["features_missing"], answer
+                prefix_name = "redis_hang" if fail_open else "redis_hang_fail_closed"
+                out.update(
+                    measure_redis_hang(
+                        service.url,
+                        valkey.pid,
+                        body,
+                        rate=args.rate,
+                        hang_seconds=args.hang_seconds,
+                        prefix=prefix_name,
                     )
-            store.purge()
-            store.close()
-        finally:
-            stop_pid(valkey.pid)
+                )
     print(json_line(out, load_start))
 
 

@@ -33,3 +33,14 @@ def test_json_line_puts_the_figures_between_the_load_averages(monkeypatch: pytes
     line = json.loads(_machine.json_line({"p99_ms": 1.5}, [0.5, 0.4, 0.3]))
     assert list(line) == ["load_average_start", "p99_ms", "load_average_end"]
     assert line["load_average_start"] == [0.5, 0.4, 0.3] and len(line["load_average_end"]) == 3
+
+
+def test_a_figure_that_could_not_be_measured_is_null_not_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fail-closed service answers every request of a Redis hang with 503: no latency to report."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("_machine", None)
+    import _machine
+
+    text = _machine.json_line({"p99_ms": float("nan"), "rounds": [1.5, float("inf")]}, [0.5, 0.4, 0.3])
+    line = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert line["p99_ms"] is None and line["rounds"] == [1.5, None]
