@@ -169,16 +169,13 @@ def training_db(
     return url
 
 
-TRAINED_MODEL = "fraud-detector-trained"
-"""The registered model of ``trained_model``'s version, a name no other test registers versions of."""
-
-
 @pytest.fixture(scope="session")
 def trained_model(training_db: str, mlflow_tracking_uri: str, training_settings: Settings) -> TrainingResult:
     """One model trained on the training world and registered as a version of ``TRAINED_MODEL``, for the
     modules that need one (training takes 20-40 s here). A module that moves aliases works on a copy of
     the version under a name of its own (``tests.model_versions.copied``), so none sees another's."""
     from rtml.training.tracking import train_and_register
+    from tests.model_versions import TRAINED_MODEL
 
     return train_and_register(training_db, mlflow_tracking_uri, training_settings, model_name=TRAINED_MODEL)
 

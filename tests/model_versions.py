@@ -61,6 +61,11 @@ def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
     model_registry.promote(client, version, "tests", reason, name=name, allow_rejected=True)
 
 
+TRAINED_MODEL = "fraud-detector-trained"
+"""The registered model of the session's trained version (``conftest.trained_model``); no other test
+registers versions of it."""
+
+
 def copied(client: MlflowClient, trained: TrainingResult, source: str, name: str) -> TrainingResult:
     """``trained`` (a version of ``source``) copied under ``name``: same run, model and tags, no aliases.
     For a module that moves aliases on the version trained once for the session (``trained_model``)."""

@@ -61,8 +61,15 @@ from rtml.training.dataset import Split, feature_spec, prepare
 from rtml.training.loading import load_pipeline
 from rtml.training.tracking import TrainingResult
 from rtml.training.train import score as model_score
-from tests.conftest import TRAINED_MODEL
-from tests.model_versions import UNSAFE_TRUSTED_TYPES, copied, gated, log_version, promote, with_os_system
+from tests.model_versions import (
+    TRAINED_MODEL,
+    UNSAFE_TRUSTED_TYPES,
+    copied,
+    gated,
+    log_version,
+    promote,
+    with_os_system,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

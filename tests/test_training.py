@@ -20,8 +20,7 @@ from rtml.training import evaluate, model_registry
 from rtml.training.dataset import FeatureSpec, feature_spec, split_by_time
 from rtml.training.lineage import TAGS
 from rtml.training.tracking import TrainingResult, train_and_register
-from tests.conftest import TRAINED_MODEL
-from tests.model_versions import copied
+from tests.model_versions import TRAINED_MODEL, copied
 
 # The weakened model: no customer history or merchant features, and a few shallow trees.
 WEAK = {"params": {"max_iter": 5, "max_depth": 2}}
