@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -720,7 +721,10 @@ class CrashablePostgres:
         postmaster = psutil.Process(self.server.pid)
         processes = [postmaster, *postmaster.children(recursive=True)]
         for process in processes:
-            process.kill()
+            # a backend may exit on its own between the listing and the kill (the postmaster, killed
+            # first, takes its children with it)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         deadline = time.monotonic() + 30
         while any(process.is_running() for process in processes):  # gone, not zombies: the lock is free
             assert time.monotonic() < deadline
