@@ -116,9 +116,7 @@ class Registered:
 
 
 @pytest.fixture(scope="module")
-def model(
-    latest_db: str, mlflow_tracking_uri: str, training_settings: Settings, trained_model: TrainingResult
-) -> Registered:
+def model(mlflow_tracking_uri: str, training_settings: Settings, trained_model: TrainingResult) -> Registered:
     """A version trained (the session's, copied under this module's name), gated and approved as the
     platform does it."""
     client = model_registry.client_for(mlflow_tracking_uri)

@@ -614,9 +614,8 @@ class MonitoringSettings(_Slice):
         0.2,
         description="Drift check: the largest acceptable share of drifted columns (Evidently's per-column "
         "tests, as `DataDriftPreset` chooses them) between the training reference window and the current "
-        "window. One upstream "
-        "change moves several columns (a shift in amounts drifts about 6 of the 24: 0.25), while a "
-        "no-drift window stays below 0.15 here.",
+        "window. One upstream change moves several columns (a shift in amounts drifts about 6 of the 24: "
+        "0.25), while a no-drift window stays below 0.15 here.",
     )
     drift_current_hours: int = Field(
         24, description="Drift report: the current window is the newest this many hours of features."
