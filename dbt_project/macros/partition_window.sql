@@ -10,7 +10,7 @@
   * incremental without vars:              from the earliest event loaded since the last run onward
     (late rows change the features of every later row of the same customer, so recompute those);
     models without `loaded_at` pass `watermark_sql` (for example `max(feature_ts)`) instead.
-  Rows outside the window are never touched; window features still read `feature_lookback` of history.
+  Rows outside the window are never touched; window features still read the 30 days of history before it.
 -#}
 {% macro window_bound(name) -%}
     {%- set value = var(name, none) -%}

@@ -4,7 +4,7 @@ The hourly refresh rebuilds only its own hour, so rows of an older hour (a landi
 would never reach the features. A late row at time t changes
 - its own hour (``stg_transactions``, its own ``customer_features`` row, ``merchant_daily`` of its day),
 - the customer window features (1h / 24h / 7d / 30d, new merchant, previous transaction) of the same
-  customer's transactions up to ``feature_lookback`` (30 days) after t,
+  customer's transactions up to 30 days after t (the longest window),
 - the merchant features (7d / 30d, as of the start of each day) of the 30 days after t's day.
 
 So the features must be rebuilt over the hours from t's hour to 31 days after the latest late row (the
