@@ -3,7 +3,7 @@ version that changes one fails here, by name, rather than in the scorer, a push 
 
 * redis-py: ``rtml.features.online.redis_wire`` (the online read, the bulk push)
 * treelite: ``rtml.training.treelite_gtil`` (the compiled model's prediction)
-* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap)
+* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, dagster-dbt's wait)
 
 Each test calls the private path and compares it with the public API's result (or, where Dagster has
 none, with what the caller relies on). ``test_nothing_else_touches_them`` keeps the private names in
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -319,6 +320,77 @@ def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, t
         # the launcher's hook that run monitoring calls is still the one MonitoredRunLauncher overrides
         assert dg.DefaultRunLauncher.check_run_worker_health.__name__ == "check_run_worker_health"
         assert "supports_check_run_worker_health" in dir(dg.DefaultRunLauncher)
+
+
+def _trickling(n: int, gap: float) -> Iterator[int]:
+    """Events as dbt emits them while it builds: one every ``gap`` seconds."""
+    for i in range(n):
+        time.sleep(gap)
+        yield i
+
+
+def _consumer_cpu(imap: Any) -> tuple[list[int], float]:
+    """The results and the consuming thread's CPU time while 5 items trickle in over 1 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        began = time.thread_time()
+        results = list(imap(executor=executor, iterable=_trickling(5, 0.2), func=lambda i: i * i))
+        return results, time.thread_time() - began
+
+
+def test_dagster_internals_wait_for_dbt_s_events_without_spinning() -> None:
+    from dagster._core.utils import imap
+    from dagster_dbt.core import dbt_event_iterator
+
+    from rtml.defs import dagster_internals as internals
+
+    with private_api(
+        "dagster",
+        "dagster._core.utils.imap (as dagster_dbt.core.dbt_event_iterator calls it)",
+        "stop_dbt_busy_wait (the dbt assets' fetch_column_metadata, rtml.defs.dagster_internals)",
+    ):
+        # the cause, measured: the pinned version's consumer burns CPU the whole time it waits (a loaded
+        # machine gives the spinning thread less than the whole second: the bar is low) ...
+        results, spinning = _consumer_cpu(imap)
+        assert results == [0, 1, 4, 9, 16]
+        assert spinning > 0.25, f"dagster's imap used {spinning:.2f} s of CPU in 1 s: drop the fix?"
+        # ... the replacement: the same results, next to no CPU
+        results, blocking = _consumer_cpu(internals.imap_blocking)
+        assert results == [0, 1, 4, 9, 16]
+        assert blocking < 0.1, f"imap_blocking used {blocking:.2f} s of CPU while waiting"
+        # and it is the one dagster-dbt calls once the dbt assets are loaded
+        import rtml.defs.features.assets  # noqa: F401
+
+        assert dbt_event_iterator.imap is internals.imap_blocking
+
+
+def test_imap_blocking_keeps_the_order_and_raises_what_failed() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rtml.defs.dagster_internals import imap_blocking
+
+    def first_finishes_last(i: int) -> int:
+        time.sleep(0.05 * (5 - i))
+        return i
+
+    def fails_on_three(i: int) -> int:
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    def broken_feed() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("the dbt event stream broke")
+
+    with ThreadPoolExecutor(max_workers=6) as executor:
+        assert list(imap_blocking(executor, range(5), first_finishes_last)) == [0, 1, 2, 3, 4]
+        for items, func, error in ((range(5), fails_on_three, "three"), (broken_feed(), int, "broke")):
+            seen: list[int] = []
+            with pytest.raises((ValueError, RuntimeError), match=error):
+                for result in imap_blocking(executor, items, func):
+                    seen.append(result)
+            assert seen == ([0, 1, 2] if error == "three" else [1])  # what came before, first
 
 
 # --- the adapters are the only users ---------------------------------------------------------------

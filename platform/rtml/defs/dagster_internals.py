@@ -13,6 +13,12 @@
   with them (the CLI's backfill, the sensors), and Dagster exports no public name for them.
 * CI's check of ``docker/dagster.yaml`` (tests/test_cicd.py): validated as Dagster validates it when it
   opens the instance, without opening it (its storage is only reachable inside the compose stack).
+* The wait of dagster-dbt's metadata fetching (``rtml.defs.features.assets``, :func:`stop_dbt_busy_wait`):
+  ``DbtEventIterator.fetch_column_metadata()`` (the dbt assets' column schemas in the catalogue) maps
+  the events on a thread pool through ``dagster._core.utils.imap``, whose consumer never blocks while
+  no event is ready: it re-checks as fast as it can. For the whole of every ``dbt build`` the run's
+  process burned a core, on a 2-core machine the one dbt and PostgreSQL waited for (py-spy: 9 s of CPU
+  in one drift-to-retraining test). Still so in Dagster 1.13.29, the newest release.
 
 Used here and nowhere else. dagster is pinned (pyproject.toml); tests/test_private_apis.py fails by
 name when a new version changes any of them.
@@ -20,8 +26,10 @@ name when a new version changes any of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import queue
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 import dagster as dg
 from dagster._cli.workspace.cli_target import PythonPointerOpts, get_repository_python_origin_from_cli_opts
@@ -41,6 +49,9 @@ from dagster._grpc.types import GetCurrentRunsResult
 from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
 from dagster._utils.interrupts import capture_interrupts
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 PARTITION_TAG = PARTITION_NAME_TAG
 RANGE_TAGS = (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
 
@@ -58,6 +69,7 @@ __all__ = [
     "load_repository",
     "reconstructable_job",
     "repository_origin",
+    "stop_dbt_busy_wait",
 ]
 
 
@@ -87,3 +99,33 @@ def instance_config(directory: str) -> Mapping[str, Any]:
     """``directory``'s dagster.yaml, validated (``DagsterInvalidConfigError`` if it is not valid)."""
     config, _ = dagster_instance_config(directory)
     return config
+
+
+def imap_blocking(executor: Executor, iterable: Iterable[T], func: Callable[[T], R]) -> Iterator[R]:
+    """``dagster._core.utils.imap``'s contract (``func`` over ``iterable`` on ``executor``; results in
+    order, each as soon as it is done; the feed's exception raised after the results before it) without
+    its busy wait: a task feeds the futures into a queue as the items arrive, and the consumer blocks on
+    the queue, then on the oldest future."""
+    futures: queue.SimpleQueue[Future[R] | None] = queue.SimpleQueue()
+
+    def feed() -> None:
+        try:
+            for item in iterable:
+                futures.put(executor.submit(func, item))
+        finally:
+            futures.put(None)  # the end, also of a failed feed
+
+    feeder = executor.submit(feed)
+    while (future := futures.get()) is not None:
+        yield future.result()
+    error = feeder.exception()
+    if error is not None:
+        raise error
+
+
+def stop_dbt_busy_wait() -> None:
+    """dagster-dbt's event mapping (``fetch_column_metadata``, ``fetch_row_counts``) waits on
+    :func:`imap_blocking` instead of spinning. Idempotent."""
+    from dagster_dbt.core import dbt_event_iterator
+
+    dbt_event_iterator.imap = imap_blocking

@@ -27,6 +27,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from rtml.defs.dagster_internals import stop_dbt_busy_wait
 from rtml.defs.ingestion.partitions import transactions_partitions
 from rtml.defs.resources import PostgresResource
 from rtml.features.dbt import (
@@ -67,6 +68,8 @@ class FeatureTranslator(DagsterDbtTranslator):
             return GROUPS.get(fqn[1], fqn[1])
         return super().get_group_name(dbt_resource_props)
 
+
+stop_dbt_busy_wait()  # dagster-dbt's fetch_column_metadata() would spin a core while dbt runs
 
 translator = FeatureTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
