@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from rtml.stack.processes import free_port, stop_tree
+from tests import local_http
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "monitoring"
@@ -102,7 +103,7 @@ def start(
         if proc.poll() is not None:
             raise AssertionError(f"{name} exited with {proc.returncode}:\n{process.tail()}")
         try:
-            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+            if local_http.get(url + ready_path, timeout=2).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
@@ -135,7 +136,7 @@ def pushgateway(work: Path) -> Iterator[Process]:
 def scrape(url: str) -> dict[str, float]:
     """A /metrics page as {'name{labels}': value} (labels as exposed, sorted by the exporter)."""
     out = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    for line in local_http.get(f"{url}/metrics", timeout=10).text.splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
@@ -147,7 +148,7 @@ def pushed_series(gateway_url: str, group: str) -> dict[tuple[str, frozenset[tup
     prometheus_client: {(name, labels without job/asset/instance): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    text = local_http.get(f"{gateway_url}/metrics", timeout=10).text
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -168,13 +169,13 @@ class MonitoringStack:
     webhook: Webhook
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.prometheus.url}/api/v1/query", params={"query": expr}, timeout=10)
+        response = local_http.get(f"{self.prometheus.url}/api/v1/query", params={"query": expr}, timeout=10)
         body = response.json()
         assert response.status_code == 200 and body.get("status") == "success", f"{expr}: {body}"
         return list(body["data"]["result"])
 
     def firing(self) -> set[str]:
-        body = httpx.get(f"{self.prometheus.url}/api/v1/alerts", timeout=10).json()
+        body = local_http.get(f"{self.prometheus.url}/api/v1/alerts", timeout=10).json()
         return {a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == "firing"}
 
 

@@ -41,6 +41,7 @@ from rtml.stack.local import StackInfo
 from rtml.training import model_registry
 from rtml.training.dataset import feature_spec
 from rtml.training.tracking import train_and_register
+from tests import local_http
 from tests.replay import log_predictions
 
 START = datetime(2026, 8, 29, tzinfo=UTC)  # the newest day (39) is a Wednesday: no weekend in the counts
@@ -480,10 +481,10 @@ def gateway(tmp_path: Path) -> Iterator[str]:
 
 def test_drift_figures_reach_a_real_pushgateway(gateway: str, drifted: drift.DriftResult) -> None:
     assert metrics.publish("drift_report", drift.samples(drifted), gateway)
-    import httpx
 
     families = {
-        family.name: family for family in text_string_to_metric_families(httpx.get(f"{gateway}/metrics").text)
+        family.name: family
+        for family in text_string_to_metric_families(local_http.get(f"{gateway}/metrics").text)
     }
     shares = {s.labels["report"]: s.value for s in families["rtml_drift_share"].samples}
     assert shares["features"] == pytest.approx(drifted.features.drifted_share)

@@ -4,6 +4,7 @@ version that changes one fails here, by name, rather than in the scorer, a push 
 * redis-py: ``rtml.features.online.redis_wire`` (the online read, the bulk push)
 * treelite: ``rtml.training.treelite_gtil`` (the compiled model's prediction)
 * Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, dagster-dbt's wait)
+* dbt-common: ``rtml.features.dbt_internals`` (the source of a behaviour flag)
 
 Each test calls the private path and compares it with the public API's result (or, where Dagster has
 none, with what the caller relies on). ``test_nothing_else_touches_them`` keeps the private names in
@@ -393,11 +394,35 @@ def test_imap_blocking_keeps_the_order_and_raises_what_failed() -> None:
             assert seen == ([0, 1, 2] if error == "three" else [1])  # what came before, first
 
 
+# --- dbt ---------------------------------------------------------------------------------------------
+def test_dbt_internals_name_a_behaviour_flag_s_source_as_dbt_common_does() -> None:
+    from dbt_common.behavior_flags import BehaviorFlagRendered
+
+    from rtml.features import dbt_internals
+
+    with private_api(
+        "dbt-common",
+        "dbt_common.behavior_flags.BehaviorFlagRendered._default_source (a staticmethod, called with no "
+        "arguments from __init__)",
+        "stop_flag_source_stack_walk (run_dbt and the dbt assets, rtml.features.dbt_internals)",
+    ):
+        dbt_internals.stop_flag_source_stack_walk()
+        dbt_common_s = dbt_internals.stack_walking_source
+        assert dbt_common_s is not None and dbt_common_s is not dbt_internals.flag_source
+        # called from here, both name this module
+        assert dbt_common_s() == dbt_internals.flag_source() == __name__
+        # and a flag created here is told so, through the replacement
+        flag = BehaviorFlagRendered({"name": "rtml_probe", "default": False, "description": "probe"}, {})
+        assert flag._behavior_change_event.flag_source == __name__
+        assert BehaviorFlagRendered._default_source is dbt_internals.flag_source
+
+
 # --- the adapters are the only users ---------------------------------------------------------------
 ADAPTERS = {
     "redis_wire": "platform/rtml/features/online/redis_wire.py",
     "treelite_gtil": "platform/rtml/training/treelite_gtil.py",
     "dagster_internals": "platform/rtml/defs/dagster_internals.py",
+    "dbt_internals": "platform/rtml/features/dbt_internals.py",
 }
 PRIVATE_ATTRIBUTES = {
     "redis_wire": {
@@ -410,6 +435,7 @@ PRIVATE_ATTRIBUTES = {
         "_sock",
     },
     "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
+    "dbt_internals": {"_default_source"},
 }
 
 

@@ -61,6 +61,7 @@ from rtml.training.dataset import Split, feature_spec, prepare
 from rtml.training.loading import load_pipeline
 from rtml.training.tracking import TrainingResult
 from rtml.training.train import score as model_score
+from tests import local_http
 from tests.model_versions import (
     TRAINED_MODEL,
     UNSAFE_TRUSTED_TYPES,
@@ -203,7 +204,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def post(self, path: str, payload: Any, client: httpx.Client | None = None) -> httpx.Response:
-        response = (client or httpx).post(f"{self.url}{path}", json=payload, timeout=30)
+        response = (client or local_http).post(f"{self.url}{path}", json=payload, timeout=30)
         if response.status_code == 200:
             body = response.json()
             for item in body.get("scores", [body]):
@@ -259,7 +260,7 @@ def wait_until_answering(server: Server, probe: str = "/readyz") -> Server:
         if server.proc.poll() is not None:
             raise AssertionError(f"{server.name} exited with {server.proc.returncode}:\n{server.tail()}")
         try:
-            if httpx.get(f"{server.url}{probe}", timeout=2).status_code == 200:
+            if local_http.get(f"{server.url}{probe}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
@@ -662,12 +663,12 @@ def test_batch_limit_and_malformed_bodies(servers: dict[str, Server]) -> None:
     too_many = server.post("/score_batch", {"transactions": txns})
     assert too_many.status_code == 400 and "transactions" in too_many.text
     assert server.post("/score_batch", {"transactions": []}).status_code == 400
-    garbage = httpx.post(
+    garbage = local_http.post(
         f"{server.url}/score", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert 400 <= garbage.status_code < 500
     for path in ("/score", "/score_batch"):  # BentoML itself answered these with a 500 (Schemathesis)
-        multipart = httpx.post(
+        multipart = local_http.post(
             f"{server.url}{path}", content=b"{}", headers={"content-type": "multipart/form-data"}
         )
         assert multipart.status_code == 415, multipart.text
@@ -675,13 +676,13 @@ def test_batch_limit_and_malformed_bodies(servers: dict[str, Server]) -> None:
 
 def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> None:
     server = servers["open"]
-    meta = httpx.get(f"{server.url}/metadata", timeout=10).json()
+    meta = local_http.get(f"{server.url}/metadata", timeout=10).json()
     assert meta["model"]["name"] == MODEL and meta["model"]["version"] == model.first
     assert meta["model"]["source"] == "registry" and meta["fail_open"] is True
     assert meta["model"]["path"] == "compiled"  # the sklearn path: test_serving_lifecycle
     assert meta["model"]["threshold_review"] == float(model.tags["threshold_review"])
     assert meta["registry"]["refused"] is None
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    text = local_http.get(f"{server.url}/metrics", timeout=10).text
     info = _samples(text, "rtml_scoring_model_info")
     assert [
         (labels["model_version"], labels["path"], value)
@@ -708,12 +709,12 @@ def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> 
     assert sum(v for labels, v in decisions if labels["model_version"] == model.first) == _metric(
         text, "rtml_scoring_score_count"
     )
-    home = httpx.get(f"{server.url}/", timeout=10)
+    home = local_http.get(f"{server.url}/", timeout=10)
     assert home.status_code == 200 and "swagger" in home.text.lower()
 
 
 def _metadata(server: Server) -> dict[str, Any]:
-    return dict(httpx.get(f"{server.url}/metadata", timeout=10).json())
+    return dict(local_http.get(f"{server.url}/metadata", timeout=10).json())
 
 
 def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -740,7 +741,7 @@ def test_redis_down_fail_open_and_closed_then_recovery(
     fail_open, fail_closed = servers["open"], servers["closed"]
     for server in (fail_open, fail_closed):
         assert server.post("/score", {"transaction": txn}).json()["degraded"] is False
-    degraded_before = _metric(httpx.get(f"{fail_open.url}/metrics").text, "rtml_scoring_degraded_total")
+    degraded_before = _metric(local_http.get(f"{fail_open.url}/metrics").text, "rtml_scoring_degraded_total")
 
     valkey.stop()
     try:
@@ -750,7 +751,8 @@ def test_redis_down_fail_open_and_closed_then_recovery(
         assert opened.json()["features_missing"] == ["customer", "merchant"]
         batch = fail_open.post("/score_batch", {"transactions": [txn, txn]})
         assert batch.status_code == 200 and all(s["degraded"] for s in batch.json()["scores"])
-        degraded_after = _metric(httpx.get(f"{fail_open.url}/metrics").text, "rtml_scoring_degraded_total")
+        after = local_http.get(f"{fail_open.url}/metrics").text
+        degraded_after = _metric(after, "rtml_scoring_degraded_total")
         assert degraded_after - degraded_before == 3
 
         closed = fail_closed.post("/score", {"transaction": txn})
@@ -817,13 +819,13 @@ def test_scored_transactions_are_published_after_the_answer_even_across_a_redis_
 
 
 def _health(server: Server) -> dict[str, Any]:
-    response = httpx.get(f"{server.url}/health", timeout=10)
+    response = local_http.get(f"{server.url}/health", timeout=10)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
 def _metrics(server: Server) -> str:
-    return httpx.get(f"{server.url}/metrics", timeout=10).text
+    return local_http.get(f"{server.url}/metrics", timeout=10).text
 
 
 def _labelled(text: str, name: str, **labels: str) -> float:
@@ -858,7 +860,7 @@ def test_hung_redis_opens_the_breaker_and_a_probe_closes_it(
         answers: dict[str, list[tuple[float, httpx.Response]]] = {}
         for name, server in servers.items():
             answers[name] = []
-            with httpx.Client(timeout=30) as http:
+            with local_http.client(timeout=30) as http:
                 for _ in range(15):
                     started = time.perf_counter()
                     response = server.post("/score", {"transaction": txn}, client=http)
@@ -933,7 +935,7 @@ def test_an_emptied_online_store_is_degraded_and_named_by_health(
             health = _health(server)
             assert health["status"] == ("degraded" if name == "open" else "unavailable"), health
             assert any("customer_features, merchant_features" in p for p in health["problems"]), health
-            assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+            assert local_http.get(f"{server.url}/readyz", timeout=10).status_code == 200
         new, old = _metrics(servers["open"]), before["open"]
         missing = "rtml_scoring_features_missing_total"
         for entity in ("customer", "merchant"):
@@ -1022,7 +1024,7 @@ def test_a_full_queue_is_refused_with_503_and_retry_after(servers: dict[str, Ser
     stop = time.monotonic() + 1.5
 
     def client() -> None:
-        with httpx.Client(timeout=30) as http:
+        with local_http.client(timeout=30) as http:
             while time.monotonic() < stop:
                 responses.append(http.post(f"{server.url}/score_batch", json=batch))
 
@@ -1117,7 +1119,7 @@ def test_hot_swap_under_concurrent_requests(
     results: list[list[tuple[int, str, str, float]]] = [[] for _ in range(4)]
 
     def fire(out: list[tuple[int, str, str, float]]) -> None:
-        with httpx.Client(timeout=30) as http:
+        with local_http.client(timeout=30) as http:
             while not stop.is_set():
                 txn = {**request, "transaction_id": f"t-{uuid.uuid4().hex[:12]}"}
                 response = server.post("/score", {"transaction": txn}, client=http)
@@ -1138,7 +1140,7 @@ def test_hot_swap_under_concurrent_requests(
         time.sleep(1.0)
         promote(client, MODEL, second, "hot swap")
         deadline = time.monotonic() + 60
-        while httpx.get(f"{server.url}/metadata").json()["model"]["version"] != second:
+        while local_http.get(f"{server.url}/metadata").json()["model"]["version"] != second:
             assert time.monotonic() < deadline, "the new production version was not swapped in"
             time.sleep(0.2)
         time.sleep(1.0)
@@ -1158,7 +1160,7 @@ def test_hot_swap_under_concurrent_requests(
         assert versions[0] == model.first and versions[-1] == second
         switch = versions.index(second)
         assert set(versions[:switch]) == {model.first} and set(versions[switch:]) == {second}
-    text = httpx.get(f"{server.url}/metrics").text
+    text = local_http.get(f"{server.url}/metrics").text
     served = {labels["model_version"]: value for labels, value in _samples(text, "rtml_scoring_model_info")}
     assert served == {model.first: 0.0, second: 1.0}
     assert _metric(text, "rtml_scoring_model_swaps_total") >= 1
@@ -1212,7 +1214,7 @@ def test_unsafe_or_unapproved_versions_are_refused(
             assert packaged.returncode != 0 and "not packaged (format)" in packaged.stderr, packaged.stderr
             assert not list(home.glob(f"models/{MODEL}/*/"))
     assert "REFUSED model version" in server.tail(200_000)
-    text = httpx.get(f"{server.url}/metrics").text
+    text = local_http.get(f"{server.url}/metrics").text
     counted = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_model_refused_total")}
     assert counted == {reason: 1.0 for reason in candidates}  # once per version, not per poll
     assert _metric(text, "rtml_scoring_production_refused") == 1.0
@@ -1223,7 +1225,7 @@ def test_unsafe_or_unapproved_versions_are_refused(
         assert time.monotonic() < deadline, server.tail()
         time.sleep(0.2)
     assert _metadata(server)["registry"]["refused"] is None
-    assert _metric(httpx.get(f"{server.url}/metrics").text, "rtml_scoring_production_refused") == 0.0
+    assert _metric(local_http.get(f"{server.url}/metrics").text, "rtml_scoring_production_refused") == 0.0
 
 
 def schemathesis_cli() -> str | None:
@@ -1368,7 +1370,7 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
             RTML_DATABASE_URL=scratch_database("monitoring_lander"),
         ),
     ) as stack:
-        served = httpx.get(f"{fail_open.url}/metadata", timeout=10).json()["model"]["version"]
+        served = local_http.get(f"{fail_open.url}/metadata", timeout=10).json()["model"]["version"]
         push_pipeline_figures(stack.pushgateway.url, model, served)
         for _ in range(20):
             for server in (fail_open, fail_closed):
@@ -1496,7 +1498,7 @@ def test_bento_contains_production_model_and_serves_without_registry(
     )
     server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path)
     try:
-        meta = httpx.get(f"{server.url}/metadata").json()["model"]
+        meta = local_http.get(f"{server.url}/metadata").json()["model"]
         assert meta["version"] == production.version and meta["source"].startswith(f"bento:{MODEL}:v")
         assert meta["path"] == "compiled"
         pairs = sample_pairs(latest_db, 4)

@@ -126,6 +126,10 @@ def run_dbt(
     from dbt.cli.main import dbtRunner
     from dbt_common.events.base_types import EventMsg
 
+    from rtml.features.dbt_internals import stop_flag_source_stack_walk
+
+    stop_flag_source_stack_walk()  # dbt-common would walk the whole stack's source for every flag
+
     command = ["--no-version-check", "--log-level", "none", *args]
     lines: list[str] = []
 

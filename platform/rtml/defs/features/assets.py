@@ -40,6 +40,7 @@ from rtml.features.dbt import (
     project_dir,
     window_env,
 )
+from rtml.features.dbt_internals import stop_flag_source_stack_walk
 
 for _key, _value in QUIET_ENV.items():  # dbt parse at load time must not phone home either
     os.environ.setdefault(_key, _value)
@@ -70,6 +71,7 @@ class FeatureTranslator(DagsterDbtTranslator):
 
 
 stop_dbt_busy_wait()  # dagster-dbt's fetch_column_metadata() would spin a core while dbt runs
+stop_flag_source_stack_walk()  # its in-process adapter's flags would walk the stack's source
 
 translator = FeatureTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
