@@ -51,7 +51,6 @@ DAYS = {  # the in-flight run is long: still in its step after the killed run's 
     "killed": ("2026-11-02-00:00", "2026-11-04-23:00"),
     "in_flight": ("2026-11-05-00:00", "2026-11-16-23:00"),
 }
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> float:
@@ -97,7 +96,7 @@ def main() -> None:
         wait_for("the demo's UIs", lambda: "Dagster UI" in output.read_text(), 600)
         client = DagsterGraphQLClient("127.0.0.1", port_number=int(env["RTML_DAGSTER_PORT"]))
         runs = {
-            name: client.submit_job_execution("ingestion_job", tags=range_tags(*days), run_config=IN_PROCESS)
+            name: client.submit_job_execution("ingestion_job", tags=range_tags(*days))
             for name, days in DAYS.items()
         }
         with dg.DagsterInstance.from_config(dagster_home) as instance:

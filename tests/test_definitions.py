@@ -43,6 +43,14 @@ def test_jobs_schedules_and_sensors() -> None:
     assert defs.resolve_sensor_def("landing_files_sensor")
 
 
+def test_every_job_executes_its_steps_in_its_run_s_process() -> None:
+    """No process per step, each loading the code location again (``rtml.defs.executor``): the jobs the
+    automation launches and the implicit asset job that the UI's "Materialize" and the bootstrap use."""
+    jobs = defs.resolve_all_job_defs()
+    assert {"hourly_refresh_job", "hourly_drift_job", "retraining_job"} <= {job.name for job in jobs}
+    assert {job.name: job.executor_def for job in jobs} == {job.name: dg.in_process_executor for job in jobs}
+
+
 def test_resources_are_chosen_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """One place picks the servers: the local stack's (looked up when used) or the environment's."""
     local = environment_resources(Settings(services=ServicesSettings(environment="local")))

@@ -11,8 +11,9 @@ servers, and runs launched through the UI's GraphQL API, which the daemon then l
 ``rtml demo --no-load`` rather than the full demo (about 7 minutes here). Loading adds runs of
 ``dagster asset materialize`` to what the demo supervises, stopped like the backfill's ``dagster job
 execute`` (the same code: ``rtml.cli._supervised``), whose test is cheaper. Every Dagster process imports
-the code location (10-20 s of CPU here), so the runs are few and execute their steps in process: each is
-``ingestion_job`` over three days of simulated transactions, one step busy long enough to be stopped.
+the code location (10-20 s of CPU here), so the runs are few, and each executes its steps in its own
+process (``rtml.defs.executor``, as every run): ``ingestion_job`` over three days of simulated
+transactions, one step busy long enough to be stopped.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STOP_LIMIT_S = 15.0  # every process the demo started must be gone this long after Ctrl-C
 RUN_DAYS = {"server_killed": "2026-11-02", "in_flight": "2026-11-05"}
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # no step worker: one code location load less
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Demo:
         client = DagsterGraphQLClient("127.0.0.1", port_number=int(self.env["RTML_DAGSTER_PORT"]))
         last = (date.fromisoformat(day) + timedelta(days=2)).isoformat()
         tags = dict(zip(RANGE_TAGS, (f"{day}-00:00", f"{last}-23:00"), strict=True))
-        return client.submit_job_execution(job, tags=tags, run_config=IN_PROCESS)
+        return client.submit_job_execution(job, tags=tags)
 
     def processes(self) -> list[psutil.Process]:
         return started_by(self.process, self.dagster_home, self.seen)
@@ -173,6 +173,8 @@ def test_a_run_whose_code_server_dies_with_it_is_marked_failed_by_run_monitoring
     [code_server] = [p for p in demo.processes() if server.socket in " ".join(_command_line(p))]
     pid = worker_pid(demo.instance, run_id)
     assert pid is not None
+    # launched without run config: the code location's executor runs the steps in the worker itself
+    assert f"Executing steps in process (pid: {pid})" in demo.messages(run_id)
     for process in [code_server, psutil.Process(pid)]:  # not the other run's worker
         process.kill()
     try:

@@ -368,14 +368,9 @@ def backfill(
     tags = {**range_tags(keys[0], keys[-1]), "rtml/backfill": f"{keys[0]}...{keys[-1]}"}
     log = settings.services.home / "logs" / "backfill-runs.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    # In-process steps: the multiprocess executor would load the code location again for every step
-    # (about 10-30 s each here); the steps of a backfill run one after the other anyway.
-    run_config = log.with_name("backfill-run-config.yaml")
-    run_config.write_text(json.dumps({"execution": {"config": {"in_process": {}}}}))  # JSON is YAML
     command = [
         str(Path(sys.executable).with_name("dagster")),
         "job", "execute", "-m", dagster_processes.CODE_LOCATION, "-j", job, "--tags", json.dumps(tags),
-        "-c", str(run_config),
     ]  # fmt: skip
     typer.echo(f"backfilling {job}: {len(keys)} hour(s), {keys[0]} ... {keys[-1]}, in one run (log: {log})")
     began = time.perf_counter()

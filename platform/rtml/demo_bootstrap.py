@@ -46,9 +46,6 @@ from rtml.stack.dagster_processes import CODE_LOCATION
 from rtml.stack.local import LocalStack
 
 BOOTSTRAP_TAG = "rtml/bootstrap"  # on every run of the bootstrap: the step's number and name
-IN_PROCESS: dict[str, object] = {
-    "execution": {"config": {"in_process": {}}}
-}  # steps in this process: no further loads
 
 
 def hour_of(partition_key: str) -> datetime:
@@ -109,7 +106,7 @@ class Bootstrap:
             instance=self.instance,
             asset_selection=sorted(keys) if keys is not None else None,
             tags=tags,
-            run_config={**IN_PROCESS, **(config or {})},
+            run_config=config or {},
         )
         if not result.success:
             raise BootstrapFailed(f"run {result.run_id} ({what}) did not succeed: see it in the Dagster UI")
