@@ -210,6 +210,35 @@ def test_split_never_mixes_time() -> None:
     assert len(data.train) + len(data.validation) + len(data.test) == 100
 
 
+def test_importance_on_encoded_rows_is_scikit_learns_on_the_pipeline() -> None:
+    """The figure's importances (each column shuffled after the model's encoding) equal scikit-learn's
+    permutation importance of the whole pipeline (each column shuffled before it), column by column."""
+    from sklearn.inspection import permutation_importance
+
+    from rtml.training.figures import feature_importance
+    from rtml.training.model import build_pipeline
+
+    rng = np.random.default_rng(0)
+    spec = FeatureSpec(numeric=["amount", "count"], categorical=["channel", "country"])
+    X = pd.DataFrame(
+        {
+            "amount": rng.lognormal(3, 1, 4_000),
+            "channel": rng.choice(["web", "pos", None], 4_000),
+            "count": rng.poisson(3, 4_000).astype(float),
+            "country": rng.choice(["DE", "FR", "US"], 4_000),
+        }
+    )  # the spec's categorical columns come first in the encoded rows, not here
+    y = ((X["amount"] > 40) & (X["channel"] == "web") | (rng.random(4_000) < 0.02)).to_numpy(dtype=int)
+    pipeline = build_pipeline(spec, max_iter=20).fit(X[spec.columns], y)
+    expected = permutation_importance(
+        pipeline, X, y, scoring="average_precision", n_repeats=3, random_state=0
+    ).importances
+    got = feature_importance(pipeline, X, y, seed=0).importances
+    assert sorted(pipeline[:-1].get_feature_names_out()) == sorted(X.columns)  # the encoded-rows path
+    assert expected[:, 0].std() > 0 and np.abs(expected).sum() > 0  # the features matter
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_thresholds_respect_the_false_positive_budget() -> None:
     rng = np.random.default_rng(0)
     y = (rng.random(5_000) < 0.05).astype(int)

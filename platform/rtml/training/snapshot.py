@@ -82,11 +82,28 @@ def export_snapshot(
 
     Raises ``ValueError`` when the window has no labelled rows (and writes nothing).
     """
-    spec = spec or feature_spec()
-    table = fetch_training_table(database_url, start, end, spec)
+    return write_snapshot(snapshot_rows(database_url, start, end, spec), path, start, end)
+
+
+def snapshot_rows(
+    database_url: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    spec: FeatureSpec | None = None,
+) -> pa.Table:
+    """The rows :func:`export_snapshot` writes (``ValueError`` when there are none)."""
+    table = fetch_training_table(database_url, start, end, spec or feature_spec())
     if table.num_rows == 0:
         window = f"{_fmt(start, '-infinity')} <= event_ts < {_fmt(end, 'infinity')}"
         raise ValueError(f"no labelled rows in {TABLE} for {window}: nothing to snapshot")
+    return table
+
+
+def write_snapshot(
+    table: pa.Table, path: Path, start: datetime | None = None, end: datetime | None = None
+) -> Snapshot:
+    """Write :func:`snapshot_rows`' ``table`` of the window [``start``, ``end``) to ``path`` (atomically)
+    and describe it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
@@ -194,6 +211,8 @@ __all__ = [
     "export_snapshot",
     "file_md5",
     "read_snapshot",
+    "snapshot_rows",
     "snapshot_spec",
     "write_parquet",
+    "write_snapshot",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sklearn
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
@@ -26,11 +27,11 @@ from mlflow.models import infer_signature
 from rtml.config import Settings
 from rtml.features.feature_registry import load_registry
 from rtml.training import evaluate, figures
-from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec
+from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec, to_frame
 from rtml.training.lineage import Lineage, feature_definitions, git_state
 from rtml.training.model import TRUSTED_TYPES, model_params
 from rtml.training.model_registry import client_for
-from rtml.training.snapshot import Snapshot, export_snapshot, read_snapshot
+from rtml.training.snapshot import Snapshot, snapshot_rows, write_snapshot
 from rtml.training.train import FittedModel, fit
 
 EXPERIMENT = "fraud-detection"
@@ -47,8 +48,9 @@ class TrainingResult:
     holdout: Split
     """The test window: the evaluation gate compares this version with production on it."""
     seconds: dict[str, float]
-    """Wall time of each step: ``snapshot`` (export), ``fit`` (read, split, fit, score validation and
-    test), ``log`` (plots, permutation importance, logging and registration)."""
+    """Wall time of each step: ``snapshot`` (the rows from PostgreSQL), ``fit`` (split, fit, score
+    validation and test; the snapshot's Parquet file is written meanwhile), ``log`` (plots, permutation
+    importance, logging and registration)."""
 
 
 def train_and_register(
@@ -65,9 +67,15 @@ def train_and_register(
     registry = load_registry()
     spec = feature_spec(registry)
     began = time.perf_counter()
-    snapshot = take_snapshot(database_url, settings, start, end)
+    rows = snapshot_rows(database_url, start, end, spec)
     snapshotted = time.perf_counter()
-    fitted = fit(read_snapshot(snapshot.path, spec), spec, exclude_features, **(params or {}))
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # the snapshot's Parquet file and its hash (pyarrow, outside the GIL) while the model fits on
+        # the same rows: the file holds exactly what the model saw, without being read back
+        written = background.submit(take_snapshot, rows, settings, start, end)
+        fitted = fit(to_frame(rows, spec), spec, exclude_features, **(params or {}))
+        snapshot = written.result()
+    del rows
     fitted_at = time.perf_counter()
     commit, dirty = git_state()
     lineage = Lineage(
@@ -90,13 +98,13 @@ def train_and_register(
 
 
 def take_snapshot(
-    database_url: str, settings: Settings, start: datetime | None, end: datetime | None
+    rows: pa.Table, settings: Settings, start: datetime | None, end: datetime | None
 ) -> Snapshot:
-    """Export the window to ``<data dir>/snapshots/<md5>.parquet`` (content-addressed: the same data
+    """Write the window's rows to ``<data dir>/snapshots/<md5>.parquet`` (content-addressed: the same data
     gives the same file, which ``dvc add`` / the DVC pipeline would hash identically)."""
     settings.services.snapshots_dir.mkdir(parents=True, exist_ok=True)
     partial = settings.services.snapshots_dir / f".export-{uuid.uuid4().hex}.parquet"
-    snapshot = export_snapshot(database_url, partial, start, end)
+    snapshot = write_snapshot(rows, partial, start, end)
     final = settings.services.snapshots_dir / f"{snapshot.md5}.parquet"
     partial.replace(final)
     return replace(snapshot, path=final)
