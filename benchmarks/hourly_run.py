@@ -10,7 +10,8 @@ seconds of the run and every process it started.
 
 Usage: ``.venv/bin/python benchmarks/hourly_run.py [--runs 3]``. Provisions its own world (a database of
 its own on the machine's PostgreSQL and Redis when they answer, else embedded ones; three simulated days,
-loaded and built with dbt; untimed) and removes it. Ends with one JSON line.
+loaded and built with dbt; untimed; Dagster's storage in PostgreSQL, as the stack's) and removes it. Ends
+with one JSON line.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from rtml.config import Settings, SimulatorSettings, database_url_for
 from rtml.features.dbt import run_dbt
 from rtml.features.sample_data import create_database, load_simulated
 from rtml.redis_client import connect
+from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.dagster_processes import CODE_LOCATION, dagster_env
 
 DATABASE = "rtml_bench_hourly"
+DAGSTER_DATABASE = "rtml_bench_hourly_dagster"
 KEY_PREFIX = f"rtml-bench-hourly-{os.getpid()}"
 START = datetime(2026, 9, 1, tzinfo=UTC)
 DAYS = 3
@@ -85,7 +88,7 @@ def main() -> None:
             print(f"world: {DAYS} days loaded and built in {time.perf_counter() - began:.0f} s (untimed)")
 
             home = Path(tmp) / "dagster_home"
-            home.mkdir()
+            write_dagster_yaml(home, create_database(server_url, DAGSTER_DATABASE))  # the stack's storage
             env = {
                 **dagster_env(home, url, redis_url, START),
                 "RTML_ENVIRONMENT": "servers",  # the URLs above, nothing looked up in a local stack
@@ -104,7 +107,8 @@ def main() -> None:
                     figures[name].append((wall, cpu))
                     hour += timedelta(hours=1)
         finally:
-            drop_database(database_url_for(server_url, "postgres"), DATABASE)
+            for name in (DATABASE, DAGSTER_DATABASE):
+                drop_database(database_url_for(server_url, "postgres"), name)
             client = connect(redis_url)
             for key in client.scan_iter(f"{KEY_PREFIX}:*", count=1000):
                 client.delete(key)
