@@ -153,3 +153,23 @@ def scoring_world(
         store.push_from_postgres(world.url, full=True)
         customer, merchant, _, _ = scored_pair(world.url, "median")
         yield world.service_env(redis_url), {"customer_id": customer, "merchant_id": merchant}
+
+
+@contextlib.contextmanager
+def provisioned(
+    database_url: str, redis_url: str, log_dir: Path, *, staged: bool = False
+) -> Iterator[tuple[dict[str, str], float]]:
+    """A scoring world on the given servers (embedded ones when they do not answer): the services'
+    ``RTML_*`` set in ``os.environ`` for the scorers a benchmark starts; yields (the fields of a
+    transaction of a known customer and merchant, the seconds the world took: not part of any figure)."""
+    from _servers import servers
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        database_url, redis_url = stack.enter_context(servers(database_url, redis_url))
+        env, known = stack.enter_context(scoring_world(database_url, redis_url, log_dir, staged=staged))
+        seconds = round(time.perf_counter() - began, 1)
+        print(f"provisioned in {seconds} s (not timed)", file=sys.stderr)
+        os.environ.update(env)
+        yield known, seconds

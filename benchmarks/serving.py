@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Result, Service, drive, merge, score_body
 from _machine import json_line, load_average
-from _servers import DATABASE_URL, REDIS_URL, servers
+from _servers import DATABASE_URL, REDIS_URL
 from rtml.stack.scorer_process import SERVICE
 
 
@@ -89,18 +89,10 @@ def main() -> None:
     args.provision_seconds = None
     with contextlib.ExitStack() as stack:
         if args.provision:
-            from _world import scoring_world
+            from _world import provisioned
 
-            log_dir = Path(args.log_dir)
-            log_dir.mkdir(parents=True, exist_ok=True)
-            began = time.perf_counter()
-            database_url, redis_url = stack.enter_context(servers(args.database_url, args.redis_url))
-            env, known = stack.enter_context(
-                scoring_world(database_url, redis_url, log_dir, staged=args.shadow)
-            )
-            args.provision_seconds = round(time.perf_counter() - began, 1)
-            print(f"provisioned in {args.provision_seconds} s (not timed)", file=sys.stderr)
-            os.environ.update(env)
+            world = provisioned(args.database_url, args.redis_url, Path(args.log_dir), staged=args.shadow)
+            known, args.provision_seconds = stack.enter_context(world)
             args.transaction = json.dumps({**json.loads(args.transaction), **known})
         run(args)
 

@@ -1,8 +1,9 @@
 """Soak test (issue #5): ``POST /score`` at a constant 200 requests/s for 10 minutes; zero errors and the
 worker memory flat (RSS growth < 50 MiB after the warm-up).
 
-The harness starts ``bentoml serve <target>`` itself (default: the floor service; the real one with
-``--target rtml.serving.service:FraudScorer`` and its ``RTML_*`` settings in the environment), warms
+The harness starts ``bentoml serve <target>`` itself (default: the floor service; ``--real``: the real
+``FraudScorer`` in a world it builds, as ``serving.py`` does: ``_world.py``, untimed, removed at the end;
+``--target rtml.serving.service:FraudScorer``: the real one on the ``RTML_*`` settings given), warms
 up (``--warmup-seconds`` at the soak rate, not counted), then drives it open loop (``_load.py``) in
 ``--interval``-second slices, sampling the workers' RSS (psutil, summed over BentoML's worker
 processes) after each slice. Growth = last sample - first sample after the warm-up. Per slice:
@@ -11,12 +12,13 @@ p50/p99/max latency (a growing garbage-collection pause shows up as a growing ma
 ``RTML_BENTOML_MEMORY_FIX=none`` (floor only) serves without the fix of ``rtml/serving/bentoml_adapter.py``,
 to see the retention it removes (``docs/serving-memory.md``). Ends with one JSON line.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 10 --rate 200]
+    .venv/bin/python benchmarks/soak.py [--minutes 10 --rate 200] [--real]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import ROOT, TRANSACTION, Service, drive, score_body
 from _machine import json_line, load_average
+from _servers import DATABASE_URL, REDIS_URL
+from rtml.stack.scorer_process import SERVICE
 
 
 def main() -> None:
@@ -40,8 +44,23 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=30)
     ap.add_argument("--workers", type=int, default=int(os.environ.get("RTML_SERVING_WORKERS", "1")))
     ap.add_argument("--log", default="/tmp/rtml-bench-soak.log")
+    ap.add_argument("--real", action="store_true", help="the real FraudScorer in a world of its own")
+    ap.add_argument("--database-url", default=DATABASE_URL, help="with --real: the world's server")
+    ap.add_argument("--redis-url", default=REDIS_URL, help="with --real: the world's Redis")
     args = ap.parse_args()
+    args.provision_seconds = None
+    with contextlib.ExitStack() as stack:
+        if args.real:
+            from _world import provisioned
 
+            world = provisioned(args.database_url, args.redis_url, Path(args.log).parent, staged=False)
+            known, args.provision_seconds = stack.enter_context(world)
+            args.target = SERVICE
+            args.transaction = json.dumps({**json.loads(args.transaction), **known})
+        soak(args)
+
+
+def soak(args: argparse.Namespace) -> None:
     body = score_body({**TRANSACTION, **json.loads(args.transaction)})
     env = {"RTML_SERVING_WORKERS": str(args.workers)}
     samples: list[dict] = []
@@ -71,6 +90,7 @@ def main() -> None:
     out = {
         "benchmark": "soak",
         "target": args.target,
+        "provision_seconds": args.provision_seconds,
         "memory_fix": os.environ.get("RTML_BENTOML_MEMORY_FIX", "both"),
         "workers": args.workers,
         "rate_rps": args.rate,
