@@ -40,6 +40,7 @@ from rtml.redis_client import connect
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.dagster_processes import CODE_LOCATION, dagster_env
 
+BENCHMARKS = Path(__file__).resolve().parent
 DATABASE = "rtml_bench_hourly"
 DAGSTER_DATABASE = "rtml_bench_hourly_dagster"
 KEY_PREFIX = f"rtml-bench-hourly-{os.getpid()}"
@@ -95,7 +96,10 @@ def main() -> None:
                 "RTML_MLFLOW_TRACKING_URI": "http://127.0.0.1:1",  # not used by this job
                 "RTML_ONLINE_KEY_PREFIX": KEY_PREFIX,
                 "RTML_DATA_DIR": str(Path(tmp) / "data"),
-                "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+                # the comparison's location (benchmarks/) and the tests' code_location it builds on
+                "PYTHONPATH": os.pathsep.join(
+                    [str(BENCHMARKS), str(BENCHMARKS.parent), os.environ.get("PYTHONPATH", "")]
+                ),
             }
             figures: dict[str, list[tuple[float, float]]] = {"location": [], "multiprocess": []}
             hour = end

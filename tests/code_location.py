@@ -19,7 +19,11 @@ from rtml.config import get_settings
 from rtml.definitions import defs
 
 
-def code_location(resources: Mapping[str, Any] | None = None) -> dg.Definitions:
+def code_location(
+    resources: Mapping[str, Any] | None = None, executor: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
+    """The code location, with ``resources`` replaced and, given one, another ``executor``
+    (``benchmarks/hourly_run.py`` compares Dagster's multiprocess executor with the location's)."""
     return dg.Definitions(
         assets=defs.assets,
         asset_checks=defs.asset_checks,
@@ -27,6 +31,7 @@ def code_location(resources: Mapping[str, Any] | None = None) -> dg.Definitions:
         schedules=defs.schedules,
         sensors=defs.sensors,
         resources={**(defs.resources or {}), "settings": get_settings(), **(resources or {})},
+        executor=executor or defs.executor,
     )
 
 
