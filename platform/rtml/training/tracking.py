@@ -75,7 +75,7 @@ def train_and_register(
         written = background.submit(take_snapshot, rows, settings, start, end)
         fitted = fit(to_frame(rows, spec), spec, exclude_features, **(params or {}))
         snapshot = written.result()
-    del rows
+    del rows  # the fitted model's frames hold them now: the Arrow copy goes before the logging
     fitted_at = time.perf_counter()
     commit, dirty = git_state()
     lineage = Lineage(
