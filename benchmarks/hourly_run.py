@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import json_line, load_average
 from _servers import servers
 from _world import drop_database
-from rtml.config import Settings, SimulatorSettings, database_url_for
+from rtml.config import OnlineSettings, Settings, SimulatorSettings, database_url_for
 from rtml.features.dbt import run_dbt
+from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database, load_simulated
-from rtml.redis_client import connect
 from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.dagster_processes import CODE_LOCATION, dagster_env
 
@@ -113,9 +113,9 @@ def main() -> None:
         finally:
             for name in (DATABASE, DAGSTER_DATABASE):
                 drop_database(database_url_for(server_url, "postgres"), name)
-            client = connect(redis_url)
-            for key in client.scan_iter(f"{KEY_PREFIX}:*", count=1000):
-                client.delete(key)
+            store = OnlineStore(redis_url, online=OnlineSettings(key_prefix=KEY_PREFIX))
+            store.purge()  # the runs' pushes and the speed layer's snapshot
+            store.close()
 
     def median(name: str, index: int) -> float:
         return round(statistics.median(run[index] for run in figures[name]), 2)

@@ -676,13 +676,13 @@ def test_batch_limit_and_malformed_bodies(servers: dict[str, Server]) -> None:
 
 def test_metadata_and_metrics(servers: dict[str, Server], model: Registered) -> None:
     server = servers["open"]
-    meta = local_http.get(f"{server.url}/metadata", timeout=10).json()
+    meta = _metadata(server)
     assert meta["model"]["name"] == MODEL and meta["model"]["version"] == model.first
     assert meta["model"]["source"] == "registry" and meta["fail_open"] is True
     assert meta["model"]["path"] == "compiled"  # the sklearn path: test_serving_lifecycle
     assert meta["model"]["threshold_review"] == float(model.tags["threshold_review"])
     assert meta["registry"]["refused"] is None
-    text = local_http.get(f"{server.url}/metrics", timeout=10).text
+    text = _metrics(server)
     info = _samples(text, "rtml_scoring_model_info")
     assert [
         (labels["model_version"], labels["path"], value)
@@ -741,7 +741,7 @@ def test_redis_down_fail_open_and_closed_then_recovery(
     fail_open, fail_closed = servers["open"], servers["closed"]
     for server in (fail_open, fail_closed):
         assert server.post("/score", {"transaction": txn}).json()["degraded"] is False
-    degraded_before = _metric(local_http.get(f"{fail_open.url}/metrics").text, "rtml_scoring_degraded_total")
+    degraded_before = _metric(_metrics(fail_open), "rtml_scoring_degraded_total")
 
     valkey.stop()
     try:
@@ -751,8 +751,7 @@ def test_redis_down_fail_open_and_closed_then_recovery(
         assert opened.json()["features_missing"] == ["customer", "merchant"]
         batch = fail_open.post("/score_batch", {"transactions": [txn, txn]})
         assert batch.status_code == 200 and all(s["degraded"] for s in batch.json()["scores"])
-        after = local_http.get(f"{fail_open.url}/metrics").text
-        degraded_after = _metric(after, "rtml_scoring_degraded_total")
+        degraded_after = _metric(_metrics(fail_open), "rtml_scoring_degraded_total")
         assert degraded_after - degraded_before == 3
 
         closed = fail_closed.post("/score", {"transaction": txn})
@@ -1140,7 +1139,7 @@ def test_hot_swap_under_concurrent_requests(
         time.sleep(1.0)
         promote(client, MODEL, second, "hot swap")
         deadline = time.monotonic() + 60
-        while local_http.get(f"{server.url}/metadata").json()["model"]["version"] != second:
+        while _metadata(server)["model"]["version"] != second:
             assert time.monotonic() < deadline, "the new production version was not swapped in"
             time.sleep(0.2)
         time.sleep(1.0)
@@ -1160,7 +1159,7 @@ def test_hot_swap_under_concurrent_requests(
         assert versions[0] == model.first and versions[-1] == second
         switch = versions.index(second)
         assert set(versions[:switch]) == {model.first} and set(versions[switch:]) == {second}
-    text = local_http.get(f"{server.url}/metrics").text
+    text = _metrics(server)
     served = {labels["model_version"]: value for labels, value in _samples(text, "rtml_scoring_model_info")}
     assert served == {model.first: 0.0, second: 1.0}
     assert _metric(text, "rtml_scoring_model_swaps_total") >= 1
@@ -1214,7 +1213,7 @@ def test_unsafe_or_unapproved_versions_are_refused(
             assert packaged.returncode != 0 and "not packaged (format)" in packaged.stderr, packaged.stderr
             assert not list(home.glob(f"models/{MODEL}/*/"))
     assert "REFUSED model version" in server.tail(200_000)
-    text = local_http.get(f"{server.url}/metrics").text
+    text = _metrics(server)
     counted = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_model_refused_total")}
     assert counted == {reason: 1.0 for reason in candidates}  # once per version, not per poll
     assert _metric(text, "rtml_scoring_production_refused") == 1.0
@@ -1225,7 +1224,7 @@ def test_unsafe_or_unapproved_versions_are_refused(
         assert time.monotonic() < deadline, server.tail()
         time.sleep(0.2)
     assert _metadata(server)["registry"]["refused"] is None
-    assert _metric(local_http.get(f"{server.url}/metrics").text, "rtml_scoring_production_refused") == 0.0
+    assert _metric(_metrics(server), "rtml_scoring_production_refused") == 0.0
 
 
 def schemathesis_cli() -> str | None:
@@ -1370,7 +1369,7 @@ def test_prometheus_scrapes_alerts_and_every_dashboard_query_has_data(
             RTML_DATABASE_URL=scratch_database("monitoring_lander"),
         ),
     ) as stack:
-        served = local_http.get(f"{fail_open.url}/metadata", timeout=10).json()["model"]["version"]
+        served = _metadata(fail_open)["model"]["version"]
         push_pipeline_figures(stack.pushgateway.url, model, served)
         for _ in range(20):
             for server in (fail_open, fail_closed):
@@ -1498,7 +1497,7 @@ def test_bento_contains_production_model_and_serves_without_registry(
     )
     server = start_server("scorer-bento", "fraud_scorer:latest", serve_env, tmp_path)
     try:
-        meta = local_http.get(f"{server.url}/metadata").json()["model"]
+        meta = _metadata(server)["model"]
         assert meta["version"] == production.version and meta["source"].startswith(f"bento:{MODEL}:v")
         assert meta["path"] == "compiled"
         pairs = sample_pairs(latest_db, 4)

@@ -36,7 +36,17 @@ from rtml.training.train import score as pipeline_score
 from tests import local_http
 from tests.model_versions import gated, log_version, promote
 from tests.own_postgres import OwnPostgres
-from tests.test_serving import Server, Valkey, _env, _metadata, _metric, _samples, start_server, transaction
+from tests.test_serving import (
+    Server,
+    Valkey,
+    _env,
+    _metadata,
+    _metric,
+    _metrics,
+    _samples,
+    start_server,
+    transaction,
+)
 
 THRESHOLDS = {"threshold_review": "0.3", "threshold_decline": "0.8"}
 
@@ -120,7 +130,7 @@ def test_not_ready_without_a_production_version_then_ready_once_one_is_promoted(
     assert refused.status_code == 503 and "no model loaded" in refused.json()["error"], refused.text
     assert refused.headers["retry-after"]
     assert _metadata(scorer.server)["model"] is None
-    text = local_http.get(f"{url}/metrics").text
+    text = _metrics(scorer.server)
     unavailable = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_unavailable_total")}
     assert unavailable["no_model"] >= 1
 
@@ -144,7 +154,7 @@ def test_the_scoring_path_shows_when_a_model_cannot_be_compiled(scorer: Scorer) 
     assert _metadata(scorer.server)["model"]["path"] == "sklearn"
     answered = score(scorer).json()
     assert answered["model_version"] == version and answered["fraud_probability"] != before
-    text = local_http.get(f"{scorer.server.url}/metrics").text
+    text = _metrics(scorer.server)
     info = {
         (labels["model_version"], labels["path"]): n
         for labels, n in _samples(text, "rtml_scoring_model_info")
@@ -161,7 +171,7 @@ def test_no_prediction_is_lost_while_postgres_is_down(scorer: Scorer) -> None:
     log = _metadata(scorer.server)["predictions_log"]
     assert log["database"] == "unavailable" and log["written"] == 0, log
     assert log["spilled"] == len(scorer.request_ids) and log["spill_bytes"] > 0, log
-    text = local_http.get(f"{scorer.server.url}/metrics").text
+    text = _metrics(scorer.server)
     assert _metric(text, "rtml_predictions_spilled_total") == len(scorer.request_ids)
     assert _metric(text, "rtml_predictions_spill_bytes") > 0
 
@@ -175,7 +185,7 @@ def test_no_prediction_is_lost_while_postgres_is_down(scorer: Scorer) -> None:
             "select count(*) from monitoring.predictions where request_id = any(%s)", (scorer.request_ids,)
         ).fetchone()
     assert found == (len(scorer.request_ids),)
-    text = local_http.get(f"{scorer.server.url}/metrics").text
+    text = _metrics(scorer.server)
     assert _metric(text, "rtml_predictions_drained_total") == len(scorer.request_ids) - 10
     assert _metric(text, "rtml_predictions_dropped_total") == 0
     assert _metric(text, "rtml_predictions_spill_bytes") == 0
@@ -257,7 +267,7 @@ def test_a_staged_version_is_shadow_scored_and_logged_while_production_answers(s
         assert row["speed_layer"] in ("merged", "beyond_horizon", "not_exact", "disabled"), row
         # this Redis holds no pushed views: the read found no build of either (the defaults scored)
         assert not any(row["feature_versions"].values()), row
-    text = local_http.get(f"{scorer.server.url}/metrics").text
+    text = _metrics(scorer.server)
     assert _metric(text, "rtml_scoring_shadow_scored_total") >= len(ids)
     assert _metric(text, "rtml_scoring_shadow_errors_total") == 0
     info = {labels["model_version"]: n for labels, n in _samples(text, "rtml_scoring_shadow_model_info")}
@@ -289,7 +299,7 @@ def test_a_broken_staged_version_leaves_production_untouched(scorer: Scorer) -> 
     health = local_http.get(f"{scorer.server.url}/health").json()
     assert health["shadow"]["refused"]["version"] == broken
     assert any(f"shadow version {broken} refused" in p for p in health["problems"]), health
-    text = local_http.get(f"{scorer.server.url}/metrics").text
+    text = _metrics(scorer.server)
     refused = {labels["reason"]: n for labels, n in _samples(text, "rtml_scoring_shadow_refused_total")}
     assert refused == {"format": 1.0}
 
