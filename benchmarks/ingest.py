@@ -8,8 +8,11 @@ get a ``bench-`` prefix so they never collide with partitions the platform itsel
 (a) ``load_transactions`` in streaming chunks of ``ingest_chunk_rows`` into ``raw.transactions``;
 (b) the limit: the same binary COPY encoding (pgpq) COPYed without validation into an identical table
 (``LIKE raw.transactions INCLUDING ALL``: same PK, collation and BRIN index); (c) for reference, (b) into
-a table without any index; (d) for reference, (b) with pyarrow's CSV writer and ``FORMAT csv`` (the
-loader's encoding before binary COPY). The benchmark's rows are deleted afterwards (``delete_source``),
+a table without any index, and (e) that COPY followed by building the same PK and BRIN index (what a
+backfill into an unindexed table would pay); (d) for reference, (b) with pyarrow's CSV writer and
+``FORMAT csv`` (the loader's encoding before binary COPY). (a) and (b) alternate ``--repeat`` times, so
+that their ratio is taken side by side (best of each, and the worst pair's). The benchmark's rows are
+deleted afterwards (``delete_source``),
 and ``raw.transactions`` is compacted (``VACUUM FULL``, untimed) before each run, so that like the
 TRUNCATEd baseline tables it starts without the dead space of the previous run (COPY into the free space
 of 1M just-deleted rows measured 30-60 % slower here). The last line
@@ -45,6 +48,7 @@ SIM_START = datetime(2026, 11, 1, tzinfo=UTC)
 SOURCE = "benchmark"
 PLAIN = "raw.bench_plain_copy"
 PLAIN_NO_INDEX = "raw.bench_plain_copy_no_index"
+INDEX_AFTER = "raw.bench_plain_copy_index_after"
 
 
 def database_url(settings: Settings) -> str:
@@ -70,41 +74,59 @@ def generate(settings: Settings, rows: int) -> pa.Table:
     return table.set_column(0, pa.field("transaction_id", pa.string(), nullable=False), ids)
 
 
-def plain_copy(url: str, table: pa.Table, target: str, chunk_rows: int, fmt: str = "binary") -> float:
-    """Seconds to COPY ``table`` (one COPY, no validation, encoded chunk by chunk) into ``target``.
+def plain_copy(
+    url: str, table: pa.Table, target: str, chunk_rows: int, fmt: str = "binary", then: str = ""
+) -> float:
+    """Seconds to COPY ``table`` (one COPY, no validation, encoded chunk by chunk) into ``target``, and
+    to run the statements ``then`` in the same transaction.
 
     ``fmt``: "binary" (pgpq, as the loader) or "csv" (pyarrow's CSV writer)."""
-    options = pacsv.WriteOptions(include_header=False, batch_size=8192)
     columns = ", ".join([*TRANSACTIONS.names, "source"])
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {target}")
         started = time.perf_counter()
         # committed durably (synchronous_commit on), as the loader does
         copy_sql = f"COPY {target} ({columns}) FROM STDIN (FORMAT {fmt})"
-        with conn.transaction(), conn.cursor().copy(copy_sql) as copy:
-            encoder = None
-            for start in range(0, table.num_rows, chunk_rows):
-                chunk = table.slice(start, chunk_rows)
-                chunk = chunk.append_column("source", pa.repeat(pa.scalar(SOURCE), chunk.num_rows))
-                if fmt == "csv":
-                    sink = pa.BufferOutputStream()
-                    pacsv.write_csv(chunk, sink, options)
-                    copy.write(memoryview(sink.getvalue()))
-                    continue
-                if encoder is None:
-                    encoder = ArrowToPostgresBinaryEncoder(chunk.schema)
-                    copy.write(encoder.write_header())
-                for batch in chunk.to_batches():
-                    copy.write(encoder.write_batch(batch))
-            if encoder is not None:
-                copy.write(encoder.finish())
+        with conn.transaction():
+            _copy(conn, copy_sql, table, chunk_rows, fmt)
+            if then:
+                conn.execute(then)
         seconds = time.perf_counter() - started
         conn.execute(f"TRUNCATE {target}")
     return seconds
 
 
+def _copy(conn: psycopg.Connection, copy_sql: str, table: pa.Table, chunk_rows: int, fmt: str) -> None:
+    options = pacsv.WriteOptions(include_header=False, batch_size=8192)
+    with conn.cursor().copy(copy_sql) as copy:
+        encoder = None
+        for start in range(0, table.num_rows, chunk_rows):
+            chunk = table.slice(start, chunk_rows)
+            chunk = chunk.append_column("source", pa.repeat(pa.scalar(SOURCE), chunk.num_rows))
+            if fmt == "csv":
+                sink = pa.BufferOutputStream()
+                pacsv.write_csv(chunk, sink, options)
+                copy.write(memoryview(sink.getvalue()))
+                continue
+            if encoder is None:
+                encoder = ArrowToPostgresBinaryEncoder(chunk.schema)
+                copy.write(encoder.write_header())
+            for batch in chunk.to_batches():
+                copy.write(encoder.write_batch(batch))
+        if encoder is not None:
+            copy.write(encoder.finish())
+
+
 def best(repeat: int, run: Callable[[], float]) -> float:
     return min(run() for _ in range(repeat))
+
+
+def alternating(
+    repeat: int, first: Callable[[], float], second: Callable[[], float]
+) -> list[tuple[float, float]]:
+    """``repeat`` pairs of (first, second), run one after the other: a ratio within a pair compares the
+    two under the same load."""
+    return [(first(), second()) for _ in range(repeat)]
 
 
 def main() -> None:
@@ -113,7 +135,12 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=None, help="default: RTML_INGEST_CHUNK_ROWS")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is kept")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each measurement (the best is kept); pairs of (b) and (a)",
+    )
     args = parser.parse_args()
     load_start = load_average()
 
@@ -155,18 +182,35 @@ def main() -> None:
     # The simulator's dirty rows include duplicate ids, which a plain COPY cannot take: the baseline
     # copies the rows that validation accepts (about 99.8 %), validated here untimed.
     clean = validate_transactions(table, settings.ingest).good
-    plain_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows))
-    ingest_seconds = best(args.repeat, ingest)
+    pairs = alternating(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows), ingest)
+    plain_seconds, ingest_seconds = min(p for p, _ in pairs), min(i for _, i in pairs)
     no_index_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN_NO_INDEX, chunk_rows))
+
+    def copy_then_index() -> float:
+        with psycopg.connect(url, autocommit=True) as conn:  # a new table without indexes (untimed)
+            conn.execute(f"DROP TABLE IF EXISTS {INDEX_AFTER}")
+            conn.execute(f"CREATE TABLE {INDEX_AFTER} (LIKE raw.transactions INCLUDING DEFAULTS)")
+        index_after = (  # the indexes of raw.transactions (rtml/ingest/tables.py), built once the rows are in
+            f"ALTER TABLE {INDEX_AFTER} ADD PRIMARY KEY (transaction_id); "
+            f"CREATE INDEX ON {INDEX_AFTER} USING brin (event_ts)"
+        )
+        return plain_copy(url, clean, INDEX_AFTER, chunk_rows, then=index_after)
+
+    index_after_seconds = best(args.repeat, copy_then_index)
     csv_seconds = best(args.repeat, lambda: plain_copy(url, clean, PLAIN, chunk_rows, "csv"))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {PLAIN}, {PLAIN_NO_INDEX}")
+        conn.execute(f"DROP TABLE IF EXISTS {PLAIN}, {PLAIN_NO_INDEX}, {INDEX_AFTER}")
 
     result = results[-1]
     rows = table.num_rows
     ingest_rate, plain_rate = rows / ingest_seconds, clean.num_rows / plain_seconds
+    # rows/s ratio of each pair: the loader's rows read against the plain COPY's rows written
+    pair_ratios = [(rows / i) / (clean.num_rows / p) for p, i in pairs]
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(f"load_transactions: {ingest_rate:,.0f} rows/s ({ingest_seconds:.2f} s) — {result}")
+    print(
+        f"load_transactions: {ingest_rate:,.0f} rows/s ({ingest_seconds:.2f} s, best): "
+        f"{result.rows_loaded:,} loaded, {result.rows_quarantined:,} quarantined {result.quarantine_by_rule}"
+    )
     print(
         f"plain COPY (same binary encoding, same indexes): {plain_rate:,.0f} rows/s ({plain_seconds:.2f} s)"
     )
@@ -174,9 +218,16 @@ def main() -> None:
         f"plain COPY, no indexes: {clean.num_rows / no_index_seconds:,.0f} rows/s ({no_index_seconds:.2f} s)"
     )
     print(
+        f"plain COPY, no indexes, then the PK and BRIN index built: "
+        f"{clean.num_rows / index_after_seconds:,.0f} rows/s ({index_after_seconds:.2f} s)"
+    )
+    print(
         f"plain COPY as CSV, same indexes: {clean.num_rows / csv_seconds:,.0f} rows/s ({csv_seconds:.2f} s)"
     )
-    print(f"ratio ingest / plain: {ingest_rate / plain_rate:.2f}; peak RSS {peak_rss_mib:,.0f} MiB")
+    print(
+        f"ratio ingest / plain: {ingest_rate / plain_rate:.2f} (best of each); pairs: "
+        f"{', '.join(f'{r:.2f}' for r in pair_ratios)}; peak RSS {peak_rss_mib:,.0f} MiB"
+    )
     print(
         json_line(
             {
@@ -185,8 +236,10 @@ def main() -> None:
                 "ingest_rows_per_s": round(ingest_rate),
                 "plain_copy_rows_per_s": round(plain_rate),
                 "plain_copy_no_index_rows_per_s": round(clean.num_rows / no_index_seconds),
+                "plain_copy_then_index_rows_per_s": round(clean.num_rows / index_after_seconds),
                 "plain_copy_csv_rows_per_s": round(clean.num_rows / csv_seconds),
                 "ratio": round(ingest_rate / plain_rate, 3),
+                "ratio_worst_pair": round(min(pair_ratios), 3),
                 "rows_loaded": result.rows_loaded,
                 "rows_quarantined": result.rows_quarantined,
                 "peak_rss_mib": round(peak_rss_mib, 1),

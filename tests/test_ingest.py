@@ -255,6 +255,27 @@ def test_duplicate_across_chunks_of_one_source_keeps_the_first(conn: psycopg.Con
     assert row == 6
 
 
+def test_a_large_load_starts_with_a_small_chunk_and_keeps_every_row(
+    conn: psycopg.Connection, source: str
+) -> None:
+    # The server starts copying after the first 25,000 rows (then chunks double up to chunk_rows), so a
+    # repeat of row 24,999 at row 30,000 lies in the next chunk: the loader's check, not validation's.
+    table = transactions(60_000, source)
+    table = table.set_column(5, "amount", pa.array([10.0] * table.num_rows))  # all within max_amount
+    repeated = pa.concat_tables([table.slice(0, 30_000), table.slice(24_999, 1), table.slice(30_000)])
+    result = load_transactions(conn, [repeated], source, IngestSettings(chunk_rows=200_000), now=NOW)
+    assert (result.rows_read, result.rows_loaded) == (60_001, 60_000)
+    assert result.quarantine_by_rule == {"transaction_id_duplicate": 1}
+    [(row, error)] = conn.execute(
+        "SELECT source_row, error FROM raw.transactions_quarantine WHERE source = %s", (source,)
+    ).fetchall()
+    assert row == 30_000 and "appears earlier in the same source" in error
+    [(count, distinct)] = conn.execute(
+        "SELECT count(*), count(DISTINCT transaction_id) FROM raw.transactions WHERE source = %s", (source,)
+    ).fetchall()
+    assert count == distinct == 60_000
+
+
 def test_duplicates_chunks_apart_are_caught_by_the_key_next_chunk_by_the_loader(
     conn: psycopg.Connection, source: str
 ) -> None:
