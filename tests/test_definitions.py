@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -49,6 +51,17 @@ def test_every_job_executes_its_steps_in_its_run_s_process() -> None:
     jobs = defs.resolve_all_job_defs()
     assert {"hourly_refresh_job", "hourly_drift_job", "retraining_job"} <= {job.name for job in jobs}
     assert {job.name: job.executor_def for job in jobs} == {job.name: dg.in_process_executor for job in jobs}
+
+
+def test_the_code_location_loads_without_the_training_libraries() -> None:
+    """Every run, code server and sensor tick loads the code location; MLflow, scikit-learn (with SciPy)
+    and matplotlib come in where a step trains, gates or compares models, not with the load."""
+    script = (
+        "import sys, rtml.definitions; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'sklearn', 'scipy', 'matplotlib'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
 
 
 def test_resources_are_chosen_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:

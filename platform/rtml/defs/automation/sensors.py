@@ -34,7 +34,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-from mlflow.exceptions import MlflowException
 
 from rtml.config import Settings, redact
 from rtml.defs.automation.checks import DATA_FRESHNESS, MODEL_FRESHNESS
@@ -44,7 +43,6 @@ from rtml.defs.automation.tags import partitions_of
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.jobs import promote_model_job, training_job
 from rtml.defs.training.resources import MlflowResource
-from rtml.monitoring import challenger
 from rtml.monitoring.notify import notify
 
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_within_threshold")
@@ -279,6 +277,8 @@ def retraining_notifier(
     mlflow: MlflowResource,
     settings: dg.ResourceParam[Settings],
 ) -> None:
+    from rtml.monitoring import challenger  # scikit-learn: imported when a retraining ends, not at load
+
     run = context.dagster_run
     metadata = _run_materialization(context.instance, run.run_id, "fraud_model")
     if metadata is None:
@@ -316,6 +316,8 @@ def retraining_notifier(
 def _gate_comparison(mlflow: MlflowResource, version: str, metric: str) -> str:
     """The gate's comparison, e.g. ``PR AUC 0.8100 vs production v6 0.7400`` (both scored on the new
     version's test window), from its tags on the version; says so when the registry is unreachable."""
+    from mlflow.exceptions import MlflowException
+
     label = METRIC_NAMES.get(metric, metric)
     try:
         tags = mlflow.client().get_model_version(mlflow.model_name, version).tags

@@ -1,20 +1,25 @@
 """Monitoring assets: ``drift_report`` (Evidently, reference = the production version's training window),
 ``live_model_performance`` (the served model on predictions whose labels have arrived) and
 ``challenger_comparison`` (the staged version's shadow scores against production's on the same
-requests). All push their figures to the Pushgateway when one is configured (``rtml.monitoring.metrics``)."""
+requests). All push their figures to the Pushgateway when one is configured (``rtml.monitoring.metrics``).
+
+The live figures and the challenger (scikit-learn) and the registry (MLflow) are imported where their
+assets run, not when the code location loads (see ``rtml.defs.training.assets``)."""
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from rtml.config import Settings
 from rtml.defs.resources import PostgresResource
 from rtml.defs.training.resources import MlflowResource
-from rtml.monitoring import challenger, drift, live, metrics
+from rtml.monitoring import drift, metrics
 from rtml.monitoring.notify import notify
-from rtml.training import model_registry
+
+if TYPE_CHECKING:
+    from rtml.monitoring import challenger, live
 
 
 class DriftConfig(dg.Config):
@@ -221,6 +226,8 @@ def live_model_performance(
 ) -> dg.MaterializeResult:
     """Per day and served version over the last ``live_metrics_days`` days: ROC AUC, PR AUC, precision
     and recall on predictions whose labels have arrived, in ``monitoring.live_model_performance``."""
+    from rtml.monitoring import live
+
     started = time.perf_counter()
     url = postgres.database_url()
     try:
@@ -248,7 +255,9 @@ def live_model_performance(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _days_table(performance: live.LivePerformance) -> dg.TableMetadataValue:
+def _days_table(performance: "live.LivePerformance") -> dg.TableMetadataValue:
+    from rtml.monitoring import live
+
     columns = [
         ("day", "string"),
         ("model_version", "string"),
@@ -291,6 +300,9 @@ def challenger_comparison(
     ``challenger_min_labelled``) in ``monitoring.challenger_comparisons`` and as ``live_*`` tags of the
     version, shown by ``rtml models`` and ``rtml promote``. A new verdict is a ``retraining``
     notification. Daily (``challenger_job``) and on demand; nothing staged is no failure."""
+    from rtml.monitoring import challenger
+    from rtml.training import model_registry
+
     started = time.perf_counter()
     client = mlflow.client()
     version = config.version
@@ -326,11 +338,13 @@ def challenger_comparison(
 
 
 def _notify_verdict(
-    result: challenger.Comparison, mlflow: MlflowResource, database_url: str, settings: Settings
+    result: "challenger.Comparison", mlflow: MlflowResource, database_url: str, settings: Settings
 ) -> None:
     """A ``retraining`` notice when a challenger gets its first verdict, or a different one: what the
     person deciding on ``rtml promote`` waits for (the retraining notice itself comes before any
     shadow score)."""
+    from rtml.monitoring import challenger
+
     version = result.challenger_version
     worse = result.verdict == challenger.WORSE
     action = "think twice before" if worse else "approve with"
@@ -353,7 +367,7 @@ def _notify_verdict(
 
 
 def _challenger_metadata(
-    result: challenger.Comparison, seconds: float, pushed: bool
+    result: "challenger.Comparison", seconds: float, pushed: bool
 ) -> "dict[str, dg.RawMetadataValue]":
     metadata: dict[str, dg.RawMetadataValue] = {
         "verdict": result.verdict,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-from mlflow.tracking import MlflowClient
 
 from rtml.config import get_settings
 from rtml.stack.local import LocalStack
-from rtml.training.model_registry import client_for
+
+if TYPE_CHECKING:  # MLflow is imported when a client is asked for, not when the code location loads
+    from mlflow.tracking import MlflowClient
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -19,6 +22,8 @@ class MlflowResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def client(self) -> MlflowClient:
+        from rtml.training.model_registry import client_for
+
         return client_for(self.uri())
 
     def version_url(self, version: str) -> str:
