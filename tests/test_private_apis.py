@@ -5,6 +5,7 @@ version that changes one fails here, by name, rather than in the scorer, a push 
 * treelite: ``rtml.training.treelite_gtil`` (the compiled model's prediction)
 * Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, dagster-dbt's wait)
 * dbt-common: ``rtml.features.dbt_internals`` (the source of a behaviour flag)
+* scikit-learn: ``rtml.training.sklearn_internals`` (the booster's bin thresholds under sample weights)
 
 Each test calls the private path and compares it with the public API's result (or, where Dagster has
 none, with what the caller relies on). ``test_nothing_else_touches_them`` keeps the private names in
@@ -422,12 +423,64 @@ def test_dbt_internals_name_a_behaviour_flag_s_source_as_dbt_common_does() -> No
         assert BehaviorFlagRendered._default_source is dbt_internals.flag_source
 
 
+# --- scikit-learn ------------------------------------------------------------------------------------
+def test_sklearn_internals_find_the_same_bins_in_one_pass() -> None:
+    import inspect
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble._hist_gradient_boosting import binning
+
+    from rtml.training import sklearn_internals
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(3_000, 4))
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values are left out of the percentiles
+    X[:, 2] = np.round(X[:, 2])  # few distinct values: midpoints, no percentiles
+    y = (np.nan_to_num(X[:, 0]) + rng.normal(size=len(X)) > 1.5).astype(int)
+    weights = np.where(y == 1, 7.0, 1.0)
+    weights[:50] = 0.0  # zero weights are dropped first
+    with private_api(
+        "scikit-learn",
+        "sklearn.ensemble._hist_gradient_boosting.binning._find_binning_thresholds(col_data, max_bins, "
+        "sample_weight) calling its module's _weighted_percentile once per percentile of "
+        "np.linspace(0, 100, max_bins + 1)[1:-1]",
+        "weighted_binning_in_one_pass (build_pipeline, rtml.training.sklearn_internals)",
+    ):
+        sklearn_internals.weighted_binning_in_one_pass()  # already, if this process trained a model
+        original = sklearn_internals.sklearn_s["find_binning_thresholds"]
+        assert binning._find_binning_thresholds is sklearn_internals.find_binning_thresholds
+        # the loop this adapter removes is still there: once scikit-learn fixes it, the adapter goes
+        assert original.__module__ == binning.__name__
+        assert "for percentile in percentiles" in inspect.getsource(original)
+        for column in range(X.shape[1]):
+            for max_bins in (255, 16):
+                ours = binning._find_binning_thresholds(X[:, column], max_bins, weights)
+                theirs = original(X[:, column], max_bins, weights)
+                assert ours.tobytes() == theirs.tobytes(), (column, max_bins)
+        # through the estimator: one percentile call per feature instead of one per percentile
+        calls: list[object] = []
+        own_percentile = sklearn_internals.sklearn_s["weighted_percentile"]
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[2])
+            return own_percentile(*args, **kwargs)
+
+        sklearn_internals.sklearn_s["weighted_percentile"] = counted
+        try:
+            HistGradientBoostingClassifier(max_iter=3, class_weight="balanced").fit(X, y)
+        finally:
+            sklearn_internals.sklearn_s["weighted_percentile"] = own_percentile
+        assert len(calls) == 3  # the three features with more distinct values than bins
+        assert all(np.ndim(rank) == 1 for rank in calls)
+
+
 # --- the adapters are the only users ---------------------------------------------------------------
 ADAPTERS = {
     "redis_wire": "platform/rtml/features/online/redis_wire.py",
     "treelite_gtil": "platform/rtml/training/treelite_gtil.py",
     "dagster_internals": "platform/rtml/defs/dagster_internals.py",
     "dbt_internals": "platform/rtml/features/dbt_internals.py",
+    "sklearn_internals": "platform/rtml/training/sklearn_internals.py",
 }
 PRIVATE_ATTRIBUTES = {
     "redis_wire": {
@@ -441,6 +494,7 @@ PRIVATE_ATTRIBUTES = {
     },
     "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
     "dbt_internals": {"_default_source"},
+    "sklearn_internals": {"_find_binning_thresholds", "_weighted_percentile"},
 }
 
 
@@ -465,6 +519,8 @@ def _private_uses(tree: ast.AST) -> Iterator[tuple[str, str]]:
                 yield "dagster_internals", f"import {module}"
             if module.startswith(("treelite.core", "treelite.gtil.gtil")):
                 yield "treelite_gtil", f"import {module}"
+            if module.startswith("sklearn.ensemble._hist_gradient_boosting"):
+                yield "sklearn_internals", f"import {module}"
 
 
 def test_nothing_else_touches_them() -> None:
