@@ -46,6 +46,7 @@ from typing import Any
 import psycopg
 
 from rtml import ddl
+from rtml.doorbell import Doorbell
 from rtml.monitoring.prediction_spill import Spill
 
 log = logging.getLogger(__name__)
@@ -345,6 +346,9 @@ class PredictionWriter:
         """The rows being written."""
         self._busy_since: float | None = None
         self._stop = threading.Event()
+        # no wake-up per request while traffic flows (rtml.doorbell); asleep, it still wakes in time for
+        # a flush and for the spill's drain
+        self._doorbell = Doorbell(sleep_s=min(self.flush_seconds, DRAIN_EVERY_SECONDS))
         self._writer_done = threading.Event()
         self._abandoned = False
         self._writer = threading.Thread(target=self._run_writer, name="prediction-writer", daemon=True)
@@ -360,6 +364,7 @@ class PredictionWriter:
             self._count("dropped", {TABLES[type(row)].kind: 1})
             return False
         self._queue.append(row)
+        self._doorbell.ring()
         return True
 
     # the counts of monitoring.predictions, by their names of old (tests and /metadata read them)
@@ -410,6 +415,7 @@ class PredictionWriter:
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking rows; write every queued row, or spill it when the database is away or hung."""
         self._stop.set()
+        self._doorbell.wake()
         deadline = time.monotonic() + timeout
         while self._writer.is_alive() and not self.stalled and time.monotonic() < deadline:
             self._writer.join(0.05)
@@ -479,10 +485,10 @@ class PredictionWriter:
         return batch
 
     def _collect(self, batch: list[LogRow], block: bool) -> None:
-        """Add queued rows to ``batch`` (up to ``flush_rows``); with ``block``, first waits up to 20 ms
-        for rows to arrive (so a stop is noticed quickly)."""
+        """Add queued rows to ``batch`` (up to ``flush_rows``); with ``block``, first waits for rows to
+        arrive (a stop ends the wait)."""
         if block and not self._queue:
-            self._stop.wait(0.02)
+            self._doorbell.wait(lambda: bool(self._queue) or self._stop.is_set())
         while len(batch) < self.flush_rows:
             try:
                 batch.append(self._queue.popleft())

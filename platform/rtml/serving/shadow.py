@@ -31,16 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rtml.doorbell import Doorbell
 from rtml.monitoring.predictions import ShadowRow
 from rtml.serving.lifecycle import ModelSlot
 from rtml.serving.scoring import ServedModel, load_shadow, predict
 from rtml.training.loading import ModelRefused
 
 log = logging.getLogger("rtml.serving")
-
-IDLE_SECONDS = 0.02
-"""How often the idle thread looks at the queue: a wake-up per batch (an Event set on the event loop)
-costs the loop more than scoring one request; shadow rows are not in a hurry."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +86,7 @@ class Shadow:
         self._queued = 0  # transactions in the queue (jobs are batches)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._doorbell = Doorbell()  # no wake-up per request while traffic flows (rtml.doorbell)
         self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
         self._thread.start()
 
@@ -109,6 +107,7 @@ class Shadow:
         with self._lock:
             self._queued += n
         self._queue.append(job)
+        self._doorbell.ring()
 
     def status(self) -> dict[str, Any]:
         """For ``/health`` and ``/metadata``."""
@@ -142,6 +141,7 @@ class Shadow:
     # --- the scoring thread -----------------------------------------------------------------------
     def close(self) -> None:
         self._stop.set()
+        self._doorbell.wake()
         self._thread.join(5)
 
     def _count(self, outcome: str, n: int) -> None:
@@ -154,7 +154,7 @@ class Shadow:
             try:
                 job = self._queue.popleft()
             except IndexError:
-                self._stop.wait(IDLE_SECONDS)
+                self._doorbell.wait(lambda: bool(self._queue) or self._stop.is_set())
                 continue
             with self._lock:
                 self._queued -= len(job.rows)

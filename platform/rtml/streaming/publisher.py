@@ -30,6 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from rtml.doorbell import Doorbell
 from rtml.streaming.events import TransactionEvent
 from rtml.streaming.stream import REDIS_ERRORS, publish
 
@@ -77,6 +78,7 @@ class EventPublisher:
         """``close`` gave up waiting and counted the in-flight events dropped: the thread counts no more."""
         self._counts_lock = threading.Lock()
         self._stop = threading.Event()
+        self._doorbell = Doorbell(poll_s=idle_wait_s)  # no wake-up per event while traffic flows
         self._thread = threading.Thread(target=self._run, name="stream-publisher", daemon=True)
         self._thread.start()
 
@@ -87,6 +89,7 @@ class EventPublisher:
             self._count("dropped", 1)
             return False
         self._queue.append(event)
+        self._doorbell.ring()
         return True
 
     @property
@@ -107,6 +110,7 @@ class EventPublisher:
         """Stop taking events; send what is queued (no retries) for up to ``timeout`` seconds, drop and
         count the rest."""
         self._stop.set()
+        self._doorbell.wake()
         self._thread.join(timeout)
         with self._counts_lock:
             self._abandoned = self._thread.is_alive()  # stuck on Redis: what it holds is lost
@@ -122,7 +126,7 @@ class EventPublisher:
             if not self._queue:
                 if self._stop.is_set():
                     return
-                self._stop.wait(self.idle_wait_s)
+                self._doorbell.wait(lambda: bool(self._queue) or self._stop.is_set())
                 continue
             if not self.available():  # the breaker is open: Redis does not answer reads either
                 if self._stop.wait(backoff):
