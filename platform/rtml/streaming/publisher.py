@@ -67,7 +67,6 @@ class EventPublisher:
         self.batch = max(1, batch)
         self.available = available or (lambda: True)
         self.on_count = on_count
-        self.idle_wait_s = idle_wait_s
         self.published = self.dropped = 0
         self.redis_ok = True
         self.last_error: str | None = None
