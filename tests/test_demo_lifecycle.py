@@ -45,7 +45,9 @@ from tests.demo_processes import started_by
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STOP_LIMIT_S = 15.0  # every process the demo started must be gone this long after Ctrl-C
-RUN_DAYS = {"server_killed": "2026-11-02", "in_flight": "2026-11-05"}
+# (first day, days): the run in flight must outlast the first test's minute and more of waiting (three days
+# of ingestion no longer did on the machine's PostgreSQL); both end before the backfill's days
+RUN_DAYS = {"server_killed": ("2026-11-02", 3), "in_flight": ("2026-11-05", 7)}
 
 
 @dataclass
@@ -62,10 +64,10 @@ class Demo:
     def dagster_home(self) -> str:
         return self.env["DAGSTER_HOME"]
 
-    def submit(self, job: str, day: str) -> str:
-        """A run of ``job`` over the three days from ``day``, launched as the UI launches one."""
+    def submit(self, job: str, day: str, days: int) -> str:
+        """A run of ``job`` over ``days`` days from ``day``, launched as the UI launches one."""
         client = DagsterGraphQLClient("127.0.0.1", port_number=int(self.env["RTML_DAGSTER_PORT"]))
-        last = (date.fromisoformat(day) + timedelta(days=2)).isoformat()
+        last = (date.fromisoformat(day) + timedelta(days=days - 1)).isoformat()
         tags = dict(zip(RANGE_TAGS, (f"{day}-00:00", f"{last}-23:00"), strict=True))
         return client.submit_job_execution(job, tags=tags)
 
@@ -157,7 +159,7 @@ def demo(demo_env: dict[str, str]) -> Iterator[Demo]:
 @pytest.fixture(scope="module")
 def runs(demo: Demo) -> dict[str, str]:
     """Two runs in flight at once, each busy in its step (started together: each takes a while)."""
-    launched = {name: demo.submit("ingestion_job", day) for name, day in RUN_DAYS.items()}
+    launched = {name: demo.submit("ingestion_job", *days) for name, days in RUN_DAYS.items()}
     for name, run_id in launched.items():
         demo.wait_for(f"run {name} in its step", lambda run_id=run_id: demo.step_started(run_id), 300)
     demo.processes()
