@@ -58,10 +58,9 @@ def weighted_percentile(
     grid = getattr(_local, "grid", None)
     asked = getattr(_local, "asked", 0)
     own = sklearn_s["weighted_percentile"]
-    if grid is None or not average or np.ndim(percentile_rank) != 0 or asked >= len(grid):
-        return own(array, sample_weight, percentile_rank, average=average, xp=xp)
-    if grid[asked] != percentile_rank:  # not the grid's order: as scikit-learn would, one at a time
-        return own(array, sample_weight, percentile_rank, average=average, xp=xp)
+    scalar = average and np.ndim(percentile_rank) == 0
+    if not (scalar and grid is not None and asked < len(grid) and grid[asked] == percentile_rank):
+        return own(array, sample_weight, percentile_rank, average=average, xp=xp)  # as scikit-learn would
     if _local.values is None:
         _local.values = own(array, sample_weight, grid, average=True, xp=xp)
     _local.asked = asked + 1
