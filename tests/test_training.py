@@ -210,6 +210,36 @@ def test_split_never_mixes_time() -> None:
     assert len(data.train) + len(data.validation) + len(data.test) == 100
 
 
+def test_a_feature_missing_from_every_training_row_trains_and_serves() -> None:
+    """A young deployment: the merchant features of a day come from the days before, so on the first
+    day they are missing, and a window of the first days trains on rows without them (scikit-learn
+    1.9.1 alone fails there: rtml.training.sklearn_internals). The model trains, scores the later rows,
+    which have the feature, and compiles for serving."""
+    from rtml.training.compiled import compile_pipeline
+    from rtml.training.train import fit
+
+    rng = np.random.default_rng(3)
+    n = 6_000
+    frame = pd.DataFrame(
+        {
+            "event_ts": pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(np.arange(n) * 40, unit="s"),
+            "amount": rng.lognormal(3, 1, n),
+            "merchant_amount_avg_7d": np.where(np.arange(n) < 0.7 * n, np.nan, rng.lognormal(3, 0.5, n)),
+            "channel": rng.choice(["web", "pos"], n),
+        }
+    )
+    frame["is_fraud"] = (frame["amount"] > 60) & (frame["channel"] == "web") | (rng.random(n) < 0.01)
+    spec = FeatureSpec(numeric=["amount", "merchant_amount_avg_7d"], categorical=["channel"])
+    fitted = fit(frame, spec, max_iter=20)
+    assert fitted.data.train.X["merchant_amount_avg_7d"].isna().all()  # what scikit-learn alone fails on
+    assert fitted.data.test.X["merchant_amount_avg_7d"].notna().all()
+    assert fitted.metrics["test_roc_auc"] > 0.8, fitted.metrics
+    assert np.isfinite(fitted.test_scores).all()
+    compiled = compile_pipeline(fitted.pipeline)  # checked against the pipeline as it compiles
+    rows = fitted.data.test.X[spec.columns].head(50).to_dict("records")
+    np.testing.assert_allclose(compiled.predict(rows), fitted.test_scores[:50], rtol=0, atol=1e-9)
+
+
 def test_importance_on_encoded_rows_is_scikit_learns_on_the_pipeline() -> None:
     """The figure's importances (each column shuffled after the model's encoding) equal scikit-learn's
     permutation importance of the whole pipeline (each column shuffled before it), column by column."""
