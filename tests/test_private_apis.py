@@ -444,9 +444,9 @@ def test_sklearn_internals_find_the_same_bins_in_one_pass() -> None:
         "sklearn.ensemble._hist_gradient_boosting.binning._find_binning_thresholds(col_data, max_bins, "
         "sample_weight) calling its module's _weighted_percentile once per percentile of "
         "np.linspace(0, 100, max_bins + 1)[1:-1]",
-        "weighted_binning_in_one_pass (build_pipeline, rtml.training.sklearn_internals)",
+        "fix_bin_thresholds (build_pipeline, rtml.training.sklearn_internals)",
     ):
-        sklearn_internals.weighted_binning_in_one_pass()  # already, if this process trained a model
+        sklearn_internals.fix_bin_thresholds()  # already, if this process trained a model
         original = sklearn_internals.sklearn_s["find_binning_thresholds"]
         assert binning._find_binning_thresholds is sklearn_internals.find_binning_thresholds
         # the loop this adapter removes is still there: once scikit-learn fixes it, the adapter goes
@@ -488,7 +488,7 @@ def test_sklearn_internals_bin_a_column_without_values_as_earlier_releases_did()
         "without a non-missing, non-zero-weight value (1.9.1: sliding_window_view of an empty array)",
         "find_binning_thresholds (rtml.training.sklearn_internals)",
     ):
-        sklearn_internals.weighted_binning_in_one_pass()
+        sklearn_internals.fix_bin_thresholds()
         original = sklearn_internals.sklearn_s["find_binning_thresholds"]
         # scikit-learn's own still fails: once it does not, this part of the adapter goes
         cases = ((column, None), (column, weights), (present_but_weightless, 0 * weights))

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
 from rtml.training.dataset import FeatureSpec
-from rtml.training.sklearn_internals import weighted_binning_in_one_pass
+from rtml.training.sklearn_internals import fix_bin_thresholds
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "learning_rate": 0.1,
@@ -38,7 +38,7 @@ TRUSTED_TYPES = [
 
 
 def build_pipeline(spec: FeatureSpec, **params: Any) -> Pipeline:
-    weighted_binning_in_one_pass()  # the same bins, found 4 x faster under class weights (sklearn_internals)
+    fix_bin_thresholds()  # the same bins 4 x faster under class weights; no failure on an empty column
     preprocess = ColumnTransformer(
         [
             (

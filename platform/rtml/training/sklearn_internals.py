@@ -5,7 +5,7 @@
   model's ``class_weight="balanced"``) and at most 200,000 rows (above that the binner subsamples by
   weight and drops them), scikit-learn 1.9.1 calls ``_weighted_percentile`` once per percentile: 254
   sorts of each feature instead of one. ``_weighted_percentile`` takes all the percentiles at once and
-  computes each the same way (the same code per percentile), so :func:`weighted_binning_in_one_pass`
+  computes each the same way (the same code per percentile), so :func:`fix_bin_thresholds`
   has it do that: the same thresholds, bit for bit. py-spy put about 50 s of the ``make test`` workers'
   CPU in those sorts, and every training on fewer than 200,000 rows pays it (the demo's, the tests'). The
   fix upstream (scikit-learn pull request 34248) is not in a release yet.
@@ -37,8 +37,9 @@ sklearn_s: dict[str, Callable[..., Any]] = {}
 """scikit-learn's own ``_find_binning_thresholds`` and ``_weighted_percentile``, once replaced."""
 
 
-def weighted_binning_in_one_pass() -> None:
-    """The binner computes a feature's weighted percentiles in one call. Idempotent."""
+def fix_bin_thresholds() -> None:
+    """The binner computes a feature's weighted percentiles in one call, and bins a column without values
+    (see the module docstring). Idempotent."""
     from sklearn.ensemble._hist_gradient_boosting import binning
 
     if sklearn_s:
