@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -67,7 +68,8 @@ def prediction(request_id: str, now: datetime, probability: float = 0.1, **field
 
 
 def shadow_and_features(request_id: str, now: datetime) -> tuple[ShadowRow, ServedFeaturesRow]:
-    """The staged version's score of ``request_id`` and its logged model row (a NaN, a None)."""
+    """The staged version's score of ``request_id`` and its logged model row (a NaN, an infinity, a
+    numpy float, a None)."""
     return (
         ShadowRow(request_id, "t", "2", 0.5, "review", now),
         ServedFeaturesRow(
@@ -78,7 +80,14 @@ def shadow_and_features(request_id: str, now: datetime) -> tuple[ShadowRow, Serv
             now,
             "merged",
             {"customer_features": "ns:c:1"},
-            {"amount": 1.0, "amount_zscore_30d": math.nan, "channel": "pos", "country": None},
+            {
+                "amount": 1.0,
+                "amount_zscore_30d": math.nan,
+                "amount_to_avg_ratio_30d": math.inf,
+                "merchant_amount_avg_7d": np.float64(2.5),
+                "channel": "pos",
+                "country": None,
+            },
         ),
     )
 
@@ -336,8 +345,15 @@ def test_shadow_and_feature_rows_share_the_writer_spill_and_transaction(
         ).fetchone()
     for table in ("monitoring.predictions", "monitoring.shadow_predictions", "monitoring.served_features"):
         assert count_in(own_postgres.url, table, ids) == 100, table
-    assert features == (
-        {"amount": 1.0, "amount_zscore_30d": None, "channel": "pos", "country": None},
+    assert features == (  # NaN and infinities (not JSON) stored as null
+        {
+            "amount": 1.0,
+            "amount_zscore_30d": None,
+            "amount_to_avg_ratio_30d": None,
+            "merchant_amount_avg_7d": 2.5,
+            "channel": "pos",
+            "country": None,
+        },
         {"customer_features": "ns:c:1"},
         "merged",
     )

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
-import math
 import operator
 import threading
 import time
@@ -43,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 
 from rtml import ddl
@@ -166,9 +165,15 @@ FEATURES_COLUMNS = [f.name for f in fields(ServedFeaturesRow)]
 _shadow_tuple = operator.attrgetter(*SHADOW_COLUMNS)
 
 
+def _json(value: dict[str, Any]) -> str:
+    """JSON text, which COPY parses into jsonb. orjson writes NaN and infinities (not JSON) as null, as
+    the table promises (``json.dumps`` wrote ``Infinity``, which jsonb refuses: the whole batch failed),
+    and numpy scalars as numbers; 20 x faster than ``json``, which was most of the writer thread's hold
+    on the scoring worker's GIL (docs/benchmarks.md, "Serving", round two)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 def _features_tuple(row: ServedFeaturesRow) -> tuple[Any, ...]:
-    # JSON text, which COPY parses into jsonb; NaN (not JSON) becomes null, as the table promises
-    features = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.features.items()}
     return (
         row.request_id,
         row.transaction_id,
@@ -176,8 +181,8 @@ def _features_tuple(row: ServedFeaturesRow) -> tuple[Any, ...]:
         row.event_ts,
         row.scored_at,
         row.speed_layer,
-        json.dumps(row.feature_versions, separators=(",", ":")),
-        json.dumps(features, separators=(",", ":")),
+        _json(row.feature_versions),
+        _json(row.features),
     )
 
 
