@@ -40,6 +40,13 @@ tables' size per million rows (``pg_total_relation_size`` with indexes / rows:
 ``served_features_bytes_per_million``, ``shadow_predictions_bytes_per_million``)::
 
     .venv/bin/python benchmarks/serving.py --shadow --rates 100
+
+What the prediction log costs (issue 20), ``--log-variants``: the service as it is, ``feature_log_off``
+(``RTML_SERVING_FEATURE_LOG_SAMPLE=0``) and ``prediction_log_off`` (no ``RTML_DATABASE_URL``: no writer),
+interleaved like the rest; the JSON line gets each one's maximum against the floor's
+(``feature_log_off_rps_ratio``, ``prediction_log_off_rps_ratio``)::
+
+    .venv/bin/python benchmarks/serving.py --log-variants --rates 100 --rounds 4
 """
 
 from __future__ import annotations
@@ -74,7 +81,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--workers", type=int, default=int(os.environ.get("RTML_SERVING_WORKERS", "1")))
     ap.add_argument("--log-dir", default="/tmp/rtml-bench-serving")
-    ap.add_argument("--shadow", action="store_true", help="the service with shadow / feature log on and off")
+    variants = ap.add_mutually_exclusive_group()
+    variants.add_argument("--shadow", action="store_true", help="shadow / feature log on and off")
+    variants.add_argument("--log-variants", action="store_true", help="prediction log on and off")
     ap.add_argument(
         "--provision",
         action=argparse.BooleanOptionalAction,
@@ -84,7 +93,7 @@ def main() -> None:
     ap.add_argument("--database-url", default=DATABASE_URL)
     ap.add_argument("--redis-url", default=REDIS_URL)
     args = ap.parse_args()
-    if args.shadow or args.provision:
+    if args.shadow or args.log_variants or args.provision:
         args.service = args.service or SERVICE
     args.provision_seconds = None
     with contextlib.ExitStack() as stack:
@@ -103,6 +112,13 @@ VARIANTS = {
     "log_off": {"RTML_SERVING_SHADOW": "false", "RTML_SERVING_FEATURE_LOG_SAMPLE": "0"},
 }
 """``--shadow``: the real service's three configurations."""
+
+LOG_VARIANTS = {
+    "service": {},
+    "feature_log_off": {"RTML_SERVING_FEATURE_LOG_SAMPLE": "0"},
+    "prediction_log_off": {"RTML_DATABASE_URL": ""},
+}
+"""``--log-variants``: the service with its prediction log, without the served-features rows, without it."""
 
 
 def metadata(url: str) -> dict:
@@ -152,11 +168,12 @@ def run(args: argparse.Namespace) -> None:
         floor_env = {**env, "BENTOML_HOME": stack.enter_context(tempfile.TemporaryDirectory())}
         services = {"floor": Service(args.floor, ROOT, floor_env, log_dir / "floor.log")}
         if args.service:
-            for name, overrides in VARIANTS.items() if args.shadow else [("service", {})]:
+            variants = VARIANTS if args.shadow else LOG_VARIANTS if args.log_variants else {"service": {}}
+            for name, overrides in variants.items():
                 # a home of its own each: no packaged model, its own Prometheus multiprocess folder
                 home = (
                     {"BENTOML_HOME": stack.enter_context(tempfile.TemporaryDirectory())}
-                    if args.shadow
+                    if len(variants) > 1
                     else {}
                 )
                 services[name] = Service(
@@ -237,6 +254,8 @@ def run(args: argparse.Namespace) -> None:
         flat[f"{name}_max_rps_rounds"] = part["max"]["rps_rounds"]
         flat[f"{name}_max_errors"] = part["max"]["errors"]
         flat[f"{name}_load_average"] = part["load_average_start"][0]
+    for name in LOG_VARIANTS.keys() - {"service"} if args.log_variants else ():
+        flat[f"{name}_rps_ratio"] = round(out[name]["max"]["rps"] / out["floor"]["max"]["rps"], 2)
     for key in ("p99_ratio", "rps_ratio", "targets_met", "targets_met_issue5"):
         if key in result:
             flat[key] = result[key]
