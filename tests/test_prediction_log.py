@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from rtml.monitoring import retention
+from rtml.monitoring.prediction_log_process import PredictionLogProcess
 from rtml.monitoring.predictions import (
     PredictionRow,
     PredictionWriter,
@@ -374,3 +375,123 @@ def test_retention_deletes_only_rows_past_it(database_url: str) -> None:
     assert count_in(database_url, "monitoring.shadow_predictions", [old, recent]) == 2
     with psycopg.connect(database_url, autocommit=True) as conn, pytest.raises(ValueError):
         retention.purge(conn, "monitoring.predictions", 1)
+
+
+# --- the writer in a process of its own (rtml.monitoring.prediction_log_process) ---------------------
+def test_the_log_process_writes_every_row_and_reports_its_counts(database_url: str, tmp_path: Path) -> None:
+    counted: dict[tuple[str, str], int] = {}
+
+    def on_count(kind: str, outcome: str, rows: int) -> None:
+        counted[kind, outcome] = counted.get((kind, outcome), 0) + rows
+
+    log = PredictionLogProcess(database_url, spill_dir=tmp_path, flush_ms=20, on_count=on_count)
+    now = datetime.now(UTC)
+    ids = [f"process-{uuid.uuid4().hex}" for _ in range(1500)]
+    for request_id in ids:
+        assert log.put(prediction(request_id, now, scored_at=now))
+        for row in shadow_and_features(request_id, now):
+            assert log.put(row)
+    wait_until(lambda: log.status()["pending"] == 0, f"rows still pending: {log.status()}")
+    status = log.status()
+    assert status["database"] == "ok" and status["process"]["received"] == 3 * len(ids), status
+    child = log._child
+    log.close()
+    assert child is not None and child.returncode == 0
+    assert in_table(database_url, ids) == len(ids)
+    assert count_in(database_url, "monitoring.shadow_predictions", ids) == len(ids)
+    assert count_in(database_url, "monitoring.served_features", ids) == len(ids)
+    assert counted == {
+        ("predictions", "written"): len(ids),
+        ("shadow_predictions", "written"): len(ids),
+        ("served_features", "written"): len(ids),
+    }
+    assert log.written == len(ids) and log.counts["served_features"]["written"] == len(ids)
+    assert not log.put(prediction("after-close", now)) and log.dropped == 1
+
+
+def test_a_killed_log_process_is_replaced_and_its_unwritten_rows_are_counted(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Rows the child held in memory die with it: counted as dropped, never silently; the next child
+    takes the rows that follow."""
+    restarts: list[int] = []
+    log = PredictionLogProcess(
+        database_url,
+        spill_dir=tmp_path,
+        flush_rows=10_000,
+        flush_ms=600_000,
+        on_restart=lambda: restarts.append(1),
+    )
+    try:
+        now = datetime.now(UTC)
+        held = [f"held-{uuid.uuid4().hex}" for _ in range(100)]
+        for request_id in held:
+            log.put(prediction(request_id, now, scored_at=now))
+        wait_until(lambda: log.status()["process"]["received"] == 100, f"not received: {log.status()}")
+        first = log.status()["process"]["pid"]
+        os.kill(first, signal.SIGKILL)
+        after = [f"after-{uuid.uuid4().hex}" for _ in range(10)]
+        for request_id in after:
+            log.put(prediction(request_id, now, scored_at=now))
+        wait_until(lambda: log.status()["process"]["restarts"] == 1, f"not restarted: {log.status()}")
+        assert log.status()["process"]["pid"] not in (None, first)
+        assert log.dropped == 100, log.status()
+    finally:
+        log.close()
+    assert in_table(database_url, after) == 10 and in_table(database_url, held) == 0
+    assert log.written == 10 and log.dropped == 100 and restarts == [1]
+
+
+WORKER_KILLED = textwrap.dedent(
+    """
+    import sys, time
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from rtml.monitoring.prediction_log_process import PredictionLogProcess
+    from rtml.monitoring.predictions import prediction_row
+    url, spill, marker = sys.argv[1:]
+    log = PredictionLogProcess(url, spill_dir=Path(spill), flush_rows=10_000, flush_ms=600_000)
+    now = datetime.now(UTC)
+    txn = {"transaction_id": marker, "customer_id": "c", "merchant_id": "m", "amount": 1.0,
+           "currency": "EUR", "channel": "pos", "timestamp": now}
+    for i in range(500):
+        log.put(prediction_row(txn, request_id=f"{marker}-{i}", model_version="1", probability=0.1,
+                               decision="approve", scored_at=now))
+    while log.status()["process"]["received"] < 500:
+        time.sleep(0.02)
+    print(log.status()["process"]["pid"], flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_the_log_process_writes_what_it_holds_when_the_worker_is_killed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The scoring worker killed (-9) with rows in its log process: the child sees its stdin end,
+    writes them all and exits."""
+    marker = f"orphaned-{uuid.uuid4().hex}"
+    with subprocess.Popen(
+        [sys.executable, "-c", WORKER_KILLED, database_url, str(tmp_path), marker],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            child = int(worker.stdout.readline())
+        finally:
+            os.kill(worker.pid, signal.SIGKILL)
+
+    def child_gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
+
+    wait_until(child_gone, "the log process did not exit after its worker was killed")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "select count(*) from monitoring.predictions where transaction_id = %s", (marker,)
+        ).fetchone()
+    assert row == (500,)

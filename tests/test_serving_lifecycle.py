@@ -9,6 +9,7 @@ the transaction id."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import uuid
@@ -189,6 +190,28 @@ def test_no_prediction_is_lost_while_postgres_is_down(scorer: Scorer) -> None:
     assert _metric(text, "rtml_predictions_drained_total") == len(scorer.request_ids) - 10
     assert _metric(text, "rtml_predictions_dropped_total") == 0
     assert _metric(text, "rtml_predictions_spill_bytes") == 0
+
+
+def test_a_killed_prediction_log_process_is_replaced_and_the_log_goes_on(scorer: Scorer) -> None:
+    """The worker's prediction-log process killed (-9): the worker starts another, counts the restart,
+    and the requests that follow are all logged (PostgreSQL is up: the test before started it)."""
+    process = _metadata(scorer.server)["predictions_log"]["process"]
+    assert process["pid"] and process["restarts"] == 0, process
+    os.kill(process["pid"], signal.SIGKILL)
+    before = len(scorer.request_ids)
+    for _ in range(20):
+        assert score(scorer).status_code == 200
+    wait_for(scorer.server, lambda meta: meta["predictions_log"]["process"]["restarts"] == 1)
+    wait_for(scorer.server, lambda meta: meta["predictions_log"]["pending"] == 0)
+    after = _metadata(scorer.server)["predictions_log"]["process"]
+    assert after["pid"] not in (None, process["pid"]), after
+    assert _metric(_metrics(scorer.server), "rtml_prediction_log_process_restarts_total") == 1
+    with psycopg.connect(scorer.postgres.url) as conn:
+        found = conn.execute(
+            "select count(*) from monitoring.predictions where request_id = any(%s)",
+            (scorer.request_ids[before:],),
+        ).fetchone()
+    assert found == (20,)
 
 
 # --- shadow scoring and the served-features log (issue 17) -------------------------------------------

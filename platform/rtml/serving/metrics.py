@@ -148,6 +148,11 @@ class Metrics:
             "Bytes of prediction-log rows waiting on local disk for PostgreSQL (all workers' spill).",
             multiprocess_mode="livemax",
         )
+        self.prediction_log_restarts = Counter(
+            "rtml_prediction_log_process_restarts_total",
+            "Prediction-log processes started after one had exited (killed, or crashed); the rows it "
+            "held in memory count as rtml_predictions_dropped_total.",
+        )
         self.stream_events = {
             "published": Counter(
                 "rtml_stream_events_published_total",

@@ -102,7 +102,7 @@ class FraudScorer:
 
     def __init__(self) -> None:
         from rtml.features.online import OnlineStore
-        from rtml.monitoring.predictions import PredictionWriter
+        from rtml.monitoring.prediction_log_process import PredictionLogProcess
         from rtml.monitoring.retention import Retention
         from rtml.serving.lifecycle import ModelSlot
         from rtml.serving.scoring import load_version
@@ -134,8 +134,9 @@ class FraudScorer:
         self.last_shadow_error: str | None = None
         self.writer = None
         if self.settings.services.database_url:
-            # never blocks and never needs PostgreSQL to start: rows wait in memory or on disk
-            self.writer = PredictionWriter(
+            # never blocks and never needs PostgreSQL to start: rows wait in memory or on disk; the
+            # writing happens in a process of its own, off this worker's GIL
+            self.writer = PredictionLogProcess(
                 self.settings.services.database_url,
                 spill_dir=self.settings.services.predictions_spill_dir,
                 spill_max_bytes=self.settings.serving.predictions_spill_max_bytes,
@@ -144,6 +145,7 @@ class FraudScorer:
                 flush_ms=self.settings.serving.predictions_flush_ms,
                 on_count=self._count_log_rows,
                 on_spill_bytes=self.metrics.predictions_spill_bytes.set,
+                on_restart=self.metrics.prediction_log_restarts.inc,
             )
         else:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
