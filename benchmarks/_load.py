@@ -96,16 +96,11 @@ class Service:
         raise RuntimeError(f"{self.target} not ready in {timeout} s; log: {self.log_path}")
 
     def workers(self) -> list[psutil.Process]:
-        """The worker processes (the processes of the tree that are not the arbiter / its helpers:
-        BentoML's workers are the leaves that import the service; taken as the biggest leaves)."""
+        """The worker processes: those of the tree running BentoML's worker module (not the arbiter,
+        and not the prediction log's process each real worker starts)."""
         assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
-        leaves = [p for p in root.children(recursive=True) if not p.children()]
-        return [
-            p
-            for p in leaves
-            if "bentoml" in " ".join(p.cmdline()) or "_bentoml_impl" in " ".join(p.cmdline())
-        ] or leaves
+        tree = psutil.Process(self.proc.pid).children(recursive=True)
+        return [p for p in tree if "_bentoml_impl.worker" in " ".join(p.cmdline())]
 
     def rss_mib(self) -> float:
         return sum(p.memory_info().rss for p in self.workers()) / 2**20

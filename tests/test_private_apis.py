@@ -6,6 +6,7 @@ version that changes one fails here, by name, rather than in the scorer, a push 
 * Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, dagster-dbt's wait)
 * dbt-common: ``rtml.features.dbt_internals`` (the source of a behaviour flag)
 * scikit-learn: ``rtml.training.sklearn_internals`` (the booster's bin thresholds under sample weights)
+* MLflow: ``rtml.training.mlflow_internals`` (the map of installed packages, built before logging)
 
 Each test calls the private path and compares it with the public API's result (or, where Dagster has
 none, with what the caller relies on). ``test_nothing_else_touches_them`` keeps the private names in
@@ -501,6 +502,35 @@ def test_sklearn_internals_bin_a_column_without_values_as_earlier_releases_did()
         assert original(np.ones(10), 255).shape == (0,)
 
 
+# --- MLflow --------------------------------------------------------------------------------------
+def test_mlflow_internals_build_the_map_that_log_model_s_requirement_check_uses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once built, ``log_model``'s check of the pip requirements reads the installed packages no more."""
+    from mlflow.utils import requirements_utils
+
+    from rtml.training import mlflow_internals
+
+    calls = []
+    packages_distributions = requirements_utils.importlib_metadata.packages_distributions
+
+    def counted() -> Any:
+        calls.append(1)
+        return packages_distributions()
+
+    with private_api(
+        "mlflow",
+        "mlflow.utils.requirements_utils._init_modules_to_packages_map and its cached map",
+        "load_installed_packages (rtml.training.mlflow_internals)",
+    ):
+        monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+        monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions", counted)
+        mlflow_internals.load_installed_packages()
+        assert calls == [1] and requirements_utils._MODULES_TO_PACKAGES
+        requirements_utils.warn_dependency_requirement_mismatches([f"numpy=={version('numpy')}"])
+        assert calls == [1]
+
+
 # --- the adapters are the only users ---------------------------------------------------------------
 ADAPTERS = {
     "redis_wire": "platform/rtml/features/online/redis_wire.py",
@@ -508,6 +538,7 @@ ADAPTERS = {
     "dagster_internals": "platform/rtml/defs/dagster_internals.py",
     "dbt_internals": "platform/rtml/features/dbt_internals.py",
     "sklearn_internals": "platform/rtml/training/sklearn_internals.py",
+    "mlflow_internals": "platform/rtml/training/mlflow_internals.py",
 }
 PRIVATE_ATTRIBUTES = {
     "redis_wire": {
@@ -522,6 +553,7 @@ PRIVATE_ATTRIBUTES = {
     "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
     "dbt_internals": {"_default_source"},
     "sklearn_internals": {"_find_binning_thresholds", "_weighted_percentile"},
+    "mlflow_internals": {"_init_modules_to_packages_map"},
 }
 
 

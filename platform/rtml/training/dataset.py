@@ -262,11 +262,11 @@ def split_by_time(
     X, y, event_ts = frame[spec.columns], frame[TARGET].to_numpy(dtype=int), frame[TIME]
 
     def part(first: int, last: int) -> Split:
-        return Split(
-            X=X.iloc[first:last].reset_index(drop=True),
-            y=y[first:last],
-            event_ts=event_ts.iloc[first:last].reset_index(drop=True),
-        )
+        # a new index on a view of X's rows: reset_index would copy them all once more (0.3-0.5 s a
+        # million rows); X is this function's own copy, which nothing writes to
+        rows = X.iloc[first:last]
+        rows.index = pd.RangeIndex(last - first)
+        return Split(X=rows, y=y[first:last], event_ts=event_ts.iloc[first:last].reset_index(drop=True))
 
     data = TrainingData(
         train=part(bounds[0], bounds[1]),

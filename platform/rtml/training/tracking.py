@@ -26,13 +26,13 @@ from mlflow.models import infer_signature
 
 from rtml.config import Settings
 from rtml.features.feature_registry import load_registry
-from rtml.training import evaluate, figures
+from rtml.training import evaluate, figures, mlflow_internals
 from rtml.training.dataset import FEATURE_VIEWS, Split, feature_spec, to_frame
 from rtml.training.lineage import Lineage, feature_definitions, git_state
 from rtml.training.model import TRUSTED_TYPES, model_params
 from rtml.training.model_registry import client_for
 from rtml.training.snapshot import Snapshot, snapshot_rows, write_snapshot
-from rtml.training.train import FittedModel, fit
+from rtml.training.train import FittedModel, columns, fit
 
 EXPERIMENT = "fraud-detection"
 
@@ -73,6 +73,9 @@ def train_and_register(
         # the snapshot's Parquet file and its hash (pyarrow, outside the GIL) while the model fits on
         # the same rows: the file holds exactly what the model saw, without being read back
         written = background.submit(take_snapshot, rows, settings, start, end)
+        # then what the logging step loads on first use (skops' trusted types, MLflow's map of the
+        # installed packages: about 1.5 s of Python), while the model fits mostly outside the GIL
+        background.submit(load_for_logging)
         fitted = fit(to_frame(rows, spec), spec, exclude_features, **(params or {}))
         snapshot = written.result()
     del rows  # the fitted model's frames hold them now: the Arrow copy goes before the logging
@@ -95,6 +98,13 @@ def train_and_register(
         "log": time.perf_counter() - fitted_at,
     }
     return replace(result, seconds=seconds)
+
+
+def load_for_logging() -> None:
+    """What ``log_and_register`` would otherwise load while the permutation importance runs."""
+    import skops.io  # noqa: F401 -- its import scans scikit-learn for the trusted types
+
+    mlflow_internals.load_installed_packages()
 
 
 def take_snapshot(
@@ -131,7 +141,7 @@ def log_and_register(
         # permutation importance (about half of this step: 73 predictions) overlaps the logging and the
         # model's serialisation and upload below; the predictions run outside the GIL
         importance = background.submit(
-            figures.importance_figure, pipeline, data.test.X[fitted.features.columns], data.test.y
+            figures.importance_figure, pipeline, columns(data.test.X, fitted.features.columns), data.test.y
         )
         mlflow.log_params(
             {

@@ -37,7 +37,7 @@ def fit(
     data = split_by_time(frame, spec)
     features = without(spec, exclude_features)
     pipeline = build_pipeline(features, **params)
-    pipeline.fit(data.train.X[features.columns], data.train.y)
+    pipeline.fit(columns(data.train.X, features.columns), data.train.y)
     validation_scores = score(pipeline, data.validation.X)
     test_scores = score(pipeline, data.test.X)
     thresholds = evaluate.choose_thresholds(data.validation.y, validation_scores)
@@ -62,8 +62,12 @@ def without(spec: FeatureSpec, excluded: tuple[str, ...]) -> FeatureSpec:
 
 def score(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
     """Fraud probabilities; ``X`` may hold more columns than the model was fitted on."""
-    columns = list(pipeline.feature_names_in_)
-    return np.asarray(pipeline.predict_proba(X[columns])[:, 1])
+    return np.asarray(pipeline.predict_proba(columns(X, list(pipeline.feature_names_in_)))[:, 1])
+
+
+def columns(X: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``X[names]``, without its copy of every row when ``X`` holds just those columns in that order."""
+    return X if list(X.columns) == names else X[names]
 
 
 def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
