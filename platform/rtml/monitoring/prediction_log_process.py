@@ -39,12 +39,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from rtml.doorbell import Doorbell
-from rtml.monitoring.predictions import KINDS, OUTCOMES, TABLES, LogRow, PredictionWriter
+from rtml.monitoring.predictions import KINDS, TABLES, LogQueue, LogRow, PredictionWriter
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _read_frames(stream: IO[bytes]) -> Iterator[Any]:
         yield pickle.loads(data)  # our own process on the other end of a private pipe
 
 
-class PredictionLogProcess:
+class PredictionLogProcess(LogQueue):
     """``PredictionWriter(database_url, spill_dir=..., **options)`` in a child process; ``put`` never
     waits. ``on_count`` and ``on_spill_bytes`` are called on a thread of this process, ``on_restart``
     each time another child replaces one that exited."""
@@ -89,17 +89,11 @@ class PredictionLogProcess:
         on_restart: Callable[[], None] | None = None,
         **options: Any,
     ) -> None:
-        self.on_count = on_count
+        super().__init__(int(options.get("queue_max", 100_000)), on_count, Doorbell())
         self.on_spill_bytes = on_spill_bytes
         self.on_restart = on_restart
-        self.queue_max = max(2, int(options.get("queue_max", 100_000)))
         # the settings go through the pipe, not the command line: the URL may hold a password
         self._options = {"database_url": database_url, "spill_dir": str(spill_dir), **options}
-        self.counts: dict[str, dict[str, int]] = {kind: dict.fromkeys(OUTCOMES, 0) for kind in KINDS}
-        self._counts_lock = threading.Lock()
-        self._queue: collections.deque[LogRow] = collections.deque()
-        self._doorbell = Doorbell()
-        self._stop = threading.Event()
         self._child: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
@@ -116,37 +110,6 @@ class PredictionLogProcess:
         self._sender = threading.Thread(target=self._run, name="prediction-log-sender", daemon=True)
         self._start_child()
         self._sender.start()
-
-    # --- the scoring event loop's side ---------------------------------------------------------------
-    def put(self, row: LogRow) -> bool:
-        """Queue one row: O(1), never waits. False (and ``dropped`` + 1) when the queue is full or the
-        log is closed."""
-        if len(self._queue) >= self.queue_max or self._stop.is_set():
-            self._count("dropped", {TABLES[type(row)].kind: 1})
-            return False
-        self._queue.append(row)
-        self._doorbell.ring()
-        return True
-
-    @property
-    def written(self) -> int:
-        return self.counts["predictions"]["written"]
-
-    @property
-    def spilled(self) -> int:
-        return self.counts["predictions"]["spilled"]
-
-    @property
-    def drained(self) -> int:
-        return self.counts["predictions"]["drained"]
-
-    @property
-    def dropped(self) -> int:
-        return self.counts["predictions"]["dropped"]
-
-    @property
-    def rejected(self) -> int:
-        return self.counts["predictions"]["rejected"]
 
     @property
     def pending(self) -> int:
@@ -197,15 +160,6 @@ class PredictionLogProcess:
         self._count_lost()
 
     # --- counting -----------------------------------------------------------------------------------
-    def _count(self, outcome: str, per_kind: Mapping[str, int]) -> None:
-        for kind, rows in per_kind.items():
-            if rows <= 0:
-                continue
-            with self._counts_lock:
-                self.counts[kind][outcome] += rows
-            if self.on_count is not None:
-                self.on_count(kind, outcome, rows)
-
     def _count_lost(self) -> None:
         """The rows the ended child had received or was sent and never settled: dropped, counted."""
         lost = {kind: self._sent[kind] - self._settled[kind] for kind in KINDS}

@@ -303,68 +303,27 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.Unde
 """The database is away (or lost the table): keep the rows, reconnect (which creates the table)."""
 
 
-class PredictionWriter:
-    def __init__(
-        self,
-        database_url: str,
-        *,
-        spill_dir: Path,
-        spill_max_bytes: int = 1 << 30,
-        queue_max: int = 100_000,
-        flush_rows: int = 500,
-        flush_ms: float = 200.0,
-        connect_timeout: int = 2,
-        stall_seconds: float = 5.0,
-        on_count: Callable[[str, str, int], None] | None = None,
-        on_spill_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        self.database_url = database_url
-        self.flush_rows = max(1, flush_rows)
-        self.flush_seconds = max(0.001, flush_ms / 1000)
-        self.queue_max = max(2, queue_max)
-        self.spill_at = self.queue_max // 2
-        self.connect_timeout = max(2, connect_timeout)  # libpq's minimum
-        self.stall_seconds = stall_seconds
-        """A write (or drain) taking longer means a hung server: new rows go to disk meanwhile."""
-        self.on_count = on_count
-        """``on_count(kind, outcome, rows)``: kind is the table (``KINDS``), outcome one of ``OUTCOMES``."""
-        self.on_spill_bytes = on_spill_bytes
-        self.counts: dict[str, dict[str, int]] = {kind: dict.fromkeys(OUTCOMES, 0) for kind in KINDS}
-        self.database_ok = True
-        """False from a failed connection or write until the next successful connection."""
-        self.last_error: str | None = None
-        self._queue: collections.deque[LogRow] = collections.deque()
-        # prediction lines as they always were (a spill of an earlier scorer drains unchanged); the
-        # other kinds' lines carry their kind
-        self._spill = Spill(
-            spill_dir,
-            spill_max_bytes,
-            PredictionRow,
-            {TABLES[t].kind: t for t in (ShadowRow, ServedFeaturesRow)},
-        )
-        self._corrupt_counted = 0
-        self._counts_lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
-        self._batch: list[LogRow] = []
-        """Rows the writer took from the queue, waiting for ``flush_rows`` or ``flush_ms``."""
-        self._inflight: list[LogRow] = []
-        """The rows being written."""
-        self._busy_since: float | None = None
-        self._stop = threading.Event()
-        # no wake-up per request while traffic flows (rtml.doorbell); asleep, it still wakes in time for
-        # a flush and for the spill's drain
-        self._doorbell = Doorbell(sleep_s=min(self.flush_seconds, DRAIN_EVERY_SECONDS))
-        self._writer_done = threading.Event()
-        self._abandoned = False
-        self._writer = threading.Thread(target=self._run_writer, name="prediction-writer", daemon=True)
-        self._spiller = threading.Thread(target=self._run_spiller, name="prediction-spiller", daemon=True)
-        self._writer.start()
-        self._spiller.start()
+class LogQueue:
+    """The prediction log's front, shared by ``PredictionWriter`` and the process that hosts one
+    (``rtml.monitoring.prediction_log_process``): the queue the scoring event loop appends to and the
+    counts per table (``on_count(kind, outcome, rows)``: kind one of ``KINDS``, outcome one of
+    ``OUTCOMES``)."""
 
-    # --- producer side (the scoring event loop) -----------------------------------------------------
+    def __init__(
+        self, queue_max: int, on_count: Callable[[str, str, int], None] | None, doorbell: Doorbell
+    ) -> None:
+        self.queue_max = max(2, queue_max)
+        self.on_count = on_count
+        self.counts: dict[str, dict[str, int]] = {kind: dict.fromkeys(OUTCOMES, 0) for kind in KINDS}
+        self._counts_lock = threading.Lock()
+        self._queue: collections.deque[LogRow] = collections.deque()
+        # no wake-up per request while traffic flows (rtml.doorbell)
+        self._doorbell = doorbell
+        self._stop = threading.Event()
+
     def put(self, row: LogRow) -> bool:
         """Queue one row (any of the three kinds): O(1), never waits. False (and ``dropped`` + 1) when
-        the queue is full or the writer is closed."""
+        the queue is full or the log is closed."""
         if len(self._queue) >= self.queue_max or self._stop.is_set():
             self._count("dropped", {TABLES[type(row)].kind: 1})
             return False
@@ -392,6 +351,67 @@ class PredictionWriter:
     @property
     def rejected(self) -> int:
         return self.counts["predictions"]["rejected"]
+
+    def _count(self, outcome: str, per_kind: Mapping[str, int]) -> None:
+        for kind, rows in per_kind.items():
+            if rows <= 0:
+                continue
+            with self._counts_lock:  # several threads count
+                self.counts[kind][outcome] += rows
+            if self.on_count is not None:
+                self.on_count(kind, outcome, rows)
+
+
+class PredictionWriter(LogQueue):
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        spill_dir: Path,
+        spill_max_bytes: int = 1 << 30,
+        queue_max: int = 100_000,
+        flush_rows: int = 500,
+        flush_ms: float = 200.0,
+        connect_timeout: int = 2,
+        stall_seconds: float = 5.0,
+        on_count: Callable[[str, str, int], None] | None = None,
+        on_spill_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.flush_rows = max(1, flush_rows)
+        self.flush_seconds = max(0.001, flush_ms / 1000)
+        # no wake-up per request while traffic flows; asleep, it still wakes in time for a flush and for
+        # the spill's drain
+        super().__init__(queue_max, on_count, Doorbell(sleep_s=min(self.flush_seconds, DRAIN_EVERY_SECONDS)))
+        self.spill_at = self.queue_max // 2
+        self.connect_timeout = max(2, connect_timeout)  # libpq's minimum
+        self.stall_seconds = stall_seconds
+        """A write (or drain) taking longer means a hung server: new rows go to disk meanwhile."""
+        self.on_spill_bytes = on_spill_bytes
+        self.database_ok = True
+        """False from a failed connection or write until the next successful connection."""
+        self.last_error: str | None = None
+        # prediction lines as they always were (a spill of an earlier scorer drains unchanged); the
+        # other kinds' lines carry their kind
+        self._spill = Spill(
+            spill_dir,
+            spill_max_bytes,
+            PredictionRow,
+            {TABLES[t].kind: t for t in (ShadowRow, ServedFeaturesRow)},
+        )
+        self._corrupt_counted = 0
+        self._conn: psycopg.Connection | None = None
+        self._batch: list[LogRow] = []
+        """Rows the writer took from the queue, waiting for ``flush_rows`` or ``flush_ms``."""
+        self._inflight: list[LogRow] = []
+        """The rows being written."""
+        self._busy_since: float | None = None
+        self._writer_done = threading.Event()
+        self._abandoned = False
+        self._writer = threading.Thread(target=self._run_writer, name="prediction-writer", daemon=True)
+        self._spiller = threading.Thread(target=self._run_spiller, name="prediction-spiller", daemon=True)
+        self._writer.start()
+        self._spiller.start()
 
     @property
     def pending(self) -> int:
@@ -434,15 +454,6 @@ class PredictionWriter:
             self._reset_connection()
 
     # --- counting -----------------------------------------------------------------------------------
-    def _count(self, outcome: str, per_kind: Mapping[str, int]) -> None:
-        for kind, rows in per_kind.items():
-            if rows <= 0:
-                continue
-            with self._counts_lock:  # several threads count
-                self.counts[kind][outcome] += rows
-            if self.on_count is not None:
-                self.on_count(kind, outcome, rows)
-
     def _report_spill_bytes(self) -> None:
         if self.on_spill_bytes is not None:
             self.on_spill_bytes(self._spill.waiting_bytes)
