@@ -429,13 +429,13 @@ def test_a_killed_log_process_is_replaced_and_its_unwritten_rows_are_counted(
             log.put(prediction(request_id, now, scored_at=now))
         wait_until(lambda: log.status()["process"]["received"] == 100, f"not received: {log.status()}")
         first = log.status()["process"]["pid"]
-        os.kill(first, signal.SIGKILL)
-        after = [f"after-{uuid.uuid4().hex}" for _ in range(10)]
-        for request_id in after:
-            log.put(prediction(request_id, now, scored_at=now))
+        os.kill(first, signal.SIGKILL)  # with no traffic: the worker notices the exit by itself
         wait_until(lambda: log.status()["process"]["restarts"] == 1, f"not restarted: {log.status()}")
         assert log.status()["process"]["pid"] not in (None, first)
         assert log.dropped == 100, log.status()
+        after = [f"after-{uuid.uuid4().hex}" for _ in range(10)]
+        for request_id in after:
+            log.put(prediction(request_id, now, scored_at=now))
     finally:
         log.close()
     assert in_table(database_url, after) == 10 and in_table(database_url, held) == 0

@@ -193,15 +193,16 @@ def test_no_prediction_is_lost_while_postgres_is_down(scorer: Scorer) -> None:
 
 
 def test_a_killed_prediction_log_process_is_replaced_and_the_log_goes_on(scorer: Scorer) -> None:
-    """The worker's prediction-log process killed (-9): the worker starts another, counts the restart,
-    and the requests that follow are all logged (PostgreSQL is up: the test before started it)."""
+    """The worker's prediction-log process killed (-9) while idle: the worker notices without traffic,
+    starts another, counts the restart, and the requests that follow are all logged (PostgreSQL is up:
+    the test before started it)."""
     process = _metadata(scorer.server)["predictions_log"]["process"]
     assert process["pid"] and process["restarts"] == 0, process
     os.kill(process["pid"], signal.SIGKILL)
+    wait_for(scorer.server, lambda meta: meta["predictions_log"]["process"]["restarts"] == 1)
     before = len(scorer.request_ids)
     for _ in range(20):
         assert score(scorer).status_code == 200
-    wait_for(scorer.server, lambda meta: meta["predictions_log"]["process"]["restarts"] == 1)
     wait_for(scorer.server, lambda meta: meta["predictions_log"]["pending"] == 0)
     after = _metadata(scorer.server)["predictions_log"]["process"]
     assert after["pid"] not in (None, process["pid"]), after

@@ -198,6 +198,7 @@ class PredictionLogProcess(LogQueue):
                         self.on_spill_bytes(size)
                 case ("status", received, pending, status):
                     self._child_received, self._child_pending, self._child_status = received, pending, status
+        self._doorbell.wake()  # it exited (or is closing): the sender replaces it now, traffic or not
 
     def _ensure_child(self) -> bool:
         """A running child: the dead one's unsettled rows counted, another started (not more often than
@@ -219,8 +220,11 @@ class PredictionLogProcess(LogQueue):
         self._start_child()
         return True
 
+    def _child_exited(self) -> bool:
+        return self._child is None or self._child.poll() is not None
+
     def _send(self) -> None:
-        """The queued rows to the child, as one frame."""
+        """The queued rows to a running child, as one frame (kept for the next child if it died)."""
         while len(self._unsent) < 5000:
             try:
                 self._unsent.append(self._queue.popleft())
@@ -231,18 +235,20 @@ class PredictionLogProcess(LogQueue):
         assert self._child is not None and self._child.stdin is not None
         try:
             _write_frame(self._child.stdin, self._unsent)
-        except (BrokenPipeError, OSError):
-            return  # the child died: the next turn starts another and sends this frame again
+        except OSError:  # it died (a broken pipe): the next turn starts another and sends this again
+            return
         self._sent.update(TABLES[type(row)].kind for row in self._unsent)
         self._unsent = []
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # a child that died is replaced, and its unwritten rows counted, with or without rows to send
+            # (the reader wakes this thread when the child's stdout ends)
+            if not self._ensure_child() or self._unsent:
+                self._stop.wait(0.1)  # none runs yet: the rows wait
             self._send()
             if not self._queue and not self._unsent:
-                self._doorbell.wait(lambda: bool(self._queue) or self._stop.is_set())
-            elif self._unsent:
-                time.sleep(0.1)  # no child to take them yet
+                self._doorbell.wait(lambda: bool(self._queue) or self._stop.is_set() or self._child_exited())
         deadline = time.monotonic() + 10
         while (self._queue or self._unsent) and time.monotonic() < deadline:
             self._send()
