@@ -104,6 +104,7 @@ class PredictionLogProcess(LogQueue):
         # per child: rows sent, by kind, and settled (its counts); its last status report
         self._sent: collections.Counter[str] = collections.Counter()
         self._settled: collections.Counter[str] = collections.Counter()
+        self._sent_rows = 0  # the sum of _sent, for other threads (a Counter may grow while they read)
         self._child_status: dict[str, Any] = {}
         self._child_pending = 0
         self._child_received = 0
@@ -114,7 +115,7 @@ class PredictionLogProcess(LogQueue):
     @property
     def pending(self) -> int:
         """Rows not yet written or spilled: queued here, on their way, or in the child's memory."""
-        in_pipe = max(0, sum(self._sent.values()) - self._child_received)
+        in_pipe = max(0, self._sent_rows - self._child_received)
         return len(self._queue) + len(self._unsent) + in_pipe + self._child_pending
 
     def status(self) -> dict[str, Any]:
@@ -167,6 +168,7 @@ class PredictionLogProcess(LogQueue):
             log.error("prediction log: its process ended with rows unwritten: %s", lost)
             self._count("dropped", lost)
         self._sent.clear()
+        self._sent_rows = 0
         self._settled.clear()
         self._child_pending = self._child_received = 0
 
@@ -238,6 +240,7 @@ class PredictionLogProcess(LogQueue):
         except OSError:  # it died (a broken pipe): the next turn starts another and sends this again
             return
         self._sent.update(TABLES[type(row)].kind for row in self._unsent)
+        self._sent_rows += len(self._unsent)
         self._unsent = []
 
     def _run(self) -> None:
