@@ -103,7 +103,10 @@ class Service:
         return [p for p in tree if "_bentoml_impl.worker" in " ".join(p.cmdline())]
 
     def rss_mib(self) -> float:
-        return sum(p.memory_info().rss for p in self.workers()) / 2**20
+        """The workers' resident memory, with their children's (the real service's prediction-log
+        process: a leak there counts too)."""
+        processes = [q for worker in self.workers() for q in (worker, *worker.children(recursive=True))]
+        return sum(p.memory_info().rss for p in processes) / 2**20
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
