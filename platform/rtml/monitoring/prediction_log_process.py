@@ -121,18 +121,18 @@ class PredictionLogProcess(LogQueue):
     def status(self) -> dict[str, Any]:
         """``PredictionWriter.status`` of the child, with this side's queue and counts; ``database`` is
         ``unavailable`` while no child runs."""
-        child = self._child_status
-        running = self._child is not None and self._child.poll() is None
+        child, reported = self._child, self._child_status
+        running = child is not None and child.poll() is None
         down = "the prediction log's process is not running"
         return {
             # before its first report, as optimistic as PredictionWriter is before it connects
-            "database": child.get("database", "ok") if running else "unavailable",
-            "last_error": child.get("last_error") if running else down,
+            "database": reported.get("database", "ok") if running else "unavailable",
+            "last_error": reported.get("last_error") if running else down,
             "pending": self.pending,
-            "spill_dir": child.get("spill_dir"),
-            "spill_bytes": child.get("spill_bytes", 0),
+            "spill_dir": reported.get("spill_dir"),
+            "spill_bytes": reported.get("spill_bytes", 0),
             "process": {
-                "pid": self._child.pid if running and self._child is not None else None,
+                "pid": child.pid if running and child is not None else None,
                 "restarts": self.restarts,
                 "received": self._child_received,
             },
@@ -206,7 +206,7 @@ class PredictionLogProcess(LogQueue):
         """A running child: the dead one's unsettled rows counted, another started (not more often than
         every ``RESTART_AFTER_S``). False while none runs."""
         child = self._child
-        if child is not None and child.poll() is None:
+        if not self._child_exited():
             return True
         if child is not None:
             log.error("prediction log: its process exited (%s); starting another", child.returncode)
@@ -226,13 +226,16 @@ class PredictionLogProcess(LogQueue):
         return self._child is None or self._child.poll() is not None
 
     def _send(self) -> None:
-        """The queued rows to a running child, as one frame (kept for the next child if it died)."""
+        """The queued rows to the running child (one started if none runs), as one frame, kept for the
+        next child if this one died; while none runs they wait in the queue."""
+        if not self._ensure_child():
+            return
         while len(self._unsent) < 5000:
             try:
                 self._unsent.append(self._queue.popleft())
             except IndexError:
                 break
-        if not self._unsent or not self._ensure_child():
+        if not self._unsent:
             return
         assert self._child is not None and self._child.stdin is not None
         try:
@@ -245,17 +248,17 @@ class PredictionLogProcess(LogQueue):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # a child that died is replaced, and its unwritten rows counted, with or without rows to send
-            # (the reader wakes this thread when the child's stdout ends)
-            if not self._ensure_child() or self._unsent:
-                self._stop.wait(0.1)  # none runs yet: the rows wait
+            # a child that died is replaced (and its unwritten rows counted) with or without rows to send:
+            # the reader wakes this thread when the child's stdout ends
             self._send()
-            if not self._queue and not self._unsent:
+            if self._unsent or self._child_exited():
+                self._stop.wait(0.1)  # no child takes them yet
+            elif not self._queue:
                 self._doorbell.wait(lambda: bool(self._queue) or self._stop.is_set() or self._child_exited())
         deadline = time.monotonic() + 10
         while (self._queue or self._unsent) and time.monotonic() < deadline:
             self._send()
-            if self._unsent:
+            if self._unsent or self._child_exited():
                 time.sleep(0.1)
         left = [*self._unsent, *self._queue]
         if left:
@@ -302,13 +305,14 @@ def main() -> None:
     done = threading.Event()
 
     def report_status() -> None:
-        last = None
+        # every 50 ms while something changes, once a second when quiet (status() lists the spill folder)
+        last, changed_at = None, time.monotonic()
         while True:
             now = (received, writer.pending, writer.status())
             if now != last:
                 report(("status", *now))
-                last = now
-            if done.wait(0.05):
+                last, changed_at = now, time.monotonic()
+            if done.wait(0.05 if time.monotonic() - changed_at < 1.0 else 1.0):
                 return
 
     reporter = threading.Thread(target=report_status, name="prediction-log-status", daemon=True)
