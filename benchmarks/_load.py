@@ -97,7 +97,7 @@ class Service:
 
     def workers(self) -> list[psutil.Process]:
         """The worker processes: those of the tree running BentoML's worker module (not the arbiter,
-        and not the prediction log's process each real worker starts)."""
+        and not the sidecar process each real worker starts)."""
         assert self.proc is not None
         tree = psutil.Process(self.proc.pid).children(recursive=True)
         return [p for p in tree if "_bentoml_impl.worker" in " ".join(p.cmdline())]

@@ -93,6 +93,7 @@ class ProductionWorld:
             "RTML_MODEL_NAME": self.model,
             "RTML_ONLINE_KEY_PREFIX": self.key_prefix,
             "RTML_STREAM_PUBLISH": "false",
+            "RTML_STREAM_KEY": f"{self.key_prefix}:transactions",  # removed with the world's keys
             "BENTOML_DO_NOT_TRACK": "true",
         }
 

@@ -41,10 +41,12 @@ tables' size per million rows (``pg_total_relation_size`` with indexes / rows:
 
     .venv/bin/python benchmarks/serving.py --shadow --rates 100
 
-What the prediction log costs (issue 20), ``--log-variants``: the service as it is, ``feature_log_off``
-(``RTML_SERVING_FEATURE_LOG_SAMPLE=0``) and ``prediction_log_off`` (no ``RTML_DATABASE_URL``: no writer),
-interleaved like the rest; the JSON line gets each one's maximum against the floor's
-(``feature_log_off_rps_ratio``, ``prediction_log_off_rps_ratio``)::
+What the work after the answer costs (issue 20), ``--log-variants``: the service as it is,
+``feature_log_off`` (``RTML_SERVING_FEATURE_LOG_SAMPLE=0``), ``prediction_log_off`` (no
+``RTML_DATABASE_URL``: no writer) and ``stream_on`` (``RTML_STREAM_PUBLISH=true``: the stream publisher
+too, into the world's own stream key), interleaved like the rest; the JSON line gets each one's maximum
+against the floor's (``feature_log_off_rps_ratio``, ``prediction_log_off_rps_ratio``,
+``stream_on_rps_ratio``)::
 
     .venv/bin/python benchmarks/serving.py --log-variants --rates 100 --rounds 4
 """
@@ -117,8 +119,10 @@ LOG_VARIANTS = {
     "service": {},
     "feature_log_off": {"RTML_SERVING_FEATURE_LOG_SAMPLE": "0"},
     "prediction_log_off": {"RTML_DATABASE_URL": ""},
+    "stream_on": {"RTML_STREAM_PUBLISH": "true"},
 }
-"""``--log-variants``: the service with its prediction log, without the served-features rows, without it."""
+"""``--log-variants``: the service with its prediction log, without the served-features rows, without it,
+and with the stream publisher too (the world's own stream key), as the demo runs it."""
 
 
 def metadata(url: str) -> dict:

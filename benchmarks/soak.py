@@ -6,7 +6,7 @@ The harness starts ``bentoml serve <target>`` itself (default: the floor service
 ``--target rtml.serving.service:FraudScorer``: the real one on the ``RTML_*`` settings given), warms
 up (``--warmup-seconds`` at the soak rate, not counted), then drives it open loop (``_load.py``) in
 ``--interval``-second slices, sampling the workers' RSS (psutil, summed over BentoML's worker
-processes and their children: the real service's prediction-log process) after each slice. Growth =
+processes and their children: the real service's sidecar process) after each slice. Growth =
 last sample - first sample after the warm-up. Per slice: p50/p99/max latency (a growing
 garbage-collection pause shows up as a growing max).
 

@@ -7,18 +7,22 @@ do not answer, embedded ones it starts and stops. Redis: a stream key of its own
 PostgreSQL: a database of its own, ``rtml_bench_stream_io_<pid>``, on that server; dropped at the end.
 
 The events are the simulator's transactions (validated: what the scorer would publish), generated once.
-Timed: (a) ``stream.publish`` in pipelined batches of ``stream_publish_batch``; (b) the scorer's
-``EventPublisher``: the cost of ``put`` on the caller's thread, and from the first put until the
-background thread has published everything; (c) the lander landing the whole stream into
-``raw.transactions`` (micro-batches of ``stream_lander_batch_events``, each through the validated
-loader); (d) a replay of a fifth of the events, all duplicates (looked up, skipped, counted). The last
-line of output is one JSON object.
+Timed: (a) ``stream.publish`` in pipelined batches of ``stream_publish_batch``; (b) ``EventPublisher``
+in the caller's process (as the scorer ran it before its sidecar): the cost of ``put`` on the caller's
+thread, from the first put until the background thread has published everything, and the caller's
+process CPU per event (its thread's included); (b') the same through the scoring worker's sidecar
+(``rtml.serving.sidecar``, the publisher in a child process): the CPU per event the caller's process
+still spends (queueing, pickling into the pipe, reading the child's reports); (c) the lander landing
+the whole stream into ``raw.transactions`` (micro-batches of ``stream_lander_batch_events``, each
+through the validated loader); (d) a replay of a fifth of the events, all duplicates (looked up,
+skipped, counted). The last line of output is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 import uuid
@@ -32,6 +36,7 @@ from sqlalchemy.engine import make_url
 from _machine import json_line, load_average
 from _servers import DATABASE_URL, REDIS_URL, servers
 from rtml.config import Settings, database_url_for, get_settings
+from rtml.serving.sidecar import Sidecar, StreamTarget
 from rtml.streaming import replay, stream
 from rtml.streaming.events import TransactionEvent
 from rtml.streaming.lander import LandCounts, Lander
@@ -61,6 +66,12 @@ def land_everything(lander: Lander) -> tuple[LandCounts, list[float]]:
             return total, seconds
         seconds.append(time.perf_counter() - began)
         total.add(batch)
+
+
+def process_cpu_s() -> float:
+    """This process's CPU (all its threads; not its children's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -105,18 +116,38 @@ def measure(args: argparse.Namespace, server: str, redis_url: str, load_start: l
         publisher = EventPublisher(
             client, other, retention_s=retention_s, queue_max=len(events) + 1, batch=batch
         )
-        began = time.perf_counter()
+        cpu, began = process_cpu_s(), time.perf_counter()
         for event in events:
             publisher.put(event)
         put_s = time.perf_counter() - began
         while publisher.published < len(events):
             time.sleep(0.005)
         drained_s = time.perf_counter() - began
+        thread_cpu_us = (process_cpu_s() - cpu) / len(events) * 1e6
         publisher.close()
         client.delete(other)
         print(
             f"(b) EventPublisher: put {put_s / len(events) * 1e6:.2f} µs each on the caller's thread; "
-            f"all published after {drained_s:.2f} s ({len(events) / drained_s:,.0f} events/s)"
+            f"all published after {drained_s:.2f} s ({len(events) / drained_s:,.0f} events/s); "
+            f"the caller's process CPU {thread_cpu_us:.1f} µs per event"
+        )
+
+        target = StreamTarget(redis_url, other, retention_s, queue_max=len(events) + 1, batch=batch)
+        sidecar = Sidecar(None, stream=target)
+        time.sleep(1)  # the child's start-up is not the events' cost
+        cpu, began = process_cpu_s(), time.perf_counter()
+        for event in events:
+            sidecar.publish(event)
+        while sidecar.stream_counts["published"] < len(events):
+            time.sleep(0.005)
+        sidecar_s = time.perf_counter() - began
+        sidecar_cpu_us = (process_cpu_s() - cpu) / len(events) * 1e6
+        sidecar.close()
+        assert client.xlen(other) == len(events)
+        client.delete(other)
+        print(
+            f"(b') the sidecar: all published after {sidecar_s:.2f} s ({len(events) / sidecar_s:,.0f} "
+            f"events/s); the caller's process CPU {sidecar_cpu_us:.1f} µs per event"
         )
 
         lander = Lander(client, database_url, settings, consumer="bench")
@@ -144,6 +175,9 @@ def measure(args: argparse.Namespace, server: str, redis_url: str, load_start: l
             "publish_rows_per_s": round(len(events) / publish_s),
             "publisher_put_us": round(put_s / len(events) * 1e6, 2),
             "publisher_rows_per_s": round(len(events) / drained_s),
+            "publisher_caller_cpu_us": round(thread_cpu_us, 1),
+            "sidecar_rows_per_s": round(len(events) / sidecar_s),
+            "sidecar_caller_cpu_us": round(sidecar_cpu_us, 1),
             "lander_rows_per_s": round(len(events) / land_s),
             "lander_batch_p50_ms": round(p50, 1),
             "lander_replay_rows_per_s": round(len(again) / replay_s),

@@ -24,7 +24,6 @@ import psycopg
 import pytest
 
 from rtml.monitoring import retention
-from rtml.monitoring.prediction_log_process import PredictionLogProcess
 from rtml.monitoring.predictions import (
     PredictionRow,
     PredictionWriter,
@@ -34,6 +33,7 @@ from rtml.monitoring.predictions import (
     prediction_row,
     write_rows,
 )
+from rtml.serving.sidecar import Sidecar
 from tests.own_postgres import OwnPostgres
 
 
@@ -377,14 +377,14 @@ def test_retention_deletes_only_rows_past_it(database_url: str) -> None:
         retention.purge(conn, "monitoring.predictions", 1)
 
 
-# --- the writer in a process of its own (rtml.monitoring.prediction_log_process) ---------------------
+# --- the writer in a process of its own (the scorer's sidecar, rtml.serving.sidecar) --------------
 def test_the_log_process_writes_every_row_and_reports_its_counts(database_url: str, tmp_path: Path) -> None:
     counted: dict[tuple[str, str], int] = {}
 
     def on_count(kind: str, outcome: str, rows: int) -> None:
         counted[kind, outcome] = counted.get((kind, outcome), 0) + rows
 
-    log = PredictionLogProcess(database_url, spill_dir=tmp_path, flush_ms=20, on_count=on_count)
+    log = Sidecar(database_url, spill_dir=tmp_path, flush_ms=20, on_count=on_count)
     now = datetime.now(UTC)
     ids = [f"process-{uuid.uuid4().hex}" for _ in range(1500)]
     for request_id in ids:
@@ -415,7 +415,7 @@ def test_a_killed_log_process_is_replaced_and_its_unwritten_rows_are_counted(
     """Rows the child held in memory die with it: counted as dropped, never silently; the next child
     takes the rows that follow."""
     restarts: list[int] = []
-    log = PredictionLogProcess(
+    log = Sidecar(
         database_url,
         spill_dir=tmp_path,
         flush_rows=10_000,
@@ -447,10 +447,10 @@ WORKER_KILLED = textwrap.dedent(
     import sys, time
     from datetime import UTC, datetime
     from pathlib import Path
-    from rtml.monitoring.prediction_log_process import PredictionLogProcess
+    from rtml.serving.sidecar import Sidecar
     from rtml.monitoring.predictions import prediction_row
     url, spill, marker = sys.argv[1:]
-    log = PredictionLogProcess(url, spill_dir=Path(spill), flush_rows=10_000, flush_ms=600_000)
+    log = Sidecar(url, spill_dir=Path(spill), flush_rows=10_000, flush_ms=600_000)
     now = datetime.now(UTC)
     txn = {"transaction_id": marker, "customer_id": "c", "merchant_id": "m", "amount": 1.0,
            "currency": "EUR", "channel": "pos", "timestamp": now}
@@ -468,7 +468,7 @@ WORKER_KILLED = textwrap.dedent(
 def test_the_log_process_writes_what_it_holds_when_the_worker_is_killed(
     database_url: str, tmp_path: Path
 ) -> None:
-    """The scoring worker killed (-9) with rows in its log process: the child sees its stdin end,
+    """The scoring worker killed (-9) with rows in its sidecar: the child sees its stdin end,
     writes them all and exits."""
     marker = f"orphaned-{uuid.uuid4().hex}"
     with subprocess.Popen(
@@ -489,7 +489,7 @@ def test_the_log_process_writes_what_it_holds_when_the_worker_is_killed(
             return True
         return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
 
-    wait_until(child_gone, "the log process did not exit after its worker was killed")
+    wait_until(child_gone, "the sidecar did not exit after its worker was killed")
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "select count(*) from monitoring.predictions where transaction_id = %s", (marker,)

@@ -192,10 +192,10 @@ def test_no_prediction_is_lost_while_postgres_is_down(scorer: Scorer) -> None:
     assert _metric(text, "rtml_predictions_spill_bytes") == 0
 
 
-def test_a_killed_prediction_log_process_is_replaced_and_the_log_goes_on(scorer: Scorer) -> None:
-    """The worker's prediction-log process killed (-9) while idle: the worker notices without traffic,
-    starts another, counts the restart, and the requests that follow are all logged (PostgreSQL is up:
-    the test before started it)."""
+def test_a_killed_sidecar_is_replaced_and_the_log_goes_on(scorer: Scorer) -> None:
+    """The worker's sidecar process (the prediction log's writer) killed (-9) while idle: the worker
+    notices without traffic, starts another, counts the restart, and the requests that follow are all
+    logged (PostgreSQL is up: the test before started it)."""
     process = _metadata(scorer.server)["predictions_log"]["process"]
     assert process["pid"] and process["restarts"] == 0, process
     os.kill(process["pid"], signal.SIGKILL)
@@ -206,7 +206,7 @@ def test_a_killed_prediction_log_process_is_replaced_and_the_log_goes_on(scorer:
     wait_for(scorer.server, lambda meta: meta["predictions_log"]["pending"] == 0)
     after = _metadata(scorer.server)["predictions_log"]["process"]
     assert after["pid"] not in (None, process["pid"]), after
-    assert _metric(_metrics(scorer.server), "rtml_prediction_log_process_restarts_total") == 1
+    assert _metric(_metrics(scorer.server), "rtml_scorer_sidecar_restarts_total") == 1
     with psycopg.connect(scorer.postgres.url) as conn:
         found = conn.execute(
             "select count(*) from monitoring.predictions where request_id = any(%s)",

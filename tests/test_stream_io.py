@@ -26,6 +26,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.config import ServicesSettings, Settings, SimulatorSettings, get_settings
+from rtml.serving.sidecar import Sidecar, StreamTarget
 from rtml.stack import redis as redis_service
 from rtml.stack.processes import free_port, spawn, stop_pid
 from rtml.streaming import lander as lander_module
@@ -203,6 +204,75 @@ def test_close_does_not_wait_for_a_hung_redis_and_counts_each_event_once() -> No
     assert (publisher.published, publisher.dropped) == (0, 25)
     client.close()
     hung.close()
+
+
+# --- the publisher in the scorer's sidecar process (rtml.serving.sidecar) ---------------------------------
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_the_sidecar_publishes_every_event_in_order_and_reports_its_counts(
+    client: redis.Redis, redis_url: str, key: str
+) -> None:
+    counted: list[tuple[str, int]] = []
+    sidecar = Sidecar(
+        None,  # no prediction log: the sidecar runs for the stream alone
+        stream=StreamTarget(redis_url=redis_url, key=key, retention_s=3600, batch=100),
+        on_stream_count=lambda outcome, n: counted.append((outcome, n)),
+    )
+    events = [event(i) for i in range(3000)]
+    for e in events:
+        assert sidecar.publish(e)
+    wait_until(lambda: sidecar.stream_status()["pending"] == 0, f"events pending: {sidecar.stream_status()}")
+    status = sidecar.stream_status()
+    assert (status["stream"], status["redis"], status["published"], status["dropped"]) == (key, "ok", 3000, 0)
+    child = sidecar._child
+    sidecar.close()
+    assert child is not None and child.returncode == 0
+    assert [TransactionEvent.from_fields(f) for _, f in client.xrange(key)] == events
+    assert sum(n for o, n in counted if o == "published") == 3000 and not any(
+        o == "dropped" for o, _ in counted
+    )
+    assert not sidecar.publish(event(9999)) and sidecar.stream_counts["dropped"] == 1
+
+
+def test_events_a_killed_sidecar_held_are_counted_dropped_and_the_next_one_publishes(
+    tmp_path: Path, key: str
+) -> None:
+    """Redis away: the events wait in the sidecar's memory; the sidecar killed (-9): they are counted
+    dropped, never silently, and the sidecar that replaces it publishes what follows once Redis is back."""
+    port = free_port()
+    restarts: list[int] = []
+    sidecar = Sidecar(
+        None,
+        stream=StreamTarget(redis_url=f"redis://127.0.0.1:{port}/0", key=key, retention_s=3600),
+        on_restart=lambda: restarts.append(1),
+    )
+    server = None
+    try:
+        for i in range(50):
+            assert sidecar.publish(event(i, prefix="held"))
+        wait_until(lambda: sidecar.stream_status()["redis"] == "unavailable", "the child never tried Redis")
+        wait_until(lambda: sidecar._child_stream.get("pending") == 50, f"not held: {sidecar._child_stream}")
+        first = sidecar.status()["process"]["pid"]
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: sidecar.restarts == 1, "not restarted")
+        assert sidecar.stream_counts == {"published": 0, "dropped": 50}, sidecar.stream_status()
+        server = redis_service.start_embedded(tmp_path / "valkey", preferred_port=port)
+        after = [event(i, prefix="after") for i in range(10)]
+        for e in after:
+            assert sidecar.publish(e)
+        wait_until(lambda: sidecar.stream_status()["pending"] == 0, f"pending: {sidecar.stream_status()}")
+        published = redis.Redis.from_url(server.url).xrange(key)
+        assert [TransactionEvent.from_fields(f) for _, f in published] == after
+    finally:
+        sidecar.close()
+        if server is not None:
+            stop_pid(server.pid)
+    assert sidecar.stream_counts == {"published": 10, "dropped": 50} and restarts == [1]
 
 
 # --- the lander -------------------------------------------------------------------------------------------

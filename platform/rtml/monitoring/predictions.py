@@ -305,7 +305,7 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.Unde
 
 class LogQueue:
     """The prediction log's front, shared by ``PredictionWriter`` and the process that hosts one
-    (``rtml.monitoring.prediction_log_process``): the queue the scoring event loop appends to and the
+    (the scorer's sidecar, ``rtml.serving.sidecar``): the queue the scoring event loop appends to and the
     counts per table (``on_count(kind, outcome, rows)``: kind one of ``KINDS``, outcome one of
     ``OUTCOMES``)."""
 

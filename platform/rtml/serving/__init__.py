@@ -7,6 +7,7 @@ An edge, like ``rtml.defs``: it imports BentoML, and no core library imports it
     lifecycle.py       ModelSlot: a model version followed through a registry alias (load, poll, swap, unload)
     scoring.py         loading a version safely, the online read, the model rows, the model call
     shadow.py          the staged version scored beside production, off the request path
+    sidecar.py         the worker's sidecar process: the prediction log's writer and the stream publisher
     metrics.py         the scorer's Prometheus metrics
     batching.py        the greedy micro-batcher
     breaker.py         the online read's circuit breaker

@@ -148,10 +148,11 @@ class Metrics:
             "Bytes of prediction-log rows waiting on local disk for PostgreSQL (all workers' spill).",
             multiprocess_mode="livemax",
         )
-        self.prediction_log_restarts = Counter(
-            "rtml_prediction_log_process_restarts_total",
-            "Prediction-log processes started after one had exited (killed, or crashed); the rows it "
-            "held in memory count as rtml_predictions_dropped_total.",
+        self.sidecar_restarts = Counter(
+            "rtml_scorer_sidecar_restarts_total",
+            "Sidecar processes (the prediction log and the stream publisher) started after one had exited "
+            "(killed, or crashed); the rows and events it held in memory count as "
+            "rtml_predictions_dropped_total and rtml_stream_events_dropped_total.",
         )
         self.stream_events = {
             "published": Counter(
@@ -162,8 +163,8 @@ class Metrics:
             "dropped": Counter(
                 "rtml_stream_events_dropped_total",
                 "Events of scored transactions not published: the publisher's queue full "
-                "(RTML_STREAM_PUBLISH_QUEUE_MAX; Redis slow or away), still queued at shutdown, or "
-                "refused by Redis.",
+                "(RTML_STREAM_PUBLISH_QUEUE_MAX; Redis slow or away), still queued at shutdown, "
+                "refused by Redis, or held by a sidecar process that died.",
             ),
         }
         # shadow scoring (shadow.py): never part of production's answers

@@ -102,7 +102,6 @@ class FraudScorer:
 
     def __init__(self) -> None:
         from rtml.features.online import OnlineStore
-        from rtml.monitoring.prediction_log_process import PredictionLogProcess
         from rtml.monitoring.retention import Retention
         from rtml.serving.lifecycle import ModelSlot
         from rtml.serving.scoring import load_version
@@ -132,23 +131,13 @@ class FraudScorer:
         self._stop = threading.Event()
         self.last_poll_error: str | None = None
         self.last_shadow_error: str | None = None
-        self.writer = None
-        if self.settings.services.database_url:
-            # never blocks and never needs PostgreSQL to start: rows wait in memory or on disk; the
-            # writing happens in a process of its own, off this worker's GIL
-            self.writer = PredictionLogProcess(
-                self.settings.services.database_url,
-                spill_dir=self.settings.services.predictions_spill_dir,
-                spill_max_bytes=self.settings.serving.predictions_spill_max_bytes,
-                queue_max=self.settings.serving.predictions_queue_max,
-                flush_rows=self.settings.serving.predictions_flush_rows,
-                flush_ms=self.settings.serving.predictions_flush_ms,
-                on_count=self._count_log_rows,
-                on_spill_bytes=self.metrics.predictions_spill_bytes.set,
-                on_restart=self.metrics.prediction_log_restarts.inc,
-            )
-        else:
+        # everything that leaves after the answer (the prediction log, the stream) goes through a process of
+        # its own, off this worker's GIL; it never blocks and needs neither PostgreSQL nor Redis to start
+        self.sidecar = self._start_sidecar()
+        self.writer = self.sidecar if self.sidecar is not None and self.sidecar.logs else None
+        if self.writer is None:
             log.warning("RTML_DATABASE_URL unset: scored requests are not logged to monitoring.predictions")
+        self.publishing = self.sidecar is not None and self.sidecar.publishes
         self.retention = (
             None
             if not self.settings.services.database_url
@@ -183,7 +172,6 @@ class FraudScorer:
             self.store.probe, self.settings.serving.breaker_probe_ms / 1000, self._breaker_changed
         )
         self.breaker.start()
-        self.publisher = self._start_publisher()
         self._load_initial()
         self._poller: threading.Thread | None = None
         if self.settings.training.mlflow_tracking_uri:  # with a poll interval of 0: the shadow's one look
@@ -196,30 +184,38 @@ class FraudScorer:
         gc.collect()
         gc.freeze()
 
-    def _start_publisher(self) -> Any:
-        """The stream publisher (``rtml.streaming.publisher``): its own Redis connection, idle while the
-        online read's breaker is open; None when ``RTML_STREAM_PUBLISH`` is false."""
-        if not self.settings.stream.publish:
-            return None
-        from rtml.redis_client import connect
-        from rtml.streaming.publisher import EventPublisher, no_retries
+    def _start_sidecar(self) -> Any:
+        """The worker's sidecar (``rtml.serving.sidecar``): the prediction log when ``RTML_DATABASE_URL`` is
+        set, the stream publisher when ``RTML_STREAM_PUBLISH`` is true; None when neither is."""
+        from rtml.serving.sidecar import Sidecar, StreamTarget
 
-        timeout = max(1.0, self.settings.online.redis_socket_timeout_ms / 1000)  # off the request path
-        client = connect(
-            self.settings.services.redis_url or "redis://127.0.0.1:6379/0",
-            cluster=self.settings.services.redis_cluster,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=no_retries(),  # the publisher retries, with its own back-off
-        )
-        return EventPublisher(
-            client,
-            self.settings.stream.key,
-            retention_s=self.settings.stream.retention_hours * 3600,
-            queue_max=self.settings.stream.publish_queue_max,
-            batch=self.settings.stream.publish_batch,
-            available=lambda: not self.breaker.is_open,
-            on_count=lambda outcome, events: self.metrics.stream_events[outcome].inc(events),
+        services, serving, stream = self.settings.services, self.settings.serving, self.settings.stream
+        if not services.database_url and not stream.publish:
+            return None
+        target = None
+        if stream.publish:
+            timeout = max(1.0, self.settings.online.redis_socket_timeout_ms / 1000)  # off the request path
+            target = StreamTarget(
+                redis_url=services.redis_url or "redis://127.0.0.1:6379/0",
+                cluster=services.redis_cluster,
+                key=stream.key,
+                retention_s=stream.retention_hours * 3600,
+                socket_timeout_s=timeout,
+                queue_max=stream.publish_queue_max,
+                batch=stream.publish_batch,
+            )
+        return Sidecar(
+            services.database_url or None,
+            spill_dir=services.predictions_spill_dir,
+            spill_max_bytes=serving.predictions_spill_max_bytes,
+            queue_max=serving.predictions_queue_max,
+            flush_rows=serving.predictions_flush_rows,
+            flush_ms=serving.predictions_flush_ms,
+            stream=target,
+            on_count=self._count_log_rows,
+            on_stream_count=lambda outcome, events: self.metrics.stream_events[outcome].inc(events),
+            on_spill_bytes=self.metrics.predictions_spill_bytes.set,
+            on_restart=self.metrics.sidecar_restarts.inc,
         )
 
     def _count_log_rows(self, kind: str, outcome: str, rows: int) -> None:
@@ -307,10 +303,8 @@ class FraudScorer:
         if self.retention is not None:
             self.retention.close()
         self.breaker.stop()
-        if self.publisher is not None:
-            self.publisher.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self.sidecar is not None:
+            self.sidecar.close()
         self.store.close()
 
     # --- scoring --------------------------------------------------------------------------------
@@ -417,8 +411,8 @@ class FraudScorer:
                             features=scored._row,  # the row as scored (NaN → null when written)
                         )
                     )
-            if self.publisher is not None:  # put is O(1) too; a full queue drops and counts
-                self.publisher.put(
+            if self.publishing:  # O(1) too; a full queue drops and counts
+                self.sidecar.publish(
                     TransactionEvent(
                         transaction_id=txn.transaction_id,
                         customer_id=txn.customer_id,
@@ -544,7 +538,7 @@ class FraudScorer:
                 "limit": self.settings.serving.max_queue_rows,
             },
             "prediction_log": log_state,
-            "stream_publisher": None if self.publisher is None else self.publisher.status(),
+            "stream_publisher": self.sidecar.stream_status() if self.publishing else None,
             "shadow": {"enabled": self.settings.serving.shadow, **shadow},
         }
 
