@@ -33,7 +33,9 @@ from rtml.monitoring.predictions import (
     prediction_row,
     write_rows,
 )
-from rtml.serving.sidecar import Sidecar
+from rtml.serving.sidecar import Sidecar, StreamTarget
+from rtml.stack.processes import free_port
+from rtml.streaming.events import TransactionEvent, to_us
 from tests.own_postgres import OwnPostgres
 
 
@@ -440,6 +442,40 @@ def test_a_killed_log_process_is_replaced_and_its_unwritten_rows_are_counted(
         log.close()
     assert in_table(database_url, after) == 10 and in_table(database_url, held) == 0
     assert log.written == 10 and log.dropped == 100 and restarts == [1]
+
+
+def test_a_redis_cluster_away_when_the_sidecar_starts_costs_the_log_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A Redis Cluster client needs a node when it is made: with none answering, the sidecar drops and
+    counts the stream's events and keeps writing the prediction log (its process neither dies nor
+    restarts)."""
+    stream_counts: list[tuple[str, int]] = []
+    sidecar = Sidecar(
+        database_url,
+        spill_dir=tmp_path,
+        flush_ms=20,
+        stream=StreamTarget(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", key="k", retention_s=60, cluster=True
+        ),
+        on_stream_count=lambda outcome, n: stream_counts.append((outcome, n)),
+    )
+    try:
+        now = datetime.now(UTC)
+        ids = [f"no-cluster-{uuid.uuid4().hex}" for _ in range(20)]
+        for i, request_id in enumerate(ids):
+            assert sidecar.put(prediction(request_id, now, scored_at=now))
+            sidecar.publish(TransactionEvent(f"t{i}", "c", "m", 1.0, to_us(now)))
+        wait_until(lambda: sidecar.status()["pending"] == 0, f"rows pending: {sidecar.status()}")
+        wait_until(lambda: sidecar.stream_status()["pending"] == 0, f"events: {sidecar.stream_status()}")
+        stream = sidecar.stream_status()
+        assert stream["redis"] == "unavailable" and "RedisClusterException" in stream["last_error"], stream
+        assert stream["dropped"] == 20 and stream["published"] == 0
+        assert sum(n for outcome, n in stream_counts if outcome == "dropped") == 20
+        assert sidecar.restarts == 0 and sidecar.status()["database"] == "ok"
+    finally:
+        sidecar.close()
+    assert in_table(database_url, ids) == 20 and sidecar.written == 20
 
 
 WORKER_KILLED = textwrap.dedent(

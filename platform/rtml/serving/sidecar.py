@@ -27,6 +27,8 @@ Nothing is lost silently:
 
 The stream's publisher is not gated by the online read's circuit breaker here, as it was as a thread:
 in its own process a failing attempt costs the worker nothing, and its own back-off (up to 1 s) paces it.
+Nor can Redis take the log down: a Redis Cluster client that finds no node when the child starts leaves
+the child running, its events dropped (counted) until a node answers (``_Stream``).
 
 The child ignores SIGINT and SIGTERM: a Ctrl-C or a stop sent to the whole process group would
 otherwise end it before the worker's ``close`` hands it the last rows. It ends when its stdin does.
@@ -50,6 +52,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import redis
 
 from rtml.doorbell import Doorbell
 from rtml.monitoring.predictions import KINDS, TABLES, LogQueue, LogRow, PredictionWriter
@@ -415,6 +419,46 @@ def _publisher(target: StreamTarget, on_count: Callable[[str, int], None]) -> An
     )
 
 
+class _Stream:
+    """The child's publisher, made once Redis answers: a Redis Cluster client needs a node at once, and a
+    child that died of that would take the prediction log down with it (restarted every second, dying
+    again). Until then each frame's events are dropped, counted, and the client is tried again at most
+    once a second."""
+
+    def __init__(self, target: StreamTarget, on_count: Callable[[str, int], None]) -> None:
+        self.target, self.on_count = target, on_count
+        self.publisher: Any = None
+        self.error: str | None = None
+        self._retry_at = 0.0
+        self.put([])
+
+    def put(self, events: list[TransactionEvent]) -> None:
+        if self.publisher is None and time.monotonic() >= self._retry_at:
+            try:
+                self.publisher = _publisher(self.target, self.on_count)
+                self.error = None
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+                if self.error is None:
+                    log.error("sidecar: no stream client (%s); events are dropped until Redis answers", exc)
+                self.error = f"{type(exc).__name__}: {exc}"
+                self._retry_at = time.monotonic() + 1.0
+        if self.publisher is None:
+            if events:
+                self.on_count("dropped", len(events))
+            return
+        for event in events:
+            self.publisher.put(event)
+
+    def status(self) -> dict[str, Any]:
+        if self.publisher is not None:
+            return dict(self.publisher.status())
+        return {"stream": self.target.key, "redis": "unavailable", "last_error": self.error, "pending": 0}
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+
+
 def main() -> None:
     """The first frame of stdin: the options (``log``: ``PredictionWriter``'s arguments, ``stream``: a
     ``StreamTarget``, either None); then frames of rows and events, until stdin ends; reports on stdout."""
@@ -452,9 +496,9 @@ def main() -> None:
             on_spill_bytes=lambda size: report(("spill_bytes", size)),
             **log_options,
         )
-    publisher = None
+    stream = None
     if options["stream"] is not None:
-        publisher = _publisher(options["stream"], lambda outcome, events: report(("stream", outcome, events)))
+        stream = _Stream(options["stream"], lambda outcome, events: report(("stream", outcome, events)))
     received = 0
     done = threading.Event()
 
@@ -463,7 +507,7 @@ def main() -> None:
             received,
             0 if writer is None else writer.pending,
             None if writer is None else writer.status(),
-            None if publisher is None else publisher.status(),
+            None if stream is None else stream.status(),
         )
 
     def report_status() -> None:
@@ -484,12 +528,11 @@ def main() -> None:
         if writer is not None:
             for row in rows:
                 writer.put(row)
-        if publisher is not None:
-            for event in events:
-                publisher.put(event)
+        if stream is not None:
+            stream.put(events)
         received += len(rows)
-    if publisher is not None:
-        publisher.close()
+    if stream is not None:
+        stream.close()
     if writer is not None:
         writer.close()
     done.set()
