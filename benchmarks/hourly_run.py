@@ -8,10 +8,16 @@ Two executors, alternating hour by hour over the same world: the code location's
 step, each loading the code location again: the default before). Per run: wall seconds and the CPU
 seconds of the run and every process it started.
 
-Usage: ``.venv/bin/python benchmarks/hourly_run.py [--runs 3]``. Provisions its own world (a database of
-its own on the machine's PostgreSQL and Redis when they answer, else embedded ones; three simulated days,
-loaded and built with dbt; untimed; Dagster's storage in PostgreSQL, as the stack's) and removes it. Ends
-with one JSON line.
+With ``--backfill-hours N`` it then times runs over N new hours each (one ``hourly_refresh_job`` run over
+a range of partitions, as ``rtml backfill`` and the demo's catch-up make), alternating Dagster's default
+(each materialization written to the event log on a connection of its own) with its batched writes
+(``DAGSTER_EVENT_BATCH_SIZE=100``: a step's materializations in one insert). Tried 2026-12-07 and not
+taken: the gain was within the host's noise (docs/benchmarks.md).
+
+Usage: ``.venv/bin/python benchmarks/hourly_run.py [--runs 3] [--backfill-hours 24 [--backfills 2]]``.
+Provisions its own world (a database of its own on the machine's PostgreSQL and Redis when they answer,
+else embedded ones; three simulated days, loaded and built with dbt; untimed; Dagster's storage in
+PostgreSQL, as the stack's) and removes it. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from _machine import json_line, load_average
 from _servers import servers
 from _world import drop_database
 from rtml.config import OnlineSettings, Settings, SimulatorSettings, database_url_for
+from rtml.defs.automation.tags import range_tags
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database, load_simulated
@@ -56,22 +63,24 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_run(location: str, partition: str, env: dict[str, str], log: Path) -> tuple[float, float]:
+def timed_run(location: str, tags: dict[str, str], env: dict[str, str], log: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the run's processes) of one ``dagster job execute``."""
     command = [DAGSTER, "job", "execute", "-m", location, "-j", "hourly_refresh_job"]
-    command += ["--tags", json.dumps({"dagster/partition": partition})]
+    command += ["--tags", json.dumps(tags)]
     cpu, began = children_cpu(), time.perf_counter()
     with log.open("ab") as out:
         code = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     wall = time.perf_counter() - began
     if code != 0:
-        raise SystemExit(f"the run of {partition} ({location}) failed: see {log}")
+        raise SystemExit(f"the run of {tags} ({location}) failed: see {log}")
     return wall, children_cpu() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per executor (one new hour each)")
+    parser.add_argument("--backfill-hours", type=int, default=0, help="then runs over this many new hours")
+    parser.add_argument("--backfills", type=int, default=2, help="ranged runs per way of writing events")
     args = parser.parse_args()
     load_start = load_average()
     os.environ.update(WORLD)
@@ -106,10 +115,20 @@ def main() -> None:
             for _ in range(args.runs):
                 for name, location in (("location", CODE_LOCATION), ("multiprocess", MULTIPROCESS_LOCATION)):
                     partition = hour.strftime("%Y-%m-%d-%H:%M")
-                    wall, cpu = timed_run(location, partition, env, Path(tmp) / "runs.log")
+                    tags = {"dagster/partition": partition}
+                    wall, cpu = timed_run(location, tags, env, Path(tmp) / "runs.log")
                     print(f"{name:<13} {partition}: {wall:6.1f} s, CPU {cpu:6.1f} s")
                     figures[name].append((wall, cpu))
                     hour += timedelta(hours=1)
+            for _ in range(args.backfills if args.backfill_hours else 0):
+                for name, batch in (("one_by_one", "0"), ("batched", "100")):  # 0: Dagster's default
+                    last = hour + timedelta(hours=args.backfill_hours - 1)
+                    tags = range_tags(f"{hour:%Y-%m-%d-%H:%M}", f"{last:%Y-%m-%d-%H:%M}")
+                    run_env = {**env, "DAGSTER_EVENT_BATCH_SIZE": batch}
+                    wall, cpu = timed_run(CODE_LOCATION, tags, run_env, Path(tmp) / "runs.log")
+                    print(f"{name:<13} {' to '.join(tags.values())}: {wall:6.1f} s, CPU {cpu:6.1f} s")
+                    figures.setdefault(name, []).append((wall, cpu))
+                    hour = last + timedelta(hours=1)
         finally:
             for name in (DATABASE, DAGSTER_DATABASE):
                 drop_database(database_url_for(server_url, "postgres"), name)
@@ -120,19 +139,23 @@ def main() -> None:
     def median(name: str, index: int) -> float:
         return round(statistics.median(run[index] for run in figures[name]), 2)
 
-    print(
-        json_line(
-            {
-                "benchmark": "hourly_run",
-                "runs_per_executor": args.runs,
-                "seconds": median("location", 0),
-                "cpu_seconds": median("location", 1),
-                "multiprocess_seconds": median("multiprocess", 0),
-                "multiprocess_cpu_seconds": median("multiprocess", 1),
-            },
-            load_start,
-        )
-    )
+    results = {
+        "benchmark": "hourly_run",
+        "runs_per_executor": args.runs,
+        "seconds": median("location", 0),
+        "cpu_seconds": median("location", 1),
+        "multiprocess_seconds": median("multiprocess", 0),
+        "multiprocess_cpu_seconds": median("multiprocess", 1),
+    }
+    if "batched" in figures:
+        results |= {
+            "backfill_hours": args.backfill_hours,
+            "backfill_seconds": median("one_by_one", 0),
+            "backfill_cpu_seconds": median("one_by_one", 1),
+            "backfill_batched_seconds": median("batched", 0),
+            "backfill_batched_cpu_seconds": median("batched", 1),
+        }
+    print(json_line(results, load_start))
 
 
 if __name__ == "__main__":
