@@ -10,9 +10,9 @@ seconds of the run and every process it started.
 
 With ``--backfill-hours N`` it then times runs over N new hours each (one ``hourly_refresh_job`` run over
 a range of partitions, as ``rtml backfill`` and the demo's catch-up make), alternating Dagster's default
-(each materialization written to the event log on a connection of its own) with its batched writes
-(``DAGSTER_EVENT_BATCH_SIZE=100``: a step's materializations in one insert). Tried 2026-12-07 and not
-taken: the gain was within the host's noise (docs/benchmarks.md).
+(``DAGSTER_EVENT_BATCH_SIZE=0``: each materialization written to the event log on a connection of its
+own) with the batched writes the code location sets (``rtml.defs.executor``: a step's materializations in
+one insert).
 
 Usage: ``.venv/bin/python benchmarks/hourly_run.py [--runs 3] [--backfill-hours 24 [--backfills 2]]``.
 Provisions its own world (a database of its own on the machine's PostgreSQL and Redis when they answer,
@@ -41,6 +41,7 @@ from _servers import servers
 from _world import drop_database
 from rtml.config import OnlineSettings, Settings, SimulatorSettings, database_url_for
 from rtml.defs.automation.tags import range_tags
+from rtml.defs.executor import EVENT_BATCH_SIZE
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
 from rtml.features.sample_data import create_database, load_simulated
@@ -121,7 +122,7 @@ def main() -> None:
                     figures[name].append((wall, cpu))
                     hour += timedelta(hours=1)
             for _ in range(args.backfills if args.backfill_hours else 0):
-                for name, batch in (("one_by_one", "0"), ("batched", "100")):  # 0: Dagster's default
+                for name, batch in (("one_by_one", "0"), ("batched", str(EVENT_BATCH_SIZE))):
                     last = hour + timedelta(hours=args.backfill_hours - 1)
                     tags = range_tags(f"{hour:%Y-%m-%d-%H:%M}", f"{last:%Y-%m-%d-%H:%M}")
                     run_env = {**env, "DAGSTER_EVENT_BATCH_SIZE": batch}
@@ -150,10 +151,10 @@ def main() -> None:
     if "batched" in figures:
         results |= {
             "backfill_hours": args.backfill_hours,
-            "backfill_seconds": median("one_by_one", 0),
-            "backfill_cpu_seconds": median("one_by_one", 1),
-            "backfill_batched_seconds": median("batched", 0),
-            "backfill_batched_cpu_seconds": median("batched", 1),
+            "backfill_seconds": median("batched", 0),
+            "backfill_cpu_seconds": median("batched", 1),
+            "backfill_one_by_one_seconds": median("one_by_one", 0),
+            "backfill_one_by_one_cpu_seconds": median("one_by_one", 1),
         }
     print(json_line(results, load_start))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -11,10 +13,13 @@ import pytest
 
 from rtml.config import IngestSettings, ServicesSettings, Settings
 from rtml.definitions import defs
+from rtml.defs.automation.tags import range_tags
+from rtml.defs.executor import EVENT_BATCH_SIZE
 from rtml.defs.ingestion.sensors import landing_files_sensor
 from rtml.defs.online.resources import LocalRedis, RedisResource
 from rtml.defs.resources import LocalPostgres, PostgresResource, environment_resources
 from rtml.defs.training.resources import LocalMlflow, MlflowResource
+from rtml.stack.local import StackInfo
 
 
 def test_definitions_load_and_validate() -> None:
@@ -51,6 +56,51 @@ def test_every_job_executes_its_steps_in_its_run_s_process() -> None:
     jobs = defs.resolve_all_job_defs()
     assert {"hourly_refresh_job", "hourly_drift_job", "retraining_job"} <= {job.name for job in jobs}
     assert {job.name: job.executor_def for job in jobs} == {job.name: dg.in_process_executor for job in jobs}
+
+
+def test_a_run_over_a_range_of_partitions_writes_their_materializations_in_batches(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code location turns on Dagster's batched event writes (``rtml.defs.executor``): a run over 48
+    hours records each asset's 48 materializations in one insert, not one connection each, and every hour
+    still shows as materialized, the newest last, in the stack's PostgreSQL instance."""
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == str(EVENT_BATCH_SIZE)  # set by the import above
+    hours = dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00")
+
+    @dg.asset(partitions_def=hours)
+    def upstream() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    @dg.asset(partitions_def=hours, deps=[upstream])
+    def downstream() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    job = dg.define_asset_job("batched", executor_def=dg.in_process_executor)
+    probe = dg.Definitions(assets=[upstream, downstream], jobs=[job])
+    instance = dg.DagsterInstance.from_config(str(stack.dagster_home))
+    storage = instance.event_log_storage
+    batches: list[list[str | None]] = []
+    write_batch = storage.store_event_batch
+
+    def recording(events: Sequence[dg.EventLogEntry]) -> None:  # records, then Dagster's own write
+        materialized = dg.DagsterEventType.ASSET_MATERIALIZATION
+        batches.append([e.dagster_event.partition for e in events if e.dagster_event_type == materialized])
+        write_batch(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", recording)
+    first, last = "2026-11-02-00:00", "2026-11-03-23:00"
+    result = probe.resolve_job_def("batched").execute_in_process(
+        instance=instance, tags=range_tags(first, last)
+    )
+    assert result.success
+    expected = set(hours.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
+    assert len(expected) == 48
+    assert [sorted(batch) for batch in batches if batch] == [sorted(expected)] * 2
+    for asset in (upstream, downstream):
+        assert instance.get_materialized_partitions(asset.key) == expected
+        newest = instance.get_latest_materialization_event(asset.key)
+        assert newest is not None and newest.dagster_event is not None
+        assert newest.dagster_event.partition == last
 
 
 def test_the_code_location_loads_without_the_training_libraries() -> None:
