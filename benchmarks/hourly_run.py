@@ -40,7 +40,7 @@ from _machine import json_line, load_average
 from _servers import servers
 from _world import drop_database
 from rtml.config import OnlineSettings, Settings, SimulatorSettings, database_url_for
-from rtml.defs.automation.tags import range_tags
+from rtml.defs.automation.tags import PARTITION_TAG, range_tags
 from rtml.defs.executor import EVENT_BATCH_SIZE
 from rtml.features.dbt import run_dbt
 from rtml.features.online import OnlineStore
@@ -62,6 +62,10 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def partition_key(hour: datetime) -> str:
+    return f"{hour:%Y-%m-%d-%H:%M}"
 
 
 def timed_run(location: str, tags: dict[str, str], env: dict[str, str], log: Path) -> tuple[float, float]:
@@ -115,16 +119,15 @@ def main() -> None:
             hour = end
             for _ in range(args.runs):
                 for name, location in (("location", CODE_LOCATION), ("multiprocess", MULTIPROCESS_LOCATION)):
-                    partition = hour.strftime("%Y-%m-%d-%H:%M")
-                    tags = {"dagster/partition": partition}
-                    wall, cpu = timed_run(location, tags, env, Path(tmp) / "runs.log")
+                    partition = partition_key(hour)
+                    wall, cpu = timed_run(location, {PARTITION_TAG: partition}, env, Path(tmp) / "runs.log")
                     print(f"{name:<13} {partition}: {wall:6.1f} s, CPU {cpu:6.1f} s")
                     figures[name].append((wall, cpu))
                     hour += timedelta(hours=1)
             for _ in range(args.backfills if args.backfill_hours else 0):
                 for name, batch in (("one_by_one", "0"), ("batched", str(EVENT_BATCH_SIZE))):
                     last = hour + timedelta(hours=args.backfill_hours - 1)
-                    tags = range_tags(f"{hour:%Y-%m-%d-%H:%M}", f"{last:%Y-%m-%d-%H:%M}")
+                    tags = range_tags(partition_key(hour), partition_key(last))
                     run_env = {**env, "DAGSTER_EVENT_BATCH_SIZE": batch}
                     wall, cpu = timed_run(CODE_LOCATION, tags, run_env, Path(tmp) / "runs.log")
                     print(f"{name:<13} {' to '.join(tags.values())}: {wall:6.1f} s, CPU {cpu:6.1f} s")
