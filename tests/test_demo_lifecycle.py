@@ -234,6 +234,7 @@ def test_ctrl_c_of_a_backfill_cancels_its_run(demo_env: dict[str, str], demo: De
         assert re.search(r"stopping \d+ process\(es\) and their runs", output.read_text()), output.read_text()
         canceled = backfill.run(run_id() or "")
         assert canceled.status == dg.DagsterRunStatus.CANCELED, backfill.messages(canceled.run_id)
+        assert "requested a retry" not in backfill.messages(canceled.run_id)  # a stop is not retried
     finally:
         _kill_all(process, demo_env["DAGSTER_HOME"])
 

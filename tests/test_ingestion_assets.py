@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,14 +36,13 @@ def _count(database_url: str, sql: str) -> int:
         return int(row[0])
 
 
-def _run_range(instance: dg.DagsterInstance, job: str, first: str, last: str) -> dg.ExecuteInProcessResult:
+def _run_range(
+    instance: dg.DagsterInstance, job: str, first: str, last: str, raise_on_error: bool = True
+) -> dg.ExecuteInProcessResult:
     return (
         code_location()
         .resolve_job_def(job)
-        .execute_in_process(
-            instance=instance,
-            tags=range_tags(first, last),
-        )
+        .execute_in_process(instance=instance, tags=range_tags(first, last), raise_on_error=raise_on_error)
     )
 
 
@@ -117,7 +120,7 @@ def test_load_figures_are_pushed_to_a_pushgateway(
     assert pushed[f"rtml_pipeline_last_success_timestamp_seconds{{{group}}}"] > 0
 
 
-# --- the checks and the retry policy, seen failing ---------------------------------------------------------
+# --- the checks, the retries and a termination, seen failing ------------------------------------------------
 def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
     return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
 
@@ -186,47 +189,67 @@ def test_row_count_check_fails_on_too_few_rows(instance: dg.DagsterInstance) -> 
     assert _checks(result)["quarantine_share_below_threshold"].passed
 
 
-def test_a_terminated_database_connection_is_retried_by_the_retry_policy(
-    instance: dg.DagsterInstance, database_url: str
-) -> None:
-    """A real transient fault: the loader's backend is terminated (pg_terminate_backend) while it waits
-    for the source's lock, which this test holds; the step fails with TransientDatabaseError, Dagster's
-    RetryPolicy runs it again, and the second attempt loads the hour exactly once."""
-    key = "2026-11-02-10:00"
-    terminated: list[int] = []
+@contextmanager
+def _loader_waiting_on_its_lock(
+    database_url: str, key: str, fault: Callable[[psycopg.Connection, int], None]
+) -> Iterator[None]:
+    """Holds the advisory lock the loader of hour ``key`` takes, and calls ``fault(admin, pid)`` once on
+    the loader's backend ``pid`` when it waits for that lock; then releases the lock (a load started after
+    that, a retry, goes through)."""
+    lock = f"raw.transactions:{key}"
+    faulted = threading.Event()
     with psycopg.connect(database_url, autocommit=True) as holder:
         (database,) = holder.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
-        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"raw.transactions:{key}",))
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))
 
-        def terminate_the_waiting_loader() -> None:
+        def watch() -> None:
             with psycopg.connect(database_url, autocommit=True) as admin:
                 deadline = time.monotonic() + 120
-                while not terminated and time.monotonic() < deadline:
+                while not faulted.is_set() and time.monotonic() < deadline:
                     for (pid,) in admin.execute(
                         "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock' "
                         "AND query LIKE 'SELECT pg_advisory_xact_lock(hashtext(%%'",
                         (database,),
                     ).fetchall():
-                        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                        terminated.append(pid)
+                        fault(admin, pid)
+                        faulted.set()
+                        break
                     time.sleep(0.05)
-            holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"raw.transactions:{key}",))
+            holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
 
-        fault = threading.Thread(target=terminate_the_waiting_loader)
-        fault.start()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         try:
-            result = _run_range(instance, "ingestion_job", key, key)
+            yield
         finally:
-            fault.join()
+            watched = faulted.is_set()
+            faulted.set()
+            watcher.join()
+    assert watched, f"no load of {key} waited for its lock"
+
+
+def test_a_terminated_database_connection_is_retried(instance: dg.DagsterInstance, database_url: str) -> None:
+    """A real transient fault: the loader's backend is terminated (pg_terminate_backend) while it waits
+    for the source's lock, which this test holds; the step fails with TransientDatabaseError, is retried
+    (RetryRequested), and the second attempt loads the hour exactly once."""
+    key = "2026-11-02-10:00"
+    terminated: list[int] = []
+
+    def terminate(admin: psycopg.Connection, pid: int) -> None:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        terminated.append(pid)
+
+    with _loader_waiting_on_its_lock(database_url, key, terminate):
+        result = _run_range(instance, "ingestion_job", key, key)
     assert len(terminated) == 1
     assert result.success
     events = [event for event in result.all_events if event.step_key == "transactions_raw"]
     [retry] = [event for event in events if event.event_type_value == "STEP_UP_FOR_RETRY"]
     chain, error = {}, retry.event_specific_data.error  # type: ignore[union-attr]
-    while error is not None:  # RetryRequestedFromPolicy <- TransientDatabaseError <- AdminShutdown
+    while error is not None:  # RetryRequested <- TransientDatabaseError <- AdminShutdown
         chain[error.cls_name] = error.message
         error = error.cause
-    assert list(chain) == ["RetryRequestedFromPolicy", "TransientDatabaseError", "AdminShutdown"]
+    assert list(chain) == ["RetryRequested", "TransientDatabaseError", "AdminShutdown"]
     assert "hit a transient database error (rolled back, safe to retry)" in chain["TransientDatabaseError"]
     assert "terminating connection due to administrator command" in chain["AdminShutdown"]
     assert [e.event_type_value for e in events].count("STEP_RESTARTED") == 1
@@ -234,6 +257,31 @@ def test_a_terminated_database_connection_is_retried_by_the_retry_policy(
     assert _count(database_url, f"select count(*) from raw.transactions where source = '{key}'") == (
         materialization.metadata["rows_loaded"].value
     )
+
+
+def test_a_terminated_run_ends_canceled_and_its_load_is_not_retried(
+    instance: dg.DagsterInstance, database_url: str
+) -> None:
+    """Terminate, as the UI's Terminate and Ctrl-C of `rtml backfill` do (the run marked canceling, its
+    process interrupted), while the load waits: the step stops, is not run again (the lock is released
+    right after, so a retry would load the hour), and the run ends canceled with nothing of the hour."""
+    key = "2026-11-02-11:00"
+
+    def terminate_the_run(admin: psycopg.Connection, pid: int) -> None:
+        [run] = instance.get_runs(
+            dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags=range_tags(key, key))
+        )
+        instance.report_run_canceling(run)
+        os.kill(os.getpid(), signal.SIGINT)  # the step runs in this process's main thread, as in a run worker
+
+    with _loader_waiting_on_its_lock(database_url, key, terminate_the_run):
+        result = _run_range(instance, "ingestion_job", key, key, raise_on_error=False)
+    run = instance.get_run_by_id(result.run_id)
+    kinds = [event.event_type_value for event in result.all_events if event.step_key == "transactions_raw"]
+    assert run is not None and run.status == dg.DagsterRunStatus.CANCELED, (run and run.status, kinds)
+    assert "STEP_FAILURE" in kinds
+    assert "STEP_UP_FOR_RETRY" not in kinds and "STEP_RESTARTED" not in kinds, kinds
+    assert _count(database_url, f"select count(*) from raw.transactions where source = '{key}'") == 0
 
 
 def test_with_the_stream_as_feed_the_hourly_asset_loads_nothing_and_reports_what_was_landed(

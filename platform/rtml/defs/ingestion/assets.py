@@ -30,9 +30,20 @@ EVENT_TS_MIN = "event_ts_min"
 EVENT_TS_MAX = "event_ts_max"
 """Metadata of a landing file's materialization: first and last event time of the transactions it loaded."""
 
-# Transient database errors (dropped connection, serialization failure) are retried with backoff;
-# anything else fails at once (dg.Failure(allow_retries=False)) with the loader's message.
-DATABASE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+DATABASE_RETRIES = 3
+DATABASE_RETRY_DELAY_S = 2
+
+
+def _retry(context: dg.AssetExecutionContext) -> dg.RetryRequested:
+    """Run the step again after a transient database error (dropped connection, serialization failure:
+    the load rolled back, so it is safe to retry) 2, 4, then 8 s later; anything else fails at once
+    (``dg.Failure(allow_retries=False)``) with the loader's message.
+
+    Raised rather than declared as a ``dg.RetryPolicy``: under a policy Dagster also retries a step that
+    was interrupted, so a run terminated from the UI, or by Ctrl-C of ``rtml backfill``, went on loading
+    (and could even succeed) instead of ending canceled."""
+    delay = DATABASE_RETRY_DELAY_S * 2**context.retry_number
+    return dg.RetryRequested(max_retries=DATABASE_RETRIES, seconds_to_wait=delay)
 
 
 def _load_metadata(result: LoadResult, partitions: int) -> dict[str, Any]:
@@ -65,13 +76,15 @@ def _publish(asset: str, total: LoadResult, partition_keys: list[str], gateway: 
     metrics.publish(asset, samples, gateway)
 
 
-def _load_each(keys: list[str], load_one: Callable[[str], LoadResult]) -> Iterator[tuple[str, LoadResult]]:
+def _load_each(
+    context: dg.AssetExecutionContext, load_one: Callable[[str], LoadResult]
+) -> Iterator[tuple[str, LoadResult]]:
     """Load partition by partition: each replaces exactly its own rows in its own transaction."""
-    for key in keys:
+    for key in context.partition_keys:
         try:
             yield key, load_one(key)
-        except TransientDatabaseError:
-            raise  # retried by DATABASE_RETRY
+        except TransientDatabaseError as error:
+            raise _retry(context) from error
         except Exception as error:
             raise dg.Failure(f"Loading partition {key} failed: {error}", allow_retries=False) from error
 
@@ -94,7 +107,6 @@ def _total(results: list[LoadResult]) -> LoadResult:
     group_name="ingestion",
     partitions_def=transactions_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=DATABASE_RETRY,
     check_specs=raw_check_specs("transactions_raw", row_count=True),
     kinds={"postgres", "python"},
     description="Card transactions from the seeded simulator, validated; good rows in "
@@ -118,7 +130,7 @@ def transactions_raw(
         rows: pa.Table = simulator.transactions(window.start, window.end)
         return load_transactions(url, [rows], source=key, ingest=settings.ingest, now=now)
 
-    per_partition = dict(_load_each(context.partition_keys, load_hour))
+    per_partition = dict(_load_each(context, load_hour))
     total = _total(list(per_partition.values()))
     context.log.info(f"{len(per_partition)} partition(s): {total}")
     _publish("transactions_raw", total, context.partition_keys, settings.monitoring.pushgateway_url)
@@ -142,7 +154,6 @@ def transactions_raw(
     group_name="ingestion",
     partitions_def=labels_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=DATABASE_RETRY,
     check_specs=raw_check_specs("labels_raw", row_count=False),
     kinds={"postgres", "python"},
     description="Fraud labels by the day they became known (chargebacks arrive days after the "
@@ -160,7 +171,7 @@ def labels_raw(
         labels = simulator.labels(window.start, window.end)
         return load_labels(url, [labels], source=f"labels/{key}", ingest=settings.ingest, now=now)
 
-    total = _total([result for _, result in _load_each(context.partition_keys, load_day)])
+    total = _total([result for _, result in _load_each(context, load_day)])
     _publish("labels_raw", total, context.partition_keys, settings.monitoring.pushgateway_url)
     yield dg.MaterializeResult(metadata=_load_metadata(total, len(context.partition_keys)))
     yield quarantine_share_check("labels_raw", total, settings)
@@ -170,7 +181,6 @@ def labels_raw(
     key="transactions_landing",
     group_name="ingestion",
     partitions_def=landing_file_partitions,
-    retry_policy=DATABASE_RETRY,
     kinds={"postgres", "parquet", "csv"},
     description="CSV or Parquet files dropped in `<data dir>/landing/`: one partition per file. Each "
     "file ends in `processed/` or `rejected/` with a JSON receipt; nothing is deleted.",
@@ -189,6 +199,8 @@ def transactions_landing(
         )
     except (UnsafeLandingName, LandingFileChanged) as error:
         raise dg.Failure(str(error), allow_retries=False) from error
+    except TransientDatabaseError as error:
+        raise _retry(context) from error
     if receipt.status != "processed":
         raise dg.Failure(
             f"Landing file {context.partition_key} was rejected: {'; '.join(receipt.errors)}",
