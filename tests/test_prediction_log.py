@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import psycopg
 import pytest
 
 from rtml.monitoring import retention
+from rtml.monitoring.prediction_spill import Spill
 from rtml.monitoring.predictions import (
     PredictionRow,
     PredictionWriter,
@@ -310,6 +312,40 @@ def test_a_killed_writers_spill_is_drained_by_the_next(own_postgres: OwnPostgres
         ).fetchone()
     assert row == (1000,)
     assert writer.dropped == 1 and not list(spill.glob("*.jsonl"))
+
+
+def test_rows_on_their_way_to_disk_stay_pending_until_they_are_spilled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While PostgreSQL is away, the writer and the spiller move rows from memory to disk: rows they hold
+    while the disk write takes its time are still counted as pending (a caller waiting for ``pending ==
+    0`` then finds them counted as spilled, never in neither)."""
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"  # refused at once
+    disk = threading.Event()
+    appending = threading.Event()
+    append = Spill.append
+
+    def slow_append(spill: Spill, rows: Any) -> int:
+        appending.set()
+        disk.wait(30)
+        return append(spill, rows)
+
+    monkeypatch.setattr(Spill, "append", slow_append)
+    writer = PredictionWriter(unreachable, spill_dir=tmp_path, flush_ms=50)
+    now = datetime.now(UTC)
+    try:
+        for _ in range(100):
+            writer.put(prediction(uuid.uuid4().hex, now, scored_at=now))
+        wait_until(appending.is_set, "no row reached the spill")
+        for _ in range(10):  # the writes to disk wait: every row is still in memory
+            assert (writer.pending, writer.spilled) == (100, 0), writer.status()
+            time.sleep(0.02)
+        disk.set()
+        wait_until(lambda: writer.pending == 0, f"rows left in memory: {writer.status()}")
+        assert writer.spilled == 100, writer.status()
+    finally:
+        disk.set()
+        writer.close()
 
 
 def test_shadow_and_feature_rows_share_the_writer_spill_and_transaction(

@@ -405,6 +405,8 @@ class PredictionWriter(LogQueue):
         """Rows the writer took from the queue, waiting for ``flush_rows`` or ``flush_ms``."""
         self._inflight: list[LogRow] = []
         """The rows being written."""
+        self._spilling: list[LogRow] = []
+        """The rows the spiller took from the queue, being written to disk."""
         self._busy_since: float | None = None
         self._writer_done = threading.Event()
         self._abandoned = False
@@ -415,8 +417,8 @@ class PredictionWriter(LogQueue):
 
     @property
     def pending(self) -> int:
-        """Rows in memory: queued, or taken by the writer and not yet written."""
-        return len(self._queue) + len(self._batch) + len(self._inflight)
+        """Rows in memory: queued, or taken by the writer or the spiller and not yet written."""
+        return len(self._queue) + len(self._batch) + len(self._inflight) + len(self._spilling)
 
     @property
     def stalled(self) -> bool:
@@ -468,7 +470,10 @@ class PredictionWriter(LogQueue):
                 stopping = self._stop.is_set()
                 if self._conn is None:
                     if not self._connect():
-                        self._spill_rows(self._take_batch())
+                        try:
+                            self._spill_rows(self._batch)  # pending counts them until they are spilled
+                        finally:
+                            self._batch = []
                         if stopping:
                             return  # the spiller keeps the rest
                         self._stop.wait(backoff)
@@ -495,10 +500,6 @@ class PredictionWriter(LogQueue):
                     return
         finally:
             self._writer_done.set()
-
-    def _take_batch(self) -> list[LogRow]:
-        batch, self._batch = self._batch, []
-        return batch
 
     def _collect(self, batch: list[LogRow], block: bool) -> None:
         """Add queued rows to ``batch`` (up to ``flush_rows``); with ``block``, first waits for rows to
@@ -594,9 +595,12 @@ class PredictionWriter(LogQueue):
         while True:
             writer_gone = self._writer_done.is_set() or self._abandoned
             if not self.database_ok or self.stalled or writer_gone or len(self._queue) > self.spill_at:
-                rows = self._pop(5000)
-                if rows:
-                    self._spill_rows(rows)
+                self._pop_into(self._spilling, 5000)  # pending counts them until they are spilled
+                if self._spilling:
+                    try:
+                        self._spill_rows(self._spilling)
+                    finally:
+                        self._spilling = []
                     continue
             else:
                 self._spill.seal()  # a finished segment can be drained
@@ -604,12 +608,10 @@ class PredictionWriter(LogQueue):
                 return
             time.sleep(0.02)
 
-    def _pop(self, limit: int) -> list[LogRow]:
-        rows: list[LogRow] = []
+    def _pop_into(self, rows: list[LogRow], limit: int) -> None:
         with contextlib.suppress(IndexError):
             while len(rows) < limit:
                 rows.append(self._queue.popleft())
-        return rows
 
     def _spill_rows(self, rows: list[LogRow]) -> None:
         if not rows:
