@@ -132,7 +132,9 @@ class EventPublisher:
                     return  # closing with Redis away: close() drops and counts what is left
                 backoff = min(backoff * 2, 1.0)
                 continue
-            events = self._take(self.batch)
+            # counted in flight before they leave the queue: `pending` never misses them
+            self._inflight = min(self.batch, len(self._queue))
+            events = self._take(self._inflight)
             self._inflight = len(events)
             try:
                 publish(self.client, self.key, events, self.retention_s)
