@@ -344,10 +344,11 @@ class Sidecar(LogQueue):
             self._child = None
         if time.monotonic() - self._started_at < RESTART_AFTER_S:
             return False
+        self._start_child()
+        # counted once the new child is in place: a reader of status() never sees the restart without it
         self.restarts += 1
         if self.on_restart is not None:
             self.on_restart()
-        self._start_child()
         return True
 
     def _child_exited(self) -> bool:
