@@ -801,7 +801,11 @@ def test_scored_transactions_are_published_after_the_answer_even_across_a_redis_
         ts,
     )
     assert (event.currency, event.channel, event.country) == ("EUR", "online", "DE")
-    assert _metric(_metrics(server), "rtml_stream_events_published_total") >= before + 1
+    _wait_for(  # counted after Redis took it, in the sidecar's process, and reported back over its pipe
+        lambda: _metric(_metrics(server), "rtml_stream_events_published_total") >= before + 1,
+        5,
+        "the published event counted",
+    )
     assert _health(server)["stream_publisher"]["redis"] == "ok"
 
     valkey.stop()  # the stream's Redis away: scoring goes on, events wait in the publisher's queue

@@ -74,15 +74,15 @@ class RedisBreaker:
             self.last_error = error if is_open else None
             if self.is_open == is_open:
                 return
-            self.is_open = is_open
+            if self.on_change is not None:  # first: whoever sees the new state sees its metrics
+                self.on_change(is_open)
             self.opened_at = time.monotonic() if is_open else None
+            self.is_open = is_open
         log.warning(
             "online store circuit breaker %s%s",
             "opened" if is_open else "closed",
             f": {error}" if error else "",
         )
-        if self.on_change is not None:
-            self.on_change(is_open)
 
     # --- the probe ------------------------------------------------------------------------------
     def probe_once(self) -> bool:

@@ -86,14 +86,15 @@ class ModelSlot:
 
     def swap(self, served: ServedModel) -> None:
         """Serve ``served`` from the next request on (it is loaded and warmed already)."""
+        self._clear_refusal()  # first: whoever sees the new model sees no refusal
         self._set(served)
-        self._clear_refusal()
 
     def unload(self) -> None:
         self._set(None)
 
     def refuse(self, version: str, tags: dict[str, str], refusal: ModelRefused) -> None:
         """Keep what is served (or, without ``keep_last``, nothing); say why once per (version, tags)."""
+        self._on_refused(version, refusal)  # metrics and log first: whoever sees `refused` sees them
         self._refused_key = (version, frozenset(tags.items()))
         self.refused = {
             "version": version,
@@ -101,18 +102,18 @@ class ModelSlot:
             "error": str(refusal),
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        self._on_refused(version, refusal)
 
     def _set(self, served: ServedModel | None) -> None:
         with self._lock:
-            previous, self.model = self.model, served  # one reference assignment: old or new, never half
+            previous = self.model
             if previous is not served:
-                self._on_change(previous, served)
+                self._on_change(previous, served)  # gauges first: whoever sees the new model sees them
+            self.model = served  # one reference assignment: old or new, never half
 
     def _clear_refusal(self) -> None:
         if self._refused_key is not None:
-            self._refused_key, self.refused = None, None
             self._on_refusal_cleared()
+            self._refused_key, self.refused = None, None
 
 
 def warm(served: ServedModel, numeric: Sequence[str], categorical: Sequence[str]) -> None:

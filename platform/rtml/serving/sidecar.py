@@ -320,8 +320,8 @@ class Sidecar(LogQueue):
                         self._settled[kind] += rows
                     self._count(outcome, {kind: rows})
                 case ("stream", outcome, events):
+                    self._count_events(outcome, events)  # counted before settling lowers `pending`
                     self._settled_events += events  # published or dropped: either ends its stay
-                    self._count_events(outcome, events)
                 case ("spill_bytes", size):
                     if self.on_spill_bytes is not None:
                         self.on_spill_bytes(size)

@@ -322,14 +322,15 @@ class Lander:
         self, counts: LandCounts, committed: Sequence[TransactionEvent], at: float, seconds: float
     ) -> None:
         metrics = self.metrics
-        metrics.events.labels("loaded").inc(counts.loaded)
-        metrics.events.labels("quarantined").inc(counts.quarantined - counts.malformed)
-        metrics.events.labels("duplicate").inc(counts.duplicates)
-        metrics.events.labels("malformed").inc(counts.malformed)
         metrics.batches.labels("committed").inc()
         metrics.batch_seconds.observe(seconds)
         for event in committed:
             metrics.freshness.observe(max(0.0, at - event.event_ts_us / SECOND_US))
+        # the outcomes last: a scrape that sees a batch's events counted sees the rest of its figures
+        metrics.events.labels("loaded").inc(counts.loaded)
+        metrics.events.labels("quarantined").inc(counts.quarantined - counts.malformed)
+        metrics.events.labels("duplicate").inc(counts.duplicates)
+        metrics.events.labels("malformed").inc(counts.malformed)
 
 
 def landed_between(database_url: str, start: datetime, end: datetime) -> LoadResult:

@@ -160,11 +160,15 @@ class EventPublisher:
             self._done_with(events, "published")
 
     def _done_with(self, events: list[TransactionEvent], outcome: str) -> None:
+        # counted before they leave `pending`: whoever sees pending == 0 sees them counted
         with self._counts_lock:
-            self._inflight = 0
             if self._abandoned:  # close() counted them already
+                self._inflight = 0
                 return
-        self._count(outcome, len(events))
+            setattr(self, outcome, getattr(self, outcome) + len(events))
+            self._inflight = 0
+        if self.on_count is not None and events:
+            self.on_count(outcome, len(events))
 
     def _take(self, limit: int) -> list[TransactionEvent]:
         events: list[TransactionEvent] = []
