@@ -54,6 +54,7 @@ from rtml.defs.automation.sensors import (
     run_failure_notifier,
 )
 from rtml.defs.automation.tags import RANGE_TAGS
+from rtml.defs.dagster_internals import pool_storage_connections
 from rtml.defs.ingestion.sensors import landing_files_sensor
 from rtml.defs.monitoring.assets import drift_report
 from rtml.defs.monitoring.checks import drift_within_threshold
@@ -86,6 +87,7 @@ def new_instance(
         home = tmp_path_factory.mktemp(f"dagster-{name}")
         write_dagster_yaml(home, scratch_database(f"dagster_{name}"))
         made.append(dg.DagsterInstance.from_config(str(home)))
+        pool_storage_connections(made[-1])  # as the demo's bootstrap: a 72-hour run plans ~1,400 events
         return made[-1]
 
     yield make

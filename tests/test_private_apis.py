@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -247,6 +247,51 @@ def test_dagster_internals_name_the_partition_tags_dagster_reads() -> None:
         assert ranged.success and seen == [["2026-11-02", "2026-11-03", "2026-11-04"]]
         single = dg.materialize([daily], partition_key="2026-11-05")
         assert single.dagster_run.tags[internals.PARTITION_TAG] == "2026-11-05"
+
+
+def test_dagster_internals_pool_an_instance_s_storage_connections(
+    scratch_database: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Once pooled, the run, event and schedule storages each answer from one kept server process, and a
+    run's events are written and read back through them; before, every call connected anew (the
+    default that the demo's bootstrap paid for each of its thousands of events)."""
+    from sqlalchemy import text
+
+    from rtml.defs import dagster_internals as internals
+    from rtml.stack.dagster_home import write_dagster_yaml
+
+    write_dagster_yaml(tmp_path, scratch_database("dagster_pooled"))
+
+    @dg.asset
+    def pooled() -> int:
+        return 1
+
+    def server_processes(connect: Callable[[], Any]) -> set[int]:
+        pids = set()
+        for _ in range(3):
+            with connect() as conn:
+                pids.add(conn.execute(text("select pg_backend_pid()")).scalar())
+        return pids
+
+    with (
+        dg.DagsterInstance.from_config(str(tmp_path)) as instance,
+        private_api(
+            "dagster",
+            "DagsterInstance.optimize_for_webserver (dagster-postgres's pooled engine)",
+            "the demo's bootstrap (rtml.demo_bootstrap)",
+        ),
+    ):
+        storages = (
+            instance.run_storage.connect,  # type: ignore[attr-defined]
+            instance.event_log_storage.index_connection,  # type: ignore[attr-defined]
+            instance.schedule_storage.connect,  # type: ignore[union-attr]
+        )
+        assert [len(server_processes(connect)) for connect in storages] == [3, 3, 3]
+        internals.pool_storage_connections(instance)
+        assert [len(server_processes(connect)) for connect in storages] == [1, 1, 1]
+        result = dg.materialize([pooled], instance=instance)
+        assert result.success and instance.get_latest_materialization_event(dg.AssetKey("pooled"))
+        assert instance.get_run_by_id(result.run_id) is not None
 
 
 def test_dagster_internals_validate_a_dagster_yaml_as_the_instance_reads_it(tmp_path: Path) -> None:
@@ -551,6 +596,7 @@ PRIVATE_ATTRIBUTES = {
         "_sock",
     },
     "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
+    "dagster_internals": {"optimize_for_webserver"},
     "dbt_internals": {"_default_source"},
     "sklearn_internals": {"_find_binning_thresholds", "_weighted_percentile"},
     "mlflow_internals": {"_init_modules_to_packages_map"},

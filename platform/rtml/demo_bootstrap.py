@@ -39,6 +39,7 @@ from rtml.defs.dagster_internals import (
     RepositoryPythonOrigin,
     capture_interrupts,
     load_repository,
+    pool_storage_connections,
     reconstructable_job,
     repository_origin,
 )
@@ -159,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C (or the demo's stop, which interrupts this worker as Dagster's Terminate does) reaches the
     # step as Dagster's interrupt: the run is recorded as canceled and no further run starts.
     with capture_interrupts(), dg.DagsterInstance.get() as instance:
+        pool_storage_connections(instance)  # this one process writes every event of the bootstrap's runs
         try:
             Bootstrap(instance).run(tuple(window["hours"]), tuple(window["label_days"]))
         except BootstrapFailed as exc:
