@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg
@@ -484,6 +485,26 @@ def materialize_drift(
     return evaluation
 
 
+def assert_catalogue_reads_columns_from(
+    database_url: str, result: dg.ExecuteInProcessResult, model: str
+) -> None:
+    """The world's database is not the one dbt's manifest was parsed against ("rtml"): a dbt model's
+    materializations still carry its table's columns and their lineage, read from this one."""
+    assert urlsplit(database_url).path.lstrip("/") != "rtml"
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == [model])
+    metadata = event.step_materialization_data.materialization.metadata
+    assert "dagster/column_schema" in metadata, sorted(metadata)
+    with psycopg.connect(database_url) as conn:
+        columns = conn.execute(
+            "select column_name from information_schema.columns where table_schema = 'features'"
+            " and table_name = %s order by ordinal_position",
+            (model,),
+        ).fetchall()
+    schema = metadata["dagster/column_schema"].value
+    assert [column.name for column in schema.columns] == [name for (name,) in columns] != []
+    assert metadata["dagster/column_lineage"].value.deps_by_column
+
+
 def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     new_instance: Callable[[str], dg.DagsterInstance],
     world_defs: dg.Definitions,
@@ -502,6 +523,7 @@ def test_drift_requests_one_retraining_that_stages_a_version_and_notifies(
     assert refresh.success
     built = {event.asset_key.to_user_string() for event in refresh.get_asset_materialization_events()}
     assert {"transactions_raw", "customer_features", "merchant_features", "online_features"} <= built
+    assert_catalogue_reads_columns_from(world_db, refresh, "customer_features")
     checks = {
         (e.asset_key.to_user_string(), e.check_name): e.passed for e in refresh.get_asset_check_evaluations()
     }

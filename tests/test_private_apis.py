@@ -370,6 +370,58 @@ def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, t
         assert "supports_check_run_worker_health" in dir(dg.DefaultRunLauncher)
 
 
+def test_dagster_internals_point_a_dbt_run_s_events_at_its_own_database() -> None:
+    """dagster-dbt takes a run's relations from the invocation's ``manifest`` (a settable field), and
+    after the adapter they name the run's database: its ``information_schema`` is the one dagster-dbt
+    then reads column schemas from (the whole path: tests/test_automation.py, a world not named "rtml")."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
+    from dagster_dbt.core.dbt_event_iterator import _get_dbt_resource_props_from_event
+
+    from rtml.defs import dagster_internals as internals
+
+    model = "model.rtml.customer_features"
+    manifest = {
+        "metadata": {"adapter_type": "postgres"},
+        "nodes": {
+            model: {
+                "unique_id": model,
+                "database": "rtml",
+                "schema": "features",
+                "alias": "customer_features",
+                "relation_name": '"rtml"."features"."customer_features"',
+            }
+        },
+        "sources": {
+            "source.rtml.raw.transactions": {
+                "database": "rtml",
+                "relation_name": '"rtml"."raw"."transactions"',
+            }
+        },
+    }
+    invocation = SimpleNamespace(manifest=manifest)
+    event = SimpleNamespace(metadata={"unique_id": dg.TextMetadataValue(model)})
+    with private_api(
+        "dagster-dbt",
+        "DbtCliInvocation.manifest, dbt_event_iterator._get_dbt_resource_props_from_event",
+        "the dbt assets' column metadata (rtml.defs.features.assets._dbt_build)",
+    ):
+        fields = {field.name for field in dataclasses.fields(DbtCliInvocation)}
+        assert "manifest" in fields and not DbtCliInvocation.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        internals.retarget_dbt_invocation(invocation, "fraud")
+        props = _get_dbt_resource_props_from_event(invocation, event)  # type: ignore[arg-type]
+        relation = '"fraud"."features"."customer_features"'
+        assert (props["database"], props["relation_name"]) == ("fraud", relation)
+    source = invocation.manifest["sources"]["source.rtml.raw.transactions"]
+    assert source["relation_name"] == '"fraud"."raw"."transactions"'
+    assert manifest["nodes"][model]["database"] == "rtml"  # a copy: the definitions' manifest is untouched
+    same = SimpleNamespace(manifest=manifest)
+    internals.retarget_dbt_invocation(same, "rtml")
+    assert same.manifest is manifest  # already its database: nothing copied
+
+
 def _trickling(n: int, gap: float) -> Iterator[int]:
     """Events as dbt emits them while it builds: one every ``gap`` seconds."""
     for i in range(n):

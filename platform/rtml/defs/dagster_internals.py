@@ -20,6 +20,12 @@
   process burned a core, on a 2-core machine the one dbt and PostgreSQL waited for (py-spy: 9 s of CPU
   in one drift-to-retraining test). Still so in Dagster 1.13.29, the newest release.
 
+* The database a dbt run's events name (``rtml.defs.features.assets``, :func:`retarget_dbt_invocation`):
+  dagster-dbt reads the relations of a run's models from the manifest the assets were defined with
+  (``DbtCliInvocation.manifest``), which names the database it was parsed against; it fetches their
+  column schemas from ``"<that database>".information_schema.columns``, which PostgreSQL refuses on a
+  connection to a database of another name ("cross-database references are not implemented"). A copy
+  naming the run's database is put in its place.
 * The storage connections of an instance that executes runs itself (the demo's bootstrap,
   :func:`pool_storage_connections`): dagster-postgres opens a new PostgreSQL connection for every event it
   writes (``NullPool``), unless the instance is set up as ``dagster-webserver`` sets up its own
@@ -75,6 +81,7 @@ __all__ = [
     "pool_storage_connections",
     "reconstructable_job",
     "repository_origin",
+    "retarget_dbt_invocation",
     "stop_dbt_busy_wait",
 ]
 
@@ -144,3 +151,28 @@ def pool_storage_connections(instance: dg.DagsterInstance) -> None:
     on a new connection, 1.2-1.4 ms on a pooled one; docs/benchmarks.md). No statement timeout: a run's
     writes may take as long as they need. A no-op for storages that have no pool (SQLite)."""
     instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=8)
+
+
+def retarget_dbt_invocation(invocation: Any, database: str) -> None:
+    """``invocation`` (a ``DbtCliInvocation``) maps its events with a manifest whose models, tests and
+    sources are in ``database``, the one its dbt run built: the catalogue's column schemas, column
+    lineage and table names then come from that database, whatever it is called. A no-op when the
+    manifest names it already."""
+    manifest = invocation.manifest
+
+    def moved(resource: Mapping[str, Any]) -> dict[str, Any]:
+        old, relation = resource.get("database"), resource.get("relation_name")
+        if old is None or old == database:
+            return dict(resource)
+        prefix = f'"{old}".'
+        if relation and relation.startswith(prefix):
+            relation = f'"{database}".{relation.removeprefix(prefix)}'
+        return {**resource, "database": database, "relation_name": relation}
+
+    if all(node.get("database") in (database, None) for node in manifest["nodes"].values()):
+        return
+    invocation.manifest = {
+        **manifest,
+        "nodes": {uid: moved(node) for uid, node in manifest["nodes"].items()},
+        "sources": {uid: moved(source) for uid, source in manifest["sources"].items()},
+    }

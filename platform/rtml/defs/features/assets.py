@@ -27,7 +27,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from rtml.defs.dagster_internals import stop_dbt_busy_wait
+from rtml.defs.dagster_internals import retarget_dbt_invocation, stop_dbt_busy_wait
 from rtml.defs.ingestion.partitions import transactions_partitions
 from rtml.defs.resources import PostgresResource
 from rtml.features.dbt import (
@@ -84,7 +84,8 @@ def _dbt_build(
 ) -> Iterator[Any]:
     # The dbt subprocess inherits os.environ (DbtCliResource has no env argument): the connection
     # comes from the platform's database URL; the window is set only while the subprocess starts.
-    os.environ.update(dbt_env(postgres.database_url()))
+    env = dbt_env(postgres.database_url())
+    os.environ.update(env)
     for name in WINDOW_ENV.values():
         os.environ.pop(name, None)
     os.environ.update(window or {})
@@ -95,6 +96,8 @@ def _dbt_build(
     finally:
         for name in WINDOW_ENV.values():
             os.environ.pop(name, None)
+    # the manifest names the database it was parsed against; the catalogue's columns come from this one
+    retarget_dbt_invocation(invocation, env["DBT_DBNAME"])
     yield from invocation.stream().fetch_column_metadata()
 
 
