@@ -155,8 +155,8 @@ def pool_storage_connections(instance: dg.DagsterInstance) -> None:
 
 def retarget_dbt_invocation(invocation: Any, database: str) -> None:
     """``invocation`` (a ``DbtCliInvocation``) maps its events with a manifest whose models, tests and
-    sources are in ``database``, the one its dbt run built: the catalogue's column schemas, column
-    lineage and table names then come from that database, whatever it is called. A no-op when the
+    sources are in ``database``, the one its dbt run built: the column schemas and column lineage its
+    materializations carry then come from that database, whatever it is called. A no-op when the
     manifest names it already."""
     manifest = invocation.manifest
 
