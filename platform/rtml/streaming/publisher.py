@@ -141,7 +141,7 @@ class EventPublisher:
             except REDIS_ERRORS as exc:
                 self._failed(exc)
                 if self._stop.is_set():  # closing: no retries; close() drops (counts) the rest
-                    self._done_with(events, "dropped")
+                    self._count("dropped", len(events), settling=True)
                     return
                 self._queue.extendleft(reversed(events))  # keep order; sent again (consumers dedupe)
                 self._inflight = 0
@@ -152,23 +152,12 @@ class EventPublisher:
             except redis.exceptions.RedisError as exc:  # Redis answers but refuses (e.g. OOM): not retried
                 log.error("stream publisher: %d events refused: %s", len(events), exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self._done_with(events, "dropped")
+                self._count("dropped", len(events), settling=True)
                 continue
             if not self.redis_ok:
                 log.warning("stream publisher: Redis is back")
             self.redis_ok, self.last_error, backoff = True, None, 0.1
-            self._done_with(events, "published")
-
-    def _done_with(self, events: list[TransactionEvent], outcome: str) -> None:
-        # counted before they leave `pending`: whoever sees pending == 0 sees them counted
-        with self._counts_lock:
-            if self._abandoned:  # close() counted them already
-                self._inflight = 0
-                return
-            setattr(self, outcome, getattr(self, outcome) + len(events))
-            self._inflight = 0
-        if self.on_count is not None and events:
-            self.on_count(outcome, len(events))
+            self._count("published", len(events), settling=True)
 
     def _take(self, limit: int) -> list[TransactionEvent]:
         events: list[TransactionEvent] = []
@@ -187,10 +176,13 @@ class EventPublisher:
             log.warning("stream publisher: Redis unavailable (%s); events wait in memory", exc)
         self.redis_ok, self.last_error = False, f"{type(exc).__name__}: {exc}"
 
-    def _count(self, outcome: str, events: int) -> None:
-        if events <= 0:
-            return
+    def _count(self, outcome: str, events: int, *, settling: bool = False) -> None:
+        """Add ``events`` to ``outcome``. ``settling``: they are the batch in flight, which leaves
+        ``pending`` under the same lock (whoever sees pending == 0 sees it counted), unless close() has
+        counted it already."""
         with self._counts_lock:
+            if settling:
+                events, self._inflight = (0 if self._abandoned else events), 0
             setattr(self, outcome, getattr(self, outcome) + events)
-        if self.on_count is not None:
+        if self.on_count is not None and events > 0:
             self.on_count(outcome, events)
