@@ -3,7 +3,8 @@ version that changes one fails here, by name, rather than in the scorer, a push 
 
 * redis-py: ``rtml.features.online.redis_wire`` (the online read, the bulk push)
 * treelite: ``rtml.training.treelite_gtil`` (the compiled model's prediction)
-* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, dagster-dbt's wait)
+* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, pooled event writes)
+* dagster-dbt: ``rtml.defs.dagster_dbt_internals`` (its wait, its manifest's database, its dbt version)
 * dbt-common: ``rtml.features.dbt_internals`` (the source of a behaviour flag)
 * scikit-learn: ``rtml.training.sklearn_internals`` (the booster's bin thresholds under sample weights)
 * MLflow: ``rtml.training.mlflow_internals`` (the map of installed packages, built before logging)
@@ -370,7 +371,7 @@ def test_dagster_internals_ask_a_code_server_for_its_runs(tiny_location: Path, t
         assert "supports_check_run_worker_health" in dir(dg.DefaultRunLauncher)
 
 
-def test_dagster_internals_point_a_dbt_run_s_events_at_its_own_database() -> None:
+def test_dagster_dbt_internals_point_a_dbt_run_s_events_at_its_own_database() -> None:
     """dagster-dbt takes a run's relations from the invocation's ``manifest`` (a settable field), and
     after the adapter they name the run's database: its ``information_schema`` is the one dagster-dbt
     then reads column schemas from (the whole path: tests/test_automation.py, a world not named "rtml")."""
@@ -380,7 +381,7 @@ def test_dagster_internals_point_a_dbt_run_s_events_at_its_own_database() -> Non
     from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
     from dagster_dbt.core.dbt_event_iterator import _get_dbt_resource_props_from_event
 
-    from rtml.defs import dagster_internals as internals
+    from rtml.defs import dagster_dbt_internals as internals
 
     model = "model.rtml.customer_features"
     manifest = {
@@ -439,16 +440,16 @@ def _consumer_cpu(imap: Any) -> tuple[list[int], float]:
         return results, time.thread_time() - began
 
 
-def test_dagster_internals_wait_for_dbt_s_events_without_spinning() -> None:
+def test_dagster_dbt_internals_wait_for_dbt_s_events_without_spinning() -> None:
     from dagster._core.utils import imap
     from dagster_dbt.core import dbt_event_iterator
 
-    from rtml.defs import dagster_internals as internals
+    from rtml.defs import dagster_dbt_internals as internals
 
     with private_api(
         "dagster",
         "dagster._core.utils.imap (as dagster_dbt.core.dbt_event_iterator calls it)",
-        "stop_dbt_busy_wait (the dbt assets' fetch_column_metadata, rtml.defs.dagster_internals)",
+        "stop_dbt_busy_wait (the dbt assets' fetch_column_metadata, rtml.defs.dagster_dbt_internals)",
     ):
         # the cause, measured: the pinned version's consumer burns CPU the whole time it waits (a loaded
         # machine gives the spinning thread less than the whole second: the bar is low) ...
@@ -470,10 +471,51 @@ def test_dagster_internals_wait_for_dbt_s_events_without_spinning() -> None:
         assert dbt_event_iterator.imap is internals.imap_blocking
 
 
+def test_dagster_dbt_internals_know_the_environment_s_dbt_version_without_asking_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dbt assets' resource answers dagster-dbt's ``_cli_version`` with what ``dbt --version`` prints,
+    without starting it; another executable is still asked (a stand-in script that prints a version)."""
+    import inspect
+
+    import dagster_dbt
+    from dagster_dbt.core import resource as dbt_resource
+
+    from rtml.defs import dagster_dbt_internals as internals
+    from rtml.defs.features.assets import defs
+    from rtml.features.dbt import dbt_executable, project_dir
+
+    with private_api(
+        "dagster-dbt",
+        "DbtCliResource._cli_version (a cached property that cli() reads before every command)",
+        "the dbt assets' resource (rtml.defs.dagster_dbt_internals.DbtCliResource)",
+    ):
+        assert "self._cli_version" in inspect.getsource(dagster_dbt.DbtCliResource.cli)
+        asked: list[list[str]] = []
+        real_check_output = dbt_resource.check_output
+
+        def recorded(args: list[str], *rest: Any, **options: Any) -> bytes:
+            asked.append(list(args))
+            return real_check_output(args, *rest, **options)
+
+        monkeypatch.setattr(dbt_resource, "check_output", recorded)
+        printed = dagster_dbt.DbtCliResource(project_dir=str(project_dir()), dbt_executable=dbt_executable())
+        assert printed._cli_version.major == 1 and asked == [[dbt_executable(), "--version"]]
+        resource = defs.resources["dbt"]
+        assert isinstance(resource, internals.DbtCliResource)
+        assert resource.dbt_executable == dbt_executable()
+        assert resource._cli_version == printed._cli_version and len(asked) == 1
+        other = tmp_path / "dbt"
+        other.write_text("#!/bin/sh\necho 'Core:\n  - installed: 1.10.3'\n")
+        other.chmod(0o755)
+        asked_other = internals.DbtCliResource(project_dir=str(project_dir()), dbt_executable=str(other))
+        assert str(asked_other._cli_version) == "1.10.3" and asked[-1] == [str(other), "--version"]
+
+
 def test_imap_blocking_keeps_the_order_and_raises_what_failed() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from rtml.defs.dagster_internals import imap_blocking
+    from rtml.defs.dagster_dbt_internals import imap_blocking
 
     def first_finishes_last(i: int) -> int:
         time.sleep(0.05 * (5 - i))
@@ -633,6 +675,7 @@ ADAPTERS = {
     "redis_wire": "platform/rtml/features/online/redis_wire.py",
     "treelite_gtil": "platform/rtml/training/treelite_gtil.py",
     "dagster_internals": "platform/rtml/defs/dagster_internals.py",
+    "dagster_dbt_internals": "platform/rtml/defs/dagster_dbt_internals.py",
     "dbt_internals": "platform/rtml/features/dbt_internals.py",
     "sklearn_internals": "platform/rtml/training/sklearn_internals.py",
     "mlflow_internals": "platform/rtml/training/mlflow_internals.py",
@@ -649,6 +692,7 @@ PRIVATE_ATTRIBUTES = {
     },
     "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
     "dagster_internals": {"optimize_for_webserver"},
+    "dagster_dbt_internals": {"_cli_version"},
     "dbt_internals": {"_default_source"},
     "sklearn_internals": {"_find_binning_thresholds", "_weighted_percentile"},
     "mlflow_internals": {"_init_modules_to_packages_map"},

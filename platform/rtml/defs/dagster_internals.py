@@ -13,34 +13,18 @@
   with them (the CLI's backfill, the sensors), and Dagster exports no public name for them.
 * CI's check of ``docker/dagster.yaml`` (tests/test_cicd.py): validated as Dagster validates it when it
   opens the instance, without opening it (its storage is only reachable inside the compose stack).
-* The wait of dagster-dbt's metadata fetching (``rtml.defs.features.assets``, :func:`stop_dbt_busy_wait`):
-  ``DbtEventIterator.fetch_column_metadata()`` (the dbt assets' column schemas in the catalogue) maps
-  the events on a thread pool through ``dagster._core.utils.imap``, whose consumer never blocks while
-  no event is ready: it re-checks as fast as it can. For the whole of every ``dbt build`` the run's
-  process burned a core, on a 2-core machine the one dbt and PostgreSQL waited for (py-spy: 9 s of CPU
-  in one drift-to-retraining test). Still so in Dagster 1.13.29, the newest release.
-
-* The database a dbt run's events name (``rtml.defs.features.assets``, :func:`retarget_dbt_invocation`):
-  dagster-dbt reads the relations of a run's models from the manifest the assets were defined with
-  (``DbtCliInvocation.manifest``), which names the database it was parsed against; it fetches their
-  column schemas from ``"<that database>".information_schema.columns``, which PostgreSQL refuses on a
-  connection to a database of another name ("cross-database references are not implemented"). A copy
-  naming the run's database is put in its place.
 * The storage connections of an instance that executes runs itself (the demo's bootstrap,
   :func:`pool_storage_connections`): dagster-postgres opens a new PostgreSQL connection for every event it
   writes (``NullPool``), unless the instance is set up as ``dagster-webserver`` sets up its own
   (``DagsterInstance.optimize_for_webserver``, which swaps in a pooled engine).
-
 Used here and nowhere else. dagster is pinned (pyproject.toml); tests/test_private_apis.py fails by
 name when a new version changes any of them.
 """
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 from dagster._cli.workspace.cli_target import PythonPointerOpts, get_repository_python_origin_from_cli_opts
@@ -60,9 +44,6 @@ from dagster._grpc.types import GetCurrentRunsResult
 from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
 from dagster._utils.interrupts import capture_interrupts
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 PARTITION_TAG = PARTITION_NAME_TAG
 RANGE_TAGS = (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
 
@@ -81,8 +62,6 @@ __all__ = [
     "pool_storage_connections",
     "reconstructable_job",
     "repository_origin",
-    "retarget_dbt_invocation",
-    "stop_dbt_busy_wait",
 ]
 
 
@@ -114,36 +93,6 @@ def instance_config(directory: str) -> Mapping[str, Any]:
     return config
 
 
-def imap_blocking(executor: Executor, iterable: Iterable[T], func: Callable[[T], R]) -> Iterator[R]:
-    """``dagster._core.utils.imap``'s contract (``func`` over ``iterable`` on ``executor``; results in
-    order, each as soon as it is done; the feed's exception raised after the results before it) without
-    its busy wait: a task feeds the futures into a queue as the items arrive, and the consumer blocks on
-    the queue, then on the oldest future."""
-    futures: queue.SimpleQueue[Future[R] | None] = queue.SimpleQueue()
-
-    def feed() -> None:
-        try:
-            for item in iterable:
-                futures.put(executor.submit(func, item))
-        finally:
-            futures.put(None)  # the end, also of a failed feed
-
-    feeder = executor.submit(feed)
-    while (future := futures.get()) is not None:
-        yield future.result()
-    error = feeder.exception()
-    if error is not None:
-        raise error
-
-
-def stop_dbt_busy_wait() -> None:
-    """dagster-dbt's event mapping (``fetch_column_metadata``, ``fetch_row_counts``) waits on
-    :func:`imap_blocking` instead of spinning. Idempotent."""
-    from dagster_dbt.core import dbt_event_iterator
-
-    dbt_event_iterator.imap = imap_blocking
-
-
 def pool_storage_connections(instance: dg.DagsterInstance) -> None:
     """The instance's PostgreSQL storages keep their connections in a pool (one kept open, up to eight
     more while writers overlap), as ``dagster-webserver`` does, instead of connecting for every call: a
@@ -151,28 +100,3 @@ def pool_storage_connections(instance: dg.DagsterInstance) -> None:
     on a new connection, 1.2-1.4 ms on a pooled one; docs/benchmarks.md). No statement timeout: a run's
     writes may take as long as they need. A no-op for storages that have no pool (SQLite)."""
     instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=8)
-
-
-def retarget_dbt_invocation(invocation: Any, database: str) -> None:
-    """``invocation`` (a ``DbtCliInvocation``) maps its events with a manifest whose models, tests and
-    sources are in ``database``, the one its dbt run built: the column schemas and column lineage its
-    materializations carry then come from that database, whatever it is called. A no-op when the
-    manifest names it already."""
-    manifest = invocation.manifest
-
-    def moved(resource: Mapping[str, Any]) -> dict[str, Any]:
-        old, relation = resource.get("database"), resource.get("relation_name")
-        if old is None or old == database:
-            return dict(resource)
-        prefix = f'"{old}".'
-        if relation and relation.startswith(prefix):
-            relation = f'"{database}".{relation.removeprefix(prefix)}'
-        return {**resource, "database": database, "relation_name": relation}
-
-    if all(node.get("database") in (database, None) for node in manifest["nodes"].values()):
-        return
-    invocation.manifest = {
-        **manifest,
-        "nodes": {uid: moved(node) for uid, node in manifest["nodes"].items()},
-        "sources": {uid: moved(source) for uid, source in manifest["sources"].items()},
-    }

@@ -22,12 +22,11 @@ from dagster import AssetExecutionContext
 from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
-    DbtCliResource,
     DbtProject,
     dbt_assets,
 )
 
-from rtml.defs.dagster_internals import retarget_dbt_invocation, stop_dbt_busy_wait
+from rtml.defs.dagster_dbt_internals import DbtCliResource, retarget_dbt_invocation, stop_dbt_busy_wait
 from rtml.defs.ingestion.partitions import transactions_partitions
 from rtml.defs.resources import PostgresResource
 from rtml.features.dbt import (
@@ -137,7 +136,7 @@ defs = dg.Definitions(
     assets=[dbt_incremental_features, dbt_feature_tables],
     resources={
         "dbt": DbtCliResource(
-            project_dir=dbt_project, profiles_dir=str(project_dir()), dbt_executable=dbt_executable()
+            project_dir=str(project_dir()), profiles_dir=str(project_dir()), dbt_executable=dbt_executable()
         )
     },
 )
