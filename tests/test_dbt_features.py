@@ -22,7 +22,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from rtml.features.dbt import dbt_vars, run_dbt
+from rtml.features.dbt import dbt_vars, prune_invocations, run_dbt
 from rtml.features.feature_registry import load_registry
 from rtml.features.sample_data import load_sample, simulated_frames
 
@@ -479,3 +479,24 @@ def test_dbt_runs_in_process_with_the_exit_codes_and_output_of_its_cli(
     assert run_dbt(["no-such-command"], empty, check=False).returncode == 2
     assert "rtml.staging.stg_labels" in run_dbt(["ls", "--select", "stg_labels"], empty).stdout.splitlines()
     assert os.environ["DBT_DBNAME"] == "the-caller-s" and "DBT_HOST" not in os.environ
+
+
+def test_only_the_newest_folders_of_an_asset_s_dbt_commands_are_kept(tmp_path: Path) -> None:
+    """dagster-dbt's folder per dbt command (``<asset>-<run>-<id>``): the newest ``keep`` of the asset stay;
+    other assets' folders and the project's own files in target/ are not touched."""
+    for name in ("manifest.json", "partial_parse.msgpack"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "compiled").mkdir()
+    other = tmp_path / "dbt_feature_tables-1111111-aaaaaaa"
+    other.mkdir()
+    folders = [tmp_path / f"dbt_incremental_features-{i:07d}-bbbbbbb" for i in range(5)]
+    for i, folder in enumerate(folders):
+        folder.mkdir()
+        (folder / "run_results.json").write_text("{}")
+        os.utime(folder, (1_000_000 + i, 1_000_000 + i))
+    os.utime(folders[0], (2_000_000, 2_000_000))  # modified last: the newest whatever its name
+
+    assert prune_invocations(tmp_path, "dbt_incremental_features", keep=2) == folders[1:4]
+    assert [folder.exists() for folder in folders] == [True, False, False, False, True]
+    assert other.exists() and (tmp_path / "compiled").exists() and (tmp_path / "manifest.json").exists()
+    assert prune_invocations(tmp_path, "dbt_incremental_features", keep=2) == []  # nothing more to do

@@ -5,6 +5,9 @@ checks and pass; ``features.customer_features`` has one row per loaded transacti
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -14,6 +17,7 @@ import pytest
 from rtml.definitions import defs
 from rtml.defs.automation.tags import range_tags
 from rtml.defs.features.assets import dbt_feature_tables, dbt_incremental_features
+from rtml.features.dbt import INVOCATIONS_KEPT, target_dir
 from rtml.stack.local import StackInfo
 
 HOURS = ("2026-11-01-00:00", "2026-11-01-02:00")  # three hourly partitions, one run
@@ -109,8 +113,19 @@ def test_raw_to_features_through_dagster(instance: dg.DagsterInstance, database_
     assert loaded > 0
     assert features == distinct == loaded
 
+    # dagster-dbt leaves a folder per dbt command in target/: the run removes all but the newest
+    stale = [target_dir() / f"dbt_feature_tables-0000000-stale{i:02d}" for i in range(INVOCATIONS_KEPT + 2)]
+    day_ago = time.time() - 86400
+    for i, folder in enumerate(stale):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dbt.log").write_text("an old command's log\n")
+        os.utime(folder, (day_ago + i, day_ago + i))
     tables = _run(instance, "test_feature_tables")
     assert tables.success
+    assert not any(folder.exists() for folder in stale[:3]), "the oldest folders stay"
+    assert list(target_dir().glob(f"dbt_feature_tables-{tables.run_id[:7]}-*")), "the run's own folder went"
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
     built = {m.asset_key for m in tables.get_asset_materialization_events()}
     assert built == {
         dg.AssetKey(name)

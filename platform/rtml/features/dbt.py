@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,6 +33,33 @@ def target_dir() -> Path:
     """The project's ``target/``; ``DBT_TARGET_PATH`` (dbt's own variable) moves it. Tests that build
     other databases use their own, so the platform's manifest always names the platform database."""
     return Path(os.environ.get("DBT_TARGET_PATH") or project_dir() / "target")
+
+
+INVOCATIONS_KEPT = 24
+"""dbt commands of a Dagster dbt asset whose folders are kept (see :func:`prune_invocations`)."""
+
+
+def prune_invocations(folder: Path, prefix: str, keep: int | None = None) -> list[Path]:
+    """Remove all but the newest ``keep`` (:data:`INVOCATIONS_KEPT`) folders ``<prefix>-*`` in ``folder``;
+    the removed ones.
+
+    dagster-dbt gives every dbt command a Dagster run makes a folder of its own in ``target/``
+    (``<asset>-<run id>-<random>``: its manifest, compiled SQL, results and debug log, about 4 MB) and
+    never removes it: the hourly refresh alone left about 180 MB a day. The newest stay for whoever
+    investigates a run; a folder still being written is among them (its command started last)."""
+
+    def modified(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile by another run's prune
+            return float("-inf")
+
+    keep = INVOCATIONS_KEPT if keep is None else keep
+    folders = sorted((path for path in folder.glob(f"{prefix}-*") if path.is_dir()), key=modified)
+    old = folders[: max(len(folders) - keep, 0)]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def manifest_path() -> Path:

@@ -15,6 +15,7 @@
 
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -37,6 +38,7 @@ from rtml.features.dbt import (
     ensure_manifest,
     manifest_is_stale,
     project_dir,
+    prune_invocations,
     window_env,
 )
 from rtml.features.dbt_internals import stop_flag_source_stack_walk
@@ -97,7 +99,12 @@ def _dbt_build(
             os.environ.pop(name, None)
     # the manifest names the database it was parsed against; the catalogue's columns come from this one
     retarget_dbt_invocation(invocation, env["DBT_DBNAME"])
-    yield from invocation.stream().fetch_column_metadata()
+    try:
+        yield from invocation.stream().fetch_column_metadata()
+    finally:
+        # its folder under target/ (relative to the project, unless DBT_TARGET_PATH is absolute)
+        folder = Path(invocation.project_dir) / invocation.target_path.parent
+        prune_invocations(folder, context.op_execution_context.op.name)
 
 
 @dbt_assets(
