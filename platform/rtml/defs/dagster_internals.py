@@ -17,8 +17,9 @@
   :func:`pool_storage_connections`): dagster-postgres opens a new PostgreSQL connection for every event it
   writes (``NullPool``), unless the instance is set up as ``dagster-webserver`` sets up its own
   (``DagsterInstance.optimize_for_webserver``, which swaps in a pooled engine).
-Used here and nowhere else. dagster is pinned (pyproject.toml); tests/test_private_apis.py fails by
-name when a new version changes any of them.
+
+dagster-dbt's are in ``rtml.defs.dagster_dbt_internals``. Used here and nowhere else. dagster is pinned
+(pyproject.toml); tests/test_private_apis.py fails by name when a new version changes any of them.
 """
 
 from __future__ import annotations

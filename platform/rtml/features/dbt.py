@@ -39,9 +39,8 @@ INVOCATIONS_KEPT = 24
 """dbt commands of a Dagster dbt asset whose folders are kept (see :func:`prune_invocations`)."""
 
 
-def prune_invocations(folder: Path, prefix: str, keep: int | None = None) -> list[Path]:
-    """Remove all but the newest ``keep`` (:data:`INVOCATIONS_KEPT`) folders ``<prefix>-*`` in ``folder``;
-    the removed ones.
+def prune_invocations(folder: Path, prefix: str, keep: int = INVOCATIONS_KEPT) -> list[Path]:
+    """Remove all but the newest ``keep`` folders ``<prefix>-*`` in ``folder``; the removed ones.
 
     dagster-dbt gives every dbt command a Dagster run makes a folder of its own in ``target/``
     (``<asset>-<run id>-<random>``: its manifest, compiled SQL, results and debug log, about 4 MB) and
@@ -54,7 +53,6 @@ def prune_invocations(folder: Path, prefix: str, keep: int | None = None) -> lis
         except FileNotFoundError:  # removed meanwhile by another run's prune
             return float("-inf")
 
-    keep = INVOCATIONS_KEPT if keep is None else keep
     folders = sorted((path for path in folder.glob(f"{prefix}-*") if path.is_dir()), key=modified)
     old = folders[: max(len(folders) - keep, 0)]
     for path in old:
