@@ -90,3 +90,27 @@ def test_other_pipelines_are_not_compiled() -> None:
 
 def test_empty_input_scores_nothing(pipeline: Pipeline) -> None:
     assert compile_pipeline(pipeline).predict([]).shape == (0,)
+
+
+def test_a_split_on_missing_values_alone_compiles_and_scores_the_same() -> None:
+    """A split that sends only missing values one way has the threshold +inf in sklearn's trees (a model
+    trained on the training benchmark's 1M rows has one); the compiled model reads it exactly (treelite's
+    JSON dump cannot write it: the compilation failed on it) and scores like the pipeline."""
+    rng = np.random.default_rng(3)
+    frame, _ = synthetic(5_000, seed=3)
+    missing = frame["zscore"].isna().to_numpy()
+    y = (missing ^ (rng.random(len(frame)) < 0.05)).astype(int)  # the missingness is the signal
+    pipeline = build_pipeline(SPEC, max_iter=5).fit(frame, y)
+    thresholds = [
+        float(node["num_threshold"])
+        for trees in pipeline[-1]._predictors  # sklearn's private nodes, as the reference only
+        for tree in trees
+        for node in tree.nodes[(tree.nodes["is_leaf"] == 0) & (tree.nodes["is_categorical"] == 0)]
+    ]
+    assert np.inf in thresholds
+
+    compiled = compile_pipeline(pipeline)
+    assert np.inf in set(probe_rows(compiled, n=5_000)["zscore"])
+    scored, _ = synthetic(2_000, seed=4)
+    expected = pipeline.predict_proba(scored)[:, 1]
+    np.testing.assert_allclose(compiled.predict(scored.to_dict("records")), expected, rtol=0, atol=1e-9)

@@ -17,7 +17,6 @@ raises ``NotCompilable`` and the caller keeps scoring with sklearn.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ import pandas as pd
 from rtml.training import treelite_gtil
 
 TOLERANCE = 1e-9
+NUMERICAL_TEST_NODE = 1
+"""treelite's ``node_type`` of a numerical split (its model format v4: leaf 0, numerical 1, categorical 2)."""
 
 
 class NotCompilable(ValueError):
@@ -121,13 +122,18 @@ def probe_rows(compiled: CompiledModel, *, n: int = 2000, seed: int = 0) -> pd.D
     rng = np.random.default_rng(seed)
     offset = len(compiled.categorical)
     thresholds: dict[int, list[float]] = {j: [] for j in range(len(compiled.numeric))}
-    # the imported booster's public JSON dump: the same thresholds, bit for bit, as the classifier's own
-    # (private) predictor nodes, in the same feature order (categorical columns first)
-    for tree in json.loads(compiled.booster.dump_as_json())["trees"]:
-        for node in tree["nodes"]:
-            feature = node.get("split_feature_id", -1)
-            if node.get("node_type") == "numerical_test_node" and feature >= offset:
-                thresholds[feature - offset].append(float(node["threshold"]))
+    # the imported booster's trees through treelite's field accessors: the same thresholds, bit for bit,
+    # as the classifier's own (private) predictor nodes, in the same feature order (categorical columns
+    # first). Not its JSON dump: that writes a split on missing values alone (threshold +inf) as
+    # `"threshold": ,`, which no JSON parser reads (a booster fitted on 1M rows of the benchmark has one).
+    booster = compiled.booster
+    for tree_id in range(booster.num_tree):
+        tree = booster.get_tree_accessor(tree_id)
+        numerical = tree.get_field("node_type") == NUMERICAL_TEST_NODE
+        features, splits = tree.get_field("split_index")[numerical], tree.get_field("threshold")[numerical]
+        for feature, threshold in zip(features, splits, strict=True):
+            if feature >= offset:
+                thresholds[int(feature) - offset].append(float(threshold))
     frame: dict[str, Any] = {}
     for name, codes in zip(compiled.categorical, compiled.codes, strict=True):
         choices = np.array([*codes, "<unknown category>", None, math.nan], dtype=object)
