@@ -22,7 +22,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from rtml.features.dbt import dbt_vars, prune_invocations, run_dbt
+from rtml.features.dbt import dbt_vars, project_dir, prune_invocations, run_dbt, target_dir
 from rtml.features.feature_registry import load_registry
 from rtml.features.sample_data import load_sample, simulated_frames
 
@@ -500,3 +500,15 @@ def test_only_the_newest_folders_of_an_asset_s_dbt_commands_are_kept(tmp_path: P
     assert [folder.exists() for folder in folders] == [True, False, False, False, True]
     assert other.exists() and (tmp_path / "compiled").exists() and (tmp_path / "manifest.json").exists()
     assert prune_invocations(tmp_path, "dbt_incremental_features", keep=2) == []  # nothing more to do
+
+
+def test_the_target_folder_is_where_dbt_writes_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``DBT_TARGET_PATH`` as dbt resolves it (``Project.project_target_path``): a relative one from the
+    project's folder, whatever the working directory; an absolute one as it is."""
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    assert target_dir() == project_dir() / "target"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DBT_TARGET_PATH", "elsewhere/target")
+    assert target_dir() == project_dir() / "elsewhere" / "target"
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "absolute"))
+    assert target_dir() == tmp_path / "absolute"

@@ -30,9 +30,10 @@ def project_dir() -> Path:
 
 
 def target_dir() -> Path:
-    """The project's ``target/``; ``DBT_TARGET_PATH`` (dbt's own variable) moves it. Tests that build
-    other databases use their own, so the platform's manifest always names the platform database."""
-    return Path(os.environ.get("DBT_TARGET_PATH") or project_dir() / "target")
+    """The project's ``target/``; ``DBT_TARGET_PATH`` (dbt's own variable) moves it, a relative one from
+    the project's folder as dbt reads it. Tests that build other databases use their own, so the
+    platform's manifest always names the platform database."""
+    return project_dir() / (os.environ.get("DBT_TARGET_PATH") or "target")
 
 
 INVOCATIONS_KEPT = 24
