@@ -226,6 +226,55 @@ def test_hourly_incremental_run_equals_full_build(built: str) -> None:
     pd.testing.assert_frame_equal(full.drop(columns="loaded_at"), incremental.drop(columns="loaded_at"))
 
 
+def test_an_hourly_build_tests_the_rows_of_its_window(built: str) -> None:
+    """A windowed ``dbt build`` (Dagster's hourly runs) tests the rows it wrote: a bad row of another
+    hour fails the full test run, not the hourly build of this hour, whose row-level tests read only
+    the window (macros/test_window.sql); a whole-table test (``unique``) still reads every row."""
+    lo = START + timedelta(days=2, hours=14)
+    window = dbt_vars({"min_ts": lo.isoformat(), "max_ts": (lo + timedelta(hours=1)).isoformat()})
+    with psycopg.connect(built) as conn:
+        row = conn.execute(
+            "select transaction_id, txn_count_1h from features.customer_features where event_ts < %s"
+            " order by event_ts limit 1",
+            (lo - timedelta(days=1),),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "update features.customer_features set txn_count_1h = -1 where transaction_id = %s", (row[0],)
+        )
+    try:
+        hourly = run_dbt(["build", "--select", "customer_features", *window], built, check=False)
+        assert hourly.returncode == 0, hourly.stdout[-3000:]
+        tests = {
+            r["unique_id"]: r
+            for r in json.loads((run_dbt_target() / "run_results.json").read_text())["results"]
+        }
+        ranged = [
+            uid for uid in tests if "expect_column_values_to_be_between_customer_features_txn_count_1h" in uid
+        ]
+        assert ranged and all(tests[uid]["status"] == "pass" for uid in ranged)
+        compiled = {uid: str(tests[uid].get("compiled_code") or "") for uid in tests}
+        [unique] = [
+            uid for uid in tests if uid.startswith("test.rtml.unique_customer_features_transaction_id")
+        ]
+        assert lo.isoformat() in compiled[ranged[0]] and lo.isoformat() not in compiled[unique]
+
+        full = run_dbt(["test", "--select", "customer_features"], built, check=False)
+        assert full.returncode != 0, "the full test run should fail on the bad row"
+        failed = {
+            r["unique_id"]
+            for r in json.loads((run_dbt_target() / "run_results.json").read_text())["results"]
+            if r["status"] == "fail"
+        }
+        assert any("customer_features_txn_count_1h" in uid for uid in failed), failed
+    finally:
+        with psycopg.connect(built) as conn:
+            conn.execute(
+                "update features.customer_features set txn_count_1h = %s where transaction_id = %s",
+                (row[1], row[0]),
+            )
+
+
 def test_latest_state_is_features_of_a_transaction_right_after_the_newest(built: str) -> None:
     run_dbt(["run", "--select", "customer_features_latest"], built)
     latest = query(built, "select * from features.customer_features_latest").set_index("customer_id")
