@@ -55,19 +55,13 @@ def built(scratch_database: Callable[[str], str], separate_dbt_target: Path) -> 
     load_sample(url, with_ties(transactions, 150), labels)
     proc = run_dbt(["build", "--full-refresh"], url, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    results = json.loads((run_dbt_target() / "run_results.json").read_text())["results"]
+    results = json.loads((target_dir() / "run_results.json").read_text())["results"]
     statuses = {r["unique_id"]: r["status"] for r in results}
     # every model built, every data test and unit test passed (warnings allowed: freshness of old data)
     assert all(s in {"success", "pass", "warn"} for s in statuses.values()), statuses
     assert sum(uid.startswith("unit_test.") for uid in statuses) >= 4
     assert sum(uid.startswith("test.") for uid in statuses) >= 50
     yield url
-
-
-def run_dbt_target():  # type: ignore[no-untyped-def]
-    from rtml.features.dbt import target_dir
-
-    return target_dir()
 
 
 def pandas_features(stg: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
@@ -246,8 +240,7 @@ def test_an_hourly_build_tests_the_rows_of_its_window(built: str) -> None:
         hourly = run_dbt(["build", "--select", "customer_features", *window], built, check=False)
         assert hourly.returncode == 0, hourly.stdout[-3000:]
         tests = {
-            r["unique_id"]: r
-            for r in json.loads((run_dbt_target() / "run_results.json").read_text())["results"]
+            r["unique_id"]: r for r in json.loads((target_dir() / "run_results.json").read_text())["results"]
         }
         ranged = [
             uid for uid in tests if "expect_column_values_to_be_between_customer_features_txn_count_1h" in uid
@@ -261,12 +254,8 @@ def test_an_hourly_build_tests_the_rows_of_its_window(built: str) -> None:
 
         full = run_dbt(["test", "--select", "customer_features"], built, check=False)
         assert full.returncode != 0, "the full test run should fail on the bad row"
-        failed = {
-            r["unique_id"]
-            for r in json.loads((run_dbt_target() / "run_results.json").read_text())["results"]
-            if r["status"] == "fail"
-        }
-        assert any("customer_features_txn_count_1h" in uid for uid in failed), failed
+        failed = failed_tests(target_dir())
+        assert any("customer_features_txn_count_1h" in name for name in failed), failed
     finally:
         with psycopg.connect(built) as conn:
             conn.execute(
