@@ -4,6 +4,7 @@ servers, and runs launched through the UI's GraphQL API, which the daemon then l
 
 * A run whose worker is SIGKILLed together with its code server is marked failed by the daemon's run
   monitoring (``MonitoredRunLauncher``); a run whose worker outlived that code server is left running.
+  Both workers were forked by the code server's forkserver (``rtml.defs.executor``), which ends with it.
   (A worker killed under a live code server is reported by the code server itself: Dagster's own.)
 * Ctrl-C stops every process the demo started within 15 s, the in-flight run included, which ends
   CANCELED; so does Ctrl-C of ``rtml backfill`` (its run executes in a ``dagster`` CLI process).
@@ -177,6 +178,10 @@ def test_a_run_whose_code_server_dies_with_it_is_marked_failed_by_run_monitoring
     assert pid is not None
     # launched without run config: the code location's executor runs the steps in the worker itself
     assert f"Executing steps in process (pid: {pid})" in demo.messages(run_id)
+    # forked by the code server's forkserver, which imported the code location and Evidently once
+    forkserver = " ".join(_command_line(psutil.Process(pid).parent()))
+    assert "multiprocessing.forkserver" in forkserver and "'rtml.definitions', 'evidently'" in forkserver
+    assert psutil.Process(pid).parent().parent().pid == code_server.pid
     for process in [code_server, psutil.Process(pid)]:  # not the other run's worker
         process.kill()
     try:

@@ -3,7 +3,8 @@ version that changes one fails here, by name, rather than in the scorer, a push 
 
 * redis-py: ``rtml.features.online.redis_wire`` (the online read, the bulk push)
 * treelite: ``rtml.training.treelite_gtil`` (the compiled model's prediction)
-* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, pooled event writes)
+* Dagster: ``rtml.defs.dagster_internals`` (run monitoring, the demo's bootstrap, pooled event writes,
+  forked run workers)
 * dagster-dbt: ``rtml.defs.dagster_dbt_internals`` (its wait, its manifest's database, its dbt version)
 * dbt-common: ``rtml.features.dbt_internals`` (the source of a behaviour flag)
 * scikit-learn: ``rtml.training.sklearn_internals`` (the booster's bin thresholds under sample weights)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,6 +295,54 @@ def test_dagster_internals_pool_an_instance_s_storage_connections(
         result = dg.materialize([pooled], instance=instance)
         assert result.success and instance.get_latest_materialization_event(dg.AssetKey("pooled"))
         assert instance.get_run_by_id(result.run_id) is not None
+
+
+def test_dagster_internals_fork_a_code_server_s_run_workers_from_its_preloaded_forkserver(
+    tmp_path: Path,
+) -> None:
+    """A real code server (``dagster api grpc``, as the webserver and the daemon start one) whose code
+    location calls ``fork_run_workers`` starts a launched run in a process forked from a forkserver that
+    had imported the location: the run's op finds its module imported by its parent, not by itself."""
+    socket = tmp_path / "code.sock"
+    (tmp_path / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(f"load_from:\n  - grpc_server:\n      socket: {socket}\n      host: localhost\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    server = subprocess.Popen(
+        [dagster, "api", "grpc", "--socket", str(socket), "-m", "tests.forked_location"],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        launch = [dagster, "job", "launch", "-w", str(workspace), "-j", "where_am_i_job"]
+        deadline = time.monotonic() + 60
+        while subprocess.run(launch, env=env, cwd=ROOT, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and server.poll() is None, "the code server did not serve"
+            time.sleep(0.5)
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            [run] = instance.get_runs()
+            while not (run := instance.get_run_by_id(run.run_id)).is_finished:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline + 60, "the run did not finish"
+                time.sleep(0.25)
+            logs = " ".join(entry.user_message for entry in instance.all_logs(run.run_id))
+        with private_api(
+            "dagster",
+            "DagsterApiServer._mp_ctx (how StartRun starts a run's process)",
+            "the code servers' run workers (rtml.defs.executor)",
+        ):
+            assert run.status == dg.DagsterRunStatus.SUCCESS, logs[-3000:]
+            found = re.search(r"run worker (\d+), child of (\d+), module imported by (\d+)", logs)
+            assert found, logs[-3000:]
+            worker, parent, importer = map(int, found.groups())
+            assert importer == parent != worker  # imported once, in the forkserver, before the fork
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def test_dagster_internals_validate_a_dagster_yaml_as_the_instance_reads_it(tmp_path: Path) -> None:
@@ -691,7 +741,7 @@ PRIVATE_ATTRIBUTES = {
         "_sock",
     },
     "treelite_gtil": {"_LIB", "_check_call", "GTILConfig"},
-    "dagster_internals": {"optimize_for_webserver"},
+    "dagster_internals": {"optimize_for_webserver", "_mp_ctx"},
     "dagster_dbt_internals": {"_cli_version"},
     "dbt_internals": {"_default_source"},
     "sklearn_internals": {"_find_binning_thresholds", "_weighted_percentile"},

@@ -781,6 +781,13 @@ class StackSettings(_Slice):
         "canceled and its processes to exit by themselves; then what is left is killed (SIGKILL) and its "
         "runs are marked canceled. Everything the demo started is gone at most about 3 s later.",
     )
+    fork_run_workers: bool = Field(
+        True,
+        description="Dagster's code servers (the stack's and the compose stack's) start each run's process "
+        "by forking a process that imported the code location and Evidently once, instead of a new Python "
+        "that imports them for every run (about 3 s before a run's first step here, and Evidently's import "
+        "in the drift check's). Off: Dagster's own `spawn`.",
+    )
     run_monitoring_interval_s: int = Field(
         30,
         description="How often the Dagster daemon checks the in-flight runs (run monitoring in the "

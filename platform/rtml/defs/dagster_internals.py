@@ -17,6 +17,9 @@
   :func:`pool_storage_connections`): dagster-postgres opens a new PostgreSQL connection for every event it
   writes (``NullPool``), unless the instance is set up as ``dagster-webserver`` sets up its own
   (``DagsterInstance.optimize_for_webserver``, which swaps in a pooled engine).
+* How a code server starts its run workers (``rtml.defs.executor``, :func:`fork_run_workers`): from a
+  forkserver that imported the code location once, instead of a fresh interpreter per run; Dagster's
+  ``DagsterApiServer`` hard-wires multiprocessing's ``spawn`` (``_mp_ctx``) and offers no setting.
 
 dagster-dbt's are in ``rtml.defs.dagster_dbt_internals``. Used here and nowhere else. dagster is pinned
 (pyproject.toml); tests/test_private_apis.py fails by name when a new version changes any of them.
@@ -24,6 +27,7 @@ dagster-dbt's are in ``rtml.defs.dagster_dbt_internals``. Used here and nowhere 
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +45,7 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.server import DagsterApiServer
 from dagster._grpc.types import GetCurrentRunsResult
 from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
 from dagster._utils.interrupts import capture_interrupts
@@ -58,6 +63,7 @@ __all__ = [
     "WorkerStatus",
     "capture_interrupts",
     "current_runs",
+    "fork_run_workers",
     "instance_config",
     "load_repository",
     "pool_storage_connections",
@@ -101,3 +107,18 @@ def pool_storage_connections(instance: dg.DagsterInstance) -> None:
     on a new connection, 1.2-1.4 ms on a pooled one; docs/benchmarks.md). No statement timeout: a run's
     writes may take as long as they need. A no-op for storages that have no pool (SQLite)."""
     instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=8)
+
+
+def fork_run_workers(preload: Sequence[str]) -> None:
+    """Every Dagster code server of this process starts its run workers by forking a forkserver that has
+    imported ``preload`` once, instead of spawning a new interpreter that imports them for every run.
+
+    ``DagsterApiServer.StartRun`` starts a run's process with ``self._mp_ctx``, which ``__init__`` sets
+    to multiprocessing's ``spawn`` context. A property on the class overrides that instance attribute (a
+    data descriptor wins over the instance's dict), for servers already built (this runs while one loads
+    the code location) and later ones, whose assignment its setter ignores. The forkserver is
+    multiprocessing's own: one single-threaded process per code server, started with the first run, which
+    forks each worker; Dagster's queue and termination event reach the worker as with ``spawn``."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    DagsterApiServer._mp_ctx = property(lambda self: context, lambda self, value: None)  # type: ignore[assignment]

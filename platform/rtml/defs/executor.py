@@ -15,15 +15,33 @@ set: then a step's materializations go to the event log in one insert per batch 
 Dagster's own path). It is set here, where every process that runs our steps passes (run workers, the
 bootstrap, ``dagster job execute``, the tests), unless the environment has its own value. A 72-hour
 ``hourly_refresh_job`` run: 51.4-54.0 s → 42.2-44.5 s (``benchmarks/hourly_run.py --backfill-hours 72``).
+
+A run launched by the daemon or the UI is a process its code server starts. Dagster spawns a new Python
+for it, which imports the code location again before the first step (about 3 s of a quiet machine's CPU,
+more under load), and the drift check then imports Evidently (1-2 s more), every hour. When the code
+location loads in a code server, it has that server fork its run workers from a forkserver that imported
+both once (``fork_run_workers``; the setting ``RTML_FORK_RUN_WORKERS``): a run's first step starts about
+0.5 s after its first event (``benchmarks/run_start.py``). In other processes (the daemon's and the UI's
+own, a CLI run, the tests) nothing changes: they start no run workers.
 """
 
 import os
 
 import dagster as dg
 
+from rtml.config import get_settings
+from rtml.defs.dagster_internals import fork_run_workers
+
 EVENT_BATCH_SIZE = 100
 """Materializations per insert: a month's backfill of an hourly asset is eight inserts."""
 
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
+
+RUN_WORKER_PRELOAD = ("dagster._grpc.impl", "rtml.definitions", "evidently")
+"""What a run worker has imported before it starts: Dagster's run entry point, this code location, and
+Evidently (the drift checks')."""
+
+if get_settings().stack.fork_run_workers:
+    fork_run_workers(RUN_WORKER_PRELOAD)
 
 defs = dg.Definitions(executor=dg.in_process_executor)
