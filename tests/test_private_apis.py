@@ -302,7 +302,8 @@ def test_dagster_internals_fork_a_code_server_s_run_workers_from_its_preloaded_f
 ) -> None:
     """A real code server (``dagster api grpc``, as the webserver and the daemon start one) whose code
     location calls ``fork_run_workers`` starts a launched run in a process forked from a forkserver that
-    had imported the location: the run's op finds its module imported by its parent, not by itself."""
+    had imported the location: the run's op finds its module imported by its parent, not by itself. A
+    forkserver that dies (killed, out of memory) is started again for the next run."""
     socket = tmp_path / "code.sock"
     (tmp_path / "dagster.yaml").write_text(
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
@@ -318,28 +319,39 @@ def test_dagster_internals_fork_a_code_server_s_run_workers_from_its_preloaded_f
         cwd=ROOT,
         start_new_session=True,
     )
-    try:
+
+    def launched_run(instance: dg.DagsterInstance) -> tuple[int, int, int]:
+        """Launch the job and wait for its run: (worker, its parent, the module's importer)."""
+        deadline = time.monotonic() + 90
         launch = [dagster, "job", "launch", "-w", str(workspace), "-j", "where_am_i_job"]
-        deadline = time.monotonic() + 60
         while subprocess.run(launch, env=env, cwd=ROOT, capture_output=True).returncode != 0:
             assert time.monotonic() < deadline and server.poll() is None, "the code server did not serve"
             time.sleep(0.5)
-        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-            [run] = instance.get_runs()
-            while not (run := instance.get_run_by_id(run.run_id)).is_finished:  # type: ignore[union-attr]
-                assert time.monotonic() < deadline + 60, "the run did not finish"
-                time.sleep(0.25)
-            logs = " ".join(entry.user_message for entry in instance.all_logs(run.run_id))
-        with private_api(
-            "dagster",
-            "DagsterApiServer._mp_ctx (how StartRun starts a run's process)",
-            "the code servers' run workers (rtml.defs.executor)",
+        run = instance.get_runs(limit=1)[0]
+        while not (run := instance.get_run_by_id(run.run_id)).is_finished:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the run did not finish"
+            time.sleep(0.25)
+        logs = " ".join(entry.user_message for entry in instance.all_logs(run.run_id))
+        assert run.status == dg.DagsterRunStatus.SUCCESS, logs[-3000:]
+        found = re.search(r"run worker (\d+), child of (\d+), module imported by (\d+)", logs)
+        assert found, logs[-3000:]
+        worker, parent, importer = map(int, found.groups())
+        return worker, parent, importer
+
+    try:
+        with (
+            dg.DagsterInstance.from_config(str(tmp_path)) as instance,
+            private_api(
+                "dagster",
+                "DagsterApiServer._mp_ctx (how StartRun starts a run's process)",
+                "the code servers' run workers (rtml.defs.executor)",
+            ),
         ):
-            assert run.status == dg.DagsterRunStatus.SUCCESS, logs[-3000:]
-            found = re.search(r"run worker (\d+), child of (\d+), module imported by (\d+)", logs)
-            assert found, logs[-3000:]
-            worker, parent, importer = map(int, found.groups())
-            assert importer == parent != worker  # imported once, in the forkserver, before the fork
+            worker, forkserver, importer = launched_run(instance)
+            assert importer == forkserver != worker  # imported once, in the forkserver, before the fork
+            os.kill(forkserver, signal.SIGKILL)
+            _, again, importer = launched_run(instance)
+            assert importer == again != forkserver  # a new forkserver, preloaded in its turn
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
