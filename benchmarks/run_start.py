@@ -6,13 +6,14 @@ forking its run workers from a forkserver that imported the code location and Ev
 Python per run that imports the code location again), alternating run by run.
 
 Only the start is timed: the benchmark provisions no world, so the drift step then fails at once ("no
-PostgreSQL") without reaching Evidently. What a spawned worker would still pay there, Evidently's import
-over the code location's, is timed in a fresh process of its own (``evidently_import_seconds``); a forked
-worker has it imported already.
+PostgreSQL") without reaching Evidently. What a spawned worker would still pay there, the drift check's
+imports over the code location's (Evidently, MLflow's model loading, skops), is timed in a fresh process
+of its own (``drift_imports_seconds``); a forked worker has them imported already.
 
-Usage: ``.venv/bin/python benchmarks/run_start.py [--runs 5]``. Everything lives in a temporary directory
-(Dagster's storage in SQLite, the code servers' sockets, ``RTML_DATA_DIR``) that is removed at the end.
-Ends with one JSON line.
+Usage: ``.venv/bin/python benchmarks/run_start.py [--runs 5]``. Dagster's storage is the stack's (a
+PostgreSQL database of its own on the machine's server when it answers, else an embedded one), with runs
+launched at once (Dagster's ``DefaultRunCoordinator``: no daemon); the code servers' sockets and
+``RTML_DATA_DIR`` are in a temporary directory. All removed at the end. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ import dagster as dg
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _machine import json_line, load_average
+from _servers import servers
+from _world import drop_database
+from rtml.config import database_url_for
+from rtml.defs.executor import RUN_WORKER_PRELOAD
+from rtml.features.sample_data import create_database
+from rtml.stack.dagster_home import write_dagster_yaml
 from rtml.stack.dagster_processes import CODE_LOCATION
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 JOB = "hourly_drift_job"
+DAGSTER_DATABASE = "rtml_bench_run_start_dagster"
 MODES = {"forked": "true", "spawned": "false"}  # location name → RTML_FORK_RUN_WORKERS
 
 
@@ -73,11 +81,11 @@ def seconds_to_first_step(instance: dg.DagsterInstance) -> float:
     return steps[0] - min(entry.timestamp for entry in logs)
 
 
-def evidently_import_seconds() -> float:
+def drift_imports_seconds() -> float:
+    preloaded = ", ".join(RUN_WORKER_PRELOAD[2:])  # past the entry point and the code location
     script = (
         "import time, rtml.definitions; began = time.perf_counter(); "
-        "from evidently import Report; from evidently.metrics import ValueDrift; "
-        "print(time.perf_counter() - began)"
+        f"import {preloaded}; print(time.perf_counter() - began)"
     )
     return float(
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
@@ -90,12 +98,15 @@ def main() -> None:
     args = parser.parse_args()
     load_start = load_average()
 
-    with tempfile.TemporaryDirectory(prefix="rtml-run-start-") as directory:
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with servers() as (server_url, _), tempfile.TemporaryDirectory(prefix="rtml-run-start-") as directory:
         home = Path(directory)
-        (home / "dagster.yaml").write_text(
-            "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-            "telemetry:\n  enabled: false\n"
-        )
+        # the stack's storage, with runs launched at once (no daemon to dequeue them)
+        yaml = write_dagster_yaml(home, create_database(server_url, DAGSTER_DATABASE))
+        with yaml.open("a") as dagster_yaml:
+            dagster_yaml.write(
+                "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+            )
         workspace = home / "workspace.yaml"
         workspace.write_text(
             "load_from:\n"
@@ -107,22 +118,19 @@ def main() -> None:
         )
         env = {**os.environ, "DAGSTER_HOME": str(home), "RTML_DATA_DIR": str(home / "data")}
         env.pop("RTML_DATABASE_URL", None)
-        servers = [start_code_server(home, mode, env) for mode in MODES]
-        seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+        code_servers = [start_code_server(home, mode, env) for mode in MODES]
         try:
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 for i in range(args.runs + 1):  # the first forked run also starts the forkserver
                     for mode in MODES:
                         launch(workspace, mode, env)
                         seconds[mode].append(seconds_to_first_step(instance))
-                        print(
-                            f"run {i + 1}, {mode}: first step {seconds[mode][-1]:.2f} s after launch",
-                            flush=True,
-                        )
+                        print(f"run {i + 1}, {mode}: first step {seconds[mode][-1]:.2f} s", flush=True)
         finally:
-            for server in servers:
+            for server in code_servers:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+            drop_database(database_url_for(server_url, "postgres"), DAGSTER_DATABASE)
 
     forked, spawned = seconds["forked"][1:], seconds["spawned"][1:]
     figures = {
@@ -133,13 +141,13 @@ def main() -> None:
         "spawned_start_seconds": round(statistics.median(spawned), 2),
         "first_forked_start_seconds": round(seconds["forked"][0], 2),
         "first_spawned_start_seconds": round(seconds["spawned"][0], 2),
-        "evidently_import_seconds": round(evidently_import_seconds(), 2),
+        "drift_imports_seconds": round(drift_imports_seconds(), 2),
     }
     print(
         f"median start: forked {figures['forked_start_seconds']} s, "
         f"spawned {figures['spawned_start_seconds']} s; the first forked run (the forkserver's own start) "
-        f"{figures['first_forked_start_seconds']} s; Evidently's import, which a spawned drift run pays "
-        f"too: {figures['evidently_import_seconds']} s"
+        f"{figures['first_forked_start_seconds']} s; the drift check's imports, which a spawned drift run "
+        f"pays too: {figures['drift_imports_seconds']} s"
     )
     print(json_line(figures, load_start))
 

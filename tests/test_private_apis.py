@@ -313,6 +313,7 @@ def test_dagster_internals_fork_a_code_server_s_run_workers_from_its_preloaded_f
     workspace.write_text(f"load_from:\n  - grpc_server:\n      socket: {socket}\n      host: localhost\n")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     dagster = str(Path(sys.executable).with_name("dagster"))
+    dg.DagsterInstance.from_config(str(tmp_path)).dispose()  # the storage, before two processes race for it
     server = subprocess.Popen(
         [dagster, "api", "grpc", "--socket", str(socket), "-m", "tests.forked_location"],
         env=env,

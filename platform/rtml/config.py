@@ -784,9 +784,9 @@ class StackSettings(_Slice):
     fork_run_workers: bool = Field(
         True,
         description="Dagster's code servers (the stack's and the compose stack's) start each run's process "
-        "by forking a process that imported the code location and Evidently once, instead of a new Python "
-        "that imports them for every run (about 3 s before a run's first step here, and Evidently's import "
-        "in the drift check's). Off: Dagster's own `spawn`.",
+        "by forking a process that imported the code location and the drift check's libraries once, "
+        "instead of a new Python that imports them for every run (about 3 s before a run's first step "
+        "here, 5 s more in the drift check's). Off: Dagster's own `spawn`.",
     )
     run_monitoring_interval_s: int = Field(
         30,

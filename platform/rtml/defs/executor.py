@@ -18,11 +18,12 @@ bootstrap, ``dagster job execute``, the tests), unless the environment has its o
 
 A run launched by the daemon or the UI is a process its code server starts. Dagster spawns a new Python
 for it, which imports the code location again before the first step (about 3 s of a quiet machine's CPU,
-more under load), and the drift check then imports Evidently (1-2 s more), every hour. When the code
-location loads in a code server, it has that server fork its run workers from a forkserver that imported
-both once (``fork_run_workers``; the setting ``RTML_FORK_RUN_WORKERS``): a run's first step starts about
-0.5 s after its first event (``benchmarks/run_start.py``). In other processes (the daemon's and the UI's
-own, a CLI run, the tests) nothing changes: they start no run workers.
+more under load), and the drift check then imports Evidently, MLflow's model loading and skops (about 5 s
+more), every hour. When the code location loads in a code server, it has that server fork its run
+workers from a forkserver that imported all of them once (``fork_run_workers``; the setting
+``RTML_FORK_RUN_WORKERS``): a run's first step starts about 1 s after its first event (4.4 s spawned),
+with nothing left to import for the drift check (``benchmarks/run_start.py``). In other processes (the
+daemon's and the UI's own, a CLI run, the tests) nothing changes: they start no run workers.
 """
 
 import os
@@ -37,9 +38,17 @@ EVENT_BATCH_SIZE = 100
 
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
 
-RUN_WORKER_PRELOAD = ("dagster._grpc.impl", "rtml.definitions", "evidently")
-"""What a run worker has imported before it starts: Dagster's run entry point, this code location, and
-Evidently (the drift checks')."""
+RUN_WORKER_PRELOAD = (
+    "dagster._grpc.impl",  # the run's entry point
+    "rtml.definitions",  # this code location
+    "evidently",  # the hourly drift check's reports ...
+    "rtml.training.loading",  # ... and the production model it scores the reference rows with
+    "mlflow.models",
+    "skops.io",
+)
+"""What a run worker has imported before it starts: what every run needs, and what the hourly drift check
+imports (the code location defers MLflow and scikit-learn to the assets that use them, for the code
+servers', sensors' and tests' sake)."""
 
 if get_settings().stack.fork_run_workers:
     fork_run_workers(RUN_WORKER_PRELOAD)
