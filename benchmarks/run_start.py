@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -81,6 +82,17 @@ def seconds_to_first_step(instance: dg.DagsterInstance) -> float:
     return steps[0] - min(entry.timestamp for entry in logs)
 
 
+def forkserver_rss_mib(server: subprocess.Popen[bytes]) -> float:
+    """The resident memory of the forking code server's forkserver (its child running
+    ``multiprocessing.forkserver``), with everything preloaded."""
+    [forkserver] = [
+        child
+        for child in psutil.Process(server.pid).children(recursive=True)
+        if "multiprocessing.forkserver" in " ".join(child.cmdline())
+    ]
+    return round(forkserver.memory_info().rss / 2**20, 1)
+
+
 def drift_imports_seconds() -> float:
     preloaded = ", ".join(RUN_WORKER_PRELOAD[2:])  # past the entry point and the code location
     script = (
@@ -126,6 +138,7 @@ def main() -> None:
                         launch(workspace, mode, env)
                         seconds[mode].append(seconds_to_first_step(instance))
                         print(f"run {i + 1}, {mode}: first step {seconds[mode][-1]:.2f} s", flush=True)
+                forkserver_mib = forkserver_rss_mib(code_servers[list(MODES).index("forked")])
         finally:
             for server in code_servers:
                 os.killpg(server.pid, signal.SIGKILL)
@@ -142,12 +155,13 @@ def main() -> None:
         "first_forked_start_seconds": round(seconds["forked"][0], 2),
         "first_spawned_start_seconds": round(seconds["spawned"][0], 2),
         "drift_imports_seconds": round(drift_imports_seconds(), 2),
+        "forkserver_rss_mib": forkserver_mib,
     }
     print(
         f"median start: forked {figures['forked_start_seconds']} s, "
         f"spawned {figures['spawned_start_seconds']} s; the first forked run (the forkserver's own start) "
         f"{figures['first_forked_start_seconds']} s; the drift check's imports, which a spawned drift run "
-        f"pays too: {figures['drift_imports_seconds']} s"
+        f"pays too: {figures['drift_imports_seconds']} s; the forkserver's RSS {forkserver_mib} MiB"
     )
     print(json_line(figures, load_start))
 
