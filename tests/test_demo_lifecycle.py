@@ -4,7 +4,7 @@ servers, and runs launched through the UI's GraphQL API, which the daemon then l
 
 * A run whose worker is SIGKILLed together with its code server is marked failed by the daemon's run
   monitoring (``MonitoredRunLauncher``); a run whose worker outlived that code server is left running.
-  Both workers were forked by the code server's forkserver (``rtml.defs.executor``), which ends with it.
+  The killed run's worker is a fork of its code server's forkserver (``rtml.defs.executor``).
   (A worker killed under a live code server is reported by the code server itself: Dagster's own.)
 * Ctrl-C stops every process the demo started within 15 s, the in-flight run included, which ends
   CANCELED; so does Ctrl-C of ``rtml backfill`` (its run executes in a ``dagster`` CLI process).
