@@ -1,9 +1,9 @@
 """Benchmark of a run's start through a code server, as the daemon and the UI launch runs: from the run's
 first event (the launcher's) to its first step's start, for ``hourly_drift_job`` launched through two real
 code servers (``dagster api grpc -m rtml.definitions``, as the webserver and the daemon start them), one
-forking its run workers from a forkserver that imported the code location and Evidently once
-(``RTML_FORK_RUN_WORKERS``, the default: ``rtml.defs.executor``), one with Dagster's own ``spawn`` (a new
-Python per run that imports the code location again), alternating run by run.
+forking its run workers from a forkserver that imported the code location and the drift check's
+libraries once (``RTML_FORK_RUN_WORKERS``, the default: ``rtml.defs.executor``), one with Dagster's own
+``spawn`` (a new Python per run that imports the code location again), alternating run by run.
 
 Only the start is timed: the benchmark provisions no world, so the drift step then fails at once ("no
 PostgreSQL") without reaching Evidently. What a spawned worker would still pay there, the drift check's

@@ -178,7 +178,8 @@ def test_a_run_whose_code_server_dies_with_it_is_marked_failed_by_run_monitoring
     assert pid is not None
     # launched without run config: the code location's executor runs the steps in the worker itself
     assert f"Executing steps in process (pid: {pid})" in demo.messages(run_id)
-    # forked by the code server's forkserver, which imported the code location and Evidently once
+    # forked by the code server's forkserver, which imported the code location and the drift check's
+    # libraries once (rtml.defs.executor.RUN_WORKER_PRELOAD)
     forkserver = " ".join(_command_line(psutil.Process(pid).parent()))
     assert "multiprocessing.forkserver" in forkserver and "'rtml.definitions', 'evidently'" in forkserver
     assert psutil.Process(pid).parent().parent().pid == code_server.pid
